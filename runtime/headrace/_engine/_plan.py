@@ -1,0 +1,110 @@
+"""Flatten a `Dataflow`'s step tree into core steps and check it can run."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from headrace.dataflow import Dataflow, MultiPort, Operator, SinglePort
+
+
+@dataclass
+class CoreStep:
+    """One core step: what the engine actually runs."""
+
+    step_id: str
+    kind: str
+    conf: dict[str, Any]
+    inputs: list[str]
+    outputs: dict[str, str]
+    index: int = 0
+
+
+@dataclass
+class Plan:
+    """The flattened, validated dataflow."""
+
+    flow_id: str
+    steps: list[CoreStep]
+    consumers: dict[str, list[CoreStep]] = field(default_factory=dict)
+    producer: dict[str, CoreStep] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A digest of the step graph: equal for equal dataflows.
+
+        >>> import headrace.operators as op
+        >>> from headrace.testing import TestingSource, TestingSink
+        >>> def build():
+        ...     f = Dataflow("d")
+        ...     op.output("o", op.input("i", f, TestingSource([1])), TestingSink([]))
+        ...     return f
+        >>> build_plan(build()).fingerprint() == build_plan(build()).fingerprint()
+        True
+        """
+        h = hashlib.sha256(self.flow_id.encode())
+        for s in self.steps:
+            h.update(f"|{s.step_id}:{s.kind}:{','.join(s.inputs)}".encode())
+        return h.hexdigest()[:16]
+
+
+def _walk(ops: list[Operator], out: list[Operator]) -> None:
+    for op in ops:
+        if op.core is not None:
+            out.append(op)
+        else:
+            _walk(op.substeps, out)
+
+
+def _port_streams(port: SinglePort | MultiPort[Any]) -> list[str]:
+    if isinstance(port, SinglePort):
+        return [port.stream_id]
+    return [port.stream_ids[k] for k in sorted(port.stream_ids)]
+
+
+def build_plan(flow: Dataflow) -> Plan:
+    """Flatten and validate ``flow``; raise `ValueError` saying what to add.
+
+    >>> build_plan(Dataflow("empty"))
+    Traceback (most recent call last):
+    ...
+    ValueError: dataflow 'empty' has no input step; add one with `headrace.operators.input`
+    """
+    if not isinstance(flow, Dataflow):
+        msg = f"expected a headrace Dataflow; got {type(flow).__name__} {flow!r}"
+        raise TypeError(msg)
+    ops: list[Operator] = []
+    _walk(flow.substeps, ops)
+    steps: list[CoreStep] = []
+    for i, op in enumerate(ops):
+        assert op.core is not None
+        inputs: list[str] = []
+        for port in op.inp_ports.values():
+            inputs.extend(_port_streams(port))
+        outputs = {name: port.stream_id for name, port in op.out_ports.items()
+                   if isinstance(port, SinglePort)}
+        steps.append(CoreStep(op.step_id, op.core, op.conf, inputs, outputs, i))
+    if not any(s.kind == "input" for s in steps):
+        msg = (
+            f"dataflow {flow.flow_id!r} has no input step; "
+            "add one with `headrace.operators.input`"
+        )
+        raise ValueError(msg)
+    if not any(s.kind == "output" for s in steps):
+        msg = (
+            f"dataflow {flow.flow_id!r} has no output step; add one with "
+            "`headrace.operators.output` (e.g. to `StdOutSink()`), or nothing would run"
+        )
+        raise ValueError(msg)
+    plan = Plan(flow.flow_id, steps)
+    for s in steps:
+        for out in s.outputs.values():
+            plan.producer[out] = s
+        for inp in s.inputs:
+            plan.consumers.setdefault(inp, []).append(s)
+    for s in steps:
+        for inp in s.inputs:
+            if inp not in plan.producer:
+                msg = f"step {s.step_id!r} reads stream {inp!r}, which no step produces"
+                raise ValueError(msg)
+    return plan

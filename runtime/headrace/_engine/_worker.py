@@ -1,0 +1,881 @@
+"""One worker: polls its source partitions and pushes batches through the plan.
+
+Execution model (see docs/architecture.md):
+
+- Push-based and batch-at-a-time: a source batch is pushed synchronously
+  through fused stateless chains until it reaches a sink or an *exchange
+  edge* (the input of a stateful step, `redistribute`, or a partitioned
+  sink), where it is routed to the worker owning each key.
+- Epochs: a worker reads sources for one epoch at a time. At the epoch's end
+  it sends a barrier on every exchange edge once that edge's upstream is
+  done, and the epoch completes when every edge has barriers from every
+  worker (aligned barriers). Messages tagged with a later epoch are held
+  until then, so a snapshot at the barrier is consistent.
+- EOF travels as a flag on barriers: a stateful step runs ``on_eof`` once
+  every upstream worker flagged its input as finished.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from headrace._engine._fuse import EpochRef, Stage, compile_chain
+from headrace._engine._hash import DEFAULT_KEY_GROUPS, group_owner, key_group, part_owner
+from headrace._engine._plan import CoreStep, Plan
+from headrace.errors import BytewaxRuntimeError
+from headrace.inputs import (
+    AbortExecution,
+    DynamicSource,
+    FixedPartitionedSource,
+    StatefulSourcePartition,
+    StatelessSourcePartition,
+)
+from headrace.operators._core import FUSABLE_KINDS
+from headrace.outputs import DynamicSink, FixedPartitionedSink
+
+log = logging.getLogger("headrace.worker")
+
+Push = Callable[[list[Any]], None]
+UTC = timezone.utc
+
+# Message kinds between workers.
+DATA = 0
+BARRIER = 1
+STOP = 2
+
+_EMPTY_COOLDOWN = timedelta(milliseconds=1)
+_MAX_SLEEP = 0.05
+
+
+class Abort(Exception):
+    """Raised inside a worker when the run must stop at once."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class RunConfig:
+    """Settings shared by all workers of a run."""
+
+    epoch_interval: timedelta = timedelta(seconds=10)
+    key_groups: int = DEFAULT_KEY_GROUPS
+    fuse: bool = True
+
+
+class Cluster:
+    """What the workers of one run share: inboxes, abort flag, first error."""
+
+    def __init__(self, worker_count: int, local_workers: range) -> None:
+        self.worker_count = worker_count
+        self.local_workers = local_workers
+        self.inboxes: dict[int, queue.SimpleQueue[tuple[Any, ...]]] = {
+            w: queue.SimpleQueue() for w in local_workers
+        }
+        self.abort = threading.Event()
+        self.aborted_by_source = False
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self.remote_send: Callable[[int, tuple[Any, ...]], None] | None = None
+
+    def send(self, dst: int, msg: tuple[Any, ...]) -> None:
+        """Deliver a message to worker ``dst`` (local queue or network)."""
+        inbox = self.inboxes.get(dst)
+        if inbox is not None:
+            inbox.put(msg)
+        elif self.remote_send is not None:
+            self.remote_send(dst, msg)
+        else:  # pragma: no cover - a plan bug
+            msg_ = f"no route to worker {dst}"
+            raise AssertionError(msg_)
+
+    def fail(self, exc: BaseException) -> None:
+        """Record the first error and wake every local worker to stop."""
+        with self._lock:
+            if self.error is None and not isinstance(exc, Abort):
+                self.error = exc
+        self.abort.set()
+        for inbox in self.inboxes.values():
+            inbox.put((STOP,))
+
+
+class _SourceRun:
+    __slots__ = ("awake", "done", "part", "part_name", "push", "stateful", "step_id", "wi")
+
+    def __init__(
+        self,
+        step_id: str,
+        part_name: str,
+        part: StatefulSourcePartition[Any, Any] | StatelessSourcePartition[Any],
+        push: Push,
+        stateful: bool,
+    ) -> None:
+        self.step_id = step_id
+        self.part_name = part_name
+        self.part = part
+        self.push = push
+        self.stateful = stateful
+        self.awake: datetime | None = None
+        self.done = False
+
+
+class _StatefulRun:
+    """A `stateful_batch` step on one worker: per-key logic, timers, EOF."""
+
+    def __init__(self, step: CoreStep, worker: Worker) -> None:
+        self.step_id = step.step_id
+        self.builder = step.conf["builder"]
+        self.logics: dict[str, Any] = {}
+        self.timers: dict[str, datetime] = {}
+        self.heap: list[tuple[datetime, int, str]] = []
+        self._seq = 0
+        self.push: Push = _drop
+        self.worker = worker
+        self.dirty: set[str] = set()
+
+    def _schedule(self, key: str, logic: Any) -> None:
+        try:
+            at = logic.notify_at()
+        except Exception as exc:
+            raise BytewaxRuntimeError(
+                f"error calling `notify_at` in step {self.step_id!r} for key {key!r}"
+            ) from exc
+        if at is None:
+            if key in self.timers:
+                del self.timers[key]
+            return
+        if not isinstance(at, datetime) or at.tzinfo is None:
+            msg = (
+                f"`notify_at` in step {self.step_id!r} for key {key!r} must return a "
+                f"timezone-aware datetime or None; got {at!r}"
+            )
+            raise BytewaxRuntimeError(msg) from TypeError(msg)
+        if self.timers.get(key) != at:
+            self.timers[key] = at
+            self._seq += 1
+            heapq.heappush(self.heap, (at, self._seq, key))
+
+    def _apply(self, key: str, logic: Any, ret: Any, what: str) -> list[Any]:
+        try:
+            outs, discard = ret
+        except (TypeError, ValueError) as exc:
+            msg = (
+                f"`{what}` in step {self.step_id!r} must return a 2-tuple "
+                f"`(outputs, discard)`; got {ret!r}"
+            )
+            raise BytewaxRuntimeError(msg) from TypeError(msg)
+        out = [(key, w) for w in outs]
+        self.dirty.add(key)
+        if discard:
+            self.logics.pop(key, None)
+            self.timers.pop(key, None)
+        else:
+            self._schedule(key, logic)
+        return out
+
+    def on_batch(self, batch: list[Any]) -> None:
+        groups: dict[str, list[Any]] = {}
+        for item in batch:
+            if item.__class__ is not tuple or len(item) != 2:
+                raise _not_keyed(self.step_id, item)
+            k = item[0]
+            vs = groups.get(k)
+            if vs is None:
+                if k.__class__ is not str:
+                    raise _not_keyed(self.step_id, item)
+                groups[k] = [item[1]]
+            else:
+                vs.append(item[1])
+        out: list[Any] = []
+        logics = self.logics
+        builder = self.builder
+        for k, vs in groups.items():
+            logic = logics.get(k)
+            if logic is None:
+                try:
+                    logic = builder(None)
+                except Exception as exc:
+                    raise BytewaxRuntimeError(
+                        f"error calling `builder` in step {self.step_id!r} for key {k!r}"
+                    ) from exc
+                logics[k] = logic
+            try:
+                ret = logic.on_batch(vs)
+            except Exception as exc:
+                raise BytewaxRuntimeError(
+                    f"error calling `StatefulBatchLogic.on_batch` in step {self.step_id!r} "
+                    f"for key {k!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+            out.extend(self._apply(k, logic, ret, "on_batch"))
+        if out:
+            self.push(out)
+
+    def next_timer(self) -> datetime | None:
+        heap = self.heap
+        while heap:
+            at, _, key = heap[0]
+            if self.timers.get(key) == at:
+                return at
+            heapq.heappop(heap)
+        return None
+
+    def fire_timers(self, now: datetime) -> None:
+        heap = self.heap
+        out: list[Any] = []
+        while heap and heap[0][0] <= now:
+            at, _, key = heapq.heappop(heap)
+            if self.timers.get(key) != at:
+                continue
+            del self.timers[key]
+            logic = self.logics.get(key)
+            if logic is None:
+                continue
+            try:
+                ret = logic.on_notify()
+            except Exception as exc:
+                raise BytewaxRuntimeError(
+                    f"error calling `on_notify` in step {self.step_id!r} for key {key!r}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            out.extend(self._apply(key, logic, ret, "on_notify"))
+        if out:
+            self.push(out)
+
+    def on_eof(self) -> None:
+        out: list[Any] = []
+        for key, logic in list(self.logics.items()):
+            try:
+                ret = logic.on_eof()
+            except Exception as exc:
+                raise BytewaxRuntimeError(
+                    f"error calling `on_eof` in step {self.step_id!r} for key {key!r}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            out.extend(self._apply(key, logic, ret, "on_eof"))
+        if out:
+            self.push(out)
+
+
+def _not_keyed(step_id: str, item: Any) -> BytewaxRuntimeError:
+    cause = TypeError(
+        f"step {step_id!r} requires `(key, value)` 2-tuples with a `str` key as input; got "
+        f"{type(item).__name__} {item!r}; use `key_on` or `map` to make (str, value) pairs"
+    )
+    err = BytewaxRuntimeError(str(cause))
+    err.__cause__ = cause
+    return err
+
+
+def _drop(batch: list[Any]) -> None:
+    return None
+
+
+@dataclass
+class _Edge:
+    """An exchange edge: where items are routed to the worker that owns them."""
+
+    eid: int
+    step: CoreStep
+    deliver: Push = _drop  # local processing of items owned by this worker
+    route: Push = _drop  # entry point from upstream: routes then sends/delivers
+    on_eof: Callable[[], None] = lambda: None
+    upstream_edges: set[int] = field(default_factory=set)
+    upstream_sources: set[str] = field(default_factory=set)
+    # per-epoch state
+    barrier_sent: bool = False
+    barriers: int = 0
+    eof_votes: int = 0
+    aligned: bool = False
+    # sticky state
+    eof: bool = False
+
+
+class Worker:
+    """Runs the plan for one worker index; `run()` returns at the end of input."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        worker_index: int,
+        cluster: Cluster,
+        config: RunConfig,
+    ) -> None:
+        self.plan = plan
+        self.index = worker_index
+        self.count = cluster.worker_count
+        self.cluster = cluster
+        self.config = config
+        self.inbox = cluster.inboxes[worker_index]
+        self.epoch_ref = EpochRef()
+        self.sources: list[_SourceRun] = []
+        self.stateful: list[_StatefulRun] = []
+        self.edges: list[_Edge] = []
+        self._edge_of_step: dict[str, _Edge] = {}
+        self._closers: list[Callable[[], None]] = []
+        self._pushes: dict[str, Push] = {}
+        self._held: list[tuple[Any, ...]] = []
+        self.finished = False
+        self._build()
+
+    @property
+    def epoch(self) -> int:
+        return self.epoch_ref.epoch
+
+    # ------------------------------------------------------------------ build
+
+    def _build(self) -> None:
+        plan = self.plan
+        for step in plan.steps:
+            if step.kind in ("stateful_batch", "redistribute") or (
+                step.kind == "output" and isinstance(step.conf["sink"], FixedPartitionedSink)
+            ):
+                edge = _Edge(len(self.edges), step)
+                self.edges.append(edge)
+                self._edge_of_step[step.step_id] = edge
+        for step in plan.steps:
+            if step.kind == "input":
+                self._build_input(step)
+        for edge in self.edges:
+            self._wire_edge(edge)
+        self._compute_upstreams()
+
+    def _stage_of(self, step: CoreStep) -> Stage | None:
+        if step.kind == "flat_map_batch":
+            mapper = step.conf["mapper"]
+            hint = getattr(mapper, "_fusable", None)
+            if hint is not None and hint[0] in FUSABLE_KINDS:
+                return Stage(step.step_id, hint[0], hint[1])
+            return Stage(step.step_id, "batch", mapper)
+        if step.kind == "inspect_debug":
+            return Stage(step.step_id, "inspect", step.conf["inspector"])
+        if step.kind == "noop":
+            return Stage(step.step_id, "noop", _drop)
+        return None
+
+    def push_for(self, stream_id: str) -> Push:
+        """The function to call with a batch that appears on ``stream_id``."""
+        cached = self._pushes.get(stream_id)
+        if cached is not None:
+            return cached
+        consumers = self.plan.consumers.get(stream_id, [])
+        entries = [self._entry(step, stream_id) for step in consumers]
+        push: Push
+        if not entries:
+            push = _drop
+        elif len(entries) == 1:
+            push = entries[0]
+        else:
+            fan = tuple(entries)
+
+            def push(batch: list[Any]) -> None:
+                for entry in fan:
+                    entry(batch)
+
+        self._pushes[stream_id] = push
+        return push
+
+    def _entry(self, step: CoreStep, stream_id: str) -> Push:
+        """Entry point of ``step`` for batches arriving on ``stream_id``."""
+        if self._stage_of(step) is not None:
+            return self._chain_from(step)
+        kind = step.kind
+        if kind == "merge":
+            return self.push_for(step.outputs["down"])
+        if kind == "branch":
+            return self._branch(step)
+        if step.step_id in self._edge_of_step:
+            edge = self._edge_of_step[step.step_id]
+            return lambda batch: edge.route(batch)
+        if kind == "output":
+            return self._dynamic_sink(step)
+        raise AssertionError(f"unknown core step kind {kind!r}")
+
+    def _chain_from(self, first: CoreStep) -> Push:
+        stages: list[Stage] = []
+        step = first
+        while True:
+            stage = self._stage_of(step)
+            assert stage is not None
+            stages.append(stage)
+            out = step.outputs["down"]
+            consumers = self.plan.consumers.get(out, [])
+            if len(consumers) == 1 and self._stage_of(consumers[0]) is not None:
+                step = consumers[0]
+                continue
+            break
+        fns = compile_chain(stages, self.epoch_ref, self.index, self.config.fuse)
+        downstream = self.push_for(out)
+        if not fns:
+            return downstream
+        if len(fns) == 1:
+            only = fns[0]
+
+            def push(batch: list[Any]) -> None:
+                out = only(batch)
+                if out:
+                    downstream(out)
+
+            return push
+        seq = tuple(fns)
+
+        def push_seq(batch: list[Any]) -> None:
+            for fn in seq:
+                batch = fn(batch)
+                if not batch:
+                    return
+            downstream(batch)
+
+        return push_seq
+
+    def _branch(self, step: CoreStep) -> Push:
+        pred = step.conf["predicate"]
+        trues = self.push_for(step.outputs["trues"])
+        falses = self.push_for(step.outputs["falses"])
+        step_id = step.step_id
+
+        def push(batch: list[Any]) -> None:
+            t: list[Any] = []
+            f: list[Any] = []
+            for x in batch:
+                try:
+                    keep = pred(x)
+                except Exception as exc:
+                    raise BytewaxRuntimeError(
+                        f"error calling `predicate` in step {step_id!r} on item {x!r}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                (t if keep else f).append(x)
+            if t:
+                trues(t)
+            if f:
+                falses(f)
+
+        return push
+
+    def _dynamic_sink(self, step: CoreStep) -> Push:
+        sink: DynamicSink[Any] = step.conf["sink"]
+        try:
+            part = sink.build(step.step_id, self.index, self.count)
+        except Exception as exc:
+            raise BytewaxRuntimeError(f"error building sink in step {step.step_id!r}") from exc
+        self._closers.append(part.close)
+        step_id = step.step_id
+        write = part.write_batch
+
+        def push(batch: list[Any]) -> None:
+            try:
+                write(batch)
+            except Exception as exc:
+                raise BytewaxRuntimeError(
+                    f"error calling `write_batch` in step {step_id!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+
+        return push
+
+    def _build_input(self, step: CoreStep) -> None:
+        source = step.conf["source"]
+        push = self.push_for(step.outputs["down"])
+        if isinstance(source, FixedPartitionedSource):
+            try:
+                parts = sorted(source.list_parts())
+            except Exception as exc:
+                raise BytewaxRuntimeError(
+                    f"error calling `list_parts` in step {step.step_id!r}"
+                ) from exc
+            for i, name in enumerate(parts):
+                if part_owner(i, self.count) != self.index:
+                    continue
+                try:
+                    part = source.build_part(step.step_id, name, None)
+                except Exception as exc:
+                    raise BytewaxRuntimeError(
+                        f"error calling `build_part` in step {step.step_id!r} for partition "
+                        f"{name!r}: {type(exc).__name__}: {exc}"
+                    ) from exc
+                self.sources.append(_SourceRun(step.step_id, name, part, push, True))
+        elif isinstance(source, DynamicSource):
+            try:
+                part = source.build(step.step_id, self.index, self.count)
+            except Exception as exc:
+                raise BytewaxRuntimeError(
+                    f"error calling `build` in step {step.step_id!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+            self.sources.append(_SourceRun(step.step_id, f"worker-{self.index}", part, push, False))
+
+    def _wire_edge(self, edge: _Edge) -> None:
+        step = edge.step
+        if step.kind == "stateful_batch":
+            node = _StatefulRun(step, self)
+            node.push = self.push_for(step.outputs["down"])
+            self.stateful.append(node)
+            edge.deliver = node.on_batch
+            edge.on_eof = node.on_eof
+            edge.route = self._keyed_router(edge, step.step_id)
+        elif step.kind == "redistribute":
+            edge.deliver = self.push_for(step.outputs["down"])
+            edge.route = self._rr_router(edge)
+        else:
+            self._wire_partitioned_sink(edge)
+
+    def _send_data(self, edge: _Edge, dst: int, items: list[Any]) -> None:
+        self.cluster.send(dst, (DATA, edge.eid, self.index, self.epoch, items))
+
+    def _keyed_router(self, edge: _Edge, step_id: str) -> Push:
+        if self.count == 1:
+            return edge.deliver
+        groups = self.config.key_groups
+        count = self.count
+        me = self.index
+        cache: dict[str, int] = {}
+
+        def route(batch: list[Any]) -> None:
+            buckets: list[list[Any]] = [[] for _ in range(count)]
+            for item in batch:
+                if item.__class__ is not tuple or len(item) != 2:
+                    raise _not_keyed(step_id, item)
+                k = item[0]
+                dst = cache.get(k)
+                if dst is None:
+                    if k.__class__ is not str:
+                        raise _not_keyed(step_id, item)
+                    if len(cache) > 1_000_000:
+                        cache.clear()
+                    dst = cache[k] = group_owner(key_group(k, groups), groups, count)
+                buckets[dst].append(item)
+            for dst, items in enumerate(buckets):
+                if items:
+                    if dst == me:
+                        edge.deliver(items)
+                    else:
+                        self._send_data(edge, dst, items)
+
+        return route
+
+    def _rr_router(self, edge: _Edge) -> Push:
+        if self.count == 1:
+            return edge.deliver
+        count = self.count
+        me = self.index
+        offset = [me]
+
+        def route(batch: list[Any]) -> None:
+            start = offset[0]
+            offset[0] = (start + len(batch)) % count
+            for j in range(count):
+                dst = (start + j) % count
+                items = batch[j::count]
+                if items:
+                    if dst == me:
+                        edge.deliver(items)
+                    else:
+                        self._send_data(edge, dst, items)
+
+        return route
+
+    def _wire_partitioned_sink(self, edge: _Edge) -> None:
+        step = edge.step
+        sink: FixedPartitionedSink[Any, Any] = step.conf["sink"]
+        step_id = step.step_id
+        try:
+            parts = sorted(sink.list_parts())
+        except Exception as exc:
+            raise BytewaxRuntimeError(f"error calling `list_parts` in step {step_id!r}") from exc
+        if not parts:
+            msg = f"sink in step {step_id!r} listed no partitions"
+            raise BytewaxRuntimeError(msg)
+        n = len(parts)
+        local: dict[int, Any] = {}
+        for i, name in enumerate(parts):
+            if part_owner(i, self.count) == self.index:
+                try:
+                    local[i] = sink.build_part(step_id, name, None)
+                except Exception as exc:
+                    raise BytewaxRuntimeError(
+                        f"error calling `build_part` in step {step_id!r} for partition {name!r}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                self._closers.append(local[i].close)
+        part_fn = sink.part_fn
+        count = self.count
+        me = self.index
+
+        def index_of(item: Any) -> int:
+            if item.__class__ is not tuple or len(item) != 2 or item[0].__class__ is not str:
+                raise _not_keyed(step_id, item)
+            try:
+                return int(part_fn(item[0])) % n
+            except Exception as exc:
+                raise BytewaxRuntimeError(
+                    f"error calling `part_fn` in step {step_id!r} for key {item[0]!r}"
+                ) from exc
+
+        def deliver(batch: list[Any]) -> None:
+            by_part: dict[int, list[Any]] = {}
+            for item in batch:
+                by_part.setdefault(index_of(item), []).append(item[1])
+            for i, values in by_part.items():
+                try:
+                    local[i].write_batch(values)
+                except Exception as exc:
+                    raise BytewaxRuntimeError(
+                        f"error calling `write_batch` in step {step_id!r} for partition "
+                        f"{parts[i]!r}: {type(exc).__name__}: {exc}"
+                    ) from exc
+
+        def route(batch: list[Any]) -> None:
+            if count == 1:
+                deliver(batch)
+                return
+            buckets: list[list[Any]] = [[] for _ in range(count)]
+            for item in batch:
+                buckets[part_owner(index_of(item), count)].append(item)
+            for dst, items in enumerate(buckets):
+                if items:
+                    if dst == me:
+                        deliver(items)
+                    else:
+                        self._send_data(edge, dst, items)
+
+        edge.deliver = deliver
+        edge.route = route
+
+    def _compute_upstreams(self) -> None:
+        """For each edge: which edges and source steps feed it (transitively)."""
+        plan = self.plan
+        memo: dict[str, tuple[frozenset[int], frozenset[str]]] = {}
+
+        def ups_of_stream(stream_id: str) -> tuple[frozenset[int], frozenset[str]]:
+            if stream_id in memo:
+                return memo[stream_id]
+            step = plan.producer[stream_id]
+            edges: set[int] = set()
+            srcs: set[str] = set()
+            if step.kind == "input":
+                srcs.add(step.step_id)
+            edge = self._edge_of_step.get(step.step_id)
+            if edge is not None:
+                edges.add(edge.eid)
+            for inp in step.inputs:
+                e, s = ups_of_stream(inp)
+                edges |= e
+                srcs |= s
+            memo[stream_id] = (frozenset(edges), frozenset(srcs))
+            return memo[stream_id]
+
+        for edge in self.edges:
+            for inp in edge.step.inputs:
+                e, s = ups_of_stream(inp)
+                edge.upstream_edges |= e
+                edge.upstream_sources |= s
+
+    # ------------------------------------------------------------------- run
+
+    def _sources_done(self, steps: set[str] | None = None) -> bool:
+        return all(s.done for s in self.sources if steps is None or s.step_id in steps)
+
+    def _poll_sources(self, now: datetime) -> bool:
+        """Poll awake partitions once; return whether any produced items."""
+        produced = False
+        for src in self.sources:
+            if src.done or (src.awake is not None and src.awake > now):
+                continue
+            try:
+                batch = src.part.next_batch()
+            except StopIteration:
+                self._close_source(src)
+                continue
+            except AbortExecution:
+                self.cluster.aborted_by_source = True
+                raise Abort() from None
+            except Exception as exc:
+                raise BytewaxRuntimeError(
+                    f"error calling `next_batch` in step {src.step_id!r} for partition "
+                    f"{src.part_name!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if batch.__class__ is not list:
+                try:
+                    batch = list(batch)
+                except TypeError as exc:
+                    raise BytewaxRuntimeError(
+                        f"`next_batch` in step {src.step_id!r} must return a list (or "
+                        f"iterable) of items; got {type(batch).__name__}"
+                    ) from exc
+            if batch:
+                produced = True
+                src.push(batch)
+            try:
+                awake = src.part.next_awake()
+            except Exception as exc:
+                raise BytewaxRuntimeError(
+                    f"error calling `next_awake` in step {src.step_id!r}"
+                ) from exc
+            if awake is not None and (not isinstance(awake, datetime) or awake.tzinfo is None):
+                msg = (
+                    f"`next_awake` in step {src.step_id!r} must return a timezone-aware "
+                    f"datetime or None; got {awake!r}"
+                )
+                raise BytewaxRuntimeError(msg) from TypeError(msg)
+            if awake is None and not batch:
+                awake = now + _EMPTY_COOLDOWN
+            src.awake = awake
+        return produced
+
+    def _close_source(self, src: _SourceRun) -> None:
+        src.done = True
+        try:
+            src.part.close()
+        except Exception as exc:
+            raise BytewaxRuntimeError(f"error calling `close` in step {src.step_id!r}") from exc
+
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == STOP:
+            raise Abort()
+        _, eid, sender, epoch, payload = msg
+        if epoch > self.epoch:
+            self._held.append(msg)
+            return
+        edge = self.edges[eid]
+        if kind == DATA:
+            edge.deliver(payload)
+        else:
+            edge.barriers += 1
+            if payload:
+                edge.eof_votes += 1
+            if edge.barriers == self.count:
+                self._aligned(edge)
+
+    def _aligned(self, edge: _Edge) -> None:
+        edge.aligned = True
+        if edge.eof_votes == self.count and not edge.eof:
+            edge.eof = True
+            edge.on_eof()
+
+    def _drain(self, block: float) -> None:
+        """Handle queued messages; wait up to ``block`` seconds for the first."""
+        inbox = self.inbox
+        try:
+            msg = inbox.get(timeout=block) if block > 0 else inbox.get_nowait()
+        except queue.Empty:
+            return
+        self._handle(msg)
+        for _ in range(10_000):
+            try:
+                msg = inbox.get_nowait()
+            except queue.Empty:
+                return
+            self._handle(msg)
+
+    def _send_barriers(self) -> None:
+        """Send this epoch's barrier on every edge whose upstream is complete."""
+        for edge in self.edges:
+            if edge.barrier_sent or edge.eof:
+                continue
+            if not all(self.edges[u].aligned or self.edges[u].eof for u in edge.upstream_edges):
+                continue
+            eof = self._sources_done(edge.upstream_sources) and all(
+                self.edges[u].eof for u in edge.upstream_edges
+            )
+            edge.barrier_sent = True
+            for dst in range(self.count):
+                if dst == self.index:
+                    edge.barriers += 1
+                    edge.eof_votes += int(eof)
+                    if edge.barriers == self.count:
+                        self._aligned(edge)
+                else:
+                    self.cluster.send(dst, (BARRIER, edge.eid, self.index, self.epoch, eof))
+
+    def _epoch_complete(self) -> bool:
+        return all(e.aligned or e.eof for e in self.edges)
+
+    def _advance_epoch(self) -> None:
+        for edge in self.edges:
+            edge.barrier_sent = False
+            edge.barriers = 0
+            edge.eof_votes = 0
+            edge.aligned = edge.eof
+        self.epoch_ref.epoch += 1
+        held, self._held = self._held, []
+        for msg in held:
+            self._handle(msg)
+
+    def _fire_timers(self, now: datetime) -> None:
+        for node in self.stateful:
+            edge = self._edge_of_step[node.step_id]
+            if not edge.aligned and not edge.eof:
+                node.fire_timers(now)
+
+    def _next_wake(self, closing: bool, deadline: float) -> float:
+        """Seconds to sleep until something is due (capped)."""
+        now_dt = _utcnow()
+        wake = _MAX_SLEEP
+        if not closing:
+            wake = min(wake, max(0.0, deadline - time.monotonic()))
+            for src in self.sources:
+                if not src.done:
+                    if src.awake is None:
+                        return 0.0
+                    wake = min(wake, (src.awake - now_dt).total_seconds())
+        for node in self.stateful:
+            at = node.next_timer()
+            if at is not None:
+                wake = min(wake, (at - now_dt).total_seconds())
+        return max(0.0, wake)
+
+    def run(self) -> None:
+        """Run epochs until every input and exchange edge reached EOF."""
+        interval = self.config.epoch_interval.total_seconds()
+        cluster = self.cluster
+        try:
+            while not self.finished:
+                deadline = time.monotonic() + interval
+                closing = False
+                while True:
+                    if cluster.abort.is_set():
+                        raise Abort()
+                    now = _utcnow()
+                    produced = False
+                    if not closing:
+                        produced = self._poll_sources(now)
+                        if time.monotonic() >= deadline or self._sources_done():
+                            closing = True
+                    self._fire_timers(now)
+                    if closing:
+                        self._send_barriers()
+                        if self._epoch_complete():
+                            break
+                    if produced:
+                        self._drain(0)
+                    else:
+                        self._drain(self._next_wake(closing, deadline))
+                if self._sources_done() and all(e.eof for e in self.edges):
+                    self.finished = True
+                else:
+                    self._advance_epoch()
+        finally:
+            self._close_all()
+
+    def _close_all(self) -> None:
+        for src in self.sources:
+            if not src.done:
+                try:
+                    src.part.close()
+                except Exception:  # noqa: BLE001 - best effort on shutdown
+                    log.exception("error closing source partition in step %r", src.step_id)
+        for close in self._closers:
+            try:
+                close()
+            except Exception:
+                if self.cluster.error is None and not self.cluster.abort.is_set():
+                    raise
+                log.exception("error closing sink partition")

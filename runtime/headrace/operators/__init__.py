@@ -1,0 +1,114 @@
+"""All built-in operators, with the Bytewax 0.21 names and semantics.
+
+Import as ``import headrace.operators as op``. Windowing lives in
+`headrace.operators.windowing`; small helpers in `headrace.operators.helpers`.
+
+>>> import headrace.operators as op
+>>> from headrace.dataflow import Dataflow
+>>> from headrace.testing import TestingSource, TestingSink, run_main
+>>> flow = Dataflow("wordcount")
+>>> lines = op.input("lines", flow, TestingSource(["a b", "b"]))
+>>> words = op.flat_map("split", lines, str.split)
+>>> counts = op.count_final("count", words, lambda w: w)
+>>> out = []
+>>> op.output("out", counts, TestingSink(out))
+>>> run_main(flow)
+>>> sorted(out)
+[('a', 1), ('b', 2)]
+"""
+
+from headrace.dataflow import Dataflow, KeyedStream, Stream, f_repr, operator
+from headrace.inputs import Source
+from headrace.operators._core import (
+    BranchOut,
+    StatefulBatchLogic,
+    _noop,
+    branch,
+    flat_map_batch,
+    input,
+    inspect_debug,
+    merge,
+    output,
+    redistribute,
+    stateful_batch,
+)
+from headrace.operators._stateful import (
+    StatefulLogic,
+    collect,
+    count_final,
+    fold_final,
+    join,
+    max_final,
+    min_final,
+    reduce_final,
+    stateful,
+    stateful_flat_map,
+    stateful_map,
+)
+from headrace.operators._stateless import (
+    TTLCache,
+    enrich_cached,
+    filter,
+    filter_map,
+    filter_map_value,
+    filter_value,
+    flat_map,
+    flat_map_value,
+    flatten,
+    inspect,
+    key_on,
+    key_rm,
+    map,
+    map_value,
+    raises,
+)
+from headrace.outputs import DynamicSink, Sink, StatelessSinkPartition
+
+__all__ = [
+    "BranchOut",
+    "Dataflow",
+    "DynamicSink",
+    "KeyedStream",
+    "Sink",
+    "Source",
+    "StatefulBatchLogic",
+    "StatefulLogic",
+    "StatelessSinkPartition",
+    "Stream",
+    "TTLCache",
+    "_noop",
+    "branch",
+    "collect",
+    "count_final",
+    "enrich_cached",
+    "f_repr",
+    "filter",
+    "filter_map",
+    "filter_map_value",
+    "filter_value",
+    "flat_map",
+    "flat_map_batch",
+    "flat_map_value",
+    "flatten",
+    "fold_final",
+    "input",
+    "inspect",
+    "inspect_debug",
+    "join",
+    "key_on",
+    "key_rm",
+    "map",
+    "map_value",
+    "max_final",
+    "merge",
+    "min_final",
+    "operator",
+    "output",
+    "raises",
+    "redistribute",
+    "reduce_final",
+    "stateful",
+    "stateful_batch",
+    "stateful_flat_map",
+    "stateful_map",
+]

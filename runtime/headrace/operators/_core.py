@@ -1,0 +1,313 @@
+"""The core operators: the only steps the engine runs directly.
+
+Every other operator is composed from these. Stateless item-level operators
+(`map`, `filter`...) are `flat_map_batch` steps whose mapper carries a
+*fusion hint* (`_fusable`): the engine may then compile a chain of them
+into a single loop over the batch, while the step tree stays the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from headrace.dataflow import Dataflow, Stream, _core_step, f_repr, operator
+from headrace.inputs import DynamicSource, FixedPartitionedSource, Source
+from headrace.outputs import DynamicSink, FixedPartitionedSink, Sink
+
+X = TypeVar("X")
+Y = TypeVar("Y")
+V = TypeVar("V")
+W = TypeVar("W")
+S = TypeVar("S")
+
+# Item-level stage kinds the engine knows how to fuse.
+FUSABLE_KINDS = frozenset(
+    {
+        "map",
+        "filter",
+        "filter_map",
+        "flat_map",
+        "map_value",
+        "filter_value",
+        "filter_map_value",
+        "flat_map_value",
+        "key_on",
+        "key_rm",
+    }
+)
+
+
+def _fusable(kind: str, fn: Callable[..., Any], batch_fn: Callable[[list[Any]], Any]) -> Any:
+    """Tag a batch function with the item-level stage it implements."""
+    assert kind in FUSABLE_KINDS
+    batch_fn._fusable = (kind, fn)  # type: ignore[attr-defined]
+    return batch_fn
+
+
+def _check_callable(step_id: str, name: str, fn: object) -> None:
+    if not callable(fn):
+        msg = f"step {step_id!r}: `{name}` must be callable; got {type(fn).__name__} {fn!r}"
+        raise TypeError(msg)
+
+
+@dataclass(frozen=True)
+class BranchOut(Generic[X, Y]):
+    """The two streams of `branch`: items the predicate accepted, and the rest.
+
+    >>> import headrace.operators as op
+    >>> from headrace.dataflow import Dataflow
+    >>> from headrace.testing import TestingSource, TestingSink, run_main
+    >>> flow = Dataflow("d")
+    >>> b = op.branch("even", op.input("i", flow, TestingSource([1, 2, 3])), lambda x: x % 2 == 0)
+    >>> evens, odds = [], []
+    >>> op.output("e", b.trues, TestingSink(evens)); op.output("o", b.falses, TestingSink(odds))
+    >>> run_main(flow); evens, odds
+    ([2], [1, 3])
+    """
+
+    trues: Stream[X]
+    falses: Stream[Y]
+
+
+@operator(_core=True)
+def input(step_id: str, flow: Dataflow, source: Source[X]) -> Stream[X]:  # noqa: A001
+    """Introduce items from a source into the dataflow.
+
+    >>> import headrace.operators as op
+    >>> from headrace.dataflow import Dataflow
+    >>> from headrace.testing import TestingSource
+    >>> flow = Dataflow("d")
+    >>> op.input("inp", flow, TestingSource([1, 2])).stream_id
+    'd.inp.down'
+    """
+    if not isinstance(source, FixedPartitionedSource | DynamicSource):
+        msg = (
+            f"step {step_id!r}: `input` needs a FixedPartitionedSource or DynamicSource; "
+            f"got {type(source).__name__}"
+        )
+        raise TypeError(msg)
+    return _core_step("input", {"source": source})[0]  # type: ignore[no-any-return]
+
+
+@operator(_core=True)
+def output(step_id: str, up: Stream[X], sink: Sink[X]) -> None:
+    """Write a stream's items to a sink.
+
+    >>> import headrace.operators as op
+    >>> from headrace.dataflow import Dataflow
+    >>> from headrace.testing import TestingSource, TestingSink, run_main
+    >>> flow = Dataflow("d"); out = []
+    >>> op.output("out", op.input("i", flow, TestingSource(["a"])), TestingSink(out))
+    >>> run_main(flow); out
+    ['a']
+    """
+    if not isinstance(sink, FixedPartitionedSink | DynamicSink):
+        msg = (
+            f"step {step_id!r}: `output` needs a FixedPartitionedSink or DynamicSink; "
+            f"got {type(sink).__name__}"
+        )
+        raise TypeError(msg)
+    _core_step("output", {"sink": sink}, ())
+
+
+@operator(_core=True)
+def flat_map_batch(
+    step_id: str, up: Stream[X], mapper: Callable[[list[X]], Iterable[Y]]
+) -> Stream[Y]:
+    """Transform a whole batch of items into any number of items.
+
+    >>> import headrace.operators as op
+    >>> from headrace.dataflow import Dataflow
+    >>> from headrace.testing import TestingSource, TestingSink, run_main
+    >>> flow = Dataflow("d"); out = []
+    >>> s = op.input("i", flow, TestingSource([1, 2, 3], batch_size=3))
+    >>> op.output("o", op.flat_map_batch("sum", s, lambda xs: [sum(xs)]), TestingSink(out))
+    >>> run_main(flow); out
+    [6]
+    """
+    _check_callable(step_id, "mapper", mapper)
+    return _core_step("flat_map_batch", {"mapper": mapper})[0]  # type: ignore[no-any-return]
+
+
+@operator(_core=True)
+def branch(step_id: str, up: Stream[X], predicate: Callable[[X], bool]) -> BranchOut[X, X]:
+    """Split a stream in two by a predicate.
+
+    >>> import headrace.operators as op
+    >>> from headrace.dataflow import Dataflow
+    >>> from headrace.testing import TestingSource
+    >>> flow = Dataflow("d")
+    >>> b = op.branch("b", op.input("i", flow, TestingSource([1])), bool)
+    >>> b.trues.stream_id, b.falses.stream_id
+    ('d.b.trues', 'd.b.falses')
+    """
+    _check_callable(step_id, "predicate", predicate)
+    trues, falses = _core_step("branch", {"predicate": predicate}, ("trues", "falses"))
+    return BranchOut(trues, falses)
+
+
+@operator(_core=True)
+def merge(step_id: str, *ups: Stream[Any]) -> Stream[Any]:
+    """Combine several streams into one.
+
+    >>> import headrace.operators as op
+    >>> from headrace.dataflow import Dataflow
+    >>> from headrace.testing import TestingSource, TestingSink, run_main
+    >>> flow = Dataflow("d"); out = []
+    >>> a = op.input("a", flow, TestingSource([1])); b = op.input("b", flow, TestingSource([2]))
+    >>> op.output("o", op.merge("m", a, b), TestingSink(out)); run_main(flow); sorted(out)
+    [1, 2]
+    """
+    return _core_step("merge", {})[0]
+
+
+@operator(_core=True)
+def redistribute(step_id: str, up: Stream[X]) -> Stream[X]:
+    """Spread items round-robin over all workers (to balance uneven sources).
+
+    >>> import headrace.operators as op
+    >>> from headrace.dataflow import Dataflow
+    >>> from headrace.testing import TestingSource, TestingSink, run_main
+    >>> flow = Dataflow("d"); out = []
+    >>> s = op.redistribute("r", op.input("i", flow, TestingSource([1, 2])))
+    >>> op.output("o", s, TestingSink(out)); run_main(flow); out
+    [1, 2]
+    """
+    return _core_step("redistribute", {})[0]  # type: ignore[no-any-return]
+
+
+@operator(_core=True)
+def inspect_debug(
+    step_id: str,
+    up: Stream[X],
+    inspector: Callable[[str, X, int, int], None] | None = None,
+) -> Stream[X]:
+    """Call ``inspector(step_id, item, epoch, worker_index)`` on each item.
+
+    >>> import headrace.operators as op
+    >>> from headrace.dataflow import Dataflow
+    >>> from headrace.testing import TestingSource, TestingSink, run_main
+    >>> flow = Dataflow("d"); out = []
+    >>> s = op.inspect_debug("dbg", op.input("i", flow, TestingSource(["x"])))
+    >>> op.output("o", s, TestingSink(out)); run_main(flow)
+    d.dbg W0 @1: 'x'
+    """
+    if inspector is None:
+        inspector = _default_debug_inspector
+    _check_callable(step_id, "inspector", inspector)
+    return _core_step("inspect_debug", {"inspector": inspector})[0]  # type: ignore[no-any-return]
+
+
+def _default_debug_inspector(step_id: str, item: Any, epoch: int, worker_idx: int) -> None:
+    print(f"{step_id} W{worker_idx} @{epoch}: {item!r}", flush=True)
+
+
+class StatefulBatchLogic(Generic[V, W, S]):
+    """Per-key logic of `stateful_batch`: handles a batch of values for one key.
+
+    Each method returns ``(outputs, discard)``; ``discard=True`` drops this
+    key's logic (its state is gone; a new item builds a fresh one).
+
+    >>> class Sum(StatefulBatchLogic):
+    ...     def __init__(self, s): self.s = s or 0
+    ...     def on_batch(self, values):
+    ...         self.s += sum(values); return [self.s], False
+    ...     def snapshot(self): return self.s
+    >>> Sum(None).on_batch([1, 2])
+    ([3], False)
+    """
+
+    RETAIN: bool = False
+    DISCARD: bool = True
+
+    def on_batch(self, values: list[V]) -> tuple[Iterable[W], bool]:
+        """Handle the values that arrived for this key in one batch.
+
+        >>> class Echo(StatefulBatchLogic):
+        ...     def on_batch(self, values): return values, False
+        ...     def snapshot(self): return None
+        >>> Echo().on_batch([1])
+        ([1], False)
+        """
+        raise NotImplementedError
+
+    def on_notify(self) -> tuple[Iterable[W], bool]:
+        """Called once the time from `notify_at` has passed.
+
+        >>> StatefulBatchLogic().on_notify()
+        ([], False)
+        """
+        return [], False
+
+    def on_eof(self) -> tuple[Iterable[W], bool]:
+        """Called when the input ends (every upstream worker reached EOF).
+
+        >>> StatefulBatchLogic().on_eof()
+        ([], False)
+        """
+        return [], False
+
+    def notify_at(self) -> Any:
+        """Return a tz-aware `datetime` to be called back at, or ``None``.
+
+        >>> StatefulBatchLogic().notify_at() is None
+        True
+        """
+        return None
+
+    def snapshot(self) -> S:
+        """Return this key's state, pickleable, for recovery.
+
+        >>> class L(StatefulBatchLogic):
+        ...     def snapshot(self): return {"n": 1}
+        >>> L().snapshot()
+        {'n': 1}
+        """
+        raise NotImplementedError
+
+
+@operator(_core=True)
+def stateful_batch(
+    step_id: str,
+    up: Stream[tuple[str, V]],
+    builder: Callable[[S | None], StatefulBatchLogic[V, W, S]],
+) -> Stream[tuple[str, W]]:
+    """The core stateful operator: per-key logic over batches of values.
+
+    Items must be ``(key, value)`` with a `str` key. ``builder(resume_state)``
+    builds the logic for a key (``None`` for a new key).
+
+    >>> import headrace.operators as op
+    >>> from headrace.dataflow import Dataflow
+    >>> from headrace.testing import TestingSource, TestingSink, run_main
+    >>> class Count(StatefulBatchLogic):
+    ...     def __init__(self, s): self.n = s or 0
+    ...     def on_batch(self, vs): self.n += len(vs); return [self.n], False
+    ...     def snapshot(self): return self.n
+    >>> flow = Dataflow("d"); out = []
+    >>> s = op.input("i", flow, TestingSource([("a", 1), ("a", 1)], batch_size=2))
+    >>> op.output("o", op.stateful_batch("c", s, Count), TestingSink(out)); run_main(flow); out
+    [('a', 2)]
+    """
+    _check_callable(step_id, "builder", builder)
+    return _core_step("stateful_batch", {"builder": builder})[0]  # type: ignore[no-any-return]
+
+
+@operator(_core=True)
+def _noop(step_id: str, up: Stream[X]) -> Stream[X]:
+    """Pass items through unchanged (used to give a stream a new port).
+
+    >>> import headrace.operators as op
+    >>> from headrace.dataflow import Dataflow
+    >>> from headrace.testing import TestingSource
+    >>> flow = Dataflow("d")
+    >>> _noop("n", op.input("i", flow, TestingSource([1]))).stream_id
+    'd.n.down'
+    """
+    return _core_step("noop", {})[0]  # type: ignore[no-any-return]
+
+
+def _describe(fn: Callable[..., Any]) -> str:
+    return f_repr(fn)

@@ -1,0 +1,313 @@
+"""Helpers for testing dataflows: in-memory sources and sinks, runners.
+
+>>> import headrace.operators as op
+>>> from headrace.dataflow import Dataflow
+>>> flow = Dataflow("t")
+>>> out = []
+>>> op.output("out", op.input("inp", flow, TestingSource([1, 2])), TestingSink(out))
+>>> run_main(flow)
+>>> out
+[1, 2]
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Generic, TypeVar
+
+from headrace.dataflow import Dataflow
+from headrace.inputs import (
+    AbortExecution,
+    FixedPartitionedSource,
+    StatefulSourcePartition,
+    StatelessSourcePartition,
+)
+from headrace.outputs import DynamicSink, StatelessSinkPartition
+
+__all__ = [
+    "TestingSink",
+    "TestingSource",
+    "TimeTestingGetter",
+    "cluster_main",
+    "ffwd_iter",
+    "poll_next_batch",
+    "run_main",
+]
+
+X = TypeVar("X")
+
+
+def ffwd_iter(it: Iterator[Any], n: int) -> None:
+    """Advance an iterator ``n`` items, discarding them.
+
+    >>> it = iter(range(5)); ffwd_iter(it, 3); next(it)
+    3
+    """
+    next(itertools.islice(it, n, n), None)
+
+
+class _IterSourcePartition(StatefulSourcePartition[X, int]):
+    def __init__(self, ib: Iterable[Any], batch_size: int, resume_state: int | None) -> None:
+        self._start = resume_state or 0
+        self._batch_size = batch_size
+        self._it = iter(ib)
+        self._idx = self._start
+        self._awake: datetime | None = None
+        ffwd_iter(self._it, self._start)
+        self._eof = False
+
+    def next_batch(self) -> list[X]:
+        if self._eof:
+            raise StopIteration()
+        batch: list[X] = []
+        self._awake = None
+        while len(batch) < self._batch_size:
+            try:
+                item = next(self._it)
+            except StopIteration:
+                if batch:
+                    self._eof = True
+                    return batch
+                raise
+            self._idx += 1
+            if isinstance(item, TestingSource.EOF):
+                self._eof = True
+                return batch
+            if isinstance(item, TestingSource.ABORT):
+                if not item._triggered:
+                    item._triggered = True
+                    raise AbortExecution()
+                continue
+            if isinstance(item, TestingSource.PAUSE):
+                self._awake = datetime.now(timezone.utc) + item.for_duration
+                return batch
+            batch.append(item)
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def snapshot(self) -> int:
+        return self._idx
+
+
+class TestingSource(FixedPartitionedSource[X, int]):
+    """Produce the items of an iterable; a single partition named ``iterable``.
+
+    The iterable may contain sentinels: ``TestingSource.EOF()`` ends the
+    input there (a resumed run continues after it), ``TestingSource.ABORT()``
+    crashes the run the first time it is reached, ``TestingSource.PAUSE(td)``
+    waits before continuing.
+
+    >>> part = TestingSource([1, 2, 3], batch_size=2).build_part("s", "iterable", None)
+    >>> part.next_batch(), part.next_batch()
+    ([1, 2], [3])
+    """
+
+    __test__ = False  # not a pytest class
+
+    @dataclass
+    class EOF:
+        """Sentinel: end the input here, as if the source were exhausted.
+
+        >>> isinstance(TestingSource.EOF(), TestingSource.EOF)
+        True
+        """
+
+    @dataclass
+    class ABORT:
+        """Sentinel: abort the run once, as a crash would.
+
+        >>> TestingSource.ABORT()._triggered
+        False
+        """
+
+        _triggered: bool = False
+
+    @dataclass
+    class PAUSE:
+        """Sentinel: pause the input for ``for_duration``.
+
+        >>> TestingSource.PAUSE(timedelta(seconds=1)).for_duration.total_seconds()
+        1.0
+        """
+
+        for_duration: timedelta
+
+    def __init__(self, ib: Iterable[Any], batch_size: int = 1) -> None:
+        if batch_size < 1:
+            msg = f"TestingSource batch_size must be >= 1; got {batch_size}"
+            raise ValueError(msg)
+        self._ib = ib
+        self._batch_size = batch_size
+
+    def list_parts(self) -> list[str]:
+        """The single partition ``["iterable"]``.
+
+        >>> TestingSource([]).list_parts()
+        ['iterable']
+        """
+        return ["iterable"]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> _IterSourcePartition[X]:
+        """Build the partition, skipping ``resume_state`` items.
+
+        >>> TestingSource("abc").build_part("s", "iterable", 2).next_batch()
+        ['c']
+        """
+        return _IterSourcePartition(self._ib, self._batch_size, resume_state)
+
+
+class _ListSinkPartition(StatelessSinkPartition[X]):
+    def __init__(self, ls: list[X]) -> None:
+        self._ls = ls
+
+    def write_batch(self, items: list[X]) -> None:
+        self._ls.extend(items)
+
+
+class TestingSink(DynamicSink[X]):
+    """Append every item to a list (shared by the workers of a process).
+
+    >>> out = []
+    >>> TestingSink(out).build("s", 0, 1).write_batch([1]); out
+    [1]
+    """
+
+    __test__ = False
+
+    def __init__(self, ls: list[X]) -> None:
+        self._ls = ls
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ListSinkPartition[X]:
+        """Build this worker's partition, which appends to the shared list.
+
+        >>> out = []
+        >>> part = TestingSink(out).build("s", 1, 2); part.write_batch(["x"]); out
+        ['x']
+        """
+        return _ListSinkPartition(self._ls)
+
+
+class _DiscardPartition(StatelessSinkPartition[Any]):
+    def write_batch(self, items: list[Any]) -> None:
+        return None
+
+
+class _DiscardSink(DynamicSink[Any]):
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DiscardPartition:
+        return _DiscardPartition()
+
+
+def poll_next_batch(
+    part: StatefulSourcePartition[X, Any] | StatelessSourcePartition[X],
+    timeout: timedelta = timedelta(seconds=5),
+) -> list[X]:
+    """Call ``part.next_batch()`` until it returns items or ``timeout`` passes.
+
+    >>> poll_next_batch(TestingSource([1]).build_part("s", "iterable", None))
+    [1]
+    """
+    import time
+
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        batch = list(part.next_batch())
+        if batch:
+            return batch
+        if time.monotonic() >= deadline:
+            msg = f"no items within {timeout}"
+            raise TimeoutError(msg)
+        time.sleep(0.001)
+
+
+@dataclass
+class TimeTestingGetter:
+    """A controllable clock for tests: pass ``getter.get`` as a ``now_getter``.
+
+    >>> from datetime import datetime, timedelta, timezone
+    >>> clock = TimeTestingGetter(datetime(2024, 1, 1, tzinfo=timezone.utc))
+    >>> clock.advance(timedelta(seconds=5)); clock.get().second
+    5
+    """
+
+    now: datetime
+
+    def advance(self, td: timedelta) -> None:
+        """Move the clock forward by ``td``.
+
+        >>> from datetime import datetime, timedelta, timezone
+        >>> c = TimeTestingGetter(datetime(2024, 1, 1, tzinfo=timezone.utc))
+        >>> c.advance(timedelta(minutes=1)); c.now.minute
+        1
+        """
+        self.now += td
+
+    def get(self) -> datetime:
+        """Return the current fake time.
+
+        >>> from datetime import datetime, timezone
+        >>> TimeTestingGetter(datetime(2024, 1, 1, tzinfo=timezone.utc)).get().year
+        2024
+        """
+        return self.now
+
+
+def run_main(
+    flow: Dataflow,
+    *,
+    epoch_interval: timedelta | None = None,
+    recovery_config: Any = None,
+) -> None:
+    """Run ``flow`` on one worker in this thread; return when input ends.
+
+    >>> import headrace.operators as op
+    >>> flow = Dataflow("rm"); out = []
+    >>> op.output("o", op.map("m", op.input("i", flow, TestingSource([1])), str), TestingSink(out))
+    >>> run_main(flow); out
+    ['1']
+    """
+    from headrace._engine._run import execute
+
+    execute(flow, workers_per_process=1, epoch_interval=epoch_interval)
+
+
+def cluster_main(
+    flow: Dataflow,
+    addresses: list[str],
+    proc_id: int,
+    *,
+    epoch_interval: timedelta | None = None,
+    recovery_config: Any = None,
+    worker_count_per_proc: int = 1,
+) -> None:
+    """Run this process's share of a cluster: ``worker_count_per_proc`` threads.
+
+    ``addresses`` lists every process's ``host:port``; ``proc_id`` is this
+    process's index in it.
+
+    >>> import headrace.operators as op
+    >>> flow = Dataflow("cm"); out = []
+    >>> op.output("o", op.input("i", flow, TestingSource([1, 2])), TestingSink(out))
+    >>> cluster_main(flow, [], 0, worker_count_per_proc=2); sorted(out)
+    [1, 2]
+    """
+    from headrace._engine._run import execute
+
+    if len(addresses) > 1:
+        from headrace._engine._run import execute_cluster
+
+        execute_cluster(
+            flow,
+            addresses=addresses,
+            proc_id=proc_id,
+            workers_per_process=worker_count_per_proc,
+            epoch_interval=epoch_interval,
+        )
+        return
+    execute(flow, workers_per_process=worker_count_per_proc, epoch_interval=epoch_interval)
