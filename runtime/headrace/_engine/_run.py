@@ -1,8 +1,10 @@
-"""Start the workers of this process and wait for them.
+"""Start the workers of this process, connect to peer processes, wait.
 
-W workers of one process run as W threads (Bytewax compatible); with one
-worker it runs in the caller's thread. Any worker's failure stops them all
-and is re-raised here.
+W workers of one process run as W threads (Bytewax compatible; with one
+worker and no peers it runs in the caller's thread). Any worker's failure,
+or a lost peer process, stops them all and is re-raised here.
+`request_stop()` (SIGTERM/SIGINT in the CLI) makes every process of the
+cluster stop cleanly at the next epoch boundary.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import logging
 import threading
 from datetime import timedelta
 
-from headrace._engine._plan import build_plan
+from headrace._engine._net import PROTOCOL_VERSION, Hello, Mesh
+from headrace._engine._plan import Plan, build_plan
 from headrace._engine._worker import Abort, Cluster, RunConfig, Worker
 from headrace.dataflow import Dataflow
 
@@ -19,12 +22,77 @@ log = logging.getLogger("headrace.run")
 
 DEFAULT_EPOCH_INTERVAL = timedelta(seconds=10)
 
+_ACTIVE: set[Cluster] = set()
+_ACTIVE_LOCK = threading.Lock()
+
+
+def request_stop() -> bool:
+    """Ask every running cluster in this process to stop at the next epoch.
+
+    Returns whether any run was active.
+
+    >>> request_stop()
+    False
+    """
+    with _ACTIVE_LOCK:
+        for cluster in _ACTIVE:
+            cluster.stop_requested.set()
+        return bool(_ACTIVE)
+
 
 def _run_worker(worker: Worker, cluster: Cluster) -> None:
     try:
         worker.run()
     except BaseException as exc:  # noqa: BLE001 - handed to the caller
         cluster.fail(exc)
+
+
+def _config(epoch_interval: timedelta | None, fuse: bool) -> RunConfig:
+    interval = DEFAULT_EPOCH_INTERVAL if epoch_interval is None else epoch_interval
+    if interval < timedelta(0):
+        msg = f"epoch_interval must not be negative; got {interval}"
+        raise ValueError(msg)
+    return RunConfig(epoch_interval=interval, fuse=fuse)
+
+
+def _check_w(workers_per_process: int) -> None:
+    if workers_per_process < 1:
+        msg = f"workers_per_process must be >= 1; got {workers_per_process}"
+        raise ValueError(msg)
+
+
+def _run_local_workers(plan: Plan, cluster: Cluster, config: RunConfig, mesh: Mesh | None) -> None:
+    workers = [Worker(plan, i, cluster, config) for i in cluster.local_workers]
+    with _ACTIVE_LOCK:
+        _ACTIVE.add(cluster)
+    try:
+        if len(workers) == 1 and mesh is None:
+            _run_worker(workers[0], cluster)
+        else:
+            threads = [
+                threading.Thread(
+                    target=_run_worker,
+                    args=(w, cluster),
+                    name=f"headrace-worker-{w.index}",
+                    daemon=True,
+                )
+                for w in workers
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(cluster)
+        if mesh is not None:
+            mesh.close(cluster.error)
+    if cluster.error is not None:
+        raise cluster.error
+    if cluster.abort.is_set() and not cluster.aborted_by_source:
+        raise Abort("run aborted")
+    if any(w.stopped for w in workers):
+        log.info("stopped cleanly at the end of epoch %d on request", workers[0].epoch)
 
 
 def execute(
@@ -43,31 +111,51 @@ def execute(
     >>> execute(flow, workers_per_process=2); sorted(out)
     [1, 2]
     """
-    if workers_per_process < 1:
-        msg = f"workers_per_process must be >= 1; got {workers_per_process}"
-        raise ValueError(msg)
-    interval = DEFAULT_EPOCH_INTERVAL if epoch_interval is None else epoch_interval
-    if interval < timedelta(0):
-        msg = f"epoch_interval must not be negative; got {interval}"
-        raise ValueError(msg)
+    _check_w(workers_per_process)
+    config = _config(epoch_interval, fuse)
     plan = build_plan(flow)
-    config = RunConfig(epoch_interval=interval, fuse=fuse)
     cluster = Cluster(workers_per_process, range(workers_per_process))
-    workers = [Worker(plan, i, cluster, config) for i in range(workers_per_process)]
-    if workers_per_process == 1:
-        _run_worker(workers[0], cluster)
-    else:
-        threads = [
-            threading.Thread(
-                target=_run_worker, args=(w, cluster), name=f"headrace-worker-{w.index}", daemon=True
-            )
-            for w in workers
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    if cluster.error is not None:
-        raise cluster.error
-    if cluster.abort.is_set() and not cluster.aborted_by_source:
-        raise Abort("run aborted")
+    _run_local_workers(plan, cluster, config, None)
+
+
+def execute_cluster(
+    flow: Dataflow,
+    *,
+    addresses: list[str],
+    proc_id: int,
+    workers_per_process: int = 1,
+    epoch_interval: timedelta | None = None,
+    bind_host: str | None = None,
+    startup_timeout: float = 30.0,
+    fuse: bool = True,
+) -> None:
+    """Run this process's share of a multi-process cluster.
+
+    ``addresses[i]`` is process ``i``'s ``host:port``; this process is
+    ``proc_id`` and runs workers ``proc_id * W ... proc_id * W + W - 1``.
+
+    >>> execute_cluster(Dataflow("d"), addresses=["127.0.0.1:1"], proc_id=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: process id 3 is not an index into the 1 addresses
+    """
+    _check_w(workers_per_process)
+    if not 0 <= proc_id < len(addresses):
+        msg = f"process id {proc_id} is not an index into the {len(addresses)} addresses"
+        raise ValueError(msg)
+    config = _config(epoch_interval, fuse)
+    plan = build_plan(flow)
+    w = workers_per_process
+    cluster = Cluster(len(addresses) * w, range(proc_id * w, proc_id * w + w))
+    hello = Hello(
+        PROTOCOL_VERSION, proc_id, len(addresses), w, plan.flow_id, plan.fingerprint(),
+        addresses[proc_id],
+    )
+
+    def deliver(dst: int, msg: tuple[object, ...]) -> None:
+        cluster.inboxes[dst].put(msg)
+
+    mesh = Mesh(addresses, proc_id, hello, deliver, cluster.fail, bind_host, startup_timeout)
+    mesh.start()
+    cluster.remote_send = mesh.send
+    _run_local_workers(plan, cluster, config, mesh)

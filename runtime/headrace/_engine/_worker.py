@@ -50,6 +50,16 @@ UTC = timezone.utc
 DATA = 0
 BARRIER = 1
 STOP = 2
+ACK = 3
+
+# Barrier flags.
+F_EOF = 1
+F_STOP = 2
+
+# Items a worker may have sent to one peer that the peer has not yet
+# processed; past it the worker stops polling its sources (backpressure)
+# but keeps draining its inbox, so it can never deadlock mid-batch.
+INFLIGHT_LIMIT = 200_000
 
 _EMPTY_COOLDOWN = timedelta(milliseconds=1)
 _MAX_SLEEP = 0.05
@@ -70,6 +80,7 @@ class RunConfig:
     epoch_interval: timedelta = timedelta(seconds=10)
     key_groups: int = DEFAULT_KEY_GROUPS
     fuse: bool = True
+    inflight_limit: int = INFLIGHT_LIMIT
 
 
 class Cluster:
@@ -82,6 +93,7 @@ class Cluster:
             w: queue.SimpleQueue() for w in local_workers
         }
         self.abort = threading.Event()
+        self.stop_requested = threading.Event()
         self.aborted_by_source = False
         self.error: BaseException | None = None
         self._lock = threading.Lock()
@@ -284,7 +296,7 @@ class _Edge:
     """An exchange edge: where items are routed to the worker that owns them."""
 
     eid: int
-    step: CoreStep
+    step: CoreStep | None  # None for the control edge
     deliver: Push = _drop  # local processing of items owned by this worker
     route: Push = _drop  # entry point from upstream: routes then sends/delivers
     on_eof: Callable[[], None] = lambda: None
@@ -294,6 +306,7 @@ class _Edge:
     barrier_sent: bool = False
     barriers: int = 0
     eof_votes: int = 0
+    stop_votes: int = 0
     aligned: bool = False
     # sticky state
     eof: bool = False
@@ -324,6 +337,10 @@ class Worker:
         self._pushes: dict[str, Push] = {}
         self._held: list[tuple[Any, ...]] = []
         self.finished = False
+        self.stopped = False
+        self.inflight = [0] * self.count
+        self._acks = [0] * self.count
+        self.backpressure_seconds = 0.0
         self._build()
 
     @property
@@ -347,6 +364,16 @@ class Worker:
         for edge in self.edges:
             self._wire_edge(edge)
         self._compute_upstreams()
+        # The control edge goes last: its barrier is sent once everything
+        # else of the epoch is done here, so its alignment means "every
+        # worker finished the epoch" (the commit point) and its flags carry
+        # the cluster-wide EOF and stop decisions.
+        self.control = _Edge(len(self.edges), None)
+        self.control.upstream_edges = {e.eid for e in self.edges}
+        self.control.upstream_sources = {s.step_id for s in self.sources} | {
+            st.step_id for st in self.plan.steps if st.kind == "input"
+        }
+        self.edges.append(self.control)
 
     def _stage_of(self, step: CoreStep) -> Stage | None:
         if step.kind == "flat_map_batch":
@@ -527,6 +554,7 @@ class Worker:
             self._wire_partitioned_sink(edge)
 
     def _send_data(self, edge: _Edge, dst: int, items: list[Any]) -> None:
+        self.inflight[dst] += len(items)
         self.cluster.send(dst, (DATA, edge.eid, self.index, self.epoch, items))
 
     def _keyed_router(self, edge: _Edge, step_id: str) -> Push:
@@ -672,6 +700,7 @@ class Worker:
             return memo[stream_id]
 
         for edge in self.edges:
+            assert edge.step is not None
             for inp in edge.step.inputs:
                 e, s = ups_of_stream(inp)
                 edge.upstream_edges |= e
@@ -738,6 +767,9 @@ class Worker:
 
     def _handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
+        if kind == ACK:
+            self.inflight[msg[1]] -= msg[2]
+            return
         if kind == STOP:
             raise Abort()
         _, eid, sender, epoch, payload = msg
@@ -746,19 +778,32 @@ class Worker:
             return
         edge = self.edges[eid]
         if kind == DATA:
+            self._acks[sender] += len(payload)
             edge.deliver(payload)
         else:
-            edge.barriers += 1
-            if payload:
-                edge.eof_votes += 1
-            if edge.barriers == self.count:
-                self._aligned(edge)
+            self._barrier(edge, payload)
 
-    def _aligned(self, edge: _Edge) -> None:
-        edge.aligned = True
-        if edge.eof_votes == self.count and not edge.eof:
-            edge.eof = True
-            edge.on_eof()
+    def _barrier(self, edge: _Edge, flags: int) -> None:
+        edge.barriers += 1
+        if flags & F_EOF:
+            edge.eof_votes += 1
+        if flags & F_STOP:
+            edge.stop_votes += 1
+        if edge.barriers == self.count:
+            edge.aligned = True
+            if edge.eof_votes == self.count and not edge.eof:
+                edge.eof = True
+                edge.on_eof()
+
+    def _send_acks(self) -> None:
+        acks = self._acks
+        for sender, n in enumerate(acks):
+            if n:
+                acks[sender] = 0
+                if sender == self.index:
+                    self.inflight[sender] -= n
+                else:
+                    self.cluster.send(sender, (ACK, self.index, n))
 
     def _drain(self, block: float) -> None:
         """Handle queued messages; wait up to ``block`` seconds for the first."""
@@ -772,8 +817,9 @@ class Worker:
             try:
                 msg = inbox.get_nowait()
             except queue.Empty:
-                return
+                break
             self._handle(msg)
+        self._send_acks()
 
     def _send_barriers(self) -> None:
         """Send this epoch's barrier on every edge whose upstream is complete."""
@@ -785,24 +831,33 @@ class Worker:
             eof = self._sources_done(edge.upstream_sources) and all(
                 self.edges[u].eof for u in edge.upstream_edges
             )
+            flags = F_EOF if eof else 0
+            if edge is self.control:
+                self.before_commit_barrier()
+                if self.cluster.stop_requested.is_set():
+                    flags |= F_STOP
             edge.barrier_sent = True
             for dst in range(self.count):
                 if dst == self.index:
-                    edge.barriers += 1
-                    edge.eof_votes += int(eof)
-                    if edge.barriers == self.count:
-                        self._aligned(edge)
+                    self._barrier(edge, flags)
                 else:
-                    self.cluster.send(dst, (BARRIER, edge.eid, self.index, self.epoch, eof))
+                    self.cluster.send(dst, (BARRIER, edge.eid, self.index, self.epoch, flags))
+
+    def before_commit_barrier(self) -> None:
+        """Hook: this worker finished the epoch; runs before it tells the others."""
+
+    def after_epoch(self) -> None:
+        """Hook: every worker finished the epoch (its commit point)."""
 
     def _epoch_complete(self) -> bool:
-        return all(e.aligned or e.eof for e in self.edges)
+        return self.control.aligned
 
     def _advance_epoch(self) -> None:
         for edge in self.edges:
             edge.barrier_sent = False
             edge.barriers = 0
             edge.eof_votes = 0
+            edge.stop_votes = 0
             edge.aligned = edge.eof
         self.epoch_ref.epoch += 1
         held, self._held = self._held, []
@@ -846,8 +901,17 @@ class Worker:
                     now = _utcnow()
                     produced = False
                     if not closing:
-                        produced = self._poll_sources(now)
-                        if time.monotonic() >= deadline or self._sources_done():
+                        if max(self.inflight) <= self.config.inflight_limit:
+                            produced = self._poll_sources(now)
+                        else:
+                            t0 = time.monotonic()
+                            self._drain(_MAX_SLEEP)
+                            self.backpressure_seconds += time.monotonic() - t0
+                        if (
+                            time.monotonic() >= deadline
+                            or self._sources_done()
+                            or cluster.stop_requested.is_set()
+                        ):
                             closing = True
                     self._fire_timers(now)
                     if closing:
@@ -858,8 +922,11 @@ class Worker:
                         self._drain(0)
                     else:
                         self._drain(self._next_wake(closing, deadline))
-                if self._sources_done() and all(e.eof for e in self.edges):
+                self.after_epoch()
+                if self.control.eof:
                     self.finished = True
+                elif self.control.stop_votes:
+                    self.finished = self.stopped = True
                 else:
                     self._advance_epoch()
         finally:

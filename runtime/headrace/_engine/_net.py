@@ -1,0 +1,412 @@
+"""The TCP mesh between the processes of a cluster.
+
+One connection per process pair (process ``i`` dials every ``j < i`` and
+accepts every ``j > i``). Frames are a 4-byte big-endian length followed by
+a pickled list of ``(destination worker, message)`` pairs; a writer thread
+per peer packs whatever is queued into one frame, so many small messages
+cost one syscall. Flow control is end-to-end in the workers (credits, see
+``_worker.INFLIGHT_LIMIT``); the sockets only carry bytes.
+
+The handshake checks protocol version, dataflow fingerprint, process count
+and workers per process; a mismatch stops both sides with an error naming
+both. A peer whose connection ends without a goodbye frame is reported as
+lost, which stops this process within the time the kernel takes to notice
+(immediately for a killed local process; TCP keepalive bounds it otherwise).
+
+The cluster network must be trusted: frames are pickles, as in Bytewax.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import queue
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from headrace.errors import HeadraceRuntimeError
+
+log = logging.getLogger("headrace.net")
+
+PROTOCOL_VERSION = 1
+_LEN = struct.Struct(">I")
+_BYE = "bye"
+_FAIL = "fail"
+_MAX_FRAME_MSGS = 4096
+
+
+class ClusterError(HeadraceRuntimeError):
+    """The cluster could not form or lost a member.
+
+    >>> issubclass(ClusterError, RuntimeError)
+    True
+    """
+
+
+@dataclass(frozen=True)
+class Hello:
+    """What each side tells the other when connecting."""
+
+    version: int
+    proc_id: int
+    process_count: int
+    workers_per_process: int
+    flow_id: str
+    fingerprint: str
+    address: str
+
+    def describe(self) -> str:
+        return (
+            f"process {self.proc_id} ({self.address}): protocol v{self.version}, dataflow "
+            f"{self.flow_id!r} fingerprint {self.fingerprint}, {self.process_count} processes x "
+            f"{self.workers_per_process} workers"
+        )
+
+    def mismatch(self, other: Hello) -> str | None:
+        if self.version != other.version:
+            what = "protocol versions differ (upgrade every process to the same Headrace)"
+        elif (self.flow_id, self.fingerprint) != (other.flow_id, other.fingerprint):
+            what = "dataflows differ (deploy the same code and import string everywhere)"
+        elif self.process_count != other.process_count:
+            what = "process counts differ (pass the same address list everywhere)"
+        elif self.workers_per_process != other.workers_per_process:
+            what = "workers per process differ (pass the same -w everywhere)"
+        else:
+            return None
+        return f"{what}: {self.describe()}; {other.describe()}"
+
+
+def parse_address(addr: str) -> tuple[str, int]:
+    """Split ``host:port`` (IPv6 as ``[::1]:port``).
+
+    >>> parse_address("127.0.0.1:2101"), parse_address("[::1]:80")
+    (('127.0.0.1', 2101), ('::1', 80))
+    """
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        msg = f"bad address {addr!r}: expected host:port"
+        raise ValueError(msg)
+    return host.strip("[]"), int(port)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _send_frame(sock: socket.socket, obj: Any) -> int:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_LEN.pack(len(data)) + data)
+    return len(data) + 4
+
+
+def _recv_frame(sock: socket.socket) -> tuple[Any, int] | None:
+    head = _recv_exact(sock, 4)
+    if head is None:
+        return None
+    (n,) = _LEN.unpack(head)
+    body = _recv_exact(sock, n)
+    if body is None:
+        return None
+    return pickle.loads(body), n + 4
+
+
+def _keepalive(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, val in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, opt):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
+
+
+class _Peer:
+    def __init__(self, proc_id: int, address: str, sock: socket.socket) -> None:
+        self.proc_id = proc_id
+        self.address = address
+        self.sock = sock
+        self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.said_bye = False
+        self.failed_with: str | None = None
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self.frames_out = 0
+        self.writer: threading.Thread | None = None
+        self.reader: threading.Thread | None = None
+
+
+class Mesh:
+    """Connections from this process to every other process of the cluster."""
+
+    def __init__(
+        self,
+        addresses: list[str],
+        proc_id: int,
+        hello: Hello,
+        deliver: Callable[[int, Any], None],
+        on_lost: Callable[[BaseException], None],
+        bind_host: str | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        if not 0 <= proc_id < len(addresses):
+            msg = f"process id {proc_id} is not an index into the {len(addresses)} addresses"
+            raise ValueError(msg)
+        self.addresses = addresses
+        self.proc_id = proc_id
+        self.hello = hello
+        self.deliver = deliver
+        self.on_lost = on_lost
+        self.bind_host = bind_host
+        self.startup_timeout = startup_timeout
+        self.workers_per_process = hello.workers_per_process
+        self.peers: dict[int, _Peer] = {}
+        self._closing = False
+
+    # -- startup -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Listen, dial lower ids, accept higher ids, handshake; raise on failure."""
+        host, port = parse_address(self.addresses[self.proc_id])
+        bind = self.bind_host if self.bind_host is not None else host
+        listener = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((bind, port))
+        except OSError as exc:
+            msg = (
+                f"process {self.proc_id} can't listen on {bind}:{port}: {exc}; is another "
+                "process using the port, or is the address not this machine's?"
+            )
+            raise ClusterError(msg) from exc
+        listener.listen(len(self.addresses))
+        deadline = time.monotonic() + self.startup_timeout
+        errors: list[BaseException] = []
+        acceptor = threading.Thread(
+            target=self._accept_all, args=(listener, deadline, errors), daemon=True
+        )
+        acceptor.start()
+        try:
+            for j in range(self.proc_id):
+                self._dial(j, deadline)
+        finally:
+            acceptor.join()
+            listener.close()
+        if errors:
+            self._abort_peers()
+            raise errors[0]
+        for peer in self.peers.values():
+            peer.writer = threading.Thread(
+                target=self._write_loop, args=(peer,), daemon=True,
+                name=f"headrace-net-w{peer.proc_id}",
+            )
+            peer.reader = threading.Thread(
+                target=self._read_loop, args=(peer,), daemon=True,
+                name=f"headrace-net-r{peer.proc_id}",
+            )
+            peer.writer.start()
+            peer.reader.start()
+
+    def _dial(self, j: int, deadline: float) -> None:
+        addr = self.addresses[j]
+        host, port = parse_address(addr)
+        delay = 0.05
+        last: BaseException | None = None
+        while time.monotonic() < deadline:
+            try:
+                sock = socket.create_connection((host, port), timeout=5)
+            except OSError as exc:  # refused, unresolvable yet, unreachable
+                last = exc
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            _keepalive(sock)
+            _send_frame(sock, self.hello)
+            reply = _recv_frame(sock)
+            if reply is None:
+                sock.close()
+                msg = f"process {j} at {addr} closed the connection during the handshake"
+                raise ClusterError(msg)
+            other = reply[0]
+            if isinstance(other, str):
+                sock.close()
+                raise ClusterError(f"process {j} at {addr} refused this process: {other}")
+            problem = self.hello.mismatch(other) if isinstance(other, Hello) else "bad handshake"
+            if problem is not None:
+                sock.close()
+                raise ClusterError(f"cluster mismatch: {problem}")
+            sock.settimeout(None)
+            self.peers[j] = _Peer(j, addr, sock)
+            return
+        msg = (
+            f"process {self.proc_id} could not reach process {j} at {addr} within "
+            f"{self.startup_timeout:.0f}s ({last}); is it running, and is the address right?"
+        )
+        raise ClusterError(msg)
+
+    def _accept_all(
+        self, listener: socket.socket, deadline: float, errors: list[BaseException]
+    ) -> None:
+        expected = set(range(self.proc_id + 1, len(self.addresses)))
+        while expected and not errors:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = ", ".join(f"process {j} ({self.addresses[j]})" for j in sorted(expected))
+                errors.append(ClusterError(
+                    f"process {self.proc_id} got no connection from {missing} within "
+                    f"{self.startup_timeout:.0f}s; are they running with the same address list?"
+                ))
+                return
+            listener.settimeout(min(remaining, 0.5))
+            try:
+                sock, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                errors.append(ClusterError(f"accept failed on process {self.proc_id}: {exc}"))
+                return
+            sock.settimeout(5)
+            try:
+                frame = _recv_frame(sock)
+            except (OSError, pickle.UnpicklingError, EOFError):
+                sock.close()
+                continue
+            other = None if frame is None else frame[0]
+            if not isinstance(other, Hello):
+                sock.close()
+                continue
+            problem = self.hello.mismatch(other)
+            if problem is None and other.proc_id not in expected:
+                problem = (
+                    f"process id {other.proc_id} from {other.address} is unexpected here "
+                    f"(already connected, or out of range); check every process's -i"
+                )
+            if problem is not None:
+                try:
+                    _send_frame(sock, problem)
+                finally:
+                    sock.close()
+                errors.append(ClusterError(f"cluster mismatch: {problem}"))
+                return
+            _send_frame(sock, self.hello)
+            _keepalive(sock)
+            sock.settimeout(None)
+            self.peers[other.proc_id] = _Peer(other.proc_id, self.addresses[other.proc_id], sock)
+            expected.discard(other.proc_id)
+
+    def _abort_peers(self) -> None:
+        for peer in self.peers.values():
+            try:
+                peer.sock.close()
+            except OSError:
+                pass
+
+    # -- running -------------------------------------------------------------
+
+    def send(self, dst_worker: int, msg: Any) -> None:
+        """Queue ``msg`` for worker ``dst_worker`` (in another process)."""
+        self.peers[dst_worker // self.workers_per_process].out.put((dst_worker, msg))
+
+    def _write_loop(self, peer: _Peer) -> None:
+        out = peer.out
+        sock = peer.sock
+        try:
+            while True:
+                first = out.get()
+                if first is _BYE or (isinstance(first, tuple) and first[0] == _FAIL):
+                    _send_frame(sock, first)
+                    break
+                batch = [first]
+                stop_after: Any = None
+                while len(batch) < _MAX_FRAME_MSGS:
+                    try:
+                        nxt = out.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _BYE or (isinstance(nxt, tuple) and nxt[0] == _FAIL):
+                        stop_after = nxt
+                        break
+                    batch.append(nxt)
+                peer.bytes_out += _send_frame(sock, batch)
+                peer.frames_out += 1
+                if stop_after is not None:
+                    _send_frame(sock, stop_after)
+                    break
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if not self._closing and not peer.said_bye:
+                self._lost(peer, f"sending to it failed: {exc}")
+
+    def _read_loop(self, peer: _Peer) -> None:
+        deliver = self.deliver
+        try:
+            while True:
+                got = _recv_frame(peer.sock)
+                if got is None:
+                    break
+                frame, n = got
+                peer.bytes_in += n
+                if frame == _BYE:
+                    peer.said_bye = True
+                    continue
+                if isinstance(frame, tuple) and frame and frame[0] == _FAIL:
+                    peer.failed_with = str(frame[1])
+                    continue
+                for dst, msg in frame:
+                    deliver(dst, msg)
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            if not peer.said_bye:
+                self._lost(peer, f"connection error: {exc}")
+            return
+        if not peer.said_bye:
+            self._lost(peer, "connection closed without goodbye (crashed or killed?)")
+
+    def _lost(self, peer: _Peer, why: str) -> None:
+        if self._closing and peer.said_bye:
+            return
+        if peer.failed_with is not None:
+            msg = f"process {peer.proc_id} at {peer.address} failed: {peer.failed_with}"
+        else:
+            msg = f"lost process {peer.proc_id} at {peer.address}: {why}"
+        self.on_lost(ClusterError(msg))
+
+    # -- shutdown ------------------------------------------------------------
+
+    def close(self, error: BaseException | None = None, linger: float = 5.0) -> None:
+        """Say goodbye (or why we failed), flush, and wait for peers to finish."""
+        self._closing = True
+        farewell: Any = _BYE if error is None else (_FAIL, f"{type(error).__name__}: {error}")
+        for peer in self.peers.values():
+            peer.out.put(farewell)
+        deadline = time.monotonic() + linger
+        for peer in self.peers.values():
+            if peer.writer is not None:
+                peer.writer.join(max(0.0, deadline - time.monotonic()))
+        for peer in self.peers.values():
+            if peer.reader is not None:
+                peer.reader.join(max(0.0, deadline - time.monotonic()))
+            try:
+                peer.sock.close()
+            except OSError:
+                pass
+
+    def stats(self) -> dict[str, int]:
+        """Bytes and frames exchanged so far.
+
+        >>> m = Mesh(["127.0.0.1:1"], 0, Hello(1, 0, 1, 1, "f", "x", "a"), print, print)
+        >>> m.stats()
+        {'bytes_out': 0, 'bytes_in': 0, 'frames_out': 0}
+        """
+        return {
+            "bytes_out": sum(p.bytes_out for p in self.peers.values()),
+            "bytes_in": sum(p.bytes_in for p in self.peers.values()),
+            "frames_out": sum(p.frames_out for p in self.peers.values()),
+        }

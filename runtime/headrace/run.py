@@ -1,0 +1,357 @@
+"""Run a dataflow: ``python -m headrace.run mod:flow [options]``.
+
+Local: ``-w W`` worker threads, ``-p P`` local processes (real parallelism).
+Manual cluster: every process gets the same ``-a "h:p;h:p"`` and its own
+``-i``. Kubernetes: the process id comes from the pod name's ordinal
+(``--process-id-from-hostname``) and the peers from a pattern
+(``--peer-pattern 'df-{i}.df.ns.svc:2101' --replicas 3``), all also settable
+through ``HEADRACE_*`` environment variables (``BYTEWAX_*`` work too).
+
+SIGTERM or SIGINT stops the whole cluster cleanly at the next epoch
+boundary; a second SIGINT aborts at once.
+
+>>> args = _parser().parse_args(["examples.wordcount:flow", "-w", "2"])
+>>> args.workers_per_process, args.import_str
+(2, 'examples.wordcount:flow')
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from headrace.dataflow import Dataflow
+
+__all__ = ["cli_main", "main"]
+
+log = logging.getLogger("headrace.run")
+
+
+def _env(name: str, default: Any = None) -> Any:
+    for prefix in ("HEADRACE_", "BYTEWAX_"):
+        val = os.environ.get(prefix + name)
+        if val is not None and val != "":
+            return val
+    return default
+
+
+def _seconds(text: str) -> timedelta:
+    try:
+        return timedelta(seconds=float(text))
+    except ValueError:
+        msg = f"expected a number of seconds; got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m headrace.run",
+        description="Run a Headrace dataflow.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("import_str", help="dataflow to run: 'mod', 'mod:attr', 'mod:factory(1)', "
+                   "or 'path/to/file.py:attr'")
+    g = p.add_argument_group("scaling")
+    g.add_argument("-w", "--workers-per-process", type=int,
+                   default=int(_env("WORKERS_PER_PROCESS", 1)),
+                   help="worker threads per process")
+    g.add_argument("-p", "--processes", type=int, default=int(_env("PROCESSES", 1)),
+                   help="start this many local processes on 127.0.0.1")
+    g.add_argument("-i", "--process-id", type=int,
+                   default=None if _env("PROCESS_ID") is None else int(_env("PROCESS_ID")),
+                   help="this process's index in the address list")
+    g.add_argument("-a", "--addresses", default=_env("ADDRESSES"),
+                   help="every process's host:port, separated by ';'")
+    g.add_argument("--addresses-file", default=_env("ADDRESSES_FILE"),
+                   help="file with one host:port per line")
+    g.add_argument("--process-id-from-hostname", action="store_true",
+                   default=_env("PROCESS_ID_FROM_HOSTNAME", "") in ("1", "true", "yes"),
+                   help="take the process id from the hostname's trailing '-N' (pod ordinal)")
+    g.add_argument("--peer-pattern", default=_env("PEER_PATTERN"),
+                   help="address pattern with '{i}' for the process index, e.g. "
+                   "'df-{i}.df.ns.svc.cluster.local:2101'")
+    g.add_argument("--replicas", type=int,
+                   default=None if _env("REPLICAS") is None else int(_env("REPLICAS")),
+                   help="number of processes, with --peer-pattern")
+    g.add_argument("--bind-host", default=_env("BIND_HOST"),
+                   help="host to listen on (default: this process's address host)")
+    g.add_argument("--startup-timeout", type=float, default=float(_env("STARTUP_TIMEOUT", 60)),
+                   help="seconds to wait for all peers at startup")
+    g.add_argument("--key-groups", "--partitions", dest="key_groups", type=int,
+                   default=int(_env("KEY_GROUPS", 256)),
+                   help="number of key groups (state placement unit; fixed per dataflow)")
+    r = p.add_argument_group("epochs and recovery")
+    r.add_argument("-r", "--recovery", "--recovery-directory", dest="recovery",
+                   default=_env("RECOVERY") or _env("RECOVERY_DIRECTORY"),
+                   help="recovery store: redis://host:port/db, rediss://..., unix://..., "
+                   "or a local directory")
+    r.add_argument("--recovery-prefix", default=_env("RECOVERY_PREFIX"),
+                   help="key prefix in the store (default: the dataflow id)")
+    r.add_argument("-s", "--snapshot-interval", type=_seconds,
+                   default=_seconds(_env("SNAPSHOT_INTERVAL")) if _env("SNAPSHOT_INTERVAL")
+                   else None, help="seconds between snapshots (the epoch length with recovery)")
+    r.add_argument("-b", "--backup-interval", type=_seconds,
+                   default=_seconds(_env("BACKUP_INTERVAL")) if _env("BACKUP_INTERVAL")
+                   else None, help="seconds of snapshot history kept before compaction")
+    r.add_argument("--epoch-interval", type=_seconds,
+                   default=_seconds(_env("EPOCH_INTERVAL")) if _env("EPOCH_INTERVAL") else None,
+                   help="seconds per epoch (default 10, or the snapshot interval)")
+    o = p.add_argument_group("observability")
+    o.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", 3030)),
+                   help="port for /metrics, /dataflow, /healthz, /readyz (0 disables)")
+    o.add_argument("--metrics-host", default=_env("METRICS_HOST", "0.0.0.0"),
+                   help="host the metrics server binds")
+    o.add_argument("--log-level", default=_env("LOG_LEVEL", "WARNING"))
+    o.add_argument("--log-format", choices=["text", "json"], default=_env("LOG_FORMAT", "text"))
+    return p
+
+
+def _resolve_addresses(args: argparse.Namespace) -> list[str] | None:
+    if args.addresses_file:
+        lines = Path(args.addresses_file).read_text().split()
+        return [ln.strip() for ln in lines if ln.strip()]
+    if args.addresses:
+        return [a.strip() for a in args.addresses.split(";") if a.strip()]
+    if args.peer_pattern:
+        if args.replicas is None or args.replicas < 1:
+            msg = "--peer-pattern needs --replicas N (or HEADRACE_REPLICAS)"
+            raise SystemExit(msg)
+        if "{i}" not in args.peer_pattern:
+            msg = f"--peer-pattern {args.peer_pattern!r} must contain '{{i}}'"
+            raise SystemExit(msg)
+        return [args.peer_pattern.replace("{i}", str(i)) for i in range(args.replicas)]
+    return None
+
+
+def _ordinal_from_hostname(hostname: str) -> int:
+    """The trailing ``-N`` of a StatefulSet pod name.
+
+    >>> _ordinal_from_hostname("wordcount-3")
+    3
+    """
+    m = re.search(r"-(\d+)$", hostname.split(".")[0])
+    if m is None:
+        msg = (
+            f"can't take a process id from hostname {hostname!r}: it has no trailing '-N'; "
+            "pass -i/--process-id instead"
+        )
+        raise SystemExit(msg)
+    return int(m.group(1))
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _spawn_local(argv: list[str], processes: int) -> int:
+    """Start ``processes`` copies of this command as a local cluster; wait."""
+    addrs = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
+    base = _strip_flags(argv, {"-p", "--processes"})
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "headrace.run", *base, "-i", str(i), "-a", addrs])
+        for i in range(processes)
+    ]
+
+    def forward(signum: int, _frame: Any) -> None:
+        for pr in procs:
+            if pr.poll() is None:
+                pr.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    remaining = set(range(processes))
+    while remaining:
+        for i in list(remaining):
+            rc = procs[i].poll()
+            if rc is None:
+                continue
+            remaining.discard(i)
+            if rc != 0 and code == 0:
+                code = rc
+                # Peers notice the loss within seconds; make sure none lingers.
+                deadline = time.monotonic() + 15
+                for pr in procs:
+                    while pr.poll() is None and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    if pr.poll() is None:
+                        pr.kill()
+        time.sleep(0.05)
+    return code
+
+
+def _strip_flags(argv: list[str], flags: set[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in flags:
+            skip = True
+            continue
+        if any(a.startswith(f + "=") for f in flags if f.startswith("--")):
+            continue
+        if any(a.startswith(f) and len(a) > 2 for f in flags if not f.startswith("--")):
+            continue
+        out.append(a)
+    return out
+
+
+def cli_main(
+    flow: Dataflow,
+    *,
+    workers_per_process: int = 1,
+    process_id: int | None = None,
+    addresses: list[str] | None = None,
+    epoch_interval: timedelta | None = None,
+    recovery_config: Any = None,
+) -> None:
+    """Run ``flow`` as the CLI would, from Python (Bytewax-compatible signature).
+
+    >>> import headrace.operators as op
+    >>> from headrace.testing import TestingSource, TestingSink
+    >>> flow = Dataflow("cli"); out = []
+    >>> op.output("o", op.input("i", flow, TestingSource([1])), TestingSink(out))
+    >>> cli_main(flow); out
+    [1]
+    """
+    from headrace._engine._run import execute, execute_cluster
+
+    if recovery_config is not None:
+        msg = "recovery_config is not supported by this build yet"
+        raise NotImplementedError(msg)
+    if addresses and len(addresses) > 1:
+        if process_id is None:
+            msg = "a multi-process run needs process_id (this process's index in addresses)"
+            raise ValueError(msg)
+        execute_cluster(
+            flow,
+            addresses=addresses,
+            proc_id=process_id,
+            workers_per_process=workers_per_process,
+            epoch_interval=epoch_interval,
+        )
+    else:
+        execute(flow, workers_per_process=workers_per_process, epoch_interval=epoch_interval)
+
+
+def _install_signal_handlers() -> None:
+    from headrace._engine._run import request_stop
+
+    state = {"interrupts": 0}
+
+    def on_term(signum: int, _frame: Any) -> None:
+        log.warning("received %s: stopping at the next epoch boundary",
+                    signal.Signals(signum).name)
+        request_stop()
+
+    def on_int(signum: int, frame: Any) -> None:
+        state["interrupts"] += 1
+        if state["interrupts"] > 1:
+            raise KeyboardInterrupt
+        on_term(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_int)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run; return the process exit code.
+
+    >>> main(["headrace.no_such_module:flow"])
+    2
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    from headrace.tracing import setup_logging
+
+    setup_logging(args.log_level, json=args.log_format == "json")
+    from headrace._imports import locate_dataflow
+    from headrace.errors import ImportStringError
+
+    if args.processes > 1:
+        if args.addresses or args.process_id is not None:
+            print("error: -p/--processes starts its own local cluster; don't combine it with "
+                  "-a/-i", file=sys.stderr)
+            return 2
+        return _spawn_local(argv, args.processes)
+    try:
+        flow = locate_dataflow(args.import_str)
+    except ImportStringError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.recovery:
+        print("error: recovery (-r) is not supported by this build yet", file=sys.stderr)
+        return 2
+    addresses = _resolve_addresses(args)
+    proc_id = args.process_id
+    if proc_id is None and args.process_id_from_hostname:
+        proc_id = _ordinal_from_hostname(socket.gethostname())
+    epoch = args.epoch_interval or args.snapshot_interval
+    _install_signal_handlers()
+    from headrace._engine._run import execute, execute_cluster
+
+    try:
+        if addresses and len(addresses) > 1:
+            if proc_id is None:
+                print("error: a cluster run needs -i/--process-id (or "
+                      "--process-id-from-hostname)", file=sys.stderr)
+                return 2
+            execute_cluster(
+                flow,
+                addresses=addresses,
+                proc_id=proc_id,
+                workers_per_process=args.workers_per_process,
+                epoch_interval=epoch,
+                bind_host=args.bind_host,
+                startup_timeout=args.startup_timeout,
+            )
+        else:
+            execute(flow, workers_per_process=args.workers_per_process, epoch_interval=epoch)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI reports and exits non-zero
+        traceback.print_exc()
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _console_main() -> None:
+    """Entry point of the ``headrace`` console script (``headrace run ...``)."""
+    argv = sys.argv[1:]
+    if argv and argv[0] == "run":
+        argv = argv[1:]
+    elif argv and argv[0] == "visualize":
+        from headrace.visualize import main as viz_main
+
+        sys.argv = ["headrace visualize", *argv[1:]]
+        viz_main()
+        return
+    sys.exit(main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Multi-process clusters on 127.0.0.1: real processes, real sockets, real kills."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import headrace.operators as op
+from headrace._engine._net import Hello, parse_address
+from headrace.dataflow import Dataflow
+from headrace.run import _ordinal_from_hostname, _parser, _resolve_addresses
+from headrace.testing import TestingSink, TestingSource, cluster_main
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOW = "tests.flows.cluster_flows:wordcount()"
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _env(out: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HR_OUT": str(out), "PYTHONPATH": str(ROOT)})
+    env.update(extra)
+    return env
+
+
+def _run(args: list[str], env: dict[str, str], **kw: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "headrace.run", *args],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+    )
+
+
+def _expected(parts: int, items: int) -> dict[str, int]:
+    c: collections.Counter[str] = collections.Counter()
+    for p in range(parts):
+        for i in range(items):
+            c.update(f"p{p} w{i % 17} w{i % 5}".split())
+    return dict(c)
+
+
+def _read_counts(out: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for f in sorted(out.glob("*.txt")):
+        for line in f.read_text().splitlines():
+            word, n = line.split()
+            assert word not in counts, f"{word} counted twice"
+            counts[word] = int(n)
+    return counts
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("procs", "workers"), [(2, 1), (2, 2), (3, 1)])
+def test_local_cluster_matches_expected(tmp_path: Path, procs: int, workers: int) -> None:
+    env = _env(tmp_path, HR_PARTS="5", HR_ITEMS="400", HR_BATCH="37")
+    p = _run([FLOW, "-p", str(procs), "-w", str(workers), "--epoch-interval", "0.01"], env)
+    out, err = p.communicate(timeout=100)
+    assert p.returncode == 0, err
+    assert _read_counts(tmp_path) == _expected(5, 400)
+    files = sorted(f.name for f in tmp_path.glob("*.txt"))
+    assert len(files) == procs * workers
+    assert all(f.endswith(f"-of-{procs * workers}.txt") for f in files)
+
+
+def _manual(tmp_path: Path, n: int, flows: list[str] | None = None, extra: list[list[str]] | None
+            = None, **env_extra: str) -> tuple[list[subprocess.Popen[str]], str]:
+    ports = _free_ports(n)
+    addrs = ";".join(f"127.0.0.1:{p}" for p in ports)
+    env = _env(tmp_path, **env_extra)
+    procs = []
+    for i in range(n):
+        flow = flows[i] if flows else FLOW
+        more = extra[i] if extra else []
+        procs.append(_run([flow, "-i", str(i), "-a", addrs, *more], env))
+    return procs, addrs
+
+
+@pytest.mark.timeout(120)
+def test_kill_9_one_process_stops_the_others_naming_it(tmp_path: Path) -> None:
+    procs, addrs = _manual(tmp_path, 3, HR_DELAY="0.05", HR_ITEMS="100000", HR_BATCH="10")
+    time.sleep(3)
+    assert all(p.poll() is None for p in procs), [p.communicate() for p in procs if p.poll()]
+    victim = procs[1]
+    victim.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    victim_port = addrs.split(";")[1]
+    for p in (procs[0], procs[2]):
+        _, err = p.communicate(timeout=30)
+        assert time.monotonic() - killed_at < 10, "survivor took too long to stop"
+        assert p.returncode != 0
+        assert f"process 1 at {victim_port}" in err, err
+
+
+@pytest.mark.timeout(60)
+def test_mismatched_dataflows_refuse_to_connect(tmp_path: Path) -> None:
+    procs, _ = _manual(
+        tmp_path, 2, flows=[FLOW, "tests.flows.cluster_flows:other()"], HR_DELAY="0.1"
+    )
+    errs = []
+    for p in procs:
+        _, err = p.communicate(timeout=50)
+        assert p.returncode != 0
+        errs.append(err)
+    assert any("dataflows differ" in e for e in errs), errs
+    # The message names both sides.
+    joined = "\n".join(errs)
+    assert "process 0" in joined and "process 1" in joined
+
+
+@pytest.mark.timeout(60)
+def test_mismatched_worker_counts_refuse_to_connect(tmp_path: Path) -> None:
+    procs, _ = _manual(tmp_path, 2, extra=[["-w", "1"], ["-w", "2"]], HR_DELAY="0.1")
+    errs = [p.communicate(timeout=50)[1] for p in procs]
+    assert all(p.returncode != 0 for p in procs)
+    assert any("workers per process differ" in e for e in errs), errs
+
+
+@pytest.mark.timeout(60)
+def test_missing_peer_times_out_naming_it(tmp_path: Path) -> None:
+    ports = _free_ports(2)
+    addrs = f"127.0.0.1:{ports[0]};127.0.0.1:{ports[1]}"
+    p = _run([FLOW, "-i", "1", "-a", addrs, "--startup-timeout", "2"], _env(tmp_path))
+    _, err = p.communicate(timeout=50)
+    assert p.returncode != 0
+    assert f"could not reach process 0 at 127.0.0.1:{ports[0]}" in err, err
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_whole_cluster_cleanly(tmp_path: Path) -> None:
+    procs, _ = _manual(tmp_path, 2, HR_DELAY="0.05", HR_ITEMS="100000", HR_BATCH="10",
+                       extra=[["--epoch-interval", "0.2"]] * 2)
+    time.sleep(3)
+    assert all(p.poll() is None for p in procs)
+    procs[0].send_signal(signal.SIGTERM)
+    errs = []
+    for p in procs:
+        _, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+        errs.append(err)
+    assert "stopping at the next epoch boundary" in errs[0]
+    # Stopped before the end of input, so the final counts were never emitted.
+    assert _read_counts(tmp_path) == {}
+
+
+def test_cluster_main_two_processes_in_threads() -> None:
+    import threading
+
+    ports = _free_ports(2)
+    addrs = [f"127.0.0.1:{p}" for p in ports]
+    outs: list[list[tuple[str, int]]] = [[], []]
+
+    def build(out: list[tuple[str, int]]) -> Dataflow:
+        flow = Dataflow("threads")
+        s = op.input("i", flow, TestingSource([f"k{i % 10}" for i in range(1000)], batch_size=7))
+        op.output("o", op.count_final("c", s, lambda x: x), TestingSink(out))
+        return flow
+
+    errors: list[BaseException] = []
+
+    def proc(i: int) -> None:
+        try:
+            cluster_main(build(outs[i]), addrs, i, worker_count_per_proc=2)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    ts = [threading.Thread(target=proc, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(outs[0] + outs[1]) == [(f"k{i}", 100) for i in range(10)]
+
+
+def test_ordinal_and_peer_pattern() -> None:
+    assert _ordinal_from_hostname("wordcount-12") == 12
+    assert _ordinal_from_hostname("wc-0.wc.ns.svc.cluster.local") == 0
+    with pytest.raises(SystemExit, match="no trailing"):
+        _ordinal_from_hostname("nohyphen")
+    args = _parser().parse_args(
+        ["m:f", "--peer-pattern", "wc-{i}.wc:2101", "--replicas", "3"]
+    )
+    assert _resolve_addresses(args) == ["wc-0.wc:2101", "wc-1.wc:2101", "wc-2.wc:2101"]
+    args = _parser().parse_args(["m:f", "-a", "a:1;b:2"])
+    assert _resolve_addresses(args) == ["a:1", "b:2"]
+
+
+def test_hello_mismatch_names_both_sides() -> None:
+    a = Hello(1, 0, 2, 1, "f", "aaa", "h0:1")
+    b = Hello(1, 1, 2, 1, "f", "bbb", "h1:1")
+    msg = a.mismatch(b)
+    assert msg is not None
+    assert "process 0 (h0:1)" in msg and "process 1 (h1:1)" in msg and "aaa" in msg
+    assert a.mismatch(Hello(1, 1, 2, 1, "f", "aaa", "h1:1")) is None
+    assert "protocol versions differ" in (a.mismatch(Hello(2, 1, 2, 1, "f", "aaa", "x")) or "")
+    assert parse_address("[::1]:5") == ("::1", 5)
+    with pytest.raises(ValueError, match="host:port"):
+        parse_address("nohost")
