@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
                    "or a local directory")
     r.add_argument("--recovery-prefix", default=_env("RECOVERY_PREFIX"),
                    help="key prefix in the store (default: the dataflow id)")
+    r.add_argument("--recovery-retry", type=float, default=float(_env("RECOVERY_RETRY", 30)),
+                   help="seconds to keep retrying an unreachable store before stopping")
     r.add_argument("-s", "--snapshot-interval", type=_seconds,
                    default=_seconds(_env("SNAPSHOT_INTERVAL")) if _env("SNAPSHOT_INTERVAL")
                    else None, help="seconds between snapshots (the epoch length with recovery)")
@@ -238,9 +240,6 @@ def cli_main(
     """
     from headrace._engine._run import execute, execute_cluster
 
-    if recovery_config is not None:
-        msg = "recovery_config is not supported by this build yet"
-        raise NotImplementedError(msg)
     if addresses and len(addresses) > 1:
         if process_id is None:
             msg = "a multi-process run needs process_id (this process's index in addresses)"
@@ -251,9 +250,15 @@ def cli_main(
             proc_id=process_id,
             workers_per_process=workers_per_process,
             epoch_interval=epoch_interval,
+            recovery=recovery_config,
         )
     else:
-        execute(flow, workers_per_process=workers_per_process, epoch_interval=epoch_interval)
+        execute(
+            flow,
+            workers_per_process=workers_per_process,
+            epoch_interval=epoch_interval,
+            recovery=recovery_config,
+        )
 
 
 def _install_signal_handlers() -> None:
@@ -301,9 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     except ImportStringError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    recovery = None
     if args.recovery:
-        print("error: recovery (-r) is not supported by this build yet", file=sys.stderr)
-        return 2
+        from headrace.recovery import RecoveryConfig
+
+        recovery = RecoveryConfig(
+            args.recovery, args.backup_interval, prefix=args.recovery_prefix,
+            retry_for=args.recovery_retry,
+        )
     addresses = _resolve_addresses(args)
     proc_id = args.process_id
     if proc_id is None and args.process_id_from_hostname:
@@ -326,9 +336,17 @@ def main(argv: list[str] | None = None) -> int:
                 epoch_interval=epoch,
                 bind_host=args.bind_host,
                 startup_timeout=args.startup_timeout,
+                recovery=recovery,
+                key_groups=args.key_groups,
             )
         else:
-            execute(flow, workers_per_process=args.workers_per_process, epoch_interval=epoch)
+            execute(
+                flow,
+                workers_per_process=args.workers_per_process,
+                epoch_interval=epoch,
+                recovery=recovery,
+                key_groups=args.key_groups,
+            )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -274,7 +274,7 @@ def run_main(
     """
     from headrace._engine._run import execute
 
-    execute(flow, workers_per_process=1, epoch_interval=epoch_interval)
+    execute(flow, workers_per_process=1, epoch_interval=epoch_interval, recovery=recovery_config)
 
 
 def cluster_main(
@@ -308,6 +308,12 @@ def cluster_main(
             proc_id=proc_id,
             workers_per_process=worker_count_per_proc,
             epoch_interval=epoch_interval,
+            recovery=recovery_config,
         )
         return
-    execute(flow, workers_per_process=worker_count_per_proc, epoch_interval=epoch_interval)
+    execute(
+        flow,
+        workers_per_process=worker_count_per_proc,
+        epoch_interval=epoch_interval,
+        recovery=recovery_config,
+    )

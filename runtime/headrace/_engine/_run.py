@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
+from typing import Any
 
 from headrace._engine._net import PROTOCOL_VERSION, Hello, Mesh
 from headrace._engine._plan import Plan, build_plan
@@ -47,12 +48,46 @@ def _run_worker(worker: Worker, cluster: Cluster) -> None:
         cluster.fail(exc)
 
 
-def _config(epoch_interval: timedelta | None, fuse: bool) -> RunConfig:
+def _config(
+    epoch_interval: timedelta | None, fuse: bool, key_groups: int, recovery: Any
+) -> RunConfig:
     interval = DEFAULT_EPOCH_INTERVAL if epoch_interval is None else epoch_interval
     if interval < timedelta(0):
         msg = f"epoch_interval must not be negative; got {interval}"
         raise ValueError(msg)
-    return RunConfig(epoch_interval=interval, fuse=fuse)
+    if key_groups < 1:
+        msg = f"key_groups must be >= 1; got {key_groups}"
+        raise ValueError(msg)
+    config = RunConfig(epoch_interval=interval, fuse=fuse, key_groups=key_groups)
+    backup = getattr(recovery, "backup_interval", None)
+    if backup is not None and interval > timedelta(0):
+        config.keep_epochs = int(backup / interval)
+    return config
+
+
+def _open_recovery(recovery: Any, plan: Plan, config: RunConfig, start: bool,
+                   worker_count: int) -> None:
+    """Open the store; process 0 starts the execution (drops uncommitted epochs)."""
+    if recovery is None:
+        return
+    store = recovery.open(plan.flow_id)
+    if start:
+        meta = store.start_execution(worker_count, config.key_groups)
+    else:
+        meta = store.load_meta()
+        if meta is None:
+            msg = f"{store.description} has no record of this run; was process 0 started?"
+            raise RuntimeError(msg)
+    if meta.key_groups != config.key_groups:
+        log.warning(
+            "using the stored key-group count %d instead of %d: key groups are fixed at "
+            "a dataflow's first run", meta.key_groups, config.key_groups,
+        )
+        config.key_groups = meta.key_groups
+    config.store = store
+    config.resume_epoch = meta.committed_epoch
+    if meta.committed_epoch:
+        log.info("resuming from committed epoch %d (%s)", meta.committed_epoch, store.description)
 
 
 def _check_w(workers_per_process: int) -> None:
@@ -87,6 +122,8 @@ def _run_local_workers(plan: Plan, cluster: Cluster, config: RunConfig, mesh: Me
             _ACTIVE.discard(cluster)
         if mesh is not None:
             mesh.close(cluster.error)
+        if config.store is not None:
+            config.store.close()
     if cluster.error is not None:
         raise cluster.error
     if cluster.abort.is_set() and not cluster.aborted_by_source:
@@ -100,6 +137,8 @@ def execute(
     *,
     workers_per_process: int = 1,
     epoch_interval: timedelta | None = None,
+    recovery: Any = None,
+    key_groups: int = 256,
     fuse: bool = True,
 ) -> None:
     """Run ``flow`` on ``workers_per_process`` workers in this process.
@@ -112,8 +151,9 @@ def execute(
     [1, 2]
     """
     _check_w(workers_per_process)
-    config = _config(epoch_interval, fuse)
+    config = _config(epoch_interval, fuse, key_groups, recovery)
     plan = build_plan(flow)
+    _open_recovery(recovery, plan, config, True, workers_per_process)
     cluster = Cluster(workers_per_process, range(workers_per_process))
     _run_local_workers(plan, cluster, config, None)
 
@@ -127,6 +167,8 @@ def execute_cluster(
     epoch_interval: timedelta | None = None,
     bind_host: str | None = None,
     startup_timeout: float = 30.0,
+    recovery: Any = None,
+    key_groups: int = 256,
     fuse: bool = True,
 ) -> None:
     """Run this process's share of a multi-process cluster.
@@ -143,9 +185,12 @@ def execute_cluster(
     if not 0 <= proc_id < len(addresses):
         msg = f"process id {proc_id} is not an index into the {len(addresses)} addresses"
         raise ValueError(msg)
-    config = _config(epoch_interval, fuse)
+    config = _config(epoch_interval, fuse, key_groups, recovery)
     plan = build_plan(flow)
     w = workers_per_process
+    if proc_id == 0:
+        # Before listening: peers can't start an epoch until we accept them.
+        _open_recovery(recovery, plan, config, True, len(addresses) * w)
     cluster = Cluster(len(addresses) * w, range(proc_id * w, proc_id * w + w))
     hello = Hello(
         PROTOCOL_VERSION, proc_id, len(addresses), w, plan.flow_id, plan.fingerprint(),
@@ -157,5 +202,7 @@ def execute_cluster(
 
     mesh = Mesh(addresses, proc_id, hello, deliver, cluster.fail, bind_host, startup_timeout)
     mesh.start()
+    if proc_id != 0:
+        _open_recovery(recovery, plan, config, False, len(addresses) * w)
     cluster.remote_send = mesh.send
     _run_local_workers(plan, cluster, config, mesh)

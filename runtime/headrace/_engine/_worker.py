@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import pickle
 import queue
 import threading
 import time
@@ -30,6 +31,7 @@ from typing import Any
 from headrace._engine._fuse import EpochRef, Stage, compile_chain
 from headrace._engine._hash import DEFAULT_KEY_GROUPS, group_owner, key_group, part_owner
 from headrace._engine._plan import CoreStep, Plan
+from headrace._engine._store import PARTS, Entry, Store
 from headrace.errors import BytewaxRuntimeError
 from headrace.inputs import (
     AbortExecution,
@@ -81,6 +83,10 @@ class RunConfig:
     key_groups: int = DEFAULT_KEY_GROUPS
     fuse: bool = True
     inflight_limit: int = INFLIGHT_LIMIT
+    store: Store | None = None
+    resume_epoch: int = 0  # the committed epoch to resume from (0: fresh start)
+    compact_every: int = 10  # epochs between compactions (worker 0)
+    keep_epochs: int = 0  # committed epochs of deltas kept before compaction
 
 
 class Cluster:
@@ -121,7 +127,9 @@ class Cluster:
 
 
 class _SourceRun:
-    __slots__ = ("awake", "done", "part", "part_name", "push", "stateful", "step_id", "wi")
+    __slots__ = (
+        "awake", "done", "final_state", "part", "part_name", "push", "stateful", "step_id",
+    )
 
     def __init__(
         self,
@@ -138,6 +146,7 @@ class _SourceRun:
         self.stateful = stateful
         self.awake: datetime | None = None
         self.done = False
+        self.final_state: Any = None
 
 
 class _StatefulRun:
@@ -153,6 +162,31 @@ class _StatefulRun:
         self.push: Push = _drop
         self.worker = worker
         self.dirty: set[str] = set()
+        self.track = worker.config.store is not None
+
+    def restore(self, states: dict[str, bytes]) -> None:
+        """Rebuild the logic of every key from its snapshot."""
+        for key, blob in states.items():
+            try:
+                logic = self.builder(pickle.loads(blob))
+            except Exception as exc:
+                raise BytewaxRuntimeError(
+                    f"error rebuilding state of key {key!r} in step {self.step_id!r} from its "
+                    f"snapshot: {type(exc).__name__}: {exc}"
+                ) from exc
+            self.logics[key] = logic
+            self._schedule(key, logic)
+
+    def snapshot_entries(self, groups: int) -> list[Entry]:
+        """Pickled state of the keys changed this epoch (tombstones for dropped ones)."""
+        out: list[Entry] = []
+        logics = self.logics
+        for key in self.dirty:
+            logic = logics.get(key)
+            blob = b"" if logic is None else _pickle_state(self.step_id, key, logic)
+            out.append((self.step_id, key_group(key, groups), key, blob))
+        self.dirty.clear()
+        return out
 
     def _schedule(self, key: str, logic: Any) -> None:
         try:
@@ -186,7 +220,8 @@ class _StatefulRun:
             )
             raise BytewaxRuntimeError(msg) from TypeError(msg)
         out = [(key, w) for w in outs]
-        self.dirty.add(key)
+        if self.track:
+            self.dirty.add(key)
         if discard:
             self.logics.pop(key, None)
             self.timers.pop(key, None)
@@ -277,6 +312,36 @@ class _StatefulRun:
             self.push(out)
 
 
+def _pickle_state(step_id: str, key: str, logic: Any) -> bytes:
+    try:
+        state = logic.snapshot()
+    except Exception as exc:
+        raise BytewaxRuntimeError(
+            f"error calling `snapshot` in step {step_id!r} for key {key!r}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        msg = (
+            f"state of key {key!r} in step {step_id!r} is a {type(state).__name__}, which "
+            f"can't be pickled for snapshots ({type(exc).__name__}: {exc}); keep plain "
+            "data (dicts, lists, numbers, dataclasses) in state"
+        )
+        raise BytewaxRuntimeError(msg) from exc
+
+
+def _pickle_part(step_id: str, name: str, state: Any) -> bytes:
+    try:
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        msg = (
+            f"snapshot of partition {name!r} in step {step_id!r} is a {type(state).__name__}, "
+            f"which can't be pickled ({type(exc).__name__}: {exc})"
+        )
+        raise BytewaxRuntimeError(msg) from exc
+
+
 def _not_keyed(step_id: str, item: Any) -> BytewaxRuntimeError:
     cause = TypeError(
         f"step {step_id!r} requires `(key, value)` 2-tuples with a `str` key as input; got "
@@ -341,6 +406,9 @@ class Worker:
         self.inflight = [0] * self.count
         self._acks = [0] * self.count
         self.backpressure_seconds = 0.0
+        self.epoch_ref.epoch = config.resume_epoch + 1
+        self._sink_parts: list[tuple[str, str, Any]] = []
+        self.snapshot_bytes = 0
         self._build()
 
     @property
@@ -508,6 +576,13 @@ class Worker:
 
         return push
 
+    def _resume_parts(self, step_id: str) -> dict[str, Any]:
+        store = self.config.store
+        if store is None or not self.config.resume_epoch:
+            return {}
+        blobs = store.load(step_id, [PARTS]).get(PARTS, {})
+        return {name: pickle.loads(blob) for name, blob in blobs.items()}
+
     def _build_input(self, step: CoreStep) -> None:
         source = step.conf["source"]
         push = self.push_for(step.outputs["down"])
@@ -518,11 +593,12 @@ class Worker:
                 raise BytewaxRuntimeError(
                     f"error calling `list_parts` in step {step.step_id!r}"
                 ) from exc
+            resume = self._resume_parts(step.step_id)
             for i, name in enumerate(parts):
                 if part_owner(i, self.count) != self.index:
                     continue
                 try:
-                    part = source.build_part(step.step_id, name, None)
+                    part = source.build_part(step.step_id, name, resume.get(name))
                 except Exception as exc:
                     raise BytewaxRuntimeError(
                         f"error calling `build_part` in step {step.step_id!r} for partition "
@@ -544,6 +620,12 @@ class Worker:
             node = _StatefulRun(step, self)
             node.push = self.push_for(step.outputs["down"])
             self.stateful.append(node)
+            store = self.config.store
+            if store is not None and self.config.resume_epoch:
+                groups = self.config.key_groups
+                mine = [g for g in range(groups) if group_owner(g, groups, self.count) == self.index]
+                for states in store.load(step.step_id, mine).values():
+                    node.restore(states)
             edge.deliver = node.on_batch
             edge.on_eof = node.on_eof
             edge.route = self._keyed_router(edge, step.step_id)
@@ -622,16 +704,18 @@ class Worker:
             raise BytewaxRuntimeError(msg)
         n = len(parts)
         local: dict[int, Any] = {}
+        resume = self._resume_parts(step_id)
         for i, name in enumerate(parts):
             if part_owner(i, self.count) == self.index:
                 try:
-                    local[i] = sink.build_part(step_id, name, None)
+                    local[i] = sink.build_part(step_id, name, resume.get(name))
                 except Exception as exc:
                     raise BytewaxRuntimeError(
                         f"error calling `build_part` in step {step_id!r} for partition {name!r}: "
                         f"{type(exc).__name__}: {exc}"
                     ) from exc
                 self._closers.append(local[i].close)
+                self._sink_parts.append((step_id, name, local[i]))
         part_fn = sink.part_fn
         count = self.count
         me = self.index
@@ -760,6 +844,8 @@ class Worker:
 
     def _close_source(self, src: _SourceRun) -> None:
         src.done = True
+        if src.stateful and self.config.store is not None:
+            src.final_state = self._part_snapshot(src)
         try:
             src.part.close()
         except Exception as exc:
@@ -843,11 +929,50 @@ class Worker:
                 else:
                     self.cluster.send(dst, (BARRIER, edge.eid, self.index, self.epoch, flags))
 
+    def _part_snapshot(self, src: _SourceRun) -> bytes:
+        try:
+            state = src.part.snapshot()  # type: ignore[union-attr]
+        except Exception as exc:
+            raise BytewaxRuntimeError(
+                f"error calling `snapshot` in step {src.step_id!r} for partition "
+                f"{src.part_name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return _pickle_part(src.step_id, src.part_name, state)
+
     def before_commit_barrier(self) -> None:
-        """Hook: this worker finished the epoch; runs before it tells the others."""
+        """This worker finished the epoch: write its snapshot before telling the others."""
+        store = self.config.store
+        if store is None:
+            return
+        entries: list[Entry] = []
+        for node in self.stateful:
+            entries.extend(node.snapshot_entries(self.config.key_groups))
+        for src in self.sources:
+            if not src.stateful:
+                continue
+            blob = src.final_state if src.done else self._part_snapshot(src)
+            if blob is not None:
+                entries.append((src.step_id, PARTS, src.part_name, blob))
+        for step_id, name, part in self._sink_parts:
+            try:
+                state = part.snapshot()
+            except Exception as exc:
+                raise BytewaxRuntimeError(
+                    f"error calling `snapshot` in step {step_id!r} for partition {name!r}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            entries.append((step_id, PARTS, name, _pickle_part(step_id, name, state)))
+        self.snapshot_bytes = store.write_epoch(self.epoch, entries)
 
     def after_epoch(self) -> None:
-        """Hook: every worker finished the epoch (its commit point)."""
+        """Every worker finished the epoch: worker 0 commits it."""
+        store = self.config.store
+        if store is None or self.index != 0:
+            return
+        store.commit(self.epoch, self.snapshot_bytes)
+        every = self.config.compact_every
+        if every and self.epoch % every == 0:
+            store.compact(self.epoch - self.config.keep_epochs)
 
     def _epoch_complete(self) -> bool:
         return self.control.aligned

@@ -150,9 +150,10 @@ def stateful(
 
 
 def _bad_tuple(mapper: Callable[..., Any], step_id: str, ret: Any, what: str) -> TypeError:
+    size = f" of length {len(ret)}" if isinstance(ret, tuple | list) else ""
     return TypeError(
         f"return value of `mapper` {f_repr(mapper)} in step {step_id!r} must be a 2-tuple "
-        f"of `(updated_state, {what})`; got a {type(ret)} instead"
+        f"of `(updated_state, {what})`; got a {type(ret)}{size} instead"
     )
 
 
@@ -174,9 +175,15 @@ class _MapLogic(StatefulBatchLogic[V, W, S]):
         emit = out.extend if self.flat else out.append
         for v in values:
             ret = mapper(state, v)
-            if type(ret) is not tuple or len(ret) != 2:
-                raise _bad_tuple(mapper, self.step_id, ret, "emit" if self.flat else "emit_value")
-            state, w = ret
+            if type(ret) is tuple and len(ret) == 2:
+                state, w = ret
+            else:
+                # Any 2-item iterable unpacks (a `[state, out]` list works, as in Bytewax).
+                try:
+                    state, w = ret
+                except (TypeError, ValueError) as exc:
+                    what = "emit_values" if self.flat else "emit_value"
+                    raise _bad_tuple(mapper, self.step_id, ret, what) from exc
             emit(w)
         self.state = state
         return out, state is None
@@ -549,9 +556,10 @@ class _JoinLogic(StatefulBatchLogic[tuple[int, Any], tuple[Any, ...], Any]):
         return out, self.emit_mode == "complete" and state.is_empty()
 
     def on_eof(self) -> tuple[Iterable[tuple[Any, ...]], bool]:
-        if self.emit_mode == "final" and not self.state.is_empty():
-            return self.state.rows(), True
-        return (), True
+        if self.emit_mode == "final":
+            return (self.state.rows() if not self.state.is_empty() else ()), True
+        # Keep partial joins: input may resume after this EOF.
+        return (), False
 
     def snapshot(self) -> Any:
         return self.state.snapshot()

@@ -1,0 +1,42 @@
+"""Dataflows for the crash/rescale tests.
+
+Reads every file in HR_IN (one partition per file), keeps a running count
+per word (stateful_map) and writes ``word count`` lines to HR_OUT through a
+DirSink, so each output line is unique and any loss or duplicate shows.
+HR_SLOW (seconds per batch) slows it so a kill lands mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import headrace.operators as op
+from headrace.connectors.files import DirSink, DirSource
+from headrace.dataflow import Dataflow
+
+
+def _slow(batch: list[str]) -> list[str]:
+    delay = float(os.environ.get("HR_SLOW", "0"))
+    if delay:
+        time.sleep(delay)
+    return batch
+
+
+def _count(state: int | None, _word: str) -> tuple[int, int]:
+    n = (state or 0) + 1
+    return n, n
+
+
+def running_counts() -> Dataflow:
+    flow = Dataflow("recovery_wc")
+    lines = op.input("lines", flow, DirSource(Path(os.environ["HR_IN"]), batch_size=20))
+    lines = op.flat_map_batch("slow", lines, _slow)
+    words = op.flat_map("split", lines, str.split)
+    keyed = op.key_on("key", words, lambda w: w)
+    counts = op.stateful_map("count", keyed, _count)
+    fmt = op.map_value("fmt", counts, lambda n: str(n))
+    lines_out = op.map("line", fmt, lambda kv: (kv[0], f"{kv[0]} {kv[1]}"))
+    op.output("out", lines_out, DirSink(Path(os.environ["HR_OUT"]), 3))
+    return flow

@@ -1,0 +1,346 @@
+"""Recovery: the store suite (Redis and SQLite), resume, crash, rescale, Redis outages.
+
+Every test talks to a real redis-server (started on a free port) or a real
+SQLite file; crash tests kill real worker processes with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import headrace.operators as op
+from headrace._engine._store import PARTS, RecoveryStoreError, Store, open_store
+from headrace.dataflow import Dataflow
+from headrace.recovery import RecoveryConfig, main as recovery_main
+from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
+from tests.servers import RedisServer, redis_server  # noqa: F401 - fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+ZERO = timedelta(0)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "state")
+    server = request.getfixturevalue("redis_server")
+    return str(server.url)
+
+
+# ------------------------------------------------------------ store suite
+
+
+def _store(location: str, prefix: str = "flow") -> Store:
+    return open_store(location, prefix, retry_for=2.0)
+
+
+def test_store_roundtrip_and_merge(location: str) -> None:
+    s = _store(location)
+    assert s.load_meta() is None
+    meta = s.start_execution(worker_count=2, key_groups=8)
+    assert (meta.committed_epoch, meta.worker_count, meta.key_groups) == (0, 2, 8)
+    s.write_epoch(1, [("st", 3, "a", b"1"), ("st", 3, "b", b"2"), ("src", PARTS, "p0", b"x")])
+    s.commit(1, 10)
+    s.write_epoch(2, [("st", 3, "a", b"11"), ("st", 3, "b", b""), ("src", PARTS, "p0", b"y")])
+    s.commit(2, 10)
+    assert s.load("st", [3, 4]) == {3: {"a": b"11"}}
+    assert s.load("src", [PARTS]) == {PARTS: {"p0": b"y"}}
+    meta2 = s.load_meta()
+    assert meta2 is not None and meta2.committed_epoch == 2
+    s.close()
+
+
+def test_store_ignores_and_drops_uncommitted_epochs(location: str) -> None:
+    s = _store(location)
+    s.start_execution(1, 4)
+    s.write_epoch(1, [("st", 0, "k", b"committed")])
+    s.commit(1, 1)
+    s.write_epoch(2, [("st", 0, "k", b"uncommitted"), ("st", 0, "stray", b"z")])
+    assert s.load("st", [0]) == {0: {"k": b"committed"}}
+    # A new execution deletes epoch 2 before anything else is written...
+    meta = s.start_execution(1, 4)
+    assert meta.committed_epoch == 1
+    # ...so a rewrite of epoch 2 with other keys can't resurrect `stray`.
+    s.write_epoch(2, [("st", 0, "k", b"v2")])
+    s.commit(2, 1)
+    assert s.load("st", [0]) == {0: {"k": b"v2"}}
+
+
+def test_store_compaction_keeps_state(location: str) -> None:
+    s = _store(location)
+    s.start_execution(1, 4)
+    rng = random.Random(7)
+    expected: dict[str, bytes] = {}
+    for epoch in range(1, 30):
+        entries = []
+        for _ in range(5):
+            k = f"k{rng.randrange(10)}"
+            v = b"" if rng.random() < 0.2 else str(rng.random()).encode()
+            entries.append(("st", 1, k, v))
+            if v:
+                expected[k] = v
+            else:
+                expected.pop(k, None)
+        s.write_epoch(epoch, entries)
+        s.commit(epoch, 1)
+        if epoch % 7 == 0:
+            s.compact(epoch - 2)
+        assert s.load("st", [1]).get(1, {}) == expected
+    meta = s.load_meta()
+    assert meta is not None and meta.base_epoch > 0
+
+
+def test_store_prefixes_are_isolated_and_delete_all(location: str) -> None:
+    a, b = _store(location, "a"), _store(location, "b")
+    a.start_execution(1, 2)
+    b.start_execution(1, 2)
+    a.write_epoch(1, [("st", 0, "x", b"1")])
+    a.commit(1, 1)
+    b.write_epoch(1, [("st", 0, "y", b"2")])
+    b.commit(1, 1)
+    assert b.load("st", [0]) == {0: {"y": b"2"}}
+    assert a.summary()["st"]["keys"] == 1
+    assert a.delete_all() > 0
+    assert a.load_meta() is None
+    assert b.load("st", [0]) == {0: {"y": b"2"}}
+
+
+def test_redis_keys_share_one_hash_tag(redis_server: RedisServer) -> None:
+    import redis
+
+    s = open_store(redis_server.url, "tagged")
+    s.start_execution(1, 4)
+    s.write_epoch(1, [("st", 2, "k", b"v"), ("src", PARTS, "p", b"s")])
+    s.commit(1, 1)
+    keys = [k.decode() for k in redis.Redis.from_url(redis_server.url).keys("*")]
+    assert keys and all(k.startswith("hr{tagged}:") for k in keys), keys
+
+
+# ------------------------------------------------------------ resume in-process
+
+
+def _sum_flow(items: list[Any], out: list[Any], flow_id: str = "resume") -> Dataflow:
+    flow = Dataflow(flow_id)
+    s = op.input("inp", flow, TestingSource(items))
+    s = op.stateful_map("sum", s, lambda st, v: ((st or 0) + v, (st or 0) + v))
+    op.output("out", s, TestingSink(out))
+    return flow
+
+
+def test_resume_after_abort_continues_from_committed_state(location: str) -> None:
+    items = [("a", 1), ("b", 10), ("a", 2), TestingSource.ABORT(), ("a", 3), ("b", 20)]
+    config = RecoveryConfig(location)
+    out: list[Any] = []
+    run_main(_sum_flow(items, out), epoch_interval=ZERO, recovery_config=config)
+    assert out == [("a", 1), ("b", 10), ("a", 3)]
+    out2: list[Any] = []
+    run_main(_sum_flow(items, out2), epoch_interval=ZERO, recovery_config=config)
+    assert out2 == [("a", 6), ("b", 30)]
+
+
+def test_crash_in_the_first_epoch_loses_nothing(location: str) -> None:
+    # A long epoch: the abort happens before anything commits.
+    items = [("a", 1), ("a", 2), TestingSource.ABORT(), ("a", 3)]
+    config = RecoveryConfig(location)
+    out: list[Any] = []
+    run_main(_sum_flow(items, out), epoch_interval=timedelta(seconds=60), recovery_config=config)
+    out2: list[Any] = []
+    run_main(_sum_flow(items, out2), epoch_interval=timedelta(seconds=60), recovery_config=config)
+    assert out2 == [("a", 1), ("a", 3), ("a", 6)]
+
+
+def test_rescale_in_process_threads_gives_same_state(location: str) -> None:
+    keys = [f"k{i}" for i in range(40)]
+    items: list[Any] = []
+    for r in range(3):
+        items.extend((k, r + 1) for k in keys)
+        items.append(TestingSource.EOF())
+    config = RecoveryConfig(location)
+    finals: dict[str, int] = {}
+    for workers in (2, 3, 1):
+        out: list[Any] = []
+        flow = _sum_flow(items, out, "rescale")
+        cluster_main(flow, [], 0, worker_count_per_proc=workers, epoch_interval=ZERO,
+                     recovery_config=config)
+        finals.update(dict(out))
+    assert finals == {k: 6 for k in keys}
+
+
+def test_join_and_fold_state_survive_restart(location: str) -> None:
+    config = RecoveryConfig(location)
+
+    def build(out: list[Any]) -> Dataflow:
+        flow = Dataflow("joinrec")
+        left = op.input("l", flow, TestingSource([("u1", "ann"), TestingSource.EOF(), ("u2", "bo")]))
+        right = op.input("r", flow, TestingSource([TestingSource.EOF(), ("u1", 30), ("u2", 40)]))
+        joined = op.join("j", left, right)
+        op.output("o", joined, TestingSink(out))
+        return flow
+
+    out: list[Any] = []
+    run_main(build(out), epoch_interval=ZERO, recovery_config=config)
+    assert out == []
+    out2: list[Any] = []
+    run_main(build(out2), epoch_interval=ZERO, recovery_config=config)
+    assert sorted(out2) == [("u1", ("ann", 30)), ("u2", ("bo", 40))]
+
+
+def test_unpicklable_state_fails_at_first_snapshot_naming_step(tmp_path: Path) -> None:
+    import threading
+
+    flow = Dataflow("unpick")
+    s = op.input("inp", flow, TestingSource([("a", 1)]))
+    s = op.stateful_map("holds_lock", s, lambda st, v: (threading.Lock(), v))
+    op.output("out", s, TestingSink([]))
+    with pytest.raises(RuntimeError, match=r"holds_lock.*lock.*can't be pickled"):
+        run_main(flow, epoch_interval=ZERO, recovery_config=RecoveryConfig(tmp_path))
+
+
+def test_admin_cli_show_and_delete(location: str, capsys: pytest.CaptureFixture[str]) -> None:
+    run_main(_sum_flow([("a", 1), ("b", 2)], []), epoch_interval=ZERO,
+             recovery_config=RecoveryConfig(location))
+    assert recovery_main(["show", location, "--flow-id", "resume"]) == 0
+    shown = capsys.readouterr().out
+    assert '"committed_epoch"' in shown and '"resume.sum.stateful_batch"' in shown
+    assert recovery_main(["delete", location, "--flow-id", "resume", "--yes"]) == 0
+    assert "deleted" in capsys.readouterr().out
+    assert open_store(location, "resume").load_meta() is None
+
+
+# ------------------------------------------------------------ multi-process crashes
+
+
+def _write_input(d: Path, files: int = 4, lines: int = 1000) -> dict[str, int]:
+    d.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(1)
+    counts: collections.Counter[str] = collections.Counter()
+    for f in range(files):
+        rows = []
+        for _ in range(lines):
+            words = [f"w{rng.randrange(60)}" for _ in range(rng.randrange(1, 6))]
+            counts.update(words)
+            rows.append(" ".join(words))
+        (d / f"in-{f}.txt").write_text("\n".join(rows) + "\n")
+    return dict(counts)
+
+
+def _check_output(out_dir: Path, counts: dict[str, int]) -> None:
+    seen: dict[str, list[int]] = collections.defaultdict(list)
+    for f in out_dir.iterdir():
+        for line in f.read_text().splitlines():
+            word, n = line.split()
+            seen[word].append(int(n))
+    assert set(seen) == set(counts)
+    for word, ns in seen.items():
+        assert ns == list(range(1, counts[word] + 1)), f"{word}: {ns[:20]}..."
+
+
+def _launch(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "headrace.run", "tests.flows.recovery_flows:running_counts()",
+         *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HR_IN": str(tmp_path / "in"), "HR_OUT": str(tmp_path / "out"),
+                "PYTHONPATH": str(ROOT)})
+    env.update(extra)
+    return env
+
+
+def _children(parent: subprocess.Popen[str]) -> list[int]:
+    try:
+        out = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True)
+    except FileNotFoundError:
+        return []
+    return [int(x) for x in out.stdout.split()]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
+    tmp_path: Path, redis_server: RedisServer, seed: int
+) -> None:
+    counts = _write_input(tmp_path / "in")
+    env = _env(tmp_path, HR_SLOW="0.03")
+    rng = random.Random(seed)
+    args = ["-p", "2", "-r", redis_server.url, "--epoch-interval", "0.1"]
+    kills = 0
+    for _attempt in range(6):
+        p = _launch(args, env)
+        if kills < 2:
+            time.sleep(rng.uniform(0.8, 2.5))
+            kids = _children(p)
+            if p.poll() is None and kids:
+                os.kill(rng.choice(kids), signal.SIGKILL)
+                kills += 1
+        _, err = p.communicate(timeout=120)
+        if p.returncode == 0:
+            break
+        assert "lost process" in err or "failed" in err, err[-2000:]
+    else:
+        pytest.fail("the dataflow never completed")
+    assert kills >= 1
+    _check_output(tmp_path / "out", counts)
+
+
+@pytest.mark.timeout(300)
+def test_rescale_2_3_1_processes_across_restarts(tmp_path: Path, redis_server: RedisServer) -> None:
+    counts = _write_input(tmp_path / "in")
+    env = _env(tmp_path, HR_SLOW="0.02")
+    for procs in ("2", "3"):
+        p = _launch(["-p", procs, "-r", redis_server.url, "--epoch-interval", "0.1"], env)
+        time.sleep(1.5)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err[-2000:]
+    p = _launch(["-p", "1", "-r", redis_server.url, "--epoch-interval", "0.1"], env)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    _check_output(tmp_path / "out", counts)
+
+
+@pytest.mark.timeout(300)
+def test_redis_outage_stops_with_clear_error_then_resumes(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    counts = _write_input(tmp_path / "in")
+    env = _env(tmp_path, HR_SLOW="0.02")
+    args = ["-r", redis_server.url, "--epoch-interval", "0.1", "--recovery-retry", "3"]
+    p = _launch(args, env)
+    time.sleep(1.5)
+    redis_server.stop()
+    stopped = time.monotonic()
+    _, err = p.communicate(timeout=60)
+    assert p.returncode != 0
+    assert time.monotonic() - stopped < 30
+    assert f"Redis at {redis_server.url}" in err and "unreachable" in err, err[-2000:]
+    redis_server.start()
+    committed = open_store(redis_server.url, "recovery_wc").load_meta()
+    assert committed is not None and committed.committed_epoch > 0
+    p = _launch(args, env)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    _check_output(tmp_path / "out", counts)
+
+
+def test_unreachable_redis_fails_fast_with_named_url(tmp_path: Path) -> None:
+    from tests.servers import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    flow = _sum_flow([("a", 1)], [])
+    with pytest.raises(RecoveryStoreError, match=f"Redis at {url}.*unreachable"):
+        run_main(flow, recovery_config=RecoveryConfig(url, retry_for=1.0))
