@@ -42,7 +42,7 @@ def _env(out: Path, **extra: str) -> dict[str, str]:
 
 def _run(args: list[str], env: dict[str, str], **kw: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "headrace.run", *args],
+        [sys.executable, "-m", "headrace.run", *args, "--metrics-port", "0"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
     )
 

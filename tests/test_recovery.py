@@ -249,7 +249,7 @@ def _check_output(out_dir: Path, counts: dict[str, int]) -> None:
 def _launch(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "headrace.run", "tests.flows.recovery_flows:running_counts()",
-         *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         *args, "--metrics-port", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 

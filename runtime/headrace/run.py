@@ -168,9 +168,14 @@ def _free_ports(n: int) -> list[int]:
 def _spawn_local(argv: list[str], processes: int) -> int:
     """Start ``processes`` copies of this command as a local cluster; wait."""
     addrs = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
-    base = _strip_flags(argv, {"-p", "--processes"})
+    base = _strip_flags(argv, {"-p", "--processes", "--metrics-port"})
+    metrics_base = _parser().parse_args(argv).metrics_port
     procs = [
-        subprocess.Popen([sys.executable, "-m", "headrace.run", *base, "-i", str(i), "-a", addrs])
+        subprocess.Popen([
+            sys.executable, "-m", "headrace.run", *base, "-i", str(i), "-a", addrs,
+            # Each local process serves on its own port: base, base + 1, ...
+            "--metrics-port", str(metrics_base + i if metrics_base else 0),
+        ])
         for i in range(processes)
     ]
 
@@ -338,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                 startup_timeout=args.startup_timeout,
                 recovery=recovery,
                 key_groups=args.key_groups,
+                metrics_port=args.metrics_port,
+                metrics_host=args.metrics_host,
             )
         else:
             execute(
@@ -346,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                 epoch_interval=epoch,
                 recovery=recovery,
                 key_groups=args.key_groups,
+                metrics_port=args.metrics_port,
+                metrics_host=args.metrics_host,
             )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from headrace._engine._metrics import M
 from headrace.errors import HeadraceRuntimeError
 
 log = logging.getLogger("headrace.net")
@@ -38,6 +39,10 @@ _LEN = struct.Struct(">I")
 _BYE = "bye"
 _FAIL = "fail"
 _MAX_FRAME_MSGS = 4096
+
+
+_BYTES_OUT = M["headrace_exchange_bytes_total"].labels("out")  # type: ignore[union-attr]
+_BYTES_IN = M["headrace_exchange_bytes_total"].labels("in")  # type: ignore[union-attr]
 
 
 class ClusterError(HeadraceRuntimeError):
@@ -335,8 +340,10 @@ class Mesh:
                         stop_after = nxt
                         break
                     batch.append(nxt)
-                peer.bytes_out += _send_frame(sock, batch)
+                n = _send_frame(sock, batch)
+                peer.bytes_out += n
                 peer.frames_out += 1
+                _BYTES_OUT.inc(n)
                 if stop_after is not None:
                     _send_frame(sock, stop_after)
                     break
@@ -354,6 +361,7 @@ class Mesh:
                     break
                 frame, n = got
                 peer.bytes_in += n
+                _BYTES_IN.inc(n)
                 if frame == _BYE:
                     peer.said_bye = True
                     continue

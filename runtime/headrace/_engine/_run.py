@@ -14,7 +14,12 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+import time
+
+from headrace import __version__
+from headrace._engine._metrics import M
 from headrace._engine._net import PROTOCOL_VERSION, Hello, Mesh
+from headrace._engine._serve import EndpointServer, Readiness
 from headrace._engine._plan import Plan, build_plan
 from headrace._engine._worker import Abort, Cluster, RunConfig, Worker
 from headrace.dataflow import Dataflow
@@ -39,6 +44,35 @@ def request_stop() -> bool:
         for cluster in _ACTIVE:
             cluster.stop_requested.set()
         return bool(_ACTIVE)
+
+
+def _serve(
+    flow: Dataflow, port: int | None, host: str, readiness: Readiness
+) -> EndpointServer | None:
+    if not port:
+        return None
+
+    def dataflow_json() -> str:
+        from headrace.visualize import to_json
+
+        return to_json(flow)
+
+    return EndpointServer(host, port, dataflow_json, readiness)
+
+
+def _store_probe(config: RunConfig, readiness: Readiness) -> None:
+    store = config.store
+    if store is None:
+        return
+    original = readiness.ready
+
+    def ready() -> bool:
+        recent_error = time.monotonic() - getattr(store, "last_error_at", 0.0) < 10
+        if recent_error:
+            readiness.reason = f"recovery store errors: {store.description}"
+        return original() and not recent_error
+
+    readiness.ready = ready  # type: ignore[method-assign]
 
 
 def _run_worker(worker: Worker, cluster: Cluster) -> None:
@@ -96,8 +130,26 @@ def _check_w(workers_per_process: int) -> None:
         raise ValueError(msg)
 
 
-def _run_local_workers(plan: Plan, cluster: Cluster, config: RunConfig, mesh: Mesh | None) -> None:
-    workers = [Worker(plan, i, cluster, config) for i in cluster.local_workers]
+def _run_local_workers(
+    plan: Plan,
+    cluster: Cluster,
+    config: RunConfig,
+    mesh: Mesh | None,
+    server: EndpointServer | None = None,
+    proc_id: int = 0,
+) -> None:
+    if config.metrics:
+        M["headrace_worker_count"].set(cluster.worker_count)  # type: ignore[union-attr]
+        M["headrace_process_info"].labels(  # type: ignore[union-attr]
+            plan.flow_id, str(proc_id), __version__).set(1)
+    try:
+        workers = [Worker(plan, i, cluster, config) for i in cluster.local_workers]
+    except BaseException:
+        if mesh is not None:
+            mesh.close(RuntimeError("failed to build the dataflow"))
+        if server is not None:
+            server.close()
+        raise
     with _ACTIVE_LOCK:
         _ACTIVE.add(cluster)
     try:
@@ -124,6 +176,8 @@ def _run_local_workers(plan: Plan, cluster: Cluster, config: RunConfig, mesh: Me
             mesh.close(cluster.error)
         if config.store is not None:
             config.store.close()
+        if server is not None:
+            server.close()
     if cluster.error is not None:
         raise cluster.error
     if cluster.abort.is_set() and not cluster.aborted_by_source:
@@ -140,8 +194,14 @@ def execute(
     recovery: Any = None,
     key_groups: int = 256,
     fuse: bool = True,
+    metrics: bool = True,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
 ) -> None:
     """Run ``flow`` on ``workers_per_process`` workers in this process.
+
+    ``metrics_port`` (when not ``None`` or 0) serves /metrics, /dataflow,
+    /healthz and /readyz on ``metrics_host``.
 
     >>> import headrace.operators as op
     >>> from headrace.testing import TestingSource, TestingSink
@@ -152,10 +212,20 @@ def execute(
     """
     _check_w(workers_per_process)
     config = _config(epoch_interval, fuse, key_groups, recovery)
+    config.metrics = metrics
     plan = build_plan(flow)
-    _open_recovery(recovery, plan, config, True, workers_per_process)
+    readiness = Readiness()
+    server = _serve(flow, metrics_port, metrics_host, readiness)
+    try:
+        _open_recovery(recovery, plan, config, True, workers_per_process)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
+    _store_probe(config, readiness)
+    readiness.peers = True
     cluster = Cluster(workers_per_process, range(workers_per_process))
-    _run_local_workers(plan, cluster, config, None)
+    _run_local_workers(plan, cluster, config, None, server)
 
 
 def execute_cluster(
@@ -170,6 +240,9 @@ def execute_cluster(
     recovery: Any = None,
     key_groups: int = 256,
     fuse: bool = True,
+    metrics: bool = True,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
 ) -> None:
     """Run this process's share of a multi-process cluster.
 
@@ -186,8 +259,35 @@ def execute_cluster(
         msg = f"process id {proc_id} is not an index into the {len(addresses)} addresses"
         raise ValueError(msg)
     config = _config(epoch_interval, fuse, key_groups, recovery)
+    config.metrics = metrics
     plan = build_plan(flow)
     w = workers_per_process
+    readiness = Readiness()
+    server = _serve(flow, metrics_port, metrics_host, readiness)
+    try:
+        _start_cluster_process(
+            flow, plan, config, readiness, server, addresses, proc_id, w, bind_host,
+            startup_timeout, recovery,
+        )
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
+
+
+def _start_cluster_process(
+    flow: Dataflow,
+    plan: Plan,
+    config: RunConfig,
+    readiness: Readiness,
+    server: EndpointServer | None,
+    addresses: list[str],
+    proc_id: int,
+    w: int,
+    bind_host: str | None,
+    startup_timeout: float,
+    recovery: Any,
+) -> None:
     if proc_id == 0:
         # Before listening: peers can't start an epoch until we accept them.
         _open_recovery(recovery, plan, config, True, len(addresses) * w)
@@ -202,7 +302,13 @@ def execute_cluster(
 
     mesh = Mesh(addresses, proc_id, hello, deliver, cluster.fail, bind_host, startup_timeout)
     mesh.start()
-    if proc_id != 0:
-        _open_recovery(recovery, plan, config, False, len(addresses) * w)
+    try:
+        if proc_id != 0:
+            _open_recovery(recovery, plan, config, False, len(addresses) * w)
+    except BaseException as exc:
+        mesh.close(exc)
+        raise
+    _store_probe(config, readiness)
+    readiness.peers = True
     cluster.remote_send = mesh.send
-    _run_local_workers(plan, cluster, config, mesh)
+    _run_local_workers(plan, cluster, config, mesh, server, proc_id)

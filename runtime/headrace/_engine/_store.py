@@ -128,6 +128,12 @@ class Store(ABC):
         """Release connections."""
 
 
+def _count_store_error() -> None:
+    from headrace._engine._metrics import M
+
+    M["headrace_recovery_store_errors_total"].inc()  # type: ignore[union-attr]
+
+
 def _merge(layers: Iterable[dict[str, bytes]]) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for layer in layers:
@@ -168,6 +174,7 @@ class RedisStore(Store):
             OSError,
         )
         self.errors = 0
+        self.last_error_at = 0.0
         self.last_latency = 0.0
         self.on_error: Callable[[BaseException], None] | None = None
 
@@ -186,6 +193,8 @@ class RedisStore(Store):
                 return result
             except self._redis_errors as exc:
                 self.errors += 1
+                self.last_error_at = time.monotonic()
+                _count_store_error()
                 if self.on_error is not None:
                     self.on_error(exc)
                 if time.monotonic() >= deadline:
@@ -421,6 +430,7 @@ class SqliteStore(Store):
         self.path = self.dir / f"{prefix}.sqlite3"
         self.description = f"SQLite store {str(self.path)!r}"
         self._local = threading.local()
+        self.last_error_at = 0.0
         self.errors = 0
         self.last_latency = 0.0
         with self._conn() as c:

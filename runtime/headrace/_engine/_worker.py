@@ -30,6 +30,7 @@ from typing import Any
 
 from headrace._engine._fuse import EpochRef, Stage, compile_chain
 from headrace._engine._hash import DEFAULT_KEY_GROUPS, group_owner, key_group, part_owner
+from headrace._engine._metrics import M, StepMetrics, WorkerMetrics
 from headrace._engine._plan import CoreStep, Plan
 from headrace._engine._store import PARTS, Entry, Store
 from headrace.errors import BytewaxRuntimeError
@@ -87,6 +88,7 @@ class RunConfig:
     resume_epoch: int = 0  # the committed epoch to resume from (0: fresh start)
     compact_every: int = 10  # epochs between compactions (worker 0)
     keep_epochs: int = 0  # committed epochs of deltas kept before compaction
+    metrics: bool = True
 
 
 class Cluster:
@@ -128,7 +130,8 @@ class Cluster:
 
 class _SourceRun:
     __slots__ = (
-        "awake", "done", "final_state", "part", "part_name", "push", "stateful", "step_id",
+        "awake", "done", "final_state", "lag", "lag_gauge", "m", "part", "part_name", "push",
+        "stateful", "step_id",
     )
 
     def __init__(
@@ -147,6 +150,10 @@ class _SourceRun:
         self.awake: datetime | None = None
         self.done = False
         self.final_state: Any = None
+        self.m: StepMetrics | None = None
+        lag = getattr(part, "lag", None)
+        self.lag: Callable[[], Any] | None = lag if callable(lag) else None
+        self.lag_gauge: Any = None
 
 
 class _StatefulRun:
@@ -163,6 +170,13 @@ class _StatefulRun:
         self.worker = worker
         self.dirty: set[str] = set()
         self.track = worker.config.store is not None
+        wm = worker.metrics
+        self.m = None if wm is None else wm.step(
+            self.step_id, "stateful_batch_on_batch_duration_seconds")
+        self.m_notify = None if wm is None else M[
+            "stateful_batch_on_notify_duration_seconds"].labels(self.step_id, wm.wi)
+        self.m_eof = None if wm is None else M[
+            "stateful_batch_on_eof_duration_seconds"].labels(self.step_id, wm.wi)
 
     def restore(self, states: dict[str, bytes]) -> None:
         """Rebuild the logic of every key from its snapshot."""
@@ -230,6 +244,7 @@ class _StatefulRun:
         return out
 
     def on_batch(self, batch: list[Any]) -> None:
+        t0 = time.perf_counter()
         groups: dict[str, list[Any]] = {}
         for item in batch:
             if item.__class__ is not tuple or len(item) != 2:
@@ -263,6 +278,13 @@ class _StatefulRun:
                     f"for key {k!r}: {type(exc).__name__}: {exc}"
                 ) from exc
             out.extend(self._apply(k, logic, ret, "on_batch"))
+        m = self.m
+        if m is not None:
+            dt = time.perf_counter() - t0
+            m.inp.inc(len(batch))  # type: ignore[attr-defined]
+            m.out.inc(len(out))  # type: ignore[attr-defined]
+            m.dur.observe(dt)  # type: ignore[attr-defined]
+            m.busy.inc(dt)  # type: ignore[attr-defined]
         if out:
             self.push(out)
 
@@ -277,6 +299,9 @@ class _StatefulRun:
 
     def fire_timers(self, now: datetime) -> None:
         heap = self.heap
+        if not heap or heap[0][0] > now:
+            return
+        t0 = time.perf_counter()
         out: list[Any] = []
         while heap and heap[0][0] <= now:
             at, _, key = heapq.heappop(heap)
@@ -294,10 +319,13 @@ class _StatefulRun:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             out.extend(self._apply(key, logic, ret, "on_notify"))
+        if self.m_notify is not None:
+            self.m_notify.observe(time.perf_counter() - t0)
         if out:
             self.push(out)
 
     def on_eof(self) -> None:
+        t0 = time.perf_counter()
         out: list[Any] = []
         for key, logic in list(self.logics.items()):
             try:
@@ -308,6 +336,8 @@ class _StatefulRun:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             out.extend(self._apply(key, logic, ret, "on_eof"))
+        if self.m_eof is not None:
+            self.m_eof.observe(time.perf_counter() - t0)
         if out:
             self.push(out)
 
@@ -393,6 +423,7 @@ class Worker:
         self.cluster = cluster
         self.config = config
         self.inbox = cluster.inboxes[worker_index]
+        self.metrics: WorkerMetrics | None = WorkerMetrics(worker_index) if config.metrics else None
         self.epoch_ref = EpochRef()
         self.sources: list[_SourceRun] = []
         self.stateful: list[_StatefulRun] = []
@@ -432,6 +463,11 @@ class Worker:
         for edge in self.edges:
             self._wire_edge(edge)
         self._compute_upstreams()
+        if self.metrics is not None:
+            for src in self.sources:
+                src.m = self.metrics.step(src.step_id, "inp_part_next_batch_duration_seconds")
+                if src.lag is not None:
+                    src.lag_gauge = self.metrics.lag(src.step_id, src.part_name)
         # The control edge goes last: its barrier is sent once everything
         # else of the epoch is done here, so its alignment means "every
         # worker finished the epoch" (the commit point) and its flags carry
@@ -511,6 +547,26 @@ class Worker:
         downstream = self.push_for(out)
         if not fns:
             return downstream
+        if self.metrics is not None:
+            m = self.metrics.step(first.step_id, "flat_map_batch_duration_seconds")
+            seq_m = tuple(fns)
+
+            def push_measured(batch: list[Any]) -> None:
+                t0 = time.perf_counter()
+                n = len(batch)
+                for fn in seq_m:
+                    batch = fn(batch)
+                    if not batch:
+                        break
+                dt = time.perf_counter() - t0
+                m.inp.inc(n)  # type: ignore[attr-defined]
+                m.out.inc(len(batch))  # type: ignore[attr-defined]
+                m.dur.observe(dt)  # type: ignore[attr-defined]
+                m.busy.inc(dt)  # type: ignore[attr-defined]
+                if batch:
+                    downstream(batch)
+
+            return push_measured
         if len(fns) == 1:
             only = fns[0]
 
@@ -565,14 +621,22 @@ class Worker:
         self._closers.append(part.close)
         step_id = step.step_id
         write = part.write_batch
+        m = None if self.metrics is None else self.metrics.step(
+            step_id, "out_part_write_batch_duration_seconds")
 
         def push(batch: list[Any]) -> None:
+            t0 = time.perf_counter()
             try:
                 write(batch)
             except Exception as exc:
                 raise BytewaxRuntimeError(
                     f"error calling `write_batch` in step {step_id!r}: {type(exc).__name__}: {exc}"
                 ) from exc
+            if m is not None:
+                dt = time.perf_counter() - t0
+                m.inp.inc(len(batch))  # type: ignore[attr-defined]
+                m.dur.observe(dt)  # type: ignore[attr-defined]
+                m.busy.inc(dt)  # type: ignore[attr-defined]
 
         return push
 
@@ -637,6 +701,8 @@ class Worker:
 
     def _send_data(self, edge: _Edge, dst: int, items: list[Any]) -> None:
         self.inflight[dst] += len(items)
+        if self.metrics is not None:
+            self.metrics.x_out.inc(len(items))
         self.cluster.send(dst, (DATA, edge.eid, self.index, self.epoch, items))
 
     def _keyed_router(self, edge: _Edge, step_id: str) -> Push:
@@ -730,7 +796,11 @@ class Worker:
                     f"error calling `part_fn` in step {step_id!r} for key {item[0]!r}"
                 ) from exc
 
+        m = None if self.metrics is None else self.metrics.step(
+            step_id, "out_part_write_batch_duration_seconds")
+
         def deliver(batch: list[Any]) -> None:
+            t0 = time.perf_counter()
             by_part: dict[int, list[Any]] = {}
             for item in batch:
                 by_part.setdefault(index_of(item), []).append(item[1])
@@ -742,6 +812,11 @@ class Worker:
                         f"error calling `write_batch` in step {step_id!r} for partition "
                         f"{parts[i]!r}: {type(exc).__name__}: {exc}"
                     ) from exc
+            if m is not None:
+                dt = time.perf_counter() - t0
+                m.inp.inc(len(batch))  # type: ignore[attr-defined]
+                m.dur.observe(dt)  # type: ignore[attr-defined]
+                m.busy.inc(dt)  # type: ignore[attr-defined]
 
         def route(batch: list[Any]) -> None:
             if count == 1:
@@ -801,6 +876,7 @@ class Worker:
         for src in self.sources:
             if src.done or (src.awake is not None and src.awake > now):
                 continue
+            t0 = time.perf_counter()
             try:
                 batch = src.part.next_batch()
             except StopIteration:
@@ -822,6 +898,12 @@ class Worker:
                         f"`next_batch` in step {src.step_id!r} must return a list (or "
                         f"iterable) of items; got {type(batch).__name__}"
                     ) from exc
+            m = src.m
+            if m is not None:
+                dt = time.perf_counter() - t0
+                m.out.inc(len(batch))  # type: ignore[attr-defined]
+                m.dur.observe(dt)  # type: ignore[attr-defined]
+                m.busy.inc(dt)  # type: ignore[attr-defined]
             if batch:
                 produced = True
                 src.push(batch)
@@ -865,6 +947,8 @@ class Worker:
         edge = self.edges[eid]
         if kind == DATA:
             self._acks[sender] += len(payload)
+            if self.metrics is not None:
+                self.metrics.x_in.inc(len(payload))
             edge.deliver(payload)
         else:
             self._barrier(edge, payload)
@@ -907,6 +991,14 @@ class Worker:
             self._handle(msg)
         self._send_acks()
 
+    def _idle_drain(self, block: float) -> None:
+        if self.metrics is None or block <= 0:
+            self._drain(block)
+            return
+        t0 = time.perf_counter()
+        self._drain(block)
+        self.metrics.idle.inc(time.perf_counter() - t0)
+
     def _send_barriers(self) -> None:
         """Send this epoch's barrier on every edge whose upstream is complete."""
         for edge in self.edges:
@@ -941,9 +1033,11 @@ class Worker:
 
     def before_commit_barrier(self) -> None:
         """This worker finished the epoch: write its snapshot before telling the others."""
+        self._update_lag()
         store = self.config.store
         if store is None:
             return
+        t_snap = time.perf_counter()
         entries: list[Entry] = []
         for node in self.stateful:
             entries.extend(node.snapshot_entries(self.config.key_groups))
@@ -962,7 +1056,26 @@ class Worker:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             entries.append((step_id, PARTS, name, _pickle_part(step_id, name, state)))
+        t0 = time.perf_counter()
         self.snapshot_bytes = store.write_epoch(self.epoch, entries)
+        m = self.metrics
+        if m is not None:
+            m.store_latency.observe(time.perf_counter() - t0)
+            m.snap_bytes.set(self.snapshot_bytes)
+            m.snap_bytes_total.inc(self.snapshot_bytes)
+            m.snap_dur.observe(time.perf_counter() - t_snap)
+
+    def _update_lag(self) -> None:
+        for src in self.sources:
+            if src.lag is None or src.done:
+                continue
+            try:
+                lag = src.lag()
+            except Exception:  # noqa: BLE001 - a metric must never stop the run
+                log.debug("lag() failed in step %r", src.step_id, exc_info=True)
+                continue
+            if lag is not None and src.lag_gauge is not None:
+                src.lag_gauge.set(lag)
 
     def after_epoch(self) -> None:
         """Every worker finished the epoch: worker 0 commits it."""
@@ -970,6 +1083,8 @@ class Worker:
         if store is None or self.index != 0:
             return
         store.commit(self.epoch, self.snapshot_bytes)
+        if self.metrics is not None:
+            M["headrace_epoch_committed"].set(self.epoch)  # type: ignore[union-attr]
         every = self.config.compact_every
         if every and self.epoch % every == 0:
             store.compact(self.epoch - self.config.keep_epochs)
@@ -1018,6 +1133,9 @@ class Worker:
         cluster = self.cluster
         try:
             while not self.finished:
+                epoch_t0 = time.perf_counter()
+                if self.metrics is not None:
+                    self.metrics.epoch.set(self.epoch)
                 deadline = time.monotonic() + interval
                 closing = False
                 while True:
@@ -1031,7 +1149,10 @@ class Worker:
                         else:
                             t0 = time.monotonic()
                             self._drain(_MAX_SLEEP)
-                            self.backpressure_seconds += time.monotonic() - t0
+                            waited = time.monotonic() - t0
+                            self.backpressure_seconds += waited
+                            if self.metrics is not None:
+                                self.metrics.backpressure.inc(waited)
                         if (
                             time.monotonic() >= deadline
                             or self._sources_done()
@@ -1046,8 +1167,10 @@ class Worker:
                     if produced:
                         self._drain(0)
                     else:
-                        self._drain(self._next_wake(closing, deadline))
+                        self._idle_drain(self._next_wake(closing, deadline))
                 self.after_epoch()
+                if self.metrics is not None:
+                    self.metrics.epoch_dur.observe(time.perf_counter() - epoch_t0)
                 if self.control.eof:
                     self.finished = True
                 elif self.control.stop_votes:

@@ -1,0 +1,153 @@
+"""Prometheus metrics of the workers, and the catalogue that documents them.
+
+Metrics live in prometheus-client's default registry, so metrics a user
+registers show on the same endpoint. Every series a worker writes carries
+its own ``worker_index`` label, so workers of one process never share (and
+clobber) a series. Values are recorded per batch, never per item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# name -> (type, labels, help). The single source of truth: the metric
+# objects below, docs/metrics.md and the dashboards' tests all read it.
+CATALOGUE: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "item_inp_count": ("counter", ("step_id", "worker_index"),
+                       "Items that entered a step (stateful steps, sinks, fused chains)."),
+    "item_out_count": ("counter", ("step_id", "worker_index"),
+                       "Items a step emitted (sources, stateful steps, fused chains)."),
+    "inp_part_next_batch_duration_seconds": (
+        "histogram", ("step_id", "worker_index"),
+        "Time in a source partition's next_batch."),
+    "out_part_write_batch_duration_seconds": (
+        "histogram", ("step_id", "worker_index"), "Time in a sink partition's write_batch."),
+    "flat_map_batch_duration_seconds": (
+        "histogram", ("step_id", "worker_index"),
+        "Time in a (fused) chain of stateless steps per batch; step_id is the chain's first step."),
+    "stateful_batch_on_batch_duration_seconds": (
+        "histogram", ("step_id", "worker_index"), "Time in a stateful step's on_batch calls per batch."),
+    "stateful_batch_on_notify_duration_seconds": (
+        "histogram", ("step_id", "worker_index"), "Time in a stateful step's timer callbacks."),
+    "stateful_batch_on_eof_duration_seconds": (
+        "histogram", ("step_id", "worker_index"), "Time in a stateful step's on_eof calls."),
+    "snapshot_duration_seconds": (
+        "histogram", ("worker_index",), "Time to build and write a worker's epoch snapshot."),
+    "headrace_step_busy_seconds_total": (
+        "counter", ("step_id", "worker_index"), "Time inside a step's user callbacks."),
+    "headrace_worker_busy_seconds_total": (
+        "counter", ("worker_index",), "Time a worker spent working (not idle, not blocked)."),
+    "headrace_worker_idle_seconds_total": (
+        "counter", ("worker_index",), "Time a worker waited with nothing to do."),
+    "headrace_worker_backpressure_seconds_total": (
+        "counter", ("worker_index",),
+        "Time a worker held back its sources because a peer had too much unprocessed input."),
+    "headrace_exchange_items_total": (
+        "counter", ("worker_index", "direction"), "Items sent to / received from other workers."),
+    "headrace_exchange_bytes_total": (
+        "counter", ("direction",), "Bytes sent to / received from other processes."),
+    "headrace_epoch_current": ("gauge", ("worker_index",), "The epoch a worker is in."),
+    "headrace_epoch_committed": ("gauge", (), "The last committed epoch (process 0)."),
+    "headrace_epoch_duration_seconds": (
+        "histogram", ("worker_index",), "Wall time of an epoch, barrier alignment included."),
+    "headrace_snapshot_last_bytes": ("gauge", ("worker_index",), "Bytes of a worker's last snapshot."),
+    "headrace_snapshot_bytes_total": (
+        "counter", ("worker_index",), "Bytes of all snapshots a worker wrote."),
+    "headrace_recovery_store_errors_total": (
+        "counter", (), "Errors talking to the recovery store (each retry counts)."),
+    "headrace_recovery_store_latency_seconds": (
+        "histogram", ("worker_index",), "Latency of snapshot writes to the recovery store."),
+    "headrace_source_lag": (
+        "gauge", ("step_id", "partition", "worker_index"),
+        "Items (or messages) a source partition has not read yet, if the source can tell."),
+    "headrace_worker_count": ("gauge", (), "Workers in the whole cluster."),
+    "headrace_process_info": (
+        "gauge", ("flow_id", "process_id", "version"), "Constant 1; identifies the process."),
+}
+
+_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
+
+
+def _make(name: str) -> Counter | Gauge | Histogram:
+    kind, labels, doc = CATALOGUE[name]
+    # prometheus-client appends _total to counters itself.
+    base = name[: -len("_total")] if kind == "counter" and name.endswith("_total") else name
+    if kind == "counter":
+        return Counter(base, doc, labels)
+    if kind == "gauge":
+        return Gauge(name, doc, labels)
+    return Histogram(name, doc, labels, buckets=_BUCKETS)
+
+
+M: dict[str, Counter | Gauge | Histogram] = {name: _make(name) for name in CATALOGUE}
+
+
+def exported_names() -> set[str]:
+    """Every series name Prometheus sees (counters get ``_total``, histograms
+    ``_bucket``/``_sum``/``_count``).
+
+    >>> "item_inp_count_total" in exported_names()
+    True
+    """
+    out: set[str] = set()
+    for name, (kind, _labels, _doc) in CATALOGUE.items():
+        if kind == "counter":
+            base = name[: -len("_total")] if name.endswith("_total") else name
+            out |= {base + "_total", base + "_created"}
+        elif kind == "histogram":
+            out |= {name + "_bucket", name + "_sum", name + "_count", name + "_created"}
+        else:
+            out.add(name)
+    return out
+
+
+@dataclass
+class StepMetrics:
+    """Pre-bound series of one step on one worker (cheap to update)."""
+
+    inp: object
+    out: object
+    dur: object
+    busy: object
+
+
+class WorkerMetrics:
+    """The series of one worker; `step()` binds a step's series once."""
+
+    def __init__(self, worker_index: int) -> None:
+        self.wi = str(worker_index)
+        wi = self.wi
+        self.busy = M["headrace_worker_busy_seconds_total"].labels(wi)
+        self.idle = M["headrace_worker_idle_seconds_total"].labels(wi)
+        self.backpressure = M["headrace_worker_backpressure_seconds_total"].labels(wi)
+        self.x_out = M["headrace_exchange_items_total"].labels(wi, "out")
+        self.x_in = M["headrace_exchange_items_total"].labels(wi, "in")
+        self.epoch = M["headrace_epoch_current"].labels(wi)
+        self.epoch_dur = M["headrace_epoch_duration_seconds"].labels(wi)
+        self.snap_dur = M["snapshot_duration_seconds"].labels(wi)
+        self.snap_bytes = M["headrace_snapshot_last_bytes"].labels(wi)
+        self.snap_bytes_total = M["headrace_snapshot_bytes_total"].labels(wi)
+        self.store_latency = M["headrace_recovery_store_latency_seconds"].labels(wi)
+
+    def step(self, step_id: str, duration_metric: str) -> StepMetrics:
+        """Bind the series of ``step_id``, timing into ``duration_metric``.
+
+        >>> sm = WorkerMetrics(0).step("doc.step", "flat_map_batch_duration_seconds")
+        >>> sm.inp.inc(3)
+        """
+        wi = self.wi
+        return StepMetrics(
+            inp=M["item_inp_count"].labels(step_id, wi),
+            out=M["item_out_count"].labels(step_id, wi),
+            dur=M[duration_metric].labels(step_id, wi),
+            busy=M["headrace_step_busy_seconds_total"].labels(step_id, wi),
+        )
+
+    def lag(self, step_id: str, part: str) -> Gauge:
+        """The lag gauge of one source partition.
+
+        >>> WorkerMetrics(0).lag("doc.inp", "p0").set(5)
+        """
+        return M["headrace_source_lag"].labels(step_id, part, self.wi)  # type: ignore[return-value]

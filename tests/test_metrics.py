@@ -1,0 +1,229 @@
+"""Metrics: the endpoint, valid exposition under concurrent scrapes, and a real
+Prometheus scraping a 2-process cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import timedelta
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from headrace._engine._metrics import CATALOGUE, exported_names
+from headrace._engine._run import execute
+from headrace.errors import HeadraceRuntimeError
+from tests.flows.metrics_flows import paced
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _get(url: str, timeout: float = 5) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _wait_up(url: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _get(url, 1)
+            return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"{url} never came up")
+
+
+@pytest.fixture
+def running_flow(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    monkeypatch.setenv("HR_SECONDS", "4")
+    port = free_port()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            execute(paced(), metrics_port=port, metrics_host="127.0.0.1",
+                    epoch_interval=timedelta(milliseconds=300))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    _wait_up(f"http://127.0.0.1:{port}/healthz")
+    yield port
+    t.join(30)
+    assert not errors, errors
+
+
+def test_endpoints_serve_metrics_dataflow_health(running_flow: int) -> None:
+    base = f"http://127.0.0.1:{running_flow}"
+    time.sleep(1)
+    code, text = _get(base + "/metrics")
+    assert code == 200
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "item_out_count" in fams
+    samples = [s for s in fams["item_out_count"].samples
+               if s.labels.get("step_id") == "paced.inp" and s.name.endswith("_total")]
+    assert samples and samples[0].labels["worker_index"] == "0" and samples[0].value > 0
+    assert "user_events" in fams, "user-registered metrics show on the same endpoint"
+    lags = [s for s in fams["headrace_source_lag"].samples if s.labels["step_id"] == "paced.inp"]
+    assert {s.labels["partition"] for s in lags} == {"p0", "p1"}
+    assert all(s.value > 0 for s in lags)
+    code, body = _get(base + "/dataflow")
+    assert code == 200
+    graph = json.loads(body)
+    assert graph["flow_id"] == "paced"
+    assert _get(base + "/healthz")[0] == 200
+    assert _get(base + "/readyz")[0] == 200
+    assert _get(base + "/nope")[0] == 404
+
+
+def test_exposition_stays_valid_under_concurrent_scrapes(running_flow: int) -> None:
+    url = f"http://127.0.0.1:{running_flow}/metrics"
+    failures: list[BaseException] = []
+    counts = [0]
+
+    def scrape() -> None:
+        for _ in range(25):
+            try:
+                code, text = _get(url)
+                assert code == 200
+                names = {f.name for f in text_string_to_metric_families(text)}
+                assert "item_inp_count" in names
+                counts[0] += 1
+            except BaseException as exc:  # noqa: BLE001
+                failures.append(exc)
+
+    threads = [threading.Thread(target=scrape) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert counts[0] == 100
+
+
+def test_metrics_port_in_use_is_a_clear_startup_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(HeadraceRuntimeError, match=f"metrics port {port} .* already in use"):
+            execute(paced(), metrics_port=port, metrics_host="127.0.0.1")
+
+
+def test_workers_of_one_process_have_their_own_series(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    monkeypatch.setenv("HR_SECONDS", "1")
+    monkeypatch.setenv("HR_PARTS", "4")
+    execute(paced(), workers_per_process=2)
+    fams = {f.name: f for f in text_string_to_metric_families(generate_latest(REGISTRY).decode())}
+    workers = {s.labels["worker_index"] for s in fams["item_out_count"].samples
+               if s.labels.get("step_id") == "paced.inp"}
+    assert {"0", "1"} <= workers
+
+
+def test_catalogue_is_documented() -> None:
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    for name in CATALOGUE:
+        assert f"`{name}`" in doc, f"{name} missing from docs/metrics.md"
+    assert "item_inp_count_total" in exported_names()
+
+
+# ------------------------------------------------------------- real Prometheus
+
+
+def _two_free_consecutive_ports() -> int:
+    for _ in range(50):
+        p = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 1))
+            return p
+        except OSError:
+            continue
+    pytest.fail("no two consecutive free ports")
+
+
+class _Prometheus:
+    def __init__(self, workdir: Path, targets: list[str]) -> None:
+        exe = shutil.which("prometheus")
+        if exe is None:
+            pytest.fail("prometheus is not installed; .ci/run installs it (apt-get install "
+                        "prometheus)")
+        self.port = free_port()
+        cfg = workdir / "prometheus.yml"
+        cfg.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: headrace\n    static_configs:\n"
+            f"      - targets: {json.dumps(targets)}\n"
+        )
+        self.proc = subprocess.Popen(
+            [exe, f"--config.file={cfg}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _wait_up(f"http://127.0.0.1:{self.port}/-/ready", 30)
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": promql})
+        code, body = _get(url)
+        data = json.loads(body)
+        assert code == 200 and data["status"] == "success", body
+        return data["data"]["result"]  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.mark.timeout(180)
+def test_real_prometheus_scrapes_a_two_process_cluster(tmp_path: Path) -> None:
+    base = _two_free_consecutive_ports()
+    prom = _Prometheus(tmp_path, [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"])
+    try:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), HR_SECONDS="25", HR_PARTS="2",
+                   HR_PER_TICK="50", HR_TICK="0.05")  # 2 x 1000 items/s
+        run = subprocess.Popen(
+            [sys.executable, "-m", "headrace.run", "tests.flows.metrics_flows:paced()",
+             "-p", "2", "--metrics-port", str(base), "--metrics-host", "127.0.0.1",
+             "--epoch-interval", "1"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            time.sleep(16)
+            up = prom.query("up")
+            assert len(up) == 2 and all(r["value"][1] == "1" for r in up), up
+            rate = prom.query('sum(rate(item_out_count_total{step_id="paced.inp"}[10s]))')
+            value = float(rate[0]["value"][1])
+            assert 1600 <= value <= 2400, f"input rate {value}, expected 2000 +- 20%"
+            by_worker = prom.query('item_out_count_total{step_id="paced.inp"}')
+            assert {r["metric"]["worker_index"] for r in by_worker} == {"0", "1"}
+            for series in ("item_inp_count_total", "headrace_worker_busy_seconds_total",
+                           "headrace_exchange_items_total", "headrace_epoch_current",
+                           "stateful_batch_on_batch_duration_seconds_bucket",
+                           "headrace_exchange_bytes_total", "user_events_total"):
+                assert prom.query(series), f"no {series} in Prometheus"
+        finally:
+            _, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err[-2000:]
+    finally:
+        prom.stop()
