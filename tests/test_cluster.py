@@ -70,7 +70,7 @@ def _read_counts(out: Path) -> dict[str, int]:
 def test_local_cluster_matches_expected(tmp_path: Path, procs: int, workers: int) -> None:
     env = _env(tmp_path, HR_PARTS="5", HR_ITEMS="400", HR_BATCH="37")
     p = _run([FLOW, "-p", str(procs), "-w", str(workers), "--epoch-interval", "0.01"], env)
-    out, err = p.communicate(timeout=100)
+    _, err = p.communicate(timeout=100)
     assert p.returncode == 0, err
     assert _read_counts(tmp_path) == _expected(5, 400)
     files = sorted(f.name for f in tmp_path.glob("*.txt"))
@@ -176,7 +176,7 @@ def test_cluster_main_two_processes_in_threads() -> None:
     def proc(i: int) -> None:
         try:
             cluster_main(build(outs[i]), addrs, i, worker_count_per_proc=2)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     ts = [threading.Thread(target=proc, args=(i,)) for i in range(2)]

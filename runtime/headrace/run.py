@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the CLI reports and exits non-zero
+    except Exception as exc:
         traceback.print_exc()
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1

@@ -181,7 +181,7 @@ def _wrap_segment(stages: list[Stage], ctx: EpochRef, worker_index: int) -> Batc
 
     def run(batch: list[Any]) -> list[Any]:
         try:
-            return fn(batch)  # type: ignore[no-any-return]
+            return fn(batch)
         except BytewaxRuntimeError:
             raise
         except Exception as exc:

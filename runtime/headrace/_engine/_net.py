@@ -41,8 +41,8 @@ _FAIL = "fail"
 _MAX_FRAME_MSGS = 4096
 
 
-_BYTES_OUT = M["headrace_exchange_bytes_total"].labels("out")  # type: ignore[union-attr]
-_BYTES_IN = M["headrace_exchange_bytes_total"].labels("in")  # type: ignore[union-attr]
+_BYTES_OUT = M["headrace_exchange_bytes_total"].labels("out")
+_BYTES_IN = M["headrace_exchange_bytes_total"].labels("in")
 
 
 class ClusterError(HeadraceRuntimeError):

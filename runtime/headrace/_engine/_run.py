@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 from typing import Any
-
-import time
 
 from headrace import __version__
 from headrace._engine._metrics import M
 from headrace._engine._net import PROTOCOL_VERSION, Hello, Mesh
-from headrace._engine._serve import EndpointServer, Readiness
 from headrace._engine._plan import Plan, build_plan
+from headrace._engine._serve import EndpointServer, Readiness
 from headrace._engine._worker import Abort, Cluster, RunConfig, Worker
 from headrace.dataflow import Dataflow
 
@@ -78,7 +77,7 @@ def _store_probe(config: RunConfig, readiness: Readiness) -> None:
 def _run_worker(worker: Worker, cluster: Cluster) -> None:
     try:
         worker.run()
-    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+    except BaseException as exc:
         cluster.fail(exc)
 
 
@@ -139,8 +138,8 @@ def _run_local_workers(
     proc_id: int = 0,
 ) -> None:
     if config.metrics:
-        M["headrace_worker_count"].set(cluster.worker_count)  # type: ignore[union-attr]
-        M["headrace_process_info"].labels(  # type: ignore[union-attr]
+        M["headrace_worker_count"].set(cluster.worker_count)
+        M["headrace_process_info"].labels(
             plan.flow_id, str(proc_id), __version__).set(1)
     try:
         workers = [Worker(plan, i, cluster, config) for i in cluster.local_workers]

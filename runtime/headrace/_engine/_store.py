@@ -29,6 +29,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -131,7 +132,7 @@ class Store(ABC):
 def _count_store_error() -> None:
     from headrace._engine._metrics import M
 
-    M["headrace_recovery_store_errors_total"].inc()  # type: ignore[union-attr]
+    M["headrace_recovery_store_errors_total"].inc()
 
 
 def _merge(layers: Iterable[dict[str, bytes]]) -> dict[str, bytes]:
@@ -164,7 +165,7 @@ class RedisStore(Store):
         self.prefix = prefix
         self.retry_for = retry_for
         self.description = f"Redis at {_safe_url(url)} (prefix {prefix!r})"
-        self._r = client if client is not None else redis.Redis.from_url(
+        self._r: Any = client if client is not None else redis.Redis.from_url(
             url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10
         )
         self._redis_errors: tuple[type[BaseException], ...] = (
@@ -224,7 +225,7 @@ class RedisStore(Store):
     def _delete_epochs(self, epochs: list[int]) -> int:
         n = 0
         for e in epochs:
-            keys = self._retry("listing delta keys", lambda e=e: self._r.smembers(self._k("e", e)))
+            keys = self._retry("listing delta keys", partial(self._r.smembers, self._k("e", e)))
             names = [k.decode() if isinstance(k, bytes) else k for k in keys]
 
             def drop(names: list[str] = names, e: int = e) -> None:
@@ -272,7 +273,7 @@ class RedisStore(Store):
         def write() -> None:
             p = self._r.pipeline(transaction=False)
             for name, mapping in by_key.items():
-                p.hset(name, mapping=mapping)  # type: ignore[arg-type]
+                p.hset(name, mapping=mapping)
             p.sadd(self._k("e", epoch), *by_key)
             p.zadd(self._k("epochs"), {str(epoch): epoch})
             p.execute()
@@ -303,7 +304,7 @@ class RedisStore(Store):
                 p.hgetall(self._k("b", step_id, g))
                 for e in epochs:
                     p.hgetall(self._k("d", e, step_id, g))
-            return p.execute()  # type: ignore[no-any-return]
+            return p.execute()
 
         res = self._retry(f"loading the state of step {step_id!r}", read)
         out: dict[Group, dict[str, bytes]] = {}
@@ -326,11 +327,11 @@ class RedisStore(Store):
         if not epochs:
             return
         for e in epochs:
-            names = self._retry("compacting", lambda e=e: self._r.smembers(self._k("e", e)))
+            names = self._retry("compacting", partial(self._r.smembers, self._k("e", e)))
             for raw in names:
                 name = raw.decode()
                 base = name.replace(self._k("d", e) + ":", self._k("b") + ":", 1)
-                layer = self._retry("compacting", lambda name=name: self._r.hgetall(name))
+                layer = self._retry("compacting", partial(self._r.hgetall, name))
                 sets = {k: v for k, v in layer.items() if v}
                 dels = [k for k, v in layer.items() if not v]
 
@@ -345,8 +346,7 @@ class RedisStore(Store):
                     p.execute()
 
                 self._retry("compacting", fold)
-            self._retry("compacting", lambda e=e: self._r.hset(
-                self._k("meta"), "base_epoch", str(e)))
+            self._retry("compacting", partial(self._r.hset, self._k("meta"), "base_epoch", str(e)))
             self._delete_epochs([e])
 
     def delete_all(self) -> int:
@@ -355,9 +355,9 @@ class RedisStore(Store):
         cursor = 0
         while True:
             cursor, keys = self._retry(
-                "deleting state", lambda c=cursor: self._r.scan(c, match=pattern, count=1000))
+                "deleting state", partial(self._r.scan, cursor, match=pattern, count=1000))
             if keys:
-                self._retry("deleting state", lambda keys=keys: self._r.delete(*keys))
+                self._retry("deleting state", partial(self._r.delete, *keys))
                 n += len(keys)
             if cursor == 0:
                 return n
@@ -370,7 +370,7 @@ class RedisStore(Store):
         for raw in self._retry("summarising", lambda: self._r.smembers(self._k("bases"))):
             names.add(raw.decode())
         for e in self._epochs(meta.base_epoch + 1, meta.committed_epoch):
-            for raw in self._retry("summarising", lambda e=e: self._r.smembers(self._k("e", e))):
+            for raw in self._retry("summarising", partial(self._r.smembers, self._k("e", e))):
                 names.add(raw.decode())
         steps: dict[str, set[tuple[str, str]]] = {}
         for name in names:
@@ -550,7 +550,7 @@ class SqliteStore(Store):
         c = self._conn()
         n = 0
         for table in ("delta", "base", "meta"):
-            n += c.execute(f"DELETE FROM {table}").rowcount  # noqa: S608 - fixed names
+            n += c.execute(f"DELETE FROM {table}").rowcount
         return n
 
     def summary(self) -> dict[str, dict[str, int]]:

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from headrace._engine._fuse import EpochRef, Stage, compile_chain
@@ -47,7 +47,7 @@ from headrace.outputs import DynamicSink, FixedPartitionedSink
 log = logging.getLogger("headrace.worker")
 
 Push = Callable[[list[Any]], None]
-UTC = timezone.utc
+UTC = UTC
 
 # Message kinds between workers.
 DATA = 0
@@ -227,7 +227,7 @@ class _StatefulRun:
     def _apply(self, key: str, logic: Any, ret: Any, what: str) -> list[Any]:
         try:
             outs, discard = ret
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError):
             msg = (
                 f"`{what}` in step {self.step_id!r} must return a 2-tuple "
                 f"`(outputs, discard)`; got {ret!r}"
@@ -671,15 +671,16 @@ class Worker:
                 self.sources.append(_SourceRun(step.step_id, name, part, push, True))
         elif isinstance(source, DynamicSource):
             try:
-                part = source.build(step.step_id, self.index, self.count)
+                dyn = source.build(step.step_id, self.index, self.count)
             except Exception as exc:
                 raise BytewaxRuntimeError(
                     f"error calling `build` in step {step.step_id!r}: {type(exc).__name__}: {exc}"
                 ) from exc
-            self.sources.append(_SourceRun(step.step_id, f"worker-{self.index}", part, push, False))
+            self.sources.append(_SourceRun(step.step_id, f"worker-{self.index}", dyn, push, False))
 
     def _wire_edge(self, edge: _Edge) -> None:
         step = edge.step
+        assert step is not None
         if step.kind == "stateful_batch":
             node = _StatefulRun(step, self)
             node.push = self.push_for(step.outputs["down"])
@@ -759,6 +760,7 @@ class Worker:
 
     def _wire_partitioned_sink(self, edge: _Edge) -> None:
         step = edge.step
+        assert step is not None
         sink: FixedPartitionedSink[Any, Any] = step.conf["sink"]
         step_id = step.step_id
         try:
@@ -1071,7 +1073,7 @@ class Worker:
                 continue
             try:
                 lag = src.lag()
-            except Exception:  # noqa: BLE001 - a metric must never stop the run
+            except Exception:
                 log.debug("lag() failed in step %r", src.step_id, exc_info=True)
                 continue
             if lag is not None and src.lag_gauge is not None:
@@ -1084,7 +1086,7 @@ class Worker:
             return
         store.commit(self.epoch, self.snapshot_bytes)
         if self.metrics is not None:
-            M["headrace_epoch_committed"].set(self.epoch)  # type: ignore[union-attr]
+            M["headrace_epoch_committed"].set(self.epoch)
         every = self.config.compact_every
         if every and self.epoch % every == 0:
             store.compact(self.epoch - self.config.keep_epochs)
@@ -1185,7 +1187,7 @@ class Worker:
             if not src.done:
                 try:
                     src.part.close()
-                except Exception:  # noqa: BLE001 - best effort on shutdown
+                except Exception:
                     log.exception("error closing source partition in step %r", src.step_id)
         for close in self._closers:
             try:

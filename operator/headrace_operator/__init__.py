@@ -1,0 +1,1 @@
+"""The Headrace Kubernetes operator (kopf): `Dataflow` resources become worker pods."""
