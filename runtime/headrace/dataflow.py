@@ -132,7 +132,9 @@ Port: TypeAlias = SinglePort | MultiPort[Any]
 class Operator:
     """One step of a dataflow: a core step or a composition of substeps.
 
-    ``inp_ports``/``out_ports`` name the connected streams; ``core`` is the
+    ``step_name`` is the local name given by the user, ``op_type`` the
+    operator's function name. ``inp_ports``/``out_ports`` name the connected
+    streams; ``core`` is the
     core operator name for a leaf step (``"flat_map_batch"``...) or ``None``
     for a composite; ``conf`` holds a core step's configuration.
 
@@ -140,8 +142,9 @@ class Operator:
     >>> from headrace.testing import TestingSource
     >>> flow = Dataflow("d")
     >>> s = op.input("inp", flow, TestingSource([1]))
-    >>> flow.substeps[0].step_id, flow.substeps[0].core
-    ('d.inp', 'input')
+    >>> op_ = flow.substeps[0]
+    >>> op_.step_name, op_.step_id, op_.op_type, op_.core
+    ('inp', 'd.inp', 'input', 'input')
     """
 
     step_name: str
@@ -151,6 +154,7 @@ class Operator:
     out_ports: dict[str, Port] = field(default_factory=dict)
     core: str | None = None
     conf: dict[str, Any] = field(default_factory=dict, repr=False)
+    op_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -406,7 +410,7 @@ def operator(builder: F | None = None, *, _core: bool = False) -> Any:
                     raise ValueError(msg)
             _check_step_id(step_id, outer.parent, outer.parent_id)
             full_id = f"{outer.parent_id}.{step_id}"
-            op = Operator(step_name=fn.__name__, step_id=full_id)
+            op = Operator(step_name=step_id, step_id=full_id, op_type=fn.__name__)
             for name, value in items[1:]:
                 if isinstance(value, Stream):
                     inp_ports[name] = SinglePort(f"{full_id}.{name}", value.stream_id)

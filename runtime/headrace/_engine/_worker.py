@@ -76,6 +76,41 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _engine_tracer() -> Any:
+    """An OpenTelemetry tracer if the app configured a real provider, else None.
+
+    Without one, no span code runs at all, so tracing costs nothing unless on.
+    """
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    provider = trace.get_tracer_provider()
+    if type(provider).__name__ in ("ProxyTracerProvider", "NoOpTracerProvider"):
+        return None
+    return provider.get_tracer("headrace")
+
+
+def _traced_fn(
+    tracer: Any, name: str, fn: Callable[[list[Any]], list[Any]]
+) -> Callable[[list[Any]], list[Any]]:
+    def traced(batch: list[Any]) -> list[Any]:
+        with tracer.start_as_current_span(name) as span:
+            span.set_attribute("headrace.items", len(batch))
+            return fn(batch)
+
+    return traced
+
+
+def _traced(tracer: Any, name: str, push: Push) -> Push:
+    def traced(batch: list[Any]) -> None:
+        with tracer.start_as_current_span(name) as span:
+            span.set_attribute("headrace.items", len(batch))
+            push(batch)
+
+    return traced
+
+
 @dataclass
 class RunConfig:
     """Settings shared by all workers of a run."""
@@ -424,6 +459,7 @@ class Worker:
         self.config = config
         self.inbox = cluster.inboxes[worker_index]
         self.metrics: WorkerMetrics | None = WorkerMetrics(worker_index) if config.metrics else None
+        self.tracer = _engine_tracer()
         self.epoch_ref = EpochRef()
         self.sources: list[_SourceRun] = []
         self.stateful: list[_StatefulRun] = []
@@ -547,6 +583,17 @@ class Worker:
         downstream = self.push_for(out)
         if not fns:
             return downstream
+        if self.tracer is not None:
+            inner = compile_chain(stages, self.epoch_ref, self.index, self.config.fuse)
+
+            def run_chain(batch: list[Any]) -> list[Any]:
+                for fn in inner:
+                    batch = fn(batch)
+                    if not batch:
+                        break
+                return batch
+
+            fns = [_traced_fn(self.tracer, first.step_id, run_chain)]
         if self.metrics is not None:
             m = self.metrics.step(first.step_id, "flat_map_batch_duration_seconds")
             seq_m = tuple(fns)
@@ -685,13 +732,16 @@ class Worker:
             node = _StatefulRun(step, self)
             node.push = self.push_for(step.outputs["down"])
             self.stateful.append(node)
+            if self.tracer is not None:
+                edge.deliver = _traced(self.tracer, step.step_id, node.on_batch)
+            else:
+                edge.deliver = node.on_batch
             store = self.config.store
             if store is not None and self.config.resume_epoch:
                 groups = self.config.key_groups
                 mine = [g for g in range(groups) if group_owner(g, groups, self.count) == self.index]
                 for states in store.load(step.step_id, mine).values():
                     node.restore(states)
-            edge.deliver = node.on_batch
             edge.on_eof = node.on_eof
             edge.route = self._keyed_router(edge, step.step_id)
         elif step.kind == "redistribute":
@@ -993,6 +1043,26 @@ class Worker:
             self._handle(msg)
         self._send_acks()
 
+    def _start_epoch_span(self) -> Any:
+        if self.tracer is None:
+            return None
+        from opentelemetry import context, trace
+
+        span = self.tracer.start_span(
+            "epoch",
+            attributes={"headrace.epoch": self.epoch, "headrace.worker_index": self.index,
+                        "headrace.flow_id": self.plan.flow_id},
+        )
+        token = context.attach(trace.set_span_in_context(span))
+        return (span, token)
+
+    def _end_epoch_span(self, handle: Any) -> None:
+        from opentelemetry import context
+
+        span, token = handle
+        context.detach(token)
+        span.end()
+
     def _idle_drain(self, block: float) -> None:
         if self.metrics is None or block <= 0:
             self._drain(block)
@@ -1135,6 +1205,7 @@ class Worker:
         cluster = self.cluster
         try:
             while not self.finished:
+                epoch_span = self._start_epoch_span()
                 epoch_t0 = time.perf_counter()
                 if self.metrics is not None:
                     self.metrics.epoch.set(self.epoch)
@@ -1171,6 +1242,8 @@ class Worker:
                     else:
                         self._idle_drain(self._next_wake(closing, deadline))
                 self.after_epoch()
+                if epoch_span is not None:
+                    self._end_epoch_span(epoch_span)
                 if self.metrics is not None:
                     self.metrics.epoch_dur.observe(time.perf_counter() - epoch_t0)
                 if self.control.eof:
