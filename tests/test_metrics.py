@@ -14,8 +14,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import timedelta
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ def running_flow(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
         try:
             execute(paced(), metrics_port=port, metrics_host="127.0.0.1",
                     epoch_interval=timedelta(milliseconds=300))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     t = threading.Thread(target=run, daemon=True)
@@ -107,7 +107,7 @@ def test_exposition_stays_valid_under_concurrent_scrapes(running_flow: int) -> N
                 names = {f.name for f in text_string_to_metric_families(text)}
                 assert "item_inp_count" in names
                 counts[0] += 1
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 failures.append(exc)
 
     threads = [threading.Thread(target=scrape) for _ in range(4)]

@@ -22,7 +22,8 @@ import pytest
 import headrace.operators as op
 from headrace._engine._store import PARTS, RecoveryStoreError, Store, open_store
 from headrace.dataflow import Dataflow
-from headrace.recovery import RecoveryConfig, main as recovery_main
+from headrace.recovery import RecoveryConfig
+from headrace.recovery import main as recovery_main
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
 from tests.servers import RedisServer, redis_server  # noqa: F401 - fixture
 

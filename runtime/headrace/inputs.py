@@ -30,7 +30,7 @@ import queue
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 __all__ = [
@@ -63,7 +63,7 @@ class AbortExecution(RuntimeError):
     """
 
 
-class Source(ABC, Generic[X]):  # noqa: B024 - marker base like Bytewax's
+class Source(ABC, Generic[X]):
     """Base class of all sources; subclass one of its two kinds.
 
     >>> issubclass(FixedPartitionedSource, Source)
@@ -221,7 +221,7 @@ class DynamicSource(Source[X]):
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _SimplePollingPartition(StatefulSourcePartition[X, Any]):
@@ -344,7 +344,7 @@ class SimplePollingSource(FixedPartitionedSource[X, Sn]):
         """
         return None  # type: ignore[return-value]
 
-    def resume(self, resume_state: Sn) -> None:  # noqa: B027 - optional hook
+    def resume(self, resume_state: Sn) -> None:
         """Restore from a snapshot; does nothing by default.
 
         >>> from datetime import timedelta

@@ -15,8 +15,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Generic, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from headrace.dataflow import Dataflow
 from headrace.inputs import (
@@ -82,7 +82,7 @@ class _IterSourcePartition(StatefulSourcePartition[X, int]):
                     raise AbortExecution()
                 continue
             if isinstance(item, TestingSource.PAUSE):
-                self._awake = datetime.now(timezone.utc) + item.for_duration
+                self._awake = datetime.now(UTC) + item.for_duration
                 return batch
             batch.append(item)
         return batch

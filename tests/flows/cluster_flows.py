@@ -8,7 +8,7 @@ part), HR_DELAY (seconds between batches), HR_BATCH.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import headrace.operators as op
@@ -33,7 +33,7 @@ class _Part(StatefulSourcePartition[str, int]):
         out = [f"{self.name} w{i % 17} w{i % 5}" for i in range(self.pos, end)]
         self.pos = end
         if self.delay:
-            self.awake = datetime.now(timezone.utc) + timedelta(seconds=self.delay)
+            self.awake = datetime.now(UTC) + timedelta(seconds=self.delay)
         return out
 
     def next_awake(self) -> datetime | None:

@@ -8,7 +8,7 @@ HR_PARTS * HR_PER_TICK / HR_TICK items per second.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter
 
@@ -24,12 +24,12 @@ class _Paced(StatefulSourcePartition[int, int]):
     def __init__(self, per_tick: int, tick: float, seconds: float) -> None:
         self.per_tick = per_tick
         self.tick = timedelta(seconds=tick)
-        self.end = datetime.now(timezone.utc) + timedelta(seconds=seconds)
-        self.next = datetime.now(timezone.utc)
+        self.end = datetime.now(UTC) + timedelta(seconds=seconds)
+        self.next = datetime.now(UTC)
         self.sent = 0
 
     def next_batch(self) -> list[int]:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if now >= self.end:
             raise StopIteration()
         self.next += self.tick
@@ -44,7 +44,7 @@ class _Paced(StatefulSourcePartition[int, int]):
 
     def lag(self) -> int:
         # Pretend a backlog that shrinks as we go, to exercise the lag gauge.
-        left = (self.end - datetime.now(timezone.utc)).total_seconds()
+        left = (self.end - datetime.now(UTC)).total_seconds()
         return max(0, int(left * 10))
 
 

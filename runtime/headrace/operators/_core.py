@@ -72,7 +72,7 @@ class BranchOut(Generic[X, Y]):
 
 
 @operator(_core=True)
-def input(step_id: str, flow: Dataflow, source: Source[X]) -> Stream[X]:  # noqa: A001
+def input(step_id: str, flow: Dataflow, source: Source[X]) -> Stream[X]:
     """Introduce items from a source into the dataflow.
 
     >>> import headrace.operators as op
@@ -88,7 +88,7 @@ def input(step_id: str, flow: Dataflow, source: Source[X]) -> Stream[X]:  # noqa
             f"got {type(source).__name__}"
         )
         raise TypeError(msg)
-    return _core_step("input", {"source": source})[0]  # type: ignore[no-any-return]
+    return _core_step("input", {"source": source})[0]
 
 
 @operator(_core=True)
@@ -128,7 +128,7 @@ def flat_map_batch(
     [6]
     """
     _check_callable(step_id, "mapper", mapper)
-    return _core_step("flat_map_batch", {"mapper": mapper})[0]  # type: ignore[no-any-return]
+    return _core_step("flat_map_batch", {"mapper": mapper})[0]
 
 
 @operator(_core=True)
@@ -175,7 +175,7 @@ def redistribute(step_id: str, up: Stream[X]) -> Stream[X]:
     >>> op.output("o", s, TestingSink(out)); run_main(flow); out
     [1, 2]
     """
-    return _core_step("redistribute", {})[0]  # type: ignore[no-any-return]
+    return _core_step("redistribute", {})[0]
 
 
 @operator(_core=True)
@@ -197,7 +197,7 @@ def inspect_debug(
     if inspector is None:
         inspector = _default_debug_inspector
     _check_callable(step_id, "inspector", inspector)
-    return _core_step("inspect_debug", {"inspector": inspector})[0]  # type: ignore[no-any-return]
+    return _core_step("inspect_debug", {"inspector": inspector})[0]
 
 
 def _default_debug_inspector(step_id: str, item: Any, epoch: int, worker_idx: int) -> None:
@@ -292,7 +292,7 @@ def stateful_batch(
     [('a', 2)]
     """
     _check_callable(step_id, "builder", builder)
-    return _core_step("stateful_batch", {"builder": builder})[0]  # type: ignore[no-any-return]
+    return _core_step("stateful_batch", {"builder": builder})[0]
 
 
 @operator(_core=True)
@@ -306,7 +306,7 @@ def _noop(step_id: str, up: Stream[X]) -> Stream[X]:
     >>> _noop("n", op.input("i", flow, TestingSource([1]))).stream_id
     'd.n.down'
     """
-    return _core_step("noop", {})[0]  # type: ignore[no-any-return]
+    return _core_step("noop", {})[0]
 
 
 def _describe(fn: Callable[..., Any]) -> str:

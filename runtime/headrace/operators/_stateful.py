@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 from headrace.dataflow import Stream, f_repr, operator
@@ -304,6 +304,8 @@ class _ReduceFinalLogic(StatefulBatchLogic[V, V, V]):
 
     def __init__(self, reducer: Callable[[V, V], V], resume: tuple[bool, Any] | None) -> None:
         self.reducer = reducer
+        self.has: bool
+        self.state: Any
         self.has, self.state = resume if resume is not None else (False, None)
 
     def on_batch(self, values: list[V]) -> tuple[Iterable[V], bool]:
@@ -407,7 +409,7 @@ def min_final(
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _CollectLogic(StatefulBatchLogic[V, list[V], Any]):
@@ -528,7 +530,10 @@ _JOIN_EMIT_MODES = ("complete", "final", "running")
 
 def _check_join_modes(step_id: str, insert_mode: str, emit_mode: str) -> None:
     if insert_mode not in _JOIN_INSERT_MODES:
-        msg = f"step {step_id!r}: unknown insert_mode {insert_mode!r}; use one of {_JOIN_INSERT_MODES}"
+        msg = (
+            f"step {step_id!r}: unknown insert_mode {insert_mode!r}; "
+            f"use one of {_JOIN_INSERT_MODES}"
+        )
         raise ValueError(msg)
     if emit_mode not in _JOIN_EMIT_MODES:
         msg = f"step {step_id!r}: unknown emit_mode {emit_mode!r}; use one of {_JOIN_EMIT_MODES}"
@@ -567,7 +572,7 @@ class _JoinLogic(StatefulBatchLogic[tuple[int, Any], tuple[Any, ...], Any]):
 
 def _label_sides(sides: tuple[Stream[tuple[str, Any]], ...]) -> list[Stream[Any]]:
     return [
-        map_value(f"label_{i}", side, lambda v, i=i: (i, v))  # type: ignore[misc]
+        map_value(f"label_{i}", side, lambda v, i=i: (i, v))
         for i, side in enumerate(sides)
     ]
 

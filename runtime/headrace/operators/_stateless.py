@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from headrace.dataflow import Stream, operator
+from headrace.dataflow import Stream, f_repr, operator
 from headrace.operators._core import (
     _check_callable,
     _fusable,
@@ -25,14 +25,15 @@ DV = TypeVar("DV")
 
 
 @operator
-def map(step_id: str, up: Stream[X], mapper: Callable[[X], Y]) -> Stream[Y]:  # noqa: A001
+def map(step_id: str, up: Stream[X], mapper: Callable[[X], Y]) -> Stream[Y]:
     """Transform each item one-to-one.
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
     >>> from headrace.testing import TestingSource, TestingSink, run_main
     >>> flow = Dataflow("d"); out = []
-    >>> op.output("o", op.map("m", op.input("i", flow, TestingSource([1, 2])), str), TestingSink(out))
+    >>> s = op.map("m", op.input("i", flow, TestingSource([1, 2])), str)
+    >>> op.output("o", s, TestingSink(out))
     >>> run_main(flow); out
     ['1', '2']
     """
@@ -43,7 +44,7 @@ def map(step_id: str, up: Stream[X], mapper: Callable[[X], Y]) -> Stream[Y]:  # 
 
 
 @operator
-def filter(step_id: str, up: Stream[X], predicate: Callable[[X], bool]) -> Stream[X]:  # noqa: A001
+def filter(step_id: str, up: Stream[X], predicate: Callable[[X], bool]) -> Stream[X]:
     """Keep only the items for which ``predicate`` is true.
 
     >>> import headrace.operators as op
@@ -224,8 +225,22 @@ def key_on(step_id: str, up: Stream[X], key: Callable[[X], str]) -> Stream[tuple
     [('x', {'u': 'x'})]
     """
     _check_callable(step_id, "key", key)
+    full = up._scope.parent_id
+
+    def str_key(x: X) -> str:
+        k = key(x)
+        if k.__class__ is not str and not isinstance(k, str):
+            msg = (
+                f"return value of `key` {f_repr(key)} in step {full!r} must be a `str`; "
+                f"got a {type(k)} instead"
+            )
+            raise TypeError(msg)
+        return k
+
     return flat_map_batch(
-        "flat_map_batch", up, _fusable("key_on", key, lambda xs: [(key(x), x) for x in xs])
+        "flat_map_batch",
+        up,
+        _fusable("key_on", str_key, lambda xs: [(str_key(x), x) for x in xs]),
     )
 
 
@@ -292,7 +307,7 @@ def raises(step_id: str, up: Stream[Any]) -> None:
     >>> run_main(flow)
     Traceback (most recent call last):
     ...
-    headrace.errors.BytewaxRuntimeError: error calling `mapper` in step 'd.never.flat_map_batch': ...
+    headrace.errors.BytewaxRuntimeError: error calling `mapper` in step 'd.never...': ...
     """
     full = up._scope.parent_id
 
@@ -309,7 +324,7 @@ def raises(step_id: str, up: Stream[Any]) -> None:
 
 
 def _get_system_utc() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -343,7 +358,7 @@ class TTLCache(Generic[DK, DV]):
         """
         now = self.now_getter()
         hit = self._cache.get(k)
-        if hit is not None and now - hit[0] < self.ttl:
+        if hit is not None and now - hit[0] <= self.ttl:
             return hit[1]
         v = self.v_getter(k)
         self._cache[k] = (now, v)
