@@ -25,7 +25,7 @@ from headrace.dataflow import Dataflow
 from headrace.recovery import RecoveryConfig
 from headrace.recovery import main as recovery_main
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
-from tests.servers import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 ZERO = timedelta(0)
@@ -250,7 +250,8 @@ def _check_output(out_dir: Path, counts: dict[str, int]) -> None:
 def _launch(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "headrace.run", "tests.flows.recovery_flows:running_counts()",
-         *args, "--metrics-port", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         *args, "--metrics-port", "0"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 

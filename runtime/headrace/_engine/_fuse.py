@@ -166,11 +166,15 @@ def _wrap_batch_stage(st: Stage) -> BatchFn:
             ) from exc
         if type(out) is list:
             return out
+        if not hasattr(out, "__iter__"):
+            msg = f"`mapper` in step {step_id!r} must return an iterable; got {type(out).__name__}"
+            raise BytewaxRuntimeError(msg) from TypeError(msg)
         try:
             return list(out)
         except Exception as exc:
             raise BytewaxRuntimeError(
-                f"`mapper` in step {step_id!r} must return an iterable; got {type(out).__name__}"
+                f"error iterating what `mapper` returned in step {step_id!r}: "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
 
     return run

@@ -268,7 +268,19 @@ class _StatefulRun:
                 f"`(outputs, discard)`; got {ret!r}"
             )
             raise BytewaxRuntimeError(msg) from TypeError(msg)
-        out = [(key, w) for w in outs]
+        try:
+            out = [(key, w) for w in outs]
+        except Exception as exc:
+            if isinstance(exc, TypeError) and not hasattr(outs, "__iter__"):
+                msg = (
+                    f"`{what}` in step {self.step_id!r} for key {key!r} must return "
+                    f"`(outputs, discard)` with an iterable of outputs; got {type(outs).__name__}"
+                )
+                raise BytewaxRuntimeError(msg) from TypeError(msg)
+            raise BytewaxRuntimeError(
+                f"error iterating the outputs of `{what}` in step {self.step_id!r} for key "
+                f"{key!r}: {type(exc).__name__}: {exc}"
+            ) from exc
         if self.track:
             self.dirty.add(key)
         if discard:
@@ -465,7 +477,7 @@ class Worker:
         self.stateful: list[_StatefulRun] = []
         self.edges: list[_Edge] = []
         self._edge_of_step: dict[str, _Edge] = {}
-        self._closers: list[Callable[[], None]] = []
+        self._closers: list[tuple[str, Callable[[], None]]] = []
         self._pushes: dict[str, Push] = {}
         self._held: list[tuple[Any, ...]] = []
         self.finished = False
@@ -665,7 +677,7 @@ class Worker:
             part = sink.build(step.step_id, self.index, self.count)
         except Exception as exc:
             raise BytewaxRuntimeError(f"error building sink in step {step.step_id!r}") from exc
-        self._closers.append(part.close)
+        self._closers.append((step.step_id, part.close))
         step_id = step.step_id
         write = part.write_batch
         m = None if self.metrics is None else self.metrics.step(
@@ -832,7 +844,7 @@ class Worker:
                         f"error calling `build_part` in step {step_id!r} for partition {name!r}: "
                         f"{type(exc).__name__}: {exc}"
                     ) from exc
-                self._closers.append(local[i].close)
+                self._closers.append((step_id, local[i].close))
                 self._sink_parts.append((step_id, name, local[i]))
         part_fn = sink.part_fn
         count = self.count
@@ -943,12 +955,18 @@ class Worker:
                     f"{src.part_name!r}: {type(exc).__name__}: {exc}"
                 ) from exc
             if batch.__class__ is not list:
-                try:
-                    batch = list(batch)
-                except TypeError as exc:
-                    raise BytewaxRuntimeError(
+                if not hasattr(batch, "__iter__"):
+                    msg = (
                         f"`next_batch` in step {src.step_id!r} must return a list (or "
                         f"iterable) of items; got {type(batch).__name__}"
+                    )
+                    raise BytewaxRuntimeError(msg) from TypeError(msg)
+                try:
+                    batch = list(batch)
+                except Exception as exc:
+                    raise BytewaxRuntimeError(
+                        f"error iterating the batch from `next_batch` in step {src.step_id!r} "
+                        f"for partition {src.part_name!r}: {type(exc).__name__}: {exc}"
                     ) from exc
             m = src.m
             if m is not None:
@@ -1262,10 +1280,13 @@ class Worker:
                     src.part.close()
                 except Exception:
                     log.exception("error closing source partition in step %r", src.step_id)
-        for close in self._closers:
+        for step_id, close in self._closers:
             try:
                 close()
-            except Exception:
+            except Exception as exc:
                 if self.cluster.error is None and not self.cluster.abort.is_set():
-                    raise
-                log.exception("error closing sink partition")
+                    raise BytewaxRuntimeError(
+                        f"error calling `close` on a sink partition in step {step_id!r}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                log.exception("error closing sink partition in step %r", step_id)
