@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from headrace._engine._metrics import CATALOGUE, exported_names
-from headrace._engine._run import execute
+from headrace._engine._run import execute, request_stop
 from headrace.errors import HeadraceRuntimeError
 from tests.flows.metrics_flows import paced
 from tests.servers import free_port
@@ -52,7 +52,7 @@ def _wait_up(url: str, timeout: float = 15) -> None:
 
 @pytest.fixture
 def running_flow(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    monkeypatch.setenv("HR_SECONDS", "4")
+    monkeypatch.setenv("HR_SECONDS", "120")  # stopped below, once the test is done
     port = free_port()
     errors: list[BaseException] = []
 
@@ -67,7 +67,9 @@ def running_flow(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     t.start()
     _wait_up(f"http://127.0.0.1:{port}/healthz")
     yield port
+    assert request_stop(), "the run ended before the test did"
     t.join(30)
+    assert not t.is_alive()
     assert not errors, errors
 
 
@@ -98,6 +100,7 @@ def test_exposition_stays_valid_under_concurrent_scrapes(running_flow: int) -> N
     url = f"http://127.0.0.1:{running_flow}/metrics"
     failures: list[BaseException] = []
     counts = [0]
+    lock = threading.Lock()
 
     def scrape() -> None:
         for _ in range(25):
@@ -106,7 +109,8 @@ def test_exposition_stays_valid_under_concurrent_scrapes(running_flow: int) -> N
                 assert code == 200
                 names = {f.name for f in text_string_to_metric_families(text)}
                 assert "item_inp_count" in names
-                counts[0] += 1
+                with lock:
+                    counts[0] += 1
             except BaseException as exc:
                 failures.append(exc)
 

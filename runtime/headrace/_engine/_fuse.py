@@ -41,70 +41,162 @@ class EpochRef:
         self.epoch = 1
 
 
-def _clauses(i: int, kind: str, a: str) -> tuple[list[str], str]:
-    """Comprehension clauses for stage ``i`` reading var ``a``; returns (clauses, out var)."""
+# A value flowing through generated code is either one variable ("v", name)
+# or a (key, value) pair kept in two variables ("kv", k, v) that is only
+# packed into a tuple when a stage needs the whole item. `key_on` followed by
+# `map_value` therefore never builds and unpacks an intermediate tuple.
+Cur = tuple[str, ...]
+
+
+def _item(cur: Cur) -> str:
+    return cur[1] if cur[0] == "v" else f"({cur[1]}, {cur[2]})"
+
+
+def _pair(i: int, cur: Cur) -> tuple[list[str], str, str, tuple[str, ...]]:
+    """Clauses to view ``cur`` as a (key, value) pair, the two names, and flags."""
+    if cur[0] == "kv":
+        return [], cur[1], cur[2], cur[3:]
+    return [f"for k{i}, v{i} in [{cur[1]}]"], f"k{i}", f"v{i}", ()
+
+
+def _clauses(i: int, kind: str, cur: Cur) -> tuple[list[str], Cur]:
+    """Comprehension clauses for stage ``i`` reading ``cur``; returns (clauses, new cur)."""
     b = f"x{i + 1}"
     f = f"f{i}"
-    if kind == "map":
-        return [f"for {b} in [{f}({a})]"], b
-    if kind == "filter":
-        return [f"if {f}({a})"], a
-    if kind == "filter_map":
-        return [f"for {b} in [{f}({a})] if {b} is not None"], b
-    if kind == "flat_map":
-        return [f"for {b} in {f}({a})"], b
+    if kind in ("map", "filter", "filter_map", "flat_map", "key_on", "inspect"):
+        a = _item(cur)
+        if kind == "map":
+            return [f"for {b} in [{f}({a})]"], ("v", b)
+        if kind == "filter":
+            return [f"if {f}({a})"], cur
+        if kind == "filter_map":
+            return [f"for {b} in [{f}({a})]", f"if {b} is not None"], ("v", b)
+        if kind == "flat_map":
+            return [f"for {b} in {f}({a})"], ("v", b)
+        if kind == "key_on":
+            pre = []
+            if cur[0] == "kv":  # bind the packed item once: it is the new value
+                pre = [f"for {b} in [{a}]"]
+                a = b
+            check = f"if k{i}.__class__ is str or badkey(s{i}, f{i}, k{i})"
+            # The 4th element marks a key checked to be a str.
+            return [*pre, f"for k{i} in [{f}({a})]", check], ("kv", f"k{i}", a, "str")
+        return [f"for u{i} in [{f}(s{i}, {a}, ctx.epoch, wi)]"], cur
+    pre, k, v, flags = _pair(i, cur)
     if kind == "map_value":
-        return [f"for k{i}, v{i} in [{a}] for {b} in [(k{i}, {f}(v{i}))]"], b
+        return [*pre, f"for w{i} in [{f}({v})]"], ("kv", k, f"w{i}", *flags)
     if kind == "filter_value":
-        return [f"for k{i}, v{i} in [{a}] if {f}(v{i})"], a
+        return [*pre, f"if {f}({v})"], ("kv", k, v, *flags)
     if kind == "filter_map_value":
-        return [
-            f"for k{i}, v{i} in [{a}] for w{i} in [{f}(v{i})] if w{i} is not None "
-            f"for {b} in [(k{i}, w{i})]"
-        ], b
+        return [*pre, f"for w{i} in [{f}({v})]", f"if w{i} is not None"], ("kv", k, f"w{i}", *flags)
     if kind == "flat_map_value":
-        return [f"for k{i}, v{i} in [{a}] for w{i} in {f}(v{i}) for {b} in [(k{i}, w{i})]"], b
-    if kind == "key_on":
-        return [f"for {b} in [({f}({a}), {a})]"], b
+        return [*pre, f"for w{i} in {f}({v})"], ("kv", k, f"w{i}", *flags)
     if kind == "key_rm":
-        return [f"for k{i}, {b} in [{a}]"], b
-    if kind == "inspect":
-        return [f"for u{i} in [{f}(s{i}, {a}, ctx.epoch, wi)]"], a
+        return pre, ("v", v)
     raise AssertionError(kind)
 
 
-def _compile_segment(
-    stages: list[Stage], ctx: EpochRef, worker_index: int
-) -> tuple[BatchFn, types.CodeType, dict[int, int]]:
-    """Compile item-level stages into one comprehension function."""
-    lines = ["def fused(batch):", "    return ["]
-    body: list[str] = []
-    line_of_stage: dict[int, int] = {}
-    var = "x0"
-    body.append("        for x0 in batch")
+def _plan_clauses(stages: list[Stage]) -> tuple[list[tuple[int, Cur, str]], Cur]:
+    out: list[tuple[int, Cur, str]] = []
+    cur: Cur = ("v", "x0")
     for i, st in enumerate(stages):
-        clauses, var = _clauses(i, st.kind, var)
-        for c in clauses:
-            body.append("        " + c)
-            line_of_stage[len(lines) + len(body)] = i
-    lines.append(f"        {var}")
-    lines.extend(body)
-    lines.append("    ]")
+        clauses, nxt = _clauses(i, st.kind, cur)
+        out.extend((i, cur, c) for c in clauses)
+        cur = nxt
+    return out, cur
+
+
+def groups_by_checked_key(stages: list[Stage]) -> bool:
+    """Whether the chain ends in a (str key, value) pair it can group itself.
+
+    >>> groups_by_checked_key([Stage("k", "key_on", str), Stage("m", "map_value", len)])
+    True
+    >>> groups_by_checked_key([Stage("m", "map", str)])
+    False
+    """
+    _, cur = _plan_clauses(stages)
+    return cur[0] == "kv" and cur[3:] == ("str",)
+
+
+def _statement(clause: str) -> str:
+    """A comprehension clause as a statement: ``for x in [e]`` binds, ``if`` skips."""
+    if clause.startswith("if "):
+        return f"if not ({clause[3:]}): continue"
+    target, sep, rest = clause[4:].partition(" in [")
+    if sep and rest.endswith("]") and rest.count("[") == rest.count("]") - 1:
+        return f"{target} = {rest[:-1]}"
+    return clause + ":"
+
+
+def _compile_segment(
+    stages: list[Stage], ctx: EpochRef, worker_index: int, group: bool = False
+) -> tuple[BatchFn, types.CodeType, dict[int, tuple[int, Cur]]]:
+    """Compile item-level stages into one function over a batch.
+
+    By default a list comprehension returning the output items. With
+    ``group`` (the chain ends in a checked key pair and feeds a stateful
+    step) a loop returning ``{key: [values]}`` directly, so items are never
+    packed into tuples only to be unpacked again by the grouping.
+
+    Returns the function, its code object, and for each generated source
+    line the stage it belongs to and that stage's input (for error reports).
+    """
+    planned, cur = _plan_clauses(stages)
+    line_of_stage: dict[int, tuple[int, Cur]] = {}
+    if not group:
+        lines = ["def fused(batch):", "    return [", f"        {_item(cur)}",
+                 "        for x0 in batch"]
+        for i, c_in, clause in planned:
+            lines.append("        " + clause)
+            line_of_stage[len(lines)] = (i, c_in)
+        lines.append("    ]")
+    else:
+        lines = ["def fused(batch):", "    groups = {}", "    get = groups.get",
+                 "    for x0 in batch:"]
+        indent = "        "
+        for i, c_in, clause in planned:
+            stmt = _statement(clause)
+            lines.append(indent + stmt)
+            line_of_stage[len(lines)] = (i, c_in)
+            if stmt.endswith(":"):
+                indent += "    "
+        k, v = cur[1], cur[2]
+        lines += [
+            f"{indent}vs = get({k})",
+            f"{indent}if vs is None:",
+            f"{indent}    groups[{k}] = [{v}]",
+            f"{indent}else:",
+            f"{indent}    vs.append({v})",
+            "    return groups",
+        ]
     src = "\n".join(lines)
-    env: dict[str, Any] = {"ctx": ctx, "wi": worker_index}
+    env: dict[str, Any] = {"ctx": ctx, "wi": worker_index, "badkey": _bad_key}
     for i, st in enumerate(stages):
         env[f"f{i}"] = st.fn
         env[f"s{i}"] = st.step_id
     code = compile(src, f"<headrace fused {stages[0].step_id}>", "exec")
     exec(code, env)
-    fn = env["fused"]
-    # Line numbers: `lines` has 2 header lines + output var line before body.
-    fixed = {ln + 1: i for ln, i in line_of_stage.items()}
-    return fn, code, fixed
+    return env["fused"], code, line_of_stage
+
+
+def _bad_key(step_id: str, key_fn: Callable[..., Any], k: Any) -> bool:
+    if isinstance(k, str):  # a str subclass is fine
+        return True
+    from headrace.dataflow import f_repr
+
+    outer = step_id.rsplit(".", 1)[0]
+    msg = (
+        f"return value of `key` {f_repr(key_fn)} in step {outer!r} must be a `str`; "
+        f"got a {type(k)} instead"
+    )
+    raise TypeError(msg)
 
 
 def _fused_failure(
-    exc: BaseException, stages: list[Stage], line_of_stage: dict[int, int], filename: str
+    exc: BaseException,
+    stages: list[Stage],
+    line_of_stage: dict[int, tuple[int, Cur]],
+    filename: str,
 ) -> BytewaxRuntimeError:
     tb = exc.__traceback__
     frame_tb = None
@@ -114,9 +206,14 @@ def _fused_failure(
         tb = tb.tb_next
     if frame_tb is None:
         return BytewaxRuntimeError(f"error in fused steps starting at {stages[0].step_id!r}")
-    idx = line_of_stage.get(frame_tb.tb_lineno, 0)
+    if frame_tb.tb_lineno not in line_of_stage:
+        # Python attributes a nested loop's iteration to the comprehension's
+        # first line: a generator returned by a flat_map failed while iterated.
+        return _lazy_failure(exc, stages, frame_tb)
+    idx, cur = line_of_stage[frame_tb.tb_lineno]
     stage = stages[idx]
-    item = frame_tb.tb_frame.f_locals.get(f"x{_input_var(stages, idx)}")
+    local = frame_tb.tb_frame.f_locals
+    item = local.get(cur[1]) if cur[0] == "v" else (local.get(cur[1]), local.get(cur[2]))
     raised_here = frame_tb.tb_next is None
     if raised_here and stage.kind in _KEYED and not (type(item) is tuple and len(item) == 2):
         cause = TypeError(
@@ -128,9 +225,7 @@ def _fused_failure(
         err.__cause__ = cause
         return err
     if raised_here and stage.kind in ("flat_map", "flat_map_value"):
-        cause = TypeError(
-            f"`mapper` in step {stage.step_id!r} must return an iterable; {exc}"
-        )
+        cause = TypeError(f"`mapper` in step {stage.step_id!r} must return an iterable; {exc}")
         cause.__cause__ = exc
         err = BytewaxRuntimeError(f"error calling `mapper` in step {stage.step_id!r}: {cause}")
         err.__cause__ = cause
@@ -144,13 +239,18 @@ def _fused_failure(
     return err
 
 
-def _input_var(stages: list[Stage], idx: int) -> int:
-    """Index of the variable that stage ``idx`` reads (filters don't rename)."""
-    var = 0
-    for i in range(idx):
-        if stages[i].kind not in ("filter", "filter_value", "inspect"):
-            var = i + 1
-    return var
+def _lazy_failure(exc: BaseException, stages: list[Stage], frame_tb: Any) -> BytewaxRuntimeError:
+    inner = frame_tb.tb_next.tb_frame.f_code if frame_tb.tb_next is not None else None
+    lazy = [s for s in stages if s.kind in ("flat_map", "flat_map_value")]
+    stage = next((s for s in stages if getattr(s.fn, "__code__", None) is inner), None)
+    if stage is None:
+        stage = lazy[0] if lazy else stages[0]
+    err = BytewaxRuntimeError(
+        f"error iterating what `mapper` returned in step {stage.step_id!r}: "
+        f"{type(exc).__name__}: {exc}"
+    )
+    err.__cause__ = exc
+    return err
 
 
 def _wrap_batch_stage(st: Stage) -> BatchFn:
@@ -180,8 +280,10 @@ def _wrap_batch_stage(st: Stage) -> BatchFn:
     return run
 
 
-def _wrap_segment(stages: list[Stage], ctx: EpochRef, worker_index: int) -> BatchFn:
-    fn, code, line_of_stage = _compile_segment(stages, ctx, worker_index)
+def _wrap_segment(
+    stages: list[Stage], ctx: EpochRef, worker_index: int, group: bool = False
+) -> BatchFn:
+    fn, code, line_of_stage = _compile_segment(stages, ctx, worker_index, group)
 
     def run(batch: list[Any]) -> list[Any]:
         try:
@@ -228,4 +330,32 @@ def compile_chain(stages: list[Stage], ctx: EpochRef, worker_index: int, fuse: b
         else:
             run.append(st)
     flush()
+    return fns
+
+
+def compile_grouping_chain(
+    stages: list[Stage], ctx: EpochRef, worker_index: int
+) -> list[BatchFn] | None:
+    """Like `compile_chain`, but the last function returns ``{key: [values]}``.
+
+    Only when the chain ends in item-level stages producing a checked
+    ``(str key, value)`` pair (e.g. ``key_on`` then ``map_value``); otherwise
+    ``None``. Used when the chain feeds a stateful step.
+
+    >>> fns = compile_grouping_chain([Stage("k", "key_on", lambda w: w[0]),
+    ...                               Stage("one", "map_value", lambda w: 1)], EpochRef(), 0)
+    >>> fns[-1](["ab", "ac", "b"])
+    {'a': [1, 1], 'b': [1]}
+    """
+    live = [s for s in stages if s.kind != "noop"]
+    tail: list[Stage] = []
+    for st in reversed(live):
+        if st.kind == "batch":
+            break
+        tail.insert(0, st)
+    if not tail or not groups_by_checked_key(tail):
+        return None
+    head = live[: len(live) - len(tail)]
+    fns = compile_chain(head, ctx, worker_index) if head else []
+    fns.append(_wrap_segment(tail, ctx, worker_index, group=True))
     return fns

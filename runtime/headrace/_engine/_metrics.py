@@ -108,10 +108,10 @@ def exported_names() -> set[str]:
 class StepMetrics:
     """Pre-bound series of one step on one worker (cheap to update)."""
 
-    inp: object
-    out: object
-    dur: object
-    busy: object
+    inp: Any
+    out: Any
+    dur: Any
+    busy: Any
 
 
 class WorkerMetrics:

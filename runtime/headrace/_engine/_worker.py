@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from headrace._engine._fuse import EpochRef, Stage, compile_chain
+from headrace._engine._fuse import EpochRef, Stage, compile_chain, compile_grouping_chain
 from headrace._engine._hash import DEFAULT_KEY_GROUPS, group_owner, key_group, part_owner
 from headrace._engine._metrics import M, StepMetrics, WorkerMetrics
 from headrace._engine._plan import CoreStep, Plan
@@ -74,6 +74,13 @@ class Abort(Exception):
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _count(payload: Any) -> int:
+    """Items in a batch: a list of items, or ``{key: [values]}`` grouped by a fused chain."""
+    if payload.__class__ is dict:
+        return sum(map(len, payload.values()))
+    return len(payload)
 
 
 def _engine_tracer() -> Any:
@@ -191,10 +198,26 @@ class _SourceRun:
         self.lag_gauge: Any = None
 
 
+_TIMER_CLASSES: dict[type, bool] = {}
+
+
+def _may_set_timers(logic: Any) -> bool:
+    """Whether a logic's class overrides `notify_at` (else it never sets timers)."""
+    cls = type(logic)
+    known = _TIMER_CLASSES.get(cls)
+    if known is None:
+        from headrace.operators._core import StatefulBatchLogic
+
+        known = _TIMER_CLASSES[cls] = cls.notify_at is not StatefulBatchLogic.notify_at
+    return known
+
+
 class _StatefulRun:
     """A `stateful_batch` step on one worker: per-key logic, timers, EOF."""
 
-    def __init__(self, step: CoreStep, worker: Worker) -> None:
+    def __init__(self, step: CoreStep, worker: Worker, trusted: bool = False) -> None:
+        # `trusted`: the input stream is proven to carry (str, value) tuples.
+        self.trusted = trusted
         self.step_id = step.step_id
         self.builder = step.conf["builder"]
         self.logics: dict[str, Any] = {}
@@ -293,20 +316,41 @@ class _StatefulRun:
     def on_batch(self, batch: list[Any]) -> None:
         t0 = time.perf_counter()
         groups: dict[str, list[Any]] = {}
-        for item in batch:
-            if item.__class__ is not tuple or len(item) != 2:
-                raise _not_keyed(self.step_id, item)
-            k = item[0]
-            vs = groups.get(k)
-            if vs is None:
-                if k.__class__ is not str:
+        if self.trusted:
+            for k, v in batch:
+                vs = groups.get(k)
+                if vs is None:
+                    groups[k] = [v]
+                else:
+                    vs.append(v)
+        else:
+            for item in batch:
+                if item.__class__ is not tuple or len(item) != 2:
                     raise _not_keyed(self.step_id, item)
-                groups[k] = [item[1]]
-            else:
-                vs.append(item[1])
+                k = item[0]
+                vs = groups.get(k)
+                if vs is None:
+                    if k.__class__ is not str:
+                        raise _not_keyed(self.step_id, item)
+                    groups[k] = [item[1]]
+                else:
+                    vs.append(item[1])
+        self._process(groups, len(batch), t0)
+
+    def deliver(self, payload: Any) -> None:
+        """Items (a list) or values already grouped by key (a dict)."""
+        if payload.__class__ is dict:
+            self._process(payload, _count(payload) if self.m is not None else 0,
+                          time.perf_counter())
+        else:
+            self.on_batch(payload)
+
+    def _process(self, groups: dict[str, list[Any]], n_in: int, t0: float) -> None:
         out: list[Any] = []
+        extend = out.extend
         logics = self.logics
         builder = self.builder
+        dirty = self.dirty if self.track else None
         for k, vs in groups.items():
             logic = logics.get(k)
             if logic is None:
@@ -324,14 +368,27 @@ class _StatefulRun:
                     f"error calling `StatefulBatchLogic.on_batch` in step {self.step_id!r} "
                     f"for key {k!r}: {type(exc).__name__}: {exc}"
                 ) from exc
-            out.extend(self._apply(k, logic, ret, "on_batch"))
+            # The common path of `_apply`, inlined: this runs once per key per batch.
+            if ret.__class__ is tuple and len(ret) == 2 and ret[0].__class__ in (list, tuple):
+                outs, discard = ret
+                if outs:
+                    extend([(k, w) for w in outs])
+                if dirty is not None:
+                    dirty.add(k)
+                if discard:
+                    del logics[k]
+                    self.timers.pop(k, None)
+                elif _may_set_timers(logic):
+                    self._schedule(k, logic)
+            else:
+                extend(self._apply(k, logic, ret, "on_batch"))
         m = self.m
         if m is not None:
             dt = time.perf_counter() - t0
-            m.inp.inc(len(batch))  # type: ignore[attr-defined]
-            m.out.inc(len(out))  # type: ignore[attr-defined]
-            m.dur.observe(dt)  # type: ignore[attr-defined]
-            m.busy.inc(dt)  # type: ignore[attr-defined]
+            m.inp.inc(n_in)
+            m.out.inc(len(out))
+            m.dur.observe(dt)
+            m.busy.inc(dt)
         if out:
             self.push(out)
 
@@ -591,12 +648,17 @@ class Worker:
                 step = consumers[0]
                 continue
             break
-        fns = compile_chain(stages, self.epoch_ref, self.index, self.config.fuse)
         downstream = self.push_for(out)
+        fns = None
+        consumers = self.plan.consumers.get(out, [])
+        if self.config.fuse and len(consumers) == 1 and consumers[0].kind == "stateful_batch":
+            fns = compile_grouping_chain(stages, self.epoch_ref, self.index)
+        if fns is None:
+            fns = compile_chain(stages, self.epoch_ref, self.index, self.config.fuse)
         if not fns:
             return downstream
         if self.tracer is not None:
-            inner = compile_chain(stages, self.epoch_ref, self.index, self.config.fuse)
+            inner = list(fns)
 
             def run_chain(batch: list[Any]) -> list[Any]:
                 for fn in inner:
@@ -618,10 +680,10 @@ class Worker:
                     if not batch:
                         break
                 dt = time.perf_counter() - t0
-                m.inp.inc(n)  # type: ignore[attr-defined]
-                m.out.inc(len(batch))  # type: ignore[attr-defined]
-                m.dur.observe(dt)  # type: ignore[attr-defined]
-                m.busy.inc(dt)  # type: ignore[attr-defined]
+                m.inp.inc(n)
+                m.out.inc(_count(batch))
+                m.dur.observe(dt)
+                m.busy.inc(dt)
                 if batch:
                     downstream(batch)
 
@@ -693,9 +755,9 @@ class Worker:
                 ) from exc
             if m is not None:
                 dt = time.perf_counter() - t0
-                m.inp.inc(len(batch))  # type: ignore[attr-defined]
-                m.dur.observe(dt)  # type: ignore[attr-defined]
-                m.busy.inc(dt)  # type: ignore[attr-defined]
+                m.inp.inc(len(batch))
+                m.dur.observe(dt)
+                m.busy.inc(dt)
 
         return push
 
@@ -737,17 +799,44 @@ class Worker:
                 ) from exc
             self.sources.append(_SourceRun(step.step_id, f"worker-{self.index}", dyn, push, False))
 
+    def _keyed_streams(self) -> set[str]:
+        """Streams proven to carry `(str, value)` 2-tuples, so consumers skip checks.
+
+        `key_on` checks its keys; value-only stages and filters keep a keyed
+        stream keyed; stateful steps emit `(key, out)` with their str keys.
+        """
+        keyed: set[str] = set()
+        keep = {"map_value", "filter_value", "filter_map_value", "flat_map_value", "filter"}
+        for step in self.plan.steps:
+            ins_keyed = bool(step.inputs) and all(i in keyed for i in step.inputs)
+            stage = self._stage_of(step)
+            if step.kind == "stateful_batch":
+                ok = True
+            elif stage is not None:
+                ok = stage.kind == "key_on" or (
+                    ins_keyed and (stage.kind in keep or stage.kind in ("inspect", "noop"))
+                )
+            elif step.kind in ("merge", "branch", "redistribute"):
+                ok = ins_keyed
+            else:
+                ok = False
+            if ok:
+                keyed.update(step.outputs.values())
+        return keyed
+
     def _wire_edge(self, edge: _Edge) -> None:
         step = edge.step
         assert step is not None
         if step.kind == "stateful_batch":
-            node = _StatefulRun(step, self)
+            if not hasattr(self, "_keyed"):
+                self._keyed = self._keyed_streams()
+            node = _StatefulRun(step, self, trusted=step.inputs[0] in self._keyed)
             node.push = self.push_for(step.outputs["down"])
             self.stateful.append(node)
             if self.tracer is not None:
-                edge.deliver = _traced(self.tracer, step.step_id, node.on_batch)
+                edge.deliver = _traced(self.tracer, step.step_id, node.deliver)
             else:
-                edge.deliver = node.on_batch
+                edge.deliver = node.deliver
             store = self.config.store
             if store is not None and self.config.resume_epoch:
                 groups = self.config.key_groups
@@ -755,20 +844,21 @@ class Worker:
                 for states in store.load(step.step_id, mine).values():
                     node.restore(states)
             edge.on_eof = node.on_eof
-            edge.route = self._keyed_router(edge, step.step_id)
+            edge.route = self._keyed_router(edge, step.step_id, node.trusted)
         elif step.kind == "redistribute":
             edge.deliver = self.push_for(step.outputs["down"])
             edge.route = self._rr_router(edge)
         else:
             self._wire_partitioned_sink(edge)
 
-    def _send_data(self, edge: _Edge, dst: int, items: list[Any]) -> None:
-        self.inflight[dst] += len(items)
+    def _send_data(self, edge: _Edge, dst: int, items: Any) -> None:
+        n = _count(items)
+        self.inflight[dst] += n
         if self.metrics is not None:
-            self.metrics.x_out.inc(len(items))
+            self.metrics.x_out.inc(n)
         self.cluster.send(dst, (DATA, edge.eid, self.index, self.epoch, items))
 
-    def _keyed_router(self, edge: _Edge, step_id: str) -> Push:
+    def _keyed_router(self, edge: _Edge, step_id: str, trusted: bool) -> Push:
         if self.count == 1:
             return edge.deliver
         groups = self.config.key_groups
@@ -776,19 +866,40 @@ class Worker:
         me = self.index
         cache: dict[str, int] = {}
 
-        def route(batch: list[Any]) -> None:
+        def owner(k: str) -> int:
+            if len(cache) > 1_000_000:
+                cache.clear()
+            dst = cache[k] = group_owner(key_group(k, groups), groups, count)
+            return dst
+
+        def route_groups(grouped: dict[str, list[Any]]) -> None:
+            parts: list[dict[str, list[Any]]] = [{} for _ in range(count)]
+            for k, vs in grouped.items():
+                dst = cache.get(k)
+                if dst is None:
+                    dst = owner(k)
+                parts[dst][k] = vs
+            for dst, part in enumerate(parts):
+                if part:
+                    if dst == me:
+                        edge.deliver(part)
+                    else:
+                        self._send_data(edge, dst, part)
+
+        def route(batch: Any) -> None:
+            if batch.__class__ is dict:
+                route_groups(batch)
+                return
             buckets: list[list[Any]] = [[] for _ in range(count)]
             for item in batch:
-                if item.__class__ is not tuple or len(item) != 2:
+                if not trusted and (item.__class__ is not tuple or len(item) != 2):
                     raise _not_keyed(step_id, item)
                 k = item[0]
                 dst = cache.get(k)
                 if dst is None:
                     if k.__class__ is not str:
                         raise _not_keyed(step_id, item)
-                    if len(cache) > 1_000_000:
-                        cache.clear()
-                    dst = cache[k] = group_owner(key_group(k, groups), groups, count)
+                    dst = owner(k)
                 buckets[dst].append(item)
             for dst, items in enumerate(buckets):
                 if items:
@@ -878,9 +989,9 @@ class Worker:
                     ) from exc
             if m is not None:
                 dt = time.perf_counter() - t0
-                m.inp.inc(len(batch))  # type: ignore[attr-defined]
-                m.dur.observe(dt)  # type: ignore[attr-defined]
-                m.busy.inc(dt)  # type: ignore[attr-defined]
+                m.inp.inc(len(batch))
+                m.dur.observe(dt)
+                m.busy.inc(dt)
 
         def route(batch: list[Any]) -> None:
             if count == 1:
@@ -971,9 +1082,9 @@ class Worker:
             m = src.m
             if m is not None:
                 dt = time.perf_counter() - t0
-                m.out.inc(len(batch))  # type: ignore[attr-defined]
-                m.dur.observe(dt)  # type: ignore[attr-defined]
-                m.busy.inc(dt)  # type: ignore[attr-defined]
+                m.out.inc(len(batch))
+                m.dur.observe(dt)
+                m.busy.inc(dt)
             if batch:
                 produced = True
                 src.push(batch)
@@ -1016,9 +1127,10 @@ class Worker:
             return
         edge = self.edges[eid]
         if kind == DATA:
-            self._acks[sender] += len(payload)
+            n = _count(payload)
+            self._acks[sender] += n
             if self.metrics is not None:
-                self.metrics.x_in.inc(len(payload))
+                self.metrics.x_in.inc(n)
             edge.deliver(payload)
         else:
             self._barrier(edge, payload)

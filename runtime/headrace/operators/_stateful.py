@@ -6,6 +6,7 @@ logic object here snapshots plain, pickleable values.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -175,15 +176,12 @@ class _MapLogic(StatefulBatchLogic[V, W, S]):
         emit = out.extend if self.flat else out.append
         for v in values:
             ret = mapper(state, v)
-            if type(ret) is tuple and len(ret) == 2:
+            # Any 2-item iterable unpacks (a `[state, out]` list works, as in Bytewax).
+            try:
                 state, w = ret
-            else:
-                # Any 2-item iterable unpacks (a `[state, out]` list works, as in Bytewax).
-                try:
-                    state, w = ret
-                except (TypeError, ValueError) as exc:
-                    what = "emit_values" if self.flat else "emit_value"
-                    raise _bad_tuple(mapper, self.step_id, ret, what) from exc
+            except (TypeError, ValueError) as exc:
+                what = "emit_values" if self.flat else "emit_value"
+                raise _bad_tuple(mapper, self.step_id, ret, what) from exc
             emit(w)
         self.state = state
         return out, state is None
@@ -258,11 +256,7 @@ class _FoldFinalLogic(StatefulBatchLogic[V, S, S]):
         self.state = state
 
     def on_batch(self, values: list[V]) -> tuple[Iterable[S], bool]:
-        folder = self.folder
-        state = self.state
-        for v in values:
-            state = folder(state, v)
-        self.state = state
+        self.state = functools.reduce(self.folder, values, self.state)
         return (), False
 
     def on_eof(self) -> tuple[Iterable[S], bool]:
@@ -309,15 +303,11 @@ class _ReduceFinalLogic(StatefulBatchLogic[V, V, V]):
         self.has, self.state = resume if resume is not None else (False, None)
 
     def on_batch(self, values: list[V]) -> tuple[Iterable[V], bool]:
-        it = iter(values)
-        reducer = self.reducer
-        if not self.has:
-            self.state = next(it)
+        if self.has:
+            self.state = functools.reduce(self.reducer, values, self.state)
+        else:
+            self.state = functools.reduce(self.reducer, values)
             self.has = True
-        state = self.state
-        for v in it:
-            state = reducer(state, v)
-        self.state = state
         return (), False
 
     def on_eof(self) -> tuple[Iterable[V], bool]:

@@ -237,10 +237,12 @@ def key_on(step_id: str, up: Stream[X], key: Callable[[X], str]) -> Stream[tuple
             raise TypeError(msg)
         return k
 
+    # The fused form checks the key type inline (see _engine._fuse), so it
+    # gets the raw key function; the unfused form checks in `str_key`.
     return flat_map_batch(
         "flat_map_batch",
         up,
-        _fusable("key_on", str_key, lambda xs: [(str_key(x), x) for x in xs]),
+        _fusable("key_on", key, lambda xs: [(str_key(x), x) for x in xs]),
     )
 
 
