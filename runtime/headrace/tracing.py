@@ -295,7 +295,7 @@ def _otel_provider(config: JaegerConfig | OtlpTracingConfig) -> Any:
     # The global provider can be set once per process; later setups still
     # export through their own provider (HeadraceTracer.provider).
     if not getattr(trace.get_tracer_provider(), "_headrace", False):
-        provider._headrace = True
+        provider._headrace = True  # type: ignore[attr-defined]
         trace.set_tracer_provider(provider)
     return provider
 

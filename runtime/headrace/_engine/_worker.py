@@ -46,7 +46,8 @@ from headrace.outputs import DynamicSink, FixedPartitionedSink
 
 log = logging.getLogger("headrace.worker")
 
-Push = Callable[[list[Any]], None]
+# A batch is a list of items, or {key: [values]} from a chain that grouped.
+Push = Callable[[Any], None]
 UTC = UTC
 
 # Message kinds between workers.

@@ -1,0 +1,268 @@
+"""Input and output: the Kubernetes API, Redis and the workers' /metrics.
+
+Everything here talks to the outside world and nothing decides; `handlers`
+calls it to build an `Observation` and to carry out a `Plan`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+import typing
+import urllib.request
+from typing import Any
+
+from headrace_operator import autoscaler as asc
+from headrace_operator import manifests as mf
+from headrace_operator.crd import GROUP, PLURAL, VERSION
+from headrace_operator.reconcile import Action, SecretInfo, StoreInfo
+from headrace_operator.spec import DataflowSpec
+from headrace_operator.status import PodInfo
+
+log = logging.getLogger("headrace.operator")
+
+FIELD_MANAGER = "headrace-operator"
+
+
+class Kube:
+    """A thin wrapper over the `kubernetes` client: dicts in, dicts out."""
+
+    def __init__(self) -> None:
+        from kubernetes import client, config
+        from kubernetes.dynamic import DynamicClient
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        self.api = client.ApiClient()
+        self.core = client.CoreV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.dynamic = DynamicClient(self.api)
+        self._pm_checked = 0.0
+        self._pm_supported = False
+        self._lock = threading.Lock()
+
+    def _dict(self, obj: Any) -> dict[str, Any]:
+        return typing.cast(dict[str, Any], self.api.sanitize_for_serialization(obj))
+
+    @staticmethod
+    def _missing(exc: Exception) -> bool:
+        return getattr(exc, "status", None) == 404
+
+    def dataflow(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Dataflow as stored now (fresher than a handler's body)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            got = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return typing.cast(dict[str, Any], got)
+        except ApiException as exc:
+            if self._missing(exc):
+                return None
+            raise
+
+    def list_dataflows(self, namespaces: list[str]) -> dict[str, str]:
+        """uid -> resourceVersion of the watched Dataflows (for the stale-watch check)."""
+        if namespaces:
+            items = [i for ns in namespaces for i in typing.cast(dict[str, Any], (
+                self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL))).get(
+                    "items", [])]
+        else:
+            items = typing.cast(dict[str, Any], self.custom.list_cluster_custom_object(
+                GROUP, VERSION, PLURAL)).get("items", [])
+        return {i["metadata"]["uid"]: i["metadata"]["resourceVersion"] for i in items}
+
+    def statefulset(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Dataflow's StatefulSet, or ``None``."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self._dict(self.apps.read_namespaced_stateful_set(name, namespace))
+        except ApiException as exc:
+            if self._missing(exc):
+                return None
+            raise
+
+    def pods(self, namespace: str, name: str) -> list[PodInfo]:
+        """The Dataflow's worker pods."""
+        sel = ",".join(f"{k}={v}" for k, v in mf.selector(name).items())
+        got = self.core.list_namespaced_pod(namespace, label_selector=sel)
+        return [PodInfo.from_pod(self._dict(p)) for p in got.items]
+
+    def secret(self, namespace: str, name: str, key: str) -> tuple[SecretInfo, str | None]:
+        """Whether the Secret and its key exist, and the value."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            sec = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if self._missing(exc):
+                return SecretInfo(name, key, found=False, has_key=False), None
+            raise
+        data = sec.data or {}
+        if key not in data:
+            return SecretInfo(name, key, found=True, has_key=False), None
+        return SecretInfo(name, key, True, True), base64.b64decode(data[key]).decode()
+
+    def pod_monitor_supported(self) -> bool:
+        """Whether the PodMonitor CRD is installed (checked every 5 minutes)."""
+        now = time.monotonic()
+        if now - self._pm_checked > 300:
+            try:
+                self.dynamic.resources.get(api_version="monitoring.coreos.com/v1",
+                                           kind="PodMonitor")
+                self._pm_supported = True
+            except Exception:  # absent API or discovery error: treat as absent
+                self._pm_supported = False
+            self._pm_checked = now
+        return self._pm_supported
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        """Server-side apply ``obj`` (create or update the fields the operator owns)."""
+        res = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        self.dynamic.server_side_apply(res, body=obj, namespace=obj["metadata"]["namespace"],
+                                       field_manager=FIELD_MANAGER, force_conflicts=True)
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        """Delete ``obj`` if it exists."""
+        from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+        try:
+            res = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+            res_ns = obj["metadata"]["namespace"]
+            self.dynamic.delete(res, name=obj["metadata"]["name"], namespace=res_ns)
+        except (NotFoundError, ResourceNotFoundError):
+            pass
+
+    def scale(self, namespace: str, name: str, replicas: int) -> None:
+        """Set the StatefulSet's replicas, leaving its template alone."""
+        self.apps.patch_namespaced_stateful_set(
+            name, namespace, {"spec": {"replicas": replicas}}, field_manager=FIELD_MANAGER)
+
+    def patch_dataflow_replicas(self, namespace: str, name: str, replicas: int) -> None:
+        """The autoscaler's apply: set the Dataflow's spec.replicas."""
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, {"spec": {"replicas": replicas}})
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource."""
+        # Custom objects get a JSON merge patch: null deletes a field.
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+
+
+# ------------------------------------------------------------------ Redis
+
+
+class Stores:
+    """Recovery-store handles, cached per (url, prefix)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str], Any] = {}
+
+    def _open(self, url: str, prefix: str) -> Any:
+        from headrace._engine._store import open_store
+
+        key = (url, prefix)
+        if key not in self._cache:
+            self._cache[key] = open_store(url, prefix, retry_for=1.0)
+        return self._cache[key]
+
+    def info(self, url: str, prefix: str) -> StoreInfo:
+        """What Redis says about the dataflow; ``ok=False`` with the error when unreachable."""
+        try:
+            meta = self._open(url, prefix).load_meta()
+        except Exception as exc:  # reported in status, never raised
+            self._cache.pop((url, prefix), None)
+            return StoreInfo(ok=False, error=_short(exc))
+        if meta is None:
+            return StoreInfo(ok=True, exists=False)
+        return StoreInfo(ok=True, exists=True, epoch=meta.committed_epoch,
+                         committed_at=meta.committed_at, worker_count=meta.worker_count,
+                         key_groups=meta.key_groups, epoch_bytes=meta.epoch_bytes)
+
+    def delete(self, url: str, prefix: str) -> int:
+        """Delete all of the dataflow's state; return the records deleted."""
+        return int(self._open(url, prefix).delete_all())
+
+    def expire(self, url: str, prefix: str, seconds: float) -> int:
+        """Let every key of the dataflow expire in ``seconds``; return how many keys."""
+        import redis
+
+        r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        # Key layout of headrace's RedisStore: one hash tag per prefix.
+        pattern = f"hr{{{prefix}}}:*"
+        n = 0
+        for key in r.scan_iter(match=pattern, count=500):
+            r.expire(key, max(1, int(seconds)))
+            n += 1
+        r.close()
+        return n
+
+
+def _short(exc: BaseException) -> str:
+    """The root cause in one line (the store's own message is written for workers)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).split("\n", 1)[0]
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def recovery_url(spec: DataflowSpec, secret_value: str | None) -> str | None:
+    """The Redis URL from the spec or its Secret.
+
+    >>> from headrace_operator.spec import parse_spec
+    >>> recovery_url(parse_spec({"image": "i", "flow": {"import": "m:f"},
+    ...                          "recovery": {"url": "redis://r:6379/0"}}), None)
+    'redis://r:6379/0'
+    """
+    if spec.recovery is None:
+        return None
+    return spec.recovery.url or secret_value
+
+
+# ------------------------------------------------------------------ worker metrics
+
+
+def scrape(pods: list[PodInfo], port: int, timeout: float = 3.0) -> asc.Sample:
+    """Scrape every running pod's /metrics now (pods that don't answer are left out)."""
+    out: dict[str, asc.PodSample] = {}
+    for p in pods:
+        if not p.ip or p.terminating:
+            continue
+        try:
+            with urllib.request.urlopen(f"http://{p.ip}:{port}/metrics", timeout=timeout) as r:
+                out[p.name] = asc.parse_metrics(r.read().decode())
+        except OSError as exc:
+            log.debug("scrape of %s failed: %s", p.name, exc)
+    return asc.Sample(t=time.time(), pods=out)
+
+
+def apply_actions(kube: Kube, stores: Stores, namespace: str, name: str, actions: list[Action],
+                  url: str | None, prefix: str) -> None:
+    """Carry out a plan's actions in order."""
+    for a in actions:
+        log.info("%s/%s: %s", namespace, name, a.describe())
+        if a.kind == "apply" and a.obj is not None:
+            kube.apply(a.obj)
+        elif a.kind == "delete" and a.obj is not None:
+            kube.delete(a.obj)
+        elif a.kind == "scale" and a.replicas is not None:
+            kube.scale(namespace, name, a.replicas)
+        elif a.kind == "patch_replicas" and a.replicas is not None:
+            kube.patch_dataflow_replicas(namespace, name, a.replicas)
+        elif a.kind == "delete_state" and url:
+            n = stores.delete(url, prefix)
+            log.info("%s/%s: deleted %d state records under %r", namespace, name, n, prefix)
+        elif a.kind == "expire_state" and url and a.seconds is not None:
+            stores.expire(url, prefix, a.seconds)
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON for logs."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,444 @@
+"""The built-in autoscaler: worker metrics in, a replica count and its reasons out.
+
+The algorithm (the one Flink's autoscaler proved), per Dataflow:
+
+1. From each pod's ``/metrics``: utilization = busy seconds per second per
+   worker (``headrace_worker_busy_seconds_total``), input rate = items the
+   sources emit per second (``item_out_count_total`` of the input steps),
+   backlog = ``headrace_source_lag`` and its growth per second. All rates
+   are averaged over the metrics window (`aggregate`).
+2. True processing rate = input rate / utilization: what the current
+   workers could do at 100 % busy. Arrival rate = input rate + backlog growth.
+3. Needed rate = arrival rate / target utilization + backlog / catch-up time.
+4. New replicas = ceil(current x needed / true rate); then limited to
+   ``current x (1 + maxScaleUpFactor)`` and ``current x (1 - maxScaleDownFactor)``,
+   clamped to [minReplicas, maxReplicas] (and to partitions / workersPerProcess),
+   and aligned: the smallest count at or above it whose workers divide the
+   partitions evenly, if one is within reach.
+5. Dead band: nothing changes while utilization is within target +- boundary
+   and the backlog does not grow.
+
+`evaluate` wraps `recommend` with what makes it safe to act: a full metrics
+window, stabilization after restarts, delayed and merged scale-downs, and
+the modes off / recommend / apply.
+
+>>> stats = WindowStats(utilization=0.95, input_rate=900.0, lag=1000.0, lag_growth=50.0,
+...                     coverage=900.0, workers=2)
+>>> rec = recommend(2, stats, Params(), workers_per_process=1, partitions=256)
+>>> rec.replicas
+4
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from headrace_operator.spec import AutoscalerSpec, duration_seconds
+from headrace_operator.status import iso, parse_iso
+
+__all__ = [
+    "Params",
+    "PodSample",
+    "Recommendation",
+    "Sample",
+    "WindowStats",
+    "aggregate",
+    "evaluate",
+    "parse_metrics",
+    "recommend",
+]
+
+_EPS = 1e-9
+_IDLE = 0.001  # below this busy fraction a worker counts as idle
+
+
+@dataclass(frozen=True)
+class Params:
+    """Autoscaler settings with durations in seconds (from `AutoscalerSpec`)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 10
+    target: float = 0.7
+    boundary: float = 0.3
+    metrics_window: float = 900.0
+    evaluation_interval: float = 30.0
+    stabilization: float = 300.0
+    scale_down_delay: float = 3600.0
+    max_up: float = 4.0
+    max_down: float = 0.6
+    catch_up: float = 1800.0
+    align: bool = True
+
+    @classmethod
+    def from_spec(cls, a: AutoscalerSpec) -> Params:
+        """Convert the spec's durations.
+
+        >>> Params.from_spec(AutoscalerSpec()).scale_down_delay
+        3600.0
+        """
+        return cls(
+            min_replicas=a.min_replicas, max_replicas=a.max_replicas,
+            target=a.target_utilization, boundary=a.utilization_boundary,
+            metrics_window=duration_seconds(a.metrics_window),
+            evaluation_interval=duration_seconds(a.evaluation_interval),
+            stabilization=duration_seconds(a.stabilization_window),
+            scale_down_delay=duration_seconds(a.scale_down_delay),
+            max_up=a.max_scale_up_factor, max_down=a.max_scale_down_factor,
+            catch_up=duration_seconds(a.catch_up_duration), align=a.align_partitions,
+        )
+
+
+# ------------------------------------------------------------------ metrics
+
+
+@dataclass
+class PodSample:
+    """Counter and gauge values scraped from one pod at one time."""
+
+    busy: dict[str, float] = field(default_factory=dict)  # worker_index -> seconds
+    idle: dict[str, float] = field(default_factory=dict)
+    inputs: dict[tuple[str, str], float] = field(default_factory=dict)  # (step, worker) -> items
+    lag: dict[tuple[str, str], float] = field(default_factory=dict)  # (step, partition) -> items
+    snapshot_sum: float = 0.0
+    snapshot_count: float = 0.0
+
+
+@dataclass
+class Sample:
+    """All pods scraped at time ``t`` (seconds)."""
+
+    t: float
+    pods: dict[str, PodSample]
+
+
+def parse_metrics(text: str) -> PodSample:
+    """Pick the autoscaler's series out of a worker's Prometheus text.
+
+    Input steps are those with a source-partition timing series
+    (``inp_part_next_batch_duration_seconds``).
+
+    >>> text = '''headrace_worker_busy_seconds_total{worker_index="0"} 12.5
+    ... inp_part_next_batch_duration_seconds_count{step_id="f.inp",worker_index="0"} 7
+    ... item_out_count_total{step_id="f.inp",worker_index="0"} 300
+    ... item_out_count_total{step_id="f.map",worker_index="0"} 999
+    ... headrace_source_lag{step_id="f.inp",partition="p0",worker_index="0"} 40
+    ... '''
+    >>> s = parse_metrics(text)
+    >>> s.busy, s.inputs, s.lag
+    ({'0': 12.5}, {('f.inp', '0'): 300.0}, {('f.inp', 'p0'): 40.0})
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = PodSample()
+    input_steps: set[str] = set()
+    outs: dict[tuple[str, str], float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            name, lab, value = s.name, s.labels, float(s.value)
+            if math.isnan(value):
+                continue
+            wi = lab.get("worker_index", "")
+            if name == "headrace_worker_busy_seconds_total":
+                out.busy[wi] = value
+            elif name == "headrace_worker_idle_seconds_total":
+                out.idle[wi] = value
+            elif name == "inp_part_next_batch_duration_seconds_count":
+                input_steps.add(lab.get("step_id", ""))
+            elif name == "item_out_count_total":
+                outs[(lab.get("step_id", ""), wi)] = value
+            elif name == "headrace_source_lag":
+                key = (lab.get("step_id", ""), lab.get("partition", ""))
+                out.lag[key] = out.lag.get(key, 0.0) + value
+            elif name == "snapshot_duration_seconds_sum":
+                out.snapshot_sum += value
+            elif name == "snapshot_duration_seconds_count":
+                out.snapshot_count += value
+    out.inputs = {k: v for k, v in outs.items() if k[0] in input_steps}
+    return out
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """Rates over the metrics window."""
+
+    utilization: float  # mean busy fraction per worker, 0..1
+    input_rate: float  # items/s read by the sources
+    lag: float  # items not yet read, at the window's end
+    lag_growth: float  # items/s
+    coverage: float  # seconds between the first and last sample
+    workers: int
+    snapshot_duration: float = 0.0  # mean seconds per worker snapshot
+
+
+def _increase(values: list[float | None]) -> float:
+    """Counter increase over consecutive values; a drop is a restart from zero."""
+    total = 0.0
+    prev: float | None = None
+    for v in values:
+        if v is None:
+            prev = None
+            continue
+        if prev is not None:
+            total += v - prev if v >= prev else v
+        prev = v
+    return total
+
+
+def aggregate(samples: Iterable[Sample], window: float, now: float) -> WindowStats | None:
+    """Window rates from scraped samples; ``None`` with fewer than two samples in it.
+
+    >>> a = Sample(0.0, {"p0": PodSample(busy={"0": 10.0}, inputs={("i", "0"): 0.0})})
+    >>> b = Sample(60.0, {"p0": PodSample(busy={"0": 40.0}, inputs={("i", "0"): 600.0})})
+    >>> st = aggregate([a, b], window=300, now=60.0)
+    >>> st.utilization, st.input_rate, st.coverage
+    (0.5, 10.0, 60.0)
+    """
+    inside = sorted((s for s in samples if now - window - _EPS <= s.t <= now + _EPS),
+                    key=lambda s: s.t)
+    if len(inside) < 2:
+        return None
+    first, last = inside[0], inside[-1]
+    dt = last.t - first.t
+    if dt <= 0:
+        return None
+    busy_keys = {(p, w) for s in inside for p, ps in s.pods.items() for w in ps.busy}
+    in_keys = {(p, k) for s in inside for p, ps in s.pods.items() for k in ps.inputs}
+
+    def series(get: Any, keys: set[Any]) -> float:
+        return sum(_increase([get(s, k) for s in inside]) for k in keys)
+
+    def busy_of(s: Sample, k: tuple[str, str]) -> float | None:
+        ps = s.pods.get(k[0])
+        return None if ps is None else ps.busy.get(k[1])
+
+    def input_of(s: Sample, k: tuple[str, Any]) -> float | None:
+        ps = s.pods.get(k[0])
+        return None if ps is None else ps.inputs.get(k[1])
+
+    workers = len({k for k in busy_keys if k[0] in last.pods and k[1] in last.pods[k[0]].busy})
+    busy = series(busy_of, busy_keys)
+    util = busy / (dt * workers) if workers else 0.0
+    lag_first = sum(sum(ps.lag.values()) for ps in first.pods.values())
+    lag_last = sum(sum(ps.lag.values()) for ps in last.pods.values())
+    snap_sum = sum(_increase([_snap(s, p, "sum") for s in inside]) for p in last.pods)
+    snap_cnt = sum(_increase([_snap(s, p, "count") for s in inside]) for p in last.pods)
+    return WindowStats(
+        utilization=min(1.0, max(0.0, util)),
+        input_rate=series(input_of, in_keys) / dt,
+        lag=lag_last,
+        lag_growth=(lag_last - lag_first) / dt,
+        coverage=dt,
+        workers=workers,
+        snapshot_duration=snap_sum / snap_cnt if snap_cnt else 0.0,
+    )
+
+
+def _snap(s: Sample, pod: str, what: str) -> float | None:
+    ps = s.pods.get(pod)
+    if ps is None:
+        return None
+    return ps.snapshot_sum if what == "sum" else ps.snapshot_count
+
+
+# ------------------------------------------------------------------ decision
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What the algorithm recommends, and the numbers behind it."""
+
+    replicas: int
+    reason: str
+    arrival_rate: float = 0.0
+    true_rate: float = 0.0
+    needed_rate: float = 0.0
+    in_dead_band: bool = False
+
+
+def bounds(p: Params, workers_per_process: int, partitions: int) -> tuple[int, int]:
+    """Allowed replica range: min/max replicas, and every worker owning a key group.
+
+    >>> bounds(Params(min_replicas=2, max_replicas=100), 4, 64)
+    (2, 16)
+    """
+    hi = max(1, min(p.max_replicas, partitions // workers_per_process))
+    lo = min(max(1, p.min_replicas), hi)
+    return lo, hi
+
+
+def _ceil(x: float) -> int:
+    return math.ceil(x - 1e-9)
+
+
+def _floor(x: float) -> int:
+    return math.floor(x + 1e-9)
+
+
+def _aligned(lo: int, hi: int, wpp: int, partitions: int) -> int | None:
+    for r in range(lo, hi + 1):
+        if partitions % (r * wpp) == 0:
+            return r
+    return None
+
+
+def recommend(current: int, stats: WindowStats, p: Params, workers_per_process: int,
+              partitions: int) -> Recommendation:
+    """The replica count the algorithm wants (no delays, no modes: see `evaluate`).
+
+    >>> calm = WindowStats(utilization=0.6, input_rate=100.0, lag=0.0, lag_growth=0.0,
+    ...                    coverage=900.0, workers=4)
+    >>> recommend(4, calm, Params(), 1, 256).reason
+    'utilization 60% is within 70% +- 30% and the backlog is not growing'
+    """
+    lo, hi = bounds(p, workers_per_process, partitions)
+    u = stats.utilization
+    lag_growing = stats.lag_growth > _EPS and stats.lag > 0
+    below = u < p.target - p.boundary - _EPS
+    above = u > p.target + p.boundary + _EPS
+    if not below and not above and not lag_growing:
+        target = min(max(current, lo), hi)
+        why = (f"utilization {u:.0%} is within {p.target:.0%} +- {p.boundary:.0%} and the "
+               "backlog is not growing")
+        if target != current:
+            why += f"; moved into the bounds [{lo}, {hi}]"
+        return Recommendation(target, why, in_dead_band=True)
+    arrival = max(0.0, stats.input_rate + stats.lag_growth)
+    needed = arrival / p.target + stats.lag / p.catch_up
+    if u < _IDLE:
+        raw, true_rate = lo, math.inf
+        why = f"workers are idle (utilization {u:.1%}) -> {raw}"
+    elif stats.input_rate <= _EPS:
+        return Recommendation(min(max(current, lo), hi),
+                              f"workers are {u:.0%} busy but the sources read nothing: can't "
+                              "size from the input rate", arrival_rate=arrival)
+    else:
+        true_rate = stats.input_rate / u
+        raw = max(1, _ceil(current * needed / true_rate))
+        why = (f"utilization {u:.0%} (target {p.target:.0%}), input {stats.input_rate:.1f}/s, "
+               f"arrival {arrival:.1f}/s, backlog {stats.lag:.0f} ({stats.lag_growth:+.1f}/s): "
+               f"need {needed:.1f}/s, capacity {true_rate:.1f}/s at 100% busy -> {raw}")
+    if lag_growing and raw < current:
+        return Recommendation(min(max(current, lo), hi),
+                              f"backlog grows ({stats.lag_growth:+.1f}/s) while workers are "
+                              f"{u:.0%} busy: the bottleneck is not worker capacity (source, "
+                              "sink or key skew)", arrival_rate=arrival,
+                              true_rate=0.0 if math.isinf(true_rate) else true_rate,
+                              needed_rate=needed)
+    if not lag_growing and below and raw > current:
+        raw = current
+        why += f"; workers are only {u:.0%} busy: not scaling up"
+    if not lag_growing and above and raw < current:
+        raw = current
+        why += f"; workers are {u:.0%} busy: not scaling down"
+    up_limit = _floor(current * (1 + p.max_up))
+    down_limit = _ceil(current * (1 - p.max_down))
+    new = min(max(raw, down_limit), up_limit)
+    if new != raw:
+        why += f"; limited to {new} by the max scale {'up' if raw > new else 'down'} factor"
+    clamped = min(max(new, lo), hi)
+    if clamped != new:
+        why += f"; clamped to {clamped} by the bounds [{lo}, {hi}]"
+    new = clamped
+    if p.align and new != current:
+        upper = min(hi, max(up_limit, new)) if new > current else min(max(current, lo), hi)
+        aligned = _aligned(new, upper, workers_per_process, partitions)
+        if aligned is not None and aligned != new:
+            why += f"; aligned to {aligned} so {partitions} partitions divide evenly"
+            new = aligned
+    return Recommendation(new, why, arrival_rate=arrival,
+                          true_rate=0.0 if math.isinf(true_rate) else true_rate,
+                          needed_rate=needed)
+
+
+def evaluate(
+    *,
+    prev: dict[str, Any] | None,
+    mode: str,
+    current: int,
+    stats: WindowStats | None,
+    params: Params,
+    workers_per_process: int,
+    partitions: int,
+    now: float,
+    started_at: float | None,
+    busy_reason: str = "",
+) -> tuple[dict[str, Any] | None, dict[str, Any], int | None]:
+    """One evaluation: ``(decision, new autoscaler status, replicas to apply or None)``.
+
+    ``busy_reason`` non-empty (a transition in progress, pods not ready)
+    blocks any decision. The decision dict has the shape of status
+    ``autoscaler.lastEvaluation``.
+
+    >>> d, st, apply = evaluate(prev=None, mode="apply", current=2, stats=None,
+    ...                         params=Params(), workers_per_process=1, partitions=256,
+    ...                         now=1000.0, started_at=0.0)
+    >>> d["blocked"], apply
+    ('collecting metrics: 0s of the 900s window', None)
+    """
+    status: dict[str, Any] = dict(prev or {})
+    status["mode"] = mode
+    if mode == "off":
+        return None, {"mode": "off"}, None
+    decision: dict[str, Any] = {
+        "time": iso(now), "currentReplicas": current, "recommendedReplicas": current,
+        "action": "none", "applied": False, "reason": "", "blocked": "",
+    }
+    if stats is not None:
+        decision.update(utilization=round(stats.utilization, 4),
+                        inputRate=round(stats.input_rate, 3), lag=round(stats.lag, 1),
+                        lagGrowth=round(stats.lag_growth, 3))
+        status["metricsCoverage"] = round(stats.coverage, 1)
+    blocked = busy_reason
+    if not blocked and started_at is not None and now - started_at < params.stabilization:
+        left = params.stabilization - (now - started_at)
+        blocked = f"stabilizing after the last (re)start: {left:.0f}s left"
+    coverage = 0.0 if stats is None else stats.coverage
+    if not blocked and coverage < 0.9 * params.metrics_window:
+        blocked = f"collecting metrics: {coverage:.0f}s of the {params.metrics_window:.0f}s window"
+    if blocked:
+        decision["blocked"] = blocked
+        decision["reason"] = "no evaluation"
+        status["lastEvaluation"] = decision
+        return decision, status, None
+    assert stats is not None
+    rec = recommend(current, stats, params, workers_per_process, partitions)
+    decision.update(recommendedReplicas=rec.replicas, reason=rec.reason,
+                    arrivalRate=round(rec.arrival_rate, 3),
+                    trueProcessingRate=round(rec.true_rate, 3),
+                    neededRate=round(rec.needed_rate, 3))
+    apply: int | None = None
+    pending = status.get("pendingScaleDown")
+    if rec.replicas > current:
+        decision["action"] = "scale-up"
+        status["pendingScaleDown"] = None
+        apply = rec.replicas
+    elif rec.replicas < current:
+        decision["action"] = "scale-down"
+        if (pending and parse_iso(pending.get("since")) is not None
+                and int(pending.get("replicas", current)) < current):
+            target = max(int(pending["replicas"]), rec.replicas)
+            since = parse_iso(pending["since"]) or now
+        else:
+            target, since = rec.replicas, now
+        decision["recommendedReplicas"] = target
+        if now - since + _EPS >= params.scale_down_delay:
+            apply = target
+            status["pendingScaleDown"] = None
+        else:
+            status["pendingScaleDown"] = {"replicas": target, "since": iso(since)}
+            decision["blocked"] = (
+                f"scale-down to {target} delayed until {iso(since + params.scale_down_delay)} "
+                f"(scaleDownDelay {params.scale_down_delay:.0f}s; requests merge)")
+    else:
+        status["pendingScaleDown"] = None
+    if apply is not None and mode != "apply":
+        decision["blocked"] = "mode is recommend: not applied"
+        apply = None
+    decision["applied"] = apply is not None
+    status["lastEvaluation"] = decision
+    if decision["action"] != "none":
+        status["decisions"] = [*(status.get("decisions") or []), decision][-3:]
+    return decision, status, apply

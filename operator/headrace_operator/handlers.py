@@ -1,0 +1,375 @@
+"""The kopf handlers: observe a Dataflow, ask `reconcile.plan`, apply the plan.
+
+Thin on purpose. Every handler (create, update, resume, the periodic timer)
+runs the same `reconcile_once` under a per-object lock, reading the
+Dataflow afresh from the API so that two handlers never act on a stale
+status. ``kopf run -m headrace_operator.handlers --all-namespaces`` works
+as well as the ``headrace-operator`` console script.
+
+kopf's own bookkeeping goes to annotations, not ``status``: the CRD's
+structural schema would prune ``status.kopf``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from headrace_operator import _kube
+from headrace_operator import autoscaler as asc
+from headrace_operator import manifests as mf
+from headrace_operator.crd import GROUP, PLURAL, VERSION
+from headrace_operator.metrics import EndpointServer, WatchMonitor, forget_dataflow, metric
+from headrace_operator.reconcile import Observation, Plan, deployed_spec, plan, plan_delete
+from headrace_operator.spec import DataflowSpec, SpecError, duration_seconds, parse_spec
+from headrace_operator.status import PHASES, EventDeduper, get_condition
+
+log = logging.getLogger("headrace.operator")
+
+TIMER_INTERVAL = float(os.environ.get("HEADRACE_OPERATOR_TIMER_INTERVAL", "2"))
+
+
+@dataclass
+class _State:
+    """Process-wide operator state (one operator process)."""
+
+    kube: _kube.Kube | None = None
+    stores: _kube.Stores = field(default_factory=_kube.Stores)
+    dedup: EventDeduper = field(default_factory=EventDeduper)
+    monitor: WatchMonitor = field(default_factory=WatchMonitor)
+    locks: dict[str, threading.Lock] = field(default_factory=dict)
+    next_due: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, collections.deque[asc.Sample]] = field(default_factory=dict)
+    sample_execution: dict[str, str] = field(default_factory=dict)
+    phases: dict[tuple[str, str], str] = field(default_factory=dict)
+    server: EndpointServer | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    ready: bool = False
+    cluster_domain: str = os.environ.get("HEADRACE_CLUSTER_DOMAIN", "cluster.local")
+    guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def lock(self, uid: str) -> threading.Lock:
+        with self.guard:
+            return self.locks.setdefault(uid, threading.Lock())
+
+
+STATE = _State()
+
+
+# ------------------------------------------------------------------ lifecycle
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Configure kopf, connect to the API, start the metrics/liveness endpoint."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix="headrace.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="headrace.dev", key="last-handled-configuration")
+    settings.persistence.finalizer = "headrace.dev/finalizer"
+    # kopf's handler-log events would drown the operator's own Events.
+    settings.posting.level = logging.WARNING
+    # Watches are re-established at least this often, so a silently dead
+    # connection heals by itself.
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.execution.max_workers = int(os.environ.get("HEADRACE_OPERATOR_WORKERS", "8"))
+    if not log.isEnabledFor(logging.DEBUG):
+        # kopf logs every timer run at INFO; the store's retries are reported in status.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("headrace.recovery").setLevel(logging.ERROR)
+    STATE.kube = _kube.Kube()
+    STATE.monitor = WatchMonitor(float(os.environ.get("HEADRACE_OPERATOR_STALE_AFTER", "300")))
+    port = int(os.environ.get("HEADRACE_OPERATOR_METRICS_PORT")
+               or os.environ.get("HEADRACE_OPERATOR_PORT") or "8080")
+    if port:
+        STATE.server = EndpointServer("0.0.0.0", port, STATE.monitor, lambda: STATE.ready)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("headrace")
+    except PackageNotFoundError:
+        ver = "unknown"
+    metric("headrace_operator_info").labels(ver).set(1)
+    threading.Thread(target=_liveness_loop, name="headrace-liveness", daemon=True).start()
+    STATE.ready = True
+
+
+@kopf.on.cleanup()
+def cleanup(**_: Any) -> None:
+    """Stop the endpoint and the liveness loop."""
+    STATE.stop.set()
+    if STATE.server is not None:
+        STATE.server.close()
+
+
+def _liveness_loop() -> None:
+    from headrace_operator.main import watch_namespaces
+
+    interval = float(os.environ.get("HEADRACE_OPERATOR_LIVENESS_INTERVAL", "30"))
+    namespaces = watch_namespaces(os.environ)
+    while not STATE.stop.wait(interval):
+        if STATE.kube is None:
+            continue
+        try:
+            listed = STATE.kube.list_dataflows(namespaces)
+        except Exception as exc:  # an API outage is not the operator's fault
+            log.warning("liveness: can't list Dataflows: %s", exc)
+            continue
+        ok, reason = STATE.monitor.check(listed, time.time())
+        if not ok:
+            log.error("liveness: %s", reason)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def watched(event: Any, body: kopf.Body, **_: Any) -> None:
+    """Every watch event: feeds the stale-watch check."""
+    meta = body.get("metadata") or {}
+    uid = meta.get("uid", "")
+    if event.get("type") == "DELETED":
+        STATE.monitor.forget(uid)
+        STATE.dedup.forget(f"{meta.get('namespace')}/{meta.get('name')}")
+        STATE.phases.pop((meta.get("namespace", ""), meta.get("name", "")), None)
+        _count_phases()
+        forget_dataflow(meta.get("namespace", ""), meta.get("name", ""))
+    else:
+        STATE.monitor.seen(uid, meta.get("resourceVersion", ""), time.time())
+
+
+# ------------------------------------------------------------------ reconcile
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    """A Dataflow appeared or changed: reconcile now."""
+    reconcile_once(namespace or "", name, body.get("metadata", {}).get("uid", ""), force=True)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=TIMER_INTERVAL)
+def tick(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    """Periodic reconcile (level-based), when the last plan asked to look again."""
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    reconcile_once(namespace or "", name, body.get("metadata", {}).get("uid", ""), force=False)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def deleted(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    """Deletion: stop at a barrier, then keep, expire or delete state; then let go."""
+    kube = _need_kube()
+    uid = body.get("metadata", {}).get("uid", "")
+    namespace = namespace or ""
+    with STATE.lock(uid):
+        obj = kube.dataflow(namespace, name) or dict(body)
+        obs, url, prefix = _observe(kube, obj)
+        p = plan_delete(obs)
+        _kube.apply_actions(kube, STATE.stores, namespace, name, p.actions, url, prefix)
+        _post_events(obj, p)
+        try:
+            kube.patch_status(namespace, name, p.status)
+        except Exception as exc:  # the object may be going away
+            log.debug("status patch during deletion failed: %s", exc)
+    if not p.done:
+        raise kopf.TemporaryError(f"waiting for {name}'s pods to stop", delay=p.requeue)
+    STATE.samples.pop(uid, None)
+    STATE.next_due.pop(uid, None)
+    with STATE.guard:
+        STATE.locks.pop(uid, None)
+
+
+def worker_service_account(namespace: str, env: typing.Mapping[str, str]) -> str:
+    """The workers' default service account in ``namespace``, where it exists.
+
+    ``HEADRACE_WORKER_SERVICE_ACCOUNT`` names it; it is used in the namespaces
+    of ``HEADRACE_WORKER_SERVICE_ACCOUNT_NAMESPACES`` if set, else in the
+    watched namespaces and the operator's own (where the chart creates it).
+    Elsewhere the pods use the namespace's default account, without a token.
+
+    >>> env = {"HEADRACE_WORKER_SERVICE_ACCOUNT": "hr-worker", "WATCH_NAMESPACES": "a,b"}
+    >>> worker_service_account("a", env), worker_service_account("c", env)
+    ('hr-worker', '')
+    """
+    from headrace_operator.main import watch_namespaces
+
+    name = env.get("HEADRACE_WORKER_SERVICE_ACCOUNT", "")
+    if not name:
+        return ""
+    listed = env.get("HEADRACE_WORKER_SERVICE_ACCOUNT_NAMESPACES")
+    if listed is not None:
+        where = {n.strip() for n in listed.split(",") if n.strip()}
+    else:
+        where = {*watch_namespaces(env), env.get("HEADRACE_OPERATOR_POD_NAMESPACE", "")}
+    return name if namespace in where else ""
+
+
+def _need_kube() -> _kube.Kube:
+    if STATE.kube is None:
+        STATE.kube = _kube.Kube()
+    return STATE.kube
+
+
+def _target_spec(obj: dict[str, Any], sts: dict[str, Any] | None) -> DataflowSpec | None:
+    try:
+        return parse_spec(obj.get("spec") or {})
+    except SpecError:
+        return deployed_spec(sts)
+
+
+def _observe(kube: _kube.Kube, obj: dict[str, Any]) -> tuple[Observation, str | None, str]:
+    meta = obj.get("metadata") or {}
+    ns, name = meta["namespace"], meta["name"]
+    sts = kube.statefulset(ns, name)
+    pods = kube.pods(ns, name)
+    obs = Observation(
+        name=name, namespace=ns, uid=meta.get("uid", ""),
+        generation=int(meta.get("generation") or 0), spec=obj.get("spec") or {},
+        status=obj.get("status") or {}, annotations=meta.get("annotations") or {},
+        now=time.time(), sts=sts, pods=pods, cluster_domain=STATE.cluster_domain,
+        pod_monitor_supported=kube.pod_monitor_supported(),
+        worker_service_account=worker_service_account(ns, os.environ),
+    )
+    spec = _target_spec(obj, sts)
+    url: str | None = None
+    prefix = ""
+    if spec is not None and spec.recovery is not None:
+        owner = mf.Owner(name, ns, obs.uid)
+        prefix = mf.key_prefix(spec, owner)
+        value = None
+        if spec.recovery.secret_ref is not None:
+            ref = spec.recovery.secret_ref
+            obs.secret, value = kube.secret(ns, ref.name, ref.key)
+        url = _kube.recovery_url(spec, value)
+        if url:
+            obs.store = STATE.stores.info(url, prefix)
+    return obs, url, prefix
+
+
+def _metrics_window(uid: str, spec: DataflowSpec, obs: Observation) -> None:
+    """Scrape the workers when the autoscaler wants data; keep the window in memory."""
+    if spec.autoscaler.effective_mode(spec.scaling.mode) == "off":
+        STATE.samples.pop(uid, None)
+        return
+    execution = (obs.status.get("execution") or {}).get("id", "")
+    if STATE.sample_execution.get(uid) != execution:
+        # Counters of a new execution start from zero on other workers: a fresh window.
+        STATE.samples[uid] = collections.deque()
+        STATE.sample_execution[uid] = execution
+    buf = STATE.samples.setdefault(uid, collections.deque())
+    window = duration_seconds(spec.autoscaler.metrics_window)
+    interval = duration_seconds(spec.autoscaler.evaluation_interval)
+    if obs.status.get("phase") == "Running" and (not buf or obs.now - buf[-1].t >= interval):
+        buf.append(_kube.scrape(obs.pods, spec.observability.metrics_port))
+    while buf and buf[0].t < obs.now - window - interval:
+        buf.popleft()
+    obs.metrics = asc.aggregate(buf, window, obs.now)
+
+
+def reconcile_once(namespace: str, name: str, uid: str, force: bool) -> Plan | None:
+    """Observe, plan, apply, record, for one Dataflow."""
+    kube = _need_kube()
+    now = time.time()
+    if not force and now < STATE.next_due.get(uid, 0.0):
+        return None
+    t0 = time.monotonic()
+    with STATE.lock(uid):
+        try:
+            obj = kube.dataflow(namespace, name)
+            if obj is None or obj.get("metadata", {}).get("deletionTimestamp"):
+                return None
+            obs, url, prefix = _observe(kube, obj)
+            spec = _target_spec(obj, obs.sts)
+            if spec is not None:
+                _metrics_window(uid, spec, obs)
+            p = plan(obs)
+            _kube.apply_actions(kube, STATE.stores, namespace, name, p.actions, url, prefix)
+            kube.patch_status(namespace, name, p.status)
+            _post_events(obj, p)
+            _record(namespace, name, p, obs)
+            STATE.next_due[uid] = time.time() + p.requeue
+            metric("headrace_operator_reconcile_total").labels("ok").inc()
+            return p
+        except Exception:
+            metric("headrace_operator_reconcile_total").labels("error").inc()
+            STATE.next_due[uid] = time.time() + 5.0
+            log.exception("reconcile of %s/%s failed; retrying", namespace, name)
+            return None
+        finally:
+            metric("headrace_operator_reconcile_duration_seconds").observe(
+                time.monotonic() - t0)
+            STATE.monitor.reconciled(time.time())
+            metric("headrace_operator_last_reconcile_timestamp_seconds").set(time.time())
+
+
+def _post_events(obj: dict[str, Any], p: Plan) -> None:
+    meta = obj.get("metadata") or {}
+    key = f"{meta.get('namespace')}/{meta.get('name')}"
+    for etype, reason, message in p.events:
+        if not STATE.dedup.allow(key, etype, reason, message, time.time()):
+            continue
+        metric("headrace_operator_events_total").labels(etype, reason).inc()
+        log.log(logging.WARNING if etype == "Warning" else logging.INFO, "%s %s: %s", key,
+                reason, message)
+        kopf.event(typing.cast(kopf.Body, obj), type=etype, reason=reason, message=message[:1024])
+
+
+def _count_phases() -> None:
+    counts: dict[tuple[str, str], int] = collections.Counter(
+        (ns, ph) for (ns, _n), ph in STATE.phases.items())
+    g = metric("headrace_operator_dataflows")
+    g.clear()
+    for (ns, ph), n in counts.items():
+        g.labels(ns, ph).set(n)
+
+
+def _record(namespace: str, name: str, p: Plan, obs: Observation) -> None:
+    st = p.status
+    phase = st.get("phase", "Pending")
+    STATE.phases[(namespace, name)] = phase
+    _count_phases()
+    for ph in PHASES:
+        metric("headrace_operator_dataflow_phase").labels(namespace, name, ph).set(
+            1 if ph == phase else 0)
+    ready = get_condition(st.get("conditions") or [], "Ready") or {}
+    metric("headrace_operator_dataflow_ready").labels(namespace, name).set(
+        1 if ready.get("status") == "True" else 0)
+    spec_replicas = (obs.spec or {}).get("replicas")
+    if isinstance(spec_replicas, int):
+        metric("headrace_operator_dataflow_replicas").labels(namespace, name).set(spec_replicas)
+    metric("headrace_operator_dataflow_ready_replicas").labels(namespace, name).set(
+        st.get("readyReplicas", 0))
+    metric("headrace_operator_dataflow_restarts").labels(namespace, name).set(
+        (st.get("execution") or {}).get("restarts", 0))
+    snap = st.get("snapshot") or {}
+    if obs.store is not None and obs.store.ok and obs.store.exists:
+        metric("headrace_operator_snapshot_epoch").labels(namespace, name).set(obs.store.epoch)
+        metric("headrace_operator_snapshot_timestamp_seconds").labels(namespace, name).set(
+            obs.store.committed_at)
+        metric("headrace_operator_snapshot_bytes").labels(namespace, name).set(
+            snap.get("bytes", 0))
+    for ttype, seconds in p.transitions:
+        metric("headrace_operator_transition_seconds").labels(ttype).observe(seconds)
+    d = p.decision
+    if d is not None:
+        lab = (namespace, name)
+        metric("headrace_operator_autoscaler_utilization").labels(*lab).set(
+            d.get("utilization", 0.0))
+        metric("headrace_operator_autoscaler_input_rate").labels(*lab).set(
+            d.get("inputRate", 0.0))
+        metric("headrace_operator_autoscaler_true_processing_rate").labels(*lab).set(
+            d.get("trueProcessingRate", 0.0))
+        metric("headrace_operator_autoscaler_lag").labels(*lab).set(d.get("lag", 0.0))
+        metric("headrace_operator_autoscaler_recommended_replicas").labels(*lab).set(
+            d.get("recommendedReplicas", 0))
+        if d.get("action") != "none":
+            metric("headrace_operator_autoscaler_decisions_total").labels(
+                *lab, d["action"], str(bool(d.get("applied"))).lower()).inc()

@@ -1,0 +1,466 @@
+"""Child objects of a Dataflow: StatefulSet, headless Service and PodMonitor.
+
+Pure builders: a parsed spec in, plain dicts (Kubernetes JSON, camelCase) out.
+Pod ``i`` of the StatefulSet runs process ``i`` of the cluster (its ordinal
+comes from the pod name), finds its peers through the headless Service
+(``publishNotReadyAddresses`` so names resolve before readiness), and gets
+the Redis URL from a Secret when the spec names one.
+
+The StatefulSet uses ``updateStrategy: OnDelete`` on purpose: a rolling
+update would replace one pod at a time, and a cluster whose processes
+disagree on the worker count can't run. The operator changes the template
+only while the StatefulSet is scaled to zero (a coordinated stop).
+
+>>> from headrace_operator.spec import parse_spec
+>>> spec = parse_spec({"image": "app:1", "flow": {"import": "app:flow"}, "replicas": 3})
+>>> ref = Owner(name="wc", namespace="prod", uid="1234")
+>>> sts = build_statefulset(spec, ref)
+>>> sts["spec"]["podManagementPolicy"], sts["spec"]["replicas"]
+('Parallel', 3)
+>>> env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+>>> env["HEADRACE_PEER_PATTERN"]
+'wc-{i}.wc.prod.svc.cluster.local:2101'
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from headrace_operator.crd import GROUP, KIND, VERSION
+from headrace_operator.spec import DataflowSpec, duration_seconds, to_json
+
+__all__ = [
+    "ANN_GENERATION",
+    "ANN_REPLICAS",
+    "ANN_RESET_NONCE",
+    "ANN_RESTART_NONCE",
+    "ANN_SPEC",
+    "ANN_TEMPLATE_HASH",
+    "CLUSTER_PORT",
+    "Owner",
+    "build_pod_monitor",
+    "build_service",
+    "build_statefulset",
+    "key_prefix",
+    "labels",
+    "merge_pod_template",
+    "pod_assignment",
+    "selector",
+    "template_hash",
+]
+
+CLUSTER_PORT = 2101
+CONTAINER = "worker"
+RUN_AS_USER = 10001
+
+ANN_TEMPLATE_HASH = "headrace.dev/template-hash"
+ANN_SPEC = "headrace.dev/spec"
+ANN_REPLICAS = "headrace.dev/replicas"
+ANN_RESTART_NONCE = "headrace.dev/restart-nonce"
+ANN_RESET_NONCE = "headrace.dev/reset-state-nonce"
+ANN_GENERATION = "headrace.dev/generation"
+LABEL_DATAFLOW = "headrace.dev/dataflow"
+# Env vars the operator sets; a user's spec.flow.env entry of the same name wins.
+REPLICAS_ENV = "HEADRACE_REPLICAS"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The Dataflow that owns the children (for names and ownerReferences)."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 0
+    cluster_domain: str = "cluster.local"
+    service_account: str = ""  # the workers' default, when spec.serviceAccountName is unset
+
+    def reference(self) -> dict[str, Any]:
+        """The ownerReference children carry (garbage collection on deletion).
+
+        >>> Owner("wc", "ns", "u1").reference()["kind"]
+        'Dataflow'
+        """
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def selector(name: str) -> dict[str, str]:
+    """The label selector of a Dataflow's pods (immutable in a StatefulSet).
+
+    >>> selector("wc")
+    {'headrace.dev/dataflow': 'wc'}
+    """
+    return {LABEL_DATAFLOW: name}
+
+
+def labels(name: str, component: str = "worker") -> dict[str, str]:
+    """Labels of a Dataflow's children.
+
+    >>> labels("wc")["app.kubernetes.io/instance"]
+    'wc'
+    """
+    return {
+        "app.kubernetes.io/name": "headrace",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "headrace-operator",
+        LABEL_DATAFLOW: name,
+    }
+
+
+def key_prefix(spec: DataflowSpec, owner: Owner) -> str:
+    """The Redis key prefix of the Dataflow's state.
+
+    >>> from headrace_operator.spec import parse_spec
+    >>> key_prefix(parse_spec({"image": "i", "flow": {"import": "m:f"}}), Owner("wc", "ns", "u"))
+    'ns/wc'
+    """
+    if spec.recovery is not None and spec.recovery.key_prefix:
+        return spec.recovery.key_prefix
+    return f"{owner.namespace}/{owner.name}"
+
+
+def _seconds_str(duration: str) -> str:
+    s = duration_seconds(duration)
+    return str(int(s)) if s == int(s) else str(s)
+
+
+def _env(spec: DataflowSpec, owner: Owner) -> list[dict[str, Any]]:
+    o = spec.observability
+    svc = f"{owner.name}.{owner.namespace}.svc.{owner.cluster_domain}"
+    env: list[dict[str, Any]] = [
+        {"name": "HEADRACE_PROCESS_ID_FROM_HOSTNAME", "value": "1"},
+        {"name": "HEADRACE_PEER_PATTERN", "value": f"{owner.name}-{{i}}.{svc}:{CLUSTER_PORT}"},
+        {"name": REPLICAS_ENV, "value": str(spec.replicas)},
+        {"name": "HEADRACE_BIND_HOST", "value": "0.0.0.0"},
+        {"name": "HEADRACE_WORKERS_PER_PROCESS", "value": str(spec.workers_per_process)},
+        {"name": "HEADRACE_KEY_GROUPS", "value": str(spec.partitions)},
+        {"name": "HEADRACE_METRICS_PORT", "value": str(o.metrics_port)},
+        {"name": "HEADRACE_LOG_LEVEL", "value": o.log_level},
+        {"name": "HEADRACE_LOG_FORMAT", "value": o.log_format},
+        {"name": "HEADRACE_STARTUP_TIMEOUT", "value": "120"},
+        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "HEADRACE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    r = spec.recovery
+    if r is not None:
+        if r.secret_ref is not None:
+            env.append({"name": "HEADRACE_RECOVERY", "valueFrom": {"secretKeyRef": {
+                "name": r.secret_ref.name, "key": r.secret_ref.key}}})
+        else:
+            env.append({"name": "HEADRACE_RECOVERY", "value": r.url})
+        env.append({"name": "HEADRACE_RECOVERY_PREFIX", "value": key_prefix(spec, owner)})
+        env.append({"name": "HEADRACE_EPOCH_INTERVAL", "value": _seconds_str(r.snapshot_interval)})
+        if r.backup_interval:
+            env.append({"name": "HEADRACE_BACKUP_INTERVAL",
+                        "value": _seconds_str(r.backup_interval)})
+    if o.otlp_endpoint:
+        env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": o.otlp_endpoint})
+        env.append({"name": "OTEL_SERVICE_NAME", "value": owner.name})
+    user = {e.get("name") for e in spec.flow.env}
+    return [e for e in env if e["name"] not in user] + copy.deepcopy(spec.flow.env)
+
+
+def _container(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
+    port = spec.observability.metrics_port
+    c: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["python", "-m", "headrace.run"],
+        "args": [spec.flow.import_str, *spec.flow.args],
+        "env": _env(spec, owner),
+        "ports": [
+            {"name": "cluster", "containerPort": CLUSTER_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": port, "protocol": "TCP"},
+        ],
+        "startupProbe": {"httpGet": {"path": "/healthz", "port": "metrics"},
+                         "periodSeconds": 2, "failureThreshold": 60},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"},
+                          "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"},
+                           "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 2},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # The runtime prints what failed (a bad import string...) before exiting;
+        # this puts those lines into the pod status, where the operator reads them.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if spec.flow.env_from:
+        c["envFrom"] = copy.deepcopy(spec.flow.env_from)
+    if spec.resources:
+        c["resources"] = copy.deepcopy(spec.resources)
+    return c
+
+
+def _pod_template(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
+    grace = max(30, int(duration_seconds(spec.restart_policy.stop_timeout)))
+    pod_spec: dict[str, Any] = {
+        "containers": [_container(spec, owner)],
+        "terminationGracePeriodSeconds": grace,
+        # Workers need no Kubernetes API access.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    if spec.service_account_name or owner.service_account:
+        pod_spec["serviceAccountName"] = spec.service_account_name or owner.service_account
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = copy.deepcopy(spec.tolerations)
+    if spec.affinity:
+        pod_spec["affinity"] = copy.deepcopy(spec.affinity)
+    template = {
+        "metadata": {
+            "labels": labels(owner.name),
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(spec.observability.metrics_port),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": pod_spec,
+    }
+    return merge_pod_template(template, spec.pod_template)
+
+
+def _deep_merge(base: Any, overlay: Any) -> Any:
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        out = dict(base)
+        for k, v in overlay.items():
+            out[k] = _deep_merge(base.get(k), v) if k in base else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(overlay)
+
+
+def _merge_named(base: list[dict[str, Any]], overlay: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = [dict(x) for x in base]
+    index = {x.get("name"): i for i, x in enumerate(out)}
+    for item in overlay:
+        i = index.get(item.get("name"))
+        if i is None:
+            out.append(copy.deepcopy(item))
+        else:
+            merged = _deep_merge(out[i], {k: v for k, v in item.items()
+                                          if k not in ("env", "volumeMounts", "ports")})
+            for key in ("env", "volumeMounts", "ports"):
+                if key in item:
+                    merged[key] = _merge_named(out[i].get(key, []), item[key])
+            out[i] = merged
+    return out
+
+
+def merge_pod_template(template: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Merge a user's ``podTemplate`` into the generated pod template.
+
+    Maps merge recursively; ``containers``, ``initContainers`` and ``volumes``
+    merge by name (a container named ``worker`` changes the worker container);
+    other lists are replaced.
+
+    >>> base = {"metadata": {"labels": {"a": "1"}}, "spec": {"containers": [{"name": "worker",
+    ...         "image": "x", "env": [{"name": "A", "value": "1"}]}]}}
+    >>> over = {"metadata": {"labels": {"b": "2"}}, "spec": {"containers": [{"name": "worker",
+    ...         "env": [{"name": "B", "value": "2"}]}, {"name": "sidecar", "image": "y"}]}}
+    >>> out = merge_pod_template(base, over)
+    >>> out["metadata"]["labels"], [c["name"] for c in out["spec"]["containers"]]
+    ({'a': '1', 'b': '2'}, ['worker', 'sidecar'])
+    >>> [e["name"] for e in out["spec"]["containers"][0]["env"]]
+    ['A', 'B']
+    """
+    if not overlay:
+        return template
+    out = copy.deepcopy(template)
+    meta = overlay.get("metadata") or {}
+    for key in ("labels", "annotations"):
+        if meta.get(key):
+            out["metadata"].setdefault(key, {}).update(meta[key])
+    ospec = overlay.get("spec") or {}
+    for key, value in ospec.items():
+        if key in ("containers", "initContainers", "volumes"):
+            out["spec"][key] = _merge_named(out["spec"].get(key, []), value)
+        elif key in out["spec"]:
+            out["spec"][key] = _deep_merge(out["spec"][key], value)
+        else:
+            out["spec"][key] = copy.deepcopy(value)
+    # The selector label must stay, whatever the overlay says.
+    own = (template.get("metadata") or {}).get("labels", {}).get(LABEL_DATAFLOW)
+    if own:
+        out["metadata"]["labels"][LABEL_DATAFLOW] = own
+    return out
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    """A short hash of a pod template, ignoring the replica count (that is a rescale).
+
+    >>> from headrace_operator.spec import parse_spec
+    >>> s1 = parse_spec({"image": "a", "flow": {"import": "m:f"}, "replicas": 1})
+    >>> s2 = parse_spec({"image": "a", "flow": {"import": "m:f"}, "replicas": 2})
+    >>> o = Owner("wc", "ns", "u")
+    >>> t = lambda s: build_statefulset(s, o)["spec"]["template"]
+    >>> template_hash(t(s1)) == template_hash(t(s2))
+    True
+    """
+    t = copy.deepcopy(template)
+    t["metadata"].get("annotations", {}).pop(ANN_TEMPLATE_HASH, None)
+    for c in t["spec"].get("containers", []):
+        c["env"] = [e for e in c.get("env", []) if e.get("name") != REPLICAS_ENV]
+    blob = json.dumps(t, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def build_statefulset(spec: DataflowSpec, owner: Owner, replicas: int | None = None
+                      ) -> dict[str, Any]:
+    """The worker StatefulSet; ``replicas`` overrides spec.replicas (0 while stopped).
+
+    Annotations record what is deployed (template hash, spec, replicas,
+    nonces) so the operator compares desired and deployed state from the
+    cluster alone.
+    """
+    template = _pod_template(spec, owner)
+    thash = template_hash(template)
+    template["metadata"]["annotations"][ANN_TEMPLATE_HASH] = thash
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "labels": labels(owner.name),
+            "annotations": {
+                ANN_TEMPLATE_HASH: thash,
+                ANN_SPEC: json.dumps(to_json(spec), sort_keys=True, separators=(",", ":")),
+                ANN_REPLICAS: str(spec.replicas),
+                ANN_RESTART_NONCE: str(spec.restart_nonce),
+                ANN_RESET_NONCE: str(spec.reset_state_nonce),
+                ANN_GENERATION: str(owner.generation),
+            },
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "replicas": spec.replicas if replicas is None else replicas,
+            "serviceName": owner.name,
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "OnDelete"},
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector(owner.name)},
+            "template": template,
+        },
+    }
+
+
+def build_service(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
+    """The headless Service giving each pod a stable DNS name.
+
+    >>> from headrace_operator.spec import parse_spec
+    >>> svc = build_service(parse_spec({"image": "i", "flow": {"import": "m:f"}}), Owner("wc", "ns", "u"))
+    >>> svc["spec"]["clusterIP"], svc["spec"]["publishNotReadyAddresses"]
+    ('None', True)
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "labels": labels(owner.name),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "clusterIP": "None",
+            # Peers must resolve each other before any is Ready (readiness needs the peers).
+            "publishNotReadyAddresses": True,
+            "selector": selector(owner.name),
+            "ports": [
+                {"name": "cluster", "port": CLUSTER_PORT, "targetPort": "cluster",
+                 "protocol": "TCP"},
+                {"name": "metrics", "port": spec.observability.metrics_port,
+                 "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def build_pod_monitor(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
+    """The Prometheus Operator PodMonitor scraping every worker.
+
+    >>> from headrace_operator.spec import parse_spec
+    >>> s = parse_spec({"image": "i", "flow": {"import": "m:f"},
+    ...                 "observability": {"podMonitor": {"enabled": True,
+    ...                                                  "labels": {"release": "prom"}}}})
+    >>> build_pod_monitor(s, Owner("wc", "ns", "u"))["metadata"]["labels"]["release"]
+    'prom'
+    """
+    pm = spec.observability.pod_monitor
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": {
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "labels": {**labels(owner.name), **pm.labels},
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "selector": {"matchLabels": selector(owner.name)},
+            "podMetricsEndpoints": [{
+                "port": "metrics",
+                "path": "/metrics",
+                "interval": pm.interval,
+            }],
+        },
+    }
+
+
+def _span(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def pod_assignment(replicas: int, workers_per_process: int, key_groups: int,
+                   limit: int = 64) -> list[dict[str, Any]]:
+    """Key groups owned by each pod (the runtime's contiguous ranges), first ``limit`` pods.
+
+    >>> pod_assignment(2, 2, 8)
+    [{'pod': 0, 'workers': '0-1', 'keyGroups': '0-3'}, {'pod': 1, 'workers': '2-3', 'keyGroups': '4-7'}]
+    """
+    from headrace._engine._hash import group_owner
+
+    workers = replicas * workers_per_process
+    owners = [group_owner(g, key_groups, workers) for g in range(key_groups)]
+    out = []
+    for pod in range(min(replicas, limit)):
+        w0, w1 = pod * workers_per_process, (pod + 1) * workers_per_process - 1
+        groups = [g for g, w in enumerate(owners) if w0 <= w <= w1]
+        out.append({
+            "pod": pod,
+            "workers": _span(w0, w1),
+            "keyGroups": _span(groups[0], groups[-1]) if groups else "",
+        })
+    return out

@@ -1,0 +1,935 @@
+"""The typed `Dataflow` spec: defaults, validation, and the schema they generate.
+
+One source of truth: the dataclasses below carry every field's JSON name,
+description, default and constraints, `crd.py` turns them into the CRD's
+``openAPIV3Schema`` and `parse_spec` applies the same defaults and checks in
+Python (the API server may be older than the CEL rules, and the operator must
+never trust its input). Cross-field rules exist twice on purpose: as CEL in
+the CRD (`CEL_RULES`, rejected at ``kubectl apply``) and as `validate` here
+(reported as a ``ValidationError`` event while the last valid spec keeps
+running).
+
+>>> spec = parse_spec({"image": "app:1", "flow": {"import": "app.flows:wordcount"}})
+>>> spec.replicas, spec.partitions, spec.upgrade_mode
+(1, 256, 'last-state')
+>>> spec.autoscaler.effective_mode(spec.scaling.mode)
+'off'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+__all__ = [
+    "CEL_RULES",
+    "AutoscalerSpec",
+    "DataflowSpec",
+    "SpecError",
+    "duration_seconds",
+    "parse_spec",
+    "prune",
+    "unknown_fields",
+]
+
+Raw = dict[str, Any]
+"""A Kubernetes-native structure passed through as is (``x-kubernetes-preserve-unknown-fields``)."""
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# A module path, optionally ':attr' or ':factory(args)', or a file path with ':attr'.
+_IMPORT_RE = re.compile(r"^[A-Za-z_./][\w./-]*(:[A-Za-z_]\w*(\(.*\))?)?$")
+_ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+
+
+class SpecError(ValueError):
+    """A `Dataflow` spec that can't run; ``problems`` lists each ``(path, message)``.
+
+    >>> err = SpecError([("spec.replicas", "must be >= 1")])
+    >>> str(err)
+    'spec.replicas: must be >= 1'
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{p}: {m}" for p, m in problems))
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration such as ``"90s"``, ``"15m"``, ``"1h30m"`` or ``"250ms"``.
+
+    >>> duration_seconds("1h30m"), duration_seconds("250ms"), duration_seconds("2.5s")
+    (5400.0, 0.25, 2.5)
+    >>> duration_seconds("10")
+    Traceback (most recent call last):
+    ...
+    ValueError: '10' is not a duration: write a number with a unit, e.g. '10s', '15m', '1h'
+    """
+    if not isinstance(text, str) or not re.fullmatch(DURATION_PATTERN, text):
+        msg = f"{text!r} is not a duration: write a number with a unit, e.g. '10s', '15m', '1h'"
+        raise ValueError(msg)
+    return sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(text))
+
+
+def _m(
+    *,
+    name: str,
+    doc: str,
+    required: bool = False,
+    raw: str | None = None,
+    extra: dict[str, Any] | None = None,
+    **schema: Any,
+) -> dict[str, Any]:
+    """A spec field's metadata: JSON ``name``, ``doc`` and OpenAPI constraints."""
+    return {"json": name, "doc": doc, "required": required, "raw": raw, "schema": {**schema, **(extra or {})}}
+
+
+# ------------------------------------------------------------------ spec model
+
+
+@dataclass
+class LocalObjectReference:
+    """A reference to an object in the same namespace by name."""
+
+    name: str = field(
+        default="", metadata=_m(name="name", doc="Name of the referent.", required=True, minLength=1)
+    )
+
+
+@dataclass
+class FlowSpec:
+    """What to run: ``python -m headrace.run <import> <args...>``."""
+
+    import_str: str = field(
+        default="",
+        metadata=_m(
+            name="import",
+            required=True,
+            minLength=1,
+            maxLength=1024,
+            doc="Import string of the dataflow: 'pkg.mod:flow', 'pkg.mod:factory(1)', 'pkg.mod' "
+            "(its 'flow' attribute) or 'path/to/file.py:flow'.",
+        ),
+    )
+    args: list[str] = field(
+        default_factory=list,
+        metadata=_m(
+            name="args", doc="Extra arguments for `python -m headrace.run`, after the import string."
+        ),
+    )
+    env: list[Raw] = field(
+        default_factory=list,
+        metadata=_m(
+            name="env", raw="array", doc="Environment variables of the worker container (core/v1 EnvVar)."
+        ),
+    )
+    env_from: list[Raw] = field(
+        default_factory=list,
+        metadata=_m(
+            name="envFrom", raw="array", doc="Sources of environment variables (core/v1 EnvFromSource)."
+        ),
+    )
+
+
+@dataclass
+class SecretKeyRef:
+    """A key of a Secret in the Dataflow's namespace."""
+
+    name: str = field(
+        default="", metadata=_m(name="name", required=True, minLength=1, doc="Name of the Secret.")
+    )
+    key: str = field(
+        default="url", metadata=_m(name="key", minLength=1, doc="Key in the Secret holding the value.")
+    )
+
+
+@dataclass
+class RecoverySpec:
+    """Where epoch snapshots live (Redis)."""
+
+    url: str | None = field(
+        default=None,
+        metadata=_m(
+            name="url",
+            pattern=r"^(redis|rediss|unix)://.+",
+            doc="Redis URL (redis://host:port/db, rediss://..., unix://...). "
+            "Prefer secretRef when it holds a password.",
+        ),
+    )
+    secret_ref: SecretKeyRef | None = field(
+        default=None, metadata=_m(name="secretRef", doc="Secret key holding the Redis URL.")
+    )
+    key_prefix: str | None = field(
+        default=None,
+        metadata=_m(
+            name="keyPrefix",
+            maxLength=253,
+            doc="Key prefix of this dataflow's state in Redis (default: '<namespace>/<name>').",
+        ),
+    )
+    snapshot_interval: str = field(
+        default="10s",
+        metadata=_m(
+            name="snapshotInterval",
+            doc="Epoch length: a snapshot is committed this often.",
+            pattern=DURATION_PATTERN,
+        ),
+    )
+    backup_interval: str | None = field(
+        default=None,
+        metadata=_m(
+            name="backupInterval",
+            doc="How much snapshot history Redis keeps before compacting it (runtime default if unset).",
+            pattern=DURATION_PATTERN,
+        ),
+    )
+    retention: str | None = field(
+        default=None,
+        metadata=_m(
+            name="retention",
+            doc="When the Dataflow is deleted and its state kept, let the state expire after "
+            "this long (default: keep forever).",
+            pattern=DURATION_PATTERN,
+        ),
+    )
+
+
+@dataclass
+class DeletionSpec:
+    """What happens to state when the Dataflow is deleted."""
+
+    snapshot: bool = field(
+        default=True,
+        metadata=_m(
+            name="snapshot",
+            doc="Stop at an epoch barrier (committing a final snapshot) before deleting the pods.",
+        ),
+    )
+    delete_state: bool = field(
+        default=False,
+        metadata=_m(name="deleteState", doc="Delete the dataflow's Redis state after stopping."),
+    )
+
+
+@dataclass
+class BackoffSpec:
+    """Growing delay between operator-initiated restarts of an unhealthy dataflow."""
+
+    initial_delay: str = field(
+        default="10s",
+        metadata=_m(name="initialDelay", doc="Delay before the first restart.", pattern=DURATION_PATTERN),
+    )
+    max_delay: str = field(
+        default="10m", metadata=_m(name="maxDelay", doc="Upper bound of the delay.", pattern=DURATION_PATTERN)
+    )
+    multiplier: float = field(
+        default=2.0,
+        metadata=_m(
+            name="multiplier",
+            minimum=1.0,
+            maximum=10.0,
+            doc="Factor applied to the delay after each restart.",
+        ),
+    )
+
+
+@dataclass
+class RestartPolicySpec:
+    """Crash-loop handling: coordinated restarts with a growing delay."""
+
+    backoff: BackoffSpec = field(
+        default_factory=BackoffSpec,
+        metadata=_m(name="backoff", doc="Delay between restarts (grows by multiplier)."),
+    )
+    max_restarts: int = field(
+        default=0,
+        metadata=_m(
+            name="maxRestarts",
+            minimum=0,
+            doc="Restarts in a row before the phase becomes Failed and the "
+            "operator stops restarting (0: never give up).",
+        ),
+    )
+    reset_after: str = field(
+        default="10m",
+        metadata=_m(
+            name="resetAfter",
+            doc="Healthy time after which the restart count goes back to 0.",
+            pattern=DURATION_PATTERN,
+        ),
+    )
+    stop_timeout: str = field(
+        default="2m",
+        metadata=_m(
+            name="stopTimeout",
+            doc="How long a coordinated stop may take: pods' termination grace period.",
+            pattern=DURATION_PATTERN,
+        ),
+    )
+
+
+@dataclass
+class HealthCheckSpec:
+    """When the operator deems a running dataflow unhealthy and restarts it."""
+
+    enabled: bool = field(default=True, metadata=_m(name="enabled", doc="Restart unhealthy dataflows."))
+    ready_timeout: str = field(
+        default="5m",
+        metadata=_m(
+            name="readyTimeout",
+            doc="All pods must be Ready this long after a start.",
+            pattern=DURATION_PATTERN,
+        ),
+    )
+    progress_timeout: str = field(
+        default="10m",
+        metadata=_m(
+            name="progressTimeout",
+            doc="With recovery, a snapshot must commit at least this often while Running.",
+            pattern=DURATION_PATTERN,
+        ),
+    )
+    restart_threshold: int = field(
+        default=3,
+        metadata=_m(
+            name="restartThreshold",
+            minimum=1,
+            doc="Container restarts within restartWindow that count as a crash loop.",
+        ),
+    )
+    restart_window: str = field(
+        default="10m",
+        metadata=_m(name="restartWindow", doc="Window for restartThreshold.", pattern=DURATION_PATTERN),
+    )
+
+
+@dataclass
+class ScalingSpec:
+    """Who owns spec.replicas."""
+
+    mode: str = field(
+        default="manual",
+        metadata=_m(
+            name="mode",
+            enum=["manual", "external", "auto"],
+            doc="manual: you (kubectl scale); external: an HPA or KEDA through the "
+            "scale subresource; auto: the built-in autoscaler.",
+        ),
+    )
+
+
+@dataclass
+class AutoscalerSpec:
+    """The built-in autoscaler (see docs/operator-internals.md for the algorithm).
+
+    >>> AutoscalerSpec().effective_mode("auto"), AutoscalerSpec().effective_mode("manual")
+    ('apply', 'off')
+    """
+
+    mode: str | None = field(
+        default=None,
+        metadata=_m(
+            name="mode",
+            enum=["off", "recommend", "apply"],
+            doc="off; recommend (status and events only); apply (needs "
+            "scaling.mode auto). Default: apply when scaling.mode is auto, "
+            "else off.",
+        ),
+    )
+    min_replicas: int = field(
+        default=1, metadata=_m(name="minReplicas", minimum=1, doc="Lower bound of replicas.")
+    )
+    max_replicas: int = field(
+        default=10, metadata=_m(name="maxReplicas", minimum=1, doc="Upper bound of replicas.")
+    )
+    target_utilization: float = field(
+        default=0.7,
+        metadata=_m(
+            name="targetUtilization",
+            minimum=0.05,
+            maximum=1.0,
+            doc="Busy fraction the workers should run at.",
+        ),
+    )
+    utilization_boundary: float = field(
+        default=0.3,
+        metadata=_m(
+            name="utilizationBoundary",
+            minimum=0.0,
+            maximum=1.0,
+            doc="Dead band: no change while utilization is within "
+            "target +- boundary and the backlog does not grow.",
+        ),
+    )
+    metrics_window: str = field(
+        default="15m",
+        metadata=_m(
+            name="metricsWindow", doc="Window over which rates are averaged.", pattern=DURATION_PATTERN
+        ),
+    )
+    evaluation_interval: str = field(
+        default="30s",
+        metadata=_m(
+            name="evaluationInterval",
+            doc="How often metrics are scraped and a decision made.",
+            pattern=DURATION_PATTERN,
+        ),
+    )
+    stabilization_window: str = field(
+        default="5m",
+        metadata=_m(
+            name="stabilizationWindow",
+            doc="No decisions this long after any (re)start.",
+            pattern=DURATION_PATTERN,
+        ),
+    )
+    scale_down_delay: str = field(
+        default="1h",
+        metadata=_m(
+            name="scaleDownDelay",
+            doc="A scale-down must be wanted this long; requests within it merge.",
+            pattern=DURATION_PATTERN,
+        ),
+    )
+    max_scale_up_factor: float = field(
+        default=4.0,
+        metadata=_m(
+            name="maxScaleUpFactor", minimum=0.0, doc="At most current x (1 + factor) replicas per step."
+        ),
+    )
+    max_scale_down_factor: float = field(
+        default=0.6,
+        metadata=_m(
+            name="maxScaleDownFactor",
+            minimum=0.0,
+            maximum=0.99,
+            doc="At most current x factor fewer replicas per step.",
+        ),
+    )
+    catch_up_duration: str = field(
+        default="30m",
+        metadata=_m(
+            name="catchUpDuration",
+            doc="Size for draining the current backlog within this long.",
+            pattern=DURATION_PATTERN,
+        ),
+    )
+    align_partitions: bool = field(
+        default=True,
+        metadata=_m(
+            name="alignPartitions", doc="Prefer replica counts whose workers divide partitions evenly."
+        ),
+    )
+
+    def effective_mode(self, scaling_mode: str) -> str:
+        """The mode in force: ``mode`` if set, else apply under auto scaling, else off."""
+        if self.mode is not None:
+            return self.mode
+        return "apply" if scaling_mode == "auto" else "off"
+
+
+@dataclass
+class PodMonitorSpec:
+    """A Prometheus Operator PodMonitor for the workers."""
+
+    enabled: bool = field(
+        default=False,
+        metadata=_m(name="enabled", doc="Create a PodMonitor (needs the Prometheus Operator's CRDs)."),
+    )
+    labels: dict[str, str] = field(
+        default_factory=dict,
+        metadata=_m(name="labels", doc="Extra labels, e.g. the one your Prometheus selects."),
+    )
+    interval: str = field(
+        default="30s", metadata=_m(name="interval", doc="Scrape interval.", pattern=DURATION_PATTERN)
+    )
+
+
+@dataclass
+class ObservabilitySpec:
+    """Metrics, logs and traces of the workers."""
+
+    metrics_port: int = field(
+        default=3030,
+        metadata=_m(
+            name="metricsPort",
+            minimum=1,
+            maximum=65535,
+            doc="Port of /metrics, /dataflow, /healthz and /readyz.",
+        ),
+    )
+    pod_monitor: PodMonitorSpec = field(
+        default_factory=PodMonitorSpec, metadata=_m(name="podMonitor", doc="PodMonitor settings.")
+    )
+    log_level: str = field(
+        default="INFO",
+        metadata=_m(name="logLevel", enum=["DEBUG", "INFO", "WARNING", "ERROR"], doc="Worker log level."),
+    )
+    log_format: str = field(
+        default="json", metadata=_m(name="logFormat", enum=["json", "text"], doc="Worker log format.")
+    )
+    otlp_endpoint: str | None = field(
+        default=None,
+        metadata=_m(
+            name="otlpEndpoint",
+            doc="OpenTelemetry collector endpoint for traces (sets OTEL_EXPORTER_OTLP_ENDPOINT).",
+        ),
+    )
+
+
+@dataclass
+class DataflowSpec:
+    """The desired state of a `Dataflow`."""
+
+    image: str = field(
+        default="",
+        metadata=_m(
+            name="image",
+            required=True,
+            minLength=1,
+            doc="Container image holding Python, headrace and the dataflow's code.",
+        ),
+    )
+    image_pull_policy: str = field(
+        default="IfNotPresent",
+        metadata=_m(
+            name="imagePullPolicy",
+            enum=["Always", "IfNotPresent", "Never"],
+            doc="Image pull policy of the worker container.",
+        ),
+    )
+    image_pull_secrets: list[LocalObjectReference] = field(
+        default_factory=list, metadata=_m(name="imagePullSecrets", doc="Secrets for pulling the image.")
+    )
+    flow: FlowSpec = field(
+        default_factory=FlowSpec, metadata=_m(name="flow", required=True, doc="The dataflow to run.")
+    )
+    replicas: int = field(
+        default=1,
+        metadata=_m(
+            name="replicas", minimum=1, maximum=10000, doc="Pods (processes); the scale subresource's target."
+        ),
+    )
+    workers_per_process: int = field(
+        default=1,
+        metadata=_m(name="workersPerProcess", minimum=1, maximum=256, doc="Worker threads per pod."),
+    )
+    partitions: int = field(
+        default=256,
+        metadata=_m(
+            name="partitions",
+            minimum=1,
+            maximum=65536,
+            doc="Key groups: the unit of state placement and rescale. Fixed at creation.",
+        ),
+    )
+    state: str = field(
+        default="running",
+        metadata=_m(
+            name="state",
+            enum=["running", "suspended"],
+            doc="running, or suspended (stop at an epoch barrier, keep state).",
+        ),
+    )
+    upgrade_mode: str = field(
+        default="last-state",
+        metadata=_m(
+            name="upgradeMode",
+            enum=["stateless", "snapshot", "last-state"],
+            doc="stateless: start with empty state; snapshot: require a fresh "
+            "snapshot at the stop barrier (else fall back to last-state); "
+            "last-state: resume from the last committed epoch.",
+        ),
+    )
+    restart_nonce: int = field(
+        default=0,
+        metadata=_m(name="restartNonce", doc="Change to restart all pods (coordinated stop and start)."),
+    )
+    snapshot_nonce: int = field(
+        default=0, metadata=_m(name="snapshotNonce", doc="Change to wait for a fresh snapshot and report it.")
+    )
+    reset_state_nonce: int = field(
+        default=0,
+        metadata=_m(name="resetStateNonce", doc="Change to stop, delete the Redis state, and start fresh."),
+    )
+    recovery: RecoverySpec | None = field(
+        default=None,
+        metadata=_m(name="recovery", doc="Snapshot store. Without it state is lost on every restart."),
+    )
+    deletion: DeletionSpec = field(
+        default_factory=DeletionSpec, metadata=_m(name="deletion", doc="Behaviour on deletion.")
+    )
+    restart_policy: RestartPolicySpec = field(
+        default_factory=RestartPolicySpec, metadata=_m(name="restartPolicy", doc="Crash-loop handling.")
+    )
+    health_check: HealthCheckSpec = field(
+        default_factory=HealthCheckSpec,
+        metadata=_m(name="healthCheck", doc="Health checks of a running dataflow."),
+    )
+    scaling: ScalingSpec = field(
+        default_factory=ScalingSpec, metadata=_m(name="scaling", doc="Who owns spec.replicas.")
+    )
+    autoscaler: AutoscalerSpec = field(
+        default_factory=AutoscalerSpec, metadata=_m(name="autoscaler", doc="Built-in autoscaler settings.")
+    )
+    resources: Raw = field(
+        default_factory=dict,
+        metadata=_m(
+            name="resources", raw="object", doc="Worker container resources (core/v1 ResourceRequirements)."
+        ),
+    )
+    pod_template: Raw = field(
+        default_factory=dict,
+        metadata=_m(
+            name="podTemplate",
+            raw="object",
+            doc="Merged into the pod template: metadata.labels/annotations, "
+            "spec fields, extra containers and volumes; a container named "
+            "'worker' is merged into the worker container.",
+        ),
+    )
+    node_selector: dict[str, str] = field(
+        default_factory=dict, metadata=_m(name="nodeSelector", doc="Pod node selector.")
+    )
+    tolerations: list[Raw] = field(
+        default_factory=list, metadata=_m(name="tolerations", raw="array", doc="Pod tolerations.")
+    )
+    affinity: Raw = field(
+        default_factory=dict, metadata=_m(name="affinity", raw="object", doc="Pod affinity.")
+    )
+    service_account_name: str | None = field(
+        default=None, metadata=_m(name="serviceAccountName", doc="Service account of the worker pods.")
+    )
+    observability: ObservabilitySpec = field(
+        default_factory=ObservabilitySpec, metadata=_m(name="observability", doc="Metrics, logs and traces.")
+    )
+
+
+# CEL rules: (path of the object carrying the rule, rule, message).
+CEL_RULES: list[tuple[str, str, str]] = [
+    (
+        "spec",
+        "self.replicas * self.workersPerProcess <= self.partitions",
+        "replicas x workersPerProcess must not exceed partitions (key groups): lower replicas "
+        "or workersPerProcess (partitions can't change after creation)",
+    ),
+    (
+        "spec",
+        "!has(self.autoscaler) || !has(self.autoscaler.mode) || "
+        "self.autoscaler.mode != 'apply' || (has(self.scaling) && self.scaling.mode == "
+        "'auto')",
+        "autoscaler.mode 'apply' needs scaling.mode 'auto'; use 'recommend' to only see recommendations",
+    ),
+    (
+        "spec.partitions",
+        "self == oldSelf",
+        "partitions is immutable: state is placed by key group; create a new Dataflow (or reset "
+        "its state) to change it",
+    ),
+    # has(): the API server also checks the bare default {} against this rule.
+    (
+        "spec.autoscaler",
+        "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+        "autoscaler.minReplicas must be <= autoscaler.maxReplicas",
+    ),
+    (
+        "spec.recovery",
+        "has(self.url) != has(self.secretRef)",
+        "set exactly one of recovery.url and recovery.secretRef",
+    ),
+]
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def _origin(tp: Any) -> tuple[Any, tuple[Any, ...]]:
+    return typing.get_origin(tp), typing.get_args(tp)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin, args = _origin(tp)
+    if origin in (Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def hints(cls: type) -> dict[str, Any]:
+    """Resolved type hints of a spec dataclass (cached).
+
+    >>> hints(SecretKeyRef)["name"]
+    <class 'str'>
+    """
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _type_name(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp):
+        return "an object"
+    origin, _ = _origin(tp)
+    if origin is list:
+        return "a list"
+    if origin is dict or tp is dict:
+        return "an object"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    inner, optional = _strip_optional(tp)
+    if value is None:
+        if not optional:
+            problems.append((path, f"must be {_type_name(inner)}, not null"))
+        return None
+    if dataclasses.is_dataclass(inner):
+        return _parse_obj(inner, value, path, problems)  # type: ignore[arg-type]
+    origin, args = _origin(inner)
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append((path, f"must be a list; got {value!r}"))
+            return []
+        return [_convert(args[0], v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append((path, f"must be an object; got {value!r}"))
+            return {}
+        if args[1] is Any:
+            return value
+        return {k: _convert(args[1], v, f"{path}.{k}", problems) for k, v in value.items()}
+    if inner is bool:
+        if not isinstance(value, bool):
+            problems.append((path, f"must be true or false; got {value!r}"))
+        return value
+    if inner is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append((path, f"must be an integer; got {value!r}"))
+        return value
+    if inner is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append((path, f"must be a number; got {value!r}"))
+            return value
+        return float(value)
+    if inner is str and not isinstance(value, str):
+        problems.append((path, f"must be a string; got {value!r}"))
+    return value
+
+
+def _check_schema(meta: dict[str, Any], value: Any, path: str, problems: list[tuple[str, str]]) -> None:
+    s = meta["schema"]
+    if value is None:
+        return
+    if "enum" in s and value not in s["enum"]:
+        problems.append((path, f"must be one of {', '.join(map(repr, s['enum']))}; got {value!r}"))
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if "minimum" in s and value < s["minimum"]:
+            problems.append((path, f"must be >= {s['minimum']}; got {value}"))
+        if "maximum" in s and value > s["maximum"]:
+            problems.append((path, f"must be <= {s['maximum']}; got {value}"))
+    if isinstance(value, str):
+        if "minLength" in s and len(value) < s["minLength"]:
+            problems.append((path, "must not be empty"))
+        if "maxLength" in s and len(value) > s["maxLength"]:
+            problems.append((path, f"must be at most {s['maxLength']} characters"))
+        if "pattern" in s and not re.search(s["pattern"], value):
+            if s["pattern"] == DURATION_PATTERN:
+                problems.append((path, f"{value!r} is not a duration: write e.g. '10s', '15m', '1h30m'"))
+            else:
+                problems.append((path, f"{value!r} does not match {s['pattern']}"))
+
+
+def _parse_obj(cls: type, data: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    if not isinstance(data, dict):
+        problems.append((path, f"must be an object; got {data!r}"))
+        data = {}
+    fields = {f.metadata["json"]: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            problems.append((f"{path}.{key}", _unknown_msg(key, fields)))
+    kwargs: dict[str, Any] = {}
+    th = hints(cls)
+    for jname, f in fields.items():
+        fpath = f"{path}.{jname}"
+        if jname not in data:
+            if f.metadata["required"]:
+                problems.append((fpath, "is required"))
+            continue
+        value = _convert(th[f.name], data[jname], fpath, problems)
+        _check_schema(dict(f.metadata), value, fpath, problems)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _unknown_msg(key: str, fields: dict[str, Any]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(fields), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(fields)}"
+    return f"unknown field: {hint}"
+
+
+def unknown_fields(cls: Any, data: Any, path: str = "spec") -> list[str]:
+    """Paths of fields in ``data`` that ``cls`` does not declare (the API server prunes them).
+
+    Raw Kubernetes structures (resources, podTemplate, env, ...) are not looked into.
+
+    >>> unknown_fields(DataflowSpec, {"image": "x", "replcas": 3, "flow": {"improt": "a"}})
+    ['spec.replcas', 'spec.flow.improt']
+    """
+    out: list[str] = []
+    if not isinstance(data, dict):
+        return out
+    fields = {f.metadata["json"]: f for f in dataclasses.fields(cls)}
+    th = hints(cls)
+    for key, value in data.items():
+        f = fields.get(key)
+        if f is None:
+            out.append(f"{path}.{key}")
+            continue
+        inner, _ = _strip_optional(th[f.name])
+        origin, args = _origin(inner)
+        if dataclasses.is_dataclass(inner):
+            out += unknown_fields(inner, value, f"{path}.{key}")
+        elif origin is list and args and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
+            for i, item in enumerate(value):
+                out += unknown_fields(args[0], item, f"{path}.{key}[{i}]")
+    return out
+
+
+def prune(cls: Any, data: Any) -> Any:
+    """``data`` without the fields ``cls`` does not declare (what the API server keeps).
+
+    >>> prune(DataflowSpec, {"image": "x", "replcas": 3, "flow": {"import": "a", "x": 1}})
+    {'image': 'x', 'flow': {'import': 'a'}}
+    """
+    if not isinstance(data, dict):
+        return data
+    fields = {f.metadata["json"]: f for f in dataclasses.fields(cls)}
+    th = hints(cls)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        f = fields.get(key)
+        if f is None:
+            continue
+        inner, _ = _strip_optional(th[f.name])
+        origin, args = _origin(inner)
+        if dataclasses.is_dataclass(inner):
+            out[key] = prune(inner, value)
+        elif origin is list and args and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
+            out[key] = [prune(args[0], v) for v in value]
+        else:
+            out[key] = value
+    return out
+
+
+def parse_spec(data: Any) -> DataflowSpec:
+    """Parse and validate a Dataflow's ``spec``; raise `SpecError` listing every problem.
+
+    >>> parse_spec({"image": "app:1", "flow": {"import": "app:flow"}, "replicas": 0})
+    Traceback (most recent call last):
+    ...
+    headrace_operator.spec.SpecError: spec.replicas: must be >= 1; got 0
+    """
+    problems: list[tuple[str, str]] = []
+    spec = _parse_obj(DataflowSpec, data, "spec", problems)
+    if not problems:
+        problems += validate(spec)
+    if problems:
+        raise SpecError(problems)
+    return typing.cast(DataflowSpec, spec)
+
+
+def validate(spec: DataflowSpec) -> list[tuple[str, str]]:
+    """Cross-field checks (the CEL rules, and what CEL can't say); ``[]`` when valid.
+
+    >>> s = parse_spec({"image": "a", "flow": {"import": "m:f"}})
+    >>> s.replicas = 300
+    >>> validate(s)
+    [('spec.replicas', 'replicas x workersPerProcess = 300 exceeds partitions = 256: ...')]
+    """
+    p: list[tuple[str, str]] = []
+    if spec.replicas * spec.workers_per_process > spec.partitions:
+        p.append(
+            (
+                "spec.replicas",
+                f"replicas x workersPerProcess = {spec.replicas * spec.workers_per_process} "
+                f"exceeds partitions = {spec.partitions}: every worker needs at least one "
+                "key group; lower replicas or workersPerProcess",
+            )
+        )
+    a = spec.autoscaler
+    if a.min_replicas > a.max_replicas:
+        p.append(
+            ("spec.autoscaler.minReplicas", f"minReplicas {a.min_replicas} > maxReplicas {a.max_replicas}")
+        )
+    if a.mode == "apply" and spec.scaling.mode != "auto":
+        p.append(
+            (
+                "spec.autoscaler.mode",
+                f"'apply' needs scaling.mode 'auto' (it is {spec.scaling.mode!r}); use "
+                "'recommend' to only see recommendations",
+            )
+        )
+    if not _IMPORT_RE.match(spec.flow.import_str.strip()):
+        p.append(
+            (
+                "spec.flow.import",
+                f"{spec.flow.import_str!r} is not an import string: write 'pkg.module:flow' "
+                "(or 'pkg.module:factory(args)', 'path/to/file.py:flow')",
+            )
+        )
+    r = spec.recovery
+    if r is not None:
+        if (r.url is None) == (r.secret_ref is None):
+            p.append(("spec.recovery", "set exactly one of recovery.url and recovery.secretRef"))
+        if r.backup_interval is not None and duration_seconds(r.backup_interval) < duration_seconds(
+            r.snapshot_interval
+        ):
+            p.append(
+                (
+                    "spec.recovery.backupInterval",
+                    "must be at least snapshotInterval (it is a span of snapshot history)",
+                )
+            )
+        if duration_seconds(r.snapshot_interval) <= 0:
+            p.append(("spec.recovery.snapshotInterval", "must be greater than 0"))
+    for i, env in enumerate(spec.flow.env):
+        name = env.get("name") if isinstance(env, dict) else None
+        if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+            p.append((f"spec.flow.env[{i}].name", f"{name!r} is not a valid environment variable name"))
+    b = spec.restart_policy.backoff
+    if duration_seconds(b.initial_delay) > duration_seconds(b.max_delay):
+        p.append(("spec.restartPolicy.backoff", "initialDelay must not be longer than maxDelay"))
+    if not math.isfinite(spec.autoscaler.max_scale_up_factor):
+        p.append(("spec.autoscaler.maxScaleUpFactor", "must be a finite number"))
+    return p
+
+
+def to_json(obj: Any) -> Any:
+    """A spec dataclass back as the JSON the API server stores (``None`` fields left out).
+
+    >>> to_json(SecretKeyRef(name="redis"))
+    {'name': 'redis', 'key': 'url'}
+    """
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value is not None:
+                out[f.metadata["json"]] = to_json(value)
+        return out
+    if isinstance(obj, list):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_json(v) for k, v in obj.items()}
+    return obj

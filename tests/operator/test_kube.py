@@ -1,0 +1,67 @@
+"""The operator's I/O that needs no Kubernetes: Redis (a real server) and worker scraping."""
+
+from __future__ import annotations
+
+import redis
+
+from headrace._engine._serve import EndpointServer, Readiness
+from headrace._engine._store import open_store
+from headrace_operator import _kube
+from headrace_operator.autoscaler import parse_metrics
+from headrace_operator.status import PodInfo
+from tests.servers import RedisServer, free_port
+
+
+def _commit_some_state(url: str, prefix: str) -> None:
+    store = open_store(url, prefix)
+    store.start_execution(worker_count=4, key_groups=64)
+    n = store.write_epoch(1, [("flow.count", 3, "k", b"v" * 10)])
+    store.commit(1, n)
+    store.close()
+
+
+def test_store_info_reads_what_the_runtime_committed(redis_server: RedisServer) -> None:
+    stores = _kube.Stores()
+    assert stores.info(redis_server.url, "ns/empty") == _kube.StoreInfo(ok=True, exists=False)
+    _commit_some_state(redis_server.url, "ns/wc")
+    info = stores.info(redis_server.url, "ns/wc")
+    assert info.ok and info.exists
+    assert (info.epoch, info.worker_count, info.key_groups) == (1, 4, 64)
+    assert info.epoch_bytes > 0 and info.committed_at > 0
+
+
+def test_store_delete_and_expire(redis_server: RedisServer) -> None:
+    stores = _kube.Stores()
+    _commit_some_state(redis_server.url, "ns/a")
+    _commit_some_state(redis_server.url, "ns/b")
+    assert stores.expire(redis_server.url, "ns/a", 3600) > 0
+    r = redis.Redis.from_url(redis_server.url)
+    ttls = {k.decode(): r.ttl(k) for k in r.keys("*")}
+    assert all(0 < t <= 3600 for k, t in ttls.items() if "{ns/a}" in k)
+    assert all(t == -1 for k, t in ttls.items() if "{ns/b}" in k)
+    assert stores.delete(redis_server.url, "ns/b") > 0
+    assert stores.info(redis_server.url, "ns/b").exists is False
+    assert stores.info(redis_server.url, "ns/a").exists is True
+
+
+def test_unreachable_redis_is_reported_not_raised() -> None:
+    port = free_port()
+    info = _kube.Stores().info(f"redis://127.0.0.1:{port}/0", "ns/wc")
+    assert not info.ok
+    assert "ConnectionError" in info.error or "refused" in info.error
+
+
+def test_scrape_reads_a_worker_endpoint() -> None:
+    srv = EndpointServer("127.0.0.1", 0, lambda: "{}", Readiness())
+    try:
+        pods = [PodInfo("wc-0", 0, ip="127.0.0.1"), PodInfo("wc-1", 1, ip="")]
+        sample = _kube.scrape(pods, srv.port)
+    finally:
+        srv.close()
+    assert list(sample.pods) == ["wc-0"]
+    assert isinstance(sample.pods["wc-0"], type(parse_metrics("")))
+
+
+def test_scrape_leaves_out_pods_that_do_not_answer() -> None:
+    pods = [PodInfo("wc-0", 0, ip="127.0.0.1")]
+    assert _kube.scrape(pods, free_port(), timeout=1.0).pods == {}
