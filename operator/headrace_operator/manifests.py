@@ -415,8 +415,11 @@ def build_pod_monitor(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
     >>> s = parse_spec({"image": "i", "flow": {"import": "m:f"},
     ...                 "observability": {"podMonitor": {"enabled": True,
     ...                                                  "labels": {"release": "prom"}}}})
-    >>> build_pod_monitor(s, Owner("wc", "ns", "u"))["metadata"]["labels"]["release"]
+    >>> pm = build_pod_monitor(s, Owner("wc", "ns", "u"))
+    >>> pm["metadata"]["labels"]["release"]
     'prom'
+    >>> pm["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["targetLabel"]
+    'dataflow'
     """
     pm = spec.observability.pod_monitor
     return {
@@ -434,6 +437,15 @@ def build_pod_monitor(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
                 "port": "metrics",
                 "path": "/metrics",
                 "interval": pm.interval,
+                # The dashboards and alerts select by `dataflow`, `namespace`, `pod`.
+                "relabelings": [
+                    {"action": "replace", "targetLabel": "dataflow",
+                     "sourceLabels": ["__meta_kubernetes_pod_label_headrace_dev_dataflow"]},
+                    {"action": "replace", "targetLabel": "namespace",
+                     "sourceLabels": ["__meta_kubernetes_namespace"]},
+                    {"action": "replace", "targetLabel": "pod",
+                     "sourceLabels": ["__meta_kubernetes_pod_name"]},
+                ],
             }],
         },
     }

@@ -70,8 +70,16 @@ def test_statefulset_service_and_podmonitor_are_valid_objects(spec: Any) -> None
     pm = mf.build_pod_monitor(spec, OWNER)
     # No client model for PodMonitor: check its ObjectMeta and shape by hand.
     strict_model(pm["metadata"], "V1ObjectMeta")
-    assert pm["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics",
-                                                  "interval": "30s"}]
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    assert {k: endpoint[k] for k in ("port", "path", "interval")} == {
+        "port": "metrics", "path": "/metrics", "interval": "30s"}
+    # The labels the dashboards and alerts select by.
+    targets = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+    assert targets == {
+        "dataflow": ["__meta_kubernetes_pod_label_headrace_dev_dataflow"],
+        "namespace": ["__meta_kubernetes_namespace"],
+        "pod": ["__meta_kubernetes_pod_name"],
+    }
     assert pm["metadata"]["labels"]["release"] == "prom"
 
 
