@@ -778,3 +778,23 @@ def test_dockerignore_keeps_what_pip_needs_and_nothing_else() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     for d in re.findall(r'"(\w+)/headrace\w*"', pyproject):
         assert d in kept, d
+
+
+def test_repo_k8s_examples_are_valid_dataflows() -> None:
+    """examples/k8s/*.yaml (e.g. the autoscaled Kafka flow) validate like the chart's."""
+    from headrace_operator.spec import parse_spec
+
+    (crd,) = [d for d in _crd_docs() if d["metadata"]["name"] == "dataflows.headrace.dev"]
+    (version,) = [v for v in crd["spec"]["versions"] if v["storage"]]
+    schema = version["schema"]["openAPIV3Schema"]
+    found = 0
+    for path in sorted((CHART.parents[1] / "examples" / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "Dataflow":
+                continue
+            found += 1
+            errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+            assert errors == [], path.name
+            assert _undeclared(schema, doc, "") == [], path.name
+            parse_spec(doc["spec"])
+    assert found >= 1
