@@ -413,3 +413,32 @@ def test_collect_max_size_must_be_positive(flow: Dataflow) -> None:
     s = op.input("inp", flow, TestingSource([("k", 1)]))
     with pytest.raises(ValueError, match="max_size"):
         op.collect("c", s, timedelta(seconds=1), 0)
+
+
+@pytest.mark.timeout(30)
+def test_notify_at_always_due_does_not_hang_the_run() -> None:
+    from datetime import datetime, timezone
+
+    notified: list[int] = []
+
+    class AlwaysDue(op.StatefulLogic):
+        def on_item(self, value: Any) -> Any:
+            return [value], False
+
+        def on_notify(self) -> Any:
+            notified.append(1)
+            return [], False
+
+        def notify_at(self) -> datetime:
+            return datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+        def snapshot(self) -> None:
+            return None
+
+    flow = Dataflow("due")
+    s = op.input("inp", flow, TestingSource([("a", 1), ("a", 2)]))
+    out: list[Any] = []
+    op.output("out", op.stateful("s", s, lambda _: AlwaysDue()), TestingSink(out))
+    run_main(flow)
+    assert out == [("a", 1), ("a", 2)]
+    assert notified, "the due timer fired"

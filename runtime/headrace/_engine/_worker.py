@@ -66,6 +66,7 @@ F_STOP = 2
 INFLIGHT_LIMIT = 200_000
 
 _EMPTY_COOLDOWN = timedelta(milliseconds=1)
+_MAX_TIMER_ROUNDS = 1000
 _MAX_SLEEP = 0.05
 
 
@@ -325,18 +326,28 @@ class _StatefulRun:
                 else:
                     vs.append(v)
         else:
-            for item in batch:
-                if item.__class__ is not tuple or len(item) != 2:
-                    raise _not_keyed(self.step_id, item)
-                k = item[0]
-                vs = groups.get(k)
-                if vs is None:
-                    if k.__class__ is not str:
-                        raise _not_keyed(self.step_id, item)
-                    groups[k] = [item[1]]
-                else:
-                    vs.append(item[1])
+            # One C-level pass checks every item is a tuple; unpacking then
+            # checks the length, and each new key is checked to be a str.
+            if list(map(type, batch)).count(tuple) != len(batch):
+                self._reject(batch)
+            try:
+                for k, v in batch:
+                    vs = groups.get(k)
+                    if vs is None:
+                        if k.__class__ is not str:
+                            raise _not_keyed(self.step_id, (k, v))
+                        groups[k] = [v]
+                    else:
+                        vs.append(v)
+            except ValueError:
+                self._reject(batch)
         self._process(groups, len(batch), t0)
+
+    def _reject(self, batch: list[Any]) -> None:
+        for item in batch:
+            if item.__class__ is not tuple or len(item) != 2 or item[0].__class__ is not str:
+                raise _not_keyed(self.step_id, item)
+        raise AssertionError("no bad item found")  # pragma: no cover
 
     def deliver(self, payload: Any) -> None:
         """Items (a list) or values already grouped by key (a dict)."""
@@ -408,22 +419,30 @@ class _StatefulRun:
             return
         t0 = time.perf_counter()
         out: list[Any] = []
-        while heap and heap[0][0] <= now:
-            at, _, key = heapq.heappop(heap)
-            if self.timers.get(key) != at:
-                continue
-            del self.timers[key]
-            logic = self.logics.get(key)
-            if logic is None:
-                continue
-            try:
-                ret = logic.on_notify()
-            except Exception as exc:
-                raise BytewaxRuntimeError(
-                    f"error calling `on_notify` in step {self.step_id!r} for key {key!r}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            out.extend(self._apply(key, logic, ret, "on_notify"))
+        # A logic still due after on_notify is notified again (as Bytewax does),
+        # in rounds; the bound keeps one that is always due from hanging the
+        # worker: the rest waits for the next pass of the worker loop.
+        for _round in range(_MAX_TIMER_ROUNDS):
+            if not heap or heap[0][0] > now:
+                break
+            due: list[str] = []
+            while heap and heap[0][0] <= now:
+                at, _, key = heapq.heappop(heap)
+                if self.timers.get(key) == at:
+                    del self.timers[key]
+                    due.append(key)
+            for key in due:
+                logic = self.logics.get(key)
+                if logic is None:
+                    continue
+                try:
+                    ret = logic.on_notify()
+                except Exception as exc:
+                    raise BytewaxRuntimeError(
+                        f"error calling `on_notify` in step {self.step_id!r} for key {key!r}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                out.extend(self._apply(key, logic, ret, "on_notify"))
         if self.m_notify is not None:
             self.m_notify.observe(time.perf_counter() - t0)
         if out:
