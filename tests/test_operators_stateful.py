@@ -417,7 +417,7 @@ def test_collect_max_size_must_be_positive(flow: Dataflow) -> None:
 
 @pytest.mark.timeout(30)
 def test_notify_at_always_due_does_not_hang_the_run() -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     notified: list[int] = []
 
@@ -430,7 +430,7 @@ def test_notify_at_always_due_does_not_hang_the_run() -> None:
             return [], False
 
         def notify_at(self) -> datetime:
-            return datetime(2000, 1, 1, tzinfo=timezone.utc)
+            return datetime(2000, 1, 1, tzinfo=UTC)
 
         def snapshot(self) -> None:
             return None
