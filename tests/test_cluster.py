@@ -212,3 +212,16 @@ def test_hello_mismatch_names_both_sides() -> None:
     assert parse_address("[::1]:5") == ("::1", 5)
     with pytest.raises(ValueError, match="host:port"):
         parse_address("nohost")
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_while_waiting_for_peers_exits_promptly(tmp_path: Path) -> None:
+    ports = _free_ports(2)
+    addrs = f"127.0.0.1:{ports[0]};127.0.0.1:{ports[1]}"
+    p = _run([FLOW, "-i", "1", "-a", addrs, "--startup-timeout", "60"], _env(tmp_path))
+    time.sleep(2)
+    assert p.poll() is None, "still waiting for process 0"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=10)
+    assert p.returncode == 128 + signal.SIGTERM
+    assert "before the dataflow started" in err

@@ -135,13 +135,29 @@ def test_metrics_port_in_use_is_a_clear_startup_error() -> None:
 def test_workers_of_one_process_have_their_own_series(monkeypatch: pytest.MonkeyPatch) -> None:
     from prometheus_client import REGISTRY, generate_latest
 
-    monkeypatch.setenv("HR_SECONDS", "1")
-    monkeypatch.setenv("HR_PARTS", "4")
-    execute(paced(), workers_per_process=2)
-    fams = {f.name: f for f in text_string_to_metric_families(generate_latest(REGISTRY).decode())}
-    workers = {s.labels["worker_index"] for s in fams["item_out_count"].samples
-               if s.labels.get("step_id") == "paced.inp"}
-    assert {"0", "1"} <= workers
+    import headrace.operators as op
+    from headrace.dataflow import Dataflow
+    from headrace.testing import TestingSink, TestingSource
+
+    seen: list[set[str]] = []
+
+    def look(x: int) -> int:
+        # Inside the run: every worker's series exist (bound when it was built).
+        text = generate_latest(REGISTRY).decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        seen.append({s.labels["worker_index"] for s in fams["item_out_count"].samples
+                     if s.labels.get("step_id") == "series.look.flat_map_batch"})
+        return x
+
+    flow = Dataflow("series")
+    s = op.redistribute("spread", op.input("inp", flow, TestingSource(range(4))))
+    op.output("out", op.map("look", s, look), TestingSink([]))
+    execute(flow, workers_per_process=2)
+    assert seen and all(workers == {"0", "1"} for workers in seen)
+    # A finished run leaves no series behind.
+    after = {f.name: f for f in text_string_to_metric_families(generate_latest(REGISTRY).decode())}
+    chain = "series.look.flat_map_batch"
+    assert not [s for s in after["item_out_count"].samples if s.labels.get("step_id") == chain]
 
 
 def test_catalogue_is_documented() -> None:

@@ -195,8 +195,14 @@ def _spawn_local(argv: list[str], processes: int) -> int:
                 continue
             remaining.discard(i)
             if rc != 0 and code == 0:
-                code = rc
-                # Peers notice the loss within seconds; make sure none lingers.
+                code = rc if rc > 0 else 128 - rc
+                how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
+                print(f"headrace: process {i} (pid {procs[i].pid}) failed ({how}); "
+                      "stopping the others", file=sys.stderr, flush=True)
+                # Peers notice the loss within seconds; ask, then make sure none lingers.
+                for pr in procs:
+                    if pr.poll() is None:
+                        pr.terminate()
                 deadline = time.monotonic() + 15
                 for pr in procs:
                     while pr.poll() is None and time.monotonic() < deadline:
@@ -272,9 +278,12 @@ def _install_signal_handlers() -> None:
     state = {"interrupts": 0}
 
     def on_term(signum: int, _frame: Any) -> None:
-        log.warning("received %s: stopping at the next epoch boundary",
-                    signal.Signals(signum).name)
-        request_stop()
+        name = signal.Signals(signum).name
+        if not request_stop():
+            # Not running yet (e.g. waiting for peers): nothing to commit.
+            log.warning("received %s before the dataflow started: exiting", name)
+            raise SystemExit(128 + signum)
+        log.warning("received %s: stopping at the next epoch boundary", name)
 
     def on_int(signum: int, frame: Any) -> None:
         state["interrupts"] += 1

@@ -312,11 +312,20 @@ def test_parse_metrics_of_a_real_worker() -> None:
 
     flow = Dataflow("autoscaler_probe")
     out: list[int] = []
-    nums = op.input("numbers", flow, TestingSource(list(range(50))))
-    op.output("out", op.map("double", nums, lambda x: x * 2), TestingSink(out))
+    scraped: list[str] = []
+
+    def scrape_at_end(x: int) -> int:
+        # Scrape from inside the run (a finished run removes its series).
+        if x == 49:
+            scraped.append(generate_latest(REGISTRY).decode())
+        return x
+
+    nums = op.input("numbers", flow, TestingSource(list(range(50)), batch_size=10))
+    nums = op.map("double", nums, lambda x: x * 2)
+    op.output("out", op.map("probe", nums, lambda x: scrape_at_end(x // 2) * 2), TestingSink(out))
     run_main(flow)
     assert len(out) == 50
-    s = parse_metrics(generate_latest(REGISTRY).decode())
+    s = parse_metrics(scraped[0])
     inputs = {step: v for (step, _wi), v in s.inputs.items()}
     assert inputs.get("autoscaler_probe.numbers") == 50.0
     assert not any("double" in step for step in inputs)

@@ -120,17 +120,40 @@ class WorkerMetrics:
     def __init__(self, worker_index: int) -> None:
         self.wi = str(worker_index)
         wi = self.wi
-        self.busy = M["headrace_worker_busy_seconds_total"].labels(wi)
-        self.idle = M["headrace_worker_idle_seconds_total"].labels(wi)
-        self.backpressure = M["headrace_worker_backpressure_seconds_total"].labels(wi)
-        self.x_out = M["headrace_exchange_items_total"].labels(wi, "out")
-        self.x_in = M["headrace_exchange_items_total"].labels(wi, "in")
-        self.epoch = M["headrace_epoch_current"].labels(wi)
-        self.epoch_dur = M["headrace_epoch_duration_seconds"].labels(wi)
-        self.snap_dur = M["snapshot_duration_seconds"].labels(wi)
-        self.snap_bytes = M["headrace_snapshot_last_bytes"].labels(wi)
-        self.snap_bytes_total = M["headrace_snapshot_bytes_total"].labels(wi)
-        self.store_latency = M["headrace_recovery_store_latency_seconds"].labels(wi)
+        self._bound: list[tuple[str, tuple[str, ...]]] = []
+        self.busy = self.bind("headrace_worker_busy_seconds_total", wi)
+        self.idle = self.bind("headrace_worker_idle_seconds_total", wi)
+        self.backpressure = self.bind("headrace_worker_backpressure_seconds_total", wi)
+        self.x_out = self.bind("headrace_exchange_items_total", wi, "out")
+        self.x_in = self.bind("headrace_exchange_items_total", wi, "in")
+        self.epoch = self.bind("headrace_epoch_current", wi)
+        self.epoch_dur = self.bind("headrace_epoch_duration_seconds", wi)
+        self.snap_dur = self.bind("snapshot_duration_seconds", wi)
+        self.snap_bytes = self.bind("headrace_snapshot_last_bytes", wi)
+        self.snap_bytes_total = self.bind("headrace_snapshot_bytes_total", wi)
+        self.store_latency = self.bind("headrace_recovery_store_latency_seconds", wi)
+
+    def bind(self, name: str, *labels: str) -> Any:
+        """The series of ``name`` with ``labels``, remembered for `forget`.
+
+        >>> WorkerMetrics(7).bind("headrace_epoch_current", "7").set(3)
+        """
+        self._bound.append((name, labels))
+        return M[name].labels(*labels)
+
+    def forget(self) -> None:
+        """Remove this worker's series: a finished run leaves the registry as it found it.
+
+        >>> wm = WorkerMetrics(9); wm.forget()
+        >>> "9" in {s.labels.get("worker_index") for m in M.values() for s in m.collect()[0].samples}
+        False
+        """
+        for name, labels in self._bound:
+            try:
+                M[name].remove(*labels)
+            except KeyError:
+                pass  # bound twice (e.g. a step id seen by two chains)
+        self._bound.clear()
 
     def step(self, step_id: str, duration_metric: str) -> StepMetrics:
         """Bind the series of ``step_id``, timing into ``duration_metric``.
@@ -140,10 +163,10 @@ class WorkerMetrics:
         """
         wi = self.wi
         return StepMetrics(
-            inp=M["item_inp_count"].labels(step_id, wi),
-            out=M["item_out_count"].labels(step_id, wi),
-            dur=M[duration_metric].labels(step_id, wi),
-            busy=M["headrace_step_busy_seconds_total"].labels(step_id, wi),
+            inp=self.bind("item_inp_count", step_id, wi),
+            out=self.bind("item_out_count", step_id, wi),
+            dur=self.bind(duration_metric, step_id, wi),
+            busy=self.bind("headrace_step_busy_seconds_total", step_id, wi),
         )
 
     def lag(self, step_id: str, part: str) -> Gauge:
@@ -151,4 +174,4 @@ class WorkerMetrics:
 
         >>> WorkerMetrics(0).lag("doc.inp", "p0").set(5)
         """
-        return M["headrace_source_lag"].labels(step_id, part, self.wi)
+        return self.bind("headrace_source_lag", step_id, part, self.wi)

@@ -153,10 +153,10 @@ def _run_local_workers(
     server: EndpointServer | None = None,
     proc_id: int = 0,
 ) -> None:
+    info = (plan.flow_id, str(proc_id), __version__)
     if config.metrics:
         M["headrace_worker_count"].set(cluster.worker_count)
-        M["headrace_process_info"].labels(
-            plan.flow_id, str(proc_id), __version__).set(1)
+        M["headrace_process_info"].labels(*info).set(1)
     try:
         workers = [Worker(plan, i, cluster, config) for i in cluster.local_workers]
     except BaseException:
@@ -187,6 +187,8 @@ def _run_local_workers(
                 t.join()
     finally:
         gc.set_threshold(*gc_was)
+        if config.metrics:
+            M["headrace_process_info"].remove(*info)
         with _ACTIVE_LOCK:
             _ACTIVE.discard(cluster)
         if mesh is not None:

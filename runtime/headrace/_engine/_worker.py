@@ -233,10 +233,10 @@ class _StatefulRun:
         wm = worker.metrics
         self.m = None if wm is None else wm.step(
             self.step_id, "stateful_batch_on_batch_duration_seconds")
-        self.m_notify = None if wm is None else M[
-            "stateful_batch_on_notify_duration_seconds"].labels(self.step_id, wm.wi)
-        self.m_eof = None if wm is None else M[
-            "stateful_batch_on_eof_duration_seconds"].labels(self.step_id, wm.wi)
+        self.m_notify = None if wm is None else wm.bind(
+            "stateful_batch_on_notify_duration_seconds", self.step_id, wm.wi)
+        self.m_eof = None if wm is None else wm.bind(
+            "stateful_batch_on_eof_duration_seconds", self.step_id, wm.wi)
 
     def restore(self, states: dict[str, bytes]) -> None:
         """Rebuild the logic of every key from its snapshot."""
@@ -1406,6 +1406,8 @@ class Worker:
             self._close_all()
 
     def _close_all(self) -> None:
+        if self.metrics is not None:
+            self.metrics.forget()
         for src in self.sources:
             if not src.done:
                 try:
