@@ -1,0 +1,670 @@
+"""The end-to-end scenario of the chart, the operator and the image on a real Kubernetes cluster.
+
+One module, nine steps in order; each step builds on the cluster state the
+previous ones left (pytest runs them in file order). Everything runs in
+real pods of images built here: the operator installed by ``helm install``
+of the chart under its own ServiceAccount, Redis as the chart's demo Redis,
+an in-cluster Prometheus that finds the pods through the API server, and the
+suite's dataflows (``app/e2e_flows.py``) in an image built ``FROM`` the
+Headrace image.
+
+The wordcount Dataflows write every input line once to a file on a shared
+volume, with a running per-partition total that only comes out right if
+state survived every kill, rescale and suspension. Their source is gated by
+a file the test writes, so "mid-run" is a known point, not a race.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import os
+import re
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.app.e2e_flows import expected_lines
+from tests.e2e.harness import HERE, ROOT, E2EError, Kube, build_image, log, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
+
+RELEASE = "headrace"
+CHART = ROOT / "helm" / "headrace"
+# The wordcount Dataflows: partitions x lines, emitted at RATE lines/s per partition.
+PARTS, LINES, RATE = 6, 60, 6.0
+KEY_GROUPS = 12
+
+
+# ---------------------------------------------------------------- the stack
+
+
+@dataclass
+class Stack:
+    """The namespaces, images and helpers shared by the scenario's steps."""
+
+    kube: Kube
+    system: str
+    ns: str
+    headrace_image: str
+    app_image: str
+    tools_image: str
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{RELEASE}-redis.{self.system}.svc:6379/0"
+
+    # ------------------------------------------------------------ Dataflows
+
+    def df(self, name: str) -> dict[str, Any]:
+        return dict(self.kube.get("dataflow", name, self.ns))
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.df(name).get("status") or {})
+
+    def pods(self, name: str) -> list[dict[str, Any]]:
+        return self.kube.pods(self.ns, f"headrace.dev/dataflow={name}")
+
+    def ready_pods(self, name: str) -> list[str]:
+        out = []
+        for p in self.pods(name):
+            conds = p.get("status", {}).get("conditions", [])
+            deleting = p["metadata"].get("deletionTimestamp")
+            if not deleting and any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
+                out.append(p["metadata"]["name"])
+        return sorted(out)
+
+    def wait_running(self, name: str, replicas: int, timeout: float = 240) -> dict[str, Any]:
+        """Wait for ``replicas`` Ready pods and status phase Running with Ready=True; return the status."""
+
+        def probe() -> dict[str, Any] | None:
+            st = self.status(name)
+            ready = [c for c in st.get("conditions", []) if c["type"] == "Ready"]
+            ok = (
+                len(self.ready_pods(name)) == replicas
+                and len(self.pods(name)) == replicas
+                and st.get("phase") == "Running"
+                and st.get("readyReplicas") == replicas
+                and bool(ready)
+                and ready[0]["status"] == "True"
+                and not st.get("transition")
+            )
+            return st if ok else None
+
+        try:
+            return wait_for(f"Dataflow {name} Running with {replicas} Ready pods", probe, timeout, 2)
+        except E2EError as e:
+            raise E2EError(f"{e}\nstatus: {json.dumps(self.status(name), indent=1)[:3000]}") from None
+
+    def wordcount(self, name: str, replicas: int) -> dict[str, Any]:
+        """A wordcount Dataflow writing /out/<name>.txt, gated by /out/<name>.gate."""
+        return {
+            "apiVersion": "headrace.dev/v1alpha1",
+            "kind": "Dataflow",
+            "metadata": {"name": name},
+            "spec": {
+                "image": self.app_image,
+                "imagePullPolicy": self.kube.pull_policy,
+                "flow": {
+                    "import": "e2e_flows:wordcount",
+                    "env": [
+                        {"name": "E2E_PARTS", "value": str(PARTS)},
+                        {"name": "E2E_LINES", "value": str(LINES)},
+                        {"name": "E2E_RATE", "value": str(RATE)},
+                        {"name": "E2E_OUTPUT", "value": f"/out/{name}.txt"},
+                        {"name": "E2E_GATE", "value": f"/out/{name}.gate"},
+                    ],
+                },
+                "replicas": replicas,
+                "partitions": KEY_GROUPS,
+                "recovery": {"url": self.redis_url, "snapshotInterval": "2s"},
+                "podTemplate": _out_volume(),
+            },
+        }
+
+    def apply(self, obj: dict[str, Any]) -> str:
+        return self.kube.apply(json.dumps(obj), self.ns)
+
+    # ------------------------------------------------------------ output and gate
+
+    def out_lines(self, name: str) -> list[str]:
+        text = self.kube.kubectl(
+            "exec", "-n", self.ns, "reader", "--", "sh", "-c", f"cat /out/{name}.txt 2>/dev/null || true"
+        )
+        return text.splitlines()
+
+    def open_gate(self, name: str, lines: int) -> None:
+        self.kube.kubectl(
+            "exec", "-n", self.ns, "reader", "--", "sh", "-c", f"echo {lines} > /out/{name}.gate"
+        )
+
+    def wait_output(self, name: str, per_part: int, timeout: float = 180) -> list[str]:
+        """Wait until the first ``per_part`` lines of every partition are in the output."""
+        want = {f"p{p} {i:05d}" for p in range(PARTS) for i in range(per_part)}
+
+        def probe() -> list[str] | None:
+            lines = self.out_lines(name)
+            have = {" ".join(ln.split()[:2]) for ln in lines}
+            return lines if want <= have else None
+
+        return wait_for(f"{len(want)} lines of {name} in /out/{name}.txt", probe, timeout, 2)
+
+    def check_exact(self, name: str) -> None:
+        """The complete output: every line exactly once, with the right running totals."""
+        got = self.out_lines(name)
+        expected = expected_lines(PARTS, LINES)
+        counts = collections.Counter(got)
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        dups = sorted(ln for ln, n in counts.items() if n > 1)
+        assert not (missing or extra or dups), (
+            f"{name}: {len(got)} lines, expected {len(expected)}; missing {missing[:10]} "
+            f"({len(missing)}), unexpected {extra[:10]} ({len(extra)}), duplicated {dups[:10]} ({len(dups)})"
+        )
+
+    def log_of(self, pod: str) -> str:
+        return self.kube.kubectl("logs", "-n", self.ns, pod, "-c", "worker", check=False)
+
+    # ------------------------------------------------------------ operator, events, Redis, Prometheus
+
+    def operator_pods(self) -> list[dict[str, Any]]:
+        return self.kube.pods(self.system, "app.kubernetes.io/component=operator")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        items = self.kube.kubectl_json(
+            "get", "events", "-n", self.ns, "--field-selector", f"involvedObject.name={name}"
+        )["items"]
+        return [e for e in items if e["involvedObject"].get("kind") == "Dataflow"]
+
+    def redis(self, *args: str) -> str:
+        return self.kube.kubectl(
+            "exec", "-n", self.system, f"deploy/{RELEASE}-redis", "--", "redis-cli", *args
+        )
+
+    def prom(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        raw = self.kube.kubectl(
+            "get", "--raw", f"/api/v1/namespaces/{self.system}/services/prometheus:web/proxy{path}?{query}"
+        )
+        body = json.loads(raw)
+        if body.get("status") != "success":
+            raise E2EError(f"Prometheus {path} {params}: {body}")
+        return body["data"]
+
+    def promql(self, expr: str) -> list[Any]:
+        return list(self.prom("/api/v1/query", query=expr)["result"])
+
+    def diagnostics(self) -> str:
+        parts = [self.kube.diagnostics(self.ns), self.kube.diagnostics(self.system)]
+        parts.append(self.kube.kubectl("get", "dataflows", "-n", self.ns, "-o", "yaml", check=False)[-6000:])
+        return "\n".join(parts)
+
+
+def _out_volume() -> dict[str, Any]:
+    return {
+        "spec": {
+            "containers": [{"name": "worker", "volumeMounts": [{"name": "out", "mountPath": "/out"}]}],
+            "volumes": [{"name": "out", "persistentVolumeClaim": {"claimName": "out"}}],
+        }
+    }
+
+
+def _fill(text: str, **values: str) -> str:
+    """Replace the ``@NAME@`` placeholders of a manifest."""
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    return text
+
+
+@pytest.fixture(scope="module")
+def app_image(kube: Kube, headrace_image: str) -> str:
+    """The suite's dataflows in an image built FROM the Headrace image (app/Dockerfile)."""
+    name = "localhost/headrace-e2e/app:1"
+    try:
+        archive = build_image(
+            HERE / "app" / "Dockerfile",
+            name,
+            context=HERE / "app",
+            build_args=["HEADRACE_IMAGE=localhost/headrace:e2e"],
+        )
+        kube.load_image(archive, name)
+    except E2EError as e:
+        pytest.fail(f"could not build or load the app image: {e}")
+    return kube.image(name)
+
+
+@pytest.fixture(scope="module")
+def stack(kube: Kube, headrace_image: str, app_image: str, tools_image: str) -> Iterator[Stack]:
+    """Namespaces, the output volume with its reader pod, and Prometheus; torn down afterwards."""
+    crd_existed = kube.exists("crd", "dataflows.headrace.dev", "default")
+    system = kube.create_namespace("headrace-system")
+    ns = kube.create_namespace("e2e-flows")
+    s = Stack(kube, system, ns, headrace_image, app_image, tools_image)
+    pull = kube.pull_policy
+    pv = ""
+    if kube.built is not None:
+        # No provisioner on the suite's cluster: a hostPath volume in its state directory.
+        path = Path(kube.built.dir) / "volumes" / ns
+        path.mkdir(parents=True)
+        path.chmod(0o777)
+        pv = f"headrace-e2e-out-{ns}"
+        kube.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolume",
+                    "metadata": {"name": pv},
+                    "spec": {
+                        "capacity": {"storage": "100Mi"},
+                        "accessModes": ["ReadWriteOnce"],
+                        "persistentVolumeReclaimPolicy": "Retain",
+                        "storageClassName": "",
+                        "hostPath": {"path": str(path), "type": "Directory"},
+                    },
+                }
+            ),
+        )
+        claim = f'  storageClassName: ""\n  volumeName: {pv}'
+    else:
+        sc = os.environ.get("HEADRACE_E2E_STORAGE_CLASS", "")
+        claim = f"  storageClassName: {sc}" if sc else ""
+    volume = _fill(
+        (HERE / "manifests" / "output-volume.yaml").read_text(),
+        CLAIM_SPEC=claim,
+        NAMESPACE=ns,
+        TOOLS_IMAGE=tools_image,
+        PULL_POLICY=pull,
+    )
+    kube.apply(volume, ns)
+
+    rules = kube.helm(
+        "template", RELEASE, str(CHART), "-n", system,
+        "--api-versions", "monitoring.coreos.com/v1", "--show-only", "templates/prometheusrule.yaml",
+    )  # fmt: skip
+    groups = {"groups": yaml.safe_load(rules)["spec"]["groups"]}
+    s.notes["rules"] = groups
+    indented = "\n".join("    " + ln for ln in yaml.safe_dump(groups, sort_keys=False).splitlines())
+    prometheus = _fill(
+        (HERE / "manifests" / "prometheus.yaml").read_text(),
+        FLOWS_NAMESPACE=ns,
+        NAMESPACE=system,
+        TOOLS_IMAGE=tools_image,
+        PULL_POLICY=pull,
+        RULES=indented,
+    )
+    kube.apply(prometheus, system)
+    try:
+        wait_for("the reader pod Ready", lambda: _pod_ready(kube, ns, "reader"), 120)
+        wait_for(
+            "Prometheus Ready",
+            lambda: any(
+                _pod_ready(kube, system, p["metadata"]["name"]) for p in kube.pods(system, "app=prometheus")
+            ),
+            120,
+        )
+    except E2EError:
+        print(s.diagnostics())
+        raise
+    yield s
+    # Dataflows first, while the operator still runs their finalizers.
+    kube.kubectl("delete", "dataflows", "--all", "-n", ns, "--timeout=120s", check=False)
+    for name in kube.kubectl("get", "dataflows", "-n", ns, "-o", "name", check=False).split():
+        log(f"{name} was not deleted in time: removing its finalizer")
+        kube.kubectl(
+            "patch", name, "-n", ns, "--type", "merge", "-p", '{"metadata":{"finalizers":null}}', check=False
+        )
+    kube.helm("uninstall", RELEASE, "-n", system, "--wait", "--timeout", "2m", check=False)
+    kube.kubectl("delete", "clusterrole,clusterrolebinding", f"headrace-e2e-prometheus-{system}", check=False)
+    if pv:
+        kube.kubectl("delete", "pv", pv, "--wait=false", check=False)
+    if not crd_existed:
+        # helm leaves CRDs behind on uninstall; this one was installed by the suite.
+        kube.kubectl("delete", "crd", "dataflows.headrace.dev", "--wait=false", check=False)
+
+
+def _pod_ready(kube: Kube, ns: str, pod: str) -> bool:
+    p = kube.get("pod", pod, ns)
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+
+
+# ---------------------------------------------------------------- the scenario
+
+
+def test_1_helm_install(stack: Stack) -> None:
+    """``helm install`` -> operator Ready under the chart's ServiceAccount; CRD schema; kubectl explain."""
+    k = stack.kube
+    repo, tag = stack.headrace_image.rsplit(":", 1)
+    tools_repo, tools_tag = stack.tools_image.rsplit(":", 1)
+    t = time.monotonic()
+    k.helm(
+        "install", RELEASE, str(CHART), "-n", stack.system,
+        "--set", f"image.repository={repo}", "--set-string", f"image.tag={tag}",
+        "--set", f"image.pullPolicy={k.pull_policy}",
+        "--set", "redis.enabled=true",
+        "--set", f"redis.image.repository={tools_repo}", "--set-string", f"redis.image.tag={tools_tag}",
+        "--set", f"redis.image.pullPolicy={k.pull_policy}",
+        "--set", f"serviceAccount.worker.namespaces={{{stack.ns}}}",
+        "--wait", "--timeout", "5m",
+    )  # fmt: skip
+    log(f"helm install took {time.monotonic() - t:.0f} s")
+
+    pods = stack.operator_pods()
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    op_pod = pods[0]
+    assert _pod_ready(k, stack.system, op_pod["metadata"]["name"])
+    assert op_pod["spec"]["containers"][0]["image"] == stack.headrace_image
+    # It runs under the ServiceAccount the chart created, so the chart's RBAC is what is exercised.
+    manifest = list(yaml.safe_load_all(k.helm("get", "manifest", RELEASE, "-n", stack.system)))
+    chart_sas = {d["metadata"]["name"] for d in manifest if d and d["kind"] == "ServiceAccount"}
+    assert op_pod["spec"]["serviceAccountName"] in chart_sas
+    assert op_pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert op_pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+    crd = k.kubectl_json("get", "crd", "dataflows.headrace.dev")
+    version = crd["spec"]["versions"][0]
+    spec_props = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert {"image", "flow", "replicas", "partitions", "recovery", "autoscaler"} <= set(spec_props)
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+    assert any(c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"])
+    explained = k.kubectl("explain", "dataflow.spec")
+    assert "replicas" in explained and "partitions" in explained, explained
+    assert "url" in k.kubectl("explain", "dataflow.spec.recovery")
+
+
+def test_2_apply_wordcount(stack: Stack) -> None:
+    """``kubectl apply`` a 2-replica wordcount -> pods Ready, status Running, printer columns, assignment."""
+    stack.open_gate("wc", LINES // 4)
+    stack.apply(stack.wordcount("wc", 2))
+    st = stack.wait_running("wc", 2)
+    stack.wait_output("wc", LINES // 4)
+
+    table = stack.kube.kubectl("get", "dataflow", "wc", "-n", stack.ns)
+    header, row = table.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "REPLICAS", "READY", "PHASE", "CONDITION"], table
+    assert row.split()[:4] == ["wc", "2", "2", "Running"], table
+    short = stack.kube.kubectl("get", "df", "-n", stack.ns, "-o", "name")
+    assert "dataflow.headrace.dev/wc" in short
+
+    parts = st["partitions"]
+    assert parts["keyGroups"] == KEY_GROUPS
+    assert len(parts["assignment"]) == 2, parts
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["reason"], ready
+    # The workers run the app image without API access, non-root, read-only.
+    pod = stack.pods("wc")[0]
+    assert pod["spec"]["containers"][0]["image"] == stack.app_image
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_3_kill_a_worker(stack: Stack) -> None:
+    """``kubectl delete pod`` mid-run -> recreated by the StatefulSet controller, resumed from Redis."""
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in stack.pods("wc")}
+    stack.kube.kubectl("delete", "pod", "wc-1", "-n", stack.ns, "--wait=false")
+    wait_for(
+        "wc-1 replaced",
+        lambda: any(
+            p["metadata"]["name"] == "wc-1" and p["metadata"]["uid"] != before["wc-1"]
+            for p in stack.pods("wc")
+        ),
+        120,
+    )
+    stack.wait_running("wc", 2)
+    wait_for(
+        "wc-1 resuming from a committed epoch",
+        lambda: re.search(r"resuming from committed epoch [1-9]", stack.log_of("wc-1")),
+        60,
+    )
+    stack.open_gate("wc", LINES // 2)
+    stack.wait_output("wc", LINES // 2)
+
+
+def test_4_rescale(stack: Stack) -> None:
+    """``kubectl scale df --replicas 3`` -> coordinated rescale, state kept, downtime in Prometheus."""
+    stack.kube.kubectl("scale", "dataflow/wc", "-n", stack.ns, "--replicas", "3")
+    st = stack.wait_running("wc", 3)
+    assert len(st["partitions"]["assignment"]) == 3, st["partitions"]
+    assert re.search(r"resuming from committed epoch [1-9]", stack.log_of("wc-2")), stack.log_of("wc-2")
+    stack.open_gate("wc", LINES)
+    stack.wait_output("wc", LINES)
+    stack.check_exact("wc")
+    # Its input has ended; free the CPU for the next steps.
+    stack.kube.kubectl("delete", "dataflow", "wc", "-n", stack.ns, "--wait=false")
+
+    downtime = wait_for(
+        "the rescale's downtime in Prometheus",
+        lambda: stack.promql('sum(headrace_operator_transition_seconds_sum{transition="rescale"})'),
+        90,
+        3,
+    )
+    assert float(downtime[0]["value"][1]) > 0, downtime
+    counted = stack.promql('sum(headrace_operator_transition_seconds_count{transition="rescale"})')
+    assert float(counted[0]["value"][1]) >= 1, counted
+
+
+def test_5_autoscaler(stack: Stack) -> None:
+    """Autoscaler in apply mode, short windows, synthetic load -> scales up, then down when the load drops."""
+    k, ns = stack.kube, stack.ns
+    k.kubectl("exec", "-n", ns, "reader", "--", "sh", "-c", "echo on > /out/load.on")
+    df = {
+        "apiVersion": "headrace.dev/v1alpha1",
+        "kind": "Dataflow",
+        "metadata": {"name": "load"},
+        "spec": {
+            "image": stack.app_image,
+            "imagePullPolicy": k.pull_policy,
+            "flow": {
+                "import": "e2e_flows:load",
+                "env": [
+                    {"name": "E2E_PARTS", "value": "6"},
+                    {"name": "E2E_RATE", "value": "30"},
+                    {"name": "E2E_WORK_MS", "value": "10"},
+                    {"name": "E2E_LOAD_FILE", "value": "/out/load.on"},
+                ],
+            },
+            "replicas": 1,
+            "partitions": KEY_GROUPS,
+            "recovery": {"url": stack.redis_url, "snapshotInterval": "5s"},
+            "scaling": {"mode": "auto"},
+            "autoscaler": {
+                "mode": "apply",
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "targetUtilization": 0.5,
+                "utilizationBoundary": 0.2,
+                "metricsWindow": "30s",
+                "evaluationInterval": "10s",
+                "stabilizationWindow": "30s",
+                "scaleDownDelay": "30s",
+                "catchUpDuration": "1m",
+            },
+            "podTemplate": _out_volume(),
+        },
+    }
+    stack.apply(df)
+    stack.wait_running("load", 1)
+
+    def replicas_at(pred: Any) -> Any:
+        return lambda: (lambda st: st if pred(st.get("replicas") or 0) else None)(stack.status("load"))
+
+    up: dict[str, Any] = wait_for("the autoscaler to scale load up", replicas_at(lambda n: n >= 2), 300, 5)
+    log(f"scaled up to {up['replicas']}: {json.dumps(up.get('autoscaler', {}))[:500]}")
+    stack.wait_running("load", int(up["replicas"]))
+    k.kubectl("exec", "-n", ns, "reader", "--", "rm", "-f", "/out/load.on")
+    down: dict[str, Any] = wait_for(
+        "the autoscaler to scale load back down to 1", replicas_at(lambda n: n == 1), 420, 5
+    )
+    decisions = down.get("autoscaler", {}).get("decisions", [])
+    assert len(decisions) >= 2, down.get("autoscaler")
+    reasons = {e["reason"] for e in stack.events("load")}
+    assert reasons & {"ScalingReport", "Autoscaled", "Scaled", "Rescaling", "Rescaled"}, reasons
+    k.kubectl("delete", "dataflow", "load", "-n", ns, "--wait=true", "--timeout=180s")
+
+
+def test_6_suspend_resume_and_invalid_edits(stack: Stack) -> None:
+    """Suspend, resume -> state preserved; invalid edits rejected or reported; the last valid spec runs."""
+    k, ns = stack.kube, stack.ns
+    stack.open_gate("wc2", LINES // 4)
+    stack.apply(stack.wordcount("wc2", 2))
+    stack.wait_running("wc2", 2)
+    stack.wait_output("wc2", LINES // 4)
+
+    k.kubectl("patch", "dataflow", "wc2", "-n", ns, "--type", "merge", "-p", '{"spec":{"state":"suspended"}}')
+    wait_for(
+        "wc2 Suspended with no pods",
+        lambda: stack.status("wc2").get("phase") == "Suspended" and not stack.pods("wc2"),
+        180,
+        2,
+    )
+    k.kubectl("patch", "dataflow", "wc2", "-n", ns, "--type", "merge", "-p", '{"spec":{"state":"running"}}')
+    stack.wait_running("wc2", 2)
+    assert re.search(r"resuming from committed epoch [1-9]", stack.log_of("wc2-0")), stack.log_of("wc2-0")
+    stack.open_gate("wc2", LINES // 2)
+    stack.wait_output("wc2", LINES // 2)
+
+    # More replicas than key groups: refused by the API server, or reported while the old spec runs.
+    p = k.kubectl(
+        "patch", "dataflow", "wc2", "-n", ns, "--type", "merge",
+        "-p", json.dumps({"spec": {"replicas": KEY_GROUPS + 1}}), check=False,
+    )  # fmt: skip
+    st = stack.status("wc2")
+    if stack.df("wc2")["spec"]["replicas"] == KEY_GROUPS + 1:
+        msg = wait_for(
+            "wc2's status to report the invalid replicas",
+            lambda: " ".join(
+                [json.dumps(stack.status("wc2").get("lastError") or {})]
+                + [e["message"] for e in stack.events("wc2") if e["type"] == "Warning"]
+            ),
+            60,
+        )
+        assert "partition" in msg.lower() or "key group" in msg.lower(), msg
+        assert len(stack.ready_pods("wc2")) == 2
+        k.kubectl("patch", "dataflow", "wc2", "-n", ns, "--type", "merge", "-p", '{"spec":{"replicas":2}}')
+    else:
+        log(f"replicas > partitions refused by the API server: {p}")
+    assert st.get("phase") == "Running", st
+
+    # An unknown field: strict field validation refuses it with its name.
+    bad = stack.wordcount("wc2", 2)
+    bad["spec"]["replicaz"] = 3
+    with pytest.raises(E2EError, match=r'unknown field "spec\.replicaz"'):
+        stack.apply(bad)
+    assert stack.df("wc2")["spec"]["replicas"] == 2
+    stack.wait_running("wc2", 2)
+
+
+def test_7_dashboards_and_alerts_evaluate(stack: Stack) -> None:
+    """Every PromQL of the shipped dashboards and alert rules evaluates; dataflow panels have data."""
+    wait_for(
+        "Prometheus to scrape wc2's workers and the operator",
+        lambda: (
+            len(stack.promql(f'up{{namespace="{stack.ns}", dataflow="wc2"}} == 1')) == 2
+            and stack.promql('up{job="headrace-operator"} == 1')
+        ),
+        120,
+        3,
+    )
+    # Rates need a few scrapes.
+    time.sleep(20)
+    subst = {
+        "$__rate_interval": "1m",
+        "$__interval": "15s",
+        "$__range": "5m",
+        "${namespace}": stack.ns,
+        "$namespace": stack.ns,
+        "${dataflow}": "wc2",
+        "$dataflow": "wc2",
+    }
+    errors, empty = [], []
+    for path in sorted((CHART / "dashboards").glob("*.json")):
+        board = json.loads(path.read_text())
+        for panel in _panels(board.get("panels", [])):
+            for target in panel.get("targets", []):
+                expr = target.get("expr")
+                if not expr:
+                    continue
+                for key, value in subst.items():
+                    expr = expr.replace(key, value)
+                try:
+                    result = stack.promql(expr)
+                except E2EError as e:
+                    errors.append(f"{path.name} / {panel.get('title')}: {expr}: {e}")
+                    continue
+                if path.name == "dataflow.json" and not result:
+                    empty.append(f"{panel.get('title')}: {expr}")
+    for group in stack.notes["rules"]["groups"]:
+        for rule in group["rules"]:
+            try:
+                stack.promql(rule["expr"])
+            except E2EError as e:
+                errors.append(f"rule {rule.get('alert') or rule.get('record')}: {e}")
+    assert not errors, "\n".join(errors)
+    assert not empty, "dataflow dashboard panels without data:\n" + "\n".join(empty)
+    loaded = stack.prom("/api/v1/rules")["groups"]
+    unhealthy = [
+        f"{r['name']}: {r.get('lastError')}" for g in loaded for r in g["rules"] if r.get("health") == "err"
+    ]
+    assert loaded and not unhealthy, unhealthy
+
+
+def _gone(k: Kube, kind: str, name: str, ns: str) -> bool:
+    return not k.exists(kind, name, ns)
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for p in panels:
+        yield p
+        yield from _panels(p.get("panels", []))
+
+
+def test_8_operator_killed_mid_rescale(stack: Stack) -> None:
+    """Kill the operator pod mid-rescale -> it comes back and finishes; no output lost or duplicated."""
+    k, ns = stack.kube, stack.ns
+    k.kubectl("scale", "dataflow/wc2", "-n", ns, "--replicas", "3")
+    wait_for("wc2's rescale to start", lambda: stack.status("wc2").get("transition"), 60, 0.3)
+    old = stack.operator_pods()[0]["metadata"]
+    k.kubectl("delete", "pod", old["name"], "-n", stack.system, "--wait=false")
+    wait_for(
+        "a new operator pod Ready",
+        lambda: any(
+            p["metadata"]["uid"] != old["uid"] and _pod_ready(k, stack.system, p["metadata"]["name"])
+            for p in stack.operator_pods()
+        ),
+        180,
+        2,
+    )
+    stack.wait_running("wc2", 3, timeout=300)
+    stack.open_gate("wc2", LINES)
+    stack.wait_output("wc2", LINES)
+    stack.check_exact("wc2")
+
+
+def test_9_delete(stack: Stack) -> None:
+    """``kubectl delete df`` -> children garbage-collected, final snapshot taken, Redis state kept."""
+    k, ns = stack.kube, stack.ns
+    epoch = int((stack.status("wc2").get("snapshot") or {}).get("epoch") or 0)
+    for kind in ("statefulset", "service"):
+        owners = k.get(kind, "wc2", ns)["metadata"]["ownerReferences"]
+        assert [(o["kind"], o["name"]) for o in owners] == [("Dataflow", "wc2")], owners
+    k.kubectl("delete", "dataflow", "wc2", "-n", ns, "--timeout=180s")
+    for kind in ("statefulset", "service"):
+        wait_for(f"{kind} wc2 deleted", functools.partial(_gone, k, kind, "wc2", ns), 120, 2)
+    wait_for("wc2's pods deleted", lambda: not stack.pods("wc2"), 120, 2)
+    reasons = {e["reason"]: e["message"] for e in stack.events("wc2")}
+    assert "StateKept" in reasons, reasons
+    kept = re.search(r"epoch (\d+)", reasons["StateKept"])
+    assert kept and int(kept.group(1)) >= epoch, (epoch, reasons["StateKept"])
+    # The runtime keeps a Dataflow's snapshots under the hash tag hr{<namespace>/<name>}.
+    keys = stack.redis("--scan", "--pattern", f"hr{{{ns}/wc2}}*").split()
+    assert keys, f"no Redis keys left under hr{{{ns}/wc2}}: {stack.redis('--scan', '--count', '1000')[:2000]}"
