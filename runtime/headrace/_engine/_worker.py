@@ -201,6 +201,18 @@ class _SourceRun:
 
 
 _TIMER_CLASSES: dict[type, bool] = {}
+_EOF_CLASSES: dict[type, bool] = {}
+
+
+def _has_own_eof(logic: Any) -> bool:
+    """Whether a logic's class overrides `on_eof` (else EOF changes nothing)."""
+    cls = type(logic)
+    known = _EOF_CLASSES.get(cls)
+    if known is None:
+        from headrace.operators._core import StatefulBatchLogic
+
+        known = _EOF_CLASSES[cls] = cls.on_eof is not StatefulBatchLogic.on_eof
+    return known
 
 
 def _may_set_timers(logic: Any) -> bool:
@@ -344,10 +356,7 @@ class _StatefulRun:
         self._process(groups, len(batch), t0)
 
     def _reject(self, batch: list[Any]) -> None:
-        for item in batch:
-            if item.__class__ is not tuple or len(item) != 2 or item[0].__class__ is not str:
-                raise _not_keyed(self.step_id, item)
-        raise AssertionError("no bad item found")  # pragma: no cover
+        _reject_unkeyed(self.step_id, batch)
 
     def deliver(self, payload: Any) -> None:
         """Items (a list) or values already grouped by key (a dict)."""
@@ -452,6 +461,10 @@ class _StatefulRun:
         t0 = time.perf_counter()
         out: list[Any] = []
         for key, logic in list(self.logics.items()):
+            if not _has_own_eof(logic):
+                # The default on_eof emits nothing and keeps the state as it
+                # is: don't re-snapshot every such key in the final epoch.
+                continue
             try:
                 ret = logic.on_eof()
             except Exception as exc:
@@ -494,6 +507,14 @@ def _pickle_part(step_id: str, name: str, state: Any) -> bytes:
             f"which can't be pickled ({type(exc).__name__}: {exc})"
         )
         raise BytewaxRuntimeError(msg) from exc
+
+
+def _reject_unkeyed(step_id: str, batch: list[Any]) -> None:
+    """Raise the precise error for the first item that is not a (str, value) pair."""
+    for item in batch:
+        if item.__class__ is not tuple or len(item) != 2 or item[0].__class__ is not str:
+            raise _not_keyed(step_id, item)
+    raise AssertionError("no bad item found")  # pragma: no cover
 
 
 def _not_keyed(step_id: str, item: Any) -> BytewaxRuntimeError:
@@ -907,26 +928,26 @@ class Worker:
                         self._send_data(edge, dst, part)
 
         def route(batch: Any) -> None:
-            if batch.__class__ is dict:
-                route_groups(batch)
-                return
-            buckets: list[list[Any]] = [[] for _ in range(count)]
-            for item in batch:
-                if not trusted and (item.__class__ is not tuple or len(item) != 2):
-                    raise _not_keyed(step_id, item)
-                k = item[0]
-                dst = cache.get(k)
-                if dst is None:
-                    if k.__class__ is not str:
-                        raise _not_keyed(step_id, item)
-                    dst = owner(k)
-                buckets[dst].append(item)
-            for dst, items in enumerate(buckets):
-                if items:
-                    if dst == me:
-                        edge.deliver(items)
-                    else:
-                        self._send_data(edge, dst, items)
+            if batch.__class__ is not dict:
+                # Group first: one owner lookup per key, and each key is
+                # pickled once per message instead of once per item.
+                if not trusted and list(map(type, batch)).count(tuple) != len(batch):
+                    _reject_unkeyed(step_id, batch)
+                grouped: dict[str, list[Any]] = {}
+                get = grouped.get
+                try:
+                    for k, v in batch:
+                        vs = get(k)
+                        if vs is None:
+                            if k.__class__ is not str:
+                                raise _not_keyed(step_id, (k, v))
+                            grouped[k] = [v]
+                        else:
+                            vs.append(v)
+                except ValueError:
+                    _reject_unkeyed(step_id, batch)
+                batch = grouped
+            route_groups(batch)
 
         return route
 

@@ -1,0 +1,363 @@
+"""Scaling over processes: Headrace ``-p 2`` vs ``-p 1`` (and ``-w 2``), Bytewax alongside.
+
+    python benchmarks/cluster_bench.py [--quick] [--repeat 3] [--only wordcount,tumbling_fold]
+                                       [--engines headrace,bytewax] [--json out.json]
+
+Each run is the engine's own CLI in fresh processes: ``python -m
+headrace.run cli_flows:flow -p 1 | -p 2 | -w 2 --metrics-port 0`` and
+``python -m bytewax.run cli_flows:flow -w 1 | -w 2`` plus Bytewax as two
+processes (``-i 0/1 -a ...``, the same shape as Headrace's ``-p 2``). The
+pipelines are the single-worker benchmark's ``wordcount`` and
+``tumbling_fold`` fed by a 4-partition source, so every process reads.
+
+Throughput is input items over the dataflow's own *span*: from the
+earliest first read of any process to the latest write of any process,
+recorded inside the processes (``pipelines/_span.py``), so interpreter
+start, imports and connecting the peers are not charged. Wall time (first
+process start to last exit) is shown too. Every process also records the
+CPU time it used over that span; ``CPU est`` is items over the busiest
+process's CPU seconds, what the span would be if each process had a
+core to itself (the machine is shared, so the measured span can be longer).
+
+Exchange overhead, Headrace only, from the engine's own counters
+(``headrace_exchange_items_total``, ``headrace_exchange_bytes_total``,
+read from the registry ``/metrics`` serves just before each process
+exits): bytes per exchanged item, and the extra CPU the 2-process run
+spent over the 1-process run per exchanged item (all parallel overhead
+counted as exchange cost, so an upper bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+# `benchmarks/` must not be on sys.path: its profile.py would shadow the stdlib's.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE / "pipelines"))
+
+import _cli  # noqa: E402
+
+TARGET = 1.6
+PIPELINES = {"wordcount": 1_000_000, "tumbling_fold": 2_000_000}
+QUICK = {"wordcount": 100_000, "tumbling_fold": 200_000}
+PARTS = 4
+
+
+def _expected_out(pipeline: str, items: int) -> int:
+    # 1000 distinct words; 100 keys x (items / 1000) one-second windows.
+    return 1000 if pipeline == "wordcount" else items // 10
+
+
+@dataclass(frozen=True)
+class Config:
+    """One way of running a pipeline: engine, CLI arguments, processes started by hand.
+
+    >>> [c.label for c in CONFIGS if c.baseline]
+    ['headrace -p 1', 'bytewax -w 1']
+    """
+
+    label: str
+    engine: str
+    args: tuple[str, ...]
+    processes: int = 1
+    baseline: bool = False
+
+
+CONFIGS = (
+    Config("headrace -p 1", "headrace", ("-p", "1", "--metrics-port", "0"), baseline=True),
+    Config("headrace -p 2", "headrace", ("-p", "2", "--metrics-port", "0")),
+    Config("headrace -w 2", "headrace", ("-w", "2", "--metrics-port", "0")),
+    Config("bytewax -w 1", "bytewax", ("-w", "1"), baseline=True),
+    Config("bytewax -w 2", "bytewax", ("-w", "2")),
+    Config("bytewax 2 procs", "bytewax", ("-w", "1"), processes=2),
+)
+
+
+@dataclass
+class Cell:
+    """The repeats of one config on one pipeline.
+
+    >>> cell = Cell(CONFIGS[0], 100, [_fake(1.0, 0.8), _fake(2.0, 1.6)])
+    >>> cell.rates(), cell.cpu_est(), cell.median(lambda r: r.span)
+    ((100.0, 75.0), 125.0, 1.5)
+    """
+
+    config: Config
+    items: int
+    runs: list[_cli.CliRun] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def good(self) -> list[_cli.CliRun]:
+        """The runs that succeeded.
+
+        >>> len(Cell(CONFIGS[0], 1, [_fake(1.0, 1.0), _cli.CliRun(1.0, [], "boom")]).good())
+        1
+        """
+        return [r for r in self.runs if r.ok]
+
+    def rates(self) -> tuple[float | None, float | None]:
+        """Best and median items/s over the dataflow's span.
+
+        >>> Cell(CONFIGS[0], 10, [_fake(2.0, 1.0)]).rates()
+        (5.0, 5.0)
+        """
+        return _cli.best_median([self.items / r.span for r in self.good()])
+
+    def cpu_est(self) -> float | None:
+        """Best items per CPU second of the busiest process (one core each).
+
+        >>> Cell(CONFIGS[0], 10, [_fake(2.0, 1.0)]).cpu_est()
+        10.0
+        """
+        return _cli.best_median([self.items / max(r.cpu()) for r in self.good()])[0]
+
+    def median(self, fn: Any) -> float | None:
+        """Median of ``fn(run)`` over the good runs.
+
+        >>> Cell(CONFIGS[0], 10).median(lambda r: r.wall) is None
+        True
+        """
+        values = [fn(r) for r in self.good()]
+        return statistics.median(values) if values else None
+
+
+def _fake(span: float, cpu: float, **metrics: float) -> _cli.CliRun:
+    record = {"first_read": 0.0, "last_write": span, "cpu_first_read": 0.0, "cpu_exit": cpu,
+              "items_read": 0, "items_written": 0, "metrics": metrics}
+    return _cli.CliRun(span, [record])
+
+
+def check(run: _cli.CliRun, config: Config, pipeline: str, items: int) -> str | None:
+    """What is wrong with a run, or ``None``.
+
+    >>> ok = _cli.CliRun(1.0, [{"items_read": 5, "items_written": 1000}])
+    >>> check(ok, CONFIGS[0], "wordcount", 5) is None
+    True
+    >>> check(ok, CONFIGS[1], "wordcount", 5)
+    'expected 2 processes reading, got 1'
+    """
+    if not run.ok:
+        return run.error or "no process recorded anything"
+    want_procs = 2 if ("-p", "2") == config.args[:2] or config.processes == 2 else 1
+    if run.processes != want_procs or any(r["items_read"] == 0 for r in run.records):
+        return f"expected {want_procs} processes reading, got {run.processes}"
+    if run.items_read != items:
+        return f"read {run.items_read:,} items, expected {items:,}"
+    if run.items_written != _expected_out(pipeline, items):
+        return f"wrote {run.items_written:,} items, expected {_expected_out(pipeline, items):,}"
+    return None
+
+
+def is_reference_quirk(config: Config, problem: str) -> bool:
+    """Whether a problem is Bytewax's output count, which is reported but not a failure.
+
+    Bytewax as two processes sometimes emits a few windows more or fewer
+    than the same input gives on one worker; it is the comparison, not the
+    system under test, so its run still counts (and the note says so).
+
+    >>> is_reference_quirk(CONFIGS[5], "wrote 1 items, expected 2"), is_reference_quirk(CONFIGS[1], "wrote 1")
+    (True, False)
+    """
+    return config.engine == "bytewax" and problem.startswith("wrote ")
+
+
+def measure(
+    pipelines: dict[str, int], configs: list[Config], pythons: dict[str, Path | str], repeat: int
+) -> dict[str, list[Cell]]:
+    """Run every config on every pipeline ``repeat`` times, the config order alternating.
+
+    >>> cells = measure({"wordcount": 200}, [CONFIGS[0]], {"headrace": sys.executable}, 1)
+    >>> cells["wordcount"][0].good()[0].items_written
+    1000
+    """
+    out: dict[str, list[Cell]] = {}
+    total = len(pipelines) * len(configs) * repeat
+    done = 0
+    for pipeline, items in pipelines.items():
+        cells = [Cell(c, items) for c in configs]
+        out[pipeline] = cells
+        for rep in range(repeat):
+            order = cells if rep % 2 == 0 else cells[::-1]
+            for cell in order:
+                c = cell.config
+                done += 1
+                run = _cli.run_cli(pythons[c.engine], c.engine, c.args, pipeline, items, PARTS,
+                                   c.processes)
+                problem = check(run, c, pipeline, items)
+                if problem is not None and is_reference_quirk(c, problem):
+                    cell.notes.append(problem)
+                elif problem is not None:
+                    run.error = problem
+                    cell.problems.append(problem)
+                cell.runs.append(run)
+                status = problem or (
+                    f"{_cli.rate(items / run.span)} items/s, span {run.span:.2f} s, "
+                    f"wall {run.wall:.2f} s, cpu {'/'.join(f'{x:.2f}' for x in run.cpu())} s"
+                )
+                print(f"[{done}/{total}] {pipeline} {c.label}: {status}  (load {_cli.load_average()})",
+                      file=sys.stderr, flush=True)
+    return out
+
+
+def scaling_table(cells: list[Cell]) -> str:
+    """Throughput per config, and speed-up over the same engine's single worker.
+
+    >>> print(scaling_table([Cell(CONFIGS[0], 10, [_fake(1.0, 1.0)])]))  # doctest: +NORMALIZE_WHITESPACE
+    config         items/s best (med)  speed-up best (med)  CPU s max  CPU s sum    CPU est (x)  wall s
+    headrace -p 1         0.0k (0.0k)        1.00x (1.00x)       1.00       1.00  0.0k (1.00x)    1.00
+    """
+    base = {c.config.engine: c for c in cells if c.config.baseline}
+    rows = []
+    for cell in cells:
+        best, med = cell.rates()
+        b = base.get(cell.config.engine)
+        bb, bm = b.rates() if b is not None else (None, None)
+        sb = best / bb if best and bb else None
+        sm = med / bm if med and bm else None
+        b_est = b.cpu_est() if b is not None else None
+        est = cell.cpu_est()
+        rows.append([
+            cell.config.label,
+            f"{_cli.rate(best)} ({_cli.rate(med)})",
+            f"{_cli.num(sb, '.2f', 'x')} ({_cli.num(sm, '.2f', 'x')})",
+            _cli.num(cell.median(lambda r: max(r.cpu())), ".2f"),
+            _cli.num(cell.median(lambda r: sum(r.cpu())), ".2f"),
+            f"{_cli.rate(est)} ({_cli.num(est / b_est if est and b_est else None, '.2f', 'x')})",
+            _cli.num(cell.median(lambda r: r.wall), ".2f"),
+            "FAILED" if cell.problems else "",
+        ])
+    return _cli.render(
+        ["config", "items/s best (med)", "speed-up best (med)", "CPU s max", "CPU s sum",
+         "CPU est (x)", "wall s", ""],
+        rows,
+    )
+
+
+def exchange_rows(pipeline: str, cells: list[Cell]) -> list[list[str]]:
+    """Headrace's exchange figures for one pipeline: per -p 2 and -w 2.
+
+    >>> out = {"headrace_exchange_items_total:out": 50.0, "headrace_exchange_bytes_total:out": 200.0}
+    >>> cells = [Cell(CONFIGS[0], 100, [_fake(1.0, 1.0)]), Cell(CONFIGS[1], 100, [_fake(1.0, 0.6, **out)])]
+    >>> exchange_rows("wc", cells)
+    [['wc -p 2', '50', '0.50', '4.0', '-0.40', '-8000.00']]
+    """
+    by = {c.config.label: c for c in cells}
+    base = by.get("headrace -p 1")
+    rows = []
+    for label in ("headrace -p 2", "headrace -w 2"):
+        cell = by.get(label)
+        if cell is None or base is None or not cell.good() or not base.good():
+            continue
+        items = cell.median(lambda r: r.metric("headrace_exchange_items_total:out")) or 0.0
+        sent = cell.median(lambda r: r.metric("headrace_exchange_bytes_total:out")) or 0.0
+        extra = (cell.median(lambda r: sum(r.cpu())) or 0.0) - (base.median(lambda r: sum(r.cpu())) or 0.0)
+        per_item = _cli.num(sent / items if items and sent else None, ".1f")
+        rows.append([
+            f"{pipeline} {label.split()[1]} {label.split()[2]}",
+            f"{items:,.0f}",
+            f"{items / cell.items:.2f}",
+            per_item if label.endswith("-p 2") else "0 (memory)",
+            f"{extra:+.2f}",
+            _cli.num(extra / items * 1e6 if items else None, ".2f"),
+        ])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run, print the tables; 0 unless a run failed.
+
+    >>> main(["--quick", "--engines", "headrace", "--only", "wordcount", "--items", "400"])
+    ... # doctest: +ELLIPSIS
+    Scaling over processes, best of 1 ...
+    wordcount: headrace -p 2 / -p 1 = ...
+    0
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small inputs, one repeat")
+    parser.add_argument("--repeat", type=int, help="runs per config (default 3, --quick 1)")
+    parser.add_argument("--only", help="comma-separated pipelines (default: all)")
+    parser.add_argument("--engines", default="headrace,bytewax")
+    parser.add_argument("--items", type=int, help="input items for every pipeline")
+    parser.add_argument("--json", type=Path, help="save raw runs and the tables here")
+    args = parser.parse_args(argv)
+    repeat = args.repeat or (1 if args.quick else 3)
+    sizes = dict(QUICK if args.quick else PIPELINES)
+    if args.only:
+        unknown = set(args.only.split(",")) - set(sizes)
+        if unknown:
+            parser.error(f"unknown pipeline(s) {sorted(unknown)}; choose from {', '.join(sizes)}")
+        sizes = {k: v for k, v in sizes.items() if k in args.only.split(",")}
+    if args.items:
+        sizes = dict.fromkeys(sizes, args.items)
+    engines = args.engines.split(",")
+    configs = [c for c in CONFIGS if c.engine in engines]
+    if not configs:
+        parser.error("--engines takes a subset of headrace,bytewax")
+    pythons: dict[str, Path | str] = {"headrace": sys.executable}
+    if "bytewax" in engines:
+        pythons["bytewax"] = _cli.bytewax_python()
+
+    load_before = _cli.load_average()
+    started = time.time()
+    results = measure(sizes, configs, pythons, repeat)
+    elapsed = time.time() - started
+    print(
+        f"Scaling over processes, best of {repeat} (median in parentheses); "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}; took {elapsed:.0f} s; "
+        f"load average before {load_before}, after {_cli.load_average()}"
+    )
+    failed = False
+    exchange: list[list[str]] = []
+    for pipeline, cells in results.items():
+        print(f"\n{pipeline}, {sizes[pipeline]:,} items, {PARTS} source partitions:")
+        print(scaling_table(cells))
+        exchange += exchange_rows(pipeline, cells)
+        for cell in cells:
+            for problem in cell.problems:
+                failed = True
+                print(f"note: {cell.config.label} failed: {problem}")
+            for quirk in cell.notes:
+                print(f"note: {cell.config.label} {quirk} (Bytewax's own result; timed anyway)")
+    if exchange:
+        print("\nHeadrace exchange (medians; extra CPU = CPU s sum minus -p 1's, over exchanged items):")
+        print(_cli.render(
+            ["run", "items exchanged", "per input", "bytes/item", "extra CPU s", "us/item"], exchange))
+    verdicts = []
+    for pipeline, cells in results.items():
+        by = {c.config.label: c for c in cells}
+        if "headrace -p 1" in by and "headrace -p 2" in by:
+            p1, p2 = by["headrace -p 1"].rates()[0], by["headrace -p 2"].rates()[0]
+            if p1 and p2:
+                ratio = p2 / p1
+                verdicts.append(f"{pipeline}: headrace -p 2 / -p 1 = {ratio:.2f}x (target >= {TARGET}x): "
+                                f"{'ok' if ratio >= TARGET else 'MISS'}")
+    for line in verdicts:
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "load_before": load_before,
+            "sizes": sizes,
+            "runs": {
+                p: [{"config": c.config.label, "wall": r.wall, "records": r.records, "error": r.error}
+                    for c in cells for r in c.runs]
+                for p, cells in results.items()
+            },
+            "verdicts": verdicts,
+        }, indent=1) + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
