@@ -272,8 +272,13 @@ def cli_main(
         )
 
 
-def _install_signal_handlers() -> None:
+def _install_signal_handlers() -> dict[int, Any]:
+    """Install SIGTERM/SIGINT handlers; return the previous ones."""
     from headrace._engine._run import request_stop
+
+    previous: dict[int, Any] = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
 
     state = {"interrupts": 0}
 
@@ -293,6 +298,7 @@ def _install_signal_handlers() -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_int)
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,7 +339,22 @@ def main(argv: list[str] | None = None) -> int:
     if proc_id is None and args.process_id_from_hostname:
         proc_id = _ordinal_from_hostname(socket.gethostname())
     epoch = args.epoch_interval or args.snapshot_interval
-    _install_signal_handlers()
+    previous = _install_signal_handlers()
+    try:
+        return _run(args, flow, addresses, proc_id, epoch, recovery)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(
+    args: argparse.Namespace,
+    flow: Dataflow,
+    addresses: list[str] | None,
+    proc_id: int | None,
+    epoch: timedelta | None,
+    recovery: Any,
+) -> int:
     from headrace._engine._run import execute, execute_cluster
 
     try:

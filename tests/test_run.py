@@ -1,0 +1,96 @@
+"""The runner: import strings, the CLI's errors and exit codes, cli_main."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from headrace._imports import locate_dataflow
+from headrace.dataflow import Dataflow
+from headrace.errors import ImportStringError
+from headrace.run import _parser, cli_main, main
+
+ROOT = Path(__file__).resolve().parents[1]
+MOD = "tests.flows.import_targets"
+
+
+def test_import_string_forms() -> None:
+    assert locate_dataflow(MOD).flow_id == "made_3"  # module: attribute `flow`
+    assert locate_dataflow(f"{MOD}:other_flow").flow_id == "made_1"
+    assert locate_dataflow(f'{MOD}:make(2, prefix="y")').flow_id == "made_2"
+    path = ROOT / "tests" / "flows" / "import_targets.py"
+    assert locate_dataflow(f"{path}:other_flow").flow_id == "made_1"
+    assert isinstance(locate_dataflow(str(path)), Dataflow)
+
+
+@pytest.mark.parametrize(
+    ("import_str", "message"),
+    [
+        ("no_such_pkg.mod:flow", "can't import module 'no_such_pkg.mod'"),
+        (f"{MOD}:missing", f"module '{MOD}' has no attribute 'missing'; dataflows in it:"),
+        (f"{MOD}:not_a_flow", "is a int, not a Dataflow"),
+        (f"{MOD}:make(", "can't parse 'make('"),
+        (f"{MOD}:make(len)", "must be literals"),
+        (f"{MOD}:flow()", "is not callable"),
+        ("tests/flows/nope.py:flow", "no such file"),
+    ],
+)
+def test_bad_import_strings_say_what_was_tried(import_str: str, message: str) -> None:
+    with pytest.raises(ImportStringError) as info:
+        locate_dataflow(import_str)
+    assert message in str(info.value)
+
+
+def test_cli_exit_code_and_message_for_a_bad_import_string() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "headrace.run", f"{MOD}:missing", "--metrics-port", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert res.returncode == 2
+    assert f"module '{MOD}' has no attribute 'missing'" in res.stderr
+
+
+def test_cli_runs_a_dataflow_and_fails_with_exit_1_on_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad_flow.py"
+    bad.write_text(
+        "import headrace.operators as op\n"
+        "from headrace.dataflow import Dataflow\n"
+        "from headrace.testing import TestingSource\n"
+        "from headrace.connectors.stdio import StdOutSink\n"
+        "flow = Dataflow('bad')\n"
+        "s = op.map('boom', op.input('i', flow, TestingSource([1])), lambda x: 1 / 0)\n"
+        "op.output('o', s, StdOutSink())\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "headrace.run", f"{bad}:flow", "--metrics-port", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert res.returncode == 1
+    assert "bad.boom" in res.stderr and "ZeroDivisionError" in res.stderr
+
+
+def test_main_and_cli_main_in_process() -> None:
+    from tests.flows import import_targets
+
+    import_targets.OUT.clear()
+    assert main([f'{MOD}:make(2, prefix="m")', "--metrics-port", "0"]) == 0
+    assert import_targets.OUT == ["m0", "m1"]
+    import_targets.OUT.clear()
+    cli_main(import_targets.make(2, "c"), workers_per_process=2)
+    assert sorted(import_targets.OUT) == ["c0", "c1"]
+
+
+def test_bytewax_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BYTEWAX_WORKERS_PER_PROCESS", "3")
+    monkeypatch.setenv("HEADRACE_KEY_GROUPS", "64")
+    args = _parser().parse_args(["m:f", "-r", "./state", "-s", "2", "-b", "30"])
+    assert args.workers_per_process == 3
+    assert args.key_groups == 64
+    assert args.recovery == "./state"
+    assert args.snapshot_interval.total_seconds() == 2
+    assert args.backup_interval.total_seconds() == 30
+    args = _parser().parse_args(["m:f", "--recovery-directory", "d", "-w", "1"])
+    assert args.recovery == "d" and args.workers_per_process == 1
