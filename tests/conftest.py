@@ -25,6 +25,19 @@ def iter_causes(exc: BaseException | None) -> Iterator[BaseException]:
         exc = exc.__cause__
 
 
+@pytest.fixture(autouse=True)
+def _restore_headrace_logger() -> Iterator[None]:
+    """Undo whatever a test (or a CLI ``main()`` it calls) did to the ``headrace`` logger."""
+    import logging
+
+    logger = logging.getLogger("headrace")
+    saved = (logger.level, logger.propagate, list(logger.handlers))
+    yield
+    logger.setLevel(saved[0])
+    logger.propagate = saved[1]
+    logger.handlers[:] = saved[2]
+
+
 @pytest.fixture
 def flow() -> Dataflow:
     """A fresh, empty dataflow named ``test``."""
