@@ -247,3 +247,36 @@ def test_real_prometheus_scrapes_a_two_process_cluster(tmp_path: Path) -> None:
         assert run.returncode == 0, err[-2000:]
     finally:
         prom.stop()
+
+
+def test_worker_busy_and_idle_seconds_add_up() -> None:
+    """Busy time counts work (here: sleeping inside a map), idle time counts waiting for input."""
+    from prometheus_client import REGISTRY
+
+    import headrace.operators as op
+    from headrace.dataflow import Dataflow
+    from headrace.testing import TestingSink, TestingSource
+
+    seen: dict[str, float] = {}
+
+    def work(x: int) -> int:
+        if x < 10:
+            time.sleep(0.03)
+        else:
+            for name in ("busy", "idle"):
+                series = f"headrace_worker_{name}_seconds_total"
+                value = REGISTRY.get_sample_value(series, {"worker_index": "0"})
+                seen[name] = value if value is not None else -1.0
+        return x
+
+    flow = Dataflow("busy_idle")
+    items: list[Any] = [*range(10), TestingSource.PAUSE(timedelta(milliseconds=600)), 10]
+    s = op.input("inp", flow, TestingSource(items))
+    op.output("out", op.map("work", s, work), TestingSink([]))
+    t0 = time.perf_counter()
+    execute(flow, epoch_interval=timedelta(seconds=10))
+    wall = time.perf_counter() - t0
+    # 10 x 30 ms of work, then 600 ms without input (flushes are every 50 ms).
+    assert seen["busy"] >= 0.25, seen
+    assert seen["idle"] >= 0.45, seen
+    assert seen["busy"] + seen["idle"] <= wall, (seen, wall)

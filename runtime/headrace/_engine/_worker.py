@@ -17,6 +17,7 @@ Execution model (see docs/architecture.md):
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import pickle
@@ -59,6 +60,10 @@ ACK = 3
 # Barrier flags.
 F_EOF = 1
 F_STOP = 2
+
+# Busy time (wall time minus idle and backpressure waits) is added to its
+# counter at most this often (seconds), to keep the bookkeeping off the hot loop.
+_BUSY_FLUSH = 0.05
 
 # Items a worker may have sent to one peer that the peer has not yet
 # processed; past it the worker stops polling its sources (backpressure)
@@ -479,6 +484,24 @@ class _StatefulRun:
             self.push(out)
 
 
+def _combined(
+    step_id: str, reducer: Callable[[Any, Any], Any], groups: dict[str, list[Any]]
+) -> dict[str, list[Any]]:
+    """Pre-reduce each key's values before they cross the network (see `_combinable`)."""
+    out: dict[str, list[Any]] = {}
+    for k, vs in groups.items():
+        if len(vs) > 1:
+            try:
+                vs = [functools.reduce(reducer, vs)]
+            except Exception as exc:
+                raise BytewaxRuntimeError(
+                    f"error calling `StatefulBatchLogic.on_batch` in step {step_id!r} "
+                    f"for key {k!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+        out[k] = vs
+    return out
+
+
 def _pickle_state(step_id: str, key: str, logic: Any) -> bytes:
     try:
         state = logic.snapshot()
@@ -583,6 +606,8 @@ class Worker:
         self.inflight = [0] * self.count
         self._acks = [0] * self.count
         self.backpressure_seconds = 0.0
+        self._busy_mark = time.perf_counter()
+        self._not_busy = 0.0
         self.epoch_ref.epoch = config.resume_epoch + 1
         self._sink_parts: list[tuple[str, str, Any]] = []
         self.snapshot_bytes = 0
@@ -885,7 +910,8 @@ class Worker:
                 for states in store.load(step.step_id, mine).values():
                     node.restore(states)
             edge.on_eof = node.on_eof
-            edge.route = self._keyed_router(edge, step.step_id, node.trusted)
+            combine = getattr(step.conf["builder"], "_combine", None)
+            edge.route = self._keyed_router(edge, step.step_id, node.trusted, combine)
         elif step.kind == "redistribute":
             edge.deliver = self.push_for(step.outputs["down"])
             edge.route = self._rr_router(edge)
@@ -899,7 +925,9 @@ class Worker:
             self.metrics.x_out.inc(n)
         self.cluster.send(dst, (DATA, edge.eid, self.index, self.epoch, items))
 
-    def _keyed_router(self, edge: _Edge, step_id: str, trusted: bool) -> Push:
+    def _keyed_router(
+        self, edge: _Edge, step_id: str, trusted: bool, combine: Callable[[Any, Any], Any] | None = None
+    ) -> Push:
         if self.count == 1:
             return edge.deliver
         groups = self.config.key_groups
@@ -925,6 +953,8 @@ class Worker:
                     if dst == me:
                         edge.deliver(part)
                     else:
+                        if combine is not None:
+                            part = _combined(step_id, combine, part)
                         self._send_data(edge, dst, part)
 
         def route(batch: Any) -> None:
@@ -1240,7 +1270,20 @@ class Worker:
             return
         t0 = time.perf_counter()
         self._drain(block)
-        self.metrics.idle.inc(time.perf_counter() - t0)
+        waited = time.perf_counter() - t0
+        self._not_busy += waited
+        self.metrics.idle.inc(waited)
+
+    def _account_busy(self, final: bool = False) -> None:
+        """Add the time since the last call, minus idle and blocked time, to the busy counter."""
+        t = time.perf_counter()
+        span = t - self._busy_mark
+        if span < _BUSY_FLUSH and not final:
+            return
+        assert self.metrics is not None
+        self.metrics.busy.inc(max(0.0, span - self._not_busy))
+        self._busy_mark = t
+        self._not_busy = 0.0
 
     def _send_barriers(self) -> None:
         """Send this epoch's barrier on every edge whose upstream is complete."""
@@ -1374,6 +1417,8 @@ class Worker:
         """Run epochs until every input and exchange edge reached EOF."""
         interval = self.config.epoch_interval.total_seconds()
         cluster = self.cluster
+        self._busy_mark = time.perf_counter()
+        self._not_busy = 0.0
         try:
             while not self.finished:
                 epoch_span = self._start_epoch_span()
@@ -1396,6 +1441,7 @@ class Worker:
                             waited = time.monotonic() - t0
                             self.backpressure_seconds += waited
                             if self.metrics is not None:
+                                self._not_busy += waited
                                 self.metrics.backpressure.inc(waited)
                         if (
                             time.monotonic() >= deadline
@@ -1412,6 +1458,8 @@ class Worker:
                         self._drain(0)
                     else:
                         self._idle_drain(self._next_wake(closing, deadline))
+                    if self.metrics is not None:
+                        self._account_busy()
                 self.after_epoch()
                 if epoch_span is not None:
                     self._end_epoch_span(epoch_span)
@@ -1428,6 +1476,7 @@ class Worker:
 
     def _close_all(self) -> None:
         if self.metrics is not None:
+            self._account_busy(final=True)
             self.metrics.forget()
         for src in self.sources:
             if not src.done:
