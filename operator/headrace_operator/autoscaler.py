@@ -187,6 +187,15 @@ def _increase(values: list[float | None]) -> float:
     return total
 
 
+def sample_period(window: float, evaluation_interval: float) -> float:
+    """Seconds between scrapes of the workers: often enough for six samples per window.
+
+    >>> sample_period(300, 30), sample_period(30, 10), sample_period(3, 10)
+    (30, 5.0, 1.0)
+    """
+    return max(1.0, min(evaluation_interval, window / 6))
+
+
 def aggregate(samples: Iterable[Sample], window: float, now: float) -> WindowStats | None:
     """Window rates from scraped samples; ``None`` with fewer than two samples in it.
 
@@ -196,8 +205,12 @@ def aggregate(samples: Iterable[Sample], window: float, now: float) -> WindowSta
     >>> st.utilization, st.input_rate, st.coverage
     (0.5, 10.0, 60.0)
     """
-    inside = sorted((s for s in samples if now - window - _EPS <= s.t <= now + _EPS),
-                    key=lambda s: s.t)
+    ordered = sorted((s for s in samples if s.t <= now + _EPS), key=lambda s: s.t)
+    start = now - window + _EPS
+    # The newest sample at or before the window's start is its baseline, so a
+    # window sampled every few seconds covers all of it, not one period less.
+    base = [s for s in ordered if s.t <= start][-1:]
+    inside = base + [s for s in ordered if s.t > start]
     if len(inside) < 2:
         return None
     first, last = inside[0], inside[-1]

@@ -266,10 +266,11 @@ def _metrics_window(uid: str, spec: DataflowSpec, obs: Observation) -> None:
         STATE.sample_execution[uid] = execution
     buf = STATE.samples.setdefault(uid, collections.deque())
     window = duration_seconds(spec.autoscaler.metrics_window)
-    interval = duration_seconds(spec.autoscaler.evaluation_interval)
-    if obs.status.get("phase") == "Running" and (not buf or obs.now - buf[-1].t >= interval):
+    period = asc.sample_period(window, duration_seconds(spec.autoscaler.evaluation_interval))
+    if obs.status.get("phase") == "Running" and (not buf or obs.now - buf[-1].t >= period):
         buf.append(_kube.scrape(obs.pods, spec.observability.metrics_port))
-    while buf and buf[0].t < obs.now - window - interval:
+    # Keep one sample older than the window: the baseline of its rates.
+    while len(buf) > 1 and buf[1].t <= obs.now - window:
         buf.popleft()
     obs.metrics = asc.aggregate(buf, window, obs.now)
 

@@ -284,6 +284,14 @@ def test_aggregate_ignores_samples_outside_the_window() -> None:
     assert s is not None and s.coverage == 60 and s.utilization == 0.5 and s.input_rate == 10
 
 
+def test_aggregate_takes_the_last_sample_before_the_window_as_its_baseline() -> None:
+    # Scraped every 40 s with a 60 s window: the window [100, 160] starts at the sample of t=90.
+    samples = [sample(10, 0, 0), sample(50, 0, 0), sample(90, 10, 0), sample(130, 40, 400),
+               sample(160, 45, 700)]
+    s = aggregate(samples, 60, 160)
+    assert s is not None and s.coverage == 70 and s.utilization == 0.5 and s.input_rate == 10
+
+
 def test_aggregate_survives_counter_resets() -> None:
     samples = [sample(0, 100, 1000), sample(30, 115, 1300), sample(60, 15, 300)]
     s = aggregate(samples, 60, 60)
