@@ -448,3 +448,46 @@ def test_collect_timers_fire_on_every_worker(workers: int, interval: timedelta |
         assert [v for chunk in chunks for v in chunk] == [v for kk, v in KEYED if kk == k]
     assert set(per_key) == {k for k, _ in KEYED}
     assert all(chunk for _, chunk in out)
+
+
+def test_reduce_final_pre_reduces_before_the_exchange() -> None:
+    """A key's values are reduced on the sending worker first; the owner reduces the partials."""
+    flow = Dataflow("combine")
+    calls: list[tuple[list[int], list[int]]] = []
+    lock = threading.Lock()
+
+    def concat(a: list[int], b: list[int]) -> list[int]:
+        with lock:
+            calls.append((a, b))
+        return a + b
+
+    items = [(f"k{i % 3}", [i]) for i in range(400)]
+    out: list[tuple[str, list[int]]] = []
+    s = op.input("inp", flow, TestingSource(items, batch_size=40))
+    s = op.redistribute("spread", s)
+    op.output("out", op.reduce_final("concat", s, concat), TestingSink(out))
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    assert sorted(k for k, _ in out) == ["k0", "k1", "k2"]
+    for k, vs in out:
+        assert sorted(vs) == [i for i in range(400) if f"k{i % 3}" == k]
+    # Without a combiner the owner only ever folds in one raw value at a time.
+    assert any(len(b) > 1 for _, b in calls), "no partial result crossed the exchange"
+
+
+def test_a_failing_reducer_in_the_combiner_names_the_step() -> None:
+    flow = Dataflow("combine_fails")
+    s = op.input("inp", flow, TestingSource([(f"k{i % 5}", i) for i in range(100)], batch_size=20))
+    s = op.redistribute("spread", s)
+    op.output("out", op.reduce_final("bad_sum", s, lambda a, b: a / (b - b)), TestingSink([]))
+    with pytest.raises(Exception) as info:
+        cluster_main(flow, [], 0, worker_count_per_proc=2)
+    text = " ".join(str(e) for e in _chain(info.value))
+    assert "bad_sum" in text and "ZeroDivisionError" in text, text
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    out = []
+    while exc is not None and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__
+    return out

@@ -46,6 +46,18 @@ def _fusable(kind: str, fn: Callable[..., Any], batch_fn: Callable[[list[Any]], 
     return batch_fn
 
 
+def _combinable(builder: Any, reducer: Callable[[Any, Any], Any]) -> Any:
+    """Tag a `stateful_batch` builder whose logic only reduces each key's values with ``reducer``.
+
+    The engine may then pre-reduce a key's values before sending them to the
+    worker that owns the key (a combiner), which cuts what crosses the
+    network; the owner reduces the partial results again, so the result is
+    the same for an associative ``reducer``.
+    """
+    builder._combine = reducer
+    return builder
+
+
 def _check_callable(step_id: str, name: str, fn: object) -> None:
     if not callable(fn):
         msg = f"step {step_id!r}: `{name}` must be callable; got {type(fn).__name__} {fn!r}"

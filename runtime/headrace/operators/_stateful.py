@@ -16,6 +16,7 @@ from headrace.dataflow import Stream, f_repr, operator
 from headrace.operators._core import (
     StatefulBatchLogic,
     _check_callable,
+    _combinable,
     merge,
     stateful_batch,
 )
@@ -334,7 +335,7 @@ def reduce_final(
     """
     _check_callable(step_id, "reducer", reducer)
     return stateful_batch(
-        "stateful_batch", up, lambda resume: _ReduceFinalLogic(reducer, resume)
+        "stateful_batch", up, _combinable(lambda resume: _ReduceFinalLogic(reducer, resume), reducer)
     )
 
 
