@@ -13,7 +13,7 @@ import pytest
 
 import headrace.operators as op
 from headrace.dataflow import Dataflow, Stream
-from headrace.testing import TestingSink, TestingSource, run_main
+from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
 
 
 def iter_causes(exc: BaseException | None) -> Iterator[BaseException]:
@@ -50,14 +50,38 @@ def cause_chain() -> Callable[[BaseException], list[BaseException]]:
     return lambda exc: list(iter_causes(exc))
 
 
+EntryPoint = Callable[..., None]
 RunOp = Callable[..., list[Any]]
 
 
-@pytest.fixture
-def run_op() -> RunOp:
-    """Run ``items`` through ``build(stream) -> stream`` on one worker; return the output.
+@pytest.fixture(params=[0, 1, 2], ids=["run_main", "cluster_main-1thread", "cluster_main-2thread"])
+def entry_point(request: pytest.FixtureRequest) -> EntryPoint:
+    """Run a dataflow on each of Bytewax's test entry points: ``entry_point(flow, **kwargs)``.
 
-    ``run_op(items, build, batch_size=1, **run_main_kwargs)``.
+    A test taking this fixture runs three times: on ``run_main(flow, **kwargs)``
+    and on ``cluster_main(flow, [], 0, worker_count_per_proc=N, **kwargs)``
+    with one and with two worker threads. ``kwargs`` are those both accept
+    (``epoch_interval``, ``recovery_config``). With two workers the keys are
+    spread over both, so the order of outputs across keys is not defined;
+    compare such outputs order-insensitively, and keep order checks per key.
+    """
+    threads: int = request.param
+
+    def run(flow: Dataflow, **kwargs: Any) -> None:
+        if threads:
+            cluster_main(flow, [], 0, worker_count_per_proc=threads, **kwargs)
+        else:
+            run_main(flow, **kwargs)
+
+    return run
+
+
+@pytest.fixture
+def run_op(entry_point: EntryPoint) -> RunOp:
+    """Run ``items`` through ``build(stream) -> stream`` on each entry point; return the output.
+
+    ``run_op(items, build, batch_size=1, **entry_point_kwargs)``; the input is
+    one `TestingSource` partition, so stateless steps keep its order.
     """
 
     def run(
@@ -70,7 +94,7 @@ def run_op() -> RunOp:
         out: list[Any] = []
         s = op.input("inp", flow, TestingSource(list(items), batch_size=batch_size))
         op.output("out", build(s), TestingSink(out))
-        run_main(flow, **kwargs)
+        entry_point(flow, **kwargs)
         return out
 
     return run

@@ -6,6 +6,7 @@ interleaving (one source split with `branch`, so the arrival order is fixed).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,7 +32,12 @@ def _interleaved() -> list[tuple[str, str, Any]]:
     return items
 
 
-def run_join(insert_mode: str, emit_mode: str, batch_size: int = 1) -> list[Any]:
+def run_join(
+    insert_mode: str,
+    emit_mode: str,
+    batch_size: int = 1,
+    entry_point: Callable[[Dataflow], None] = run_main,
+) -> list[Any]:
     flow = Dataflow("test")
     s = op.input("inp", flow, TestingSource(_interleaved(), batch_size=batch_size))
     sides = op.branch("side", s, lambda t: t[0] == "L")
@@ -40,7 +46,7 @@ def run_join(insert_mode: str, emit_mode: str, batch_size: int = 1) -> list[Any]
     out: list[Any] = []
     joined = op.join("join", left, right, insert_mode=insert_mode, emit_mode=emit_mode)
     op.output("out", joined, TestingSink(out))
-    run_main(flow)
+    entry_point(flow)
     return out
 
 
@@ -123,6 +129,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize(("insert_mode", "emit_mode"), list(EXPECTED))
 def test_join_modes(insert_mode: str, emit_mode: str) -> None:
+    # run_main only: the exact order across keys needs one worker (per key: test_join_modes_per_key).
     out = run_join(insert_mode, emit_mode)
     expected = EXPECTED[(insert_mode, emit_mode)]
     if emit_mode == "final":
@@ -132,11 +139,13 @@ def test_join_modes(insert_mode: str, emit_mode: str) -> None:
         assert out == expected
 
 
+@pytest.mark.parametrize("batch_size", [1, 4])
 @pytest.mark.parametrize(("insert_mode", "emit_mode"), list(EXPECTED))
-def test_join_modes_per_key_with_bigger_batches(insert_mode: str, emit_mode: str) -> None:
-    """Batching changes the order across keys, never the order within a key."""
-    out = run_join(insert_mode, emit_mode, batch_size=4)
+def test_join_modes_per_key(insert_mode: str, emit_mode: str, batch_size: int, entry_point: Any) -> None:
+    """Batching and workers change the order across keys, never the order within a key."""
+    out = run_join(insert_mode, emit_mode, batch_size, entry_point)
     expected = EXPECTED[(insert_mode, emit_mode)]
+    assert len(out) == len(expected)
     for key in "abcd":
         got = [v for k, v in out if k == key]
         want = [v for k, v in expected if k == key]
@@ -146,13 +155,13 @@ def test_join_modes_per_key_with_bigger_batches(insert_mode: str, emit_mode: str
             assert got == want, key
 
 
-def test_join_default_modes_are_last_and_complete() -> None:
+def test_join_default_modes_are_last_and_complete(entry_point: Any) -> None:
     flow = Dataflow("test")
     names = op.input("names", flow, TestingSource([("1", "ann"), ("1", "bob")]))
     ages = op.input("ages", flow, TestingSource([("1", 33)]))
     out: list[Any] = []
     op.output("out", op.join("join", names, ages), TestingSink(out))
-    run_main(flow)
+    entry_point(flow)
     # Which name pairs with the age depends on how the two sources interleave
     # (Bytewax and Headrace both give "ann"); exactly one complete row comes out.
     assert out in ([("1", ("ann", 33))], [("1", ("bob", 33))])
@@ -170,7 +179,7 @@ def test_join_complete_clears_and_joins_again(run_op: Any) -> None:
     assert run_op(items, build) == [("k", (1, "a")), ("k", (2, "b"))]
 
 
-def test_join_three_sides_running(flow: Dataflow) -> None:
+def test_join_three_sides_running(flow: Dataflow, entry_point: Any) -> None:
     s = op.input("inp", flow, TestingSource([("a", "k", 1), ("b", "k", 2), ("c", "k", 3)]))
     sides = [
         op.map(f"side_{n}", op.filter(f"only_{n}", s, lambda t, n=n: t[0] == n), lambda t: (t[1], t[2]))
@@ -178,33 +187,33 @@ def test_join_three_sides_running(flow: Dataflow) -> None:
     ]
     out: list[Any] = []
     op.output("out", op.join("join", *sides, emit_mode="running"), TestingSink(out))
-    run_main(flow)
+    entry_point(flow)
     assert out == [("k", (1, None, None)), ("k", (1, 2, None)), ("k", (1, 2, 3))]
 
 
-def test_join_single_side(flow: Dataflow) -> None:
+def test_join_single_side(flow: Dataflow, entry_point: Any) -> None:
     s = op.input("inp", flow, TestingSource([("k", 1), ("k", 2)]))
     out: list[Any] = []
     op.output("out", op.join("join", s), TestingSink(out))
-    run_main(flow)
+    entry_point(flow)
     assert out == [("k", (1,)), ("k", (2,))]
 
 
-def test_join_same_stream_twice(flow: Dataflow) -> None:
+def test_join_same_stream_twice(flow: Dataflow, entry_point: Any) -> None:
     s = op.input("inp", flow, TestingSource([("k", 1), ("k", 2)]))
     out: list[Any] = []
     op.output("out", op.join("join", s, s), TestingSink(out))
-    run_main(flow)
+    entry_point(flow)
     assert out == [("k", (1, 1)), ("k", (2, 2))]
 
 
-def test_join_from_separate_inputs_final(flow: Dataflow) -> None:
+def test_join_from_separate_inputs_final(flow: Dataflow, entry_point: Any) -> None:
     users = op.input("users", flow, TestingSource([("1", "ann"), ("2", "bob"), ("3", "cy")]))
     orders = op.input("orders", flow, TestingSource([("1", "tea"), ("1", "cake"), ("3", "pie")]))
     out: list[Any] = []
     joined = op.join("join", users, orders, insert_mode="product", emit_mode="final")
     op.output("out", joined, TestingSink(out))
-    run_main(flow)
+    entry_point(flow)
     assert sorted(out, key=repr) == sorted(
         [
             ("1", ("ann", "tea")),
@@ -236,9 +245,9 @@ def test_join_rejects_unknown_modes(flow: Dataflow, kwargs: dict[str, str], word
         op.join("join", s, s, **kwargs)  # type: ignore[arg-type]
 
 
-def test_join_needs_keyed_items(flow: Dataflow) -> None:
+def test_join_needs_keyed_items(flow: Dataflow, entry_point: Any) -> None:
     a = op.input("a", flow, TestingSource([1]))
     b = op.input("b", flow, TestingSource([("k", 2)]))
     op.output("out", op.join("join", a, b), TestingSink([]))
     with pytest.raises(BytewaxRuntimeError, match=r"'test\.join\."):
-        run_main(flow)
+        entry_point(flow)

@@ -36,10 +36,15 @@ def test_stateful_map_running_sum_per_key(run_op: Any, batch_size: int) -> None:
     assert [x for x in out if x[0] == "b"] == [("b", 5), ("b", 6)]
 
 
-def test_stateful_map_output_order_within_a_batch(run_op: Any) -> None:
+def test_stateful_map_output_order_within_a_batch(flow: Dataflow) -> None:
     """Within one batch, outputs come grouped by key in first-seen order (as in Bytewax)."""
+    # run_main only: the order across keys is only defined when one worker holds every key.
     items = [("a", 1), ("b", 2), ("a", 3), ("c", 4), ("b", 5)]
-    out = run_op(items, lambda s: op.stateful_map("id", s, lambda st, v: (st, v)), batch_size=5)
+    inp = op.input("inp", flow, TestingSource(items, batch_size=5))
+    s = op.stateful_map("id", inp, lambda st, v: (st, v))
+    out: list[Any] = []
+    op.output("out", s, TestingSink(out))
+    run_main(flow)
     assert out == [("a", 1), ("a", 3), ("b", 2), ("b", 5), ("c", 4)]
 
 
@@ -68,13 +73,16 @@ def test_stateful_map_state_is_per_key_and_starts_at_none(run_op: Any) -> None:
         return v, state
 
     run_op([("x", "1"), ("y", "2"), ("x", "3")], lambda s: op.stateful_map("m", s, mapper))
-    assert seen == [("1", None), ("2", None), ("3", "1")]
+    # Keys x and y may be on different workers: the calls interleave in any order.
+    assert sorted(seen) == [("1", None), ("2", None), ("3", "1")]
 
 
 def test_stateful_flat_map(run_op: Any) -> None:
     items = [("a", 1), ("a", 2), ("b", 3)]
     out = run_op(items, lambda s: op.stateful_flat_map("f", s, lambda st, v: ((st or 0) + v, [v] * v)))
-    assert out == [("a", 1), ("a", 2), ("a", 2), ("b", 3), ("b", 3), ("b", 3)]
+    assert [x for x in out if x[0] == "a"] == [("a", 1), ("a", 2), ("a", 2)]
+    assert [x for x in out if x[0] == "b"] == [("b", 3), ("b", 3), ("b", 3)]
+    assert len(out) == 6
 
 
 def test_stateful_flat_map_dedupe(run_op: Any) -> None:
@@ -86,7 +94,9 @@ def test_stateful_flat_map_dedupe(run_op: Any) -> None:
 
     items = [("a", 1), ("a", 1), ("b", 1), ("a", 2), ("b", 1)]
     out = run_op(items, lambda s: op.stateful_flat_map("d", s, dedupe))
-    assert out == [("a", 1), ("b", 1), ("a", 2)]
+    assert [x for x in out if x[0] == "a"] == [("a", 1), ("a", 2)]
+    assert [x for x in out if x[0] == "b"] == [("b", 1)]
+    assert len(out) == 3
 
 
 # --- stateful (StatefulLogic) ---------------------------------------------------
@@ -210,7 +220,7 @@ def test_notify_at_in_the_future_never_fires_before_eof(run_op: Any) -> None:
     assert "notify" not in log
 
 
-def test_on_notify_discard_rebuilds_on_the_next_item(flow: Dataflow) -> None:
+def test_on_notify_discard_rebuilds_on_the_next_item(flow: Dataflow, entry_point: Any) -> None:
     log: list[Any] = []
     s = op.input(
         "inp",
@@ -219,7 +229,7 @@ def test_on_notify_discard_rebuilds_on_the_next_item(flow: Dataflow) -> None:
     )
     out: list[Any] = []
     op.output("out", op.stateful("t", s, lambda _r: Timer(PAST, True, log)), TestingSink(out))
-    run_main(flow)
+    entry_point(flow)
     assert out == [
         ("a", ("item", 1)),
         ("a", ("notify", 1)),
@@ -276,8 +286,9 @@ def test_stateful_batch_groups_values_per_key_in_order(run_op: Any) -> None:
 
     items = [("a", 1), ("b", 2), ("a", 3), ("c", 4), ("b", 5)]
     out = run_op(items, lambda s: op.stateful_batch("sb", s, Sum), batch_size=5)
-    assert out == [("a", 4), ("b", 7), ("c", 4)]
-    assert [vs for _, vs in batches] == [[1, 3], [2, 5], [4]]
+    # Keys may be on different workers: compare across keys order-insensitively.
+    assert sorted(out) == [("a", 4), ("b", 7), ("c", 4)]
+    assert sorted(vs for _, vs in batches) == [[1, 3], [2, 5], [4]]
 
 
 def test_stateful_batch_discard_drops_the_logic(run_op: Any) -> None:
@@ -334,12 +345,12 @@ def test_fold_final_builder_value_is_the_start(run_op: Any) -> None:
     ]
 
 
-def test_final_aggregations_emit_only_at_eof(flow: Dataflow) -> None:
+def test_final_aggregations_emit_only_at_eof(flow: Dataflow, entry_point: Any) -> None:
     """Before EOF nothing comes out; an EOF sentinel ends the input early."""
     s = op.input("inp", flow, TestingSource([("a", 1), TestingSource.EOF(), ("a", 2)]))
     out: list[Any] = []
     op.output("out", op.reduce_final("r", s, lambda a, b: a + b), TestingSink(out))
-    run_main(flow)
+    entry_point(flow)
     assert out == [("a", 1)]
 
 
@@ -350,11 +361,11 @@ def test_count_final(run_op: Any) -> None:
     assert sorted(keyed) == [("a", 3), ("b", 1)]
 
 
-def test_count_final_key_must_be_a_str(flow: Dataflow) -> None:
+def test_count_final_key_must_be_a_str(flow: Dataflow, entry_point: Any) -> None:
     s = op.count_final("c", op.input("inp", flow, TestingSource([1, 2])), lambda x: x)
     op.output("out", s, TestingSink([]))
     with pytest.raises(RuntimeError, match=r"'test\.c\."):
-        run_main(flow)
+        entry_point(flow)
 
 
 def test_max_and_min_final(run_op: Any) -> None:
@@ -397,15 +408,17 @@ def test_collect_timeout_uses_the_time_of_the_first_item(run_op: Any) -> None:
         lambda s: op.collect("c", s, timedelta(seconds=1), 10, _now_getter=lambda: PAST),
         batch_size=2,
     )
-    assert out == [("k", [1, 2]), ("k", [3]), ("j", [9]), ("k", [4])]
+    assert [x for x in out if x[0] == "k"] == [("k", [1, 2]), ("k", [3]), ("k", [4])]
+    assert [x for x in out if x[0] == "j"] == [("j", [9])]
+    assert len(out) == 4
 
 
-def test_collect_timeout_with_the_system_clock(flow: Dataflow) -> None:
+def test_collect_timeout_with_the_system_clock(flow: Dataflow, entry_point: Any) -> None:
     items = [("k", 1), ("k", 2), TestingSource.PAUSE(timedelta(milliseconds=500)), ("k", 3)]
     s = op.input("inp", flow, TestingSource(items))
     out: list[Any] = []
     op.output("out", op.collect("c", s, timedelta(milliseconds=10), 10), TestingSink(out))
-    run_main(flow)
+    entry_point(flow)
     assert out == [("k", [1, 2]), ("k", [3])]
 
 
@@ -416,7 +429,7 @@ def test_collect_max_size_must_be_positive(flow: Dataflow) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_notify_at_always_due_does_not_hang_the_run() -> None:
+def test_notify_at_always_due_does_not_hang_the_run(entry_point: Any) -> None:
     from datetime import datetime
 
     notified: list[int] = []
@@ -439,6 +452,6 @@ def test_notify_at_always_due_does_not_hang_the_run() -> None:
     s = op.input("inp", flow, TestingSource([("a", 1), ("a", 2)]))
     out: list[Any] = []
     op.output("out", op.stateful("s", s, lambda _: AlwaysDue()), TestingSink(out))
-    run_main(flow)
+    entry_point(flow)
     assert out == [("a", 1), ("a", 2)]
     assert notified, "the due timer fired"

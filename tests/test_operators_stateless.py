@@ -82,11 +82,11 @@ def test_flatten(run_op: Any) -> None:
     assert out == [1, 2, 3, "a", "b", 0, 1]
 
 
-def test_flatten_of_a_non_iterable_names_the_step(flow: Dataflow) -> None:
+def test_flatten_of_a_non_iterable_names_the_step(flow: Dataflow, entry_point: Any) -> None:
     s = op.flatten("flat", op.input("inp", flow, TestingSource([1])))
     op.output("out", s, TestingSink([]))
     with pytest.raises(BytewaxRuntimeError, match=r"'test\.flat\."):
-        run_main(flow)
+        entry_point(flow)
 
 
 # --- keyed helpers ------------------------------------------------------------
@@ -136,13 +136,13 @@ def test_keyed_operators_accept_any_key_but_stateful_checks(run_op: Any) -> None
 # --- branch, merge, redistribute ------------------------------------------------
 
 
-def test_branch_splits_and_keeps_order(flow: Dataflow) -> None:
+def test_branch_splits_and_keeps_order(flow: Dataflow, entry_point: Any) -> None:
     b = op.branch("even", op.input("inp", flow, TestingSource(range(10), batch_size=3)), lambda x: x % 2 == 0)
     evens: list[int] = []
     odds: list[int] = []
     op.output("e", b.trues, TestingSink(evens))
     op.output("o", b.falses, TestingSink(odds))
-    run_main(flow)
+    entry_point(flow)
     assert evens == [0, 2, 4, 6, 8]
     assert odds == [1, 3, 5, 7, 9]
 
@@ -154,32 +154,32 @@ def test_branch_output_type(flow: Dataflow) -> None:
     assert trues.stream_id != falses.stream_id
 
 
-def test_branch_with_one_side_unused(flow: Dataflow) -> None:
+def test_branch_with_one_side_unused(flow: Dataflow, entry_point: Any) -> None:
     b = op.branch("b", op.input("inp", flow, TestingSource(range(5))), lambda x: x > 2)
     out: list[int] = []
     op.output("out", b.trues, TestingSink(out))
-    run_main(flow)
+    entry_point(flow)
     assert out == [3, 4]
 
 
-def test_merge_many_and_the_same_stream_twice(flow: Dataflow) -> None:
+def test_merge_many_and_the_same_stream_twice(flow: Dataflow, entry_point: Any) -> None:
     a = op.input("a", flow, TestingSource([1, 2]))
     b = op.input("b", flow, TestingSource([3]))
     out: list[int] = []
     op.output("out", op.merge("m", a, b, a), TestingSink(out))
     single: list[int] = []
     op.output("single", op.merge("m1", b), TestingSink(single))
-    run_main(flow)
+    entry_point(flow)
     assert sorted(out) == [1, 1, 2, 2, 3]
     assert single == [3]
 
 
-def test_merge_keeps_each_input_in_order(flow: Dataflow) -> None:
+def test_merge_keeps_each_input_in_order(flow: Dataflow, entry_point: Any) -> None:
     a = op.input("a", flow, TestingSource(range(0, 20), batch_size=3))
     b = op.input("b", flow, TestingSource(range(100, 120), batch_size=4))
     out: list[int] = []
     op.output("out", op.merge("m", a, b), TestingSink(out))
-    run_main(flow)
+    entry_point(flow)
     assert [x for x in out if x < 100] == list(range(20))
     assert [x for x in out if x >= 100] == list(range(100, 120))
 
@@ -189,8 +189,17 @@ def test_merge_needs_a_stream() -> None:
         op.merge("m")
 
 
-def test_redistribute_single_worker_is_identity(run_op: Any) -> None:
-    assert run_op(range(10), lambda s: op.redistribute("r", s), batch_size=4) == list(range(10))
+def test_redistribute_single_worker_is_identity(flow: Dataflow) -> None:
+    # run_main only: order through a redistribute is only kept when there is one worker.
+    out: list[int] = []
+    s = op.redistribute("r", op.input("inp", flow, TestingSource(range(10), batch_size=4)))
+    op.output("out", s, TestingSink(out))
+    run_main(flow)
+    assert out == list(range(10))
+
+
+def test_redistribute_keeps_every_item(run_op: Any) -> None:
+    assert sorted(run_op(range(10), lambda s: op.redistribute("r", s), batch_size=4)) == list(range(10))
 
 
 def test_redistribute_keeps_every_item_on_many_workers(flow: Dataflow) -> None:
@@ -216,14 +225,19 @@ def test_inspect_custom_inspector_gets_the_outer_step_id(run_op: Any) -> None:
     assert seen == [("test.look", 1), ("test.look", 2)]
 
 
-def test_inspect_debug_prints_worker_and_epoch(run_op: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    run_op(["x", 2], lambda s: op.inspect_debug("dbg", s))
+def test_inspect_debug_prints_worker_and_epoch(flow: Dataflow, capsys: pytest.CaptureFixture[str]) -> None:
+    # run_main only: asserts worker index 0, which only one worker guarantees.
+    op.output("out", op.inspect_debug("dbg", op.input("inp", flow, TestingSource(["x", 2]))), TestingSink([]))
+    run_main(flow)
     assert capsys.readouterr().out == "test.dbg W0 @1: 'x'\ntest.dbg W0 @1: 2\n"
 
 
-def test_inspect_debug_custom_inspector(run_op: Any) -> None:
+def test_inspect_debug_custom_inspector(flow: Dataflow) -> None:
+    # run_main only: asserts worker index 0, which only one worker guarantees.
     seen: list[tuple[Any, ...]] = []
-    run_op([7], lambda s: op.inspect_debug("dbg", s, lambda *a: seen.append(a)))
+    s = op.inspect_debug("dbg", op.input("inp", flow, TestingSource([7])), lambda *a: seen.append(a))
+    op.output("out", s, TestingSink([]))
+    run_main(flow)
     assert seen == [("test.dbg", 7, 1, 0)]
 
 
@@ -253,28 +267,28 @@ def test_inspect_passes_items_through_unchanged(run_op: Any) -> None:
 # --- raises ------------------------------------------------------------------------
 
 
-def test_raises_is_silent_without_items(flow: Dataflow) -> None:
+def test_raises_is_silent_without_items(flow: Dataflow, entry_point: Any) -> None:
     s = op.input("inp", flow, TestingSource([1, 2]))
     out: list[int] = []
     op.output("out", s, TestingSink(out))
     op.raises("never", op.filter("none", s, lambda x: x > 5))
-    run_main(flow)
+    entry_point(flow)
     assert out == [1, 2]
 
 
-def test_raises_fails_on_the_first_item(flow: Dataflow) -> None:
+def test_raises_fails_on_the_first_item(flow: Dataflow, entry_point: Any) -> None:
     s = op.input("inp", flow, TestingSource([1, 2]))
     op.raises("never", s)
     with pytest.raises(BytewaxRuntimeError, match=r"'test\.never'") as info:
-        run_main(flow)
+        entry_point(flow)
     assert isinstance(info.value.__cause__, RuntimeError)
     assert "got an item: 1" in str(info.value.__cause__)
 
 
-def test_raises_counts_as_an_output(flow: Dataflow) -> None:
+def test_raises_counts_as_an_output(flow: Dataflow, entry_point: Any) -> None:
     op.raises("never", op.filter("none", op.input("inp", flow, TestingSource([1])), bool))
     with pytest.raises(BytewaxRuntimeError):
-        run_main(flow)
+        entry_point(flow)
 
 
 # --- enrich_cached / TTLCache --------------------------------------------------------

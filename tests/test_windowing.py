@@ -69,15 +69,12 @@ def values_of(down: list[Any]) -> list[Any]:
 
 
 def run_window(
+    entry_point: Callable[[Dataflow], None],
     items: list[Any],
     build: Callable[[Stream[Any]], win.WindowOut[Any, Any]],
     batch_size: int = 1,
-    workers: int = 0,
 ) -> tuple[list[Any], list[Any], list[Any]]:
-    """Run ``build(input)`` and return its (down, late, meta) outputs.
-
-    ``workers=0`` runs on `run_main`, otherwise on `cluster_main` threads.
-    """
+    """Run ``build(input)`` with ``entry_point(flow)``; return its (down, late, meta) outputs."""
     flow = Dataflow("test")
     s = op.input("inp", flow, TestingSource(items, batch_size=batch_size))
     wo = build(s)
@@ -87,11 +84,12 @@ def run_window(
     op.output("out_down", wo.down, TestingSink(down))
     op.output("out_late", wo.late, TestingSink(late))
     op.output("out_meta", wo.meta, TestingSink(meta))
-    if workers:
-        cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    else:
-        run_main(flow)
+    entry_point(flow)
     return down, late, meta
+
+
+def two_threads(flow: Dataflow) -> None:
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
 
 
 # --- tumbling, late data, ordering ---------------------------------------------
@@ -100,9 +98,9 @@ LATE_ITEMS = ts_items("a", [(1, "a1"), (3, "a3"), (12, "a12"), (2, "a2"), (25, "
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 6])
-def test_collect_window_tumbling_with_late_items_and_meta(batch_size: int) -> None:
+def test_collect_window_tumbling_with_late_items_and_meta(batch_size: int, entry_point: Any) -> None:
     down, late, meta = run_window(
-        LATE_ITEMS, lambda s: win.collect_window("win", s, clock(5), TEN_S), batch_size
+        entry_point, LATE_ITEMS, lambda s: win.collect_window("win", s, clock(5), TEN_S), batch_size
     )
     if batch_size == 1:
         assert values_of(down) == [
@@ -122,7 +120,7 @@ def test_collect_window_tumbling_with_late_items_and_meta(batch_size: int) -> No
     else:
         # Within one batch the watermark is raised by every item in turn,
         # so the same values are late whatever the batching.
-        ref = run_window(LATE_ITEMS, lambda s: win.collect_window("win", s, clock(5), TEN_S))
+        ref = run_window(entry_point, LATE_ITEMS, lambda s: win.collect_window("win", s, clock(5), TEN_S))
         assert (values_of(down), late, plain_meta(meta)) == (
             values_of(ref[0]),
             ref[1],
@@ -134,31 +132,39 @@ UNSORTED = ts_items("x", [(5, "x5"), (2, "x2"), (4, "x4")])
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_ordered_windows_see_values_in_timestamp_order(batch_size: int) -> None:
-    down, late, _ = run_window(UNSORTED, lambda s: win.collect_window("win", s, clock(10), TEN_S), batch_size)
+def test_ordered_windows_see_values_in_timestamp_order(batch_size: int, entry_point: Any) -> None:
+    down, late, _ = run_window(
+        entry_point, UNSORTED, lambda s: win.collect_window("win", s, clock(10), TEN_S), batch_size
+    )
     assert values_of(down) == [("x", (0, ["x2", "x4", "x5"]))]
     assert late == []
 
 
-def test_unordered_windows_see_values_in_arrival_order() -> None:
-    down, _, _ = run_window(UNSORTED, lambda s: win.collect_window("win", s, clock(10), TEN_S, ordered=False))
+def test_unordered_windows_see_values_in_arrival_order(entry_point: Any) -> None:
+    down, _, _ = run_window(
+        entry_point, UNSORTED, lambda s: win.collect_window("win", s, clock(10), TEN_S, ordered=False)
+    )
     assert values_of(down) == [("x", (0, ["x5", "x2", "x4"]))]
 
 
-def test_sliding_windows_and_late_items_report_every_window() -> None:
+def test_sliding_windows_and_late_items_report_every_window(entry_point: Any) -> None:
     items = ts_items("k", [(12, "c12"), (1, "c1"), (13, "c13")])
     sliding = win.SlidingWindower(timedelta(seconds=10), timedelta(seconds=5), T0)
-    down, late, meta = run_window(items, lambda s: win.collect_window("win", s, clock(), sliding))
+    down, late, meta = run_window(
+        entry_point, items, lambda s: win.collect_window("win", s, clock(), sliding)
+    )
     assert values_of(down) == [("k", (1, ["c12", "c13"])), ("k", (2, ["c12", "c13"]))]
     assert [(k, wid) for k, (wid, _v) in late] == [("k", -1), ("k", 0)]
     assert plain_meta(meta) == [("k", (1, 5.0, 15.0, [])), ("k", (2, 10.0, 20.0, []))]
 
 
-def test_eof_flushes_every_open_window_in_open_order() -> None:
+def test_eof_flushes_every_open_window_in_open_order(entry_point: Any) -> None:
     items = ts_items("h", [(1, "h1"), (35, "h35"), (12, "h12"), (24, "h24")])
     items += ts_items("i", [(5, "i5")])
     # A day's wait: no window can close before the end of input.
-    down, late, meta = run_window(items, lambda s: win.collect_window("win", s, clock(86400), TEN_S))
+    down, late, meta = run_window(
+        entry_point, items, lambda s: win.collect_window("win", s, clock(86400), TEN_S)
+    )
     assert [x for x in values_of(down) if x[0] == "h"] == [
         ("h", (0, ["h1"])),
         ("h", (1, ["h12"])),
@@ -171,9 +177,11 @@ def test_eof_flushes_every_open_window_in_open_order() -> None:
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 7])
-def test_items_on_window_boundaries_skip_empty_windows(batch_size: int) -> None:
+def test_items_on_window_boundaries_skip_empty_windows(batch_size: int, entry_point: Any) -> None:
     items = ts_items("b", [(0, 0), (20, 20), (40, 40), (49.999, 49), (50, 50), (70, 70), (75, 75)])
-    down, late, meta = run_window(items, lambda s: win.collect_window("win", s, clock(), TEN_S), batch_size)
+    down, late, meta = run_window(
+        entry_point, items, lambda s: win.collect_window("win", s, clock(), TEN_S), batch_size
+    )
     assert values_of(down) == [
         ("b", (0, [0])),
         ("b", (2, [20])),
@@ -192,8 +200,9 @@ BRIDGED = ts_items("s", [(0, 1), (20, 2), (40, 3), (30, 4), (10, 5)])
 GAP_10 = win.SessionWindower(timedelta(seconds=10))
 
 
-def test_session_merges_report_merged_ids_and_merge_state() -> None:
+def test_session_merges_report_merged_ids_and_merge_state(entry_point: Any) -> None:
     down, late, meta = run_window(
+        entry_point,
         BRIDGED,
         lambda s: win.fold_window(
             "win",
@@ -212,22 +221,24 @@ def test_session_merges_report_merged_ids_and_merge_state() -> None:
     assert plain_meta(meta) == [("s", (0, 0.0, 40.0, [1]))]
 
 
-def test_session_merges_in_one_batch_and_ordered_mode() -> None:
+def test_session_merges_in_one_batch_and_ordered_mode(entry_point: Any) -> None:
     down, _, meta = run_window(
-        BRIDGED, lambda s: win.collect_window("win", s, clock(100), GAP_10, ordered=False), 5
+        entry_point, BRIDGED, lambda s: win.collect_window("win", s, clock(100), GAP_10, ordered=False), 5
     )
     assert values_of(down) == [("s", (0, [1, 5, 2, 4, 3]))]
     assert plain_meta(meta) == [("s", (0, 0.0, 40.0, [1]))]
     # Ordered, values wait for the watermark and arrive sorted: nothing to merge.
-    down, _, meta = run_window(BRIDGED, lambda s: win.collect_window("win", s, clock(100), GAP_10))
+    down, _, meta = run_window(
+        entry_point, BRIDGED, lambda s: win.collect_window("win", s, clock(100), GAP_10)
+    )
     assert values_of(down) == [("s", (0, [1, 5, 2, 4, 3]))]
     assert plain_meta(meta) == [("s", (0, 0.0, 40.0, []))]
 
 
-def test_session_late_items_get_the_late_session_id() -> None:
+def test_session_late_items_get_the_late_session_id(entry_point: Any) -> None:
     items = ts_items("s", [(0, 1), (3, 2), (30, 3), (1, 4), (31, 5), (50, 6)])
     gap = win.SessionWindower(timedelta(seconds=5))
-    down, late, meta = run_window(items, lambda s: win.collect_window("win", s, clock(), gap))
+    down, late, meta = run_window(entry_point, items, lambda s: win.collect_window("win", s, clock(), gap))
     assert values_of(down) == [("s", (0, [1, 2])), ("s", (1, [3, 5])), ("s", (2, [6]))]
     assert [(k, (wid, v)) for k, (wid, (_ts, v)) in late] == [("s", (win.LATE_SESSION_ID, 4))]
     assert plain_meta(meta) == [
@@ -243,30 +254,34 @@ NUMS = ts_items("t", [(1, 5), (2, 9), (3, 9), (4, 1), (11, 7), (12, 7)])
 INDEXED = [(k, (ts, v, i)) for i, (k, (ts, v)) in enumerate(NUMS)]
 
 
-def test_count_window_counts_per_key() -> None:
+def test_count_window_counts_per_key(entry_point: Any) -> None:
     items = [("apple", at(1)), ("pear", at(2)), ("apple", at(3)), ("apple", at(14)), ("pear", at(9))]
     down, _, meta = run_window(
-        items, lambda s: win.count_window("win", s, clock(0, lambda x: x[1]), TEN_S, lambda x: x[0])
+        entry_point,
+        items,
+        lambda s: win.count_window("win", s, clock(0, lambda x: x[1]), TEN_S, lambda x: x[0]),
     )
     assert sorted(down) == [("apple", (0, 2)), ("apple", (1, 1)), ("pear", (0, 2))]
     assert len(meta) == 3
 
 
-def test_max_and_min_window_keep_the_first_of_ties() -> None:
+def test_max_and_min_window_keep_the_first_of_ties(entry_point: Any) -> None:
     by = lambda v: v[1]  # noqa: E731
-    down, _, _ = run_window(INDEXED, lambda s: win.max_window("win", s, clock(), TEN_S, by=by))
+    down, _, _ = run_window(entry_point, INDEXED, lambda s: win.max_window("win", s, clock(), TEN_S, by=by))
     assert [(wid, v[1:]) for _k, (wid, v) in down] == [(0, (9, 1)), (1, (7, 4))]
-    down, _, _ = run_window(INDEXED, lambda s: win.min_window("win", s, clock(), TEN_S, by=by))
+    down, _, _ = run_window(entry_point, INDEXED, lambda s: win.min_window("win", s, clock(), TEN_S, by=by))
     assert [(wid, v[1:]) for _k, (wid, v) in down] == [(0, (1, 3)), (1, (7, 4))]
 
 
-def test_reduce_and_fold_window() -> None:
+def test_reduce_and_fold_window(entry_point: Any) -> None:
     down, _, _ = run_window(
+        entry_point,
         NUMS,
         lambda s: win.reduce_window("win", s, clock(), TEN_S, lambda a, b: (b[0], a[1] * 10 + b[1])),
     )
     assert [(wid, v[1]) for _k, (wid, v) in down] == [(0, 5991), (1, 77)]
     down, _, _ = run_window(
+        entry_point,
         NUMS,
         lambda s: win.fold_window(
             "win", s, clock(), TEN_S, lambda: 100, lambda acc, v: acc + v[1], lambda a, b: a + b
@@ -275,8 +290,10 @@ def test_reduce_and_fold_window() -> None:
     assert down == [("t", (0, 124)), ("t", (1, 114))]
 
 
-def test_collect_window_into_set_and_dict() -> None:
-    down, _, _ = run_window(NUMS, lambda s: win.collect_window("win", s, clock(), TEN_S, into=set))
+def test_collect_window_into_set_and_dict(entry_point: Any) -> None:
+    down, _, _ = run_window(
+        entry_point, NUMS, lambda s: win.collect_window("win", s, clock(), TEN_S, into=set)
+    )
     assert [(wid, sorted(v for _ts, v in vs)) for _k, (wid, vs) in down] == [
         (0, [1, 5, 9, 9]),
         (1, [7, 7]),
@@ -284,7 +301,9 @@ def test_collect_window_into_set_and_dict() -> None:
     pairs = [(k, (v, i)) for i, (k, (_ts, v)) in enumerate(NUMS)]
     times = {i: ts for i, (_k, (ts, _v)) in enumerate(NUMS)}
     dict_clock = clock(0, lambda kv: times[kv[1]])
-    down, _, _ = run_window(pairs, lambda s: win.collect_window("win", s, dict_clock, TEN_S, into=dict))
+    down, _, _ = run_window(
+        entry_point, pairs, lambda s: win.collect_window("win", s, dict_clock, TEN_S, into=dict)
+    )
     assert down == [("t", (0, {5: 0, 9: 2, 1: 3})), ("t", (1, {7: 5}))]
 
 
@@ -309,8 +328,10 @@ class Firsts(win.WindowLogic):
         return list(self.vals)
 
 
-def test_window_with_a_custom_logic() -> None:
-    down, late, _ = run_window(LATE_ITEMS, lambda s: win.window("win", s, clock(5), TEN_S, Firsts))
+def test_window_with_a_custom_logic(entry_point: Any) -> None:
+    down, late, _ = run_window(
+        entry_point, LATE_ITEMS, lambda s: win.window("win", s, clock(5), TEN_S, Firsts)
+    )
     assert down == [
         ("a", (0, ("first", "a1"))),
         ("a", (1, ("first", "a12"))),
@@ -322,9 +343,9 @@ def test_window_with_a_custom_logic() -> None:
     assert len(late) == 2
 
 
-def test_window_logic_on_merge_for_sessions() -> None:
+def test_window_logic_on_merge_for_sessions(entry_point: Any) -> None:
     down, _, meta = run_window(
-        BRIDGED, lambda s: win.window("win", s, clock(100), GAP_10, Firsts, ordered=False)
+        entry_point, BRIDGED, lambda s: win.window("win", s, clock(100), GAP_10, Firsts, ordered=False)
     )
     assert down == [
         ("s", (0, ("first", 1))),
@@ -378,9 +399,10 @@ class OneWindow(win.Windower[bool]):
         return _OneWindowLogic(resume_state)
 
 
-def test_values_that_look_like_metadata_stay_on_down() -> None:
+def test_values_that_look_like_metadata_stay_on_down(entry_point: Any) -> None:
     as_meta = win.WindowMetadata(T0, at(99))
     down, _, meta = run_window(
+        entry_point,
         NUMS,
         lambda s: win.fold_window("win", s, clock(), TEN_S, lambda: as_meta, lambda a, v: a, max),
     )
@@ -388,8 +410,9 @@ def test_values_that_look_like_metadata_stay_on_down() -> None:
     assert [m.close_time for _k, (_w, m) in meta] == [at(10), at(20)]
 
 
-def test_a_custom_windower_with_its_own_metadata_class() -> None:
+def test_a_custom_windower_with_its_own_metadata_class(entry_point: Any) -> None:
     down, late, meta = run_window(
+        entry_point,
         NUMS,
         lambda s: win.fold_window("win", s, clock(), OneWindow(), int, lambda a, v: a + v[1], max),
     )
@@ -482,8 +505,25 @@ def _join_values(down: list[Any]) -> list[Any]:
 
 @pytest.mark.parametrize(("insert_mode", "emit_mode"), sorted(JOIN_EXPECTED))
 def test_join_window_modes(insert_mode: str, emit_mode: str) -> None:
-    down, _, meta = run_window(JOIN_ITEMS, _join_build(insert_mode, emit_mode, TEN_S))
+    # run_main only: the exact order across keys needs one worker (per key: test_join_window_modes_per_key).
+    down, _, meta = run_window(run_main, JOIN_ITEMS, _join_build(insert_mode, emit_mode, TEN_S))
     assert _join_values(down) == JOIN_EXPECTED[(insert_mode, emit_mode)]
+    assert sorted(plain_meta(meta)) == [
+        ("a", (0, 0.0, 10.0, [])),
+        ("a", (1, 10.0, 20.0, [])),
+        ("b", (0, 0.0, 10.0, [])),
+    ]
+
+
+@pytest.mark.parametrize(("insert_mode", "emit_mode"), sorted(JOIN_EXPECTED))
+def test_join_window_modes_per_key(insert_mode: str, emit_mode: str, entry_point: Any) -> None:
+    """Keys "a" and "b" live on different workers with two threads: only the order per key is fixed."""
+    down, _, meta = run_window(entry_point, JOIN_ITEMS, _join_build(insert_mode, emit_mode, TEN_S))
+    got = _join_values(down)
+    expected = JOIN_EXPECTED[(insert_mode, emit_mode)]
+    assert len(got) == len(expected)
+    for key in "ab":
+        assert [x for x in got if x[0] == key] == [x for x in expected if x[0] == key], key
     assert sorted(plain_meta(meta)) == [
         ("a", (0, 0.0, 10.0, [])),
         ("a", (1, 10.0, 20.0, [])),
@@ -499,10 +539,12 @@ def test_join_window_modes(insert_mode: str, emit_mode: str) -> None:
         ("product", [("a", (0, (1, "x"))), ("a", (0, (1, "y"))), ("a", (0, (2, "x"))), ("a", (0, (2, "y")))]),
     ],
 )
-def test_join_window_merges_sessions(insert_mode: str, expected: list[Any]) -> None:
+def test_join_window_merges_sessions(insert_mode: str, expected: list[Any], entry_point: Any) -> None:
     items = [("L", "a", at(0), 1), ("R", "a", at(10), "x"), ("L", "a", at(5), 2), ("R", "a", at(6), "y")]
     gap = win.SessionWindower(timedelta(seconds=6))
-    down, _, meta = run_window(items, _join_build(insert_mode, "final", gap, wait=100, ordered=False))
+    down, _, meta = run_window(
+        entry_point, items, _join_build(insert_mode, "final", gap, wait=100, ordered=False)
+    )
     assert _join_values(down) == expected
     assert plain_meta(meta) == [("a", (0, 0.0, 10.0, [1]))]
 
@@ -579,7 +621,7 @@ def test_snapshot_resume_gives_the_same_results(windower: win.Windower[Any], wai
     assert resumed == expected
 
 
-def test_windows_survive_a_crash_with_recovery(tmp_path: Path) -> None:
+def test_windows_survive_a_crash_with_recovery(tmp_path: Path, entry_point: Any) -> None:
     items: list[Any] = [
         *ts_items("a", [(1, 1), (2, 2)]),
         *ts_items("b", [(3, 30)]),
@@ -598,9 +640,9 @@ def test_windows_survive_a_crash_with_recovery(tmp_path: Path) -> None:
 
     config = RecoveryConfig(str(tmp_path / "state"))
     first: list[Any] = []
-    run_main(flow_into(first), epoch_interval=timedelta(0), recovery_config=config)
+    entry_point(flow_into(first), epoch_interval=timedelta(0), recovery_config=config)
     second: list[Any] = []
-    run_main(flow_into(second), epoch_interval=timedelta(0), recovery_config=config)
+    entry_point(flow_into(second), epoch_interval=timedelta(0), recovery_config=config)
     assert sorted(first + second) == [
         ("a", (0, 3)),
         ("a", (1, 7)),
@@ -674,7 +716,10 @@ class Gated(FixedPartitionedSource[Any, int]):
 
 
 def _run_gated(
-    gate: Gated, clk: win.Clock[Any, Any], windower: win.Windower[Any], workers: int = 0
+    gate: Gated,
+    clk: win.Clock[Any, Any],
+    windower: win.Windower[Any],
+    entry_point: Callable[[Dataflow], None],
 ) -> tuple[list[Any], list[Any]]:
     flow = Dataflow("test")
     s = op.input("inp", flow, gate)
@@ -684,15 +729,11 @@ def _run_gated(
     op.output("out_down", wo.down, TestingSink(down))
     op.output("out_meta", wo.meta, TestingSink(meta))
     gate.ready = lambda: bool(down)
-    if workers:
-        cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    else:
-        run_main(flow)
+    entry_point(flow)
     return down, meta
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_event_clock_closes_windows_as_its_now_getter_advances(workers: int) -> None:
+def test_event_clock_closes_windows_as_its_now_getter_advances(entry_point: Any) -> None:
     fake = TimeTestingGetter(NOW)
     clk: win.EventClock[Any] = win.EventClock(lambda v: v[0], timedelta(seconds=5), now_getter=fake.get)
     gate = Gated(
@@ -701,13 +742,13 @@ def test_event_clock_closes_windows_as_its_now_getter_advances(workers: int) -> 
         rest=lambda: ts_items("a", [(15, "later")]),
         on_wait=lambda: fake.advance(timedelta(hours=1)),
     )
-    down, meta = _run_gated(gate, clk, TEN_S, workers)
+    down, meta = _run_gated(gate, clk, TEN_S, entry_point)
     assert gate.passed, "the window should close once the clock moved, before end of input"
     assert values_of(down) == [("a", (0, ["first"])), ("a", (1, ["later"]))]
     assert len(meta) == 2
 
 
-def test_event_clock_watermark_advances_with_system_time() -> None:
+def test_event_clock_watermark_advances_with_system_time(entry_point: Any) -> None:
     now = datetime.now(UTC)
     clk: win.EventClock[Any] = win.EventClock(lambda v: v[0], timedelta(milliseconds=50))
     windower = win.TumblingWindower(timedelta(milliseconds=100), now)
@@ -716,15 +757,15 @@ def test_event_clock_watermark_advances_with_system_time() -> None:
         ready=lambda: False,
         rest=lambda: [("a", (datetime.now(UTC), "later"))],
     )
-    down, _ = _run_gated(gate, clk, windower)
+    down, _ = _run_gated(gate, clk, windower, entry_point)
     assert gate.passed
     assert [vs for _k, (_wid, vs) in values_of(down)] == [["first"], ["later"]]
 
 
-def test_system_clock_closes_windows_as_time_passes() -> None:
+def test_system_clock_closes_windows_as_time_passes(entry_point: Any) -> None:
     windower = win.TumblingWindower(timedelta(milliseconds=50), T0)
     gate = Gated([("a", "first")], ready=lambda: False, rest=lambda: [("a", "later")])
-    down, meta = _run_gated(gate, win.SystemClock(), windower)
+    down, meta = _run_gated(gate, win.SystemClock(), windower, entry_point)
     assert gate.passed
     assert [vs for _k, (_wid, vs) in down] == [["first"], ["later"]]
     assert down[0][1][0] < down[1][1][0]
@@ -734,9 +775,13 @@ def test_system_clock_closes_windows_as_time_passes() -> None:
 # --- bad input -----------------------------------------------------------------------
 
 
-def _error_of(items: list[Any], build: Callable[[Stream[Any]], win.WindowOut[Any, Any]]) -> BaseException:
+def _error_of(
+    entry_point: Callable[[Dataflow], None],
+    items: list[Any],
+    build: Callable[[Stream[Any]], win.WindowOut[Any, Any]],
+) -> BaseException:
     with pytest.raises(BytewaxRuntimeError) as info:
-        run_window(items, build)
+        run_window(entry_point, items, build)
     return info.value
 
 
@@ -750,32 +795,36 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
 
 @pytest.mark.parametrize("wait", [0, 5])
 @pytest.mark.parametrize("ordered", [True, False])
-def test_naive_timestamps_fail_with_a_clear_error(wait: float, ordered: bool) -> None:
+def test_naive_timestamps_fail_with_a_clear_error(wait: float, ordered: bool, entry_point: Any) -> None:
     items = [("a", (datetime(2024, 1, 1), 1))]
-    exc = _error_of(items, lambda s: win.collect_window("win", s, clock(wait), TEN_S, ordered=ordered))
+    exc = _error_of(
+        entry_point, items, lambda s: win.collect_window("win", s, clock(wait), TEN_S, ordered=ordered)
+    )
     text = " ".join(str(e) for e in _chain(exc))
     assert "'test.win" in text
     assert "naive datetime" in text and "timezone-aware" in text
 
 
-def test_non_datetime_timestamps_fail_with_a_clear_error() -> None:
-    exc = _error_of([("a", (5, 1))], lambda s: win.collect_window("win", s, clock(), TEN_S))
+def test_non_datetime_timestamps_fail_with_a_clear_error(entry_point: Any) -> None:
+    exc = _error_of(entry_point, [("a", (5, 1))], lambda s: win.collect_window("win", s, clock(), TEN_S))
     text = " ".join(str(e) for e in _chain(exc))
     assert "'test.win" in text and "must return a timezone-aware datetime; got int 5" in text
 
 
-def test_raising_ts_getter_names_the_step_and_chains_the_cause() -> None:
+def test_raising_ts_getter_names_the_step_and_chains_the_cause(entry_point: Any) -> None:
     def bad_getter(v: Any) -> datetime:
         raise KeyError("ts")
 
-    exc = _error_of([("a", 1)], lambda s: win.collect_window("win", s, clock(0, bad_getter), TEN_S))
+    exc = _error_of(
+        entry_point, [("a", 1)], lambda s: win.collect_window("win", s, clock(0, bad_getter), TEN_S)
+    )
     chain = _chain(exc)
     assert any(isinstance(e, KeyError) for e in chain)
     text = " ".join(str(e) for e in chain)
     assert "'test.win" in text and "ts_getter" in text and "bad_getter" in text
 
 
-def test_custom_clock_with_naive_timestamps_fails_clearly() -> None:
+def test_custom_clock_with_naive_timestamps_fails_clearly(entry_point: Any) -> None:
     class NaiveLogic(win.ClockLogic[Any, None]):
         def before_batch(self) -> None:
             pass
@@ -799,7 +848,7 @@ def test_custom_clock_with_naive_timestamps_fails_clearly() -> None:
         def build(self, resume_state: None) -> NaiveLogic:
             return NaiveLogic()
 
-    exc = _error_of([("a", 1)], lambda s: win.collect_window("win", s, NaiveClock(), TEN_S))
+    exc = _error_of(entry_point, [("a", 1)], lambda s: win.collect_window("win", s, NaiveClock(), TEN_S))
     assert "naive datetime" in " ".join(str(e) for e in _chain(exc))
 
 
@@ -854,8 +903,10 @@ def test_wrong_argument_types_name_the_step() -> None:
         win.TumblingWindower(not_a_timedelta, T0)
 
 
-def test_collect_into_dict_needs_pairs() -> None:
-    exc = _error_of([("a", (at(1), 1, 2))], lambda s: win.collect_window("win", s, clock(), TEN_S, into=dict))
+def test_collect_into_dict_needs_pairs(entry_point: Any) -> None:
+    exc = _error_of(
+        entry_point, [("a", (at(1), 1, 2))], lambda s: win.collect_window("win", s, clock(), TEN_S, into=dict)
+    )
     assert "collecting into a `dict` needs `(key, value)` 2-tuples" in " ".join(str(e) for e in _chain(exc))
 
 
@@ -897,8 +948,8 @@ MANY = [(f"k{i % 7}", (at((i * 37) % 90 + (i // 7)), i)) for i in range(140)]
     ids=["collect", "sliding_fold", "session", "count", "window"],
 )
 def test_two_worker_threads_match_one_worker(build: Callable[[Stream[Any]], win.WindowOut[Any, Any]]) -> None:
-    one = run_window(MANY, build, batch_size=10)
-    two = run_window(MANY, build, batch_size=10, workers=2)
+    one = run_window(run_main, MANY, build, batch_size=10)
+    two = run_window(two_threads, MANY, build, batch_size=10)
     for a, b in zip(one, two, strict=True):
         assert sorted(map(repr, a)) == sorted(map(repr, b))
     assert one[0]  # the comparison is not vacuous

@@ -28,7 +28,12 @@ T0 = datetime(2024, 1, 1, tzinfo=UTC)
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The `entry_point` fixture is a stateless runner, so sharing it across examples is safe.
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # (key, ms offset, value) triples; values are unique so groups are comparable.
 Item = tuple[str, int, int]
@@ -56,10 +61,10 @@ def clock(wait_ms: int) -> win.EventClock:
 
 
 def run(
+    entry_point: Callable[[Dataflow], None],
     items: list[Item],
     build: Callable[[Stream[Any]], win.WindowOut[Any, Any]],
     batch_size: int,
-    workers: int = 0,
 ) -> tuple[list[Any], list[Any], list[Any]]:
     flow = Dataflow("prop")
     s = op.input("inp", flow, TestingSource([(k, (T0 + t * MS, v)) for k, t, v in items], batch_size))
@@ -67,11 +72,12 @@ def run(
     outs: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
     for name, stream, out in zip(("down", "late", "meta"), (wo.down, wo.late, wo.meta), outs, strict=True):
         op.output(f"out_{name}", stream, TestingSink(out))
-    if workers:
-        cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    else:
-        run_main(flow)
+    entry_point(flow)
     return outs
+
+
+def two_threads(flow: Dataflow) -> None:
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
 
 
 def grouped(down: list[Any]) -> dict[tuple[str, int], list[int]]:
@@ -95,11 +101,12 @@ aligns = st.integers(-20_000, 20_000)
 @SETTINGS
 @given(items=items_st(), length=lengths, align=aligns, batch=st.integers(1, 12))
 def test_tumbling_collect_equals_grouping_by_window_id(
-    ordered: bool, items: list[Item], length: int, align: int, batch: int
+    ordered: bool, items: list[Item], length: int, align: int, batch: int, entry_point: Any
 ) -> None:
     """With a wait longer than any disorder nothing is late; ``ordered`` sorts windows."""
     windower = win.TumblingWindower(length * MS, T0 + align * MS)
     down, late, meta = run(
+        entry_point,
         items,
         lambda s: win.collect_window("w", s, clock(10**8), windower, ordered=ordered),
         batch,
@@ -118,10 +125,11 @@ def test_tumbling_collect_equals_grouping_by_window_id(
 @SETTINGS
 @given(items=items_st(), length=lengths, align=aligns, batch=st.integers(1, 12))
 def test_tumbling_fold_equals_grouping_by_window_id(
-    items: list[Item], length: int, align: int, batch: int
+    items: list[Item], length: int, align: int, batch: int, entry_point: Any
 ) -> None:
     windower = win.TumblingWindower(length * MS, T0 + align * MS)
     down, _late, _meta = run(
+        entry_point,
         items,
         lambda s: win.fold_window(
             "w", s, clock(10**8), windower, lambda: 0, lambda a, v: a + v[1], lambda a, b: a + b
@@ -138,10 +146,10 @@ def test_tumbling_fold_equals_grouping_by_window_id(
 @SETTINGS
 @given(items=items_st(sort=True), length=lengths, align=aligns, batch=st.integers(1, 12))
 def test_in_order_input_without_wait_loses_nothing(
-    items: list[Item], length: int, align: int, batch: int
+    items: list[Item], length: int, align: int, batch: int, entry_point: Any
 ) -> None:
     windower = win.TumblingWindower(length * MS, T0 + align * MS)
-    down, late, _ = run(items, lambda s: win.collect_window("w", s, clock(0), windower), batch)
+    down, late, _ = run(entry_point, items, lambda s: win.collect_window("w", s, clock(0), windower), batch)
     expected: dict[tuple[str, int], list[int]] = defaultdict(list)
     for k, t, v in items:
         expected[(k, (t - align) // length)].append(v)
@@ -153,12 +161,12 @@ def test_in_order_input_without_wait_loses_nothing(
 @SETTINGS
 @given(items=items_st(), length=lengths, align=aligns, batch=st.integers(1, 12))
 def test_without_wait_items_older_than_the_newest_are_late(
-    ordered: bool, items: list[Item], length: int, align: int, batch: int
+    ordered: bool, items: list[Item], length: int, align: int, batch: int, entry_point: Any
 ) -> None:
     """wait=0: an item is late iff older than the newest item its key has seen."""
     windower = win.TumblingWindower(length * MS, T0 + align * MS)
     down, late, _ = run(
-        items, lambda s: win.collect_window("w", s, clock(0), windower, ordered=ordered), batch
+        entry_point, items, lambda s: win.collect_window("w", s, clock(0), windower, ordered=ordered), batch
     )
     newest: dict[str, int] = {}
     expected: dict[tuple[str, int], list[int]] = defaultdict(list)
@@ -184,11 +192,18 @@ def test_without_wait_items_older_than_the_newest_are_late(
     wait=st.sampled_from([0, 10**8]),
 )
 def test_sliding_windows_hold_every_item_that_they_cover(
-    ordered: bool, items: list[Item], shape: tuple[int, int], align: int, batch: int, wait: int
+    ordered: bool,
+    items: list[Item],
+    shape: tuple[int, int],
+    align: int,
+    batch: int,
+    wait: int,
+    entry_point: Any,
 ) -> None:
     length, offset = shape
     windower = win.SlidingWindower(length * MS, offset * MS, T0 + align * MS)
     down, late, _ = run(
+        entry_point,
         items,
         lambda s: win.collect_window("w", s, clock(wait), windower, ordered=ordered),
         batch,
@@ -226,9 +241,11 @@ gaps = st.sampled_from([0, 1000, 3000, 5000])
 
 @SETTINGS
 @given(items=items_st(), gap=gaps, batch=st.integers(1, 12))
-def test_ordered_sessions_split_at_gaps(items: list[Item], gap: int, batch: int) -> None:
+def test_ordered_sessions_split_at_gaps(items: list[Item], gap: int, batch: int, entry_point: Any) -> None:
     windower = win.SessionWindower(gap * MS)
-    down, late, meta = run(items, lambda s: win.collect_window("w", s, clock(10**8), windower), batch)
+    down, late, meta = run(
+        entry_point, items, lambda s: win.collect_window("w", s, clock(10**8), windower), batch
+    )
     expected = {
         (k, i): [v for _k, _t, v in run_]
         for k, runs in sessions_of(items, gap).items()
@@ -247,9 +264,12 @@ def test_ordered_sessions_split_at_gaps(items: list[Item], gap: int, batch: int)
 
 @SETTINGS
 @given(items=items_st(), gap=gaps, batch=st.integers(1, 12))
-def test_sessions_without_wait_split_the_on_time_items(items: list[Item], gap: int, batch: int) -> None:
+def test_sessions_without_wait_split_the_on_time_items(
+    items: list[Item], gap: int, batch: int, entry_point: Any
+) -> None:
     windower = win.SessionWindower(gap * MS)
     down, late, _ = run(
+        entry_point,
         items,
         lambda s: win.fold_window(
             "w", s, clock(0), windower, list, lambda a, v: [*a, v[1]], lambda a, b: a + b
@@ -279,10 +299,13 @@ def test_sessions_without_wait_split_the_on_time_items(items: list[Item], gap: i
 
 @SETTINGS
 @given(items=items_st(), gap=gaps, batch=st.integers(1, 12))
-def test_unordered_sessions_merge_into_the_same_sessions(items: list[Item], gap: int, batch: int) -> None:
+def test_unordered_sessions_merge_into_the_same_sessions(
+    items: list[Item], gap: int, batch: int, entry_point: Any
+) -> None:
     """Out of order, sessions merge as items bridge them; the end result is the same split."""
     windower = win.SessionWindower(gap * MS)
     down, late, meta = run(
+        entry_point,
         items,
         lambda s: win.fold_window(
             "w",
@@ -316,7 +339,7 @@ def test_two_workers_give_the_same_windows(items: list[Item], length: int, wait:
     def build(s: Stream[Any]) -> win.WindowOut[Any, Any]:
         return win.collect_window("w", s, clock(wait), windower)
 
-    one = run(items, build, 5)
-    two = run(items, build, 5, workers=2)
+    one = run(run_main, items, build, 5)
+    two = run(two_threads, items, build, 5)
     for a, b in zip(one, two, strict=True):
         assert sorted(map(repr, a)) == sorted(map(repr, b))
