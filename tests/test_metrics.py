@@ -280,3 +280,26 @@ def test_worker_busy_and_idle_seconds_add_up() -> None:
     assert seen["busy"] >= 0.25, seen
     assert seen["idle"] >= 0.45, seen
     assert seen["busy"] + seen["idle"] <= wall, (seen, wall)
+
+
+def test_a_scrape_during_a_long_batch_sees_the_time_spent_in_it() -> None:
+    """A saturated worker stuck in one long batch must not look idle to the autoscaler."""
+    from prometheus_client import REGISTRY
+
+    import headrace.operators as op
+    from headrace.dataflow import Dataflow
+    from headrace.testing import TestingSink, TestingSource
+
+    seen: list[float] = []
+
+    def slow(x: int) -> int:
+        time.sleep(0.8)
+        # Still inside the batch: nothing was flushed since it started.
+        value = REGISTRY.get_sample_value("headrace_worker_busy_seconds_total", {"worker_index": "0"})
+        seen.append(-1.0 if value is None else value)
+        return x
+
+    flow = Dataflow("long_batch")
+    op.output("out", op.map("slow", op.input("inp", flow, TestingSource([1])), slow), TestingSink([]))
+    execute(flow, epoch_interval=timedelta(seconds=10))
+    assert seen and seen[0] >= 0.7, seen

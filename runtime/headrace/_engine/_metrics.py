@@ -8,10 +8,15 @@ clobber) a series. Values are recorded per batch, never per item.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 # name -> (type, labels, help). The single source of truth: the metric
 # objects below, docs/metrics.md and the dashboards' tests all read it.
@@ -71,10 +76,84 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...], str]] = {
 _BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
 
 
-def _make(name: str) -> Counter | Gauge | Histogram:
+class LiveSeries:
+    """One series of a `LiveCounter`: flushed increments plus a live, unflushed part.
+
+    >>> c = LiveSeries(); c.inc(2.0); c.pending = lambda: 0.5; c.get()
+    2.5
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.value = 0.0
+        self.created = time.time()
+        self.pending: Callable[[], float] | None = None
+
+    def inc(self, amount: float) -> None:
+        """Add ``amount`` (flushed by the owner)."""
+        with self.lock:
+            self.value += amount
+
+    def get(self) -> float:
+        """The value a scrape sees now: flushed plus pending."""
+        with self.lock:
+            extra = self.pending() if self.pending is not None else 0.0
+            return self.value + max(0.0, extra)
+
+
+class LiveCounter(Collector):
+    """A counter whose series can add work in progress at scrape time.
+
+    A worker flushes its busy time between batches; while one long batch
+    runs, a scrape still sees the time spent in it so far, so a saturated
+    worker never looks idle to the autoscaler.
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> c = LiveCounter("doc_busy_seconds", "doc", ("worker_index",), CollectorRegistry())
+    >>> c.labels("0").inc(1.5); [s.value for s in c.collect()[0].samples if s.name.endswith("_total")]
+    [1.5]
+    """
+
+    def __init__(self, base: str, doc: str, labelnames: tuple[str, ...], registry: Any = REGISTRY) -> None:
+        self.base, self.doc, self.labelnames = base, doc, labelnames
+        self._series: dict[tuple[str, ...], LiveSeries] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, *values: str) -> LiveSeries:
+        """The series with these label values (created on first use)."""
+        with self._lock:
+            return self._series.setdefault(tuple(values), LiveSeries())
+
+    def remove(self, *values: str) -> None:
+        """Drop a series; `KeyError` if it does not exist."""
+        with self._lock:
+            del self._series[tuple(values)]
+
+    def describe(self) -> list[CounterMetricFamily]:
+        """The family without samples (lets the registry check name clashes)."""
+        return [CounterMetricFamily(self.base, self.doc, labels=self.labelnames)]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        """The family with every series' current value."""
+        fam = CounterMetricFamily(self.base, self.doc, labels=self.labelnames)
+        with self._lock:
+            series = list(self._series.items())
+        for values, s in series:
+            fam.add_metric(list(values), s.get(), created=s.created)
+        return [fam]
+
+
+# Counters whose series add work in progress at scrape time.
+_LIVE = {"headrace_worker_busy_seconds_total"}
+
+
+def _make(name: str) -> Counter | Gauge | Histogram | LiveCounter:
     kind, labels, doc = CATALOGUE[name]
     # prometheus-client appends _total to counters itself.
     base = name[: -len("_total")] if kind == "counter" and name.endswith("_total") else name
+    if name in _LIVE:
+        return LiveCounter(base, doc, labels)
     if kind == "counter":
         return Counter(base, doc, labels)
     if kind == "gauge":

@@ -608,6 +608,7 @@ class Worker:
         self.backpressure_seconds = 0.0
         self._busy_mark = time.perf_counter()
         self._not_busy = 0.0
+        self._waiting_since: float | None = None
         self.epoch_ref.epoch = config.resume_epoch + 1
         self._sink_parts: list[tuple[str, str, Any]] = []
         self.snapshot_bytes = 0
@@ -1268,10 +1269,11 @@ class Worker:
         if self.metrics is None or block <= 0:
             self._drain(block)
             return
-        t0 = time.perf_counter()
+        t0 = self._waiting_since = time.perf_counter()
         self._drain(block)
         waited = time.perf_counter() - t0
         self._not_busy += waited
+        self._waiting_since = None
         self.metrics.idle.inc(waited)
 
     def _account_busy(self, final: bool = False) -> None:
@@ -1281,9 +1283,18 @@ class Worker:
         if span < _BUSY_FLUSH and not final:
             return
         assert self.metrics is not None
-        self.metrics.busy.inc(max(0.0, span - self._not_busy))
-        self._busy_mark = t
-        self._not_busy = 0.0
+        busy = self.metrics.busy
+        with busy.lock:
+            busy.value += max(0.0, span - self._not_busy)
+            self._busy_mark = t
+            self._not_busy = 0.0
+
+    def _busy_pending(self) -> float:
+        """Busy time not flushed yet (read by a scrape, under the series' lock)."""
+        end = self._waiting_since
+        if end is None:
+            end = time.perf_counter()
+        return end - self._busy_mark - self._not_busy
 
     def _send_barriers(self) -> None:
         """Send this epoch's barrier on every edge whose upstream is complete."""
@@ -1419,6 +1430,8 @@ class Worker:
         cluster = self.cluster
         self._busy_mark = time.perf_counter()
         self._not_busy = 0.0
+        if self.metrics is not None:
+            self.metrics.busy.pending = self._busy_pending
         try:
             while not self.finished:
                 epoch_span = self._start_epoch_span()
@@ -1430,18 +1443,21 @@ class Worker:
                 while True:
                     if cluster.abort.is_set():
                         raise Abort()
+                    if self.metrics is not None:
+                        self._account_busy()
                     now = _utcnow()
                     produced = False
                     if not closing:
                         if max(self.inflight) <= self.config.inflight_limit:
                             produced = self._poll_sources(now)
                         else:
-                            t0 = time.monotonic()
+                            t0 = self._waiting_since = time.perf_counter()
                             self._drain(_MAX_SLEEP)
-                            waited = time.monotonic() - t0
+                            waited = time.perf_counter() - t0
                             self.backpressure_seconds += waited
                             if self.metrics is not None:
                                 self._not_busy += waited
+                                self._waiting_since = None
                                 self.metrics.backpressure.inc(waited)
                         if (
                             time.monotonic() >= deadline
@@ -1458,8 +1474,6 @@ class Worker:
                         self._drain(0)
                     else:
                         self._idle_drain(self._next_wake(closing, deadline))
-                    if self.metrics is not None:
-                        self._account_busy()
                 self.after_epoch()
                 if epoch_span is not None:
                     self._end_epoch_span(epoch_span)
@@ -1477,6 +1491,7 @@ class Worker:
     def _close_all(self) -> None:
         if self.metrics is not None:
             self._account_busy(final=True)
+            self.metrics.busy.pending = None
             self.metrics.forget()
         for src in self.sources:
             if not src.done:
