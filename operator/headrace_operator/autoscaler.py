@@ -205,8 +205,11 @@ def aggregate(samples: Iterable[Sample], window: float, now: float) -> WindowSta
     >>> st.utilization, st.input_rate, st.coverage
     (0.5, 10.0, 60.0)
     """
-    ordered = sorted((s for s in samples if s.t <= now + _EPS), key=lambda s: s.t)
-    start = now - window + _EPS
+    ordered = sorted(samples, key=lambda s: s.t)
+    if not ordered:
+        return None
+    # A sample taken during this evaluation may carry a time just after ``now``.
+    start = max(now, ordered[-1].t) - window + _EPS
     # The newest sample at or before the window's start is its baseline, so a
     # window sampled every few seconds covers all of it, not one period less.
     base = [s for s in ordered if s.t <= start][-1:]

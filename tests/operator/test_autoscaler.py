@@ -292,6 +292,13 @@ def test_aggregate_takes_the_last_sample_before_the_window_as_its_baseline() -> 
     assert s is not None and s.coverage == 70 and s.utilization == 0.5 and s.input_rate == 10
 
 
+def test_aggregate_counts_a_sample_taken_just_after_now() -> None:
+    # The operator reads the clock, then scrapes: the newest sample is a little later than `now`.
+    samples = [sample(0, 0, 0), sample(30, 15, 300), sample(60.3, 30.15, 603)]
+    s = aggregate(samples, 60, 60.0)
+    assert s is not None and s.coverage == 60.3 and s.input_rate == 10
+
+
 def test_aggregate_survives_counter_resets() -> None:
     samples = [sample(0, 100, 1000), sample(30, 115, 1300), sample(60, 15, 300)]
     s = aggregate(samples, 60, 60)

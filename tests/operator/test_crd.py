@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,8 +157,11 @@ def test_crd_defaults_equal_the_python_defaults(spec: dict[str, Any]) -> None:
 
 def test_example_dataflows_validate_against_the_schema() -> None:
     examples = sorted((ROOT / "helm" / "headrace" / "examples").glob("*.yaml"))
-    docs = [d for f in examples for d in yaml.safe_load_all(f.read_text())
-            if d and d.get("kind") == "Dataflow"]
+    texts = [f.read_text() for f in examples]
+    # The README's Kubernetes section applies one inline.
+    texts += re.findall(r"<<'YAML'\n(.*?)\nYAML\n", (ROOT / "README.md").read_text(), flags=re.S)
+    docs = [d for t in texts for d in yaml.safe_load_all(t) if d and d.get("kind") == "Dataflow"]
+    assert len(docs) > len(examples), "the README's Dataflow was not found"
     for doc in docs:
         assert crd.undeclared(SCHEMA, doc) == [], doc["metadata"]["name"]
         openapi_schema_validator.validate(doc, _strip_x(SCHEMA))
