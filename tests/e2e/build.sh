@@ -179,7 +179,7 @@ build_pause() {
   # shellcheck disable=SC2064
   trap "rm -rf '$work'" RETURN
   (cd "$HERE/pause" && $GO build -ldflags "-s -w" -o "$work/pause" .)
-  local b=(buildah --root "$E2E_BUILDAH_ROOT/storage" --runroot "$E2E_BUILDAH_ROOT/run" --storage-driver vfs)
+  local b=(buildah --root "$E2E_BUILDAH_ROOT/storage-$E2E_BUILDAH_DRIVER" --runroot "$E2E_BUILDAH_ROOT/run" --storage-driver "$E2E_BUILDAH_DRIVER")
   local ctr
   ctr=$("${b[@]}" from scratch)
   "${b[@]}" copy "$ctr" "$work/pause" /pause >/dev/null

@@ -792,13 +792,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         # The kubelet first, so it does not restart the containers killed below.
         for name in ("kube-proxy", "kubelet", "kube-scheduler", "kube-controller-manager"):
             self._stop(name)
-        netns = self._remove_containers()
+        netns, containers = self._remove_containers()
         self._stop("containerd")
         for name in ("coredns", "kube-apiserver", "etcd"):
             self._stop(name)
         self._kill_strays()
         self._kill_container_cgroups()
-        _cleanup_host_state(self.dir, netns)
+        _cleanup_host_state(self.dir, netns, containers)
         self._unmount_all()
         shutil.rmtree(self.dir, ignore_errors=True)
         if self.dir.exists():
@@ -825,10 +825,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     break
                 time.sleep(0.1)
 
-    def _remove_containers(self) -> list[str]:
-        """Kill and delete every container; return the network namespaces their sandboxes used."""
+    def _remove_containers(self) -> tuple[list[str], list[str]]:
+        """Kill and delete every container; return their sandboxes' network namespaces, and their ids."""
         if self.pid("containerd") is None or not self.containerd_sock.exists():
-            return []
+            return [], []
         netns: list[str] = []
         ids = self.ctr("containers", "ls", "-q", check=False, quiet=True).split()
         for cid in ids:
@@ -846,7 +846,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     break
                 time.sleep(0.1)
             self.ctr("containers", "delete", cid, check=False, quiet=True)
-        return sorted(set(netns))
+        return sorted(set(netns)), ids
 
     def _kill_strays(self) -> None:
         """Kill any process still running from this state directory (shims, crashed restarts)."""
@@ -943,7 +943,7 @@ def _cleanup_iptables(before: dict[str, list[str]], kube_proxy: Path | None) -> 
             subprocess.run([tool, "-t", table, "-X", chain], capture_output=True)
 
 
-def _cleanup_host_state(state: Path, netns: Sequence[str]) -> None:
+def _cleanup_host_state(state: Path, netns: Sequence[str], containers: Sequence[str] = ()) -> None:
     """Undo what ``up`` and the components changed outside the state directory."""
     try:
         before = json.loads((state / "host-before.json").read_text())
@@ -974,10 +974,11 @@ def _cleanup_host_state(state: Path, netns: Sequence[str]) -> None:
             link = Path("/var/log/containers", f)
             if link.is_symlink() and os.readlink(link).startswith(str(state)):
                 link.unlink()
+    # libcni's result cache: the pod network's and containerd's loopback entries.
     results = Path("/var/lib/cni/results")
     if results.is_dir():
         for cached in results.iterdir():
-            if cached.name.startswith(f"{CNI_NETWORK}-"):
+            if cached.name.startswith(f"{CNI_NETWORK}-") or any(c in cached.name for c in containers):
                 cached.unlink()
     # containerd's cgroup parent in each hierarchy (runc removed the containers' own).
     kept = set(before.get("cgroups", []))

@@ -154,11 +154,15 @@ class Kube:
         elif self.image_prefix:
             from tests.e2e.cluster import versions
 
-            root = versions()["E2E_BUILDAH_ROOT"]
+            v = versions()
+            root, driver = v["E2E_BUILDAH_ROOT"], v["E2E_BUILDAH_DRIVER"]
             target = self.image(name)
             log(f"pushing {name} to {target}")
-            storage = ["--root", f"{root}/storage", "--runroot", f"{root}/run", "--storage-driver", "vfs"]
-            sh(["buildah", *storage, "push", name, f"docker://{target}"], timeout=900)
+            storage = [f"--root={root}/storage-{driver}", f"--runroot={root}/run"]
+            sh(
+                ["buildah", *storage, f"--storage-driver={driver}", "push", name, f"docker://{target}"],
+                timeout=900,
+            )
         elif self.load_cmd:
             cmd = self.load_cmd.format(archive=shlex.quote(str(archive)), image=shlex.quote(name))
             log(f"loading {name}: {cmd}")

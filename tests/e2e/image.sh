@@ -39,7 +39,7 @@ done
 [ -f "$dockerfile" ] || die "no Dockerfile at $dockerfile"
 for c in buildah debootstrap; do command -v $c >/dev/null || die "$c is missing: run tests/e2e/build.sh"; done
 
-B=(buildah --root "$E2E_BUILDAH_ROOT/storage" --runroot "$E2E_BUILDAH_ROOT/run" --storage-driver vfs)
+B=(buildah --root "$E2E_BUILDAH_ROOT/storage-$E2E_BUILDAH_DRIVER" --runroot "$E2E_BUILDAH_ROOT/run" --storage-driver "$E2E_BUILDAH_DRIVER")
 base_dir=$E2E_CACHE/base
 rootfs=$base_dir/debian-$DEBIAN_SUITE-python3.tar.gz
 base_tag=localhost/headrace-e2e/base:$DEBIAN_SUITE
@@ -51,6 +51,12 @@ mirror=$(sed -n 's/^URIs: *\([^ ]*\/debian\)$/\1/p' /etc/apt/sources.list.d/*.so
 [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
 
 start=$SECONDS
+# Each rebuild after a source change leaves the previous image's layers
+# behind; past a few GB, drop the images nothing refers to any more.
+if [ -d "$E2E_BUILDAH_ROOT" ] && [ "$(du -s --block-size=1G "$E2E_BUILDAH_ROOT" | cut -f1)" -gt 6 ]; then
+  log "buildah storage over 6 GB: removing unused images"
+  "${B[@]}" rmi --prune >/dev/null 2>&1 || true
+fi
 if [ ! -f "$rootfs" ]; then
   log "debootstrap $DEBIAN_SUITE (minbase + python3) from $mirror"
   work=$(mktemp -d "$base_dir/rootfs.XXXXXX")

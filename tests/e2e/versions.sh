@@ -18,7 +18,10 @@ E2E_STAMP=k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_coredns-${COREDNS_VERSION}_hel
 E2E_DIR=$E2E_CACHE/$E2E_STAMP
 E2E_BIN=$E2E_DIR/bin
 # Image storage for buildah, shared by image.sh runs so its layer cache works.
+# overlay keeps only each layer's changes; vfs (full copies) is the fallback
+# for file systems without overlay support.
 E2E_BUILDAH_ROOT=$E2E_CACHE/buildah
+E2E_BUILDAH_DRIVER=${HEADRACE_E2E_BUILDAH_DRIVER:-overlay}
 E2E_PAUSE_IMAGE=localhost/headrace-e2e/pause:1
 export K8S_VERSION ETCD_VERSION COREDNS_VERSION HELM_VERSION PROMETHEUS_VERSION DEBIAN_SUITE
-export E2E_CACHE E2E_STAMP E2E_DIR E2E_BIN E2E_BUILDAH_ROOT E2E_PAUSE_IMAGE
+export E2E_CACHE E2E_STAMP E2E_DIR E2E_BIN E2E_BUILDAH_ROOT E2E_BUILDAH_DRIVER E2E_PAUSE_IMAGE
