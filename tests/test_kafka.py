@@ -54,6 +54,7 @@ from headrace.connectors.kafka import operators as kop
 from headrace.dataflow import Dataflow
 from headrace.testing import TestingSink, run_main
 from tests.kafka_broker import KafkaBroker, session_broker
+from tests.procs import children, lines_in, wait_for_output
 from tests.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -480,10 +481,6 @@ def test_three_partitions_on_two_processes_of_two_workers(kafka_broker: KafkaBro
     assert {s.split(b":")[0] for s in srcs} == {b"0", b"1", b"2"}
 
 
-def _children(parent: subprocess.Popen[str]) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True)
-    return [int(x) for x in out.stdout.split()]
-
 
 @pytest.mark.timeout(240)
 def test_kill_9_mid_run_resumes_at_committed_offsets(
@@ -508,8 +505,9 @@ def test_kill_9_mid_run_resumes_at_committed_offsets(
     for _attempt in range(6):
         p = _launch("running_counts()", args, env)
         if kills < 2:
-            time.sleep(rng.uniform(1.5, 3.0))
-            kids = _children(p)
+            # Mid-run: once this attempt has written some output, not at a guessed time.
+            wait_for_output(p, out_dir, lines_in(out_dir) + rng.randrange(20, 120))
+            kids = children(p)
             if p.poll() is None and kids:
                 os.kill(rng.choice(kids), signal.SIGKILL)
                 kills += 1

@@ -25,6 +25,7 @@ from headrace.dataflow import Dataflow
 from headrace.recovery import RecoveryConfig
 from headrace.recovery import main as recovery_main
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
+from tests.procs import children, lines_in, wait_for_output
 from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,13 +264,6 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _children(parent: subprocess.Popen[str]) -> list[int]:
-    try:
-        out = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True)
-    except FileNotFoundError:
-        return []
-    return [int(x) for x in out.stdout.split()]
-
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -284,8 +278,9 @@ def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
     for _attempt in range(6):
         p = _launch(args, env)
         if kills < 2:
-            time.sleep(rng.uniform(0.8, 2.5))
-            kids = _children(p)
+            # Mid-run: once this attempt has written some output, not at a guessed time.
+            wait_for_output(p, tmp_path / "out", lines_in(tmp_path / "out") + rng.randrange(20, 200))
+            kids = children(p)
             if p.poll() is None and kids:
                 os.kill(rng.choice(kids), signal.SIGKILL)
                 kills += 1
@@ -305,7 +300,8 @@ def test_rescale_2_3_1_processes_across_restarts(tmp_path: Path, redis_server: R
     env = _env(tmp_path, HR_SLOW="0.02")
     for procs in ("2", "3"):
         p = _launch(["-p", procs, "-r", redis_server.url, "--epoch-interval", "0.1"], env)
-        time.sleep(1.5)
+        wait_for_output(p, tmp_path / "out", lines_in(tmp_path / "out") + 100)
+        assert p.poll() is None, "the run ended before it could be rescaled"
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err[-2000:]
@@ -323,7 +319,14 @@ def test_redis_outage_stops_with_clear_error_then_resumes(
     env = _env(tmp_path, HR_SLOW="0.02")
     args = ["-r", redis_server.url, "--epoch-interval", "0.1", "--recovery-retry", "3"]
     p = _launch(args, env)
-    time.sleep(1.5)
+    store = open_store(redis_server.url, "recovery_wc")
+    deadline = time.monotonic() + 60
+    while p.poll() is None and time.monotonic() < deadline:
+        meta = store.load_meta()
+        if meta is not None and meta.committed_epoch >= 1:
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, "the run ended before Redis could be stopped"
     redis_server.stop()
     stopped = time.monotonic()
     _, err = p.communicate(timeout=60)

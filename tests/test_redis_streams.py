@@ -29,6 +29,7 @@ from headrace._engine._store import PARTS, open_store
 from headrace.connectors.redis import RedisStreamEntry, RedisStreamSink, RedisStreamSource
 from headrace.dataflow import Dataflow
 from headrace.testing import TestingSink, TestingSource, run_main
+from tests.procs import children, lines_in, wait_for_output
 from tests.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,10 +306,6 @@ def test_lag_metric_follows_a_producer_that_outruns_the_dataflow(
     assert not errors, errors
 
 
-def _children(parent: subprocess.Popen[str]) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True)
-    return [int(x) for x in out.stdout.split()]
-
 
 @pytest.mark.timeout(240)
 def test_kill_9_mid_run_resumes_at_committed_entries(
@@ -339,8 +336,9 @@ def test_kill_9_mid_run_resumes_at_committed_entries(
              "tests.flows.redis_stream_flows:running_counts()", *args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if kills < 2:
-            time.sleep(rng.uniform(1.5, 3.0))
-            kids = _children(p)
+            # Mid-run: once this attempt has written some output, not at a guessed time.
+            wait_for_output(p, out_dir, lines_in(out_dir) + rng.randrange(20, 120))
+            kids = children(p)
             if p.poll() is None and kids:
                 os.kill(rng.choice(kids), signal.SIGKILL)
                 kills += 1
