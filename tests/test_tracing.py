@@ -17,6 +17,7 @@ from headrace.tracing import (
     JsonFormatter,
     OtlpTracingConfig,
     TracingConfig,
+    _LogHandler,
     setup_logging,
     setup_tracing,
 )
@@ -104,13 +105,19 @@ def test_unknown_level_is_a_clear_error() -> None:
 
 def test_setting_up_twice_keeps_one_handler_and_remove_restores() -> None:
     logger = logging.getLogger("headrace")
-    before = (logger.level, logger.propagate, len(logger.handlers))
+    # Start from a logger without a Headrace handler, whatever ran before.
+    for old in [h for h in logger.handlers if isinstance(h, _LogHandler)]:
+        old.remove()
+    others = [h for h in logger.handlers if not isinstance(h, _LogHandler)]
+    before = (logger.level, logger.propagate, list(logger.handlers))
     setup_logging("INFO")
     handler = setup_logging("DEBUG", json=True)
-    assert len(logger.handlers) == before[2] + 1
+    ours = [h for h in logger.handlers if isinstance(h, _LogHandler)]
+    assert ours == [handler]
+    assert [h for h in logger.handlers if not isinstance(h, _LogHandler)] == others
     assert logger.level == logging.DEBUG
     handler.remove()
-    assert (logger.level, logger.propagate, len(logger.handlers)) == before
+    assert (logger.level, logger.propagate, list(logger.handlers)) == before
 
 
 def test_setup_tracing_defaults_to_error_and_reads_log_format(
