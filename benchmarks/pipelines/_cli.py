@@ -159,18 +159,24 @@ class CliRun:
 def flow_env(engine: str, pipeline: str, items: int, parts: int, span_dir: str) -> dict[str, str]:
     """The environment that makes ``cli_flows:flow`` the wanted dataflow.
 
-    >>> flow_env("headrace", "wordcount", 10, 4, "/tmp/x")["BENCH_PIPELINE"]
-    'wordcount'
+    Headrace runs from this checkout's ``runtime/``, whatever is installed.
+
+    >>> env = flow_env("headrace", "wordcount", 10, 4, "/tmp/x")
+    >>> env["BENCH_PIPELINE"], env["PYTHONPATH"].endswith("runtime")
+    ('wordcount', True)
     """
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
+    path = str(PIPELINES_DIR)
+    if engine == "headrace":
+        path += os.pathsep + str(PIPELINES_DIR.parents[1] / "runtime")
     env.update(
         BENCH_ENGINE=engine,
         BENCH_PIPELINE=pipeline,
         BENCH_ITEMS=str(items),
         BENCH_PARTS=str(parts),
         BENCH_SPAN_DIR=span_dir,
-        PYTHONPATH=str(PIPELINES_DIR),
+        PYTHONPATH=path,
     )
     return env
 

@@ -502,6 +502,21 @@ def _combined(
     return out
 
 
+def _precombined(
+    step_id: str,
+    pre: Callable[[dict[str, list[Any]]], dict[str, list[Any]]],
+    groups: dict[str, list[Any]],
+) -> dict[str, list[Any]]:
+    """Run a step's own combiner (e.g. `_WindowSpec.precombiner`) on values bound for another worker."""
+    try:
+        return pre(groups)
+    except Exception as exc:
+        raise BytewaxRuntimeError(
+            f"error calling `StatefulBatchLogic.on_batch` in step {step_id!r} "
+            f"(combining values for another worker): {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def _pickle_state(step_id: str, key: str, logic: Any) -> bytes:
     try:
         state = logic.snapshot()
@@ -911,8 +926,14 @@ class Worker:
                 for states in store.load(step.step_id, mine).values():
                     node.restore(states)
             edge.on_eof = node.on_eof
-            combine = getattr(step.conf["builder"], "_combine", None)
-            edge.route = self._keyed_router(edge, step.step_id, node.trusted, combine)
+            builder = step.conf["builder"]
+            combine = getattr(builder, "_combine", None)
+            precombiner = getattr(builder, "precombiner", None)
+            pre = None
+            if precombiner is not None and self.count > 1:
+                consumers = self.plan.consumers
+                pre = precombiner(lambda stream_id: bool(consumers.get(stream_id)))
+            edge.route = self._keyed_router(edge, step.step_id, node.trusted, combine, pre)
         elif step.kind == "redistribute":
             edge.deliver = self.push_for(step.outputs["down"])
             edge.route = self._rr_router(edge)
@@ -927,7 +948,12 @@ class Worker:
         self.cluster.send(dst, (DATA, edge.eid, self.index, self.epoch, items))
 
     def _keyed_router(
-        self, edge: _Edge, step_id: str, trusted: bool, combine: Callable[[Any, Any], Any] | None = None
+        self,
+        edge: _Edge,
+        step_id: str,
+        trusted: bool,
+        combine: Callable[[Any, Any], Any] | None = None,
+        pre: Callable[[dict[str, list[Any]]], dict[str, list[Any]]] | None = None,
     ) -> Push:
         if self.count == 1:
             return edge.deliver
@@ -954,7 +980,9 @@ class Worker:
                     if dst == me:
                         edge.deliver(part)
                     else:
-                        if combine is not None:
+                        if pre is not None:
+                            part = _precombined(step_id, pre, part)
+                        elif combine is not None:
                             part = _combined(step_id, combine, part)
                         self._send_data(edge, dst, part)
 

@@ -158,6 +158,7 @@ class _WindowSpec:
         "floor",
         "fold",
         "folder",
+        "late_stream",
         "merger",
         "new_acc",
         "ordered",
@@ -202,6 +203,8 @@ class _WindowSpec:
             self.merger: Callable[[Any, Any], Any] = builder.merger
         self.fast = _SLOW
         self.floor = UTC_MIN
+        # Set by `window`: the id of the `late` stream (see `precombiner`).
+        self.late_stream: str | None = None
         # The default `to_system_utc`: wake-ups computed from the watermark.
         self.precise = getattr(clock, "to_system_utc", None) is _identity
         if self.clock_kind == _EVENT:
@@ -218,11 +221,134 @@ class _WindowSpec:
                 else:
                     self.fast = _FAST_TUMBLING if self.tumbling else _FAST_SLIDING
 
+    def precombiner(
+        self, consumed: Callable[[str], bool]
+    ) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]] | None:
+        """The function that pre-folds values bound for another worker, or None.
+
+        The engine calls this when it wires the step on a multi-worker run;
+        ``consumed(stream_id)`` tells whether any step reads a stream. Values
+        can be folded on the sending worker (a combiner, like
+        `reduce_final`'s) when the step takes the fused tumbling path of
+        `fold_window` and nothing reads its ``late`` stream: the owner then
+        receives, per key, runs of values that are in timestamp order and in
+        one window, as ``(window_id, first_ts, last_ts, accumulator)``
+        (`_Runs`), and merges each with ``merger``.
+
+        Lateness stays the owner's call. The sender drops only values that
+        are late whatever else happens: older than the newest timestamp it
+        has itself sent for the key minus the wait (the owner has seen that
+        one before, on the same ordered channel). The owner decides per run
+        by its newest value: a run whose newest value is late is late whole,
+        otherwise it joins its window, which is then open. A run can only
+        straddle the watermark when the watermark moved for a reason the
+        sender cannot see (system time passing, or another worker's values
+        of the same key); its older values then count in their still-open
+        window, as they would had the run arrived a moment earlier.
+
+        >>> from datetime import datetime, timedelta, timezone
+        >>> from headrace.operators.windowing import EventClock, TumblingWindower
+        >>> from headrace.operators._window_logic import _FoldBuilder
+        >>> t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        >>> spec = _WindowSpec("w", EventClock(lambda v: v[0], timedelta(0)),
+        ...     TumblingWindower(timedelta(seconds=10), t0),
+        ...     _FoldBuilder(int, lambda a, v: a + v[1], lambda a, b: a + b), True)
+        >>> spec.late_stream = "w.late"
+        >>> pre = spec.precombiner(lambda stream_id: False)
+        >>> items = [(t0 + timedelta(seconds=s), 1) for s in (1, 2, 11, 5)]
+        >>> [(wid, n) for wid, _, _, n in pre({"k": items})["k"]]
+        [(0, 2), (1, 1), (0, 1)]
+        >>> spec.precombiner(lambda stream_id: stream_id == "w.late") is None
+        True
+        """
+        if self.fast != _FAST_TUMBLING or self.late_stream is None or consumed(self.late_stream):
+            return None
+        return _Precombiner(self)
+
     def __call__(self, resume_state: dict[str, Any] | None) -> _KeyWindows:
         if resume_state is not None and resume_state["queue"]:
             # Values waiting for the watermark need the general path.
             return _KeyWindows(self, resume_state)
         return _LOGIC_CLASSES[self.fast](self, resume_state)
+
+
+class _Precombiner:
+    """One worker's combiner for one `fold_window` step (see `_WindowSpec.precombiner`)."""
+
+    __slots__ = ("spec", "tops")
+
+    def __init__(self, spec: _WindowSpec) -> None:
+        self.spec = spec
+        # Per key, the newest timestamp this worker has read (a bounded cache:
+        # forgetting a key only means fewer values are known late here).
+        self.tops: dict[str, datetime] = {}
+
+    def __call__(self, part: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        spec = self.spec
+        clock: EventClock[Any] = spec.clock  # type: ignore[assignment]
+        getter = clock.ts_getter
+        wait = clock.wait_for_system_duration
+        floor = spec.floor
+        windower: TumblingWindower = spec.windower  # type: ignore[assignment]
+        align = windower.align_to
+        length = windower.length
+        fold = spec.folder
+        new = spec.new_acc
+        step_id = spec.step_id
+        tops = self.tops
+        if len(tops) > 1_000_000:
+            tops.clear()
+        out: dict[str, list[Any]] = {}
+        for k, vs in part.items():
+            runs = _Runs()
+            append = runs.append
+            top = tops.get(k, UTC_MIN)
+            limit = top - wait if top >= floor else UTC_MIN
+            wid: int | None = None
+            first: Any = None
+            last: Any = None
+            hi: Any = None
+            acc: Any = None
+            v: Any = None
+            ts: Any = None
+            try:
+                for v in vs:
+                    try:
+                        ts = getter(v)
+                    except Exception as exc:
+                        raise _getter_error(step_id, getter, v, exc) from exc
+                    if ts < limit:
+                        continue  # late at the owner, whatever else it sees
+                    if ts > top:
+                        top = ts
+                        if top >= floor:
+                            limit = top - wait
+                    if wid is not None and last <= ts < hi:
+                        last = ts
+                        acc = fold(acc, v)
+                        continue
+                    if wid is not None:
+                        append((wid, first, last, acc))
+                    wid = (ts - align) // length
+                    hi = align + length * (wid + 1)
+                    first = last = ts
+                    acc = fold(new(), v)
+            except TypeError as exc:
+                if _is_aware(ts):
+                    raise
+                raise _timestamp_error(step_id, getter, v, ts) from exc
+            if wid is not None:
+                append((wid, first, last, acc))
+            if top is not UTC_MIN:
+                tops[k] = top
+            out[k] = runs
+        return out
+
+
+class _Runs(list):  # type: ignore[type-arg]
+    """One key's values pre-folded by the worker that read them: ``(window_id, first_ts, last_ts, acc)``."""
+
+    __slots__ = ()
 
 
 class _KeyWindows(StatefulBatchLogic[Any, Any, dict[str, Any]]):
@@ -278,6 +404,8 @@ class _KeyWindows(StatefulBatchLogic[Any, Any, dict[str, Any]]):
     # ------------------------------------------------------------ fast paths
 
     def _fast_tumbling(self, values: list[Any]) -> tuple[list[Any], bool]:
+        if values.__class__ is _Runs:
+            return self._fast_runs(values)
         clock: _EventClockLogic[Any] = self.clock
         spec = self.spec
         windower: _SlidingWindowerLogic = self.windower
@@ -407,6 +535,48 @@ class _KeyWindows(StatefulBatchLogic[Any, Any, dict[str, Any]]):
         if wake is None or old is None or wake < old:
             self.wake = wake
         return events, False
+
+    def _fast_runs(self, runs: list[Any]) -> tuple[list[Any], bool]:
+        """Merge runs another worker pre-folded (see `_WindowSpec.precombiner`)."""
+        clock: _EventClockLogic[Any] = self.clock
+        spec = self.spec
+        windower: _SlidingWindowerLogic = self.windower
+        opened = windower.opened
+        align = windower.align_to
+        length = windower.length
+        accs = self.wins
+        merge = spec.merger
+        now = clock.now_getter()
+        if now > clock.sys_now:
+            clock.sys_now = now
+        wm0 = clock.watermark()
+        wait = clock.wait
+        floor = spec.floor
+        maxts = UTC_MIN
+        for wid, _first, last, pacc in runs:
+            # The run's newest value decides, by the rule for one value.
+            if last >= maxts:
+                maxts = last
+                if last < wm0:
+                    continue
+            elif last < wm0 or (maxts >= floor and last < maxts - wait):
+                continue
+            acc = accs.get(wid, _MISSING)
+            if acc is _MISSING:
+                accs[wid] = pacc
+                close = align + length * (wid + 1)
+                opened[wid] = close
+                if close < self.next_close:
+                    self.next_close = close
+            else:
+                try:
+                    accs[wid] = merge(acc, pacc)
+                except Exception as exc:
+                    raise BytewaxRuntimeError(
+                        f"error calling `merger` in step {spec.step_id!r} with the partial "
+                        f"fold of window {wid} from another worker: {type(exc).__name__}: {exc}"
+                    ) from exc
+        return self._fast_end(maxts, wm0, [])
 
     def _fast_sliding(self, values: list[Any]) -> tuple[list[Any], bool]:
         clock: _EventClockLogic[Any] = self.clock
@@ -1018,6 +1188,10 @@ class _KeyWindows(StatefulBatchLogic[Any, Any, dict[str, Any]]):
     # ------------------------------------------------- StatefulBatchLogic
 
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
+        if values.__class__ is _Runs:
+            # A resumed key of a pre-combining step (fold, tumbling, event
+            # clock) whose snapshot held queued values.
+            return self._fast_runs(values)
         spec = self.spec
         events: list[Any] = []
         kind = spec.clock_kind

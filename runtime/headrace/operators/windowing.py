@@ -189,6 +189,7 @@ def window(
     down = flat_map_batch("unwrap_down", events, _unwrap_down)
     late = flat_map_batch("unwrap_late", events, _unwrap_late)
     meta = flat_map_batch("unwrap_meta", events, _unwrap_meta)
+    spec.late_stream = late.stream_id
     return WindowOut(down, late, meta)
 
 

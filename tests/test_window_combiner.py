@@ -1,0 +1,163 @@
+"""`fold_window` pre-folds values bound for another worker (a combiner).
+
+With more than one worker, the fused tumbling path of `fold_window` folds
+runs of a key's values (in timestamp order, one window) on the worker that
+read them, and the owner merges the partial accumulators with ``merger``.
+It is on only when nothing reads the step's ``late`` stream. These tests
+run two worker threads (every key owned by worker 1 crosses the exchange)
+and compare with one worker.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import headrace.operators as op
+import headrace.operators.windowing as win
+from headrace.dataflow import Dataflow
+from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+class Folds:
+    """A list-collecting fold that records what ``merger`` was given."""
+
+    def __init__(self) -> None:
+        self.merged: list[tuple[list[int], list[int]]] = []
+        self.lock = threading.Lock()
+
+    def folder(self, acc: list[int], value: tuple[datetime, int]) -> list[int]:
+        return [*acc, value[1]]
+
+    def merger(self, a: list[int], b: list[int]) -> list[int]:
+        with self.lock:
+            self.merged.append((a, b))
+        return a + b
+
+
+def _items(seed: int, n: int = 600, keys: int = 7) -> list[tuple[str, tuple[datetime, int]]]:
+    """Items of several keys, per key in time order but for some stragglers from the past.
+
+    Each in-order value is at least 0.5 s newer than all before it, so which
+    values are late never depends on how much system time passes between
+    batches (with no wait, a value only as new as the newest is late then).
+    """
+    rng = random.Random(seed)
+    clock = {f"k{i}": 0.0 for i in range(keys)}
+    out = []
+    for i in range(n):
+        k = f"k{rng.randrange(keys)}"
+        if rng.random() < 0.08:
+            at = max(0.0, clock[k] - rng.uniform(0, 30))
+        else:
+            clock[k] += rng.choice([0.5, 1.0, 2.0, 7.0])
+            at = clock[k]
+        out.append((k, (T0 + timedelta(seconds=at), i)))
+    return out
+
+
+def _flow(
+    items: list[Any], folds: Folds, *, wait: timedelta, ordered: bool, late_out: list[Any] | None
+) -> tuple[Dataflow, list[Any]]:
+    flow = Dataflow("combiner")
+    s = op.input("inp", flow, TestingSource(items, batch_size=37))
+    clock = win.EventClock(lambda v: v[0], wait_for_system_duration=wait)
+    w = win.fold_window(
+        "fold", s, clock, win.TumblingWindower(timedelta(seconds=10), T0),
+        list, folds.folder, folds.merger, ordered=ordered,
+    )
+    out: list[Any] = []
+    op.output("out", w.down, TestingSink(out))
+    if late_out is not None:
+        op.output("late", w.late, TestingSink(late_out))
+    return flow, out
+
+
+def _by_window(out: list[Any]) -> Counter[tuple[str, int, tuple[int, ...]]]:
+    return Counter((k, wid, tuple(sorted(vals))) for k, (wid, vals) in out)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("wait", "ordered"),
+    [(timedelta(0), True), (timedelta(seconds=5), False), (timedelta(hours=1), False)],
+    ids=["wait0", "wait5s-unordered", "wait1h-unordered"],
+)
+def test_two_workers_give_the_windows_of_one(seed: int, wait: timedelta, ordered: bool) -> None:
+    items = _items(seed)
+    flow, ref = _flow(items, Folds(), wait=wait, ordered=ordered, late_out=None)
+    run_main(flow)
+    folds = Folds()
+    flow, out = _flow(items, folds, wait=wait, ordered=ordered, late_out=None)
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    assert _by_window(out) == _by_window(ref)
+    # Partial folds crossed the exchange and were merged by the owner.
+    assert any(len(b) > 1 for _, b in folds.merged), "no partial fold crossed the exchange"
+
+
+def test_a_read_late_stream_turns_the_combiner_off() -> None:
+    """Late values must reach `late` one by one, so values cross unfolded."""
+    items = _items(4)
+    late_ref: list[Any] = []
+    flow, ref = _flow(items, Folds(), wait=timedelta(0), ordered=True, late_out=late_ref)
+    run_main(flow)
+    assert late_ref, "the data has no late values; the test proves nothing"
+    folds = Folds()
+    late: list[Any] = []
+    flow, out = _flow(items, folds, wait=timedelta(0), ordered=True, late_out=late)
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    assert _by_window(out) == _by_window(ref)
+    assert Counter(late) == Counter(late_ref)
+    assert folds.merged == []
+
+
+def test_a_failing_folder_on_the_sending_worker_names_the_step() -> None:
+    items = [(f"k{i % 5}", (T0 + timedelta(seconds=i), i)) for i in range(100)]
+
+    def folder(acc: int, v: tuple[datetime, int]) -> int:
+        return acc + 1 // (v[1] - 50)
+
+    flow = Dataflow("combiner_fails")
+    s = op.input("inp", flow, TestingSource(items, batch_size=20))
+    clock = win.EventClock(lambda v: v[0], wait_for_system_duration=timedelta(0))
+    w = win.fold_window(
+        "bad_fold", s, clock, win.TumblingWindower(timedelta(seconds=10), T0), int, folder,
+        lambda a, b: a + b,
+    )
+    op.output("out", w.down, TestingSink([]))
+    with pytest.raises(Exception) as info:
+        cluster_main(flow, [], 0, worker_count_per_proc=2)
+    text = " ".join(str(e) for e in _chain(info.value))
+    assert "bad_fold" in text and "ZeroDivisionError" in text, text
+
+
+def test_naive_timestamps_on_the_sending_worker_are_a_clear_error() -> None:
+    naive = datetime(2024, 1, 1)
+    items = [(naive + timedelta(seconds=i), i) for i in range(50)]
+    flow = Dataflow("combiner_naive")
+    s = op.input("inp", flow, TestingSource(items, batch_size=20))
+    clock = win.EventClock(lambda v: v[0], wait_for_system_duration=timedelta(0))
+    w = win.count_window("count", s, clock, win.TumblingWindower(timedelta(seconds=10), T0),
+                         lambda v: f"k{v[1] % 5}")
+    op.output("out", w.down, TestingSink([]))
+    with pytest.raises(Exception) as info:
+        cluster_main(flow, [], 0, worker_count_per_proc=2)
+    text = " ".join(str(e) for e in _chain(info.value))
+    assert "timezone" in text and "count" in text, text
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    out = []
+    while exc is not None and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__
+    return out
