@@ -345,7 +345,7 @@ class _Precombiner:
         return out
 
 
-class _Runs(list):  # type: ignore[type-arg]
+class _Runs(list):
     """One key's values pre-folded by the worker that read them: ``(window_id, first_ts, last_ts, acc)``."""
 
     __slots__ = ()
