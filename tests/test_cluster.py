@@ -158,6 +158,33 @@ def test_sigterm_stops_the_whole_cluster_cleanly(tmp_path: Path) -> None:
     assert _read_counts(tmp_path) == {}
 
 
+@pytest.mark.timeout(120)
+def test_sigterm_while_a_connected_process_builds_its_workers_stops_cleanly(tmp_path: Path) -> None:
+    """Connected but still building (restoring state): SIGTERM is a clean stop, not a crash.
+
+    Exiting at once there looked like a crash to the peers, which had
+    started, so the whole cluster failed (seen in CI on a rescale restart).
+    """
+    marks = tmp_path / "marks"
+    procs, _ = _manual(tmp_path, 2, HR_DELAY="0.05", HR_ITEMS="100000", HR_BATCH="10",
+                       HR_BUILD_DELAY="3", HR_BUILD_MARK=str(marks))
+    mark = marks / f"building-{procs[1].pid}"
+    deadline = time.monotonic() + 60
+    while not mark.exists():
+        assert time.monotonic() < deadline, "process 1 never started building its workers"
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGTERM)
+    errs = []
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        errs.append(err)
+    assert "stopping at the next epoch boundary" in errs[1]
+    assert "before the dataflow started" not in errs[1]
+    assert _read_counts(tmp_path) == {}
+
+
 def test_cluster_main_two_processes_in_threads() -> None:
     import threading
 

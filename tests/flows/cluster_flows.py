@@ -2,12 +2,15 @@
 
 Configured through environment variables so every process of a test cluster
 builds the same graph: HR_OUT (output directory), HR_PARTS, HR_ITEMS (per
-part), HR_DELAY (seconds between batches), HR_BATCH.
+part), HR_DELAY (seconds between batches), HR_BATCH, HR_BUILD_DELAY (seconds
+each source partition takes to build, as restoring a big state does) and
+HR_BUILD_MARK (a directory where a process notes ``building-<pid>`` then).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -54,6 +57,11 @@ class LinesSource(FixedPartitionedSource[str, int]):
         return [f"p{i}" for i in range(self.parts)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Part:
+        mark = os.environ.get("HR_BUILD_MARK")
+        if mark:
+            Path(mark).mkdir(parents=True, exist_ok=True)
+            (Path(mark) / f"building-{os.getpid()}").touch()
+        time.sleep(float(os.environ.get("HR_BUILD_DELAY", "0")))
         return _Part(for_part, self.items, self.batch, self.delay, resume_state)
 
 

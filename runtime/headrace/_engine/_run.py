@@ -160,6 +160,8 @@ def _run_local_workers(
     try:
         workers = [Worker(plan, i, cluster, config) for i in cluster.local_workers]
     except BaseException:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(cluster)
         if mesh is not None:
             mesh.close(RuntimeError("failed to build the dataflow"))
         if server is not None:
@@ -321,10 +323,17 @@ def _start_cluster_process(
 
     mesh = Mesh(addresses, proc_id, hello, deliver, cluster.fail, bind_host, startup_timeout)
     mesh.start()
+    # Connected: from now on SIGTERM asks the whole cluster to stop at its
+    # first epoch boundary instead of exiting, which the peers would take for
+    # a crash (opening the store and restoring state can take a while).
+    with _ACTIVE_LOCK:
+        _ACTIVE.add(cluster)
     try:
         if proc_id != 0:
             _open_recovery(recovery, plan, config, False, len(addresses) * w)
     except BaseException as exc:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(cluster)
         mesh.close(exc)
         raise
     _store_probe(config, readiness)
