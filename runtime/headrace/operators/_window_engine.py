@@ -256,8 +256,10 @@ class _WindowSpec:
         >>> spec.late_stream = "w.late"
         >>> pre = spec.precombiner(lambda stream_id: False)
         >>> items = [(t0 + timedelta(seconds=s), 1) for s in (1, 2, 11, 5)]
-        >>> [(wid, n) for wid, _, _, n in pre({"k": items})["k"]]
-        [(0, 2), (1, 1), (0, 1)]
+        >>> [(wid, n) for wid, _, _, n in pre({"k": items})["k"]]  # 5 s: late after 11 s
+        [(0, 2), (1, 1)]
+        >>> [(wid, n) for wid, _, _, n in pre({"k": [(t0 + timedelta(seconds=12), 1)]})["k"]]
+        [(1, 1)]
         >>> spec.precombiner(lambda stream_id: stream_id == "w.late") is None
         True
         """
