@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -120,7 +121,9 @@ def test_a_read_late_stream_turns_the_combiner_off() -> None:
     assert folds.merged == []
 
 
-def test_a_failing_folder_on_the_sending_worker_names_the_step() -> None:
+def test_a_failing_folder_on_the_sending_worker_names_the_step(
+    cause_chain: Callable[[BaseException], list[BaseException]],
+) -> None:
     items = [(f"k{i % 5}", (T0 + timedelta(seconds=i), i)) for i in range(100)]
 
     def folder(acc: int, v: tuple[datetime, int]) -> int:
@@ -136,11 +139,13 @@ def test_a_failing_folder_on_the_sending_worker_names_the_step() -> None:
     op.output("out", w.down, TestingSink([]))
     with pytest.raises(Exception) as info:
         cluster_main(flow, [], 0, worker_count_per_proc=2)
-    text = " ".join(str(e) for e in _chain(info.value))
+    text = " ".join(str(e) for e in cause_chain(info.value))
     assert "bad_fold" in text and "ZeroDivisionError" in text, text
 
 
-def test_naive_timestamps_on_the_sending_worker_are_a_clear_error() -> None:
+def test_naive_timestamps_on_the_sending_worker_are_a_clear_error(
+    cause_chain: Callable[[BaseException], list[BaseException]],
+) -> None:
     naive = datetime(2024, 1, 1)
     items = [(naive + timedelta(seconds=i), i) for i in range(50)]
     flow = Dataflow("combiner_naive")
@@ -151,13 +156,5 @@ def test_naive_timestamps_on_the_sending_worker_are_a_clear_error() -> None:
     op.output("out", w.down, TestingSink([]))
     with pytest.raises(Exception) as info:
         cluster_main(flow, [], 0, worker_count_per_proc=2)
-    text = " ".join(str(e) for e in _chain(info.value))
+    text = " ".join(str(e) for e in cause_chain(info.value))
     assert "timezone" in text and "count" in text, text
-
-
-def _chain(exc: BaseException | None) -> list[BaseException]:
-    out = []
-    while exc is not None and exc not in out:
-        out.append(exc)
-        exc = exc.__cause__
-    return out
