@@ -162,6 +162,20 @@ def tumbling(out: list[Any]) -> Dataflow:
     return flow
 
 
+def tumbling_fold(out: list[Any]) -> Dataflow:
+    """No wait, nothing reads `late`: with several workers, partial folds cross the exchange."""
+    flow = Dataflow("ep_tumble_fold")
+    items = [(f"k{i % 5}", (T0 + timedelta(seconds=i), i)) for i in range(200)]
+    for i in (37, 90, 151):  # stragglers: late, whoever owns their key
+        items.insert(i, (f"k{i % 5}", (T0 + timedelta(seconds=i - 40), -i)))
+    s = op.input("inp", flow, TestingSource(items, batch_size=8))
+    clock = win.EventClock(lambda v: v[0], wait_for_system_duration=ZERO)
+    windower = win.TumblingWindower(timedelta(seconds=10), align_to=T0)
+    w = win.fold_window("sum", s, clock, windower, int, lambda a, v: a + v[1], lambda a, b: a + b)
+    op.output("out", w.down, TestingSink(out))
+    return flow
+
+
 def session(out: list[Any]) -> Dataflow:
     flow = Dataflow("ep_session")
     gaps = [0, 1, 2, 10, 11, 30, 31, 32, 33]
@@ -181,6 +195,7 @@ FLOWS: dict[str, Build] = {
     "collect_fold": collect_and_fold,
     "partitioned_sink": partitioned_sink,
     "tumbling_window": tumbling,
+    "tumbling_fold_combined": tumbling_fold,
     "session_window": session,
 }
 
