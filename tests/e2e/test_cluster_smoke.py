@@ -62,17 +62,33 @@ def test_statefulset_of_the_image(kube: Kube, headrace_image: str, namespace: st
         )
         assert resolved.strip() == peer_ip
 
-        # A ClusterIP Service reaches the pods behind it (also the calling pod itself).
-        fetched = _in_pod(
-            kube,
-            ns,
-            "smoke-0",
+        # A ClusterIP Service reaches the pods behind it (also the calling pod itself),
+        # once the EndpointSlice controller has listed both Ready pods and
+        # kube-proxy has written its rules (both lag pod readiness by a moment:
+        # until then the Service's rule rejects connections).
+        def endpoints_ready() -> bool:
+            slices = json.loads(kube.kubectl(
+                "get", "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name=smoke-metrics",
+                "-o", "json",
+            ))["items"]
+            ready = [e for sl in slices for e in sl.get("endpoints") or []
+                     if (e.get("conditions") or {}).get("ready")]
+            return len(ready) == 2
+
+        wait_for("the smoke-metrics EndpointSlice listing both pods", endpoints_ready, 60)
+        fetch = (
             "import urllib.request\n"
             "for _ in range(6):\n"
             f"    urllib.request.urlopen('http://smoke-metrics.{ns}.svc/metrics', timeout=5).read()\n"
-            "print('ok')\n",
+            "print('ok')\n"
         )
-        assert fetched.strip() == "ok"
+        fetched = wait_for(
+            "smoke-metrics answering through its ClusterIP",
+            lambda: _in_pod(kube, ns, "smoke-0", fetch).strip() == "ok",
+            60,
+            interval=2.0,
+        )
+        assert fetched is True
         if kube.built is not None:
             # The suite's cluster resolves only cluster names: nothing leaves this machine.
             outside = _in_pod(
