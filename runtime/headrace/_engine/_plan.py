@@ -62,6 +62,26 @@ def _port_streams(port: SinglePort | MultiPort[Any]) -> list[str]:
     return [port.stream_ids[k] for k in sorted(port.stream_ids)]
 
 
+def _prune(steps: list[CoreStep]) -> list[CoreStep]:
+    """Drop Headrace's own side-effect-free steps whose output nothing reads.
+
+    Such steps are marked with a ``_headrace_pure`` mapper (e.g. the `window`
+    operator's split of its events into ``late`` and ``meta``): running them
+    would only build lists that are thrown away. User steps always run.
+    """
+    while True:
+        read = {inp for s in steps for inp in s.inputs}
+        dead = [
+            s for s in steps
+            if s.kind == "flat_map_batch"
+            and getattr(s.conf.get("mapper"), "_headrace_pure", False)
+            and not any(out in read for out in s.outputs.values())
+        ]
+        if not dead:
+            return steps
+        steps = [s for s in steps if s not in dead]
+
+
 def build_plan(flow: Dataflow) -> Plan:
     """Flatten and validate ``flow``; raise `ValueError` saying what to add.
 
@@ -96,13 +116,13 @@ def build_plan(flow: Dataflow) -> Plan:
             "`headrace.operators.output` (e.g. to `StdOutSink()`), or nothing would run"
         )
         raise ValueError(msg)
-    plan = Plan(flow.flow_id, steps)
-    for s in steps:
+    plan = Plan(flow.flow_id, _prune(steps))
+    for s in plan.steps:
         for out in s.outputs.values():
             plan.producer[out] = s
         for inp in s.inputs:
             plan.consumers.setdefault(inp, []).append(s)
-    for s in steps:
+    for s in plan.steps:
         for inp in s.inputs:
             if inp not in plan.producer:
                 msg = f"step {s.step_id!r} reads stream {inp!r}, which no step produces"

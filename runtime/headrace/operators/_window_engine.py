@@ -232,7 +232,7 @@ class _WindowSpec:
         `reduce_final`'s) when the step takes the fused tumbling path of
         `fold_window` and nothing reads its ``late`` stream: the owner then
         receives, per key, runs of values that are in timestamp order and in
-        one window, as ``(window_id, first_ts, last_ts, accumulator)``
+        one window, as ``(window_id, newest_ts, accumulator)``
         (`_Runs`), and merges each with ``merger``.
 
         Lateness stays the owner's call. The sender drops only values that
@@ -256,9 +256,9 @@ class _WindowSpec:
         >>> spec.late_stream = "w.late"
         >>> pre = spec.precombiner(lambda stream_id: False)
         >>> items = [(t0 + timedelta(seconds=s), 1) for s in (1, 2, 11, 5)]
-        >>> [(wid, n) for wid, _, _, n in pre({"k": items})["k"]]  # 5 s: late after 11 s
+        >>> [(wid, n) for wid, _, n in pre({"k": items})["k"]]  # 5 s: late after 11 s
         [(0, 2), (1, 1)]
-        >>> [(wid, n) for wid, _, _, n in pre({"k": [(t0 + timedelta(seconds=12), 1)]})["k"]]
+        >>> [(wid, n) for wid, _, n in pre({"k": [(t0 + timedelta(seconds=12), 1)]})["k"]]
         [(1, 1)]
         >>> spec.precombiner(lambda stream_id: stream_id == "w.late") is None
         True
@@ -304,12 +304,12 @@ class _Precombiner:
         for k, vs in part.items():
             runs = _Runs()
             append = runs.append
+            # `top`: the newest timestamp sent for the key before the current
+            # run; a run's values never go back, so its newest is `last`.
             top = tops.get(k, UTC_MIN)
-            limit = top - wait if top >= floor else UTC_MIN
             wid: int | None = None
-            first: Any = None
-            last: Any = None
-            hi: Any = None
+            last: Any = UTC_MAX
+            hi: Any = UTC_MIN
             acc: Any = None
             v: Any = None
             ts: Any = None
@@ -319,36 +319,36 @@ class _Precombiner:
                         ts = getter(v)
                     except Exception as exc:
                         raise _getter_error(step_id, getter, v, exc) from exc
-                    if ts < limit:
-                        continue  # late at the owner, whatever else it sees
-                    if ts > top:
-                        top = ts
-                        if top >= floor:
-                            limit = top - wait
-                    if wid is not None and last <= ts < hi:
+                    if last <= ts < hi:
                         last = ts
                         acc = fold(acc, v)
                         continue
+                    # A new run, unless the value is late whatever else happens.
+                    if wid is not None and last > top:
+                        top = last
+                    if top >= floor and ts < top - wait:
+                        continue
                     if wid is not None:
-                        append((wid, first, last, acc))
+                        append((wid, last, acc))
                     wid = (ts - align) // length
                     hi = align + length * (wid + 1)
-                    first = last = ts
+                    last = ts
                     acc = fold(new(), v)
             except TypeError as exc:
                 if _is_aware(ts):
                     raise
                 raise _timestamp_error(step_id, getter, v, ts) from exc
             if wid is not None:
-                append((wid, first, last, acc))
-            if top is not UTC_MIN:
+                append((wid, last, acc))
+                if last > top:
+                    top = last
                 tops[k] = top
             out[k] = runs
         return out
 
 
 class _Runs(list):
-    """One key's values pre-folded by the worker that read them: ``(window_id, first_ts, last_ts, acc)``."""
+    """One key's values pre-folded by the worker that read them: ``(window_id, newest_ts, acc)``."""
 
     __slots__ = ()
 
@@ -555,7 +555,7 @@ class _KeyWindows(StatefulBatchLogic[Any, Any, dict[str, Any]]):
         wait = clock.wait
         floor = spec.floor
         maxts = UTC_MIN
-        for wid, _first, last, pacc in runs:
+        for wid, last, pacc in runs:
             # The run's newest value decides, by the rule for one value.
             if last >= maxts:
                 maxts = last
@@ -1294,3 +1294,8 @@ def _unwrap_meta(batch: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         for kv in batch
         if kv[1][-1] is _META or (len(kv[1]) == 2 and kv[1][1].__class__ is _WM)
     ]
+
+
+# Pure: the engine skips an unwrap step whose stream nothing reads.
+for _unwrap in (_unwrap_down, _unwrap_late, _unwrap_meta):
+    _unwrap._headrace_pure = True  # type: ignore[attr-defined]
