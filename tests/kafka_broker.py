@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -115,20 +114,15 @@ def fetch_jars() -> Path:
     return dest / "jars"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class KafkaBroker:
     """One KRaft node (broker + controller) on free loopback ports."""
 
     def __init__(self, workdir: Path, heap: str = "512m") -> None:
         self.workdir = workdir
         self.heap = heap
-        self.port = _free_port()
-        self.controller_port = _free_port()
+        from tests.servers import free_ports
+
+        self.port, self.controller_port = free_ports(2)
         self.proc: subprocess.Popen[bytes] | None = None
         self._topics = 0
 

@@ -13,9 +13,29 @@ import pytest
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on now (for one server; see `free_ports`)."""
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports.
+
+    All are held open until every one is chosen: two separate `free_port`
+    calls can return the same port (CI saw two processes of a test cluster
+    told to listen on one port).
+
+    >>> ports = free_ports(3)
+    >>> len(set(ports)) == 3
+    True
+    """
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class RedisServer:

@@ -20,7 +20,7 @@ import headrace.operators.windowing as win
 from headrace.dataflow import Dataflow
 from headrace.outputs import FixedPartitionedSink, StatefulSinkPartition
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
-from tests.servers import free_port
+from tests.servers import free_ports
 
 ZERO = timedelta(0)
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -40,7 +40,7 @@ def _threads(n: int) -> Callable[[Dataflow], None]:
 
 
 def _two_processes(flow: Dataflow) -> None:
-    addrs = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(2)]
     errors: list[BaseException] = []
 
     def proc(i: int) -> None:
