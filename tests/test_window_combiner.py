@@ -158,3 +158,25 @@ def test_naive_timestamps_on_the_sending_worker_are_a_clear_error(
         cluster_main(flow, [], 0, worker_count_per_proc=2)
     text = " ".join(str(e) for e in cause_chain(info.value))
     assert "timezone" in text and "count" in text, text
+
+
+def test_the_plan_drops_window_streams_nothing_reads_but_never_user_steps() -> None:
+    from headrace._engine._plan import build_plan
+
+    def build(read_late: bool) -> Dataflow:
+        flow = Dataflow("prune")
+        s = op.input("inp", flow, TestingSource(_items(5, n=10)))
+        op.flat_map_batch("unread_user_step", s, lambda b: b)
+        clock = win.EventClock(lambda v: v[0], wait_for_system_duration=timedelta(0))
+        w = win.count_window("count", s, clock, win.TumblingWindower(timedelta(seconds=10), T0),
+                             lambda kv: kv[0])
+        op.output("out", w.down, TestingSink([]))
+        if read_late:
+            op.output("late", w.late, TestingSink([]))
+        return flow
+
+    ids = [s.step_id.split(".")[-1] for s in build_plan(build(False)).steps]
+    assert "unwrap_down" in ids and "unread_user_step" in ids
+    assert "unwrap_late" not in ids and "unwrap_meta" not in ids
+    ids = [s.step_id.split(".")[-1] for s in build_plan(build(True)).steps]
+    assert "unwrap_late" in ids and "unwrap_meta" not in ids
