@@ -17,7 +17,6 @@ Execution model (see docs/architecture.md):
 
 from __future__ import annotations
 
-import functools
 import heapq
 import logging
 import pickle
@@ -485,36 +484,24 @@ class _StatefulRun:
 
 
 def _combined(
-    step_id: str, reducer: Callable[[Any, Any], Any], groups: dict[str, list[Any]]
+    step_id: str, combine: Callable[[str, list[Any]], list[Any]], groups: dict[str, list[Any]]
 ) -> dict[str, list[Any]]:
-    """Pre-reduce each key's values before they cross the network (see `_combinable`)."""
+    """Run a step's combiner on each key's values before they cross to another worker.
+
+    ``combine(key, values)`` returns what to send instead (partial results);
+    it comes from the step builder's ``precombiner`` (`_combinable`,
+    `_WindowSpec.precombiner`).
+    """
     out: dict[str, list[Any]] = {}
     for k, vs in groups.items():
-        if len(vs) > 1:
-            try:
-                vs = [functools.reduce(reducer, vs)]
-            except Exception as exc:
-                raise BytewaxRuntimeError(
-                    f"error calling `StatefulBatchLogic.on_batch` in step {step_id!r} "
-                    f"for key {k!r}: {type(exc).__name__}: {exc}"
-                ) from exc
-        out[k] = vs
+        try:
+            out[k] = combine(k, vs)
+        except Exception as exc:
+            raise BytewaxRuntimeError(
+                f"error calling `StatefulBatchLogic.on_batch` in step {step_id!r} "
+                f"for key {k!r}: {type(exc).__name__}: {exc}"
+            ) from exc
     return out
-
-
-def _precombined(
-    step_id: str,
-    pre: Callable[[dict[str, list[Any]]], dict[str, list[Any]]],
-    groups: dict[str, list[Any]],
-) -> dict[str, list[Any]]:
-    """Run a step's own combiner (e.g. `_WindowSpec.precombiner`) on values bound for another worker."""
-    try:
-        return pre(groups)
-    except Exception as exc:
-        raise BytewaxRuntimeError(
-            f"error calling `StatefulBatchLogic.on_batch` in step {step_id!r} "
-            f"(combining values for another worker): {type(exc).__name__}: {exc}"
-        ) from exc
 
 
 def _pickle_state(step_id: str, key: str, logic: Any) -> bytes:
@@ -926,14 +913,12 @@ class Worker:
                 for states in store.load(step.step_id, mine).values():
                     node.restore(states)
             edge.on_eof = node.on_eof
-            builder = step.conf["builder"]
-            combine = getattr(builder, "_combine", None)
-            precombiner = getattr(builder, "precombiner", None)
-            pre = None
+            precombiner = getattr(step.conf["builder"], "precombiner", None)
+            combine = None
             if precombiner is not None and self.count > 1:
                 consumers = self.plan.consumers
-                pre = precombiner(lambda stream_id: bool(consumers.get(stream_id)))
-            edge.route = self._keyed_router(edge, step.step_id, node.trusted, combine, pre)
+                combine = precombiner(lambda stream_id: bool(consumers.get(stream_id)))
+            edge.route = self._keyed_router(edge, step.step_id, node.trusted, combine)
         elif step.kind == "redistribute":
             edge.deliver = self.push_for(step.outputs["down"])
             edge.route = self._rr_router(edge)
@@ -952,8 +937,7 @@ class Worker:
         edge: _Edge,
         step_id: str,
         trusted: bool,
-        combine: Callable[[Any, Any], Any] | None = None,
-        pre: Callable[[dict[str, list[Any]]], dict[str, list[Any]]] | None = None,
+        combine: Callable[[str, list[Any]], list[Any]] | None = None,
     ) -> Push:
         if self.count == 1:
             return edge.deliver
@@ -980,9 +964,7 @@ class Worker:
                     if dst == me:
                         edge.deliver(part)
                     else:
-                        if pre is not None:
-                            part = _precombined(step_id, pre, part)
-                        elif combine is not None:
+                        if combine is not None:
                             part = _combined(step_id, combine, part)
                         self._send_data(edge, dst, part)
 

@@ -8,6 +8,7 @@ into a single loop over the batch, while the step tree stays the same.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -52,9 +53,19 @@ def _combinable(builder: Any, reducer: Callable[[Any, Any], Any]) -> Any:
     The engine may then pre-reduce a key's values before sending them to the
     worker that owns the key (a combiner), which cuts what crosses the
     network; the owner reduces the partial results again, so the result is
-    the same for an associative ``reducer``.
+    the same for an associative ``reducer``. The tag is the engine's one
+    combiner hook, ``builder.precombiner(consumed)`` (see `_window_engine`'s
+    `_WindowSpec.precombiner` for the other user).
+
+    >>> b = _combinable(lambda resume: None, lambda a, b: a + b)
+    >>> b.precombiner(lambda stream_id: False)("k", [1, 2, 3])
+    [6]
     """
-    builder._combine = reducer
+
+    def combine(_key: str, values: list[Any]) -> list[Any]:
+        return [functools.reduce(reducer, values)] if len(values) > 1 else values
+
+    builder.precombiner = lambda consumed: combine
     return builder
 
 

@@ -221,10 +221,8 @@ class _WindowSpec:
                 else:
                     self.fast = _FAST_TUMBLING if self.tumbling else _FAST_SLIDING
 
-    def precombiner(
-        self, consumed: Callable[[str], bool]
-    ) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]] | None:
-        """The function that pre-folds values bound for another worker, or None.
+    def precombiner(self, consumed: Callable[[str], bool]) -> Callable[[str, list[Any]], list[Any]] | None:
+        """The function that pre-folds a key's values bound for another worker, or None.
 
         The engine calls this when it wires the step on a multi-worker run;
         ``consumed(stream_id)`` tells whether any step reads a stream. Values
@@ -256,9 +254,9 @@ class _WindowSpec:
         >>> spec.late_stream = "w.late"
         >>> pre = spec.precombiner(lambda stream_id: False)
         >>> items = [(t0 + timedelta(seconds=s), 1) for s in (1, 2, 11, 5)]
-        >>> [(wid, n) for wid, _, n in pre({"k": items})["k"]]  # 5 s: late after 11 s
+        >>> [(wid, n) for wid, _, n in pre("k", items)]  # 5 s: late after 11 s
         [(0, 2), (1, 1)]
-        >>> [(wid, n) for wid, _, n in pre({"k": [(t0 + timedelta(seconds=12), 1)]})["k"]]
+        >>> [(wid, n) for wid, _, n in pre("k", [(t0 + timedelta(seconds=12), 1)])]
         [(1, 1)]
         >>> spec.precombiner(lambda stream_id: stream_id == "w.late") is None
         True
@@ -277,74 +275,76 @@ class _WindowSpec:
 class _Precombiner:
     """One worker's combiner for one `fold_window` step (see `_WindowSpec.precombiner`)."""
 
-    __slots__ = ("spec", "tops")
+    __slots__ = ("align", "floor", "fold", "getter", "length", "new", "spec", "tops", "wait")
 
     def __init__(self, spec: _WindowSpec) -> None:
+        clock: EventClock[Any] = spec.clock  # type: ignore[assignment]
+        windower: TumblingWindower = spec.windower  # type: ignore[assignment]
         self.spec = spec
+        self.getter = clock.ts_getter
+        self.wait = clock.wait_for_system_duration
+        self.floor = spec.floor
+        self.align = windower.align_to
+        self.length = windower.length
+        self.fold = spec.folder
+        self.new = spec.new_acc
         # Per key, the newest timestamp this worker has read (a bounded cache:
         # forgetting a key only means fewer values are known late here).
         self.tops: dict[str, datetime] = {}
 
-    def __call__(self, part: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        spec = self.spec
-        clock: EventClock[Any] = spec.clock  # type: ignore[assignment]
-        getter = clock.ts_getter
-        wait = clock.wait_for_system_duration
-        floor = spec.floor
-        windower: TumblingWindower = spec.windower  # type: ignore[assignment]
-        align = windower.align_to
-        length = windower.length
-        fold = spec.folder
-        new = spec.new_acc
-        step_id = spec.step_id
+    def __call__(self, key: str, values: list[Any]) -> list[Any]:
+        """Fold ``values`` of ``key`` into runs `(window_id, newest_ts, acc)`."""
+        getter = self.getter
+        wait = self.wait
+        floor = self.floor
+        align = self.align
+        length = self.length
+        fold = self.fold
         tops = self.tops
-        if len(tops) > 1_000_000:
-            tops.clear()
-        out: dict[str, list[Any]] = {}
-        for k, vs in part.items():
-            runs = _Runs()
-            append = runs.append
-            # `top`: the newest timestamp sent for the key before the current
-            # run; a run's values never go back, so its newest is `last`.
-            top = tops.get(k, UTC_MIN)
-            wid: int | None = None
-            last: Any = UTC_MAX
-            hi: Any = UTC_MIN
-            acc: Any = None
-            v: Any = None
-            ts: Any = None
-            try:
-                for v in vs:
-                    try:
-                        ts = getter(v)
-                    except Exception as exc:
-                        raise _getter_error(step_id, getter, v, exc) from exc
-                    if last <= ts < hi:
-                        last = ts
-                        acc = fold(acc, v)
-                        continue
-                    # A new run, unless the value is late whatever else happens.
-                    if wid is not None and last > top:
-                        top = last
-                    if top >= floor and ts < top - wait:
-                        continue
-                    if wid is not None:
-                        append((wid, last, acc))
-                    wid = (ts - align) // length
-                    hi = align + length * (wid + 1)
+        runs = _Runs()
+        append = runs.append
+        # `top`: the newest timestamp sent for the key before the current
+        # run; a run's values never go back, so its newest is `last`.
+        top = tops.get(key, UTC_MIN)
+        wid: int | None = None
+        last: Any = UTC_MAX
+        hi: Any = UTC_MIN
+        acc: Any = None
+        v: Any = None
+        ts: Any = None
+        try:
+            for v in values:
+                try:
+                    ts = getter(v)
+                except Exception as exc:
+                    raise _getter_error(self.spec.step_id, getter, v, exc) from exc
+                if last <= ts < hi:
                     last = ts
-                    acc = fold(new(), v)
-            except TypeError as exc:
-                if _is_aware(ts):
-                    raise
-                raise _timestamp_error(step_id, getter, v, ts) from exc
-            if wid is not None:
-                append((wid, last, acc))
-                if last > top:
+                    acc = fold(acc, v)
+                    continue
+                # A new run, unless the value is late whatever else happens.
+                if wid is not None and last > top:
                     top = last
-                tops[k] = top
-            out[k] = runs
-        return out
+                if top >= floor and ts < top - wait:
+                    continue
+                if wid is not None:
+                    append((wid, last, acc))
+                wid = (ts - align) // length
+                hi = align + length * (wid + 1)
+                last = ts
+                acc = fold(self.new(), v)
+        except TypeError as exc:
+            if _is_aware(ts):
+                raise
+            raise _timestamp_error(self.spec.step_id, getter, v, ts) from exc
+        if wid is not None:
+            append((wid, last, acc))
+            if last > top:
+                top = last
+            if len(tops) >= 1_000_000 and key not in tops:
+                tops.clear()
+            tops[key] = top
+        return runs
 
 
 class _Runs(list):
@@ -548,9 +548,7 @@ class _KeyWindows(StatefulBatchLogic[Any, Any, dict[str, Any]]):
         length = windower.length
         accs = self.wins
         merge = spec.merger
-        now = clock.now_getter()
-        if now > clock.sys_now:
-            clock.sys_now = now
+        clock.before_batch()
         wm0 = clock.watermark()
         wait = clock.wait
         floor = spec.floor
