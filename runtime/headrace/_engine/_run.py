@@ -46,6 +46,15 @@ def request_stop() -> bool:
         return bool(_ACTIVE)
 
 
+def _stoppable(cluster: Cluster, on: bool) -> None:
+    """Let `request_stop` (SIGTERM, SIGINT) reach ``cluster``, or stop letting it."""
+    with _ACTIVE_LOCK:
+        if on:
+            _ACTIVE.add(cluster)
+        else:
+            _ACTIVE.discard(cluster)
+
+
 def _serve(
     flow: Dataflow, port: int | None, host: str, readiness: Readiness
 ) -> EndpointServer | None:
@@ -160,15 +169,13 @@ def _run_local_workers(
     try:
         workers = [Worker(plan, i, cluster, config) for i in cluster.local_workers]
     except BaseException:
-        with _ACTIVE_LOCK:
-            _ACTIVE.discard(cluster)
+        _stoppable(cluster, False)
         if mesh is not None:
             mesh.close(RuntimeError("failed to build the dataflow"))
         if server is not None:
             server.close()
         raise
-    with _ACTIVE_LOCK:
-        _ACTIVE.add(cluster)
+    _stoppable(cluster, True)
     gc_was = _tune_gc()
     try:
         if len(workers) == 1 and mesh is None:
@@ -191,8 +198,7 @@ def _run_local_workers(
         gc.set_threshold(*gc_was)
         if config.metrics:
             M["headrace_process_info"].remove(*info)
-        with _ACTIVE_LOCK:
-            _ACTIVE.discard(cluster)
+        _stoppable(cluster, False)
         if mesh is not None:
             mesh.close(cluster.error)
         if config.store is not None:
@@ -326,14 +332,12 @@ def _start_cluster_process(
     # Connected: from now on SIGTERM asks the whole cluster to stop at its
     # first epoch boundary instead of exiting, which the peers would take for
     # a crash (opening the store and restoring state can take a while).
-    with _ACTIVE_LOCK:
-        _ACTIVE.add(cluster)
+    _stoppable(cluster, True)
     try:
         if proc_id != 0:
             _open_recovery(recovery, plan, config, False, len(addresses) * w)
     except BaseException as exc:
-        with _ACTIVE_LOCK:
-            _ACTIVE.discard(cluster)
+        _stoppable(cluster, False)
         mesh.close(exc)
         raise
     _store_probe(config, readiness)
