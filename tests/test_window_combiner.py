@@ -6,6 +6,11 @@ read them, and the owner merges the partial accumulators with ``merger``.
 It is on only when nothing reads the step's ``late`` stream. These tests
 run two worker threads (every key owned by worker 1 crosses the exchange)
 and compare with one worker.
+
+Values bound for another worker wait in a buffer until enough are there
+(`EXCHANGE_FLUSH_ITEMS`) or the oldest is old enough; the combiner folds
+what a flush sends. Most tests flush after about one source batch, so that
+one window's values cross as several partial folds the owner must merge.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import pytest
 
+import headrace._engine._worker as worker_mod
 import headrace.operators as op
 import headrace.operators.windowing as win
 from headrace.dataflow import Dataflow
@@ -43,6 +49,12 @@ class Folds:
         with self.lock:
             self.merged.append((a, b))
         return a + b
+
+
+@pytest.fixture
+def small_flushes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send what is buffered for another worker after about one source batch (37 items)."""
+    monkeypatch.setattr(worker_mod, "EXCHANGE_FLUSH_ITEMS", 40)
 
 
 def _items(seed: int, n: int = 600, keys: int = 7) -> list[tuple[str, tuple[datetime, int]]]:
@@ -93,6 +105,7 @@ def _by_window(out: list[Any]) -> Counter[tuple[str, int, tuple[int, ...]]]:
     [(timedelta(0), True), (timedelta(seconds=5), False), (timedelta(hours=1), False)],
     ids=["wait0", "wait5s-unordered", "wait1h-unordered"],
 )
+@pytest.mark.usefixtures("small_flushes")
 def test_two_workers_give_the_windows_of_one(seed: int, wait: timedelta, ordered: bool) -> None:
     items = _items(seed)
     flow, ref = _flow(items, Folds(), wait=wait, ordered=ordered, late_out=None)
@@ -105,6 +118,38 @@ def test_two_workers_give_the_windows_of_one(seed: int, wait: timedelta, ordered
     assert any(len(b) > 1 for _, b in folds.merged), "no partial fold crossed the exchange"
 
 
+@pytest.mark.parametrize("flush_items", [None, 40])
+def test_one_flush_folds_values_from_many_source_batches(
+    monkeypatch: pytest.MonkeyPatch, flush_items: int | None
+) -> None:
+    """Buffered batches are combined together: one partial per key and window crosses.
+
+    With flushes after about every source batch instead, a window's values
+    cross as several partials (the control case: the data can show it).
+    """
+    monkeypatch.setattr(worker_mod, "EXCHANGE_FLUSH_SECONDS", 3600.0)
+    if flush_items is not None:
+        monkeypatch.setattr(worker_mod, "EXCHANGE_FLUSH_ITEMS", flush_items)
+    # In time order per key, so each key's values in a window are one run.
+    items = [(f"k{i % 7}", (T0 + timedelta(seconds=i * 0.25), i)) for i in range(600)]
+    assert len(items) < worker_mod.EXCHANGE_FLUSH_ITEMS or flush_items
+    flow, ref = _flow(items, Folds(), wait=timedelta(0), ordered=True, late_out=None)
+    run_main(flow)
+    folds = Folds()
+    flow, out = _flow(items, folds, wait=timedelta(0), ordered=True, late_out=None)
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    assert _by_window(out) == _by_window(ref)
+    # The one partition is read by worker 0, so each window owned by worker 1
+    # arrives as partial folds; buffered together, as one.
+    owned = {k for k, _ in ref if worker_mod.group_owner(worker_mod.key_group(k, 256), 256, 2)}
+    assert owned, "no key is owned by worker 1; the test proves nothing"
+    if flush_items is None:
+        assert folds.merged == []
+    else:
+        assert any(len(b) > 1 for _, b in folds.merged)
+
+
+@pytest.mark.usefixtures("small_flushes")
 def test_a_read_late_stream_turns_the_combiner_off() -> None:
     """Late values must reach `late` one by one, so values cross unfolded."""
     items = _items(4)

@@ -190,24 +190,36 @@ def run_cli(
     parts: int = 4,
     processes: int = 1,
     cwd: str | Path | None = None,
+    split: bool = False,
 ) -> CliRun:
     """Run ``python -m <engine>.run cli_flows:flow *args`` and collect the records.
 
     ``processes > 1`` starts that many processes by hand with ``-i``/``-a``
     on free loopback ports (for an engine without ``-p``); Headrace's own
-    ``-p`` goes in ``args`` instead. A failure is returned, not raised.
+    ``-p`` goes in ``args`` instead. With ``split``, the processes are not a
+    cluster: each runs the pipeline alone on ``items / processes`` items from
+    ``parts / processes`` partitions (what the machine gives work that needs
+    no exchange). A failure is returned, not raised.
 
     >>> import sys
     >>> run_cli(sys.executable, "headrace", ["--metrics-port", "0"], "nope", 1).error
     'exit 1: ...'
+    >>> r = run_cli(sys.executable, "headrace", ["--metrics-port", "0"], "wordcount", 200, 2, 2,
+    ...             split=True)
+    >>> r.ok, r.items_read, r.processes
+    (True, 200, 2)
     """
     span_dir = tempfile.mkdtemp(prefix="bench-span-")
-    env = flow_env(engine, pipeline, items, parts, span_dir)
     base = [str(python), "-m", f"{engine}.run", "cli_flows:flow", *args]
-    if processes > 1:
+    if split:
+        env = flow_env(engine, pipeline, items // processes, max(1, parts // processes), span_dir)
+        cmds = [base] * processes
+    elif processes > 1:
+        env = flow_env(engine, pipeline, items, parts, span_dir)
         addrs = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
         cmds = [[*base, "-i", str(i), "-a", addrs] for i in range(processes)]
     else:
+        env = flow_env(engine, pipeline, items, parts, span_dir)
         cmds = [base]
     t0 = time.time()
     procs = [
