@@ -13,7 +13,8 @@ pipelines are the single-worker benchmark's ``wordcount`` and
 ``2 x -p 1 (split)`` is the machine's ceiling for two processes: two
 independent single-process runs started together, each on half the items
 from two of the partitions, nothing exchanged (each wordcount half counts
-all 1000 words, so it writes twice as many). No engine that must exchange
+all 1000 words, so it writes twice as many). Its span is the longer of the
+two processes' own spans, as they do not start in step as a cluster does. No engine that must exchange
 can beat it, so ``-p 2``'s share of it separates what the engine costs
 from what this machine gives two busy processes.
 
@@ -127,7 +128,15 @@ class Cell:
         >>> Cell(CONFIGS[0], 10, [_fake(2.0, 1.0)]).rates()
         (5.0, 5.0)
         """
-        return _cli.best_median([self.items / r.span for r in self.good()])
+        return _cli.best_median([self.items / self.span(r) for r in self.good()])
+
+    def span(self, run: _cli.CliRun) -> float:
+        """A run's span: its own processes' longest for a split config (see the module doc).
+
+        >>> Cell(CONFIGS[0], 1).span(_fake(2.0, 1.0))
+        2.0
+        """
+        return run.own_span if self.config.split else run.span
 
     def cpu_est(self) -> float | None:
         """Best items per CPU second of the busiest process (one core each).
@@ -218,7 +227,7 @@ def measure(
                     cell.problems.append(problem)
                 cell.runs.append(run)
                 status = problem or (
-                    f"{_cli.rate(items / run.span)} items/s, span {run.span:.2f} s, "
+                    f"{_cli.rate(items / cell.span(run))} items/s, span {cell.span(run):.2f} s, "
                     f"wall {run.wall:.2f} s, cpu {'/'.join(f'{x:.2f}' for x in run.cpu())} s"
                 )
                 print(f"[{done}/{total}] {pipeline} {c.label}: {status}  (load {_cli.load_average()})",
@@ -298,7 +307,8 @@ def paired(a: Cell, b: Cell) -> float | None:
     >>> paired(a, b)
     2.0
     """
-    ratios = [ra.span / rb.span for ra, rb in zip(a.runs, b.runs, strict=False) if ra.ok and rb.ok]
+    ratios = [a.span(ra) / b.span(rb) for ra, rb in zip(a.runs, b.runs, strict=False)
+              if ra.ok and rb.ok]
     return statistics.median(ratios) if ratios else None
 
 

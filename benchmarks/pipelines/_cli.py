@@ -114,6 +114,19 @@ class CliRun:
         return max(r["last_write"] for r in self.records) - min(r["first_read"] for r in self.records)
 
     @property
+    def own_span(self) -> float:
+        """The longest of the processes' own spans (first read to last write of each).
+
+        For processes that run alone side by side, whose starts are not
+        synchronised as a cluster's are.
+
+        >>> CliRun(1.0, [{"first_read": 1.0, "last_write": 3.0},
+        ...              {"first_read": 1.5, "last_write": 3.7}]).own_span
+        2.2
+        """
+        return max(round(r["last_write"] - r["first_read"], 9) for r in self.records)
+
+    @property
     def items_read(self) -> int:
         """Input items read by all processes.
 
