@@ -19,7 +19,7 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -115,6 +115,20 @@ def test_two_workers_give_the_windows_of_one(seed: int, wait: timedelta, ordered
     cluster_main(flow, [], 0, worker_count_per_proc=2)
     assert _by_window(out) == _by_window(ref)
     # Partial folds crossed the exchange and were merged by the owner.
+    assert any(len(b) > 1 for _, b in folds.merged), "no partial fold crossed the exchange"
+
+
+@pytest.mark.usefixtures("small_flushes")
+def test_timestamps_in_another_zone_give_the_windows_of_one_worker() -> None:
+    """Runs carry their newest timestamp as UTC microseconds; the zone must not matter."""
+    zone = timezone(timedelta(hours=5, minutes=30))
+    items = [(k, (ts.astimezone(zone), i)) for k, (ts, i) in _items(7)]
+    flow, ref = _flow(items, Folds(), wait=timedelta(seconds=5), ordered=False, late_out=None)
+    run_main(flow)
+    folds = Folds()
+    flow, out = _flow(items, folds, wait=timedelta(seconds=5), ordered=False, late_out=None)
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    assert _by_window(out) == _by_window(ref)
     assert any(len(b) > 1 for _, b in folds.merged), "no partial fold crossed the exchange"
 
 

@@ -98,6 +98,33 @@ _POLL = timedelta(milliseconds=10)
 _ts_key = itemgetter(0)
 _MISSING: Any = object()
 
+# Runs carry their newest timestamp as integer microseconds since the Unix
+# epoch: pickling a `datetime` costs several times folding it, and a run
+# crosses to another process. The owner compares in microseconds too.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def _to_us(ts: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime.
+
+    >>> _to_us(datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC)), _from_us(_to_us(UTC_MIN)) == UTC_MIN
+    (1000000, True)
+    """
+    return (ts - _EPOCH) // _US
+
+
+_UTC_MIN_US = _to_us(UTC_MIN)
+
+
+def _from_us(us: int) -> datetime:
+    """The UTC datetime ``us`` microseconds after the Unix epoch.
+
+    >>> _from_us(1_500_000)
+    datetime.datetime(1970, 1, 1, 0, 0, 1, 500000, tzinfo=datetime.timezone.utc)
+    """
+    return _EPOCH + timedelta(microseconds=us)
+
 
 def _system_now() -> datetime:
     return datetime.now(UTC)
@@ -230,8 +257,9 @@ class _WindowSpec:
         `reduce_final`'s) when the step takes the fused tumbling path of
         `fold_window` and nothing reads its ``late`` stream: the owner then
         receives, per key, runs of values that are in timestamp order and in
-        one window, as ``(window_id, newest_ts, accumulator)``
-        (`_Runs`), and merges each with ``merger``.
+        one window, as ``(window_id, newest_ts, accumulator)`` (`_Runs`;
+        ``newest_ts`` in microseconds since the Unix epoch, see `_to_us`),
+        and merges each with ``merger``.
 
         Lateness stays the owner's call. The sender drops only values that
         are late whatever else happens: older than the newest timestamp it
@@ -293,8 +321,10 @@ class _Precombiner:
         self.tops: dict[str, datetime] = {}
 
     def __call__(self, key: str, values: list[Any]) -> list[Any]:
-        """Fold ``values`` of ``key`` into runs `(window_id, newest_ts, acc)`."""
+        """Fold ``values`` of ``key`` into runs `(window_id, newest_ts_us, acc)`."""
         getter = self.getter
+        epoch = _EPOCH
+        us = _US
         wait = self.wait
         floor = self.floor
         align = self.align
@@ -328,7 +358,7 @@ class _Precombiner:
                 if top >= floor and ts < top - wait:
                     continue
                 if wid is not None:
-                    append((wid, last, acc))
+                    append((wid, (last - epoch) // us, acc))
                 wid = (ts - align) // length
                 hi = align + length * (wid + 1)
                 last = ts
@@ -338,7 +368,7 @@ class _Precombiner:
                 raise
             raise _timestamp_error(self.spec.step_id, getter, v, ts) from exc
         if wid is not None:
-            append((wid, last, acc))
+            append((wid, (last - epoch) // us, acc))
             if last > top:
                 top = last
             if len(tops) >= 1_000_000 and key not in tops:
@@ -348,7 +378,10 @@ class _Precombiner:
 
 
 class _Runs(list):
-    """One key's values pre-folded by the worker that read them: ``(window_id, newest_ts, acc)``."""
+    """One key's values pre-folded by the worker that read them: ``(window_id, newest_us, acc)``.
+
+    ``newest_us``: the run's newest timestamp, microseconds since the Unix epoch.
+    """
 
     __slots__ = ()
 
@@ -539,7 +572,11 @@ class _KeyWindows(StatefulBatchLogic[Any, Any, dict[str, Any]]):
         return events, False
 
     def _fast_runs(self, runs: list[Any]) -> tuple[list[Any], bool]:
-        """Merge runs another worker pre-folded (see `_WindowSpec.precombiner`)."""
+        """Merge runs another worker pre-folded (see `_WindowSpec.precombiner`).
+
+        Timestamps are compared in microseconds (runs carry them so, see
+        `_to_us`); only the newest goes back to a datetime, for the clock.
+        """
         clock: _EventClockLogic[Any] = self.clock
         spec = self.spec
         windower: _SlidingWindowerLogic = self.windower
@@ -550,16 +587,17 @@ class _KeyWindows(StatefulBatchLogic[Any, Any, dict[str, Any]]):
         merge = spec.merger
         clock.before_batch()
         wm0 = clock.watermark()
-        wait = clock.wait
-        floor = spec.floor
-        maxts = UTC_MIN
+        wm0_us = _to_us(wm0)
+        wait_us = clock.wait // _US
+        floor_us = _to_us(spec.floor)
+        min_us = maxts = _UTC_MIN_US
         for wid, last, pacc in runs:
             # The run's newest value decides, by the rule for one value.
             if last >= maxts:
                 maxts = last
-                if last < wm0:
+                if last < wm0_us:
                     continue
-            elif last < wm0 or (maxts >= floor and last < maxts - wait):
+            elif last < wm0_us or (maxts >= floor_us and last < maxts - wait_us):
                 continue
             acc = accs.get(wid, _MISSING)
             if acc is _MISSING:
@@ -576,7 +614,7 @@ class _KeyWindows(StatefulBatchLogic[Any, Any, dict[str, Any]]):
                         f"error calling `merger` in step {spec.step_id!r} with the partial "
                         f"fold of window {wid} from another worker: {type(exc).__name__}: {exc}"
                     ) from exc
-        return self._fast_end(maxts, wm0, [])
+        return self._fast_end(UTC_MIN if maxts == min_us else _from_us(maxts), wm0, [])
 
     def _fast_sliding(self, values: list[Any]) -> tuple[list[Any], bool]:
         clock: _EventClockLogic[Any] = self.clock
