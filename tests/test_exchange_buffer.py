@@ -24,6 +24,7 @@ import headrace.operators as op
 from headrace.dataflow import Dataflow
 from headrace.inputs import FixedPartitionedSource, StatefulSourcePartition
 from headrace.testing import TestingSink, TestingSource, cluster_main
+from tests.servers import free_ports
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -137,12 +138,41 @@ class _CountingSource(_Source):
         return out
 
 
+def _two_processes_over_tcp(flow: Dataflow) -> None:
+    """Two cluster members of one worker each, connected over loopback TCP (threads here)."""
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    errors: list[BaseException] = []
+
+    def member(i: int) -> None:
+        try:
+            cluster_main(flow, addrs, i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    ts = [threading.Thread(target=member, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not any(t.is_alive() for t in ts), "cluster did not finish"
+    if errors:
+        raise errors[0]
+
+
+def _two_threads(flow: Dataflow) -> None:
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+
+
+@pytest.mark.parametrize("run", [_two_threads, _two_processes_over_tcp], ids=["threads", "tcp"])
 @pytest.mark.parametrize("limit", [300, 10**9], ids=["limited", "unlimited"])
-def test_a_slow_owner_holds_back_the_reader(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+def test_a_slow_owner_holds_back_the_reader(
+    monkeypatch: pytest.MonkeyPatch, limit: int, run: Callable[[Dataflow], None]
+) -> None:
     """The reader never gets more than the credit limit (plus what it buffers) ahead.
 
     The unlimited run is the control: without credits the reader runs far
     ahead of the slow owner, so the bound is something the test can see broken.
+    Over TCP the credits come back as ACK messages through the mesh.
     """
     import time
 
@@ -162,7 +192,7 @@ def test_a_slow_owner_holds_back_the_reader(monkeypatch: pytest.MonkeyPatch, lim
     out: list[Any] = []
     flow = Dataflow("backpressure")
     op.output("out", op.stateful_map("slow", op.input("inp", flow, src), slow), TestingSink(out))
-    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    run(flow)
     assert sorted(v for _, v in out) == list(range(n))
     # Unacknowledged (<= limit, checked before each read) + buffered (< flush)
     # + the batch read after the last check.
