@@ -8,7 +8,8 @@ headrace.run cli_flows:flow -p 1 | -p 2 | -w 2 --metrics-port 0`` and
 ``python -m bytewax.run cli_flows:flow -w 1 | -w 2`` plus Bytewax as two
 processes (``-i 0/1 -a ...``, the same shape as Headrace's ``-p 2``). The
 pipelines are the single-worker benchmark's ``wordcount`` and
-``tumbling_fold`` fed by a 4-partition source, so every process reads.
+``tumbling_fold`` fed by a 4-partition source, so every process reads,
+and ``sliding_fold`` (the same items in 4 s windows every 1 s).
 
 ``2 x -p 1 (split)`` is the machine's ceiling for two processes: two
 independent single-process runs started together, each on half the items
@@ -61,14 +62,25 @@ sys.path.insert(0, str(HERE / "pipelines"))
 import _cli  # noqa: E402
 
 TARGET = 1.6
-PIPELINES = {"wordcount": 1_000_000, "tumbling_fold": 2_000_000}
-QUICK = {"wordcount": 100_000, "tumbling_fold": 200_000}
+PIPELINES = {"wordcount": 1_000_000, "tumbling_fold": 2_000_000, "sliding_fold": 1_000_000}
+QUICK = {"wordcount": 100_000, "tumbling_fold": 200_000, "sliding_fold": 100_000}
 PARTS = 4
 
 
 def _expected_out(pipeline: str, items: int, split: int = 1) -> int:
-    # 1000 distinct words (per split half); 100 keys x (items / 1000) one-second windows.
-    return 1000 * split if pipeline == "wordcount" else items // 10
+    """Output items: 1000 words, or 100 keys x the windows of ``items`` ms (per split part).
+
+    >>> _expected_out("wordcount", 10, 2), _expected_out("tumbling_fold", 4000)
+    (2000, 400)
+    >>> _expected_out("sliding_fold", 4000), _expected_out("sliding_fold", 4000, 2)
+    (700, 1000)
+    """
+    if pipeline == "wordcount":
+        return 1000 * split
+    seconds = items // split // 1000
+    # A 4 s window every 1 s: 3 more windows than seconds, opening before the first.
+    windows = seconds + 3 if pipeline == "sliding_fold" else seconds
+    return 100 * windows * split
 
 
 @dataclass(frozen=True)

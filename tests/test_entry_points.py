@@ -176,6 +176,22 @@ def tumbling_fold(out: list[Any]) -> Dataflow:
     return flow
 
 
+def sliding_fold(out: list[Any]) -> Dataflow:
+    """The same over sliding windows (10 s every 4 s): 2 s slots cross, each joins 2-3 windows."""
+    flow = Dataflow("ep_slide_fold")
+    items = [(f"k{i % 5}", (T0 + timedelta(seconds=i), i)) for i in range(200)]
+    for i in (37, 90, 151):
+        items.insert(i, (f"k{i % 5}", (T0 + timedelta(seconds=i - 40), -i)))
+    s = op.input("inp", flow, TestingSource(items, batch_size=8))
+    clock = win.EventClock(lambda v: v[0], wait_for_system_duration=ZERO)
+    windower = win.SlidingWindower(timedelta(seconds=10), timedelta(seconds=4), align_to=T0)
+    w = win.fold_window("sum", s, clock, windower, list, lambda a, v: [*a, v[1]],
+                        lambda a, b: a + b)
+    op.output("out", op.map_value("sorted", w.down, lambda wv: (wv[0], sorted(wv[1]))),
+              TestingSink(out))
+    return flow
+
+
 def session(out: list[Any]) -> Dataflow:
     flow = Dataflow("ep_session")
     gaps = [0, 1, 2, 10, 11, 30, 31, 32, 33]
@@ -196,6 +212,7 @@ FLOWS: dict[str, Build] = {
     "partitioned_sink": partitioned_sink,
     "tumbling_window": tumbling,
     "tumbling_fold_combined": tumbling_fold,
+    "sliding_fold_combined": sliding_fold,
     "session_window": session,
 }
 

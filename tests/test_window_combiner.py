@@ -78,15 +78,24 @@ def _items(seed: int, n: int = 600, keys: int = 7) -> list[tuple[str, tuple[date
     return out
 
 
+TUMBLING = win.TumblingWindower(timedelta(seconds=10), T0)
+WINDOWERS = {
+    "tumbling": TUMBLING,
+    "sliding-10s-5s": win.SlidingWindower(timedelta(seconds=10), timedelta(seconds=5), T0),
+    # gcd 2 s: each 2 s slot lies whole in 2 or 3 windows
+    "sliding-10s-4s": win.SlidingWindower(timedelta(seconds=10), timedelta(seconds=4), T0),
+}
+
+
 def _flow(
-    items: list[Any], folds: Folds, *, wait: timedelta, ordered: bool, late_out: list[Any] | None
+    items: list[Any], folds: Folds, *, wait: timedelta, ordered: bool, late_out: list[Any] | None,
+    windower: Any = TUMBLING,
 ) -> tuple[Dataflow, list[Any]]:
     flow = Dataflow("combiner")
     s = op.input("inp", flow, TestingSource(items, batch_size=37))
     clock = win.EventClock(lambda v: v[0], wait_for_system_duration=wait)
     w = win.fold_window(
-        "fold", s, clock, win.TumblingWindower(timedelta(seconds=10), T0),
-        list, folds.folder, folds.merger, ordered=ordered,
+        "fold", s, clock, windower, list, folds.folder, folds.merger, ordered=ordered,
     )
     out: list[Any] = []
     op.output("out", w.down, TestingSink(out))
@@ -105,13 +114,17 @@ def _by_window(out: list[Any]) -> Counter[tuple[str, int, tuple[int, ...]]]:
     [(timedelta(0), True), (timedelta(seconds=5), False), (timedelta(hours=1), False)],
     ids=["wait0", "wait5s-unordered", "wait1h-unordered"],
 )
+@pytest.mark.parametrize("windower", list(WINDOWERS), ids=list(WINDOWERS))
 @pytest.mark.usefixtures("small_flushes")
-def test_two_workers_give_the_windows_of_one(seed: int, wait: timedelta, ordered: bool) -> None:
+def test_two_workers_give_the_windows_of_one(
+    seed: int, wait: timedelta, ordered: bool, windower: str
+) -> None:
     items = _items(seed)
-    flow, ref = _flow(items, Folds(), wait=wait, ordered=ordered, late_out=None)
+    wdr = WINDOWERS[windower]
+    flow, ref = _flow(items, Folds(), wait=wait, ordered=ordered, late_out=None, windower=wdr)
     run_main(flow)
     folds = Folds()
-    flow, out = _flow(items, folds, wait=wait, ordered=ordered, late_out=None)
+    flow, out = _flow(items, folds, wait=wait, ordered=ordered, late_out=None, windower=wdr)
     cluster_main(flow, [], 0, worker_count_per_proc=2)
     assert _by_window(out) == _by_window(ref)
     # Partial folds crossed the exchange and were merged by the owner.
@@ -161,6 +174,43 @@ def test_one_flush_folds_values_from_many_source_batches(
         assert folds.merged == []
     else:
         assert any(len(b) > 1 for _, b in folds.merged)
+
+
+@pytest.mark.usefixtures("small_flushes")
+@pytest.mark.usefixtures("small_flushes")
+def test_sliding_windows_get_their_own_copy_of_a_mutable_partial() -> None:
+    """One partial joins several sliding windows; folding into one must not change another.
+
+    The folder appends in place and the merger hands back its second
+    argument when the first is empty: shared partials would mix windows.
+    """
+    items = _items(8)
+
+    def folder(acc: list[int], value: tuple[datetime, int]) -> list[int]:
+        acc.append(value[1])
+        return acc
+
+    def merger(a: list[int], b: list[int]) -> list[int]:
+        if not a:
+            return b
+        a.extend(b)
+        return a
+
+    def build() -> tuple[Dataflow, list[Any]]:
+        flow = Dataflow("combiner_mutable")
+        s = op.input("inp", flow, TestingSource(items, batch_size=37))
+        clock = win.EventClock(lambda v: v[0], wait_for_system_duration=timedelta(seconds=5))
+        w = win.fold_window("fold", s, clock, WINDOWERS["sliding-10s-4s"], list, folder, merger,
+                            ordered=False)
+        out: list[Any] = []
+        op.output("out", w.down, TestingSink(out))
+        return flow, out
+
+    flow, ref = build()
+    run_main(flow)
+    flow, out = build()
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    assert _by_window(out) == _by_window(ref)
 
 
 @pytest.mark.usefixtures("small_flushes")

@@ -4,13 +4,14 @@
 cli_flows:flow -w 2``, with ``benchmarks/pipelines`` on ``PYTHONPATH`` and
 ``BENCH_ENGINE`` naming the engine) builds ``flow`` from:
 
-- ``BENCH_PIPELINE``: ``wordcount``, ``tumbling_fold`` or ``restore``;
+- ``BENCH_PIPELINE``: ``wordcount``, ``tumbling_fold``, ``sliding_fold`` or ``restore``;
 - ``BENCH_ITEMS``: input items (lines for wordcount);
 - ``BENCH_PARTS``: source partitions (default 4), so every process reads;
 - ``BENCH_SPAN_DIR``: where each process writes its timing (see `_span`).
 
 ``wordcount`` and ``tumbling_fold`` are the single-worker benchmark's
-pipelines of those names, fed by a partitioned `_span.StridedSource`.
+pipelines of those names, fed by a partitioned `_span.StridedSource`;
+``sliding_fold`` is ``tumbling_fold`` over 4 s windows every 1 s.
 Tumbling items are dealt so that each key comes from one partition (100
 keys over 4 partitions), so a key's event times never go backwards and
 no item is late whatever the interleaving of the partitions.
@@ -31,6 +32,9 @@ to restore the state.
 >>> run_main(build("tumbling_fold", 4000, 4)); RECORD["items_written"] - before
 400
 >>> before = RECORD["items_written"]
+>>> run_main(build("sliding_fold", 4000, 4)); RECORD["items_written"] - before
+700
+>>> before = RECORD["items_written"]
 >>> run_main(build("restore", 0, 1)); RECORD["items_written"] - before
 1
 """
@@ -46,7 +50,7 @@ from _span import SpanSink, StridedSource, note_read
 from _windows import BASE, KEYS, _add, _merge, _ts, windowing
 from wordcount import _LINES
 
-PIPELINES = ("wordcount", "tumbling_fold", "restore")
+PIPELINES = ("wordcount", "tumbling_fold", "sliding_fold", "restore")
 _MS = timedelta(milliseconds=1)
 
 
@@ -79,15 +83,26 @@ def _wordcount(n: int, parts: int) -> Any:
     return flow
 
 
-def _tumbling(n: int, parts: int) -> Any:
+def _windowed(name: str, n: int, parts: int, windower: Any) -> Any:
     win = windowing()
-    flow = Dataflow("tumbling_fold")
+    flow = Dataflow(name)
     items = op.input("inp", flow, StridedSource(n, parts, _timed))
     clock = win.EventClock(ts_getter=_ts, wait_for_system_duration=timedelta(seconds=0))
-    windower = win.TumblingWindower(length=timedelta(seconds=1), align_to=BASE)
     sums = win.fold_window("fold", items, clock, windower, lambda: 0, _add, _merge)
     op.output("out", sums.down, SpanSink())
     return flow
+
+
+def _tumbling(n: int, parts: int) -> Any:
+    windower = windowing().TumblingWindower(length=timedelta(seconds=1), align_to=BASE)
+    return _windowed("tumbling_fold", n, parts, windower)
+
+
+def _sliding(n: int, parts: int) -> Any:
+    windower = windowing().SlidingWindower(
+        length=timedelta(seconds=4), offset=timedelta(seconds=1), align_to=BASE
+    )
+    return _windowed("sliding_fold", n, parts, windower)
 
 
 class _KeysPartition(StatefulSourcePartition):
@@ -141,9 +156,10 @@ def build(pipeline: str, n: int, parts: int = 4) -> Any:
     >>> build("nope", 1)
     Traceback (most recent call last):
     ...
-    ValueError: BENCH_PIPELINE must be one of wordcount, tumbling_fold, restore; got 'nope'
+    ValueError: BENCH_PIPELINE must be one of wordcount, tumbling_fold, sliding_fold, restore; got 'nope'
     """
-    builders = {"wordcount": _wordcount, "tumbling_fold": _tumbling, "restore": _restore}
+    builders = {"wordcount": _wordcount, "tumbling_fold": _tumbling, "sliding_fold": _sliding,
+                "restore": _restore}
     if pipeline not in builders:
         msg = f"BENCH_PIPELINE must be one of {', '.join(PIPELINES)}; got {pipeline!r}"
         raise ValueError(msg)

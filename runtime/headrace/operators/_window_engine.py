@@ -30,6 +30,7 @@ close windows as time passes.
 from __future__ import annotations
 
 import copy
+import math
 from bisect import bisect_right
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -116,6 +117,9 @@ def _to_us(ts: datetime) -> int:
 
 _UTC_MIN_US = _to_us(UTC_MIN)
 
+# Accumulators that can be shared between windows (nothing can change them).
+_ATOMIC = frozenset({int, float, complex, bool, str, bytes, type(None), datetime, timedelta})
+
 
 def _from_us(us: int) -> datetime:
     """The UTC datetime ``us`` microseconds after the Unix epoch.
@@ -190,6 +194,7 @@ class _WindowSpec:
         "new_acc",
         "ordered",
         "precise",
+        "slot",
         "step_id",
         "tumbling",
         "win_kind",
@@ -247,6 +252,16 @@ class _WindowSpec:
                     self.fast = _FAST_SESSION
                 else:
                     self.fast = _FAST_TUMBLING if self.tumbling else _FAST_SLIDING
+        # The combiner's unit of time (see `precombiner`): a window, or for
+        # sliding windows the longest span that lies wholly inside or
+        # outside every window, gcd(length, offset).
+        self.slot: timedelta | None = None
+        if self.fast == _FAST_TUMBLING:
+            self.slot = windower.length  # type: ignore[attr-defined]
+        elif self.fast == _FAST_SLIDING:
+            length_us = windower.length // _US  # type: ignore[attr-defined]
+            offset_us = windower.offset // _US  # type: ignore[attr-defined]
+            self.slot = timedelta(microseconds=math.gcd(length_us, offset_us))
 
     def precombiner(self, consumed: Callable[[str], bool]) -> Callable[[str, list[Any]], list[Any]] | None:
         """The function that pre-folds a key's values bound for another worker, or None.
@@ -254,12 +269,15 @@ class _WindowSpec:
         The engine calls this when it wires the step on a multi-worker run;
         ``consumed(stream_id)`` tells whether any step reads a stream. Values
         can be folded on the sending worker (a combiner, like
-        `reduce_final`'s) when the step takes the fused tumbling path of
-        `fold_window` and nothing reads its ``late`` stream: the owner then
-        receives, per key, runs of values that are in timestamp order and in
-        one window, as ``(window_id, newest_ts, accumulator)`` (`_Runs`;
-        ``newest_ts`` in microseconds since the Unix epoch, see `_to_us`),
-        and merges each with ``merger``.
+        `reduce_final`'s) when the step takes the fused tumbling or sliding
+        path of `fold_window` and nothing reads its ``late`` stream: the
+        owner then receives, per key, runs of values that are in timestamp
+        order and in one *slot*, as ``(slot_id, newest_ts, accumulator)``
+        (`_Runs`; ``newest_ts`` in microseconds since the Unix epoch, see
+        `_to_us`), and merges each with ``merger`` into every window that
+        holds the slot. A slot is a tumbling window, or for sliding windows
+        ``gcd(length, offset)`` long from ``align_to``: the longest span
+        that every window holds whole or not at all.
 
         Lateness stays the owner's call. The sender drops only values that
         are late whatever else happens: older than the newest timestamp it
@@ -273,7 +291,7 @@ class _WindowSpec:
         window, as they would had the run arrived a moment earlier.
 
         >>> from datetime import datetime, timedelta, timezone
-        >>> from headrace.operators.windowing import EventClock, TumblingWindower
+        >>> from headrace.operators.windowing import EventClock, SlidingWindower, TumblingWindower
         >>> from headrace.operators._window_logic import _FoldBuilder
         >>> t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
         >>> spec = _WindowSpec("w", EventClock(lambda v: v[0], timedelta(0)),
@@ -288,8 +306,17 @@ class _WindowSpec:
         [(1, 1)]
         >>> spec.precombiner(lambda stream_id: stream_id == "w.late") is None
         True
+        >>> sliding = _WindowSpec("s", EventClock(lambda v: v[0], timedelta(0)),
+        ...     SlidingWindower(timedelta(seconds=10), timedelta(seconds=4), t0),
+        ...     _FoldBuilder(int, lambda a, v: a + v[1], lambda a, b: a + b), True)
+        >>> sliding.slot
+        datetime.timedelta(seconds=2)
         """
-        if self.fast != _FAST_TUMBLING or self.late_stream is None or consumed(self.late_stream):
+        if (
+            self.fast not in (_FAST_TUMBLING, _FAST_SLIDING)
+            or self.late_stream is None
+            or consumed(self.late_stream)
+        ):
             return None
         return _Precombiner(self)
 
@@ -313,7 +340,8 @@ class _Precombiner:
         self.wait = clock.wait_for_system_duration
         self.floor = spec.floor
         self.align = windower.align_to
-        self.length = windower.length
+        assert spec.slot is not None
+        self.length = spec.slot
         self.fold = spec.folder
         self.new = spec.new_acc
         # Per key, the newest timestamp this worker has read (a bounded cache:
@@ -574,8 +602,11 @@ class _KeyWindows(StatefulBatchLogic[Any, Any, dict[str, Any]]):
     def _fast_runs(self, runs: list[Any]) -> tuple[list[Any], bool]:
         """Merge runs another worker pre-folded (see `_WindowSpec.precombiner`).
 
-        Timestamps are compared in microseconds (runs carry them so, see
-        `_to_us`); only the newest goes back to a datetime, for the clock.
+        A run is one slot's values: a tumbling window, or for sliding
+        windows a span every window holds whole or not at all, so the run
+        joins each window over its slot. Timestamps are compared in
+        microseconds (runs carry them so, see `_to_us`); only the newest
+        goes back to a datetime, for the clock.
         """
         clock: _EventClockLogic[Any] = self.clock
         spec = self.spec
@@ -583,6 +614,9 @@ class _KeyWindows(StatefulBatchLogic[Any, Any, dict[str, Any]]):
         opened = windower.opened
         align = windower.align_to
         length = windower.length
+        offset = windower.offset
+        slot = spec.slot
+        tumbling = spec.fast == _FAST_TUMBLING
         accs = self.wins
         merge = spec.merger
         clock.before_batch()
@@ -591,32 +625,54 @@ class _KeyWindows(StatefulBatchLogic[Any, Any, dict[str, Any]]):
         wait_us = clock.wait // _US
         floor_us = _to_us(spec.floor)
         min_us = maxts = _UTC_MIN_US
-        for wid, last, pacc in runs:
-            # The run's newest value decides, by the rule for one value.
-            if last >= maxts:
-                maxts = last
-                if last < wm0_us:
+        wid: Any = None
+        try:
+            for sid, last, pacc in runs:
+                # The run's newest value decides, by the rule for one value.
+                if last >= maxts:
+                    maxts = last
+                    if last < wm0_us:
+                        continue
+                elif last < wm0_us or (maxts >= floor_us and last < maxts - wait_us):
                     continue
-            elif last < wm0_us or (maxts >= floor_us and last < maxts - wait_us):
-                continue
-            acc = accs.get(wid, _MISSING)
-            if acc is _MISSING:
-                accs[wid] = pacc
-                close = align + length * (wid + 1)
-                opened[wid] = close
-                if close < self.next_close:
-                    self.next_close = close
-            else:
-                try:
-                    accs[wid] = merge(acc, pacc)
-                except Exception as exc:
-                    raise BytewaxRuntimeError(
-                        f"error calling `merger` in step {spec.step_id!r} with the partial "
-                        f"fold of window {wid} from another worker: {type(exc).__name__}: {exc}"
-                    ) from exc
+                if tumbling:
+                    wid = sid
+                    acc = accs.get(wid, _MISSING)
+                    if acc is _MISSING:
+                        accs[wid] = pacc
+                        close = align + length * (wid + 1)
+                        opened[wid] = close
+                        if close < self.next_close:
+                            self.next_close = close
+                    else:
+                        accs[wid] = merge(acc, pacc)
+                    continue
+                since = slot * sid
+                ids = range((since - length) // offset + 1, since // offset + 1)
+                # Each window gets its own copy of a mutable partial: folds
+                # into one window must not show up in another.
+                shared = pacc.__class__ in _ATOMIC
+                for wid in ids:
+                    part = pacc if shared or wid == ids.start else copy.deepcopy(pacc)
+                    acc = accs.get(wid, _MISSING)
+                    if acc is _MISSING:
+                        accs[wid] = part
+                        close = align + offset * wid + length
+                        opened[wid] = close
+                        if close < self.next_close:
+                            self.next_close = close
+                    else:
+                        accs[wid] = merge(acc, part)
+        except Exception as exc:
+            raise BytewaxRuntimeError(
+                f"error calling `merger` in step {spec.step_id!r} with the partial "
+                f"fold of window {wid} from another worker: {type(exc).__name__}: {exc}"
+            ) from exc
         return self._fast_end(UTC_MIN if maxts == min_us else _from_us(maxts), wm0, [])
 
     def _fast_sliding(self, values: list[Any]) -> tuple[list[Any], bool]:
+        if values.__class__ is _Runs:
+            return self._fast_runs(values)
         clock: _EventClockLogic[Any] = self.clock
         now = clock.now_getter()
         if now > clock.sys_now:
