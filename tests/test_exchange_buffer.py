@@ -246,3 +246,29 @@ def test_a_naive_timestamp_reaching_the_flush_is_an_error_naming_the_step(
         cluster_main(flow, [], 0, worker_count_per_proc=2)
     text = " ".join(str(e) for e in cause_chain(info.value))
     assert "counting" in text and "timezone" in text, text
+
+
+def test_two_keyed_steps_reading_one_stream_keep_their_own_buffers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One batch feeds two keyed steps: each buffers (and extends) lists of its own."""
+    monkeypatch.setattr(worker_mod, "EXCHANGE_FLUSH_SECONDS", 3600.0)
+    items = [(KEYS[i % 5], i) for i in range(2000)]
+
+    def build() -> tuple[Dataflow, list[Any], list[Any]]:
+        flow = Dataflow("fan_out")
+        s = op.map("same", op.input("inp", flow, TestingSource(items, batch_size=10)),
+                   lambda kv: kv)
+        sums: list[Any] = []
+        counts: list[Any] = []
+        op.output("o1", op.reduce_final("sum", s, lambda a, b: a + b), TestingSink(sums))
+        op.output("o2", op.count_final("count", op.map("k", s, lambda kv: kv[0]), lambda k: k),
+                  TestingSink(counts))
+        return flow, sums, counts
+
+    flow, sums_ref, counts_ref = build()
+    cluster_main(flow, [], 0, worker_count_per_proc=1)
+    flow, sums, counts = build()
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    assert sorted(sums) == sorted(sums_ref)
+    assert sorted(counts) == sorted(counts_ref) == [(k, 400) for k in sorted(KEYS)]

@@ -946,11 +946,12 @@ class Worker:
         else:
             self._wire_partitioned_sink(edge)
 
-    def _send_data(self, edge: _Edge, dst: int, items: Any, fresh: bool = False) -> None:
+    def _send_data(self, edge: _Edge, dst: int, items: Any) -> None:
         """Buffer ``items`` (a list, or ``{key: [values]}``) for worker ``dst`` on ``edge``.
 
-        ``fresh``: the caller made the lists, so the buffer may keep them
-        instead of copying (the same batch can go to several edges).
+        The buffer keeps (and extends) the lists it is given: every caller
+        hands over lists made for this send alone, never a batch that other
+        steps also see.
         """
         key = (edge.eid, dst)
         buf = self._outbuf.get(key)
@@ -963,13 +964,13 @@ class Worker:
                 n += len(vs)
                 old = get(k)
                 if old is None:
-                    buf[k] = vs if fresh else list(vs)
+                    buf[k] = vs
                 else:
                     old.extend(vs)
         else:
             n = len(items)
             if buf is None:
-                self._outbuf[key] = items if fresh else list(items)
+                self._outbuf[key] = items
             else:
                 buf.extend(items)
         if not self._out_items:
@@ -1017,7 +1018,7 @@ class Worker:
             dst = cache[k] = group_owner(key_group(k, groups), groups, count)
             return dst
 
-        def route_groups(grouped: dict[str, list[Any]], fresh: bool) -> None:
+        def route_groups(grouped: dict[str, list[Any]]) -> None:
             parts: list[dict[str, list[Any]]] = [{} for _ in range(count)]
             for k, vs in grouped.items():
                 dst = cache.get(k)
@@ -1029,11 +1030,14 @@ class Worker:
                     if dst == me:
                         edge.deliver(part)
                     else:
-                        self._send_data(edge, dst, part, fresh)
+                        self._send_data(edge, dst, part)
 
         def route(batch: Any) -> None:
             if batch.__class__ is dict:
-                route_groups(batch, False)
+                # Made for this step alone by its grouping chain
+                # (`compile_grouping_chain`: one consumer, a stateful step),
+                # so the send buffer may keep its lists.
+                route_groups(batch)
                 return
             # Group first: one owner lookup per key, and each key is
             # pickled once per message instead of once per item.
@@ -1052,7 +1056,7 @@ class Worker:
                         vs.append(v)
             except ValueError:
                 _reject_unkeyed(step_id, batch)
-            route_groups(grouped, True)
+            route_groups(grouped)
 
         return route
 
@@ -1073,7 +1077,7 @@ class Worker:
                     if dst == me:
                         edge.deliver(items)
                     else:
-                        self._send_data(edge, dst, items, True)
+                        self._send_data(edge, dst, items)
 
         return route
 
@@ -1151,7 +1155,7 @@ class Worker:
                     if dst == me:
                         deliver(items)
                     else:
-                        self._send_data(edge, dst, items, True)
+                        self._send_data(edge, dst, items)
 
         edge.deliver = deliver
         edge.route = route
