@@ -94,3 +94,32 @@ def test_bytewax_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert args.backup_interval.total_seconds() == 30
     args = _parser().parse_args(["m:f", "--recovery-directory", "d", "-w", "1"])
     assert args.recovery == "d" and args.workers_per_process == 1
+
+
+def test_exchange_flush_flag_env_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from headrace._engine._run import _config
+
+    assert _parser().parse_args(["m:f"]).exchange_flush_ms == timedelta(milliseconds=20)
+    args = _parser().parse_args(["m:f", "--exchange-flush-ms", "0.5"])
+    assert args.exchange_flush_ms == timedelta(microseconds=500)
+    monkeypatch.setenv("HEADRACE_EXCHANGE_FLUSH_MS", "0")
+    assert _parser().parse_args(["m:f"]).exchange_flush_ms == timedelta(0)
+    for bad in ("-1", "soon", "nan"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["m:f", "--exchange-flush-ms", bad])
+    config = _config(None, True, 256, None, timedelta(milliseconds=3))
+    assert config.exchange_flush_seconds == 0.003
+    with pytest.raises(ValueError, match="exchange_flush must not be negative"):
+        _config(None, True, 256, None, timedelta(milliseconds=-1))
+
+
+def test_cli_runs_with_no_exchange_flush_delay() -> None:
+    from tests.flows import import_targets
+
+    import_targets.OUT.clear()
+    argv = [f'{MOD}:make(6, prefix="x")', "-w", "2", "--exchange-flush-ms", "0",
+            "--metrics-port", "0"]
+    assert main(argv) == 0
+    assert sorted(import_targets.OUT) == [f"x{i}" for i in range(6)]

@@ -54,6 +54,17 @@ def _seconds(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(msg) from None
 
 
+def _millis(text: str) -> timedelta:
+    try:
+        ms = float(text)
+    except ValueError:
+        ms = -1.0
+    if not ms >= 0:
+        msg = f"expected a number of milliseconds >= 0; got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return timedelta(milliseconds=ms)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m headrace.run",
@@ -91,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--key-groups", "--partitions", dest="key_groups", type=int,
                    default=int(_env("KEY_GROUPS", 256)),
                    help="number of key groups (state placement unit; fixed per dataflow)")
+    g.add_argument("--exchange-flush-ms", type=_millis,
+                   default=_env("EXCHANGE_FLUSH_MS", "20"),
+                   help="longest a busy worker holds items bound for another worker before "
+                   "sending them, in ms (0 sends after every batch)")
     r = p.add_argument_group("epochs and recovery")
     r.add_argument("-r", "--recovery", "--recovery-directory", dest="recovery",
                    default=_env("RECOVERY") or _env("RECOVERY_DIRECTORY"),
@@ -375,6 +390,7 @@ def _run(
                 key_groups=args.key_groups,
                 metrics_port=args.metrics_port,
                 metrics_host=args.metrics_host,
+                exchange_flush=args.exchange_flush_ms,
             )
         else:
             execute(
@@ -385,6 +401,7 @@ def _run(
                 key_groups=args.key_groups,
                 metrics_port=args.metrics_port,
                 metrics_host=args.metrics_host,
+                exchange_flush=args.exchange_flush_ms,
             )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -107,7 +107,11 @@ def _run_worker(worker: Worker, cluster: Cluster) -> None:
 
 
 def _config(
-    epoch_interval: timedelta | None, fuse: bool, key_groups: int, recovery: Any
+    epoch_interval: timedelta | None,
+    fuse: bool,
+    key_groups: int,
+    recovery: Any,
+    exchange_flush: timedelta | None = None,
 ) -> RunConfig:
     interval = DEFAULT_EPOCH_INTERVAL if epoch_interval is None else epoch_interval
     if interval < timedelta(0):
@@ -117,6 +121,11 @@ def _config(
         msg = f"key_groups must be >= 1; got {key_groups}"
         raise ValueError(msg)
     config = RunConfig(epoch_interval=interval, fuse=fuse, key_groups=key_groups)
+    if exchange_flush is not None:
+        if exchange_flush < timedelta(0):
+            msg = f"exchange_flush must not be negative; got {exchange_flush}"
+            raise ValueError(msg)
+        config.exchange_flush_seconds = exchange_flush.total_seconds()
     backup = getattr(recovery, "backup_interval", None)
     if backup is not None and interval > timedelta(0):
         config.keep_epochs = int(backup / interval)
@@ -224,11 +233,14 @@ def execute(
     metrics: bool = True,
     metrics_port: int | None = None,
     metrics_host: str = "0.0.0.0",
+    exchange_flush: timedelta | None = None,
 ) -> None:
     """Run ``flow`` on ``workers_per_process`` workers in this process.
 
     ``metrics_port`` (when not ``None`` or 0) serves /metrics, /dataflow,
-    /healthz and /readyz on ``metrics_host``.
+    /healthz and /readyz on ``metrics_host``. ``exchange_flush`` is the
+    longest a busy worker holds items bound for another worker before
+    sending them (default 20 ms; see docs/running.md).
 
     >>> import headrace.operators as op
     >>> from headrace.testing import TestingSource, TestingSink
@@ -238,7 +250,7 @@ def execute(
     [1, 2]
     """
     _check_w(workers_per_process)
-    config = _config(epoch_interval, fuse, key_groups, recovery)
+    config = _config(epoch_interval, fuse, key_groups, recovery, exchange_flush)
     config.metrics = metrics
     plan = build_plan(flow)
     readiness = Readiness()
@@ -270,11 +282,13 @@ def execute_cluster(
     metrics: bool = True,
     metrics_port: int | None = None,
     metrics_host: str = "0.0.0.0",
+    exchange_flush: timedelta | None = None,
 ) -> None:
     """Run this process's share of a multi-process cluster.
 
     ``addresses[i]`` is process ``i``'s ``host:port``; this process is
     ``proc_id`` and runs workers ``proc_id * W ... proc_id * W + W - 1``.
+    The other settings are `execute`'s.
 
     >>> execute_cluster(Dataflow("d"), addresses=["127.0.0.1:1"], proc_id=3)
     Traceback (most recent call last):
@@ -285,7 +299,7 @@ def execute_cluster(
     if not 0 <= proc_id < len(addresses):
         msg = f"process id {proc_id} is not an index into the {len(addresses)} addresses"
         raise ValueError(msg)
-    config = _config(epoch_interval, fuse, key_groups, recovery)
+    config = _config(epoch_interval, fuse, key_groups, recovery, exchange_flush)
     config.metrics = metrics
     plan = build_plan(flow)
     w = workers_per_process

@@ -74,8 +74,8 @@ INFLIGHT_LIMIT = 200_000
 # (seconds), before the worker blocks, and before any barrier: fewer, larger
 # messages (and, with a combiner, fewer partial results) at a latency cost
 # bounded by the interval.
-EXCHANGE_FLUSH_ITEMS = 16_384
-EXCHANGE_FLUSH_SECONDS = 0.005
+EXCHANGE_FLUSH_ITEMS = 65_536
+EXCHANGE_FLUSH_SECONDS = 0.02
 
 _EMPTY_COOLDOWN = timedelta(milliseconds=1)
 _MAX_TIMER_ROUNDS = 1000
