@@ -289,3 +289,26 @@ def test_the_plan_drops_window_streams_nothing_reads_but_never_user_steps() -> N
     assert "unwrap_late" not in ids and "unwrap_meta" not in ids
     ids = [s.step_id.split(".")[-1] for s in build_plan(build(True)).steps]
     assert "unwrap_late" in ids and "unwrap_meta" not in ids
+
+
+@pytest.mark.usefixtures("small_flushes")
+@pytest.mark.parametrize("windower", ["tumbling", "sliding-10s-4s"])
+def test_a_failing_merger_on_the_owner_names_the_step(
+    cause_chain: Callable[[BaseException], list[BaseException]], windower: str
+) -> None:
+    """Partials of one window arrive in several flushes; the owner's merger raises."""
+    items = [(f"k{i % 7}", (T0 + timedelta(seconds=i * 0.25), i)) for i in range(600)]
+
+    def merger(a: int, b: int) -> int:
+        raise ValueError("no merging today")
+
+    flow = Dataflow("combiner_bad_merger")
+    s = op.input("inp", flow, TestingSource(items, batch_size=37))
+    clock = win.EventClock(lambda v: v[0], wait_for_system_duration=timedelta(0))
+    w = win.fold_window("merging", s, clock, WINDOWERS[windower], int,
+                        lambda a, v: a + 1, merger)
+    op.output("out", w.down, TestingSink([]))
+    with pytest.raises(Exception) as info:
+        cluster_main(flow, [], 0, worker_count_per_proc=2)
+    text = " ".join(str(e) for e in cause_chain(info.value))
+    assert "merging" in text and "`merger`" in text and "no merging today" in text, text

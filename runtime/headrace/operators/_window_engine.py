@@ -625,49 +625,46 @@ class _KeyWindows(StatefulBatchLogic[Any, Any, dict[str, Any]]):
         wait_us = clock.wait // _US
         floor_us = _to_us(spec.floor)
         min_us = maxts = _UTC_MIN_US
-        wid: Any = None
-        try:
-            for sid, last, pacc in runs:
-                # The run's newest value decides, by the rule for one value.
-                if last >= maxts:
-                    maxts = last
-                    if last < wm0_us:
-                        continue
-                elif last < wm0_us or (maxts >= floor_us and last < maxts - wait_us):
+        for sid, last, pacc in runs:
+            # The run's newest value decides, by the rule for one value.
+            if last >= maxts:
+                maxts = last
+                if last < wm0_us:
                     continue
-                if tumbling:
-                    wid = sid
-                    acc = accs.get(wid, _MISSING)
-                    if acc is _MISSING:
-                        accs[wid] = pacc
-                        close = align + length * (wid + 1)
-                        opened[wid] = close
-                        if close < self.next_close:
-                            self.next_close = close
-                    else:
-                        accs[wid] = merge(acc, pacc)
-                    continue
+            elif last < wm0_us or (maxts >= floor_us and last < maxts - wait_us):
+                continue
+            if tumbling:
+                ids: Any = (sid,)
+                shared = True
+            else:
                 since = slot * sid
                 ids = range((since - length) // offset + 1, since // offset + 1)
                 # Each window gets its own copy of a mutable partial: folds
                 # into one window must not show up in another.
                 shared = pacc.__class__ in _ATOMIC
-                for wid in ids:
-                    part = pacc if shared or wid == ids.start else copy.deepcopy(pacc)
-                    acc = accs.get(wid, _MISSING)
-                    if acc is _MISSING:
-                        accs[wid] = part
-                        close = align + offset * wid + length
-                        opened[wid] = close
-                        if close < self.next_close:
-                            self.next_close = close
-                    else:
+            part = pacc
+            for wid in ids:
+                if part is None:
+                    part = copy.deepcopy(pacc)
+                acc = accs.get(wid, _MISSING)
+                if acc is _MISSING:
+                    accs[wid] = part
+                    # (for tumbling windows offset == length)
+                    close = align + offset * wid + length
+                    opened[wid] = close
+                    if close < self.next_close:
+                        self.next_close = close
+                else:
+                    try:
                         accs[wid] = merge(acc, part)
-        except Exception as exc:
-            raise BytewaxRuntimeError(
-                f"error calling `merger` in step {spec.step_id!r} with the partial "
-                f"fold of window {wid} from another worker: {type(exc).__name__}: {exc}"
-            ) from exc
+                    except Exception as exc:
+                        raise BytewaxRuntimeError(
+                            f"error calling `merger` in step {spec.step_id!r} with the partial "
+                            f"fold of window {wid} from another worker: "
+                            f"{type(exc).__name__}: {exc}"
+                        ) from exc
+                if not shared:
+                    part = None  # the next window copies `pacc`
         return self._fast_end(UTC_MIN if maxts == min_us else _from_us(maxts), wm0, [])
 
     def _fast_sliding(self, values: list[Any]) -> tuple[list[Any], bool]:
