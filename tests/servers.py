@@ -5,9 +5,11 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +38,36 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def cluster_in_threads(
+    flow_of: Callable[[int], Any], processes: int = 2, timeout: float = 60, **kwargs: Any
+) -> None:
+    """Run a cluster over loopback TCP whose members are threads of this process.
+
+    Member ``i`` runs ``cluster_main(flow_of(i), addresses, i, **kwargs)``;
+    all must finish within ``timeout`` seconds, and the first error raised
+    by any member is raised here.
+    """
+    from headrace.testing import cluster_main
+
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(processes)]
+    errors: list[BaseException] = []
+
+    def member(i: int) -> None:
+        try:
+            cluster_main(flow_of(i), addrs, i, **kwargs)
+        except BaseException as exc:
+            errors.append(exc)
+
+    ts = [threading.Thread(target=member, args=(i,)) for i in range(processes)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in ts), "cluster did not finish"
+    if errors:
+        raise errors[0]
 
 
 class RedisServer:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,20 +16,11 @@ import headrace.operators as op
 from headrace._engine._net import Hello, parse_address
 from headrace.dataflow import Dataflow
 from headrace.run import _ordinal_from_hostname, _parser, _resolve_addresses
-from headrace.testing import TestingSink, TestingSource, cluster_main
+from headrace.testing import TestingSink, TestingSource
+from tests.servers import cluster_in_threads, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = "tests.flows.cluster_flows:wordcount()"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _env(out: Path, **extra: str) -> dict[str, str]:
@@ -80,7 +70,7 @@ def test_local_cluster_matches_expected(tmp_path: Path, procs: int, workers: int
 
 def _manual(tmp_path: Path, n: int, flows: list[str] | None = None, extra: list[list[str]] | None
             = None, **env_extra: str) -> tuple[list[subprocess.Popen[str]], str]:
-    ports = _free_ports(n)
+    ports = free_ports(n)
     addrs = ";".join(f"127.0.0.1:{p}" for p in ports)
     env = _env(tmp_path, **env_extra)
     procs = []
@@ -133,7 +123,7 @@ def test_mismatched_worker_counts_refuse_to_connect(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_missing_peer_times_out_naming_it(tmp_path: Path) -> None:
-    ports = _free_ports(2)
+    ports = free_ports(2)
     addrs = f"127.0.0.1:{ports[0]};127.0.0.1:{ports[1]}"
     p = _run([FLOW, "-i", "1", "-a", addrs, "--startup-timeout", "2"], _env(tmp_path))
     _, err = p.communicate(timeout=50)
@@ -186,10 +176,6 @@ def test_sigterm_while_a_connected_process_builds_its_workers_stops_cleanly(tmp_
 
 
 def test_cluster_main_two_processes_in_threads() -> None:
-    import threading
-
-    ports = _free_ports(2)
-    addrs = [f"127.0.0.1:{p}" for p in ports]
     outs: list[list[tuple[str, int]]] = [[], []]
 
     def build(out: list[tuple[str, int]]) -> Dataflow:
@@ -198,20 +184,7 @@ def test_cluster_main_two_processes_in_threads() -> None:
         op.output("o", op.count_final("c", s, lambda x: x), TestingSink(out))
         return flow
 
-    errors: list[BaseException] = []
-
-    def proc(i: int) -> None:
-        try:
-            cluster_main(build(outs[i]), addrs, i, worker_count_per_proc=2)
-        except BaseException as exc:
-            errors.append(exc)
-
-    ts = [threading.Thread(target=proc, args=(i,)) for i in range(2)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(60)
-    assert not errors, errors
+    cluster_in_threads(lambda i: build(outs[i]), worker_count_per_proc=2)
     assert sorted(outs[0] + outs[1]) == [(f"k{i}", 100) for i in range(10)]
 
 
@@ -243,7 +216,7 @@ def test_hello_mismatch_names_both_sides() -> None:
 
 @pytest.mark.timeout(60)
 def test_sigterm_while_waiting_for_peers_exits_promptly(tmp_path: Path) -> None:
-    ports = _free_ports(2)
+    ports = free_ports(2)
     addrs = f"127.0.0.1:{ports[0]};127.0.0.1:{ports[1]}"
     p = _run([FLOW, "-i", "1", "-a", addrs, "--startup-timeout", "60"], _env(tmp_path))
     time.sleep(2)

@@ -8,7 +8,6 @@ in two threads of this test process, connected by real TCP on 127.0.0.1
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +19,7 @@ import headrace.operators.windowing as win
 from headrace.dataflow import Dataflow
 from headrace.outputs import FixedPartitionedSink, StatefulSinkPartition
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
-from tests.servers import free_ports
+from tests.servers import cluster_in_threads
 
 ZERO = timedelta(0)
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -40,23 +39,7 @@ def _threads(n: int) -> Callable[[Dataflow], None]:
 
 
 def _two_processes(flow: Dataflow) -> None:
-    addrs = [f"127.0.0.1:{p}" for p in free_ports(2)]
-    errors: list[BaseException] = []
-
-    def proc(i: int) -> None:
-        try:
-            cluster_main(flow, addrs, i, worker_count_per_proc=2, epoch_interval=ZERO)
-        except BaseException as exc:
-            errors.append(exc)
-
-    ts = [threading.Thread(target=proc, args=(i,)) for i in range(2)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(60)
-    assert not any(t.is_alive() for t in ts), "cluster did not finish"
-    if errors:
-        raise errors[0]
+    cluster_in_threads(lambda _i: flow, worker_count_per_proc=2, epoch_interval=ZERO)
 
 
 ENTRY_POINTS = {

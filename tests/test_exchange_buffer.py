@@ -24,7 +24,7 @@ import headrace.operators as op
 from headrace.dataflow import Dataflow
 from headrace.inputs import FixedPartitionedSource, StatefulSourcePartition
 from headrace.testing import TestingSink, TestingSource, cluster_main
-from tests.servers import free_ports
+from tests.servers import cluster_in_threads
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -140,23 +140,7 @@ class _CountingSource(_Source):
 
 def _two_processes_over_tcp(flow: Dataflow) -> None:
     """Two cluster members of one worker each, connected over loopback TCP (threads here)."""
-    addrs = [f"127.0.0.1:{p}" for p in free_ports(2)]
-    errors: list[BaseException] = []
-
-    def member(i: int) -> None:
-        try:
-            cluster_main(flow, addrs, i)
-        except BaseException as exc:
-            errors.append(exc)
-
-    ts = [threading.Thread(target=member, args=(i,)) for i in range(2)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(60)
-    assert not any(t.is_alive() for t in ts), "cluster did not finish"
-    if errors:
-        raise errors[0]
+    cluster_in_threads(lambda _i: flow)
 
 
 def _two_threads(flow: Dataflow) -> None:
