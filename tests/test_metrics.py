@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from headrace._engine._metrics import CATALOGUE, exported_names
@@ -303,3 +305,80 @@ def test_a_scrape_during_a_long_batch_sees_the_time_spent_in_it() -> None:
     op.output("out", op.map("slow", op.input("inp", flow, TestingSource([1])), slow), TestingSink([]))
     execute(flow, epoch_interval=timedelta(seconds=10))
     assert seen and seen[0] >= 0.7, seen
+
+
+_BOUNDS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
+
+
+def _exposition(registry: Any) -> list[str]:
+    from prometheus_client import generate_latest
+
+    # `_created` is the series' creation time: equal only up to when each was made.
+    return [ln for ln in generate_latest(registry).decode().splitlines() if "_created" not in ln]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["0", "1"]),
+                          st.one_of(st.sampled_from((0.0, *_BOUNDS, 1e9)),
+                                    st.floats(0, 100, allow_nan=False))), max_size=40))
+def test_worker_series_expose_what_prometheus_client_exposes(obs: list[tuple[str, float]]) -> None:
+    """The lock-free per-worker series are a drop-in for prometheus-client's own:
+    same text for the same observations (values on a bucket's bound included)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from headrace._engine._metrics import WorkerFamily
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    labels = ("step_id", "worker_index")
+    mine = (WorkerFamily("histogram", "h_seconds", "doc", labels, ours),
+            WorkerFamily("counter", "c", "doc", labels, ours))
+    ref = (Histogram("h_seconds", "doc", labels, buckets=_BOUNDS, registry=theirs),
+           Counter("c", "doc", labels, registry=theirs))
+    for worker, value in obs:
+        for hist, counter in (mine, ref):
+            hist.labels("s", worker).observe(value)
+            counter.labels("s", worker).inc(value)
+    assert _exposition(ours) == _exposition(theirs)
+    # ...and `_created` is there too, once per series.
+    from prometheus_client import generate_latest
+
+    created = [ln for ln in generate_latest(ours).decode().splitlines()
+               if "_created{" in ln]
+    assert len(created) == 2 * len({w for w, _ in obs})
+
+
+def test_worker_series_scraped_while_written_are_consistent() -> None:
+    """One writer, no lock: every scrape sees a whole histogram (+Inf == count,
+    cumulative buckets never decrease) and counters that never go back."""
+    from prometheus_client import CollectorRegistry
+
+    from headrace._engine._metrics import WorkerFamily
+
+    reg = CollectorRegistry()
+    hist = WorkerFamily("histogram", "h_seconds", "doc", ("worker_index",), reg)
+    count = WorkerFamily("counter", "c", "doc", ("worker_index",), reg)
+    h, c = hist.labels("0"), count.labels("0")
+    n = 200_000
+    done = threading.Event()
+
+    def write() -> None:
+        for i in range(n):
+            h.observe((i % 13) * 0.01)
+            c.inc(1)
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    scrapes, last = 0, -1.0
+    while not done.is_set() or scrapes == 0:
+        fams = {f.name: f for f in text_string_to_metric_families("\n".join(_exposition(reg)) + "\n")}
+        buckets = [s.value for s in fams["h_seconds"].samples if s.name == "h_seconds_bucket"]
+        total = next(s.value for s in fams["h_seconds"].samples if s.name == "h_seconds_count")
+        assert buckets == sorted(buckets) and buckets[-1] == total
+        value = fams["c"].samples[0].value
+        assert value >= last
+        last = value
+        scrapes += 1
+    writer.join()
+    assert c.value == n and sum(h.counts) == n
+    assert scrapes > 1

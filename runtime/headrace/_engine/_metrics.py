@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # name -> (type, labels, help). The single source of truth: the metric
 # objects below, docs/metrics.md and the dashboards' tests all read it.
@@ -74,6 +76,7 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...], str]] = {
 }
 
 _BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
+_LE = (*(floatToGoString(b) for b in _BUCKETS), "+Inf")
 
 
 class LiveSeries:
@@ -101,7 +104,106 @@ class LiveSeries:
             return self.value + max(0.0, extra)
 
 
-class LiveCounter(Collector):
+class WorkerCounter:
+    """One series of a `WorkerFamily` counter: written by one thread, without a lock.
+
+    ``value += amount`` by its only writer; a scrape reads ``value`` whole
+    (a float attribute read is atomic), so it sees the total before or
+    after an increment, never a torn value. Amounts are never negative.
+
+    >>> c = WorkerCounter(); c.inc(3); c.inc(0.5); c.value
+    3.5
+    """
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` (>= 0); only the series' own worker calls this."""
+        self.value += amount
+
+
+class WorkerHistogram:
+    """One series of a `WorkerFamily` histogram: written by one thread, without a lock.
+
+    ``counts[i]`` counts observations in bucket ``i`` alone (``<= _BUCKETS[i]``
+    and above the previous bound; the last slot is ``+Inf``). A scrape copies
+    ``counts`` in one step and derives the cumulative buckets and the count
+    from that copy, so ``+Inf`` always equals ``_count``; ``_sum`` may miss
+    an observation made during the scrape.
+
+    >>> h = WorkerHistogram(); h.observe(0.0003); h.observe(2.0); h.observe(100.0)
+    >>> h.counts[1], h.counts[9], h.counts[-1], h.sum
+    (1, 1, 1, 102.0003)
+    """
+
+    __slots__ = ("counts", "created", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BUCKETS) + 1)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        """Record one observation (seconds, >= 0); only the series' own worker calls this."""
+        self.sum += amount
+        self.counts[bisect_left(_BUCKETS, amount)] += 1
+
+
+class _Family(Collector):
+    """A labelled metric whose series this module keeps: create on first use, remove, collect."""
+
+    kind = "counter"
+
+    def __init__(self, base: str, doc: str, labelnames: tuple[str, ...], registry: Any = REGISTRY) -> None:
+        self.base, self.doc, self.labelnames = base, doc, labelnames
+        self._series: dict[tuple[str, ...], Any] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def _new(self) -> Any:
+        raise NotImplementedError
+
+    def _add(self, fam: Any, values: list[str], series: Any) -> None:
+        raise NotImplementedError
+
+    def labels(self, *values: str) -> Any:
+        """The series with these label values (created on first use)."""
+        key = tuple(values)
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = self._new()
+            return series
+
+    def remove(self, *values: str) -> None:
+        """Drop a series; `KeyError` if it does not exist."""
+        with self._lock:
+            del self._series[tuple(values)]
+
+    def _family(self) -> Any:
+        if self.kind == "histogram":
+            return HistogramMetricFamily(self.base, self.doc, labels=self.labelnames)
+        return CounterMetricFamily(self.base, self.doc, labels=self.labelnames)
+
+    def describe(self) -> list[Any]:
+        """The family without samples (lets the registry check name clashes)."""
+        return [self._family()]
+
+    def collect(self) -> list[Any]:
+        """The family with every series' current value."""
+        fam = self._family()
+        with self._lock:
+            series = list(self._series.items())
+        for values, s in series:
+            self._add(fam, list(values), s)
+        return [fam]
+
+
+class LiveCounter(_Family):
     """A counter whose series can add work in progress at scrape time.
 
     A worker flushes its busy time between batches; while one long batch
@@ -114,46 +216,67 @@ class LiveCounter(Collector):
     [1.5]
     """
 
-    def __init__(self, base: str, doc: str, labelnames: tuple[str, ...], registry: Any = REGISTRY) -> None:
-        self.base, self.doc, self.labelnames = base, doc, labelnames
-        self._series: dict[tuple[str, ...], LiveSeries] = {}
-        self._lock = threading.Lock()
-        registry.register(self)
+    def _new(self) -> LiveSeries:
+        return LiveSeries()
 
-    def labels(self, *values: str) -> LiveSeries:
-        """The series with these label values (created on first use)."""
-        with self._lock:
-            return self._series.setdefault(tuple(values), LiveSeries())
+    def _add(self, fam: Any, values: list[str], series: LiveSeries) -> None:
+        fam.add_metric(values, series.get(), created=series.created)
 
-    def remove(self, *values: str) -> None:
-        """Drop a series; `KeyError` if it does not exist."""
-        with self._lock:
-            del self._series[tuple(values)]
 
-    def describe(self) -> list[CounterMetricFamily]:
-        """The family without samples (lets the registry check name clashes)."""
-        return [CounterMetricFamily(self.base, self.doc, labels=self.labelnames)]
+class WorkerFamily(_Family):
+    """A counter or histogram whose every series has a single writer: its worker's thread.
 
-    def collect(self) -> list[CounterMetricFamily]:
-        """The family with every series' current value."""
-        fam = CounterMetricFamily(self.base, self.doc, labels=self.labelnames)
-        with self._lock:
-            series = list(self._series.items())
-        for values, s in series:
-            fam.add_metric(list(values), s.get(), created=s.created)
-        return [fam]
+    The per-batch series (items in and out, batch durations, busy time per
+    step) are updated several times per batch; prometheus-client takes a
+    lock per update (~0.8 us per ``inc``, ~1.6 us per ``observe`` here),
+    these take none (~0.15 and ~0.3 us). Exposed exactly as
+    prometheus-client's own (``_total``/``_bucket``/``_count``/``_sum``/``_created``).
+
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> reg = CollectorRegistry()
+    >>> h = WorkerFamily("histogram", "doc_seconds", "doc", ("worker_index",), reg)
+    >>> h.labels("0").observe(0.002)
+    >>> [ln for ln in generate_latest(reg).decode().splitlines() if "0.005" in ln or "_count" in ln]
+    ['doc_seconds_bucket{le="0.005",worker_index="0"} 1.0', 'doc_seconds_count{worker_index="0"} 1.0']
+    """
+
+    def __init__(self, kind: str, base: str, doc: str, labelnames: tuple[str, ...],
+                 registry: Any = REGISTRY) -> None:
+        self.kind = kind
+        super().__init__(base, doc, labelnames, registry)
+
+    def _new(self) -> WorkerCounter | WorkerHistogram:
+        return WorkerHistogram() if self.kind == "histogram" else WorkerCounter()
+
+    def _add(self, fam: Any, values: list[str], series: Any) -> None:
+        if self.kind != "histogram":
+            fam.add_metric(values, series.value, created=series.created)
+            return
+        counts = series.counts[:]
+        total = series.sum
+        acc = 0.0
+        buckets = []
+        for le, n in zip(_LE, counts, strict=True):
+            acc += n
+            buckets.append((le, acc))
+        fam.add_metric(values, buckets, total)
+        fam.add_sample(self.base + "_created", dict(zip(self.labelnames, values, strict=True)),
+                       series.created)
 
 
 # Counters whose series add work in progress at scrape time.
 _LIVE = {"headrace_worker_busy_seconds_total"}
 
 
-def _make(name: str) -> Counter | Gauge | Histogram | LiveCounter:
+def _make(name: str) -> Counter | Gauge | Histogram | LiveCounter | WorkerFamily:
     kind, labels, doc = CATALOGUE[name]
     # prometheus-client appends _total to counters itself.
     base = name[: -len("_total")] if kind == "counter" and name.endswith("_total") else name
     if name in _LIVE:
         return LiveCounter(base, doc, labels)
+    if kind != "gauge" and "worker_index" in labels:
+        # Only the labelled worker's thread writes these (see `WorkerFamily`).
+        return WorkerFamily(kind, base, doc, labels)
     if kind == "counter":
         return Counter(base, doc, labels)
     if kind == "gauge":
