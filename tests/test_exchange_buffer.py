@@ -214,7 +214,8 @@ def test_flushes_fold_many_batches_into_few_messages(monkeypatch: pytest.MonkeyP
 def test_a_naive_timestamp_reaching_the_flush_is_an_error_naming_the_step(
     cause_chain: Callable[[BaseException], list[BaseException]],
 ) -> None:
-    """A combiner runs at flush time; its errors still name the step that failed."""
+    """A combiner folds values bound for another worker as they are buffered; its errors
+    still name the step that failed."""
     naive = datetime(2024, 1, 1)
     items = [(KEYS[i % 5], naive + timedelta(seconds=i)) for i in range(30)]
     import headrace.operators.windowing as win

@@ -7,14 +7,16 @@ It is on only when nothing reads the step's ``late`` stream. These tests
 run two worker threads (every key owned by worker 1 crosses the exchange)
 and compare with one worker.
 
-Values bound for another worker wait in a buffer until enough are there
-(`EXCHANGE_FLUSH_ITEMS`) or the oldest is old enough; the combiner folds
-what a flush sends. Most tests flush after about one source batch, so that
+The combiner folds values bound for another worker as they are buffered
+(a key's last run stays open for the next batch); a flush, when enough
+values are there (`EXCHANGE_FLUSH_ITEMS`) or the oldest is old enough,
+sends the runs. Most tests flush after about one source batch, so that
 one window's values cross as several partial folds the owner must merge.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 from collections import Counter
@@ -23,6 +25,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import headrace._engine._worker as worker_mod
 import headrace.operators as op
@@ -312,3 +316,66 @@ def test_a_failing_merger_on_the_owner_names_the_step(
         cluster_main(flow, [], 0, worker_count_per_proc=2)
     text = " ".join(str(e) for e in cause_chain(info.value))
     assert "merging" in text and "`merger`" in text and "no merging today" in text, text
+
+
+def _spec(windower: Any, wait: timedelta) -> Any:
+    from headrace.operators._window_engine import _WindowSpec
+    from headrace.operators._window_logic import _FoldBuilder
+
+    # (`ordered` folds with a wait need the general path, which has no combiner.)
+    spec = _WindowSpec("c", win.EventClock(lambda v: v[0], wait), windower,
+                       _FoldBuilder(list, lambda acc, v: [*acc, v[1]], lambda a, b: a + b),
+                       not wait)
+    spec.late_stream = "c.late"
+    return spec
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(st.integers(-2500, 1500), min_size=1, max_size=60),
+    cuts=st.lists(st.booleans(), min_size=60, max_size=60),
+    sliding=st.booleans(),
+    wait_ms=st.sampled_from([0, 500, 2000]),
+)
+def test_combining_batch_by_batch_gives_the_runs_of_one_pass(
+    steps: list[int], cuts: list[bool], sliding: bool, wait_ms: int
+) -> None:
+    """The combiner folds each batch as it is buffered; what it sends must be
+    exactly what folding all of a flush's values in one pass gives: the same
+    runs (slot, newest, values in order), the same values dropped as late."""
+    windower = (win.SlidingWindower(timedelta(seconds=4), timedelta(seconds=1), T0) if sliding
+                else win.TumblingWindower(timedelta(seconds=2), T0))
+    # A random walk in time: mostly forward, often back by less or more than the wait.
+    values = [(T0 + timedelta(milliseconds=ms), i)
+              for i, ms in enumerate(itertools.accumulate(steps))]
+    # `cuts[i]`: a batch ends after value i.
+    bounds = sorted({0, len(values), *(i + 1 for i, cut in enumerate(cuts[: len(values)]) if cut)})
+    spec = _spec(windower, timedelta(milliseconds=wait_ms))
+    whole = spec.precombiner(lambda _s: False)()
+    pieces = spec.precombiner(lambda _s: False)()
+    # Two flushes: the second starts from what the first sent (the key's newest).
+    half = len(values) // 2
+    expected, got = [], []
+    for lo, hi in ((0, half), (half, len(values))):
+        if hi > lo:
+            whole.add("k", values[lo:hi])
+        expected.append(whole.take())
+        for a, b in itertools.pairwise(bounds):
+            a, b = max(a, lo), min(b, hi)
+            if b > a:
+                pieces.add("k", values[a:b])
+        got.append(pieces.take())
+    assert got == expected
+    sent = [v for flush in got for runs in flush.values() for _wid, _us, acc in runs for v in acc]
+    assert sent == sorted(set(sent), key=sent.index)  # no value twice
+
+
+def test_reduce_combiner_batch_by_batch_is_one_reduction() -> None:
+    from headrace.operators._core import _ReduceCombiner
+
+    c = _ReduceCombiner(lambda a, b: [*a, b] if isinstance(a, list) else [a, b])
+    for batch in ([1, 2], [3], [4, 5, 6]):
+        c.add("k", batch)
+    c.add("j", [7])
+    assert c.take() == {"k": [[1, 2, 3, 4, 5, 6]], "j": [7]}
+    assert c.take() == {}

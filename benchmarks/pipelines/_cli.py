@@ -210,9 +210,10 @@ def run_cli(
     ``processes > 1`` starts that many processes by hand with ``-i``/``-a``
     on free loopback ports (for an engine without ``-p``); Headrace's own
     ``-p`` goes in ``args`` instead. With ``split``, the processes are not a
-    cluster: each runs the pipeline alone on ``items / processes`` items from
-    ``parts / processes`` partitions (what the machine gives work that needs
-    no exchange). A failure is returned, not raised.
+    cluster: process ``i`` runs the pipeline alone on the partitions
+    ``j % processes == i`` of the same ``parts`` (``BENCH_SHARD``), the
+    items one cluster process would read, and nothing else (what the machine
+    gives work that needs no exchange). A failure is returned, not raised.
 
     >>> import sys
     >>> run_cli(sys.executable, "headrace", ["--metrics-port", "0"], "nope", 1).error
@@ -224,21 +225,21 @@ def run_cli(
     """
     span_dir = tempfile.mkdtemp(prefix="bench-span-")
     base = [str(python), "-m", f"{engine}.run", "cli_flows:flow", *args]
+    env = flow_env(engine, pipeline, items, parts, span_dir)
+    envs = [env] * max(1, processes)
     if split:
-        env = flow_env(engine, pipeline, items // processes, max(1, parts // processes), span_dir)
+        envs = [{**env, "BENCH_SHARD": f"{i}/{processes}"} for i in range(processes)]
         cmds = [base] * processes
     elif processes > 1:
-        env = flow_env(engine, pipeline, items, parts, span_dir)
         addrs = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
         cmds = [[*base, "-i", str(i), "-a", addrs] for i in range(processes)]
     else:
-        env = flow_env(engine, pipeline, items, parts, span_dir)
         cmds = [base]
     t0 = time.time()
     procs = [
-        subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        subprocess.Popen(cmd, env=e, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True)
-        for cmd in cmds
+        for cmd, e in zip(cmds, envs, strict=True)
     ]
     error = None
     for proc in procs:

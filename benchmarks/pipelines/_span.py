@@ -123,22 +123,32 @@ class StridedSource(FixedPartitionedSource):
     a batch. Dealing (not slicing) keeps every partition's items spread over
     the whole index range, so event times of all partitions advance together.
 
+    With ``shard=(k, m)`` the source lists only the partitions ``j`` with
+    ``j % m == k``: one of ``m`` independent processes reads exactly the
+    partitions (the same items, in the same batches) that one process of
+    an ``m``-process cluster reads, without the rest.
+
     >>> StridedSource(5, 2, list).build_part("inp", "part-0", None).next_batch()
     [0, 2, 4]
     """
 
-    def __init__(self, n: int, parts: int, make: MakeBatch) -> None:
+    def __init__(self, n: int, parts: int, make: MakeBatch,
+                 shard: tuple[int, int] | None = None) -> None:
         self._n = n
         self._parts = parts
         self._make = make
+        self._shard = shard
 
     def list_parts(self) -> list[str]:
-        """``part-0 .. part-{parts - 1}``.
+        """``part-0 .. part-{parts - 1}``, or this shard's among them.
 
         >>> StridedSource(1, 3, list).list_parts()
         ['part-0', 'part-1', 'part-2']
+        >>> StridedSource(1, 4, list, shard=(1, 2)).list_parts()
+        ['part-1', 'part-3']
         """
-        return [f"part-{j}" for j in range(self._parts)]
+        k, m = self._shard or (0, 1)
+        return [f"part-{j}" for j in range(self._parts) if j % m == k]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _StridedPartition:
         """Build partition ``for_part``, resuming after ``resume_state`` of its items.

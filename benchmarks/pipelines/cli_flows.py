@@ -7,7 +7,9 @@ cli_flows:flow -w 2``, with ``benchmarks/pipelines`` on ``PYTHONPATH`` and
 - ``BENCH_PIPELINE``: ``wordcount``, ``tumbling_fold``, ``sliding_fold`` or ``restore``;
 - ``BENCH_ITEMS``: input items (lines for wordcount);
 - ``BENCH_PARTS``: source partitions (default 4), so every process reads;
-- ``BENCH_SPAN_DIR``: where each process writes its timing (see `_span`).
+- ``BENCH_SPAN_DIR``: where each process writes its timing (see `_span`);
+- ``BENCH_SHARD``: ``k/m`` to read only the partitions ``j % m == k`` (one
+  of ``m`` independent processes doing one cluster process's share).
 
 ``wordcount`` and ``tumbling_fold`` are the single-worker benchmark's
 pipelines of those names, fed by a partitioned `_span.StridedSource`;
@@ -72,9 +74,24 @@ def _timed(idx: range) -> list[Any]:
     return out
 
 
+def _shard() -> tuple[int, int] | None:
+    """``BENCH_SHARD`` (``k/m``) as ``(k, m)``, or None.
+
+    >>> os.environ["BENCH_SHARD"] = "1/2"; _shard()
+    (1, 2)
+    >>> del os.environ["BENCH_SHARD"]; _shard() is None
+    True
+    """
+    value = os.environ.get("BENCH_SHARD")
+    if not value:
+        return None
+    k, m = value.split("/")
+    return int(k), int(m)
+
+
 def _wordcount(n: int, parts: int) -> Any:
     flow = Dataflow("wordcount")
-    lines = op.input("inp", flow, StridedSource(n, parts, _lines))
+    lines = op.input("inp", flow, StridedSource(n, parts, _lines, _shard()))
     words = op.flat_map("split", lines, str.split)
     keyed = op.key_on("key", words, lambda w: w)
     ones = op.map_value("one", keyed, lambda _w: 1)
@@ -86,7 +103,7 @@ def _wordcount(n: int, parts: int) -> Any:
 def _windowed(name: str, n: int, parts: int, windower: Any) -> Any:
     win = windowing()
     flow = Dataflow(name)
-    items = op.input("inp", flow, StridedSource(n, parts, _timed))
+    items = op.input("inp", flow, StridedSource(n, parts, _timed, _shard()))
     clock = win.EventClock(ts_getter=_ts, wait_for_system_duration=timedelta(seconds=0))
     sums = win.fold_window("fold", items, clock, windower, lambda: 0, _add, _merge)
     op.output("out", sums.down, SpanSink())

@@ -494,25 +494,26 @@ class _StatefulRun:
             self.push(out)
 
 
-def _combined(
-    step_id: str, combine: Callable[[str, list[Any]], list[Any]], groups: dict[str, list[Any]]
-) -> dict[str, list[Any]]:
-    """Run a step's combiner on each key's values before they cross to another worker.
+def _combine_into(step_id: str, combiner: Any, groups: dict[str, list[Any]]) -> int:
+    """Hand each key's values bound for another worker to the step's combiner; count them.
 
-    ``combine(key, values)`` returns what to send instead (partial results);
-    it comes from the step builder's ``precombiner`` (`_combinable`,
-    `_WindowSpec.precombiner`).
+    The combiner (``add(key, values)``, ``take()``) comes from the step
+    builder's ``precombiner`` (`_combinable`, `_WindowSpec.precombiner`);
+    it folds the values into partial results at once, while they are
+    still in the CPU's caches, and the flush sends what ``take`` returns.
     """
-    out: dict[str, list[Any]] = {}
+    n = 0
+    add = combiner.add
     for k, vs in groups.items():
+        n += len(vs)
         try:
-            out[k] = combine(k, vs)
+            add(k, vs)
         except Exception as exc:
             raise BytewaxRuntimeError(
                 f"error calling `StatefulBatchLogic.on_batch` in step {step_id!r} "
                 f"for key {k!r}: {type(exc).__name__}: {exc}"
             ) from exc
-    return out
+    return n
 
 
 def _pickle_state(step_id: str, key: str, logic: Any) -> bytes:
@@ -576,8 +577,8 @@ class _Edge:
     deliver: Push = _drop  # local processing of items owned by this worker
     route: Push = _drop  # entry point from upstream: routes then sends/delivers
     on_eof: Callable[[], None] = lambda: None
-    # the step's combiner, run on each buffered key's values when they are sent
-    combine: Callable[[str, list[Any]], list[Any]] | None = None
+    # makes the step's combiner for one destination worker (see `_combine_into`)
+    new_combiner: Callable[[], Any] | None = None
     upstream_edges: set[int] = field(default_factory=set)
     upstream_sources: set[str] = field(default_factory=set)
     # per-epoch state
@@ -625,6 +626,8 @@ class Worker:
         self._ack_every = max(1, config.inflight_limit // 4)
         # (edge id, destination) -> items waiting to be sent (see `_send_data`)
         self._outbuf: dict[tuple[int, int], Any] = {}
+        # (edge, worker) -> that destination's combiner (kept across flushes)
+        self._combiners: dict[tuple[int, int], Any] = {}
         self._out_items = 0
         self._out_since = 0.0
         self.backpressure_seconds = 0.0
@@ -934,11 +937,9 @@ class Worker:
                     node.restore(states)
             edge.on_eof = node.on_eof
             precombiner = getattr(step.conf["builder"], "precombiner", None)
-            combine = None
             if precombiner is not None and self.count > 1:
                 consumers = self.plan.consumers
-                combine = precombiner(lambda stream_id: bool(consumers.get(stream_id)))
-            edge.combine = combine
+                edge.new_combiner = precombiner(lambda stream_id: bool(consumers.get(stream_id)))
             edge.route = self._keyed_router(edge, step.step_id, node.trusted)
         elif step.kind == "redistribute":
             edge.deliver = self.push_for(step.outputs["down"])
@@ -951,11 +952,19 @@ class Worker:
 
         The buffer keeps (and extends) the lists it is given: every caller
         hands over lists made for this send alone, never a batch that other
-        steps also see.
+        steps also see. On an edge with a combiner, the values go into the
+        (edge, worker)'s combiner instead, which the buffer then names.
         """
         key = (edge.eid, dst)
         buf = self._outbuf.get(key)
-        if items.__class__ is dict:
+        if edge.new_combiner is not None:
+            combiner = self._combiners.get(key)
+            if combiner is None:
+                combiner = self._combiners[key] = edge.new_combiner()
+            assert edge.step is not None and items.__class__ is dict
+            n = _combine_into(edge.step.step_id, combiner, items)
+            self._outbuf[key] = combiner
+        elif items.__class__ is dict:
             n = 0
             if buf is None:
                 buf = self._outbuf[key] = {}
@@ -980,7 +989,7 @@ class Worker:
             self._flush_out()
 
     def _flush_out(self) -> None:
-        """Send every buffered batch, each key's values through the step's combiner first."""
+        """Send every buffered batch (or the partial results of a combiner)."""
         buffered = self._outbuf
         if not buffered:
             return
@@ -990,9 +999,10 @@ class Worker:
         metrics = self.metrics
         for (eid, dst), payload in buffered.items():
             edge = edges[eid]
-            if edge.combine is not None:
-                assert edge.step is not None
-                payload = _combined(edge.step.step_id, edge.combine, payload)
+            if edge.new_combiner is not None:
+                payload = payload.take()
+                if not payload:
+                    continue  # every value was late: nothing to send
             n = _count(payload)
             self.inflight[dst] += n
             if metrics is not None:

@@ -47,6 +47,41 @@ def _fusable(kind: str, fn: Callable[..., Any], batch_fn: Callable[[list[Any]], 
     return batch_fn
 
 
+class _ReduceCombiner:
+    """The values of each key bound for one worker, reduced as they are buffered.
+
+    >>> c = _ReduceCombiner(lambda a, b: a + b)
+    >>> c.add("k", [1, 2]); c.add("j", [5]); c.add("k", [3]); c.take()
+    {'k': [6], 'j': [5]}
+    >>> c.take()
+    {}
+    """
+
+    __slots__ = ("_accs", "_reducer")
+
+    def __init__(self, reducer: Callable[[Any, Any], Any]) -> None:
+        self._reducer = reducer
+        self._accs: dict[str, Any] = {}
+
+    def add(self, key: str, values: list[Any]) -> None:
+        """Reduce ``values`` (non-empty) into ``key``'s partial result."""
+        accs = self._accs
+        acc = accs.get(key, _NONE)
+        if acc is _NONE:
+            accs[key] = functools.reduce(self._reducer, values)
+        else:
+            accs[key] = functools.reduce(self._reducer, values, acc)
+
+    def take(self) -> dict[str, list[Any]]:
+        """Each key's partial result since the last call, and start over."""
+        accs = self._accs
+        self._accs = {}
+        return {k: [acc] for k, acc in accs.items()}
+
+
+_NONE = object()
+
+
 def _combinable(builder: Any, reducer: Callable[[Any, Any], Any]) -> Any:
     """Tag a `stateful_batch` builder whose logic only reduces each key's values with ``reducer``.
 
@@ -54,18 +89,17 @@ def _combinable(builder: Any, reducer: Callable[[Any, Any], Any]) -> Any:
     worker that owns the key (a combiner), which cuts what crosses the
     network; the owner reduces the partial results again, so the result is
     the same for an associative ``reducer``. The tag is the engine's one
-    combiner hook, ``builder.precombiner(consumed)`` (see `_window_engine`'s
+    combiner hook: ``builder.precombiner(consumed)`` returns a factory of
+    combiners (objects with ``add(key, values)`` and ``take()``, one per
+    destination worker), or None (see `_window_engine`'s
     `_WindowSpec.precombiner` for the other user).
 
     >>> b = _combinable(lambda resume: None, lambda a, b: a + b)
-    >>> b.precombiner(lambda stream_id: False)("k", [1, 2, 3])
-    [6]
+    >>> c = b.precombiner(lambda stream_id: False)()
+    >>> c.add("k", [1, 2, 3]); c.take()
+    {'k': [6]}
     """
-
-    def combine(_key: str, values: list[Any]) -> list[Any]:
-        return [functools.reduce(reducer, values)] if len(values) > 1 else values
-
-    builder.precombiner = lambda consumed: combine
+    builder.precombiner = lambda consumed: functools.partial(_ReduceCombiner, reducer)
     return builder
 
 

@@ -30,6 +30,7 @@ close windows as time passes.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from bisect import bisect_right
 from collections.abc import Callable
@@ -263,8 +264,8 @@ class _WindowSpec:
             offset_us = windower.offset // _US  # type: ignore[attr-defined]
             self.slot = timedelta(microseconds=math.gcd(length_us, offset_us))
 
-    def precombiner(self, consumed: Callable[[str], bool]) -> Callable[[str, list[Any]], list[Any]] | None:
-        """The function that pre-folds a key's values bound for another worker, or None.
+    def precombiner(self, consumed: Callable[[str], bool]) -> Callable[[], _Precombiner] | None:
+        """A factory of combiners that pre-fold values bound for another worker, or None.
 
         The engine calls this when it wires the step on a multi-worker run;
         ``consumed(stream_id)`` tells whether any step reads a stream. Values
@@ -298,11 +299,13 @@ class _WindowSpec:
         ...     TumblingWindower(timedelta(seconds=10), t0),
         ...     _FoldBuilder(int, lambda a, v: a + v[1], lambda a, b: a + b), True)
         >>> spec.late_stream = "w.late"
-        >>> pre = spec.precombiner(lambda stream_id: False)
-        >>> items = [(t0 + timedelta(seconds=s), 1) for s in (1, 2, 11, 5)]
-        >>> [(wid, n) for wid, _, n in pre("k", items)]  # 5 s: late after 11 s
+        >>> pre = spec.precombiner(lambda stream_id: False)()
+        >>> pre.add("k", [(t0 + timedelta(seconds=s), 1) for s in (1, 2, 11)])
+        >>> pre.add("k", [(t0 + timedelta(seconds=5), 1)])  # late after 11 s
+        >>> [(wid, n) for wid, _, n in pre.take()["k"]]
         [(0, 2), (1, 1)]
-        >>> [(wid, n) for wid, _, n in pre("k", [(t0 + timedelta(seconds=12), 1)])]
+        >>> pre.add("k", [(t0 + timedelta(seconds=12), 1)])
+        >>> [(wid, n) for wid, _, n in pre.take()["k"]]
         [(1, 1)]
         >>> spec.precombiner(lambda stream_id: stream_id == "w.late") is None
         True
@@ -318,7 +321,7 @@ class _WindowSpec:
             or consumed(self.late_stream)
         ):
             return None
-        return _Precombiner(self)
+        return functools.partial(_Precombiner, self)
 
     def __call__(self, resume_state: dict[str, Any] | None) -> _KeyWindows:
         if resume_state is not None and resume_state["queue"]:
@@ -328,9 +331,16 @@ class _WindowSpec:
 
 
 class _Precombiner:
-    """One worker's combiner for one `fold_window` step (see `_WindowSpec.precombiner`)."""
+    """One worker's combiner for one `fold_window` step and one destination worker.
 
-    __slots__ = ("align", "floor", "fold", "getter", "length", "new", "spec", "tops", "wait")
+    `add` folds each key's values into runs as they are buffered, while
+    they are still in the CPU's caches; a key's last run stays open so that
+    the next `add` can extend it, which makes the runs exactly those of the
+    key's values since the last `take`, folded in one pass. `take` closes
+    the open runs and hands them over (see `_WindowSpec.precombiner`).
+    """
+
+    __slots__ = ("align", "floor", "fold", "getter", "length", "new", "open", "spec", "tops", "wait")
 
     def __init__(self, spec: _WindowSpec) -> None:
         clock: EventClock[Any] = spec.clock  # type: ignore[assignment]
@@ -344,12 +354,15 @@ class _Precombiner:
         self.length = spec.slot
         self.fold = spec.folder
         self.new = spec.new_acc
-        # Per key, the newest timestamp this worker has read (a bounded cache:
+        # Per key, the newest timestamp this worker has sent (a bounded cache:
         # forgetting a key only means fewer values are known late here).
         self.tops: dict[str, datetime] = {}
+        # Per key with values since the last `take`: (closed runs, newest
+        # sent before the open run, open run's slot id, newest ts, end, acc).
+        self.open: dict[str, tuple[_Runs, Any, int | None, Any, Any, Any]] = {}
 
-    def __call__(self, key: str, values: list[Any]) -> list[Any]:
-        """Fold ``values`` of ``key`` into runs `(window_id, newest_ts_us, acc)`."""
+    def add(self, key: str, values: list[Any]) -> None:
+        """Fold ``values`` of ``key`` into runs `(slot_id, newest_ts_us, acc)`."""
         getter = self.getter
         epoch = _EPOCH
         us = _US
@@ -358,16 +371,20 @@ class _Precombiner:
         align = self.align
         length = self.length
         fold = self.fold
-        tops = self.tops
-        runs = _Runs()
+        state = self.open.get(key)
+        wid: int | None
+        if state is None:
+            runs = _Runs()
+            # `top`: the newest timestamp sent for the key before the open
+            # run; a run's values never go back, so its newest is `last`.
+            top: Any = self.tops.get(key, UTC_MIN)
+            wid = None
+            last: Any = UTC_MAX
+            hi: Any = UTC_MIN
+            acc: Any = None
+        else:
+            runs, top, wid, last, hi, acc = state
         append = runs.append
-        # `top`: the newest timestamp sent for the key before the current
-        # run; a run's values never go back, so its newest is `last`.
-        top = tops.get(key, UTC_MIN)
-        wid: int | None = None
-        last: Any = UTC_MAX
-        hi: Any = UTC_MIN
-        acc: Any = None
         v: Any = None
         ts: Any = None
         try:
@@ -395,14 +412,29 @@ class _Precombiner:
             if _is_aware(ts):
                 raise
             raise _timestamp_error(self.spec.step_id, getter, v, ts) from exc
-        if wid is not None:
-            append((wid, (last - epoch) // us, acc))
-            if last > top:
-                top = last
-            if len(tops) >= 1_000_000 and key not in tops:
-                tops.clear()
-            tops[key] = top
-        return runs
+        finally:
+            # Kept even when a value fails: what was folded before it stays.
+            self.open[key] = (runs, top, wid, last, hi, acc)
+
+    def take(self) -> dict[str, _Runs]:
+        """Every key's runs since the last call (the open ones closed); start over."""
+        opened = self.open
+        self.open = {}
+        tops = self.tops
+        epoch = _EPOCH
+        us = _US
+        out: dict[str, _Runs] = {}
+        for key, (runs, top, wid, last, _hi, acc) in opened.items():
+            if wid is not None:
+                runs.append((wid, (last - epoch) // us, acc))
+                if last > top:
+                    top = last
+                if len(tops) >= 1_000_000 and key not in tops:
+                    tops.clear()
+                tops[key] = top
+            if runs:
+                out[key] = runs
+        return out
 
 
 class _Runs(list):
