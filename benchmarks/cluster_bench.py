@@ -408,14 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="save raw runs and the tables here")
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
-    sizes = dict(QUICK if args.quick else PIPELINES)
-    if args.only:
-        unknown = set(args.only.split(",")) - set(sizes)
-        if unknown:
-            parser.error(f"unknown pipeline(s) {sorted(unknown)}; choose from {', '.join(sizes)}")
-        sizes = {k: v for k, v in sizes.items() if k in args.only.split(",")}
-    if args.items:
-        sizes = dict.fromkeys(sizes, args.items)
+    try:
+        sizes = _cli.select_sizes(QUICK if args.quick else PIPELINES, args.only, args.items)
+    except ValueError as exc:
+        parser.error(str(exc))
     engines = args.engines.split(",")
     configs = [c for c in CONFIGS if c.engine in engines]
     if not configs:

@@ -145,14 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
-    sizes = dict(ITEMS)
-    if args.only:
-        unknown = set(args.only.split(",")) - set(sizes)
-        if unknown:
-            parser.error(f"unknown pipelines: {', '.join(sorted(unknown))}")
-        sizes = {k: v for k, v in sizes.items() if k in args.only.split(",")}
-    if args.items:
-        sizes = dict.fromkeys(sizes, args.items)
+    try:
+        sizes = _cli.select_sizes(ITEMS, args.only, args.items)
+    except ValueError as exc:
+        parser.error(str(exc))
     results: dict[str, dict[str, list[float]]] = {}
     lines = [f"{'pipeline':12s}  {'config':20s} {'total':>8s} {'busiest':>8s} {'ideal':>7s}"
              "   (instructions per input item)"]

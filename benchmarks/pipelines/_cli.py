@@ -258,6 +258,27 @@ def run_cli(
     return CliRun(wall, records, error)
 
 
+def select_sizes(defaults: dict[str, int], only: str | None, items: int | None) -> dict[str, int]:
+    """The pipelines to run and their sizes: ``--only`` (comma-separated) and ``--items`` applied.
+
+    >>> select_sizes({"a": 1, "b": 2}, "b", None), select_sizes({"a": 1, "b": 2}, None, 5)
+    ({'b': 2}, {'a': 5, 'b': 5})
+    >>> select_sizes({"a": 1}, "a,c", None)
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown pipeline(s) ['c']; choose from a
+    """
+    sizes = dict(defaults)
+    if only:
+        unknown = set(only.split(",")) - set(sizes)
+        if unknown:
+            raise ValueError(f"unknown pipeline(s) {sorted(unknown)}; choose from {', '.join(sizes)}")
+        sizes = {k: v for k, v in sizes.items() if k in only.split(",")}
+    if items:
+        sizes = dict.fromkeys(sizes, items)
+    return sizes
+
+
 def best_median(values: Sequence[float]) -> tuple[float | None, float | None]:
     """(max, median) of ``values``; ``(None, None)`` when empty.
 
