@@ -368,6 +368,15 @@ def test_combining_batch_by_batch_gives_the_runs_of_one_pass(
     assert got == expected
     sent = [v for flush in got for runs in flush.values() for _wid, _us, acc in runs for v in acc]
     assert sent == sorted(set(sent), key=sent.index)  # no value twice
+    # Every run holds values of its own slot, in order, and carries the newest one's time.
+    slot = spec.slot
+    for flush in got:
+        for wid, newest_us, acc in flush["k"] if "k" in flush else []:
+            stamps = [values[i][0] for i in acc]
+            assert stamps == sorted(stamps)
+            assert {(t - T0) // slot for t in stamps} == {wid}
+            assert newest_us == (stamps[-1] - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+                microseconds=1)
 
 
 def test_reduce_combiner_batch_by_batch_is_one_reduction() -> None:

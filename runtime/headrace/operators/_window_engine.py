@@ -397,15 +397,25 @@ class _Precombiner:
                     last = ts
                     acc = fold(acc, v)
                     continue
-                # A new run, unless the value is late whatever else happens.
+                # A new run, unless the value is late whatever else happens
+                # (`ts < top` first: it spares in-order values the subtraction).
                 if wid is not None and last > top:
                     top = last
-                if top >= floor and ts < top - wait:
+                if ts < top and top >= floor and ts < top - wait:
                     continue
-                if wid is not None:
+                if wid is None:
+                    wid = (ts - align) // length
+                    hi = align + length * (wid + 1)
+                else:
                     append((wid, (last - epoch) // us, acc))
-                wid = (ts - align) // length
-                hi = align + length * (wid + 1)
+                    nxt = hi + length
+                    if hi <= ts < nxt:
+                        # The next slot: in-order values need no division.
+                        wid += 1
+                        hi = nxt
+                    else:
+                        wid = (ts - align) // length
+                        hi = align + length * (wid + 1)
                 last = ts
                 acc = fold(self.new(), v)
         except TypeError as exc:
