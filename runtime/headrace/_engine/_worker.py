@@ -956,7 +956,6 @@ class Worker:
         (edge, worker)'s combiner instead, which the buffer then names.
         """
         key = (edge.eid, dst)
-        buf = self._outbuf.get(key)
         if edge.new_combiner is not None:
             combiner = self._combiners.get(key)
             if combiner is None:
@@ -966,6 +965,7 @@ class Worker:
             self._outbuf[key] = combiner
         elif items.__class__ is dict:
             n = 0
+            buf = self._outbuf.get(key)
             if buf is None:
                 buf = self._outbuf[key] = {}
             get = buf.get
@@ -978,6 +978,7 @@ class Worker:
                     old.extend(vs)
         else:
             n = len(items)
+            buf = self._outbuf.get(key)
             if buf is None:
                 self._outbuf[key] = items
             else:

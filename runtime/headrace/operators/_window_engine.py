@@ -403,19 +403,15 @@ class _Precombiner:
                     top = last
                 if ts < top and top >= floor and ts < top - wait:
                     continue
-                if wid is None:
+                if wid is not None:
+                    append((wid, (last - epoch) // us, acc))
+                if wid is not None and hi <= ts < (nxt := hi + length):
+                    # The next slot: in-order values need no division.
+                    wid += 1
+                    hi = nxt
+                else:
                     wid = (ts - align) // length
                     hi = align + length * (wid + 1)
-                else:
-                    append((wid, (last - epoch) // us, acc))
-                    nxt = hi + length
-                    if hi <= ts < nxt:
-                        # The next slot: in-order values need no division.
-                        wid += 1
-                        hi = nxt
-                    else:
-                        wid = (ts - align) // length
-                        hi = align + length * (wid + 1)
                 last = ts
                 acc = fold(self.new(), v)
         except TypeError as exc:
