@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from headrace._engine._metrics import CATALOGUE, exported_names
+from headrace._engine._metrics import _BUCKETS, CATALOGUE, exported_names
 from headrace._engine._run import execute, request_stop
 from headrace.errors import HeadraceRuntimeError
 from tests.flows.metrics_flows import paced
@@ -307,19 +307,17 @@ def test_a_scrape_during_a_long_batch_sees_the_time_spent_in_it() -> None:
     assert seen and seen[0] >= 0.7, seen
 
 
-_BOUNDS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
-
-
-def _exposition(registry: Any) -> list[str]:
+def _exposition(registry: Any, created: bool = False) -> list[str]:
     from prometheus_client import generate_latest
 
     # `_created` is the series' creation time: equal only up to when each was made.
-    return [ln for ln in generate_latest(registry).decode().splitlines() if "_created" not in ln]
+    lines = generate_latest(registry).decode().splitlines()
+    return lines if created else [ln for ln in lines if "_created" not in ln]
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["0", "1"]),
-                          st.one_of(st.sampled_from((0.0, *_BOUNDS, 1e9)),
+                          st.one_of(st.sampled_from((0.0, *_BUCKETS, 1e9)),
                                     st.floats(0, 100, allow_nan=False))), max_size=40))
 def test_worker_series_expose_what_prometheus_client_exposes(obs: list[tuple[str, float]]) -> None:
     """The lock-free per-worker series are a drop-in for prometheus-client's own:
@@ -332,7 +330,7 @@ def test_worker_series_expose_what_prometheus_client_exposes(obs: list[tuple[str
     labels = ("step_id", "worker_index")
     mine = (WorkerFamily("histogram", "h_seconds", "doc", labels, ours),
             WorkerFamily("counter", "c", "doc", labels, ours))
-    ref = (Histogram("h_seconds", "doc", labels, buckets=_BOUNDS, registry=theirs),
+    ref = (Histogram("h_seconds", "doc", labels, buckets=_BUCKETS, registry=theirs),
            Counter("c", "doc", labels, registry=theirs))
     for worker, value in obs:
         for hist, counter in (mine, ref):
@@ -340,10 +338,7 @@ def test_worker_series_expose_what_prometheus_client_exposes(obs: list[tuple[str
             counter.labels("s", worker).inc(value)
     assert _exposition(ours) == _exposition(theirs)
     # ...and `_created` is there too, once per series.
-    from prometheus_client import generate_latest
-
-    created = [ln for ln in generate_latest(ours).decode().splitlines()
-               if "_created{" in ln]
+    created = [ln for ln in _exposition(ours, created=True) if "_created{" in ln]
     assert len(created) == 2 * len({w for w, _ in obs})
 
 

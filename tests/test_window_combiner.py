@@ -32,6 +32,7 @@ import headrace._engine._worker as worker_mod
 import headrace.operators as op
 import headrace.operators.windowing as win
 from headrace.dataflow import Dataflow
+from headrace.operators._window_engine import _to_us
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
 
 pytestmark = pytest.mark.timeout(60)
@@ -371,12 +372,11 @@ def test_combining_batch_by_batch_gives_the_runs_of_one_pass(
     # Every run holds values of its own slot, in order, and carries the newest one's time.
     slot = spec.slot
     for flush in got:
-        for wid, newest_us, acc in flush["k"] if "k" in flush else []:
+        for wid, newest_us, acc in flush.get("k", []):
             stamps = [values[i][0] for i in acc]
             assert stamps == sorted(stamps)
             assert {(t - T0) // slot for t in stamps} == {wid}
-            assert newest_us == (stamps[-1] - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
-                microseconds=1)
+            assert newest_us == _to_us(stamps[-1])
 
 
 def test_reduce_combiner_batch_by_batch_is_one_reduction() -> None:
