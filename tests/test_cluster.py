@@ -215,13 +215,20 @@ def test_hello_mismatch_names_both_sides() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_sigterm_while_waiting_for_peers_exits_promptly(tmp_path: Path) -> None:
-    ports = free_ports(2)
-    addrs = f"127.0.0.1:{ports[0]};127.0.0.1:{ports[1]}"
-    p = _run([FLOW, "-i", "1", "-a", addrs, "--startup-timeout", "60"], _env(tmp_path))
+@pytest.mark.parametrize("proc_id", [0, 1, 2])
+def test_sigterm_while_waiting_for_peers_exits_promptly(tmp_path: Path, proc_id: int) -> None:
+    """Alone in a 3-process cluster, any process exits on SIGTERM within seconds.
+
+    Process 0 only accepts, process 2 only dials, process 1 does both: a pod
+    that the kubelet restarts just before it is deleted is in this state, and
+    must not sit out its termination grace period.
+    """
+    ports = free_ports(3)
+    addrs = ";".join(f"127.0.0.1:{port}" for port in ports)
+    p = _run([FLOW, "-i", str(proc_id), "-a", addrs, "--startup-timeout", "60"], _env(tmp_path))
     time.sleep(2)
-    assert p.poll() is None, "still waiting for process 0"
+    assert p.poll() is None, "still waiting for its peers"
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=10)
-    assert p.returncode == 128 + signal.SIGTERM
+    assert p.returncode == 128 + signal.SIGTERM, err
     assert "before the dataflow started" in err

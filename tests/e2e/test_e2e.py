@@ -509,7 +509,7 @@ def test_5_autoscaler(stack: Stack) -> None:
     assert len(decisions) >= 2, down.get("autoscaler")
     reasons = {e["reason"] for e in stack.events("load")}
     assert reasons & {"ScalingReport", "Autoscaled", "Scaled", "Rescaling", "Rescaled"}, reasons
-    k.kubectl("delete", "dataflow", "load", "-n", ns, "--wait=true", "--timeout=180s")
+    k.kubectl("delete", "dataflow", "load", "-n", ns, "--wait=true", "--timeout=180s", timeout=200)
 
 
 def test_6_suspend_resume_and_invalid_edits(stack: Stack) -> None:
@@ -657,7 +657,10 @@ def test_9_delete(stack: Stack) -> None:
     for kind in ("statefulset", "service"):
         owners = k.get(kind, "wc2", ns)["metadata"]["ownerReferences"]
         assert [(o["kind"], o["name"]) for o in owners] == [("Dataflow", "wc2")], owners
-    k.kubectl("delete", "dataflow", "wc2", "-n", ns, "--timeout=180s")
+    # Well under the pods' 120 s grace period: a worker that ignored SIGTERM
+    # (e.g. one the kubelet restarted after the stop barrier, still waiting
+    # for its peers) would be killed only at its end.
+    k.kubectl("delete", "dataflow", "wc2", "-n", ns, "--timeout=90s", timeout=100)
     for kind in ("statefulset", "service"):
         wait_for(f"{kind} wc2 deleted", functools.partial(_gone, k, kind, "wc2", ns), 120, 2)
     wait_for("wc2's pods deleted", lambda: not stack.pods("wc2"), 120, 2)
