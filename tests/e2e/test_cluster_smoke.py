@@ -153,6 +153,11 @@ def test_statefulset_of_the_image(kube: Kube, headrace_image: str, namespace: st
             "    print(e.code)\n",
         )
         assert denied.strip() == "403"
+
+        # The suite's failure report reads every pod's container states.
+        states = [ln.split() for ln in kube.diagnostics(ns).splitlines() if ln.startswith(("POD ", "smoke-"))]
+        assert states[0][:3] == ["POD", "PHASE", "DELETING-SINCE"], states
+        assert {row[0] for row in states[1:]} == {"smoke-0", "smoke-1"}, states
     except BaseException:
         print(kube.diagnostics(ns))
         raise
