@@ -70,6 +70,38 @@ def test_cli_runs_a_dataflow_and_fails_with_exit_1_on_errors(tmp_path: Path) -> 
     )
     assert res.returncode == 1
     assert "bad.boom" in res.stderr and "ZeroDivisionError" in res.stderr
+    # The error already quotes its cause: no "caused by" line repeats it.
+    assert res.stderr.rstrip().splitlines()[-1].startswith("error: error calling `mapper`")
+    assert "caused by:" not in res.stderr
+
+
+def test_cli_error_ends_with_the_causes_the_message_does_not_quote(tmp_path: Path) -> None:
+    """A connector's reason reaches the last lines (and so a pod's termination message)."""
+    bad = tmp_path / "unreachable_flow.py"
+    bad.write_text(
+        "import headrace.operators as op\n"
+        "from headrace.dataflow import Dataflow\n"
+        "from headrace.outputs import DynamicSink\n"
+        "from headrace.testing import TestingSource\n"
+        "class Sink(DynamicSink):\n"
+        "    def build(self, step_id, worker_index, worker_count):\n"
+        "        try:\n"
+        "            raise ConnectionRefusedError(111, 'Connection refused')\n"
+        "        except OSError as exc:\n"
+        "            raise ConnectionError('db at db:5432 is unreachable; is it running?') from exc\n"
+        "flow = Dataflow('unreachable')\n"
+        "op.output('o', op.input('i', flow, TestingSource([1])), Sink())\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "headrace.run", f"{bad}:flow", "--metrics-port", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert res.returncode == 1
+    assert res.stderr.rstrip().splitlines()[-3:] == [
+        "error: error building sink in step 'unreachable.o'",
+        "caused by: ConnectionError: db at db:5432 is unreachable; is it running?",
+        "caused by: ConnectionRefusedError: [Errno 111] Connection refused",
+    ], res.stderr[-1500:]
 
 
 def test_main_and_cli_main_in_process() -> None:

@@ -476,9 +476,26 @@ class PodInfo:
 
 
 def _last_line(text: str) -> str:
+    r"""The worker's own summary of why it stopped, from its termination message.
+
+    The CLI ends a failed run with ``error: ...`` and one ``caused by: ...``
+    line per cause it had to add (see ``headrace.run``); they are kept
+    together, on one line. Other output gives its last line that looks
+    like an error, or its last line.
+
+    >>> _last_line("Traceback ...\nerror: building sink 'f.out'\n"
+    ...            "caused by: ConnectionError: Redis is unreachable\n")
+    "error: building sink 'f.out'; caused by: ConnectionError: Redis is unreachable"
+    >>> _last_line("x\nValueError: bad\nexiting")
+    'ValueError: bad'
+    """
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("error:"):
+            causes = [ln for ln in lines[i + 1:] if ln.startswith("caused by:")]
+            return "; ".join([lines[i], *causes])
     for ln in reversed(lines):
-        if ln.startswith("error:") or "Error" in ln:
+        if "Error" in ln:
             return ln
     return lines[-1] if lines else ""
 

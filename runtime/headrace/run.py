@@ -408,9 +408,42 @@ def _run(
         return 130
     except Exception as exc:
         traceback.print_exc()
-        print(f"\nerror: {exc}", file=sys.stderr)
+        print("\n" + _error_summary(exc), file=sys.stderr)
         return 1
     return 0
+
+
+def _error_summary(exc: BaseException) -> str:
+    """The last lines the CLI prints for a failed run: the error, then its causes.
+
+    A cause is shown when its message is not already part of the lines
+    above it (an engine error that wraps a user error usually quotes it),
+    so the reason and what to do are on screen without reading the
+    traceback. Kubernetes keeps these lines as the pod's termination
+    message, and the operator reports them in ``status.lastError``.
+
+    >>> try:
+    ...     try:
+    ...         raise ConnectionError("Redis at redis:6379 refused the connection")
+    ...     except ConnectionError as inner:
+    ...         raise RuntimeError("error building sink in step 'f.out'") from inner
+    ... except RuntimeError as exc:
+    ...     print(_error_summary(exc))
+    error: error building sink in step 'f.out'
+    caused by: ConnectionError: Redis at redis:6379 refused the connection
+    >>> print(_error_summary(RuntimeError("x: ValueError: bad")))
+    error: x: ValueError: bad
+    """
+    lines = [f"error: {exc or type(exc).__name__}"]
+    seen = {id(exc)}
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    while cause is not None and id(cause) not in seen and len(lines) < 6:
+        seen.add(id(cause))
+        text = str(cause)
+        if text and not any(text in line for line in lines):
+            lines.append(f"caused by: {type(cause).__name__}: {text}")
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    return "\n".join(lines)
 
 
 def _console_main() -> None:

@@ -96,6 +96,12 @@ def test_pod_info_unschedulable_and_terminating() -> None:
      "OOMKilled", "limits.memory"),
     (PodInfo("wc-0", 0, last_exit_code=1, restarts=2, last_message="x\nerror: boom\n"),
      "WorkerCrashed", "error: boom"),
+    (PodInfo("wc-0", 0, last_exit_code=1, restarts=1,
+             last_message="Traceback\nerror: error building sink in step 'f.o'\n"
+                          "caused by: ConnectionError: Redis at r:6379 is unreachable\n"
+                          "caused by: ConnectionRefusedError: [Errno 111] Connection refused\n"),
+     "WorkerCrashed", "in step 'f.o'; caused by: ConnectionError: Redis at r:6379 is unreachable; "
+                      "caused by: ConnectionRefusedError"),
     (PodInfo("wc-0", 0, unschedulable="0/3 nodes"), "Unschedulable", "spec.nodeSelector"),
 ])
 def test_diagnose_names_the_problem_and_the_fix(pod: PodInfo, reason: str, words: str) -> None:
