@@ -433,16 +433,21 @@ def _error_summary(exc: BaseException) -> str:
     caused by: ConnectionError: Redis at redis:6379 refused the connection
     >>> print(_error_summary(RuntimeError("x: ValueError: bad")))
     error: x: ValueError: bad
+    >>> print(_error_summary(KeyError()))
+    error: KeyError
     """
-    lines = [f"error: {exc or type(exc).__name__}"]
+    def cause_of(e: BaseException) -> BaseException | None:
+        return e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+
+    lines = [f"error: {str(exc) or type(exc).__name__}"]
     seen = {id(exc)}
-    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    cause = cause_of(exc)
     while cause is not None and id(cause) not in seen and len(lines) < 6:
         seen.add(id(cause))
         text = str(cause)
         if text and not any(text in line for line in lines):
             lines.append(f"caused by: {type(cause).__name__}: {text}")
-        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+        cause = cause_of(cause)
     return "\n".join(lines)
 
 
