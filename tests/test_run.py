@@ -44,30 +44,39 @@ def test_bad_import_strings_say_what_was_tried(import_str: str, message: str) ->
     assert message in str(info.value)
 
 
-def test_cli_exit_code_and_message_for_a_bad_import_string() -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "headrace.run", f"{MOD}:missing", "--metrics-port", "0"],
+def _cli(import_str: str) -> subprocess.CompletedProcess[str]:
+    """``python -m headrace.run import_str`` from the project root, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "headrace.run", import_str, "--metrics-port", "0"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
+
+
+def _flow_file(path: Path, *lines: str) -> str:
+    """Write a dataflow module (``lines`` after the usual imports); its import string."""
+    path.write_text("\n".join([
+        "import headrace.operators as op",
+        "from headrace.dataflow import Dataflow",
+        "from headrace.testing import TestingSource",
+        *lines,
+    ]) + "\n")
+    return f"{path}:flow"
+
+
+def test_cli_exit_code_and_message_for_a_bad_import_string() -> None:
+    res = _cli(f"{MOD}:missing")
     assert res.returncode == 2
     assert f"module '{MOD}' has no attribute 'missing'" in res.stderr
 
 
 def test_cli_runs_a_dataflow_and_fails_with_exit_1_on_errors(tmp_path: Path) -> None:
-    bad = tmp_path / "bad_flow.py"
-    bad.write_text(
-        "import headrace.operators as op\n"
-        "from headrace.dataflow import Dataflow\n"
-        "from headrace.testing import TestingSource\n"
-        "from headrace.connectors.stdio import StdOutSink\n"
-        "flow = Dataflow('bad')\n"
-        "s = op.map('boom', op.input('i', flow, TestingSource([1])), lambda x: 1 / 0)\n"
-        "op.output('o', s, StdOutSink())\n"
-    )
-    res = subprocess.run(
-        [sys.executable, "-m", "headrace.run", f"{bad}:flow", "--metrics-port", "0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
+    res = _cli(_flow_file(
+        tmp_path / "bad_flow.py",
+        "from headrace.connectors.stdio import StdOutSink",
+        "flow = Dataflow('bad')",
+        "s = op.map('boom', op.input('i', flow, TestingSource([1])), lambda x: 1 / 0)",
+        "op.output('o', s, StdOutSink())",
+    ))
     assert res.returncode == 1
     assert "bad.boom" in res.stderr and "ZeroDivisionError" in res.stderr
     # The error already quotes its cause: no "caused by" line repeats it.
@@ -77,25 +86,18 @@ def test_cli_runs_a_dataflow_and_fails_with_exit_1_on_errors(tmp_path: Path) -> 
 
 def test_cli_error_ends_with_the_causes_the_message_does_not_quote(tmp_path: Path) -> None:
     """A connector's reason reaches the last lines (and so a pod's termination message)."""
-    bad = tmp_path / "unreachable_flow.py"
-    bad.write_text(
-        "import headrace.operators as op\n"
-        "from headrace.dataflow import Dataflow\n"
-        "from headrace.outputs import DynamicSink\n"
-        "from headrace.testing import TestingSource\n"
-        "class Sink(DynamicSink):\n"
-        "    def build(self, step_id, worker_index, worker_count):\n"
-        "        try:\n"
-        "            raise ConnectionRefusedError(111, 'Connection refused')\n"
-        "        except OSError as exc:\n"
-        "            raise ConnectionError('db at db:5432 is unreachable; is it running?') from exc\n"
-        "flow = Dataflow('unreachable')\n"
-        "op.output('o', op.input('i', flow, TestingSource([1])), Sink())\n"
-    )
-    res = subprocess.run(
-        [sys.executable, "-m", "headrace.run", f"{bad}:flow", "--metrics-port", "0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
+    res = _cli(_flow_file(
+        tmp_path / "unreachable_flow.py",
+        "from headrace.outputs import DynamicSink",
+        "class Sink(DynamicSink):",
+        "    def build(self, step_id, worker_index, worker_count):",
+        "        try:",
+        "            raise ConnectionRefusedError(111, 'Connection refused')",
+        "        except OSError as exc:",
+        "            raise ConnectionError('db at db:5432 is unreachable; is it running?') from exc",
+        "flow = Dataflow('unreachable')",
+        "op.output('o', op.input('i', flow, TestingSource([1])), Sink())",
+    ))
     assert res.returncode == 1
     assert res.stderr.rstrip().splitlines()[-3:] == [
         "error: error building sink in step 'unreachable.o'",

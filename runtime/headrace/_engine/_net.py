@@ -199,22 +199,21 @@ class Mesh:
             target=self._accept_all, args=(listener, deadline, errors), daemon=True
         )
         acceptor.start()
-        failure: BaseException | None = None
         try:
             for j in range(self.proc_id):
                 self._dial(j, deadline)
         except BaseException as exc:
             # Dialing failed or was interrupted (SIGTERM raises SystemExit
             # here): an error in the list stops the acceptor at once instead
-            # of letting it wait out the startup timeout.
-            failure = exc
-            errors.append(exc)
+            # of letting it wait out the startup timeout; it goes first, as
+            # the one to raise.
+            errors.insert(0, exc)
         finally:
             acceptor.join()
             listener.close()
         if errors:
             self._abort_peers()
-            raise failure or errors[0]
+            raise errors[0]
         for peer in self.peers.values():
             peer.writer = threading.Thread(
                 target=self._write_loop, args=(peer,), daemon=True,
