@@ -232,3 +232,68 @@ def test_sigterm_while_waiting_for_peers_exits_promptly(tmp_path: Path, proc_id:
     _, err = p.communicate(timeout=10)
     assert p.returncode == 128 + signal.SIGTERM, err
     assert "before the dataflow started" in err
+
+
+@pytest.mark.timeout(90)
+def test_stray_connections_do_not_keep_peers_out(tmp_path: Path) -> None:
+    """Connections that are not a peer's are dropped, and slow ones delay nobody.
+
+    Process 0 is waiting for process 1 when three strangers connect to its
+    port: an HTTP request (whose first four bytes read as a 1.2 GB frame), a
+    client that connects and says nothing, and one that connects and closes
+    at once (as a TCP probe does). Process 1 then joins, and the cluster
+    must form at once and count every word.
+    """
+    import socket
+
+    ports = free_ports(2)
+    addrs = ";".join(f"127.0.0.1:{port}" for port in ports)
+    env = _env(tmp_path, HR_PARTS="3", HR_ITEMS="300")
+    first = _run([FLOW, "-i", "0", "-a", addrs, "--startup-timeout", "60"], env)
+    deadline = time.monotonic() + 30
+    strangers: list[socket.socket] = []
+    while len(strangers) < 3:
+        assert time.monotonic() < deadline, "process 0 never listened"
+        assert first.poll() is None, first.communicate()
+        try:
+            sock = socket.create_connection(("127.0.0.1", ports[0]), timeout=1)
+        except OSError:
+            time.sleep(0.05)
+            continue
+        strangers.append(sock)
+    strangers[0].sendall(b"GET /metrics HTTP/1.1\r\nHost: worker-0\r\n\r\n")
+    strangers[2].close()
+    joined_at = time.monotonic()
+    second = _run([FLOW, "-i", "1", "-a", addrs, "--startup-timeout", "60"], env)
+    try:
+        errs = []
+        for p in (first, second):
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+            errs.append(err)
+    finally:
+        for sock in strangers:
+            sock.close()
+    # The silent stranger was still connected when the cluster finished.
+    assert time.monotonic() - joined_at < 30
+    assert _read_counts(tmp_path) == _expected(3, 300)
+    assert "not a Headrace peer" in errs[0], errs[0]
+
+
+@pytest.mark.timeout(60)
+def test_dialing_something_that_never_answers_names_it(tmp_path: Path) -> None:
+    """A peer address where something accepts but never answers fails the handshake by name."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # the kernel completes connections; nobody reads them
+    try:
+        addrs = f"127.0.0.1:{silent.getsockname()[1]};127.0.0.1:{free_ports(1)[0]}"
+        p = _run([FLOW, "-i", "1", "-a", addrs, "--startup-timeout", "30"], _env(tmp_path))
+        _, err = p.communicate(timeout=50)
+    finally:
+        silent.close()
+    assert p.returncode != 0
+    assert f"process 0 at {addrs.split(';')[0]} accepted the connection but the handshake " in err
+    assert "TimeoutError" in err, err

@@ -9,8 +9,11 @@ cost one syscall. Flow control is end-to-end in the workers (credits, see
 
 The handshake checks protocol version, dataflow fingerprint, process count
 and workers per process; a mismatch stops both sides with an error naming
-both. A peer whose connection ends without a goodbye frame is reported as
-lost, which stops this process within the time the kernel takes to notice
+both. Each accepted connection is greeted in a thread of its own, so a
+client that is not a peer (dropped with a log line) keeps no peer waiting.
+
+A peer whose connection ends without a goodbye frame is reported as lost,
+which stops this process within the time the kernel takes to notice
 (immediately for a killed local process; TCP keepalive bounds it otherwise).
 
 The cluster network must be trusted: frames are pickles, as in Bytewax.
@@ -39,6 +42,12 @@ _LEN = struct.Struct(">I")
 _BYE = "bye"
 _FAIL = "fail"
 _MAX_FRAME_MSGS = 4096
+# A handshake frame is a pickled `Hello` (well under 1 KiB) or a refusal;
+# anything longer is not a peer (an HTTP request's "GET " reads as 1.2 GB).
+_MAX_HELLO_BYTES = 64 * 1024
+# How long a connection may take to send its handshake, and a dialer to
+# get the answer (each connection is greeted in a thread of its own).
+_HANDSHAKE_TIMEOUT_S = 5.0
 
 
 _BYTES_OUT = M["headrace_exchange_bytes_total"].labels("out")
@@ -115,11 +124,17 @@ def _send_frame(sock: socket.socket, obj: Any) -> int:
     return len(data) + 4
 
 
-def _recv_frame(sock: socket.socket) -> tuple[Any, int] | None:
+class _NotAPeer(Exception):
+    """A connection's first bytes are not a Headrace handshake."""
+
+
+def _recv_frame(sock: socket.socket, limit: int | None = None) -> tuple[Any, int] | None:
     head = _recv_exact(sock, 4)
     if head is None:
         return None
     (n,) = _LEN.unpack(head)
+    if limit is not None and n > limit:
+        raise _NotAPeer(f"its first frame claims {n} bytes (first bytes {head!r})")
     body = _recv_exact(sock, n)
     if body is None:
         return None
@@ -175,6 +190,11 @@ class Mesh:
         self.workers_per_process = hello.workers_per_process
         self.peers: dict[int, _Peer] = {}
         self._closing = False
+        # Handshakes of accepted connections run in threads (`_greet`); this
+        # guards `peers` and `expected` there, and `_greeting_over` turns
+        # away handshakes that finish after startup.
+        self._greet_lock = threading.Lock()
+        self._greeting_over = False
 
     # -- startup -------------------------------------------------------------
 
@@ -211,6 +231,8 @@ class Mesh:
         finally:
             acceptor.join()
             listener.close()
+            with self._greet_lock:
+                self._greeting_over = True
         if errors:
             self._abort_peers()
             raise errors[0]
@@ -240,8 +262,18 @@ class Mesh:
                 delay = min(delay * 2, 1.0)
                 continue
             _keepalive(sock)
-            _send_frame(sock, self.hello)
-            reply = _recv_frame(sock)
+            try:
+                sock.settimeout(_HANDSHAKE_TIMEOUT_S)
+                _send_frame(sock, self.hello)
+                reply = _recv_frame(sock, _MAX_HELLO_BYTES)
+            except (OSError, EOFError, pickle.UnpicklingError, _NotAPeer) as exc:
+                sock.close()
+                msg = (
+                    f"process {j} at {addr} accepted the connection but the handshake failed "
+                    f"({type(exc).__name__}: {exc}); is a Headrace process of this cluster "
+                    "listening there?"
+                )
+                raise ClusterError(msg) from exc
             if reply is None:
                 sock.close()
                 msg = f"process {j} at {addr} closed the connection during the handshake"
@@ -266,54 +298,97 @@ class Mesh:
     def _accept_all(
         self, listener: socket.socket, deadline: float, errors: list[BaseException]
     ) -> None:
+        """Accept connections until every higher id has shaken hands (or an error).
+
+        Each connection is greeted in a thread of its own (`_greet`), so a
+        client that is slow to speak, or is not a peer at all, keeps no
+        peer waiting.
+        """
         expected = set(range(self.proc_id + 1, len(self.addresses)))
-        while expected and not errors:
+        while not errors:
+            with self._greet_lock:
+                if not expected:
+                    return
+                missing = ", ".join(f"process {j} ({self.addresses[j]})" for j in sorted(expected))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                missing = ", ".join(f"process {j} ({self.addresses[j]})" for j in sorted(expected))
                 errors.append(ClusterError(
                     f"process {self.proc_id} got no connection from {missing} within "
                     f"{self.startup_timeout:.0f}s; are they running with the same address list?"
                 ))
                 return
-            listener.settimeout(min(remaining, 0.5))
+            # Short: the last handshake ends in another thread, seen here.
+            listener.settimeout(min(remaining, 0.05))
             try:
-                sock, _ = listener.accept()
+                sock, client = listener.accept()
             except TimeoutError:
                 continue
             except OSError as exc:
                 errors.append(ClusterError(f"accept failed on process {self.proc_id}: {exc}"))
                 return
-            sock.settimeout(5)
-            try:
-                frame = _recv_frame(sock)
-            except (OSError, pickle.UnpicklingError, EOFError):
+            threading.Thread(
+                target=self._greet, args=(sock, client, expected, errors), daemon=True,
+                name="headrace-net-greet",
+            ).start()
+
+    def _greet(
+        self, sock: socket.socket, client: Any, expected: set[int], errors: list[BaseException]
+    ) -> None:
+        """Read one connection's handshake; answer and keep it if it is an expected peer."""
+        who = f"{client[0]}:{client[1]}" if isinstance(client, tuple) else str(client)
+        try:
+            sock.settimeout(_HANDSHAKE_TIMEOUT_S)
+            frame = _recv_frame(sock, _MAX_HELLO_BYTES)
+        except _NotAPeer as exc:
+            self._drop(sock, who, str(exc))
+            return
+        except Exception as exc:  # a stranger's bytes can fail to unpickle any way
+            self._drop(sock, who, f"{type(exc).__name__}: {exc}")
+            return
+        if frame is None:
+            # Connecting and closing at once is what port checks do.
+            self._drop(sock, who, "it closed without a handshake", logging.INFO)
+            return
+        other = frame[0]
+        if not isinstance(other, Hello):
+            self._drop(sock, who, f"its first frame holds a {type(other).__name__}, not a handshake")
+            return
+        with self._greet_lock:
+            if self._greeting_over:
                 sock.close()
-                continue
-            other = None if frame is None else frame[0]
-            if not isinstance(other, Hello):
-                sock.close()
-                continue
+                return
             problem = self.hello.mismatch(other)
             if problem is None and other.proc_id not in expected:
                 problem = (
                     f"process id {other.proc_id} from {other.address} is unexpected here "
                     f"(already connected, or out of range); check every process's -i"
                 )
-            if problem is not None:
-                try:
-                    _send_frame(sock, problem)
-                finally:
-                    sock.close()
-                errors.append(ClusterError(f"cluster mismatch: {problem}"))
+            try:
+                if problem is not None:
+                    try:
+                        _send_frame(sock, problem)
+                    finally:
+                        sock.close()
+                    errors.append(ClusterError(f"cluster mismatch: {problem}"))
+                    return
+                _send_frame(sock, self.hello)
+            except OSError as exc:
+                sock.close()
+                log.warning("process %d lost %s during its handshake: %s", self.proc_id, who, exc)
                 return
-            _send_frame(sock, self.hello)
             _keepalive(sock)
             sock.settimeout(None)
             self.peers[other.proc_id] = _Peer(other.proc_id, self.addresses[other.proc_id], sock)
             expected.discard(other.proc_id)
 
+    def _drop(self, sock: socket.socket, who: str, why: str, level: int = logging.WARNING) -> None:
+        sock.close()
+        log.log(level, "process %d dropped a connection from %s that is not a Headrace peer: %s",
+                self.proc_id, who, why)
+
     def _abort_peers(self) -> None:
+        with self._greet_lock:
+            self._greeting_over = True
         for peer in self.peers.values():
             try:
                 peer.sock.close()
