@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -297,3 +298,56 @@ def test_dialing_something_that_never_answers_names_it(tmp_path: Path) -> None:
     assert p.returncode != 0
     assert f"process 0 at {addrs.split(';')[0]} accepted the connection but the handshake " in err
     assert "TimeoutError" in err, err
+
+
+def _pair(tmp_path: Path, secrets: tuple[str, str], timeout: str = "60") -> list[str]:
+    """Run a 2-process cluster whose processes have these cluster secrets; their stderr."""
+    ports = free_ports(2)
+    addrs = ";".join(f"127.0.0.1:{port}" for port in ports)
+    procs = [
+        _run([FLOW, "-i", str(i), "-a", addrs, "--startup-timeout", timeout],
+             _env(tmp_path, HR_PARTS="3", HR_ITEMS="300", HEADRACE_CLUSTER_SECRET=secret))
+        for i, secret in enumerate(secrets)
+    ]
+    return [p.communicate(timeout=60)[1] + f"\nexit {p.returncode}" for p in procs]
+
+
+@pytest.mark.timeout(90)
+def test_processes_with_the_same_secret_form_a_cluster(tmp_path: Path) -> None:
+    errs = _pair(tmp_path, ("s3cret", "s3cret"))
+    assert all(e.endswith("exit 0") for e in errs), errs
+    assert _read_counts(tmp_path) == _expected(3, 300)
+
+
+@pytest.mark.timeout(90)
+def test_a_wrong_secret_is_turned_away_and_stops_no_one_else(tmp_path: Path) -> None:
+    """The dialer with the wrong secret fails at once; process 0 is not stopped by it.
+
+    Process 0 keeps waiting for a process 1 that can prove it holds the
+    secret, and its startup timeout then says whom it turned away.
+    """
+    errs = _pair(tmp_path, ("right", "wrong"), timeout="6")
+    assert "refused this process: wrong or missing cluster secret" in errs[1], errs[1]
+    assert errs[1].endswith("exit 1")
+    assert "got no connection from process 1" in errs[0], errs[0]
+    assert "turned away: 127.0.0.1:" in errs[0]
+    assert "did not prove it holds the cluster secret" in errs[0]
+    assert errs[0].endswith("exit 1")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_secret_on_one_side_only_names_both(tmp_path: Path, which: int) -> None:
+    secrets = ("s", "") if which == 0 else ("", "s")
+    errs = _pair(tmp_path, secrets, timeout="6")
+    has, lacks = (0, 1) if which == 0 else (1, 0)
+    assert all(e.endswith("exit 1") for e in errs), errs
+    said = re.compile(rf"process {has}\b[^\n]* has a cluster secret and process {lacks}\b[^\n]* "
+                      r"has none: set the same \$HEADRACE_CLUSTER_SECRET on every process")
+    # The process that found out says so; the other one hears it (or, holding
+    # the secret, is told nothing it could trust and names whom it turned away).
+    assert said.search(errs[1]), errs[1]
+    if which == 0:
+        assert "turned away" in errs[0] and said.search(errs[0]), errs[0]
+    else:
+        assert said.search(errs[0]), errs[0]

@@ -120,7 +120,7 @@ NAMESPACED_RULES = (
     | _triples("", ["pods"], ["get", "list", "watch", "delete"])
     | _triples("", ["events"], ["create", "patch"])
     | _triples("events.k8s.io", ["events"], ["create", "patch"])
-    | _triples("", ["secrets"], ["get"])
+    | _triples("", ["secrets"], ["get", "create"])
     | _triples("monitoring.coreos.com", ["podmonitors"], CRUD)
 )
 CLUSTER_RULES = _triples("apiextensions.k8s.io", ["customresourcedefinitions"],
@@ -267,7 +267,8 @@ def test_cluster_wide_rbac_grants_exactly_what_the_operator_needs(tmp_path: Path
     flat = {t for r in by_kind(objs, "ClusterRole") for t in rules_of(r)}
     assert not any("*" in t for t in flat), "no wildcards"
     assert not any(res in ("pods/exec", "pods/attach", "pods/portforward") for _, res, _ in flat)
-    assert {v for _, res, v in rules_of(role) if res == "secrets"} == {"get"}
+    # Secrets: read spec.recovery.secretRef, create mesh Secrets; never list, watch or change.
+    assert {v for _, res, v in rules_of(role) if res == "secrets"} == {"get", "create"}
 
 
 def test_watch_namespaces_gives_roles_per_namespace_and_a_crd_only_cluster_role(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import secrets
 import threading
 import time
 import typing
@@ -108,6 +109,24 @@ class Kube:
         if key not in data:
             return SecretInfo(name, key, found=True, has_key=False), None
         return SecretInfo(name, key, True, True), base64.b64decode(data[key]).decode()
+
+    def create_secret(self, obj: dict[str, Any], key: str) -> bool:
+        """Create the Secret ``obj`` with a random value under ``key``, unless it exists.
+
+        An existing Secret is left as it is: its value must not change while
+        pods use it. Returns whether it was created.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        body = {**obj, "stringData": {key: secrets.token_hex(32)}}
+        try:
+            # The client takes a plain dict for a body as well as a model.
+            self.core.create_namespaced_secret(obj["metadata"]["namespace"], typing.cast(Any, body))
+        except ApiException as exc:
+            if exc.status == 409:  # AlreadyExists
+                return False
+            raise
+        return True
 
     def pod_monitor_supported(self) -> bool:
         """Whether the PodMonitor CRD is installed (checked every 5 minutes)."""
@@ -252,6 +271,8 @@ def apply_actions(kube: Kube, stores: Stores, namespace: str, name: str, actions
             kube.apply(a.obj)
         elif a.kind == "delete" and a.obj is not None:
             kube.delete(a.obj)
+        elif a.kind == "create_secret" and a.obj is not None:
+            kube.create_secret(a.obj, mf.MESH_SECRET_KEY)
         elif a.kind == "scale" and a.replicas is not None:
             kube.scale(namespace, name, a.replicas)
         elif a.kind == "patch_replicas" and a.replicas is not None:

@@ -1,10 +1,12 @@
-"""Child objects of a Dataflow: StatefulSet, headless Service and PodMonitor.
+"""Child objects of a Dataflow: StatefulSet, headless Service, mesh Secret and PodMonitor.
 
 Pure builders: a parsed spec in, plain dicts (Kubernetes JSON, camelCase) out.
 Pod ``i`` of the StatefulSet runs process ``i`` of the cluster (its ordinal
 comes from the pod name), finds its peers through the headless Service
 (``publishNotReadyAddresses`` so names resolve before readiness), and gets
-the Redis URL from a Secret when the spec names one.
+the Redis URL from a Secret when the spec names one. Every pod also gets the
+cluster secret from the Dataflow's own mesh Secret (`build_mesh_secret`), so
+only its own pods can join its workers' cluster.
 
 The StatefulSet uses ``updateStrategy: OnDelete`` on purpose: a rolling
 update would replace one pod at a time, and a cluster whose processes
@@ -41,13 +43,16 @@ __all__ = [
     "ANN_SPEC",
     "ANN_TEMPLATE_HASH",
     "CLUSTER_PORT",
+    "MESH_SECRET_KEY",
     "Owner",
+    "build_mesh_secret",
     "build_pod_monitor",
     "build_service",
     "build_statefulset",
     "key_prefix",
     "labels",
     "merge_pod_template",
+    "mesh_secret_name",
     "pod_assignment",
     "selector",
     "template_hash",
@@ -66,6 +71,10 @@ ANN_GENERATION = "headrace.dev/generation"
 LABEL_DATAFLOW = "headrace.dev/dataflow"
 # Env vars the operator sets; a user's spec.flow.env entry of the same name wins.
 REPLICAS_ENV = "HEADRACE_REPLICAS"
+# The workers' shared cluster secret (the runtime's `_net.SECRET_ENV`), and
+# its key in the mesh Secret.
+SECRET_ENV = "HEADRACE_CLUSTER_SECRET"
+MESH_SECRET_KEY = "secret"
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,8 @@ def _env(spec: DataflowSpec, owner: Owner) -> list[dict[str, Any]]:
         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HEADRACE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": SECRET_ENV, "valueFrom": {"secretKeyRef": {
+            "name": mesh_secret_name(owner.name), "key": MESH_SECRET_KEY}}},
     ]
     r = spec.recovery
     if r is not None:
@@ -404,6 +415,40 @@ def build_service(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
                 {"name": "metrics", "port": spec.observability.metrics_port,
                  "targetPort": "metrics", "protocol": "TCP"},
             ],
+        },
+    }
+
+
+def mesh_secret_name(name: str) -> str:
+    """The name of a Dataflow's mesh Secret.
+
+    >>> mesh_secret_name("wc")
+    'wc-mesh'
+    """
+    return f"{name}-mesh"
+
+
+def build_mesh_secret(owner: Owner) -> dict[str, Any]:
+    """The Secret holding the workers' shared cluster secret, without its value.
+
+    The operator creates it once with a random value (`_kube.Kube.create_secret`)
+    and never changes it; it goes with the Dataflow (ownerReference). A worker
+    that can't prove it holds the value can't join the cluster, and nothing a
+    stranger sends the cluster port is unpickled.
+
+    >>> sec = build_mesh_secret(Owner("wc", "ns", "u"))
+    >>> sec["metadata"]["name"], sec["type"], "data" in sec
+    ('wc-mesh', 'Opaque', False)
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": mesh_secret_name(owner.name),
+            "namespace": owner.namespace,
+            "labels": labels(owner.name, "mesh"),
+            "ownerReferences": [owner.reference()],
         },
     }
 

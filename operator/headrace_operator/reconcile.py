@@ -124,8 +124,9 @@ class Observation:
 
 @dataclass
 class Action:
-    """One change to make: ``apply`` a manifest, ``scale`` the StatefulSet, ``delete`` an
-    object, ``delete_state`` / ``expire_state`` in Redis, ``patch_replicas`` of the Dataflow.
+    """One change to make: ``apply`` a manifest, ``create_secret`` unless it exists (with a
+    random value), ``scale`` the StatefulSet, ``delete`` an object, ``delete_state`` /
+    ``expire_state`` in Redis, ``patch_replicas`` of the Dataflow.
 
     >>> Action("scale", replicas=0).describe()
     'scale StatefulSet to 0'
@@ -148,6 +149,8 @@ class Action:
             return f"set spec.replicas to {self.replicas}"
         if self.kind == "delete" and self.obj is not None:
             return f"delete {self.obj['kind']} {self.obj['metadata']['name']}"
+        if self.kind == "create_secret" and self.obj is not None:
+            return f"create Secret {self.obj['metadata']['name']} unless it exists"
         return self.kind
 
 
@@ -279,6 +282,7 @@ def _start(c: _Ctx, spec: DataflowSpec, owner: mf.Owner, ttype: str, from_replic
            epoch_before: int) -> None:
     """Apply the Service and the StatefulSet at full size; record the execution."""
     obs = c.obs
+    c.act("create_secret", obj=mf.build_mesh_secret(owner))
     c.act("apply", obj=mf.build_service(spec, owner))
     c.act("apply", obj=mf.build_statefulset(spec, owner))
     tr = c.st.get("transition") or {"type": ttype, "startedAt": iso(c.now),
@@ -435,6 +439,7 @@ def plan(obs: Observation) -> Plan:
                     f"{target.workers_per_process} worker(s) running {target.flow.import_str!r} "
                     f"({target.partitions} partitions)")
         else:
+            c.act("create_secret", obj=mf.build_mesh_secret(owner))
             c.act("apply", obj=mf.build_service(target, owner))
             c.act("apply", obj=mf.build_statefulset(target, owner, replicas=0))
             c.phase = "Suspended"

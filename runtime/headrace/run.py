@@ -21,12 +21,14 @@ import argparse
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -180,17 +182,36 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _local_cluster_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a ``-p`` cluster's processes: a fresh cluster secret unless one is set.
+
+    No other program on the machine can then join the cluster's ports.
+
+    >>> len(_local_cluster_env({})["HEADRACE_CLUSTER_SECRET"])
+    64
+    >>> _local_cluster_env({"HEADRACE_CLUSTER_SECRET": "s"})["HEADRACE_CLUSTER_SECRET"]
+    's'
+    """
+    from headrace._engine._net import SECRET_ENV
+
+    env = dict(environ)
+    if not env.get(SECRET_ENV):
+        env[SECRET_ENV] = secrets.token_hex(32)
+    return env
+
+
 def _spawn_local(argv: list[str], processes: int) -> int:
     """Start ``processes`` copies of this command as a local cluster; wait."""
     addrs = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
     base = _strip_flags(argv, {"-p", "--processes", "--metrics-port"})
     metrics_base = _parser().parse_args(argv).metrics_port
+    env = _local_cluster_env(os.environ)
     procs = [
         subprocess.Popen([
             sys.executable, "-m", "headrace.run", *base, "-i", str(i), "-a", addrs,
             # Each local process serves on its own port: base, base + 1, ...
             "--metrics-port", str(metrics_base + i if metrics_base else 0),
-        ])
+        ], env=env)
         for i in range(processes)
     ]
 

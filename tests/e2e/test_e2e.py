@@ -16,6 +16,7 @@ a file the test writes, so "mid-run" is a known point, not a race.
 
 from __future__ import annotations
 
+import base64
 import collections
 import functools
 import json
@@ -406,6 +407,25 @@ def test_2_apply_wordcount(stack: Stack) -> None:
     assert pod["spec"]["containers"][0]["image"] == stack.app_image
     assert pod["spec"]["automountServiceAccountToken"] is False
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    # The workers prove to each other that they hold the Dataflow's mesh
+    # secret, which the operator created once, owned by the Dataflow.
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["HEADRACE_CLUSTER_SECRET"]["valueFrom"] == {
+        "secretKeyRef": {"name": "wc-mesh", "key": "secret"}}, env
+    MESH_SECRETS["wc"] = _mesh_secret(stack, "wc")
+
+
+MESH_SECRETS: dict[str, str] = {}
+
+
+def _mesh_secret(stack: Stack, name: str) -> str:
+    """The value of a Dataflow's mesh Secret, checked for its owner and shape."""
+    sec = stack.kube.get("secret", f"{name}-mesh", stack.ns)
+    owners = [(o["kind"], o["name"]) for o in sec["metadata"]["ownerReferences"]]
+    assert owners == [("Dataflow", name)], owners
+    value = base64.b64decode(sec["data"]["secret"]).decode()
+    assert re.fullmatch(r"[0-9a-f]{64}", value), "not 32 random bytes in hex"
+    return value
 
 
 def test_3_kill_a_worker(stack: Stack) -> None:
@@ -435,6 +455,8 @@ def test_4_rescale(stack: Stack) -> None:
     stack.kube.kubectl("scale", "dataflow/wc", "-n", stack.ns, "--replicas", "3")
     st = stack.wait_running("wc", 3)
     assert len(st["partitions"]["assignment"]) == 3, st["partitions"]
+    # Restarted at the new size with the same secret (the operator never rewrites it).
+    assert _mesh_secret(stack, "wc") == MESH_SECRETS["wc"]
     assert re.search(r"resuming from committed epoch [1-9]", stack.log_of("wc-2")), stack.log_of("wc-2")
     stack.open_gate("wc", LINES)
     stack.wait_output("wc", LINES)
@@ -657,12 +679,13 @@ def test_9_delete(stack: Stack) -> None:
     for kind in ("statefulset", "service"):
         owners = k.get(kind, "wc2", ns)["metadata"]["ownerReferences"]
         assert [(o["kind"], o["name"]) for o in owners] == [("Dataflow", "wc2")], owners
+    _mesh_secret(stack, "wc2")
     # Well under the pods' 120 s grace period: a worker that ignored SIGTERM
     # (e.g. one the kubelet restarted after the stop barrier, still waiting
     # for its peers) would be killed only at its end.
     k.kubectl("delete", "dataflow", "wc2", "-n", ns, "--timeout=90s", timeout=100)
-    for kind in ("statefulset", "service"):
-        wait_for(f"{kind} wc2 deleted", functools.partial(_gone, k, kind, "wc2", ns), 120, 2)
+    for kind, child in (("statefulset", "wc2"), ("service", "wc2"), ("secret", "wc2-mesh")):
+        wait_for(f"{kind} {child} deleted", functools.partial(_gone, k, kind, child, ns), 120, 2)
     wait_for("wc2's pods deleted", lambda: not stack.pods("wc2"), 120, 2)
     reasons = {e["reason"]: e["message"] for e in stack.events("wc2")}
     assert "StateKept" in reasons, reasons

@@ -157,7 +157,13 @@ def test_create_deploys_statefulset_and_service_then_runs() -> None:
     w = World()
     p = w.step()
     kinds = [a.obj["kind"] for a in p.actions if a.obj]
-    assert kinds == ["Service", "StatefulSet"]
+    assert kinds == ["Secret", "Service", "StatefulSet"]
+    # The mesh Secret comes first (the pods need it to start), created, not applied.
+    assert p.actions[0].kind == "create_secret"
+    assert p.actions[0].describe() == "create Secret wc-mesh unless it exists"
+    env = p.actions[2].obj["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "HEADRACE_CLUSTER_SECRET", "valueFrom": {"secretKeyRef": {
+        "name": "wc-mesh", "key": "secret"}}} in env
     assert w.status["phase"] == "Deploying"
     assert w.cond("Ready")["status"] == "False"
     assert w.cond("Progressing")["status"] == "True"

@@ -122,7 +122,9 @@ write access to anything it does not own.
   verbs: ["create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get"]
+  # get: spec.recovery.secretRef; create: each Dataflow's mesh Secret (never read back
+  # or changed by the operator; it goes with its Dataflow).
+  verbs: ["get", "create"]
 {{- if .Values.operator.manageDataflowPodMonitors }}
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]

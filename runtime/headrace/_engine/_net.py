@@ -7,23 +7,35 @@ per peer packs whatever is queued into one frame, so many small messages
 cost one syscall. Flow control is end-to-end in the workers (credits, see
 ``_worker.INFLIGHT_LIMIT``); the sockets only carry bytes.
 
-The handshake checks protocol version, dataflow fingerprint, process count
-and workers per process; a mismatch stops both sides with an error naming
-both. Each accepted connection is greeted in a thread of its own, so a
-client that is not a peer (dropped with a log line) keeps no peer waiting.
+The handshake is JSON (nothing a stranger sends is unpickled): the
+acceptor sends a challenge with a random nonce, the dialer its `Hello`, the
+acceptor its own. With a shared secret (``$HEADRACE_CLUSTER_SECRET``) each
+side adds an HMAC-SHA256 over the other side's nonce and its hello, and a
+connection that can't prove the secret is turned away without stopping
+anything. Then the hellos are compared: protocol version, dataflow
+fingerprint, process count and workers per process; a mismatch stops both
+sides with an error naming both. Each accepted connection is greeted in a
+thread of its own, so a client that is not a peer (dropped with a log line)
+keeps no peer waiting.
 
 A peer whose connection ends without a goodbye frame is reported as lost,
 which stops this process within the time the kernel takes to notice
 (immediately for a killed local process; TCP keepalive bounds it otherwise).
 
-The cluster network must be trusted: frames are pickles, as in Bytewax.
+Frames after the handshake are pickles, as in Bytewax: without a secret,
+the network must be trusted.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import hmac
+import json
 import logging
 import pickle
 import queue
+import secrets
 import socket
 import struct
 import threading
@@ -37,13 +49,17 @@ from headrace.errors import HeadraceRuntimeError
 
 log = logging.getLogger("headrace.net")
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+# The environment variable holding the shared cluster secret.
+SECRET_ENV = "HEADRACE_CLUSTER_SECRET"
+_MAGIC = "headrace-mesh"
 _LEN = struct.Struct(">I")
 _BYE = "bye"
 _FAIL = "fail"
 _MAX_FRAME_MSGS = 4096
-# A handshake frame is a pickled `Hello` (well under 1 KiB) or a refusal;
-# anything longer is not a peer (an HTTP request's "GET " reads as 1.2 GB).
+# Handshake frames are small JSON objects (never pickles: nothing a
+# stranger sends is unpickled); anything longer is not a peer (an HTTP
+# request's "GET " reads as a 1.2 GB frame).
 _MAX_HELLO_BYTES = 64 * 1024
 # How long a connection may take to send its handshake, and a dialer to
 # get the answer (each connection is greeted in a thread of its own).
@@ -80,6 +96,32 @@ class Hello:
             f"{self.flow_id!r} fingerprint {self.fingerprint}, {self.process_count} processes x "
             f"{self.workers_per_process} workers"
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as a JSON object.
+
+        >>> Hello(2, 0, 2, 1, "f", "ab", "h:1").to_json()["fingerprint"]
+        'ab'
+        """
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Hello:
+        """Parse `to_json`'s output; raise `_NotAPeer` if a field is missing or mistyped.
+
+        >>> h = Hello(2, 0, 2, 1, "f", "ab", "h:1"); Hello.from_json(h.to_json()) == h
+        True
+        """
+        if not isinstance(obj, dict):
+            raise _NotAPeer("its handshake holds no hello")
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            want = int if f.type == "int" else str
+            v = obj.get(f.name)
+            if not isinstance(v, want) or isinstance(v, bool):
+                raise _NotAPeer(f"its hello has no valid {f.name!r}")
+            values[f.name] = v
+        return cls(**values)
 
     def mismatch(self, other: Hello) -> str | None:
         if self.version != other.version:
@@ -128,13 +170,57 @@ class _NotAPeer(Exception):
     """A connection's first bytes are not a Headrace handshake."""
 
 
-def _recv_frame(sock: socket.socket, limit: int | None = None) -> tuple[Any, int] | None:
+def _send_json(sock: socket.socket, obj: dict[str, Any]) -> None:
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    sock.sendall(_LEN.pack(len(data)) + data)
+
+
+def _recv_json(sock: socket.socket) -> dict[str, Any] | None:
+    """One handshake frame: a JSON object of at most `_MAX_HELLO_BYTES`; None if closed first."""
     head = _recv_exact(sock, 4)
     if head is None:
         return None
     (n,) = _LEN.unpack(head)
-    if limit is not None and n > limit:
+    if n > _MAX_HELLO_BYTES:
         raise _NotAPeer(f"its first frame claims {n} bytes (first bytes {head!r})")
+    body = _recv_exact(sock, n)
+    if body is None:
+        return None
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        raise _NotAPeer(f"its handshake is not JSON (first bytes {(head + body)[:16]!r})") from None
+    if not isinstance(obj, dict):
+        raise _NotAPeer("its handshake is not a JSON object")
+    return obj
+
+
+def _mac(secret: bytes, role: str, nonce: str, hello: Hello) -> str:
+    """HMAC-SHA256 proving the sender holds ``secret``, bound to the other side's nonce.
+
+    >>> h = Hello(2, 0, 2, 1, "f", "ab", "h:1")
+    >>> _mac(b"s", "dial", "n1", h) == _mac(b"s", "dial", "n1", h) != _mac(b"s", "dial", "n2", h)
+    True
+    """
+    msg = json.dumps([_MAGIC, role, nonce, hello.to_json()], sort_keys=True, separators=(",", ":"))
+    return hmac.new(secret, msg.encode(), hashlib.sha256).hexdigest()
+
+
+def _secret_mismatch(has: str, lacks: str) -> str:
+    """Say which side of a handshake has a cluster secret and which has none.
+
+    >>> _secret_mismatch("process 0 at h:1", "process 1")[:60]
+    'process 0 at h:1 has a cluster secret and process 1 has none'
+    """
+    return (f"{has} has a cluster secret and {lacks} has none: set the same "
+            f"${SECRET_ENV} on every process")
+
+
+def _recv_frame(sock: socket.socket) -> tuple[Any, int] | None:
+    head = _recv_exact(sock, 4)
+    if head is None:
+        return None
+    (n,) = _LEN.unpack(head)
     body = _recv_exact(sock, n)
     if body is None:
         return None
@@ -176,6 +262,7 @@ class Mesh:
         on_lost: Callable[[BaseException], None],
         bind_host: str | None = None,
         startup_timeout: float = 30.0,
+        secret: bytes | None = None,
     ) -> None:
         if not 0 <= proc_id < len(addresses):
             msg = f"process id {proc_id} is not an index into the {len(addresses)} addresses"
@@ -187,6 +274,11 @@ class Mesh:
         self.on_lost = on_lost
         self.bind_host = bind_host
         self.startup_timeout = startup_timeout
+        # Shared by every process of the cluster: a connection that can't
+        # prove it holds the secret is dropped before anything is unpickled.
+        self.secret = secret or None
+        # Why recent connections were turned away (for the startup timeout's error).
+        self._refused: list[str] = []
         self.workers_per_process = hello.workers_per_process
         self.peers: dict[int, _Peer] = {}
         self._closing = False
@@ -263,29 +355,10 @@ class Mesh:
                 continue
             _keepalive(sock)
             try:
-                sock.settimeout(_HANDSHAKE_TIMEOUT_S)
-                _send_frame(sock, self.hello)
-                reply = _recv_frame(sock, _MAX_HELLO_BYTES)
-            except (OSError, EOFError, pickle.UnpicklingError, _NotAPeer) as exc:
+                self._handshake_as_dialer(sock, j, addr)
+            except BaseException:
                 sock.close()
-                msg = (
-                    f"process {j} at {addr} accepted the connection but the handshake failed "
-                    f"({type(exc).__name__}: {exc}); is a Headrace process of this cluster "
-                    "listening there?"
-                )
-                raise ClusterError(msg) from exc
-            if reply is None:
-                sock.close()
-                msg = f"process {j} at {addr} closed the connection during the handshake"
-                raise ClusterError(msg)
-            other = reply[0]
-            if isinstance(other, str):
-                sock.close()
-                raise ClusterError(f"process {j} at {addr} refused this process: {other}")
-            problem = self.hello.mismatch(other) if isinstance(other, Hello) else "bad handshake"
-            if problem is not None:
-                sock.close()
-                raise ClusterError(f"cluster mismatch: {problem}")
+                raise
             sock.settimeout(None)
             self.peers[j] = _Peer(j, addr, sock)
             return
@@ -294,6 +367,64 @@ class Mesh:
             f"{self.startup_timeout:.0f}s ({last}); is it running, and is the address right?"
         )
         raise ClusterError(msg)
+
+    def _handshake_as_dialer(self, sock: socket.socket, j: int, addr: str) -> Hello:
+        """Answer process ``j``'s challenge with our hello; check its reply; return its hello."""
+        where = f"process {j} at {addr}"
+        try:
+            sock.settimeout(_HANDSHAKE_TIMEOUT_S)
+            challenge = _recv_json(sock)
+            if challenge is None:
+                raise ClusterError(f"{where} closed the connection during the handshake")
+            if challenge.get("mesh") != _MAGIC:
+                raise _NotAPeer("its first frame is not a Headrace challenge")
+            theirs = challenge.get("version")
+            if theirs != PROTOCOL_VERSION:
+                raise ClusterError(
+                    f"cluster mismatch: {where} speaks protocol v{theirs} and process "
+                    f"{self.proc_id} v{PROTOCOL_VERSION} (upgrade every process to the same "
+                    "Headrace)"
+                )
+            wants_secret = bool(challenge.get("secret"))
+            me = f"process {self.proc_id}"
+            lacking = None
+            if wants_secret and self.secret is None:
+                lacking = _secret_mismatch(where, me)
+            elif self.secret is not None and not wants_secret:
+                lacking = _secret_mismatch(me, where)
+            if lacking is not None:
+                # Tell the other side too, so that it need not wait out its timeout.
+                _send_json(sock, {"refused": lacking})
+                raise ClusterError(f"cluster mismatch: {lacking}")
+            nonce = secrets.token_hex(16)
+            mac = None
+            if self.secret is not None:
+                mac = _mac(self.secret, "dial", str(challenge.get("nonce")), self.hello)
+            _send_json(sock, {"hello": self.hello.to_json(), "nonce": nonce, "mac": mac})
+            reply = _recv_json(sock)
+            if reply is None:
+                raise ClusterError(f"{where} closed the connection during the handshake")
+            if "refused" in reply:
+                raise ClusterError(f"{where} refused this process: {reply['refused']}")
+            other = Hello.from_json(reply.get("hello"))
+            if self.secret is not None and not hmac.compare_digest(
+                str(reply.get("mac")), _mac(self.secret, "accept", nonce, other)
+            ):
+                raise ClusterError(
+                    f"{where} answered without proof that it holds the cluster secret "
+                    f"(${SECRET_ENV} differs); give every process the same secret"
+                )
+        except (OSError, _NotAPeer) as exc:
+            msg = (
+                f"{where} accepted the connection but the handshake failed "
+                f"({type(exc).__name__}: {exc}); is a Headrace process of this cluster, of "
+                "the same version, listening there?"
+            )
+            raise ClusterError(msg) from exc
+        problem = self.hello.mismatch(other)
+        if problem is not None:
+            raise ClusterError(f"cluster mismatch: {problem}")
+        return other
 
     def _accept_all(
         self, listener: socket.socket, deadline: float, errors: list[BaseException]
@@ -312,9 +443,13 @@ class Mesh:
                 missing = ", ".join(f"process {j} ({self.addresses[j]})" for j in sorted(expected))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                hint = "are they running with the same address list?"
+                if self._refused:
+                    hint = (f"turned away: {'; '.join(self._refused[-3:])}; does every process "
+                            f"have the same ${SECRET_ENV}?")
                 errors.append(ClusterError(
                     f"process {self.proc_id} got no connection from {missing} within "
-                    f"{self.startup_timeout:.0f}s; are they running with the same address list?"
+                    f"{self.startup_timeout:.0f}s; {hint}"
                 ))
                 return
             # Short: the last handshake ends in another thread, seen here.
@@ -336,22 +471,48 @@ class Mesh:
     ) -> None:
         """Read one connection's handshake; answer and keep it if it is an expected peer."""
         who = f"{client[0]}:{client[1]}" if isinstance(client, tuple) else str(client)
+        nonce = secrets.token_hex(16)
         try:
             sock.settimeout(_HANDSHAKE_TIMEOUT_S)
-            frame = _recv_frame(sock, _MAX_HELLO_BYTES)
-        except _NotAPeer as exc:
-            self._drop(sock, who, str(exc))
+            _send_json(sock, {"mesh": _MAGIC, "version": PROTOCOL_VERSION, "nonce": nonce,
+                              "secret": self.secret is not None})
+            frame = _recv_json(sock)
+            if frame is None:
+                # Connecting and closing at once is what port checks do.
+                self._drop(sock, who, "it closed without a handshake", logging.INFO)
+                return
+            if "refused" in frame and "hello" not in frame:
+                self._refused_by(sock, who, str(frame["refused"]), errors)
+                return
+            other = Hello.from_json(frame.get("hello"))
+        except (OSError, _NotAPeer) as exc:
+            why = str(exc) if isinstance(exc, _NotAPeer) else f"{type(exc).__name__}: {exc}"
+            self._drop(sock, who, why)
             return
-        except Exception as exc:  # a stranger's bytes can fail to unpickle any way
-            self._drop(sock, who, f"{type(exc).__name__}: {exc}")
+        mac = frame.get("mac")
+        if self.secret is not None and not (
+            isinstance(mac, str)
+            and hmac.compare_digest(mac, _mac(self.secret, "dial", nonce, other))
+        ):
+            # Not an error of the cluster's: whoever it is may not stop it.
+            why = "it did not prove it holds the cluster secret"
+            self._refused.append(f"{who} ({why})")
+            try:
+                _send_json(sock, {"refused": f"wrong or missing cluster secret (${SECRET_ENV}); "
+                                  "give every process the same secret"})
+            except OSError:
+                pass
+            self._drop(sock, who, why)
             return
-        if frame is None:
-            # Connecting and closing at once is what port checks do.
-            self._drop(sock, who, "it closed without a handshake", logging.INFO)
-            return
-        other = frame[0]
-        if not isinstance(other, Hello):
-            self._drop(sock, who, f"its first frame holds a {type(other).__name__}, not a handshake")
+        if self.secret is None and mac is not None:
+            lacking = _secret_mismatch(f"process {other.proc_id} ({other.address})",
+                                       f"process {self.proc_id}")
+            try:
+                _send_json(sock, {"refused": lacking})
+            except OSError:
+                pass
+            sock.close()
+            errors.append(ClusterError(f"cluster mismatch: {lacking}"))
             return
         with self._greet_lock:
             if self._greeting_over:
@@ -366,12 +527,15 @@ class Mesh:
             try:
                 if problem is not None:
                     try:
-                        _send_frame(sock, problem)
+                        _send_json(sock, {"refused": problem})
                     finally:
                         sock.close()
                     errors.append(ClusterError(f"cluster mismatch: {problem}"))
                     return
-                _send_frame(sock, self.hello)
+                proof = None
+                if self.secret is not None:
+                    proof = _mac(self.secret, "accept", str(frame.get("nonce")), self.hello)
+                _send_json(sock, {"hello": self.hello.to_json(), "mac": proof})
             except OSError as exc:
                 sock.close()
                 log.warning("process %d lost %s during its handshake: %s", self.proc_id, who, exc)
@@ -380,6 +544,18 @@ class Mesh:
             sock.settimeout(None)
             self.peers[other.proc_id] = _Peer(other.proc_id, self.addresses[other.proc_id], sock)
             expected.discard(other.proc_id)
+
+    def _refused_by(
+        self, sock: socket.socket, who: str, why: str, errors: list[BaseException]
+    ) -> None:
+        """A dialer gave up on the handshake and said why."""
+        sock.close()
+        if self.secret is not None:
+            # Unproven: whoever it is may not stop the cluster; the timeout says it.
+            self._refused.append(f"{who} ({why})")
+            log.warning("process %d: %s gave up its handshake: %s", self.proc_id, who, why)
+        else:
+            errors.append(ClusterError(f"cluster mismatch: {why}"))
 
     def _drop(self, sock: socket.socket, who: str, why: str, level: int = logging.WARNING) -> None:
         sock.close()

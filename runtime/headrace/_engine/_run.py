@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from datetime import timedelta
@@ -18,7 +19,7 @@ from typing import Any
 
 from headrace import __version__
 from headrace._engine._metrics import M
-from headrace._engine._net import PROTOCOL_VERSION, Hello, Mesh
+from headrace._engine._net import PROTOCOL_VERSION, SECRET_ENV, Hello, Mesh
 from headrace._engine._plan import Plan, build_plan
 from headrace._engine._serve import EndpointServer, Readiness
 from headrace._engine._worker import Abort, Cluster, RunConfig, Worker
@@ -341,7 +342,8 @@ def _start_cluster_process(
     def deliver(dst: int, msg: tuple[object, ...]) -> None:
         cluster.inboxes[dst].put(msg)
 
-    mesh = Mesh(addresses, proc_id, hello, deliver, cluster.fail, bind_host, startup_timeout)
+    secret = os.environ.get(SECRET_ENV, "").encode() or None
+    mesh = Mesh(addresses, proc_id, hello, deliver, cluster.fail, bind_host, startup_timeout, secret)
     mesh.start()
     # Connected: from now on SIGTERM asks the whole cluster to stop at its
     # first epoch boundary instead of exiting, which the peers would take for
