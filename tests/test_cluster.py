@@ -351,3 +351,49 @@ def test_a_secret_on_one_side_only_names_both(tmp_path: Path, which: int) -> Non
         assert "turned away" in errs[0] and said.search(errs[0]), errs[0]
     else:
         assert said.search(errs[0]), errs[0]
+
+
+@pytest.mark.timeout(90)
+def test_a_forged_hello_without_the_secret_stops_nothing(tmp_path: Path) -> None:
+    """A client that speaks the handshake but lacks the secret can't join or stop the cluster.
+
+    It answers process 0's challenge with the hello process 1 would send, but
+    with a wrong dataflow fingerprint and no proof of the secret: without a
+    secret such a hello would stop process 0 as a mismatch. Process 0 turns
+    it away, and the real process 1 then joins.
+    """
+    import json
+    import socket
+    import struct
+
+    ports = free_ports(2)
+    addrs = ";".join(f"127.0.0.1:{port}" for port in ports)
+    env = _env(tmp_path, HR_PARTS="3", HR_ITEMS="300", HEADRACE_CLUSTER_SECRET="k3y")
+    first = _run([FLOW, "-i", "0", "-a", addrs, "--startup-timeout", "60"], env)
+    deadline = time.monotonic() + 30
+    while True:
+        assert time.monotonic() < deadline, "process 0 never listened"
+        try:
+            forger = socket.create_connection(("127.0.0.1", ports[0]), timeout=5)
+            break
+        except OSError:
+            time.sleep(0.05)
+
+    def recv() -> dict[str, object]:
+        (n,) = struct.unpack(">I", forger.recv(4, socket.MSG_WAITALL))
+        return json.loads(forger.recv(n, socket.MSG_WAITALL))
+
+    challenge = recv()
+    assert challenge["mesh"] == "headrace-mesh" and challenge["secret"] is True
+    hello = {"version": challenge["version"], "proc_id": 1, "process_count": 2,
+             "workers_per_process": 1, "flow_id": "forged", "fingerprint": "0" * 16,
+             "address": addrs.split(";")[1]}
+    body = json.dumps({"hello": hello, "nonce": "00", "mac": "0" * 64}).encode()
+    forger.sendall(struct.pack(">I", len(body)) + body)
+    assert "wrong or missing cluster secret" in str(recv()["refused"])
+    forger.close()
+    second = _run([FLOW, "-i", "1", "-a", addrs, "--startup-timeout", "60"], env)
+    errs = [p.communicate(timeout=60)[1] for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], errs
+    assert _read_counts(tmp_path) == _expected(3, 300)
+    assert "did not prove it holds the cluster secret" in errs[0], errs[0]
