@@ -23,7 +23,7 @@ nonces); the spec says what should run; the difference decides:
 ...                   now=1000.0)
 >>> p = plan(obs)
 >>> [a.kind for a in p.actions], p.status["phase"]
-(['apply', 'apply'], 'Deploying')
+(['create_secret', 'apply', 'apply'], 'Deploying')
 """
 
 from __future__ import annotations
@@ -750,6 +750,17 @@ def _finish(c: _Ctx, spec: DataflowSpec | None, owner: mf.Owner) -> Plan:
         if obs.metrics is not None and obs.metrics.snapshot_duration:
             snap["duration"] = round(obs.metrics.snapshot_duration, 4)
         st["snapshot"] = snap
+    mesh = mf.mesh_secret_name(obs.name)
+    if obs.sts is not None and not any(a.kind == "create_secret" for a in c.p.actions) and any(
+        p.waiting_reason == "CreateContainerConfigError" and f'"{mesh}"' in p.waiting_message
+        for p in pods
+    ):
+        # Deleted under a running Dataflow: a new value. Every worker reads it
+        # when its container starts, and a worker's restart restarts them all
+        # (its peers lose it), so they never hold different values for long.
+        c.act("create_secret", obj=mf.build_mesh_secret(owner))
+        c.event("Warning", "MeshSecretRecreated",
+                f"Secret {mesh} (the workers' cluster secret) was missing; created a new one")
     _conditions(c, spec)
     if c.failure or c.degraded:
         reason, message = c.failure or c.degraded  # type: ignore[misc]

@@ -450,6 +450,33 @@ def test_3_kill_a_worker(stack: Stack) -> None:
     stack.wait_output("wc", LINES // 2)
 
 
+def test_3b_deleted_mesh_secret_is_made_again(stack: Stack) -> None:
+    """``kubectl delete secret wc-mesh`` and a pod -> a new Secret, and the cluster re-forms on it."""
+    k, ns = stack.kube, stack.ns
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in stack.pods("wc")}
+    k.kubectl("delete", "secret", "wc-mesh", "-n", ns)
+    k.kubectl("delete", "pod", "wc-1", "-n", ns, "--wait=false")
+    wait_for("a new wc-mesh Secret", lambda: k.exists("secret", "wc-mesh", ns), 180, 2)
+    new = _mesh_secret(stack, "wc")
+    assert new != MESH_SECRETS["wc"]
+    MESH_SECRETS["wc"] = new
+    wait_for(
+        "the new wc-1 running",
+        lambda: any(p["metadata"]["name"] == "wc-1" and p["metadata"]["uid"] != before["wc-1"]
+                    and p["status"].get("phase") == "Running" for p in stack.pods("wc")),
+        180,
+    )
+    # Process 1 opens the store only once it has joined process 0: the two
+    # proved the new secret to each other.
+    wait_for(
+        "wc-1 joined the cluster and resumed",
+        lambda: re.search(r"resuming from committed epoch [1-9]", stack.log_of("wc-1")),
+        180,
+    )
+    stack.wait_running("wc", 2)
+    assert "MeshSecretRecreated" in {e["reason"] for e in stack.events("wc")}
+
+
 def test_4_rescale(stack: Stack) -> None:
     """``kubectl scale df --replicas 3`` -> coordinated rescale, state kept, downtime in Prometheus."""
     stack.kube.kubectl("scale", "dataflow/wc", "-n", stack.ns, "--replicas", "3")

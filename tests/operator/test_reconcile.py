@@ -659,3 +659,18 @@ def test_format_check_catches_what_the_api_server_rejects() -> None:
         ".status.health.healthySince: '' is not a date-time",
         ".status.transition.type: 'bogus' not in " + str(
             STATUS_SCHEMA["properties"]["transition"]["properties"]["type"]["enum"])]
+
+
+def test_a_deleted_mesh_secret_is_made_again_when_a_pod_needs_it() -> None:
+    w = World()
+    w.run_until_running()
+    p = w.step()
+    assert "create_secret" not in [a.kind for a in p.actions]  # running: no call each time
+    w.pods[1].waiting_reason = "CreateContainerConfigError"
+    w.pods[1].waiting_message = 'secret "wc-mesh" not found'
+    p = w.step()
+    assert [a.describe() for a in p.actions] == ["create Secret wc-mesh unless it exists"]
+    assert "MeshSecretRecreated" in w.reasons()
+    # Another Secret's absence is the user's to fix (reported, not created).
+    w.pods[1].waiting_message = 'secret "redis-url" not found'
+    assert "create_secret" not in [a.kind for a in w.step().actions]
