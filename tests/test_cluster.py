@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -235,6 +238,18 @@ def test_sigterm_while_waiting_for_peers_exits_promptly(tmp_path: Path, proc_id:
     assert "before the dataflow started" in err
 
 
+def _connect_when_listening(port: int, proc: subprocess.Popen[str]) -> socket.socket:
+    """A connection to ``proc``'s cluster port on 127.0.0.1, once it listens."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert time.monotonic() < deadline, "the process never listened"
+        assert proc.poll() is None, proc.communicate()
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            time.sleep(0.05)
+
+
 @pytest.mark.timeout(90)
 def test_stray_connections_do_not_keep_peers_out(tmp_path: Path) -> None:
     """Connections that are not a peer's are dropped, and slow ones delay nobody.
@@ -245,23 +260,11 @@ def test_stray_connections_do_not_keep_peers_out(tmp_path: Path) -> None:
     at once (as a TCP probe does). Process 1 then joins, and the cluster
     must form at once and count every word.
     """
-    import socket
-
     ports = free_ports(2)
     addrs = ";".join(f"127.0.0.1:{port}" for port in ports)
     env = _env(tmp_path, HR_PARTS="3", HR_ITEMS="300")
     first = _run([FLOW, "-i", "0", "-a", addrs, "--startup-timeout", "60"], env)
-    deadline = time.monotonic() + 30
-    strangers: list[socket.socket] = []
-    while len(strangers) < 3:
-        assert time.monotonic() < deadline, "process 0 never listened"
-        assert first.poll() is None, first.communicate()
-        try:
-            sock = socket.create_connection(("127.0.0.1", ports[0]), timeout=1)
-        except OSError:
-            time.sleep(0.05)
-            continue
-        strangers.append(sock)
+    strangers = [_connect_when_listening(ports[0], first) for _ in range(3)]
     strangers[0].sendall(b"GET /metrics HTTP/1.1\r\nHost: worker-0\r\n\r\n")
     strangers[2].close()
     joined_at = time.monotonic()
@@ -284,8 +287,6 @@ def test_stray_connections_do_not_keep_peers_out(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_dialing_something_that_never_answers_names_it(tmp_path: Path) -> None:
     """A peer address where something accepts but never answers fails the handshake by name."""
-    import socket
-
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(4)  # the kernel completes connections; nobody reads them
@@ -362,22 +363,11 @@ def test_a_forged_hello_without_the_secret_stops_nothing(tmp_path: Path) -> None
     secret such a hello would stop process 0 as a mismatch. Process 0 turns
     it away, and the real process 1 then joins.
     """
-    import json
-    import socket
-    import struct
-
     ports = free_ports(2)
     addrs = ";".join(f"127.0.0.1:{port}" for port in ports)
     env = _env(tmp_path, HR_PARTS="3", HR_ITEMS="300", HEADRACE_CLUSTER_SECRET="k3y")
     first = _run([FLOW, "-i", "0", "-a", addrs, "--startup-timeout", "60"], env)
-    deadline = time.monotonic() + 30
-    while True:
-        assert time.monotonic() < deadline, "process 0 never listened"
-        try:
-            forger = socket.create_connection(("127.0.0.1", ports[0]), timeout=5)
-            break
-        except OSError:
-            time.sleep(0.05)
+    forger = _connect_when_listening(ports[0], first)
 
     def recv() -> dict[str, object]:
         (n,) = struct.unpack(">I", forger.recv(4, socket.MSG_WAITALL))
