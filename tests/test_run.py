@@ -157,3 +157,25 @@ def test_cli_runs_with_no_exchange_flush_delay() -> None:
             "--metrics-port", "0"]
     assert main(argv) == 0
     assert sorted(import_targets.OUT) == [f"x{i}" for i in range(6)]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_closed_stdout_stops_with_one_line_and_sigpipe_status(processes: str) -> None:
+    """``headrace.run ... | head``: the reader went away, so stop as Unix tools do.
+
+    The exit status is a shell's for SIGPIPE (141) and stderr has one line
+    per process, not a traceback.
+    """
+    p = subprocess.Popen(
+        [sys.executable, "-m", "headrace.run", "examples/wordcount.py:flow", "-p", processes,
+         "--metrics-port", "0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert p.stdout is not None
+    p.stdout.close()  # before the counts are written at the end of the input
+    _, err = p.communicate(timeout=100)
+    assert p.returncode == 141, err
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines and all("standard output was closed (broken pipe)" in ln for ln in lines), err

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -233,8 +234,9 @@ def _spawn_local(argv: list[str], processes: int) -> int:
             if rc != 0 and code == 0:
                 code = rc if rc > 0 else 128 - rc
                 how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
-                print(f"headrace: process {i} (pid {procs[i].pid}) failed ({how}); "
-                      "stopping the others", file=sys.stderr, flush=True)
+                if rc != STDOUT_CLOSED:  # that process said why in one line
+                    print(f"headrace: process {i} (pid {procs[i].pid}) failed ({how}); "
+                          "stopping the others", file=sys.stderr, flush=True)
                 # Peers notice the loss within seconds; ask, then make sure none lingers.
                 for pr in procs:
                     if pr.poll() is None:
@@ -428,10 +430,45 @@ def _run(
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        if _stdout_broken():
+            # `... | head`: whoever read the output has gone, as for any Unix
+            # tool. One line instead of a traceback per process.
+            _silence_stdout()
+            summary = _error_summary(exc).splitlines()[0].removeprefix("error: ")
+            print(f"headrace: standard output was closed (broken pipe); stopped ({summary})",
+                  file=sys.stderr)
+            return STDOUT_CLOSED
         traceback.print_exc()
         print("\n" + _error_summary(exc), file=sys.stderr)
         return 1
     return 0
+
+
+# What a shell reports for a program killed by SIGPIPE (128 + 13).
+STDOUT_CLOSED = 141
+
+
+def _stdout_broken() -> bool:
+    """Whether standard output is a pipe or socket that no one reads any more.
+
+    >>> _stdout_broken()
+    False
+    """
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _fd, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file descriptor
+        return False
+
+
+def _silence_stdout() -> None:
+    # Whatever is still buffered would fail again at exit.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _error_summary(exc: BaseException) -> str:
