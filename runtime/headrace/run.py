@@ -434,9 +434,8 @@ def _run(
             # `... | head`: whoever read the output has gone, as for any Unix
             # tool. One line instead of a traceback per process.
             _silence_stdout()
-            summary = _error_summary(exc).splitlines()[0].removeprefix("error: ")
-            print(f"headrace: standard output was closed (broken pipe); stopped ({summary})",
-                  file=sys.stderr)
+            print("headrace: standard output was closed (broken pipe); stopped "
+                  f"({str(exc) or type(exc).__name__})", file=sys.stderr)
             return STDOUT_CLOSED
         traceback.print_exc()
         print("\n" + _error_summary(exc), file=sys.stderr)

@@ -195,6 +195,15 @@ def _recv_json(sock: socket.socket) -> dict[str, Any] | None:
     return obj
 
 
+def _refuse(sock: socket.socket, why: str) -> None:
+    """Tell the other side of a handshake why it is refused, if it still listens; close."""
+    try:
+        _send_json(sock, {"refused": why})
+    except OSError:
+        pass
+    sock.close()
+
+
 def _mac(secret: bytes, role: str, nonce: str, hello: Hello) -> str:
     """HMAC-SHA256 proving the sender holds ``secret``, bound to the other side's nonce.
 
@@ -440,9 +449,12 @@ class Mesh:
             with self._greet_lock:
                 if not expected:
                     return
-                missing = ", ".join(f"process {j} ({self.addresses[j]})" for j in sorted(expected))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                with self._greet_lock:
+                    missing = ", ".join(
+                        f"process {j} ({self.addresses[j]})" for j in sorted(expected)
+                    )
                 hint = "are they running with the same address list?"
                 if self._refused:
                     hint = (f"turned away: {'; '.join(self._refused[-3:])}; does every process "
@@ -497,21 +509,14 @@ class Mesh:
             # Not an error of the cluster's: whoever it is may not stop it.
             why = "it did not prove it holds the cluster secret"
             self._refused.append(f"{who} ({why})")
-            try:
-                _send_json(sock, {"refused": f"wrong or missing cluster secret (${SECRET_ENV}); "
-                                  "give every process the same secret"})
-            except OSError:
-                pass
+            _refuse(sock, f"wrong or missing cluster secret (${SECRET_ENV}); give every process "
+                    "the same secret")
             self._drop(sock, who, why)
             return
         if self.secret is None and mac is not None:
             lacking = _secret_mismatch(f"process {other.proc_id} ({other.address})",
                                        f"process {self.proc_id}")
-            try:
-                _send_json(sock, {"refused": lacking})
-            except OSError:
-                pass
-            sock.close()
+            _refuse(sock, lacking)
             errors.append(ClusterError(f"cluster mismatch: {lacking}"))
             return
         with self._greet_lock:
