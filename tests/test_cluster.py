@@ -11,13 +11,14 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import headrace.operators as op
-from headrace._engine._net import Hello, parse_address
+from headrace._engine._net import PROTOCOL_VERSION, ClusterError, Hello, Mesh, parse_address
 from headrace.dataflow import Dataflow
 from headrace.run import _ordinal_from_hostname, _parser, _resolve_addresses
 from headrace.testing import TestingSink, TestingSource
@@ -387,3 +388,58 @@ def test_a_forged_hello_without_the_secret_stops_nothing(tmp_path: Path) -> None
     assert [p.returncode for p in (first, second)] == [0, 0], errs
     assert _read_counts(tmp_path) == _expected(3, 300)
     assert "did not prove it holds the cluster secret" in errs[0], errs[0]
+
+
+def _start_meshes(hellos: list[Hello], addrs: list[str]) -> tuple[list[Mesh], list[object]]:
+    """Start one `Mesh` per hello, each in a thread, with an hour's startup timeout.
+
+    Returns the meshes and what each `start()` gave: None, or the exception
+    it raised. A mesh that only noticed its peers (or a failure) on its
+    startup timeout would hang here, caught by the join's guard.
+    """
+    meshes = [Mesh(addrs, i, h, lambda dst, msg: None, lambda exc: None, None, 3600.0)
+              for i, h in enumerate(hellos)]
+    results: list[object] = [Ellipsis] * len(meshes)
+
+    def start(i: int) -> None:
+        try:
+            meshes[i].start()
+            results[i] = None
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=start, args=(i,), daemon=True) for i in range(len(meshes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)  # a guard against a hang, not a speed limit
+    assert Ellipsis not in results, f"a mesh is still starting: {results}"
+    return meshes, results
+
+
+@pytest.mark.timeout(120)
+def test_the_acceptor_starts_when_its_last_peer_is_in_not_on_a_timeout() -> None:
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    hellos = [Hello(PROTOCOL_VERSION, i, 3, 1, "f", "fp", addrs[i]) for i in range(3)]
+    meshes, results = _start_meshes(hellos, addrs)
+    try:
+        assert results == [None, None, None]
+        assert [sorted(m.peers) for m in meshes] == [[1, 2], [0, 2], [0, 1]]
+    finally:
+        # Together: each waits for the others' goodbyes.
+        closers = [threading.Thread(target=m.close) for m in meshes]
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join(30)
+
+
+@pytest.mark.timeout(120)
+def test_a_mismatch_seen_while_greeting_stops_the_acceptor_at_once() -> None:
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    hellos = [Hello(PROTOCOL_VERSION, i, 2, 1, "f", f"fp{i}", addrs[i]) for i in range(2)]
+    _, results = _start_meshes(hellos, addrs)
+    assert all(isinstance(res, ClusterError) for res in results), results
+    assert "cluster mismatch: dataflows differ" in str(results[0]), results[0]
+    assert "process 0 at " in str(results[1]), results[1]
+    assert "refused this process: dataflows differ" in str(results[1]), results[1]

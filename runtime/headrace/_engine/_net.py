@@ -36,6 +36,7 @@ import logging
 import pickle
 import queue
 import secrets
+import selectors
 import socket
 import struct
 import threading
@@ -296,6 +297,10 @@ class Mesh:
         # away handshakes that finish after startup.
         self._greet_lock = threading.Lock()
         self._greeting_over = False
+        # Written to when the acceptor must look again (the last peer was
+        # greeted, or startup failed), so it notices at once, not on a poll.
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
 
     # -- startup -------------------------------------------------------------
 
@@ -316,6 +321,9 @@ class Mesh:
         listener.listen(len(self.addresses))
         deadline = time.monotonic() + self.startup_timeout
         errors: list[BaseException] = []
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         acceptor = threading.Thread(
             target=self._accept_all, args=(listener, deadline, errors), daemon=True
         )
@@ -329,11 +337,14 @@ class Mesh:
             # of letting it wait out the startup timeout; it goes first, as
             # the one to raise.
             errors.insert(0, exc)
+            self._wake()
         finally:
             acceptor.join()
             listener.close()
             with self._greet_lock:
                 self._greeting_over = True
+            self._wake_r.close()
+            self._wake_w.close()
         if errors:
             self._abort_peers()
             raise errors[0]
@@ -435,6 +446,20 @@ class Mesh:
             raise ClusterError(f"cluster mismatch: {problem}")
         return other
 
+    def _wake(self) -> None:
+        """Make the acceptor look again now (a peer was greeted, or startup failed)."""
+        w = self._wake_w
+        if w is None:
+            return
+        try:
+            w.send(b"!")
+        except OSError:
+            pass  # startup is over (closed), or a wake-up is already pending (full)
+
+    def _fail_startup(self, errors: list[BaseException], exc: BaseException) -> None:
+        errors.append(exc)
+        self._wake()
+
     def _accept_all(
         self, listener: socket.socket, deadline: float, errors: list[BaseException]
     ) -> None:
@@ -442,9 +467,28 @@ class Mesh:
 
         Each connection is greeted in a thread of its own (`_greet`), so a
         client that is slow to speak, or is not a peer at all, keeps no
-        peer waiting.
+        peer waiting. A greeting that completes the set, or an error, wakes
+        this loop through `_wake`, so the process starts as soon as its
+        last peer is in.
         """
         expected = set(range(self.proc_id + 1, len(self.addresses)))
+        wake = self._wake_r
+        assert wake is not None
+        listener.setblocking(False)
+        with selectors.DefaultSelector() as sel:
+            sel.register(listener, selectors.EVENT_READ)
+            sel.register(wake, selectors.EVENT_READ)
+            self._accept_loop(listener, wake, sel, deadline, expected, errors)
+
+    def _accept_loop(
+        self,
+        listener: socket.socket,
+        wake: socket.socket,
+        sel: selectors.BaseSelector,
+        deadline: float,
+        expected: set[int],
+        errors: list[BaseException],
+    ) -> None:
         while not errors:
             with self._greet_lock:
                 if not expected:
@@ -464,12 +508,19 @@ class Mesh:
                     f"{self.startup_timeout:.0f}s; {hint}"
                 ))
                 return
-            # Short: the last handshake ends in another thread, seen here.
-            listener.settimeout(min(remaining, 0.05))
+            ready = {key.fileobj for key, _ in sel.select(remaining)}
+            if wake in ready:
+                try:
+                    while wake.recv(4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            if listener not in ready:
+                continue
             try:
                 sock, client = listener.accept()
-            except TimeoutError:
-                continue
+            except (BlockingIOError, InterruptedError):
+                continue  # the connection went away before we took it
             except OSError as exc:
                 errors.append(ClusterError(f"accept failed on process {self.proc_id}: {exc}"))
                 return
@@ -517,7 +568,7 @@ class Mesh:
             lacking = _secret_mismatch(f"process {other.proc_id} ({other.address})",
                                        f"process {self.proc_id}")
             _refuse(sock, lacking)
-            errors.append(ClusterError(f"cluster mismatch: {lacking}"))
+            self._fail_startup(errors, ClusterError(f"cluster mismatch: {lacking}"))
             return
         with self._greet_lock:
             if self._greeting_over:
@@ -535,7 +586,7 @@ class Mesh:
                         _send_json(sock, {"refused": problem})
                     finally:
                         sock.close()
-                    errors.append(ClusterError(f"cluster mismatch: {problem}"))
+                    self._fail_startup(errors, ClusterError(f"cluster mismatch: {problem}"))
                     return
                 proof = None
                 if self.secret is not None:
@@ -549,6 +600,8 @@ class Mesh:
             sock.settimeout(None)
             self.peers[other.proc_id] = _Peer(other.proc_id, self.addresses[other.proc_id], sock)
             expected.discard(other.proc_id)
+            if not expected:
+                self._wake()
 
     def _refused_by(
         self, sock: socket.socket, who: str, why: str, errors: list[BaseException]
@@ -560,7 +613,7 @@ class Mesh:
             self._refused.append(f"{who} ({why})")
             log.warning("process %d: %s gave up its handshake: %s", self.proc_id, who, why)
         else:
-            errors.append(ClusterError(f"cluster mismatch: {why}"))
+            self._fail_startup(errors, ClusterError(f"cluster mismatch: {why}"))
 
     def _drop(self, sock: socket.socket, who: str, why: str, level: int = logging.WARNING) -> None:
         sock.close()
