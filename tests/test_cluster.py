@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import pickle
 import re
 import signal
 import socket
@@ -13,7 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -390,14 +393,20 @@ def test_a_forged_hello_without_the_secret_stops_nothing(tmp_path: Path) -> None
     assert "did not prove it holds the cluster secret" in errs[0], errs[0]
 
 
-def _start_meshes(hellos: list[Hello], addrs: list[str]) -> tuple[list[Mesh], list[object]]:
+def _start_meshes(
+    hellos: list[Hello],
+    addrs: list[str],
+    secret: bytes | None = None,
+    deliver: Callable[[int, Any], None] = lambda dst, msg: None,
+    on_lost: Callable[[BaseException], None] = lambda exc: None,
+) -> tuple[list[Mesh], list[object]]:
     """Start one `Mesh` per hello, each in a thread, with an hour's startup timeout.
 
     Returns the meshes and what each `start()` gave: None, or the exception
     it raised. A mesh that only noticed its peers (or a failure) on its
     startup timeout would hang here, caught by the join's guard.
     """
-    meshes = [Mesh(addrs, i, h, lambda dst, msg: None, lambda exc: None, None, 3600.0)
+    meshes = [Mesh(addrs, i, h, deliver, on_lost, None, 3600.0, secret)
               for i, h in enumerate(hellos)]
     results: list[object] = [Ellipsis] * len(meshes)
 
@@ -426,12 +435,16 @@ def test_the_acceptor_starts_when_its_last_peer_is_in_not_on_a_timeout() -> None
         assert results == [None, None, None]
         assert [sorted(m.peers) for m in meshes] == [[1, 2], [0, 2], [0, 1]]
     finally:
-        # Together: each waits for the others' goodbyes.
-        closers = [threading.Thread(target=m.close) for m in meshes]
-        for t in closers:
-            t.start()
-        for t in closers:
-            t.join(30)
+        _close_meshes(meshes)
+
+
+def _close_meshes(meshes: list[Mesh]) -> None:
+    # Together: each waits for the others' goodbyes.
+    closers = [threading.Thread(target=m.close) for m in meshes]
+    for t in closers:
+        t.start()
+    for t in closers:
+        t.join(30)
 
 
 @pytest.mark.timeout(120)
@@ -443,3 +456,67 @@ def test_a_mismatch_seen_while_greeting_stops_the_acceptor_at_once() -> None:
     assert "cluster mismatch: dataflows differ" in str(results[0]), results[0]
     assert "process 0 at " in str(results[1]), results[1]
     assert "refused this process: dataflows differ" in str(results[1]), results[1]
+
+
+TRIPPED: list[str] = []
+
+
+def _trip() -> str:
+    TRIPPED.append("ran")
+    return "tripped"
+
+
+class _Tripwire:
+    """Unpickling this runs `_trip`: what a pickle injected by an attacker could do."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_trip, ())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("secret", [b"s3cret", None], ids=["secret", "no-secret"])
+def test_a_frame_injected_into_a_connection_is_not_run_with_a_secret(secret: bytes | None) -> None:
+    """Bytes on process 1's connection to process 0 that process 1 did not send.
+
+    That is what someone on the network path between two workers can do
+    once the handshake is over. With a cluster secret the frame fails its
+    seal and stops the cluster, naming the connection, before anything in
+    it is unpickled; without one it runs (the network must be trusted),
+    which is what shows this test can see an injection at all.
+    """
+    TRIPPED.clear()
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    hellos = [Hello(PROTOCOL_VERSION, i, 2, 1, "f", "fp", addrs[i]) for i in range(2)]
+    delivered: list[tuple[int, Any]] = []
+    lost: list[BaseException] = []
+    meshes, results = _start_meshes(
+        hellos, addrs, secret, lambda dst, msg: delivered.append((dst, msg)), lost.append
+    )
+    try:
+        assert results == [None, None]
+        forged = pickle.dumps([(0, _Tripwire())])
+        meshes[1].peers[0].sock.sendall(struct.pack(">I", len(forged)) + forged)
+        deadline = time.monotonic() + 30
+        while not (lost or delivered) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if secret is None:
+            assert TRIPPED == ["ran"] and delivered == [(0, "tripped")], (delivered, lost)
+        else:
+            assert TRIPPED == [] and delivered == [], delivered
+            assert len(lost) == 1, lost
+            assert str(lost[0]).startswith(f"lost process 1 at {addrs[1]}: frame 0 failed "
+                                           "authentication on its connection"), lost[0]
+            assert "nothing in it was run" in str(lost[0])
+    finally:
+        _close_meshes(meshes)
+
+
+@pytest.mark.timeout(120)
+def test_sealed_frames_carry_a_cluster_run_end_to_end(tmp_path: Path) -> None:
+    """With a secret every frame is sealed: a real 3-process run gives the right counts."""
+    procs, _ = _manual(tmp_path, 3, HR_PARTS="5", HR_ITEMS="3000",
+                       HEADRACE_CLUSTER_SECRET="s3cret")
+    for p in procs:
+        _, err = p.communicate(timeout=90)
+        assert p.returncode == 0, err
+    assert _read_counts(tmp_path) == _expected(5, 3000)

@@ -22,8 +22,11 @@ A peer whose connection ends without a goodbye frame is reported as lost,
 which stops this process within the time the kernel takes to notice
 (immediately for a killed local process; TCP keepalive bounds it otherwise).
 
-Frames after the handshake are pickles, as in Bytewax: without a secret,
-the network must be trusted.
+Frames after the handshake are pickles, as in Bytewax. With a secret each
+frame is sealed (`_Seal`: HMAC-SHA256 over its sequence number and bytes,
+under keys bound to the connection's two handshake nonces) and checked
+before it is unpickled, so nobody on the network path can inject, replay
+or change a frame. Without a secret, the network must be trusted.
 """
 
 from __future__ import annotations
@@ -50,11 +53,13 @@ from headrace.errors import HeadraceRuntimeError
 
 log = logging.getLogger("headrace.net")
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 # The environment variable holding the shared cluster secret.
 SECRET_ENV = "HEADRACE_CLUSTER_SECRET"
 _MAGIC = "headrace-mesh"
 _LEN = struct.Struct(">I")
+_SEQ = struct.Struct(">Q")
+_TAG_BYTES = 32
 _BYE = "bye"
 _FAIL = "fail"
 _MAX_FRAME_MSGS = 4096
@@ -161,8 +166,76 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def _send_frame(sock: socket.socket, obj: Any) -> int:
+class _Forged(Exception):
+    """A frame whose seal does not check: not sent by the peer, or changed on the way."""
+
+
+class _Seal:
+    """One direction of a connection's frame authentication (with a cluster secret).
+
+    Each frame carries HMAC-SHA256 over its number in this direction and
+    its bytes, under a key only this connection's two ends can derive
+    (`_frame_keys`). A frame is checked before it is unpickled, so bytes
+    injected into an established connection, or a frame replayed, dropped
+    or reordered, stop the cluster instead of running.
+
+    >>> send, recv = _Seal(b"k" * 32), _Seal(b"k" * 32)
+    >>> recv.open(send.seal(b"frame 0")) == b"frame 0"
+    True
+    >>> first = send.seal(b"frame 1"); _ = send.seal(b"frame 2")
+    >>> recv.open(first) == b"frame 1"
+    True
+    >>> recv.open(first)  # replayed: frame 2 was due
+    Traceback (most recent call last):
+    ...
+    headrace._engine._net._Forged: frame 2 failed authentication
+    """
+
+    __slots__ = ("key", "seq")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.seq = 0
+
+    def _tag(self, data: bytes | memoryview) -> bytes:
+        mac = hmac.new(self.key, _SEQ.pack(self.seq), hashlib.sha256)
+        mac.update(data)
+        self.seq += 1
+        return mac.digest()
+
+    def seal(self, data: bytes) -> bytes:
+        """``data`` followed by its tag."""
+        return data + self._tag(data)
+
+    def open(self, body: bytes) -> memoryview:
+        """The data of a sealed frame; raise `_Forged` if its tag does not check."""
+        seq = self.seq
+        view = memoryview(body)
+        data, tag = view[:-_TAG_BYTES], view[-_TAG_BYTES:]
+        if len(body) < _TAG_BYTES or not hmac.compare_digest(self._tag(data), tag):
+            raise _Forged(f"frame {seq} failed authentication")
+        return data
+
+
+def _frame_keys(secret: bytes, accept_nonce: str, dial_nonce: str) -> tuple[bytes, bytes]:
+    """The keys of a connection's two directions: (acceptor to dialer, dialer to acceptor).
+
+    Bound to both ends' handshake nonces, so a frame of one connection (or
+    direction) is worthless on any other.
+
+    >>> a, b = _frame_keys(b"s", "n1", "n2")
+    >>> a != b and (a, b) == _frame_keys(b"s", "n1", "n2") and a not in _frame_keys(b"s", "n1", "n3")
+    True
+    """
+    base = f"{_MAGIC}|frames|{accept_nonce}|{dial_nonce}|"
+    return (hmac.digest(secret, (base + "accept->dial").encode(), "sha256"),
+            hmac.digest(secret, (base + "dial->accept").encode(), "sha256"))
+
+
+def _send_frame(sock: socket.socket, obj: Any, seal: _Seal | None = None) -> int:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    if seal is not None:
+        data = seal.seal(data)
     sock.sendall(_LEN.pack(len(data)) + data)
     return len(data) + 4
 
@@ -226,7 +299,7 @@ def _secret_mismatch(has: str, lacks: str) -> str:
             f"${SECRET_ENV} on every process")
 
 
-def _recv_frame(sock: socket.socket) -> tuple[Any, int] | None:
+def _recv_frame(sock: socket.socket, seal: _Seal | None = None) -> tuple[Any, int] | None:
     head = _recv_exact(sock, 4)
     if head is None:
         return None
@@ -234,7 +307,9 @@ def _recv_frame(sock: socket.socket) -> tuple[Any, int] | None:
     body = _recv_exact(sock, n)
     if body is None:
         return None
-    return pickle.loads(body), n + 4
+    # Checked before anything is unpickled.
+    data = body if seal is None else seal.open(body)
+    return pickle.loads(data), n + 4
 
 
 def _keepalive(sock: socket.socket) -> None:
@@ -246,10 +321,19 @@ def _keepalive(sock: socket.socket) -> None:
 
 
 class _Peer:
-    def __init__(self, proc_id: int, address: str, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        proc_id: int,
+        address: str,
+        sock: socket.socket,
+        keys: tuple[bytes, bytes] | None = None,
+    ) -> None:
         self.proc_id = proc_id
         self.address = address
         self.sock = sock
+        # With a cluster secret: (sending, receiving) keys of this connection.
+        self.send_seal = None if keys is None else _Seal(keys[0])
+        self.recv_seal = None if keys is None else _Seal(keys[1])
         self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.said_bye = False
         self.failed_with: str | None = None
@@ -375,12 +459,12 @@ class Mesh:
                 continue
             _keepalive(sock)
             try:
-                self._handshake_as_dialer(sock, j, addr)
+                _, keys = self._handshake_as_dialer(sock, j, addr)
             except BaseException:
                 sock.close()
                 raise
             sock.settimeout(None)
-            self.peers[j] = _Peer(j, addr, sock)
+            self.peers[j] = _Peer(j, addr, sock, keys)
             return
         msg = (
             f"process {self.proc_id} could not reach process {j} at {addr} within "
@@ -388,8 +472,14 @@ class Mesh:
         )
         raise ClusterError(msg)
 
-    def _handshake_as_dialer(self, sock: socket.socket, j: int, addr: str) -> Hello:
-        """Answer process ``j``'s challenge with our hello; check its reply; return its hello."""
+    def _handshake_as_dialer(
+        self, sock: socket.socket, j: int, addr: str
+    ) -> tuple[Hello, tuple[bytes, bytes] | None]:
+        """Answer process ``j``'s challenge with our hello; check its reply.
+
+        Returns its hello, and with a secret this end's (sending, receiving)
+        frame keys.
+        """
         where = f"process {j} at {addr}"
         try:
             sock.settimeout(_HANDSHAKE_TIMEOUT_S)
@@ -444,7 +534,10 @@ class Mesh:
         problem = self.hello.mismatch(other)
         if problem is not None:
             raise ClusterError(f"cluster mismatch: {problem}")
-        return other
+        if self.secret is None:
+            return other, None
+        to_dialer, to_acceptor = _frame_keys(self.secret, str(challenge.get("nonce")), nonce)
+        return other, (to_acceptor, to_dialer)
 
     def _wake(self) -> None:
         """Make the acceptor look again now (a peer was greeted, or startup failed)."""
@@ -598,7 +691,12 @@ class Mesh:
                 return
             _keepalive(sock)
             sock.settimeout(None)
-            self.peers[other.proc_id] = _Peer(other.proc_id, self.addresses[other.proc_id], sock)
+            keys = None
+            if self.secret is not None:
+                keys = _frame_keys(self.secret, nonce, str(frame.get("nonce")))
+            self.peers[other.proc_id] = _Peer(
+                other.proc_id, self.addresses[other.proc_id], sock, keys
+            )
             expected.discard(other.proc_id)
             if not expected:
                 self._wake()
@@ -638,11 +736,12 @@ class Mesh:
     def _write_loop(self, peer: _Peer) -> None:
         out = peer.out
         sock = peer.sock
+        seal = peer.send_seal
         try:
             while True:
                 first = out.get()
                 if first is _BYE or (isinstance(first, tuple) and first[0] == _FAIL):
-                    _send_frame(sock, first)
+                    _send_frame(sock, first, seal)
                     break
                 batch = [first]
                 stop_after: Any = None
@@ -655,12 +754,12 @@ class Mesh:
                         stop_after = nxt
                         break
                     batch.append(nxt)
-                n = _send_frame(sock, batch)
+                n = _send_frame(sock, batch, seal)
                 peer.bytes_out += n
                 peer.frames_out += 1
                 _BYTES_OUT.inc(n)
                 if stop_after is not None:
-                    _send_frame(sock, stop_after)
+                    _send_frame(sock, stop_after, seal)
                     break
             sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
@@ -669,9 +768,10 @@ class Mesh:
 
     def _read_loop(self, peer: _Peer) -> None:
         deliver = self.deliver
+        seal = peer.recv_seal
         try:
             while True:
-                got = _recv_frame(peer.sock)
+                got = _recv_frame(peer.sock, seal)
                 if got is None:
                     break
                 frame, n = got
@@ -685,6 +785,11 @@ class Mesh:
                     continue
                 for dst, msg in frame:
                     deliver(dst, msg)
+        except _Forged as exc:
+            # Whatever sent it, it is not the peer: nothing more is read.
+            self._lost(peer, f"{exc} on its connection: the frame was not sent by it (changed "
+                       "or injected on the network?); nothing in it was run")
+            return
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
             if not peer.said_bye:
                 self._lost(peer, f"connection error: {exc}")
