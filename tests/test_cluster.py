@@ -90,8 +90,10 @@ def _manual(tmp_path: Path, n: int, flows: list[str] | None = None, extra: list[
 
 
 @pytest.mark.timeout(120)
-def test_kill_9_one_process_stops_the_others_naming_it(tmp_path: Path) -> None:
-    procs, addrs = _manual(tmp_path, 3, HR_DELAY="0.05", HR_ITEMS="100000", HR_BATCH="10")
+@pytest.mark.parametrize("secret", ["s3cret", ""], ids=["sealed", "no-secret"])
+def test_kill_9_one_process_stops_the_others_naming_it(tmp_path: Path, secret: str) -> None:
+    procs, addrs = _manual(tmp_path, 3, HR_DELAY="0.05", HR_ITEMS="100000", HR_BATCH="10",
+                           HEADRACE_CLUSTER_SECRET=secret)
     time.sleep(3)
     assert all(p.poll() is None for p in procs), [p.communicate() for p in procs if p.poll()]
     victim = procs[1]
