@@ -506,10 +506,11 @@ class Mesh:
                 # Tell the other side too, so that it need not wait out its timeout.
                 _send_json(sock, {"refused": lacking})
                 raise ClusterError(f"cluster mismatch: {lacking}")
+            their_nonce = str(challenge.get("nonce"))
             nonce = secrets.token_hex(16)
             mac = None
             if self.secret is not None:
-                mac = _mac(self.secret, "dial", str(challenge.get("nonce")), self.hello)
+                mac = _mac(self.secret, "dial", their_nonce, self.hello)
             _send_json(sock, {"hello": self.hello.to_json(), "nonce": nonce, "mac": mac})
             reply = _recv_json(sock)
             if reply is None:
@@ -536,7 +537,7 @@ class Mesh:
             raise ClusterError(f"cluster mismatch: {problem}")
         if self.secret is None:
             return other, None
-        to_dialer, to_acceptor = _frame_keys(self.secret, str(challenge.get("nonce")), nonce)
+        to_dialer, to_acceptor = _frame_keys(self.secret, their_nonce, nonce)
         return other, (to_acceptor, to_dialer)
 
     def _wake(self) -> None:
@@ -682,8 +683,9 @@ class Mesh:
                     self._fail_startup(errors, ClusterError(f"cluster mismatch: {problem}"))
                     return
                 proof = None
+                their_nonce = str(frame.get("nonce"))
                 if self.secret is not None:
-                    proof = _mac(self.secret, "accept", str(frame.get("nonce")), self.hello)
+                    proof = _mac(self.secret, "accept", their_nonce, self.hello)
                 _send_json(sock, {"hello": self.hello.to_json(), "mac": proof})
             except OSError as exc:
                 sock.close()
@@ -693,7 +695,7 @@ class Mesh:
             sock.settimeout(None)
             keys = None
             if self.secret is not None:
-                keys = _frame_keys(self.secret, nonce, str(frame.get("nonce")))
+                keys = _frame_keys(self.secret, nonce, their_nonce)
             self.peers[other.proc_id] = _Peer(
                 other.proc_id, self.addresses[other.proc_id], sock, keys
             )
