@@ -817,7 +817,17 @@ class Worker:
                         f"error calling `predicate` in step {step_id!r} on item {x!r}: "
                         f"{type(exc).__name__}: {exc}"
                     ) from exc
-                (t if keep else f).append(x)
+                if keep is True:
+                    t.append(x)
+                elif keep is False:
+                    f.append(x)
+                else:
+                    raise BytewaxRuntimeError(
+                        f'return value of `predicate` in step "{step_id}" must be a `bool`; '
+                        f"got {type(keep).__name__} {keep!r} for item {x!r}"
+                    ) from TypeError(
+                        f"{type(keep).__name__!r} object cannot be converted to 'PyBool'"
+                    )
             if t:
                 trues(t)
             if f:
