@@ -265,20 +265,22 @@ def test_stream_from_another_dataflow_is_rejected() -> None:
 
 
 def test_dataflow_without_input(flow: Dataflow, cause_chain: Any) -> None:
-    with pytest.raises(ValueError, match="no input") as info:
+    with pytest.raises(BytewaxRuntimeError, match="at least one input step") as info:
         run_main(flow)
     assert "'test'" in str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value.__cause__, ValueError)
 
 
 def test_dataflow_without_output(flow: Dataflow) -> None:
     op.map("m", op.input("inp", flow, TestingSource([1])), str)
-    with pytest.raises(ValueError, match="no output"):
+    with pytest.raises(BytewaxRuntimeError, match="at least one output or inspect step"):
         run_main(flow)
 
 
 def test_dataflow_without_output_in_a_cluster(flow: Dataflow) -> None:
     op.input("inp", flow, TestingSource([1]))
-    with pytest.raises(ValueError, match="no output"):
+    with pytest.raises(BytewaxRuntimeError, match="at least one output or inspect step"):
         cluster_main(flow, [], 0, worker_count_per_proc=2)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from headrace.dataflow import Dataflow, MultiPort, Operator, SinglePort
+from headrace.errors import BytewaxRuntimeError
 
 
 @dataclass
@@ -82,13 +83,34 @@ def _prune(steps: list[CoreStep]) -> list[CoreStep]:
         steps = [s for s in steps if s not in dead]
 
 
+class DataflowBuildError(BytewaxRuntimeError, ValueError):
+    """A dataflow that can't run as built; ``__cause__`` is a `ValueError` with the reason.
+
+    Bytewax raises ``BytewaxRuntimeError("error building production dataflow")``
+    from a ``ValueError``; this is both, and its message repeats the reason.
+
+    >>> issubclass(DataflowBuildError, RuntimeError), issubclass(DataflowBuildError, ValueError)
+    (True, True)
+    """
+
+
+def _build_error(reason: str) -> NoReturn:
+    raise DataflowBuildError(f"error building production dataflow: {reason}") from ValueError(
+        reason
+    )
+
+
 def build_plan(flow: Dataflow) -> Plan:
-    """Flatten and validate ``flow``; raise `ValueError` saying what to add.
+    """Flatten and validate ``flow``; raise `DataflowBuildError` saying what to add.
+
+    As in Bytewax, a flow needs an input and an output or inspect step.
 
     >>> build_plan(Dataflow("empty"))
     Traceback (most recent call last):
     ...
-    ValueError: dataflow 'empty' has no input step; add one with `headrace.operators.input`
+    headrace._engine._plan.DataflowBuildError: error building production dataflow: \
+Dataflow needs to contain at least one input step; add with `headrace.operators.input` \
+(dataflow 'empty' has none)
     """
     if not isinstance(flow, Dataflow):
         msg = f"expected a headrace Dataflow; got {type(flow).__name__} {flow!r}"
@@ -105,17 +127,16 @@ def build_plan(flow: Dataflow) -> Plan:
                    if isinstance(port, SinglePort)}
         steps.append(CoreStep(op.step_id, op.core, op.conf, inputs, outputs, i))
     if not any(s.kind == "input" for s in steps):
-        msg = (
-            f"dataflow {flow.flow_id!r} has no input step; "
-            "add one with `headrace.operators.input`"
+        _build_error(
+            "Dataflow needs to contain at least one input step; add with "
+            f"`headrace.operators.input` (dataflow {flow.flow_id!r} has none)"
         )
-        raise ValueError(msg)
-    if not any(s.kind == "output" for s in steps):
-        msg = (
-            f"dataflow {flow.flow_id!r} has no output step; add one with "
-            "`headrace.operators.output` (e.g. to `StdOutSink()`), or nothing would run"
+    if not any(s.kind in ("output", "inspect_debug") for s in steps):
+        _build_error(
+            "Dataflow needs to contain at least one output or inspect step; add with "
+            "`headrace.operators.output` or `headrace.operators.inspect` (dataflow "
+            f"{flow.flow_id!r} has none, so nothing would run; e.g. output to `StdOutSink()`)"
         )
-        raise ValueError(msg)
     plan = Plan(flow.flow_id, _prune(steps))
     for s in plan.steps:
         for out in s.outputs.values():
