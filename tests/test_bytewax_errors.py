@@ -7,7 +7,7 @@ match=...)`` written against Bytewax keeps passing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -107,3 +107,94 @@ def test_a_flow_that_cannot_run_fails_at_build_in_bytewax_words(
     assert str(cause).startswith(f"Dataflow needs to contain {words}; add with `")
     assert "'f'" in str(cause)  # Headrace's hint: which dataflow
     assert isinstance(info.value, ValueError)  # what Headrace raised before
+
+
+# --- building a dataflow ----------------------------------------------------
+
+
+def _flow_and_stream() -> tuple[Dataflow, Any]:
+    flow = Dataflow("f")
+    return flow, op.input("inp", flow, TestingSource([1, 2]))
+
+
+BUILD_ERRORS = [
+    pytest.param(lambda f, s: Dataflow("a.b"), ValueError,
+                 "flow ID can't contain a period `.`", id="flow-id-period"),
+    pytest.param(lambda f, s: Dataflow(cast(str, 123)),
+                 TypeError, "'flow_id' must be a `str`", id="flow-id-int"),
+    pytest.param(lambda f, s: op.map(123, s, str), TypeError, "'step_id' must be a `str`",
+                 id="step-id-int"),
+    pytest.param(lambda f, s: op.map(None, s, str), TypeError, "'step_id' must be a `str`",
+                 id="step-id-none"),
+    pytest.param(lambda f, s: s.then(op.map, b"x", str), TypeError,
+                 "'step_id' must be a `str`", id="then-step-id-bytes"),
+    pytest.param(lambda f, s: op.map("a.b", s, str), ValueError,
+                 "'step_id' can't contain any periods '.'", id="step-id-period"),
+    pytest.param(lambda f, s: op.input("inp", f, TestingSource([1])), ValueError,
+                 "step 'f.inp' already exists; do you have two steps with the same ID?",
+                 id="duplicate-input"),
+    pytest.param(lambda f, s: op.count_final("c", s, str) and op.count_final("c", s, str),
+                 ValueError,
+                 "step 'f.c' already exists; do you have two steps with the same ID?",
+                 id="duplicate-composite"),
+    pytest.param(lambda f, s: op.map("m", [s], str), TypeError,
+                 "'up' argument must be a `Stream`; got a <class 'list'> instead; did you "
+                 "forget to unpack the result of an operator that returns multiple streams?",
+                 id="list-for-stream"),
+    pytest.param(lambda f, s: op.map("m", f, str), TypeError,
+                 "'up' argument must be a `Stream`; got a <class 'headrace.dataflow.Dataflow'>",
+                 id="dataflow-for-stream"),
+    pytest.param(lambda f, s: op.key_on("k", up=None, key=str), TypeError,
+                 "'up' argument must be a `Stream`; got a <class 'NoneType'> instead",
+                 id="keyword-none"),
+    pytest.param(lambda f, s: op.merge("m", s, 5), TypeError,
+                 "'ups' *args all must be a `Stream`; got a <class 'int'> instead",
+                 id="merge-int"),
+    pytest.param(lambda f, s: op.join("j", op.key_on("k", s, str), [s]), TypeError,
+                 "'sides' *args all must be a `Stream`; got a <class 'list'> instead",
+                 id="join-list"),
+    pytest.param(lambda f, s: op.map(5, [s], str), TypeError,
+                 "'up' argument must be a `Stream`", id="stream-checked-before-step-id"),
+]
+
+
+@pytest.mark.parametrize(("build", "exc", "words"), BUILD_ERRORS)
+def test_dataflow_construction_errors_use_bytewax_words(
+    build: Any, exc: type[Exception], words: str
+) -> None:
+    flow, s = _flow_and_stream()
+    before = [sub.step_id for sub in flow.substeps]
+    with pytest.raises(exc) as info:
+        build(flow, s)
+    assert type(info.value) is exc
+    assert str(info.value).startswith(words), str(info.value)
+    assert [sub.step_id for sub in flow.substeps][: len(before)] == before
+
+
+def test_custom_operator_stream_parameters_are_checked() -> None:
+    from headrace.dataflow import Stream, operator
+
+    @operator
+    def double(step_id: str, up: Stream[int]) -> Stream[int]:
+        return op.map("m", up, lambda x: x * 2)
+
+    @operator
+    def unannotated(step_id, up):
+        return op.map("m", up, lambda x: x * 2)
+
+    flow, s = _flow_and_stream()
+    with pytest.raises(TypeError, match=r"^'up' argument must be a `Stream`; got a <class 'int'>"):
+        double("d", 5)
+    out: list[int] = []
+    op.output("out", op.merge("all", double("d", s), unannotated("u", s)), TestingSink(out))
+    run_main(flow)
+    assert sorted(out) == [2, 2, 4, 4]
+
+
+def test_join_modes_are_exported() -> None:
+    import typing
+
+    from headrace.operators import JoinEmitMode, JoinInsertMode
+
+    assert typing.get_args(JoinInsertMode) == ("first", "last", "product")
+    assert typing.get_args(JoinEmitMode) == ("complete", "final", "running")

@@ -42,9 +42,9 @@ def test_flow_id_cannot_contain_a_period(bad: str) -> None:
         Dataflow(bad)
 
 
-@pytest.mark.parametrize("bad", ["", 5, None])
-def test_flow_id_must_be_a_non_empty_str(bad: Any) -> None:
-    with pytest.raises(ValueError, match="flow_id"):
+@pytest.mark.parametrize(("bad", "exc"), [("", ValueError), (5, TypeError), (None, TypeError)])
+def test_flow_id_must_be_a_non_empty_str(bad: Any, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match="'flow_id' must"):
         Dataflow(bad)
 
 
@@ -89,10 +89,11 @@ def test_step_id_cannot_contain_a_period(flow: Dataflow, bad: str) -> None:
     assert flow.substeps == []
 
 
-@pytest.mark.parametrize("bad", [5, None, ""])
-def test_step_id_must_be_a_non_empty_str(flow: Dataflow, bad: Any) -> None:
-    with pytest.raises(TypeError, match="step_id"):
+@pytest.mark.parametrize(("bad", "exc"), [(5, TypeError), (None, TypeError), ("", ValueError)])
+def test_step_id_must_be_a_non_empty_str(flow: Dataflow, bad: Any, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match="'step_id' must"):
         op.input(bad, flow, TestingSource([1]))
+    assert flow.substeps == []
 
 
 def test_same_step_id_in_different_parents_is_fine(flow: Dataflow) -> None:

@@ -26,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 import threading
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import (
@@ -178,7 +180,7 @@ class Dataflow:
     >>> Dataflow("bad.id")
     Traceback (most recent call last):
     ...
-    ValueError: flow_id 'bad.id' can't contain a period '.'; use e.g. 'bad_id'
+    ValueError: flow ID can't contain a period `.`; got 'bad.id': use e.g. 'bad_id'
     """
 
     flow_id: str
@@ -186,12 +188,16 @@ class Dataflow:
     _scope: _Scope = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.flow_id, str) or not self.flow_id:
-            msg = f"flow_id must be a non-empty str; got {self.flow_id!r}"
+        if not isinstance(self.flow_id, str):
+            msg = f"'flow_id' must be a `str`; got {self.flow_id!r}"
+            raise TypeError(msg)
+        if not self.flow_id:
+            msg = "'flow_id' must not be empty: it names the dataflow and its recovery state"
             raise ValueError(msg)
         if "." in self.flow_id:
+            # Bytewax's words, then which id and a fix.
             safe = self.flow_id.replace(".", "_")
-            msg = f"flow_id {self.flow_id!r} can't contain a period '.'; use e.g. {safe!r}"
+            msg = f"flow ID can't contain a period `.`; got {self.flow_id!r}: use e.g. {safe!r}"
             raise ValueError(msg)
         if self._scope is None:
             self._scope = _Scope(self.flow_id, self, self)
@@ -274,12 +280,16 @@ _BUILD = _BuildState()
 
 
 def _check_step_id(step_id: object, parent: Dataflow | Operator, parent_id: str) -> None:
-    if not isinstance(step_id, str) or not step_id:
-        msg = f"step_id must be a non-empty str; got {step_id!r} (in {parent_id!r})"
+    # Each message starts with Bytewax 0.21's words (tests match on them).
+    if not isinstance(step_id, str):
+        msg = f"'step_id' must be a `str`; got {step_id!r} (in {parent_id!r})"
         raise TypeError(msg)
+    if not step_id:
+        msg = f"'step_id' must not be empty (in {parent_id!r})"
+        raise ValueError(msg)
     if "." in step_id:
         msg = (
-            f"step_id {step_id!r} in {parent_id!r} can't contain a period '.'; "
+            f"'step_id' can't contain any periods '.'; got {step_id!r} in {parent_id!r}: "
             f"use e.g. {step_id.replace('.', '_')!r}"
         )
         raise ValueError(msg)
@@ -287,10 +297,60 @@ def _check_step_id(step_id: object, parent: Dataflow | Operator, parent_id: str)
     for sub in parent.substeps:
         if sub.step_id == full:
             msg = (
-                f"step {full!r} already exists; every step needs a unique step_id "
-                "within its parent: rename one of them"
+                f"step {full!r} already exists; do you have two steps with the same ID? "
+                "Every step needs a unique step_id within its parent: rename one of them"
             )
             raise ValueError(msg)
+
+
+_STREAM_ANNOTATION = re.compile(r"^(?:\w+\.)*(?:Stream|KeyedStream)(?:\[.*\])?$", re.DOTALL)
+
+
+def _is_stream_type(annotation: Any) -> bool:
+    """Whether a parameter annotation asks for a `Stream` (Bytewax checks those).
+
+    ``Optional[Stream]`` and unions are not checked, as in Bytewax.
+
+    >>> _is_stream_type(Stream[int]), _is_stream_type(KeyedStream[int]), _is_stream_type(int)
+    (True, True, False)
+    >>> _is_stream_type("Stream[X]"), _is_stream_type("Stream[X] | None")
+    (True, False)
+    """
+    if isinstance(annotation, str):
+        return _STREAM_ANNOTATION.match(annotation.strip()) is not None
+    return annotation is Stream or typing.get_origin(annotation) is Stream
+
+
+def _stream_params(fn: Callable[..., Any], sig: inspect.Signature) -> dict[str, bool]:
+    """The parameters of operator ``fn`` annotated as `Stream`: name -> is ``*args``."""
+    try:
+        hints: dict[str, Any] = typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: read the strings
+        hints = {}
+    out: dict[str, bool] = {}
+    for name, p in sig.parameters.items():
+        if _is_stream_type(hints.get(name, p.annotation)):
+            out[name] = p.kind is inspect.Parameter.VAR_POSITIONAL
+    return out
+
+
+def _check_stream_args(
+    fn_name: str, step_id: object, streams: dict[str, bool], arguments: dict[str, Any]
+) -> None:
+    for name, var_positional in streams.items():
+        if name not in arguments:
+            continue
+        values = arguments[name] if var_positional else (arguments[name],)
+        for v in values:
+            if isinstance(v, Stream):
+                continue
+            what = f"{name!r} *args all" if var_positional else f"{name!r} argument"
+            msg = (
+                f"{what} must be a `Stream`; got a {type(v)} instead; did you forget to unpack "
+                "the result of an operator that returns multiple streams? "
+                f"(operator {fn_name!r}, step_id {step_id!r})"
+            )
+            raise TypeError(msg)
 
 
 def _iter_streams(value: Any) -> list[Stream[Any]]:
@@ -366,12 +426,17 @@ def operator(builder: F | None = None, *, _core: bool = False) -> Any:
             msg = f"operator {fn.__name__!r} must take a step_id as its first parameter"
             raise TypeError(msg)
 
+        stream_params: list[dict[str, bool]] = []  # resolved at the first call
+
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             bound = sig.bind(*args, **kwargs)
             bound.apply_defaults()
             items = list(bound.arguments.items())
             step_id = items[0][1]
+            if not stream_params:
+                stream_params.append(_stream_params(fn, sig))
+            _check_stream_args(fn.__name__, step_id, stream_params[0], bound.arguments)
             scopes: list[_Scope] = []
             inp_ports: dict[str, Port] = {}
             for name, value in items[1:]:

@@ -15,6 +15,12 @@ Import as ``import headrace.operators as op``. Windowing lives in
 >>> run_main(flow)
 >>> sorted(out)
 [('a', 1), ('b', 2)]
+
+`join`'s modes are the ``Literal`` types ``JoinInsertMode`` and ``JoinEmitMode``:
+
+>>> import typing
+>>> typing.get_args(op.JoinInsertMode), typing.get_args(op.JoinEmitMode)
+(('first', 'last', 'product'), ('complete', 'final', 'running'))
 """
 
 from headrace.dataflow import Dataflow, KeyedStream, Stream, f_repr, operator
@@ -33,6 +39,8 @@ from headrace.operators._core import (
     stateful_batch,
 )
 from headrace.operators._stateful import (
+    JoinEmitMode,
+    JoinInsertMode,
     StatefulLogic,
     collect,
     count_final,
@@ -68,6 +76,8 @@ __all__ = [
     "BranchOut",
     "Dataflow",
     "DynamicSink",
+    "JoinEmitMode",
+    "JoinInsertMode",
     "KeyedStream",
     "Sink",
     "Source",
