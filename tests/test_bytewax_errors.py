@@ -198,3 +198,34 @@ def test_join_modes_are_exported() -> None:
 
     assert typing.get_args(JoinInsertMode) == ("first", "last", "product")
     assert typing.get_args(JoinEmitMode) == ("complete", "final", "running")
+
+
+# --- connector arguments ----------------------------------------------------
+
+
+def test_kafka_connectors_check_brokers_and_topics_in_bytewax_words() -> None:
+    from headrace.connectors.kafka import KafkaSink, KafkaSource
+    from headrace.connectors.kafka import operators as kop
+
+    cases = [
+        (lambda: KafkaSource("localhost:9092", ["t"]), "brokers must be an iterable and not a string"),
+        (lambda: KafkaSource(["localhost:9092"], "t"), "topics must be an iterable and not a string"),
+        (lambda: KafkaSource("localhost:9092", "t"), "brokers must be an iterable and not a string"),
+        (lambda: KafkaSink("localhost:9092", "t"), "brokers must be an iterable and not a string"),
+        (lambda: kop.input("k", Dataflow("k"), brokers="b:1", topics=["t"]),
+         "brokers must be an iterable and not a string"),
+        (lambda: kop.input("k", Dataflow("k"), brokers=["b:1"], topics="t"),
+         "topics must be an iterable and not a string"),
+        (lambda: KafkaSource(cast(Any, 5), ["t"]), "brokers must be an iterable of 'host:port' strings"),
+    ]
+    for build, words in cases:
+        with pytest.raises(TypeError) as info:
+            build()
+        assert str(info.value).startswith(words), str(info.value)
+
+
+def test_random_metric_source_interval_must_be_a_timedelta() -> None:
+    from headrace.connectors.demo import RandomMetricSource
+
+    with pytest.raises(TypeError, match="interval must be a `timedelta`; got int 5"):
+        RandomMetricSource("m", interval=cast(Any, 5))

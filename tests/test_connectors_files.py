@@ -145,11 +145,14 @@ def test_file_source_missing_file_error_names_the_path(tmp_path: Path) -> None:
     assert "does not exist" in msg
 
 
-def test_file_source_missing_directory_error_names_it(tmp_path: Path) -> None:
+def test_file_source_missing_directory_fails_when_made(tmp_path: Path) -> None:
+    # As in Bytewax 0.21.1: the OS error for the directory, at construction.
     path = tmp_path / "nodir" / "in.txt"
-    with pytest.raises(BytewaxRuntimeError) as info:
-        _run_source(FileSource(path))
-    assert str(tmp_path / "nodir") in _errors(info.value)
+    with pytest.raises(FileNotFoundError) as info:
+        FileSource(path)
+    assert str(info.value) == f"[Errno 2] No such file or directory: '{tmp_path / 'nodir'}'"
+    with pytest.raises(FileNotFoundError, match="No such file or directory: 'nodir'"):
+        CSVSource(Path("nodir/in.csv"))
 
 
 def test_file_source_non_utf8_error_names_path_and_offset(tmp_path: Path) -> None:
@@ -216,9 +219,24 @@ def test_dir_source_part_resumes_from_offset(tmp_path: Path) -> None:
 
 
 def test_dir_source_missing_directory(tmp_path: Path) -> None:
+    # Bytewax 0.21.1's type and words, at construction.
+    with pytest.raises(ValueError) as info:
+        DirSource(tmp_path / "missing")
+    assert str(info.value) == f"input directory `{tmp_path / 'missing'}` does not exist"
+    (tmp_path / "f.txt").write_text("")
+    with pytest.raises(ValueError) as info:
+        DirSource(tmp_path / "f.txt")
+    assert str(info.value) == f"input directory `{tmp_path / 'f.txt'}` is not a directory"
+
+
+def test_dir_source_directory_removed_before_the_run(tmp_path: Path) -> None:
+    d = tmp_path / "gone"
+    d.mkdir()
+    source = DirSource(d)
+    d.rmdir()
     with pytest.raises(BytewaxRuntimeError) as info:
-        _run_source(DirSource(tmp_path / "missing"))
-    assert str(tmp_path / "missing") in _errors(info.value)
+        _run_source(source)
+    assert str(d) in _errors(info.value)
 
 
 # ----------------------------------------------------------------- CSVSource

@@ -110,7 +110,7 @@ def test_every_public_name_is_there() -> None:
 def test_arguments_are_checked_up_front() -> None:
     with pytest.raises(TypeError, match="not a string"):
         KafkaSource("localhost:9092", ["t"])
-    with pytest.raises(TypeError, match="topics must be a list"):
+    with pytest.raises(TypeError, match=r"^topics must be an iterable and not a string"):
         KafkaSource(["localhost:9092"], "t")
     with pytest.raises(ValueError, match="starting_offset"):
         KafkaSource(["localhost:9092"], ["t"], starting_offset=-7)

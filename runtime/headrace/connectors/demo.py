@@ -103,6 +103,13 @@ class RandomMetricSource(FixedPartitionedSource[tuple[str, float], _RandomMetric
         count: int = sys.maxsize,
         next_random: Callable[[], float] = _default_random,
     ) -> None:
+        if not isinstance(interval, timedelta):
+            # Bytewax fails later, in the run, on `datetime += interval`.
+            msg = (
+                f"RandomMetricSource interval must be a `timedelta`; got "
+                f"{type(interval).__name__} {interval!r}: write e.g. timedelta(seconds=1)"
+            )
+            raise TypeError(msg)
         if interval < timedelta(0):
             msg = f"RandomMetricSource interval must not be negative; got {interval}"
             raise ValueError(msg)

@@ -55,12 +55,22 @@ __all__ = [
 
 
 def _get_path_dev(path: Path) -> str:
-    """The id of the device holding ``path``, in hex: the default ``get_fs_id``."""
+    """The id of the device holding ``path``, in hex: the default ``get_fs_id``.
+
+    A missing directory raises the operating system's `FileNotFoundError`
+    (``[Errno 2] No such file or directory: 'dir'``), as in Bytewax.
+
+    >>> _get_path_dev(Path("/no/such/dir"))
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: [Errno 2] No such file or directory: '/no/such/dir'
+    directory '/no/such/dir' does not exist; check the path you gave the source
+    """
     try:
         return hex(path.stat().st_dev)
-    except FileNotFoundError:
-        msg = f"directory {str(path)!r} does not exist; check the path you gave the source"
-        raise FileNotFoundError(msg) from None
+    except FileNotFoundError as exc:
+        exc.add_note(f"directory {str(path)!r} does not exist; check the path you gave the source")
+        raise
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -182,7 +192,8 @@ class FileSource(FixedPartitionedSource[str, int]):
         _check_batch_size(batch_size)
         self._path = Path(path)
         self._batch_size = batch_size
-        self._get_fs_id = get_fs_id
+        # As in Bytewax: the file's directory must exist when the source is made.
+        self._fs_id = get_fs_id(self._path.parent)
 
     def list_parts(self) -> list[str]:
         """One partition, ``"{fs_id}::{path}"``.
@@ -190,7 +201,7 @@ class FileSource(FixedPartitionedSource[str, int]):
         >>> FileSource("data/in.txt", get_fs_id=lambda d: "disk0").list_parts()
         ['disk0::data/in.txt']
         """
-        return [f"{self._get_fs_id(self._path.parent)}::{self._path}"]
+        return [f"{self._fs_id}::{self._path}"]
 
     def _check_part(self, step_id: str, for_part: str) -> None:
         if not for_part.endswith(f"::{self._path}"):
@@ -249,6 +260,13 @@ class DirSource(FixedPartitionedSource[str, int]):
     ) -> None:
         _check_batch_size(batch_size)
         self._dir_path = Path(dir_path)
+        # Bytewax's checks and words.
+        if not self._dir_path.exists():
+            msg = f"input directory `{self._dir_path}` does not exist"
+            raise ValueError(msg)
+        if not self._dir_path.is_dir():
+            msg = f"input directory `{self._dir_path}` is not a directory"
+            raise ValueError(msg)
         self._glob_pat = glob_pat
         self._batch_size = batch_size
         self._get_fs_id = get_fs_id

@@ -32,12 +32,16 @@ def brokers_str(what: str, brokers: Iterable[str]) -> str:
     >>> brokers_str("KafkaSource", "a:9092")
     Traceback (most recent call last):
     ...
-    TypeError: KafkaSource: brokers must be a list of 'host:port' strings, not a string; ...
+    TypeError: brokers must be an iterable and not a string; KafkaSource: write ['a:9092']
     """
+    # Bytewax's words first (tests match on them), then which connector and a fix.
     if isinstance(brokers, str | bytes):
+        msg = f"brokers must be an iterable and not a string; {what}: write [{brokers!r}]"
+        raise TypeError(msg)
+    if not isinstance(brokers, Iterable):
         msg = (
-            f"{what}: brokers must be a list of 'host:port' strings, not a string; "
-            f"write [{brokers!r}]"
+            f"brokers must be an iterable of 'host:port' strings; {what} got "
+            f"{type(brokers).__name__} {brokers!r}"
         )
         raise TypeError(msg)
     out = [str(b).strip() for b in brokers]
@@ -52,9 +56,16 @@ def topics_list(what: str, topics: Iterable[str]) -> list[str]:
 
     >>> topics_list("KafkaSource", ["a", "b"])
     ['a', 'b']
+    >>> topics_list("KafkaSource", "a")
+    Traceback (most recent call last):
+    ...
+    TypeError: topics must be an iterable and not a string; KafkaSource: write ['a']
     """
     if isinstance(topics, str | bytes):
-        msg = f"{what}: topics must be a list of names, not a string; write [{topics!r}]"
+        msg = f"topics must be an iterable and not a string; {what}: write [{topics!r}]"
+        raise TypeError(msg)
+    if not isinstance(topics, Iterable):
+        msg = f"topics must be an iterable of names; {what} got {type(topics).__name__} {topics!r}"
         raise TypeError(msg)
     out = list(topics)
     if not out:
