@@ -94,6 +94,86 @@ def test_batch_getter_custom_marker() -> None:
     assert next(it) == ["c"]
 
 
+def _getter(values: list[Any]) -> Any:
+    """A getter over ``values`` that raises the exceptions in it and StopIteration at the end."""
+    it = iter(values)
+
+    def get() -> Any:
+        v = next(it)
+        if isinstance(v, BaseException):
+            raise v
+        return v
+
+    return get
+
+
+# Results observed with Bytewax 0.21.1: the batch gathered when the getter
+# raises StopIteration is yielded (even when empty), then the iterator ends.
+@pytest.mark.parametrize(
+    ("values", "size", "expected"),
+    [
+        ([1, 2, 3], 2, [[1, 2], [3]]),
+        ([1, 2], 2, [[1, 2], []]),
+        ([], 2, [[]]),
+        ([1, None, 2, None, None, 3], 5, [[1], [2], [], [3]]),
+        ([1, 2, None], 2, [[1, 2], [], []]),
+    ],
+)
+def test_batch_getter_ends_on_stop_iteration(values: list[Any], size: int, expected: list[Any]) -> None:
+    assert list(batch_getter(_getter(values), size)) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "size", "expected"),
+    [
+        ([1, 2, 3], 2, [[1, 2], [3]]),
+        ([1, 2], 2, [[1, 2], []]),
+        ([], 2, [[]]),
+        ([1, queue.Empty(), 2, queue.Empty(), queue.Empty(), 3], 5, [[1], [2], [], [3]]),
+    ],
+)
+def test_batch_getter_ex_ends_on_stop_iteration(
+    values: list[Any], size: int, expected: list[Any]
+) -> None:
+    assert list(batch_getter_ex(_getter(values), size)) == expected
+
+
+def test_batch_getter_ex_with_a_broad_yield_ex_still_ends() -> None:
+    """``yield_ex=Exception`` also catches StopIteration: it ends batches, not the iterator."""
+    it = batch_getter_ex(_getter([1, 2, 3]), 2, Exception)
+    assert [next(it) for _ in range(4)] == [[1, 2], [3], [], []]
+
+
+def test_batch_getter_passes_other_errors_through() -> None:
+    with pytest.raises(ValueError, match="boom"):
+        list(batch_getter(_getter([1, ValueError("boom")]), 5))
+
+
+@pytest.mark.parametrize("helper", ["batch_getter", "batch_getter_ex"])
+def test_a_partition_built_on_a_batch_getter_ends_the_input(helper: str) -> None:
+    """``next_batch = next(batcher)``: the getter's StopIteration ends the partition cleanly."""
+
+    class Part(StatelessSourcePartition[int]):
+        def __init__(self) -> None:
+            get = _getter([1, 2, 3, 4, 5])
+            self._batcher = (
+                batch_getter(get, 2) if helper == "batch_getter" else batch_getter_ex(get, 2)
+            )
+
+        def next_batch(self) -> list[int]:
+            return next(self._batcher)
+
+    class Src(DynamicSource[int]):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> Part:
+            return Part()
+
+    flow = Dataflow("test")
+    out: list[int] = []
+    op.output("out", op.input("inp", flow, Src()), TestingSink(out))
+    run_main(flow)
+    assert out == [1, 2, 3, 4, 5]
+
+
 async def _agen(n: int) -> AsyncIterator[int]:
     for i in range(n):
         yield i
@@ -461,7 +541,155 @@ def test_polling_source_defaults() -> None:
     assert SimplePollingSource.Retry(timedelta(seconds=3)).timeout == timedelta(seconds=3)
 
 
-@pytest.mark.parametrize("interval", [timedelta(0), timedelta(seconds=-1)])
-def test_polling_source_interval_must_be_positive(interval: timedelta) -> None:
-    with pytest.raises(ValueError, match="interval"):
-        _Poller(interval, [])
+def test_polling_source_interval_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="interval must not be negative"):
+        _Poller(timedelta(seconds=-1), [])
+
+
+def test_polling_source_with_a_zero_interval_polls_continuously() -> None:
+    """Bytewax accepts ``interval=timedelta(0)``: poll whenever the worker can."""
+    src = _Poller(timedelta(0), [1, None, 2, 3, StopIteration()])
+    flow = Dataflow("test")
+    out: list[int] = []
+    op.output("out", op.input("inp", flow, src), TestingSink(out))
+    run_main(flow)
+    assert out == [1, 2, 3]
+
+
+def test_polling_source_takes_one_type_argument() -> None:
+    """As in Bytewax 0.21, the resume state type defaults to None."""
+    assert SimplePollingSource[int] == SimplePollingSource[int, None]
+    assert SimplePollingSource[int, str].__args__ == (int, str)  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="Too many arguments"):
+        SimplePollingSource[int, str, float]  # type: ignore[misc]
+
+    class Ticks(SimplePollingSource[str]):
+        def __init__(self) -> None:
+            super().__init__(timedelta(0))
+            self.left = ["a", "b"]
+
+        def next_item(self) -> str:
+            if not self.left:
+                raise StopIteration()
+            return self.left.pop(0)
+
+    flow = Dataflow("test")
+    out: list[str] = []
+    op.output("out", op.input("inp", flow, Ticks()), TestingSink(out))
+    run_main(flow)
+    assert out == ["a", "b"]
+
+
+def test_a_generic_polling_subclass_keeps_its_own_type_parameters() -> None:
+    from typing import Generic, TypeVar
+
+    T = TypeVar("T")
+
+    class Poll(SimplePollingSource[T], Generic[T]):
+        def next_item(self) -> T:
+            raise StopIteration()
+
+    assert Poll.__parameters__ == (T,)  # type: ignore[attr-defined]
+    assert Poll[int].__args__ == (int,)  # type: ignore[attr-defined]
+
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+class _Clock:
+    """A fake ``headrace.inputs._utc_now``; ``slow`` is added by each `next_item` call."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = T0
+        monkeypatch.setattr("headrace.inputs._utc_now", lambda: self.now)
+
+    def at(self, seconds: float) -> None:
+        self.now = T0 + timedelta(seconds=seconds)
+
+
+def _secs(awake: datetime | None) -> float | None:
+    return None if awake is None else (awake - T0).total_seconds()
+
+
+def test_polling_schedule_interval_none_and_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schedule Bytewax 0.21.1 gives when each poll is made on time."""
+    clock = _Clock(monkeypatch)
+    retry = SimplePollingSource.Retry(timedelta(seconds=2))
+    part = _Poller(timedelta(seconds=10), ["a", None, retry, "b"]).build_part("s", "singleton", None)
+    log: list[Any] = [_secs(part.next_awake())]
+    for at in (0, 10, 20, 22):
+        clock.at(at)
+        log.append((part.next_batch(), _secs(part.next_awake())))
+    assert log == [0.0, (["a"], 10.0), ([], 20.0), ([], 22.0), (["b"], 32.0)]
+
+
+@pytest.mark.parametrize(
+    ("align_s", "first"),
+    [(-3, 7.0), (-103, 7.0), (-10, 0.0), (3, 3.0)],
+)
+def test_polling_schedule_aligns_to_a_time(
+    monkeypatch: pytest.MonkeyPatch, align_s: int, first: float
+) -> None:
+    """The first poll is the first time ``align_to + k * interval`` not in the past."""
+    clock = _Clock(monkeypatch)
+    align = T0 + timedelta(seconds=align_s)
+    part = _Poller(timedelta(seconds=10), ["a", "b"], align_to=align).build_part("s", "singleton", None)
+    log: list[Any] = [_secs(part.next_awake())]
+    for at in (first, first + 10):
+        clock.at(at)
+        log.append((part.next_batch(), _secs(part.next_awake())))
+    assert log == [first, (["a"], first + 10), (["b"], first + 20)]
+
+
+def test_polling_schedule_skips_missed_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Headrace: a late poll stays on the grid without a burst of catch-up polls.
+
+    (Bytewax 0.21.1 would next poll at 17, 27, ... at once, one after another.)
+    """
+    clock = _Clock(monkeypatch)
+    part = _Poller(timedelta(seconds=10), ["a", "b"], align_to=T0 - timedelta(seconds=3)).build_part(
+        "s", "singleton", None
+    )
+    log: list[Any] = []
+    for at in (7, 40):
+        clock.at(at)
+        log.append((part.next_batch(), _secs(part.next_awake())))
+    assert log == [(["a"], 17.0), (["b"], 47.0)]
+
+
+def test_polling_source_resumes_through_recovery(tmp_path: Any) -> None:
+    """Two runs with recovery: the second is resumed with the first one's last snapshot.
+
+    The outputs are those of the same program under Bytewax 0.21.1.
+    """
+    from headrace.recovery import RecoveryConfig
+
+    class Counter(SimplePollingSource[int, int]):
+        def __init__(self, stop_at: int) -> None:
+            super().__init__(timedelta(0))
+            self.n = 0
+            self.stop_at = stop_at
+            self.resumed: int | None = None
+
+        def next_item(self) -> int | None:  # type: ignore[override]
+            if self.n >= self.stop_at:
+                raise StopIteration()
+            self.n += 1
+            return None if self.n % 2 == 0 else self.n
+
+        def snapshot(self) -> int:
+            return self.n
+
+        def resume(self, resume_state: int) -> None:
+            self.resumed = resume_state
+            self.n = resume_state
+
+    runs = []
+    for stop in (5, 9):
+        flow = Dataflow("poll_rec")
+        out: list[int] = []
+        src = Counter(stop)
+        op.output("o", op.input("i", flow, src), TestingSink(out))
+        run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(tmp_path))
+        runs.append((src.resumed, out))
+    assert runs == [(None, [1, 3, 5]), (5, [7, 9])]

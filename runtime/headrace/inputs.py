@@ -31,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 __all__ = [
     "AbortExecution",
@@ -49,7 +49,14 @@ __all__ = [
 
 X = TypeVar("X")
 S = TypeVar("S")
-Sn = TypeVar("Sn")
+if TYPE_CHECKING:
+    # For type checkers, the resume state of a polling source defaults to
+    # None, so ``SimplePollingSource[int]`` is complete (PEP 696).
+    from typing_extensions import TypeVar as _TypeVarWithDefault
+
+    Sn = _TypeVarWithDefault("Sn", default=None)
+else:
+    Sn = TypeVar("Sn")
 
 
 class AbortExecution(RuntimeError):
@@ -235,10 +242,15 @@ class _SimplePollingPartition(StatefulSourcePartition[X, Any]):
         self._source = source
         self._interval = interval
         now = _utc_now()
-        if align_to is not None:
-            since = now - align_to
-            whole = since // interval
-            self._next_awake = align_to + interval * (whole + 1)
+        if align_to is not None and interval > timedelta(0):
+            # The first poll is at the first time align_to + k * interval
+            # that is not in the past (align_to itself when in the future).
+            if align_to >= now:
+                self._next_awake = align_to
+            else:
+                self._next_awake = align_to + interval * -((align_to - now) // interval)
+        elif align_to is not None:
+            self._next_awake = max(align_to, now)
         else:
             self._next_awake = now
         if resume_state is not None:
@@ -252,8 +264,9 @@ class _SimplePollingPartition(StatefulSourcePartition[X, Any]):
             return []
         self._next_awake += self._interval
         now = _utc_now()
-        if self._next_awake < now:
-            # Fell behind (slow next_item): skip missed ticks, don't burst.
+        if self._next_awake < now and self._interval > timedelta(0):
+            # Fell behind (slow next_item or a busy worker): skip the missed
+            # ticks, staying on the same grid, instead of polling in a burst.
             missed = (now - self._next_awake) // self._interval + 1
             self._next_awake += self._interval * missed
         return [] if item is None else [item]
@@ -266,18 +279,30 @@ class _SimplePollingPartition(StatefulSourcePartition[X, Any]):
 
 
 class SimplePollingSource(FixedPartitionedSource[X, Sn]):
-    """Call `next_item` every ``interval`` (optionally aligned to a time).
+    """Call `next_item` every ``interval``, on one worker.
 
-    Return ``None`` for no item this time; raise ``SimplePollingSource.Retry``
-    to retry sooner than the interval.
+    ``align_to`` puts the polls on the grid ``align_to + k * interval``
+    (the first poll is the first grid time not in the past); without it the
+    first poll is at once and the grid starts there. `next_item` returns
+    the next item, or ``None`` for no item this time; it raises
+    `StopIteration` to end the input, or ``SimplePollingSource.Retry(td)``
+    to be called again ``td`` from now instead of at the next tick (the
+    grid then restarts from that retry). A poll that returns late (a slow
+    `next_item`) skips the ticks it missed rather than polling in a burst.
+    Override `snapshot` and `resume` to resume where a previous run stopped:
+    `resume` is called with the last committed snapshot before the first
+    poll. As in Bytewax, the second type argument (the resume state) may be
+    left out: ``SimplePollingSource[int]`` is ``SimplePollingSource[int, None]``.
 
     >>> from datetime import timedelta
-    >>> class Clock(SimplePollingSource):
+    >>> class Clock(SimplePollingSource[str]):
     ...     def next_item(self):
     ...         return "tick"
     >>> part = Clock(timedelta(seconds=1)).build_part("s", "singleton", None)
     >>> part.next_batch()
     ['tick']
+    >>> SimplePollingSource[int] == SimplePollingSource[int, None]
+    True
     """
 
     @dataclass
@@ -291,9 +316,18 @@ class SimplePollingSource(FixedPartitionedSource[X, Sn]):
 
         timeout: timedelta
 
+    if not TYPE_CHECKING:
+
+        def __class_getitem__(cls, params):
+            # Bytewax's Sn defaults to None: SimplePollingSource[X] means
+            # SimplePollingSource[X, None]. Subclasses keep their own parameters.
+            if cls is SimplePollingSource and not isinstance(params, tuple):
+                params = (params, None)
+            return super().__class_getitem__(params)
+
     def __init__(self, interval: timedelta, align_to: datetime | None = None) -> None:
-        if interval <= timedelta(0):
-            msg = f"SimplePollingSource interval must be positive; got {interval}"
+        if interval < timedelta(0):
+            msg = f"SimplePollingSource interval must not be negative; got {interval}"
             raise ValueError(msg)
         self._interval = interval
         self._align_to = align_to
@@ -381,15 +415,23 @@ def batch_getter(
 ) -> Iterator[list[X]]:
     """Call ``getter`` repeatedly, yielding a batch when full or ``yield_on`` is got.
 
+    ``getter`` raises `StopIteration` at the end of the input: the batch
+    gathered so far (maybe empty) is yielded and the iterator ends, as in
+    Bytewax, so ``next(batcher)`` in a partition's ``next_batch`` ends the
+    partition.
+
     >>> vals = iter([1, 2, None, 3])
-    >>> g = batch_getter(lambda: next(vals), 5)
-    >>> next(g)
-    [1, 2]
+    >>> list(batch_getter(lambda: next(vals), 5))
+    [[1, 2], [3]]
     """
     while True:
         chunk: list[X] = []
         while len(chunk) < batch_size:
-            item = getter()
+            try:
+                item = getter()
+            except StopIteration:
+                yield chunk
+                return
             if item == yield_on:
                 break
             chunk.append(item)
@@ -401,10 +443,16 @@ def batch_getter_ex(
 ) -> Iterator[list[X]]:
     """Like `batch_getter`, but a batch ends when ``getter`` raises ``yield_ex``.
 
+    `StopIteration` from ``getter`` yields the batch so far and ends the
+    iterator.
+
     >>> q = queue.Queue()
     >>> for i in range(3): q.put(i)
     >>> next(batch_getter_ex(q.get_nowait, 10))
     [0, 1, 2]
+    >>> vals = iter([1, 2, 3])
+    >>> list(batch_getter_ex(lambda: next(vals), 2))
+    [[1, 2], [3]]
     """
     while True:
         chunk: list[X] = []
@@ -413,6 +461,9 @@ def batch_getter_ex(
                 item = getter()
             except yield_ex:
                 break
+            except StopIteration:
+                yield chunk
+                return
             chunk.append(item)
         yield chunk
 
