@@ -5,6 +5,9 @@ Expected values were checked against Bytewax 0.21.1.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -130,6 +133,99 @@ def test_abort_in_a_cluster_returns() -> None:
     cluster_main(flow, [], 0, worker_count_per_proc=2)
     assert 3 not in out
     assert set(out) <= {1, 2}
+
+
+def test_abort_emits_the_items_before_it_in_its_batch() -> None:
+    """Bytewax 0.21.1 ends the batch at the ABORT and aborts on the next poll."""
+    items = [0, 1, 2, TestingSource.ABORT(), 3, 4, 5]
+    assert _batches(items, batch_size=2) == [[0, 1], [2]]
+    assert _batches(items, batch_size=2) == [[0, 1], [2, 3], [4, 5]]  # the ABORT fired
+
+
+def _drive(part: Any, calls: int = 4) -> list[Any]:
+    """(batch or what was raised, snapshot) after each ``next_batch`` call."""
+    log: list[Any] = []
+    for _ in range(calls):
+        try:
+            log.append((part.next_batch(), part.snapshot()))
+        except (StopIteration, AbortExecution) as exc:
+            log.append((type(exc).__name__, part.snapshot()))
+            break
+    return log
+
+
+def test_abort_partition_batches_and_snapshots() -> None:
+    """A snapshot taken at the ABORT points at it, as in Bytewax 0.21.1."""
+    abort = TestingSource.ABORT()
+    src: TestingSource[Any] = TestingSource([0, 1, 2, abort, 3, 4], batch_size=2)
+    assert _drive(src.build_part("s", "iterable", None)) == [
+        ([0, 1], 2), ([2], 3), ("AbortExecution", 3)
+    ]
+    # Resumed from that snapshot, the triggered ABORT is passed over.
+    # (Headrace counts the passed-over ABORT in the position; Bytewax 0.21.1 does not,
+    # so its next resume from 5 would replay item 4.)
+    assert _drive(src.build_part("s", "iterable", 3)) == [([3, 4], 6), ("StopIteration", 6)]
+    # A fresh ABORT at the resume point fires again.
+    fresh: TestingSource[Any] = TestingSource([0, 1, 2, TestingSource.ABORT(), 3, 4])
+    assert _drive(fresh.build_part("s", "iterable", 3)) == [([], 3), ("AbortExecution", 3)]
+
+
+def _abort_flow(out: list[Any], items: list[Any]) -> Dataflow:
+    flow = Dataflow("abort_rec")
+    s = op.input("inp", flow, TestingSource(items))
+    s = op.stateful_map("sum", s, lambda st, v: ((st or 0) + v,) * 2)
+    op.output("out", s, TestingSink(out))
+    return flow
+
+
+def test_abort_is_passed_over_on_resume_with_recovery(tmp_path: Any) -> None:
+    """``run_main`` twice with recovery: the second run resumes at the ABORT and skips it.
+
+    Same outputs as Bytewax 0.21.1 for the same program.
+    """
+    from headrace.recovery import RecoveryConfig
+
+    items = [("a", 1), ("a", 2), TestingSource.ABORT(), ("a", 3), ("a", 4)]
+    outs = []
+    for _ in range(2):
+        out: list[Any] = []
+        run_main(
+            _abort_flow(out, items),
+            epoch_interval=timedelta(0),
+            recovery_config=RecoveryConfig(tmp_path),
+        )
+        outs.append(out)
+    assert outs == [[("a", 1), ("a", 3)], [("a", 6), ("a", 10)]]
+
+
+def test_abort_with_recovery_and_long_epochs_replays_the_epoch(tmp_path: Any) -> None:
+    """Nothing of the aborted epoch was committed: the rerun starts over, without the ABORT."""
+    from headrace.recovery import RecoveryConfig
+
+    items = [("a", 1), ("a", 2), TestingSource.ABORT(), ("a", 3)]
+    outs = []
+    for _ in range(2):
+        out: list[Any] = []
+        run_main(_abort_flow(out, items), recovery_config=RecoveryConfig(tmp_path))
+        outs.append(out)
+    assert outs == [[("a", 1), ("a", 3)], [("a", 1), ("a", 3), ("a", 6)]]
+
+
+def test_a_fresh_abort_fires_again_on_resume(tmp_path: Any) -> None:
+    """A new ABORT object (a new process) at the resume point aborts again, as in Bytewax."""
+    from headrace.recovery import RecoveryConfig
+
+    outs = []
+    for _ in range(2):
+        out: list[Any] = []
+        items = [("a", 1), ("a", 2), TestingSource.ABORT(), ("a", 3)]
+        run_main(
+            _abort_flow(out, items),
+            epoch_interval=timedelta(0),
+            recovery_config=RecoveryConfig(tmp_path),
+        )
+        outs.append(out)
+    assert outs == [[("a", 1), ("a", 3)], []]
 
 
 def test_abort_sentinel_state() -> None:
@@ -314,3 +410,71 @@ def test_time_testing_getter() -> None:
     assert clock.now == clock.get()
     clock.now = start
     assert clock.get() == start
+
+
+# --- python -m headrace.testing ----------------------------------------------------------
+
+_CLI_FLOWS = """\
+import os
+import headrace.operators as op
+from headrace.dataflow import Dataflow
+from headrace.testing import TestingSource
+from headrace.connectors.stdio import StdOutSink
+
+spread = Dataflow("spread")
+s = op.input("inp", spread, TestingSource(range(8)))
+s = op.redistribute("spread", s)
+op.output("out", op.map("tag", s, lambda x: f"{x} {os.getpid()}"), StdOutSink())
+
+resume = Dataflow("resume")
+s = op.input("inp", resume, TestingSource([1, 2, TestingSource.EOF(), 3, 4]))
+op.output("out", op.map("str", s, str), StdOutSink())
+"""
+
+
+def _testing_cli(tmp_path: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "cliflows.py").write_text(_CLI_FLOWS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEADRACE_", "BYTEWAX_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "headrace.testing", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_testing_cli_runs_a_local_cluster(tmp_path: Any) -> None:
+    """``-w 2 -p 2``: two processes of two workers; redistribute reaches all four."""
+    res = _testing_cli(tmp_path, "cliflows:spread", "-w", "2", "-p", "2")
+    assert (res.returncode, res.stderr) == (0, "")
+    pairs = [line.split() for line in res.stdout.splitlines()]
+    assert sorted(int(x) for x, _pid in pairs) == list(range(8))
+    assert len({pid for _x, pid in pairs}) == 2
+
+
+def test_testing_cli_recovery_resumes(tmp_path: Any) -> None:
+    """``-r``/``-s``/``-b`` as Bytewax's; the outputs are Bytewax 0.21.1's for the same runs."""
+    rec = str(tmp_path / "rec")
+    outs = []
+    for _ in range(3):
+        res = _testing_cli(tmp_path, "cliflows:resume", "-r", rec, "-s", "1", "-b", "10", "-p", "2")
+        assert res.returncode == 0, res.stderr
+        outs.append(res.stdout)
+    assert outs == ["1\n2\n", "3\n4\n", ""]
+
+
+def test_testing_cli_failure_exits_1(tmp_path: Any) -> None:
+    """Any failed run exits 1, as Bytewax's test entry point does, saying why."""
+    res = _testing_cli(tmp_path, "cliflows:nope")
+    assert res.returncode == 1
+    assert "no attribute 'nope'" in res.stderr
+
+
+def test_testing_cli_usage(tmp_path: Any) -> None:
+    res = _testing_cli(tmp_path, "--help")
+    assert res.returncode == 0
+    assert res.stdout.startswith("usage: python -m headrace.testing")
+    for flag in ("-r RECOVERY_DIRECTORY", "-s SNAPSHOT_INTERVAL", "-b BACKUP_INTERVAL",
+                 "-w WORKERS_PER_PROCESS", "-p PROCESSES", "import_str"):
+        assert flag in res.stdout
+    res = _testing_cli(tmp_path)
+    assert res.returncode == 2
+    assert "the following arguments are required: import_str" in res.stderr

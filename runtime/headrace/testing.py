@@ -1,5 +1,8 @@
 """Helpers for testing dataflows: in-memory sources and sinks, runners.
 
+``python -m headrace.testing mod:flow -w 2 -p 2`` runs a dataflow as a local
+test cluster, as ``python -m bytewax.testing`` does (see `main`).
+
 >>> import headrace.operators as op
 >>> from headrace.dataflow import Dataflow
 >>> flow = Dataflow("t")
@@ -12,7 +15,9 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +38,7 @@ __all__ = [
     "TimeTestingGetter",
     "cluster_main",
     "ffwd_iter",
+    "main",
     "poll_next_batch",
     "run_main",
 ]
@@ -58,10 +64,16 @@ class _IterSourcePartition(StatefulSourcePartition[X, int]):
         self._awake: datetime | None = None
         ffwd_iter(self._it, self._start)
         self._eof = False
+        # An ABORT reached with items before it in the batch: the batch is
+        # returned first and the abort raised by the next call, as in Bytewax.
+        self._abort: TestingSource.ABORT | None = None
 
     def next_batch(self) -> list[X]:
         if self._eof:
             raise StopIteration()
+        if self._abort is not None:
+            self._abort._triggered = True
+            raise AbortExecution()
         batch: list[X] = []
         self._awake = None
         while len(batch) < self._batch_size:
@@ -72,14 +84,16 @@ class _IterSourcePartition(StatefulSourcePartition[X, int]):
                     self._eof = True
                     return batch
                 raise
+            if isinstance(item, TestingSource.ABORT) and not item._triggered:
+                # Not counted yet: a snapshot taken now resumes at the ABORT,
+                # which a rerun with the same (triggered) sentinel passes over.
+                self._abort = item
+                return batch
             self._idx += 1
             if isinstance(item, TestingSource.EOF):
                 self._eof = True
                 return batch
             if isinstance(item, TestingSource.ABORT):
-                if not item._triggered:
-                    item._triggered = True
-                    raise AbortExecution()
                 continue
             if isinstance(item, TestingSource.PAUSE):
                 self._awake = datetime.now(UTC) + item.for_duration
@@ -317,3 +331,83 @@ def cluster_main(
         epoch_interval=epoch_interval,
         recovery=recovery_config,
     )
+
+
+def _parser() -> argparse.ArgumentParser:
+    from headrace.run import _env
+
+    def seconds(text: str) -> str:
+        try:
+            float(text)
+        except ValueError:
+            msg = f"expected a number of seconds; got {text!r}"
+            raise argparse.ArgumentTypeError(msg) from None
+        return text
+
+    p = argparse.ArgumentParser(
+        prog="python -m headrace.testing",
+        description="Run a Headrace dataflow as a local test cluster.",
+        epilog="Options also come from HEADRACE_* (or BYTEWAX_*) environment variables, e.g. "
+        "HEADRACE_WORKERS_PER_PROCESS. For every option of a real deployment, use "
+        "`python -m headrace.run`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("import_str", help="dataflow to run: 'mod', 'mod:attr', 'mod:factory(1)', "
+                   "or 'path/to/file.py:attr'")
+    p.add_argument("-s", "--snapshot-interval", type=seconds, default=_env("SNAPSHOT_INTERVAL"),
+                   help="seconds between snapshots for recovery (the epoch length)")
+    r = p.add_argument_group("recovery")
+    r.add_argument("-r", "--recovery-directory", default=_env("RECOVERY_DIRECTORY"),
+                   help="recovery store: a local directory or a redis:// URL")
+    r.add_argument("-b", "--backup-interval", type=seconds, default=_env("BACKUP_INTERVAL"),
+                   help="seconds of snapshot history kept before compaction")
+    g = p.add_argument_group(
+        "scaling", "'-p' starts that many local processes, '-w' runs that many workers in each."
+    )
+    g.add_argument("-w", "--workers-per-process", type=int,
+                   default=int(_env("WORKERS_PER_PROCESS", 1)), help="worker threads per process")
+    g.add_argument("-p", "--processes", type=int, default=int(_env("PROCESSES", 1)),
+                   help="number of local processes")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m headrace.testing IMPORT_STR [-w W] [-p P] [-r DIR] [-s S] [-b S]``.
+
+    Runs the dataflow as a local cluster of ``P`` processes of ``W`` workers
+    each, on 127.0.0.1, with Bytewax's arguments, and returns the exit code:
+    0, or 1 when the run (or any of its processes) failed, as Bytewax's
+    test entry point does; why is printed to standard error. No metrics
+    server is started unless ``HEADRACE_METRICS_PORT`` asks for one.
+
+    >>> import contextlib, io
+    >>> err = io.StringIO()
+    >>> with contextlib.redirect_stderr(err):
+    ...     main(["headrace.no_such_module:flow", "-w", "2"])
+    1
+    >>> "headrace.no_such_module" in err.getvalue()
+    True
+    """
+    from headrace.run import _env
+    from headrace.run import main as run_main_cli
+
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    run_argv = [
+        args.import_str,
+        "-w", str(args.workers_per_process),
+        "-p", str(args.processes),
+        "--metrics-port", str(_env("METRICS_PORT", "0")),
+    ]
+    if args.recovery_directory:
+        run_argv += ["-r", args.recovery_directory]
+    if args.snapshot_interval is not None:
+        run_argv += ["-s", args.snapshot_interval]
+    if args.backup_interval is not None:
+        run_argv += ["-b", args.backup_interval]
+    return 0 if run_main_cli(run_argv) == 0 else 1
+
+
+if __name__ == "__main__":
+    from headrace.testing import main as _main  # the module's own copy, not __main__'s
+
+    sys.exit(_main())
