@@ -349,3 +349,47 @@ def test_unreachable_redis_fails_fast_with_named_url(tmp_path: Path) -> None:
     flow = _sum_flow([("a", 1)], [])
     with pytest.raises(RecoveryStoreError, match=f"Redis at {url}.*unreachable"):
         run_main(flow, recovery_config=RecoveryConfig(url, retry_for=1.0))
+
+
+# ------------------------------------------------------------ python -m headrace.recovery DIR N
+
+
+def _recovery_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "headrace.recovery", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_bytewax_form_of_the_cli_inits_a_directory_a_run_resumes_from(tmp_path: Path) -> None:
+    """``python -m headrace.recovery DB_DIR PART_COUNT`` (Bytewax's form) does what ``init`` does."""
+    db_dir = tmp_path / "state"
+    res = _recovery_cli(str(db_dir), "2")
+    assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
+    assert db_dir.is_dir()
+    again = _recovery_cli(str(db_dir), "2")
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+    items = [("a", 1), ("b", 2), TestingSource.EOF(), ("a", 10)]
+    outs = []
+    for _ in range(2):
+        out: list[Any] = []
+        run_main(_sum_flow(items, out), epoch_interval=ZERO, recovery_config=RecoveryConfig(db_dir))
+        outs.append(out)
+    assert outs == [[("a", 1), ("b", 2)], [("a", 11)]]
+
+
+def test_recovery_cli_init_forms_and_errors(tmp_path: Path) -> None:
+    res = _recovery_cli("init", str(tmp_path / "a" / "b"), "3")
+    assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
+    assert (tmp_path / "a" / "b").is_dir()
+    res = _recovery_cli(str(tmp_path / "neg"), "-1")
+    assert (res.returncode, res.stderr) == (1, "error: count must be >= 0; got -1\n")
+    res = _recovery_cli(str(tmp_path / "x"), "many")
+    assert res.returncode == 2
+    assert "argument part_count: invalid int value: 'many'" in res.stderr
+    (tmp_path / "file").write_text("")
+    res = _recovery_cli(str(tmp_path / "file"), "1")
+    assert res.returncode == 1
+    assert res.stderr.startswith(f"error: can't create recovery directory '{tmp_path / 'file'}'")
+    res = _recovery_cli("--help")
+    assert res.returncode == 0
+    assert "{show,delete,init}" in res.stdout and "DB_DIR PART_COUNT" in res.stdout
+    assert not (tmp_path / "neg").exists() and not (tmp_path / "x").exists()

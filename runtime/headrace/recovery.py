@@ -24,6 +24,8 @@ Admin CLI::
 
     python -m headrace.recovery show redis://localhost:6379/0 --flow-id wordcount
     python -m headrace.recovery delete ./state --flow-id wordcount
+    python -m headrace.recovery init ./state 1
+    python -m headrace.recovery ./state 1      # Bytewax's form of init
 """
 
 from __future__ import annotations
@@ -116,16 +118,22 @@ def init_db_dir(db_dir: str | Path, count: int) -> None:
     """Create a local recovery directory (Bytewax-compatible helper).
 
     Headrace needs no pre-created partitions (key groups are fixed at the
-    first run), so this only makes the directory; ``count`` is checked.
+    first run), so this only makes the directory (and its parents); doing it
+    again is harmless, and a Redis URL needs nothing. ``count`` is checked
+    but otherwise unused; 0 is accepted, as Bytewax accepts it.
 
     >>> import tempfile, os
     >>> d = os.path.join(tempfile.mkdtemp(), "rec")
     >>> init_db_dir(d, 1); os.path.isdir(d)
     True
+    >>> init_db_dir("redis://localhost:6379/0", 1); os.path.exists("redis:")
+    False
     """
-    if count < 1:
-        msg = f"count must be >= 1; got {count}"
+    if count < 0:
+        msg = f"count must be >= 0; got {count}"
         raise ValueError(msg)
+    if RecoveryConfig(db_dir).is_redis:
+        return
     Path(db_dir).mkdir(parents=True, exist_ok=True)
 
 
@@ -144,17 +152,47 @@ def _describe(meta: Meta | None) -> dict[str, object]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m headrace.recovery {show,delete,init} LOCATION``.
+_COMMANDS = ("show", "delete", "init")
 
-    >>> import tempfile
+
+def _init_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m headrace.recovery",
+        description="Create a local recovery directory (Bytewax's form of `init`).",
+        epilog="Other commands: python -m headrace.recovery {show,delete,init} --help",
+    )
+    p.add_argument("db_dir", help="local directory to create (with its parents)")
+    p.add_argument("part_count", type=int,
+                   help="number of partitions; Headrace fixes its key groups at the first run, "
+                   "so this is only checked")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m headrace.recovery {show,delete,init} LOCATION`` or ``DB_DIR PART_COUNT``.
+
+    The second form is Bytewax's ``python -m bytewax.recovery DB_DIR
+    PART_COUNT`` and does what ``init`` does. (A directory named like a
+    command is written ``./show``.)
+
+    >>> import os, tempfile
     >>> main(["show", tempfile.mkdtemp(), "--flow-id", "nothing"])
     {
       "location": ...
     }
     0
+    >>> d = os.path.join(tempfile.mkdtemp(), "state")
+    >>> main([d, "4"]), os.path.isdir(d)
+    (0, True)
     """
-    p = argparse.ArgumentParser(prog="python -m headrace.recovery")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in _COMMANDS and not argv[0].startswith("-"):
+        bw = _init_parser().parse_args(argv)
+        return _init(bw.db_dir, bw.part_count)
+    p = argparse.ArgumentParser(
+        prog="python -m headrace.recovery",
+        epilog="Bytewax's form, python -m headrace.recovery DB_DIR PART_COUNT, is `init`.",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, help_ in (
         ("show", "print a dataflow's committed epoch, worker count and state sizes"),
@@ -170,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ip.add_argument("count", type=int, nargs="?", default=1)
     args = p.parse_args(argv)
     if args.cmd == "init":
-        init_db_dir(args.location, args.count)
-        return 0
+        return _init(args.location, args.count)
     try:
         store = open_store(args.location, args.flow_id, retry_for=5.0)
         if args.cmd == "show":
@@ -188,6 +225,19 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
     except RecoveryStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _init(location: str, count: int) -> int:
+    try:
+        init_db_dir(location, count)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: can't create recovery directory {location!r}: {exc.strerror or exc}",
+              file=sys.stderr)
         return 1
     return 0
 
