@@ -89,10 +89,12 @@ class JaegerConfig(TracingConfig):
 class OtlpTracingConfig(TracingConfig):
     """Send traces to an OpenTelemetry collector over OTLP.
 
-    ``url``: ``grpc://host:4317`` (the default port) uses OTLP/gRPC;
-    ``http://host:4318/v1/traces`` uses OTLP/HTTP when its exporter is
-    installed. ``None`` uses ``OTEL_EXPORTER_OTLP_ENDPOINT`` or the
-    exporter's default. ``sampling_ratio`` is the fraction of traces kept.
+    ``url``: ``grpc://host:4317`` (or Bytewax's ``grpc:://host:4317``) uses
+    OTLP/gRPC; ``http://host:4318/v1/traces`` uses OTLP/HTTP. Both
+    exporters come with the ``otel`` extra. ``None`` uses
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` or the gRPC exporter's default,
+    ``localhost:4317`` (Bytewax's is ``127.0.0.1:4317``). ``sampling_ratio``
+    is the fraction of traces kept.
 
     >>> cfg = OtlpTracingConfig("wordcount", sampling_ratio=0.1)
     >>> cfg.service_name, cfg.url, cfg.sampling_ratio
