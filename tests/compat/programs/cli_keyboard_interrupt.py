@@ -1,0 +1,43 @@
+"""Ctrl-C (SIGINT) during a CLI run: the exit status a shell sees, and the lines printed before."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
+
+
+class Forever(StatelessSourcePartition):
+    def __init__(self):
+        self.n = 0
+
+    def next_batch(self):
+        self.n += 1
+        if self.n == 1:
+            print("started", flush=True)
+        time.sleep(0.01)
+        return []
+
+
+class ForeverSource(DynamicSource):
+    def build(self, step_id, worker_index, worker_count):
+        return Forever()
+
+
+flow = Dataflow("sigint")
+op.inspect("show", op.input("inp", flow, ForeverSource()))
+
+if __name__ == "__main__":
+    p = subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", "cli_keyboard_interrupt:flow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    print(p.stdout.readline(), end="")
+    p.send_signal(signal.SIGINT)
+    rest = p.stdout.read()
+    print("exit", p.wait(timeout=30), repr(rest))
