@@ -51,5 +51,9 @@ def compat_runner(request: pytest.FixtureRequest) -> Iterator[Runner]:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and _NODEID in item.nodeid:
             cases.append(tuple(callspec.params["case"]))
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="compat") as pool:
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="compat")
+    try:
         yield Runner(pool, cases)
+    finally:
+        # A run stopped early (-x, Ctrl-C) does not wait for the programs still queued.
+        pool.shutdown(wait=True, cancel_futures=True)
