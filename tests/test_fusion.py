@@ -283,8 +283,9 @@ def test_compile_chain_fused_equals_unfused(steps: list[Step], batches: list[lis
         stages = [st_ for i, s in enumerate(steps) for st_ in _stage(i, s, seen)]
         fns = compile_chain(stages, EpochRef(), 0, fuse)
         if fuse:
-            opaque = sum(1 for s in stages if s.kind == "batch")
-            # Item-level runs between opaque batch steps become one function each.
+            opaque = sum(1 for s in stages if s.kind in ("batch", "inspect"))
+            # Item-level runs between opaque batch steps and inspects (which
+            # run alone, over the whole batch) become one function each.
             assert len(fns) <= 2 * opaque + 1
         out = []
         for batch in batches:

@@ -302,13 +302,18 @@ def compile_chain(stages: list[Stage], ctx: EpochRef, worker_index: int, fuse: b
 
     Runs of item-level stages become one fused comprehension each (or one
     comprehension per stage when ``fuse`` is false); opaque ``flat_map_batch``
-    mappers are called on the whole batch.
+    mappers are called on the whole batch. An ``inspect`` stage is a
+    comprehension of its own, so it prints the whole batch after the stages
+    before it and before the stages after it, as in Bytewax.
 
     >>> ctx = EpochRef()
     >>> fns = compile_chain([Stage("a", "map", lambda x: x + 1),
     ...                      Stage("b", "filter", lambda x: x % 2 == 0)], ctx, 0)
     >>> len(fns), fns[0]([1, 2, 3])
     (1, [2, 4])
+    >>> len(compile_chain([Stage("a", "map", str), Stage("i", "inspect", print),
+    ...                    Stage("b", "map", len)], ctx, 0))
+    3
     """
     fns: list[BatchFn] = []
     run: list[Stage] = []
@@ -327,6 +332,10 @@ def compile_chain(stages: list[Stage], ctx: EpochRef, worker_index: int, fuse: b
         if st.kind == "batch":
             flush()
             fns.append(_wrap_batch_stage(st))
+        elif st.kind == "inspect":
+            flush()
+            run.append(st)
+            flush()
         else:
             run.append(st)
     flush()
@@ -350,7 +359,7 @@ def compile_grouping_chain(
     live = [s for s in stages if s.kind != "noop"]
     tail: list[Stage] = []
     for st in reversed(live):
-        if st.kind == "batch":
+        if st.kind in ("batch", "inspect"):
             break
         tail.insert(0, st)
     if not tail or not groups_by_checked_key(tail):

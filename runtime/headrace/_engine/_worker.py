@@ -32,6 +32,7 @@ from headrace._engine._fuse import EpochRef, Stage, compile_chain, compile_group
 from headrace._engine._hash import DEFAULT_KEY_GROUPS, group_owner, key_group, part_owner
 from headrace._engine._metrics import M, StepMetrics, WorkerMetrics
 from headrace._engine._plan import CoreStep, Plan
+from headrace._engine._sched import Ready
 from headrace._engine._store import PARTS, Entry, Store
 from headrace.errors import BytewaxRuntimeError
 from headrace.inputs import (
@@ -110,17 +111,6 @@ def _engine_tracer() -> Any:
     if type(provider).__name__ in ("ProxyTracerProvider", "NoOpTracerProvider"):
         return None
     return provider.get_tracer("headrace")
-
-
-def _traced_fn(
-    tracer: Any, name: str, fn: Callable[[list[Any]], list[Any]]
-) -> Callable[[list[Any]], list[Any]]:
-    def traced(batch: list[Any]) -> list[Any]:
-        with tracer.start_as_current_span(name) as span:
-            span.set_attribute("headrace.items", len(batch))
-            return fn(batch)
-
-    return traced
 
 
 def _traced(tracer: Any, name: str, push: Push) -> Push:
@@ -257,6 +247,12 @@ class _StatefulRun:
         self.worker = worker
         self.dirty: set[str] = set()
         self.track = worker.config.store is not None
+        # Bytewax handles the keys of an activation in sorted order; a
+        # builder tagged `_unordered` (a reduction whose function can't
+        # print: `_stateful._unordered`) emits nothing per batch, so its
+        # order can't be seen and the sort is skipped.
+        self.ordered = not getattr(self.builder, "_unordered", False)
+        self.activated = False  # handled items since the worker loop last fired timers
         wm = worker.metrics
         self.m = None if wm is None else wm.step(
             self.step_id, "stateful_batch_on_batch_duration_seconds")
@@ -311,7 +307,9 @@ class _StatefulRun:
             self._seq += 1
             heapq.heappush(self.heap, (at, self._seq, key))
 
-    def _apply(self, key: str, logic: Any, ret: Any, what: str) -> list[Any]:
+    def _apply(
+        self, key: str, logic: Any, ret: Any, what: str, later: list[str] | None = None
+    ) -> list[Any]:
         try:
             outs, discard = ret
         except (TypeError, ValueError):
@@ -338,36 +336,24 @@ class _StatefulRun:
         if discard:
             self.logics.pop(key, None)
             self.timers.pop(key, None)
+        elif later is not None:
+            later.append(key)
         else:
             self._schedule(key, logic)
         return out
 
     def on_batch(self, batch: list[Any]) -> None:
         t0 = time.perf_counter()
+        if not self.trusted:
+            self._process(self._group(batch), len(batch), t0)
+            return
         groups: dict[str, list[Any]] = {}
-        if self.trusted:
-            for k, v in batch:
-                vs = groups.get(k)
-                if vs is None:
-                    groups[k] = [v]
-                else:
-                    vs.append(v)
-        else:
-            # One C-level pass checks every item is a tuple; unpacking then
-            # checks the length, and each new key is checked to be a str.
-            if list(map(type, batch)).count(tuple) != len(batch):
-                self._reject(batch)
-            try:
-                for k, v in batch:
-                    vs = groups.get(k)
-                    if vs is None:
-                        if k.__class__ is not str:
-                            raise _not_keyed(self.step_id, (k, v))
-                        groups[k] = [v]
-                    else:
-                        vs.append(v)
-            except ValueError:
-                self._reject(batch)
+        for k, v in batch:
+            vs = groups.get(k)
+            if vs is None:
+                groups[k] = [v]
+            else:
+                vs.append(v)
         self._process(groups, len(batch), t0)
 
     def _reject(self, batch: list[Any]) -> None:
@@ -381,13 +367,60 @@ class _StatefulRun:
         else:
             self.on_batch(payload)
 
+    def deliver_many(self, payloads: list[Any]) -> None:
+        """Every batch of one activation, grouped by key together (as Bytewax does)."""
+        if len(payloads) == 1:
+            self.deliver(payloads[0])
+            return
+        t0 = time.perf_counter()
+        groups: dict[str, list[Any]] = {}
+        n = 0
+        for payload in payloads:
+            if payload.__class__ is not dict:
+                payload = self._group(payload)
+            for k, vs in payload.items():
+                n += len(vs)
+                old = groups.get(k)
+                if old is None:
+                    groups[k] = list(vs)
+                else:
+                    old.extend(vs)
+        self._process(groups, n, t0)
+
+    def _group(self, batch: list[Any]) -> dict[str, list[Any]]:
+        # One C-level pass checks every item is a tuple; unpacking then
+        # checks the length, and each new key is checked to be a str.
+        groups: dict[str, list[Any]] = {}
+        if list(map(type, batch)).count(tuple) != len(batch):
+            self._reject(batch)
+        try:
+            for k, v in batch:
+                vs = groups.get(k)
+                if vs is None:
+                    if k.__class__ is not str:
+                        raise _not_keyed(self.step_id, (k, v))
+                    groups[k] = [v]
+                else:
+                    vs.append(v)
+        except ValueError:
+            self._reject(batch)
+        return groups
+
     def _process(self, groups: dict[str, list[Any]], n_in: int, t0: float) -> None:
         out: list[Any] = []
         extend = out.extend
         logics = self.logics
         builder = self.builder
         dirty = self.dirty if self.track else None
-        for k, vs in groups.items():
+        # Keys whose `notify_at` is asked after this activation's due timers
+        # fired: as in Bytewax, a timer set by an item fires at the next
+        # activation, after that activation's items.
+        later: list[str] = []
+        pairs: Any = groups.items()
+        if self.ordered and len(groups) > 1:
+            keys = sorted(groups)
+            pairs = zip(keys, map(groups.__getitem__, keys), strict=True)
+        for k, vs in pairs:
             logic = logics.get(k)
             if logic is None:
                 try:
@@ -415,9 +448,16 @@ class _StatefulRun:
                     del logics[k]
                     self.timers.pop(k, None)
                 elif _may_set_timers(logic):
-                    self._schedule(k, logic)
+                    later.append(k)
             else:
-                extend(self._apply(k, logic, ret, "on_batch"))
+                extend(self._apply(k, logic, ret, "on_batch", later))
+        self.activated = True
+        if self.heap:
+            self._notify_due(_utcnow(), out, 1)
+        for k in later:
+            logic = logics.get(k)
+            if logic is not None:
+                self._schedule(k, logic)
         m = self.m
         if m is not None:
             dt = time.perf_counter() - t0
@@ -438,15 +478,25 @@ class _StatefulRun:
         return None
 
     def fire_timers(self, now: datetime) -> None:
+        """An activation without items: notify the keys whose time has come."""
         heap = self.heap
         if not heap or heap[0][0] > now:
             return
-        t0 = time.perf_counter()
         out: list[Any] = []
         # A logic still due after on_notify is notified again (as Bytewax does),
         # in rounds; the bound keeps one that is always due from hanging the
         # worker: the rest waits for the next pass of the worker loop.
-        for _round in range(_MAX_TIMER_ROUNDS):
+        self._notify_due(now, out, _MAX_TIMER_ROUNDS)
+        if out:
+            self.push(out)
+
+    def _notify_due(self, now: datetime, out: list[Any], rounds: int) -> None:
+        """Call `on_notify` of each key due at ``now``, in key order; outputs go to ``out``."""
+        heap = self.heap
+        if not heap or heap[0][0] > now:
+            return
+        t0 = time.perf_counter()
+        for _round in range(rounds):
             if not heap or heap[0][0] > now:
                 break
             due: list[str] = []
@@ -455,6 +505,7 @@ class _StatefulRun:
                 if self.timers.get(key) == at:
                     del self.timers[key]
                     due.append(key)
+            due.sort()
             for key in due:
                 logic = self.logics.get(key)
                 if logic is None:
@@ -469,13 +520,15 @@ class _StatefulRun:
                 out.extend(self._apply(key, logic, ret, "on_notify"))
         if self.m_notify is not None:
             self.m_notify.observe(time.perf_counter() - t0)
-        if out:
-            self.push(out)
 
     def on_eof(self) -> None:
-        t0 = time.perf_counter()
+        """End of input: due timers fire, then every key's `on_eof`, in key order."""
         out: list[Any] = []
-        for key, logic in list(self.logics.items()):
+        self._notify_due(_utcnow(), out, 1)
+        t0 = time.perf_counter()
+        logics = self.logics
+        for key in sorted(logics):
+            logic = logics[key]
             if not _has_own_eof(logic):
                 # The default on_eof emits nothing and keeps the state as it
                 # is: don't re-snapshot every such key in the final epoch.
@@ -575,8 +628,11 @@ class _Edge:
     eid: int
     step: CoreStep | None  # None for the control edge
     deliver: Push = _drop  # local processing of items owned by this worker
-    route: Push = _drop  # entry point from upstream: routes then sends/delivers
+    # the batches of one activation, routed then sent or delivered (see `Ready`)
+    route_many: Callable[[list[Any]], None] = _drop
     on_eof: Callable[[], None] = lambda: None
+    # the step's activation when the epoch ends there (a stateful step's due timers fire)
+    on_align: Callable[[], None] = lambda: None
     # makes the step's combiner for one destination worker (see `_combine_into`)
     new_combiner: Callable[[], Any] | None = None
     upstream_edges: set[int] = field(default_factory=set)
@@ -637,6 +693,11 @@ class Worker:
         self.epoch_ref.epoch = config.resume_epoch + 1
         self._sink_parts: list[tuple[str, str, Any]] = []
         self.snapshot_bytes = 0
+        # Steps run in declaration order, each with all its pending batches
+        # (`_sched.Ready`); a step's position is its index in the plan.
+        self.ready = Ready()
+        self._pos = {st.step_id: i for i, st in enumerate(plan.steps)}
+        self._nodes: dict[str, Push] = {}
         self._build()
 
     @property
@@ -712,31 +773,63 @@ class Worker:
         return push
 
     def _entry(self, step: CoreStep, stream_id: str) -> Push:
-        """Entry point of ``step`` for batches arriving on ``stream_id``."""
+        """Entry point of ``step`` for batches arriving on ``stream_id``.
+
+        Queues the batch for the step's turn (`Ready`); `merge` only passes
+        batches on, so its consumers queue them.
+        """
+        if step.kind == "merge":
+            return self.push_for(step.outputs["down"])
+        node = self._nodes.get(step.step_id)
+        if node is None:
+            node = self._nodes[step.step_id] = self.ready.push_to(
+                self._pos[step.step_id], self._run_many(step))
+        return node
+
+    def _run_many(self, step: CoreStep) -> Callable[[list[Any]], None]:
+        """What runs ``step`` on the batches of one activation."""
         if self._stage_of(step) is not None:
             return self._chain_from(step)
-        kind = step.kind
-        if kind == "merge":
-            return self.push_for(step.outputs["down"])
-        if kind == "branch":
-            return self._branch(step)
         if step.step_id in self._edge_of_step:
             edge = self._edge_of_step[step.step_id]
-            return lambda batch: edge.route(batch)
-        if kind == "output":
-            return self._dynamic_sink(step)
-        raise AssertionError(f"unknown core step kind {kind!r}")
+            return lambda batches: edge.route_many(batches)
+        if step.kind == "branch":
+            push = self._branch(step)
+        elif step.kind == "output":
+            push = self._dynamic_sink(step)
+        else:
+            raise AssertionError(f"unknown core step kind {step.kind!r}")
 
-    def _chain_from(self, first: CoreStep) -> Push:
+        def each(batches: list[Any]) -> None:
+            for batch in batches:
+                push(batch)
+
+        return each
+
+    def _chain_from(self, first: CoreStep) -> Callable[[list[Any]], None]:
+        """Run the stateless steps declared one after the other from ``first`` as one step.
+
+        Each batch function of the chain (a fused run of item-level stages,
+        an `inspect`, a `flat_map_batch`) handles every batch of the
+        activation before the next function starts, as separate steps would.
+        """
         stages: list[Stage] = []
         step = first
+        pos = self._pos
         while True:
             stage = self._stage_of(step)
             assert stage is not None
             stages.append(stage)
             out = step.outputs["down"]
             consumers = self.plan.consumers.get(out, [])
-            if len(consumers) == 1 and self._stage_of(consumers[0]) is not None:
+            # Only the next step declared: one declared in between would run
+            # between the two in Bytewax.
+            if (
+                len(consumers) == 1
+                and self._stage_of(consumers[0]) is not None
+                and pos[consumers[0].step_id] == pos[step.step_id] + 1
+                and len(consumers[0].inputs) == 1
+            ):
                 step = consumers[0]
                 continue
             break
@@ -748,57 +841,55 @@ class Worker:
         if fns is None:
             fns = compile_chain(stages, self.epoch_ref, self.index, self.config.fuse)
         if not fns:
-            return downstream
-        if self.tracer is not None:
-            inner = list(fns)
-
-            def run_chain(batch: list[Any]) -> list[Any]:
-                for fn in inner:
-                    batch = fn(batch)
-                    if not batch:
-                        break
-                return batch
-
-            fns = [_traced_fn(self.tracer, first.step_id, run_chain)]
-        if self.metrics is not None:
-            m = self.metrics.step(first.step_id, "flat_map_batch_duration_seconds")
-            seq_m = tuple(fns)
-
-            def push_measured(batch: list[Any]) -> None:
-                t0 = time.perf_counter()
-                n = len(batch)
-                for fn in seq_m:
-                    batch = fn(batch)
-                    if not batch:
-                        break
-                dt = time.perf_counter() - t0
-                m.inp.inc(n)
-                m.out.inc(_count(batch))
-                m.dur.observe(dt)
-                m.busy.inc(dt)
-                if batch:
+            def pass_on(batches: list[Any]) -> None:
+                for batch in batches:
                     downstream(batch)
 
-            return push_measured
-        if len(fns) == 1:
-            only = fns[0]
-
-            def push(batch: list[Any]) -> None:
-                out = only(batch)
-                if out:
-                    downstream(out)
-
-            return push
+            return pass_on
         seq = tuple(fns)
+        if self.tracer is None and self.metrics is None and len(seq) == 1:
+            only = seq[0]
 
-        def push_seq(batch: list[Any]) -> None:
+            def run_one(batches: list[Any]) -> None:
+                for batch in batches:
+                    out = only(batch)
+                    if out:
+                        downstream(out)
+
+            return run_one
+
+        def apply(batches: list[Any]) -> list[Any]:
             for fn in seq:
-                batch = fn(batch)
-                if not batch:
-                    return
-            downstream(batch)
+                batches = [o for o in map(fn, batches) if o]
+            return batches
 
-        return push_seq
+        if self.tracer is not None:
+            tracer, untraced = self.tracer, apply
+
+            def apply(batches: list[Any]) -> list[Any]:
+                with tracer.start_as_current_span(first.step_id) as span:
+                    span.set_attribute("headrace.items", sum(map(len, batches)))
+                    return untraced(batches)
+
+        m = None if self.metrics is None else self.metrics.step(
+            first.step_id, "flat_map_batch_duration_seconds")
+
+        def run(batches: list[Any]) -> None:
+            if m is None:
+                outs = apply(batches)
+            else:
+                t0 = time.perf_counter()
+                n = sum(map(len, batches))
+                outs = apply(batches)
+                dt = time.perf_counter() - t0
+                m.inp.inc(n)
+                m.out.inc(sum(map(_count, outs)))
+                m.dur.observe(dt)
+                m.busy.inc(dt)
+            for batch in outs:
+                downstream(batch)
+
+        return run
 
     def _branch(self, step: CoreStep) -> Push:
         pred = step.conf["predicate"]
@@ -935,8 +1026,10 @@ class Worker:
             node = _StatefulRun(step, self, trusted=step.inputs[0] in self._keyed)
             node.push = self.push_for(step.outputs["down"])
             self.stateful.append(node)
+            deliver_many: Callable[[list[Any]], None] = node.deliver_many
             if self.tracer is not None:
                 edge.deliver = _traced(self.tracer, step.step_id, node.deliver)
+                deliver_many = _traced(self.tracer, step.step_id, deliver_many)
             else:
                 edge.deliver = node.deliver
             store = self.config.store
@@ -946,14 +1039,15 @@ class Worker:
                 for states in store.load(step.step_id, mine).values():
                     node.restore(states)
             edge.on_eof = node.on_eof
+            edge.on_align = lambda: node.fire_timers(_utcnow())
             precombiner = getattr(step.conf["builder"], "precombiner", None)
             if precombiner is not None and self.count > 1:
                 consumers = self.plan.consumers
                 edge.new_combiner = precombiner(lambda stream_id: bool(consumers.get(stream_id)))
-            edge.route = self._keyed_router(edge, step.step_id, node.trusted)
+            edge.route_many = self._keyed_router(edge, step.step_id, node.trusted, deliver_many)
         elif step.kind == "redistribute":
             edge.deliver = self.push_for(step.outputs["down"])
-            edge.route = self._rr_router(edge)
+            edge.route_many = self._rr_router(edge)
         else:
             self._wire_partitioned_sink(edge)
 
@@ -1025,9 +1119,11 @@ class Worker:
         edge: _Edge,
         step_id: str,
         trusted: bool,
-    ) -> Push:
+        deliver_many: Callable[[list[Any]], None],
+    ) -> Callable[[list[Any]], None]:
+        """Route an activation's batches by key; this worker's keys are handled together."""
         if self.count == 1:
-            return edge.deliver
+            return deliver_many
         groups = self.config.key_groups
         count = self.count
         me = self.index
@@ -1039,6 +1135,8 @@ class Worker:
             dst = cache[k] = group_owner(key_group(k, groups), groups, count)
             return dst
 
+        local: list[Any] = []
+
         def route_groups(grouped: dict[str, list[Any]]) -> None:
             parts: list[dict[str, list[Any]]] = [{} for _ in range(count)]
             for k, vs in grouped.items():
@@ -1049,9 +1147,17 @@ class Worker:
             for dst, part in enumerate(parts):
                 if part:
                     if dst == me:
-                        edge.deliver(part)
+                        local.append(part)
                     else:
                         self._send_data(edge, dst, part)
+
+        def route_many(batches: list[Any]) -> None:
+            for batch in batches:
+                route(batch)
+            if local:
+                mine = local[:]
+                local.clear()
+                deliver_many(mine)
 
         def route(batch: Any) -> None:
             if batch.__class__ is dict:
@@ -1079,11 +1185,17 @@ class Worker:
                 _reject_unkeyed(step_id, batch)
             route_groups(grouped)
 
-        return route
+        return route_many
 
-    def _rr_router(self, edge: _Edge) -> Push:
+    def _rr_router(self, edge: _Edge) -> Callable[[list[Any]], None]:
         if self.count == 1:
-            return edge.deliver
+            deliver = edge.deliver
+
+            def pass_on(batches: list[Any]) -> None:
+                for batch in batches:
+                    deliver(batch)
+
+            return pass_on
         count = self.count
         me = self.index
         offset = [me]
@@ -1100,7 +1212,11 @@ class Worker:
                     else:
                         self._send_data(edge, dst, items)
 
-        return route
+        def route_many(batches: list[Any]) -> None:
+            for batch in batches:
+                route(batch)
+
+        return route_many
 
     def _wire_partitioned_sink(self, edge: _Edge) -> None:
         step = edge.step
@@ -1178,8 +1294,12 @@ class Worker:
                     else:
                         self._send_data(edge, dst, items)
 
+        def route_many(batches: list[Any]) -> None:
+            for batch in batches:
+                route(batch)
+
         edge.deliver = deliver
-        edge.route = route
+        edge.route_many = route_many
 
     def _compute_upstreams(self) -> None:
         """For each edge: which edges and source steps feed it (transitively)."""
@@ -1217,9 +1337,20 @@ class Worker:
         return all(s.done for s in self.sources if steps is None or s.step_id in steps)
 
     def _poll_sources(self, now: datetime) -> bool:
-        """Poll awake partitions once; return whether any produced items."""
+        """Poll awake partitions once; return whether any produced items.
+
+        As in Bytewax, an input step emits what all its partitions gave in
+        one poll as one batch; the flow then runs on it (`Ready.run`).
+        """
         produced = False
+        held: list[Any] = []  # the batch of the input step being polled
+        held_push: Push = _drop
         for src in self.sources:
+            if src.push is not held_push:
+                if held:
+                    held_push(held[0] if len(held) == 1 else [x for b in held for x in b])
+                    held = []
+                held_push = src.push
             if src.done or (src.awake is not None and src.awake > now):
                 continue
             t0 = time.perf_counter()
@@ -1258,7 +1389,7 @@ class Worker:
                 m.busy.inc(dt)
             if batch:
                 produced = True
-                src.push(batch)
+                held.append(batch)
             try:
                 awake = src.part.next_awake()
             except Exception as exc:
@@ -1274,6 +1405,9 @@ class Worker:
             if awake is None and not batch:
                 awake = now + _EMPTY_COOLDOWN
             src.awake = awake
+        if held:
+            held_push(held[0] if len(held) == 1 else [x for b in held for x in b])
+        self.ready.run()
         return produced
 
     def _close_source(self, src: _SourceRun) -> None:
@@ -1307,16 +1441,21 @@ class Worker:
             self._barrier(edge, payload)
 
     def _barrier(self, edge: _Edge, flags: int) -> None:
+        self.ready.run()  # data before the barrier is handled first
         edge.barriers += 1
         if flags & F_EOF:
             edge.eof_votes += 1
         if flags & F_STOP:
             edge.stop_votes += 1
         if edge.barriers == self.count:
+            # As in Bytewax, the end of an epoch activates the step: timers
+            # due by now fire (with `epoch_interval=0`, before the next item).
+            edge.on_align()
             edge.aligned = True
             if edge.eof_votes == self.count and not edge.eof:
                 edge.eof = True
                 edge.on_eof()
+            self.ready.run()
 
     def _send_acks(self, force: bool) -> None:
         """Tell senders how many of their items were processed.
@@ -1357,6 +1496,7 @@ class Worker:
             except queue.Empty:
                 break
             self._handle(msg)
+        self.ready.run()
         self._send_acks(False)
 
     def _start_epoch_span(self) -> Any:
@@ -1516,12 +1656,19 @@ class Worker:
         held, self._held = self._held, []
         for msg in held:
             self._handle(msg)
+        self.ready.run()
 
     def _fire_timers(self, now: datetime) -> None:
+        """Activations without items: steps that handled items since the last call
+        fired their due timers then, as Bytewax does."""
         for node in self.stateful:
+            if node.activated:
+                node.activated = False
+                continue
             edge = self._edge_of_step[node.step_id]
             if not edge.aligned and not edge.eof:
                 node.fire_timers(now)
+        self.ready.run()
 
     def _next_wake(self, closing: bool, deadline: float) -> float:
         """Seconds to sleep until something is due (capped)."""

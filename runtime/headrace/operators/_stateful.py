@@ -249,6 +249,50 @@ def stateful_flat_map(
     )
 
 
+_PLAIN_TYPES = frozenset({list, dict, set, tuple, int, float, str, frozenset, bytes})
+
+
+def _cannot_print(fn: Any) -> bool:
+    """Whether calling ``fn`` can have no effect but its result (so the order of calls is unseen).
+
+    True for a Python function that names no global, attribute, closure
+    variable or default (recursively for functions it defines): it can only
+    compute with its arguments' operators. Also true for plain builtin types.
+
+    >>> _cannot_print(lambda a, b: a + b), _cannot_print(list)
+    (True, True)
+    >>> _cannot_print(lambda a, b: print(a) or a + b), _cannot_print(lambda a, p=print: p(a))
+    (False, False)
+    """
+    if fn in _PLAIN_TYPES:
+        return True
+    code = getattr(fn, "__code__", None)
+    if code is None or getattr(fn, "__closure__", None) or getattr(fn, "__defaults__", None):
+        return False
+    if getattr(fn, "__kwdefaults__", None):
+        return False
+
+    def bare(c: Any) -> bool:
+        return not c.co_names and not c.co_freevars and all(
+            bare(k) for k in c.co_consts if hasattr(k, "co_names"))
+
+    return bare(code)
+
+
+def _unordered(builder: Any, *fns: Any) -> Any:
+    """Tag a builder whose logic emits nothing per batch and whose ``fns`` can't print.
+
+    Bytewax handles the keys of a batch in sorted order; the engine skips
+    that sort for a tagged step, where the order of the calls can't be seen
+    (word counts over thousands of keys per batch spent 6% sorting).
+
+    >>> _unordered(lambda resume: None, lambda a, b: a + b)._unordered
+    True
+    """
+    builder._unordered = all(_cannot_print(fn) for fn in fns)
+    return builder
+
+
 class _FoldFinalLogic(StatefulBatchLogic[V, S, S]):
     __slots__ = ("folder", "state")
 
@@ -291,7 +335,7 @@ def fold_final(
     def build(resume: S | None) -> _FoldFinalLogic[V, S]:
         return _FoldFinalLogic(folder, builder() if resume is None else resume)
 
-    return stateful_batch("stateful_batch", up, build)
+    return stateful_batch("stateful_batch", up, _unordered(build, builder, folder))
 
 
 class _ReduceFinalLogic(StatefulBatchLogic[V, V, V]):
@@ -334,9 +378,8 @@ def reduce_final(
     [('a', 3), ('b', 3)]
     """
     _check_callable(step_id, "reducer", reducer)
-    return stateful_batch(
-        "stateful_batch", up, _combinable(lambda resume: _ReduceFinalLogic(reducer, resume), reducer)
-    )
+    build = _combinable(lambda resume: _ReduceFinalLogic(reducer, resume), reducer)
+    return stateful_batch("stateful_batch", up, _unordered(build, reducer))
 
 
 def _add(a: int, b: int) -> int:
@@ -421,12 +464,12 @@ class _CollectLogic(StatefulBatchLogic[V, list[V], Any]):
     def on_batch(self, values: list[V]) -> tuple[Iterable[list[V]], bool]:
         out: list[list[V]] = []
         for v in values:
-            if self.deadline is None:
-                self.deadline = self.now() + self.timeout
             self.items.append(v)
             if len(self.items) >= self.max_size:
                 out.append(self.items)
-                self.items, self.deadline = [], None
+                self.items = []
+        # As in Bytewax, the timeout counts from the key's latest value.
+        self.deadline = self.now() + self.timeout if self.items else None
         return out, not self.items
 
     def on_notify(self) -> tuple[Iterable[list[V]], bool]:
@@ -453,8 +496,9 @@ def collect(
 ) -> Stream[tuple[str, list[V]]]:
     """Gather each key's values into lists of ``max_size``, or after ``timeout``.
 
-    A list is emitted when it is full, when ``timeout`` has passed since its
-    first value arrived, or at end of input.
+    A list is emitted when it is full, when ``timeout`` has passed since the
+    key's latest value arrived (each value restarts the wait, as in
+    Bytewax), or at end of input.
 
     >>> import headrace.operators as op
     >>> from datetime import timedelta
