@@ -210,8 +210,14 @@ def make_stores(engines: list[str], bytewax: Path | None, redis_server: RedisSer
 
             stores.append(Store("headrace redis", "headrace", fresh_redis, lambda: server.url,
                                 server.dump, server.load))
-        stores.append(Store("headrace sqlite", "headrace",
-                            lambda: ["-r", new_dir(), "-s", "1", *hr], lambda: state.get("dir"),
+        def fresh_dir() -> list[str]:
+            from headrace.recovery import init_db_dir
+
+            d = new_dir()
+            init_db_dir(d, 1)  # a directory must hold its part files before a run
+            return ["-r", d, "-s", "1", *hr]
+
+        stores.append(Store("headrace sqlite", "headrace", fresh_dir, lambda: state.get("dir"),
                             save_dir, put_back_dir))
     if "bytewax" in engines and bytewax is not None:
         bw = bytewax

@@ -462,6 +462,7 @@ def test_file_to_file_is_exactly_once_across_a_crash(tmp_path: Path) -> None:
         op.output("out", op.map("crash", s, crash_once), SpySink(out))
         return flow
 
+    recovery.init_db_dir(tmp_path / "recovery", 1)
     config = recovery.RecoveryConfig(str(tmp_path / "recovery"))
     with pytest.raises(BytewaxRuntimeError):
         run_main(build(), epoch_interval=timedelta(0), recovery_config=config)

@@ -395,6 +395,9 @@ def test_worker_queries_return_data_from_a_real_prometheus(tmp_path: Path) -> No
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = dict(os.environ, PYTHONPATH=str(ROOT), HR_SECONDS="90", HR_PARTS="2",
                HR_PER_TICK="20", HR_TICK="0.05")
+    from headrace.recovery import init_db_dir
+
+    init_db_dir(tmp_path / "recovery", 2)
     run = subprocess.Popen(
         [sys.executable, "-m", "headrace.run", "tests.flows.metrics_flows:paced()", "-p", "2",
          "-r", str(tmp_path / "recovery"), "--epoch-interval", "1",

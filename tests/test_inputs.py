@@ -662,7 +662,7 @@ def test_polling_source_resumes_through_recovery(tmp_path: Any) -> None:
 
     The outputs are those of the same program under Bytewax 0.21.1.
     """
-    from headrace.recovery import RecoveryConfig
+    from headrace.recovery import RecoveryConfig, init_db_dir
 
     class Counter(SimplePollingSource[int, int]):
         def __init__(self, stop_at: int) -> None:
@@ -684,6 +684,7 @@ def test_polling_source_resumes_through_recovery(tmp_path: Any) -> None:
             self.resumed = resume_state
             self.n = resume_state
 
+    init_db_dir(tmp_path, 1)
     runs = []
     for stop in (5, 9):
         flow = Dataflow("poll_rec")

@@ -20,9 +20,15 @@ from typing import Any
 import pytest
 
 import headrace.operators as op
-from headrace._engine._store import PARTS, RecoveryStoreError, Store, open_store
+from headrace._engine._store import PARTS, Entry, RecoveryStoreError, Store, open_store
 from headrace.dataflow import Dataflow
-from headrace.recovery import RecoveryConfig
+from headrace.recovery import (
+    InconsistentPartitionsError,
+    MissingPartitionsError,
+    NoPartitionsError,
+    RecoveryConfig,
+    init_db_dir,
+)
 from headrace.recovery import main as recovery_main
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
 from tests.procs import children, lines_in, wait_for_output
@@ -35,6 +41,7 @@ ZERO = timedelta(0)
 @pytest.fixture(params=["sqlite", "redis"])
 def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
+        init_db_dir(tmp_path / "state", 3)
         return str(tmp_path / "state")
     server = request.getfixturevalue("redis_server")
     return str(server.url)
@@ -85,7 +92,7 @@ def test_store_compaction_keeps_state(location: str) -> None:
     rng = random.Random(7)
     expected: dict[str, bytes] = {}
     for epoch in range(1, 30):
-        entries = []
+        entries: list[Entry] = []
         for _ in range(5):
             k = f"k{rng.randrange(10)}"
             v = b"" if rng.random() < 0.2 else str(rng.random()).encode()
@@ -125,7 +132,7 @@ def test_redis_keys_share_one_hash_tag(redis_server: RedisServer) -> None:
     s.start_execution(1, 4)
     s.write_epoch(1, [("st", 2, "k", b"v"), ("src", PARTS, "p", b"s")])
     s.commit(1, 1)
-    keys = [k.decode() for k in redis.Redis.from_url(redis_server.url).keys("*")]
+    keys = [k.decode() if isinstance(k, bytes) else k for k in redis.Redis.from_url(redis_server.url).keys("*")]
     assert keys and all(k.startswith("hr{tagged}:") for k in keys), keys
 
 
@@ -205,6 +212,7 @@ def test_unpicklable_state_fails_at_first_snapshot_naming_step(tmp_path: Path) -
     s = op.input("inp", flow, TestingSource([("a", 1)]))
     s = op.stateful_map("holds_lock", s, lambda st, v: (threading.Lock(), v))
     op.output("out", s, TestingSink([]))
+    init_db_dir(tmp_path, 1)
     with pytest.raises(RuntimeError, match=r"holds_lock.*lock.*can't be pickled"):
         run_main(flow, epoch_interval=ZERO, recovery_config=RecoveryConfig(tmp_path))
 
@@ -364,7 +372,7 @@ def test_bytewax_form_of_the_cli_inits_a_directory_a_run_resumes_from(tmp_path: 
     db_dir = tmp_path / "state"
     res = _recovery_cli(str(db_dir), "2")
     assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
-    assert db_dir.is_dir()
+    assert sorted(os.listdir(db_dir)) == ["part-0.sqlite3", "part-1.sqlite3"]
     again = _recovery_cli(str(db_dir), "2")
     assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
     items = [("a", 1), ("b", 2), TestingSource.EOF(), ("a", 10)]
@@ -379,7 +387,7 @@ def test_bytewax_form_of_the_cli_inits_a_directory_a_run_resumes_from(tmp_path: 
 def test_recovery_cli_init_forms_and_errors(tmp_path: Path) -> None:
     res = _recovery_cli("init", str(tmp_path / "a" / "b"), "3")
     assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
-    assert (tmp_path / "a" / "b").is_dir()
+    assert sorted(os.listdir(tmp_path / "a" / "b")) == [f"part-{i}.sqlite3" for i in range(3)]
     res = _recovery_cli(str(tmp_path / "neg"), "-1")
     assert (res.returncode, res.stderr) == (1, "error: count must be >= 0; got -1\n")
     res = _recovery_cli(str(tmp_path / "x"), "many")
@@ -393,3 +401,296 @@ def test_recovery_cli_init_forms_and_errors(tmp_path: Path) -> None:
     assert res.returncode == 0
     assert "{show,delete,init}" in res.stdout and "DB_DIR PART_COUNT" in res.stdout
     assert not (tmp_path / "neg").exists() and not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------ the recovery directory's parts
+
+
+def _keep_max_flow(items: list[Any], out: list[Any]) -> Dataflow:
+    flow = Dataflow("test_df")
+    s = op.input("inp", flow, TestingSource(items))
+    s = op.stateful_map("max", s, lambda m, v: (max(m or 0, v), max(m or 0, v)))
+    op.output("out", s, TestingSink(out))
+    return flow
+
+
+def _parts(db_dir: Path, flow_id: str) -> list[dict[str, object]]:
+    from headrace._engine._sqlite_store import SqliteStore
+
+    store = SqliteStore(db_dir, flow_id)
+    try:
+        return store.parts()
+    finally:
+        store.close()
+
+
+def test_init_makes_real_part_files_each_knowing_its_index(tmp_path: Path) -> None:
+    import sqlite3
+
+    init_db_dir(tmp_path / "d", 3)
+    assert sorted(os.listdir(tmp_path / "d")) == [f"part-{i}.sqlite3" for i in range(3)]
+    headers = []
+    for i in range(3):
+        with sqlite3.connect(tmp_path / "d" / f"part-{i}.sqlite3") as c:
+            h = dict(c.execute("SELECT k, v FROM hr_part"))
+        headers.append((h["format"], h["index"], h["count"]))
+        assert len(h["dir_id"]) == 32
+    assert headers == [("headrace-recovery-part", str(i), "3") for i in range(3)]
+    init_db_dir(tmp_path / "d", 3)  # again: harmless
+    with pytest.raises(ValueError, match="already holds 3 recovery partitions; can't init it with 2"):
+        init_db_dir(tmp_path / "d", 2)
+    init_db_dir(tmp_path / "zero", 0)  # as Bytewax: no parts
+    assert os.listdir(tmp_path / "zero") == []
+
+
+def test_no_parts(tmp_path: Path) -> None:
+    # Bytewax's test_no_parts: no init_db_dir -> NoPartitionsError at run start, nothing run.
+    out: list[Any] = []
+    with pytest.raises(NoPartitionsError) as info:
+        run_main(_keep_max_flow([("a", 1)], out), epoch_interval=ZERO,
+                 recovery_config=RecoveryConfig(str(tmp_path)))
+    assert str(info.value) == (
+        f"No recovery partitions found on any worker; can't resume (recovery directory "
+        f"'{tmp_path}' has no part-N.sqlite3 files): run `python -m headrace.recovery "
+        f"{tmp_path} N` (or init_db_dir('{tmp_path}', N)) first to create N partitions")
+    assert out == []
+    assert os.listdir(tmp_path) == []  # and nothing was created there
+
+
+def test_a_directory_that_does_not_exist_is_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "typo"
+    with pytest.raises(FileNotFoundError, match=f'recovery directory "{missing}" does not exist'):
+        run_main(_keep_max_flow([("a", 1)], []), recovery_config=RecoveryConfig(missing))
+    assert not missing.exists()
+
+
+def test_missing_parts(tmp_path: Path) -> None:
+    # Bytewax's test_missing_parts, plus: a part deleted after a run is an error, not a fresh start.
+    init_db_dir(tmp_path, 3)
+    out: list[Any] = []
+    run_main(_keep_max_flow([("a", 4), ("b", 5)], out), epoch_interval=ZERO,
+             recovery_config=RecoveryConfig(str(tmp_path)))
+    assert out == [("a", 4), ("b", 5)]
+    os.remove(tmp_path / "part-0.sqlite3")
+    os.remove(tmp_path / "part-2.sqlite3")
+    out.clear()
+    with pytest.raises(MissingPartitionsError) as info:
+        run_main(_keep_max_flow([("a", 1)], out), epoch_interval=ZERO,
+                 recovery_config=RecoveryConfig(str(tmp_path)))
+    assert str(info.value) == (
+        f"Missing recovery partitions part-0.sqlite3, part-2.sqlite3 of 3 in '{tmp_path}'; "
+        "can't resume: restore them from a backup (state in them would be lost), or delete "
+        "the directory and init it again to start over")
+    assert out == []
+    with pytest.raises(MissingPartitionsError, match="init does not recreate lost partitions"):
+        init_db_dir(tmp_path, 3)
+
+
+def test_inconsistent_parts(tmp_path: Path) -> None:
+    # Bytewax's test_inconsistent_parts: part 0 rolled back to its initial copy while the
+    # others moved on and (backup_interval 0) kept no history to roll back with it.
+    import shutil
+
+    init_db_dir(tmp_path, 3)
+    config = RecoveryConfig(str(tmp_path), backup_interval=ZERO)
+    shutil.copy(tmp_path / "part-0.sqlite3", tmp_path / "part-0.run0")
+    out: list[Any] = []
+    flow = _keep_max_flow([("a", 4), ("b", 4), TestingSource.ABORT(), ("a", 1), ("b", 5)], out)
+    run_main(flow, epoch_interval=ZERO, recovery_config=config)
+    assert out == [("a", 4), ("b", 4)]
+    parts = _parts(tmp_path, "test_df")
+    newest = parts[1]["committed_epoch"]
+    assert [(p["committed_epoch"], p["base_epoch"]) for p in parts] == [(newest, newest)] * 3
+    shutil.copy(tmp_path / "part-0.run0", tmp_path / "part-0.sqlite3")
+    out.clear()
+    with pytest.raises(InconsistentPartitionsError) as info:
+        run_main(flow, epoch_interval=ZERO, recovery_config=config)
+    assert str(info.value) == (
+        f"Recovery partitions part-0.sqlite3 of 3 in '{tmp_path}' are too old to resume from "
+        f"epoch {newest} without data loss; do you have a newer backup of these partitions? "
+        f"(flow 'test_df': part-0.sqlite3 committed epoch 0; part-1.sqlite3 kept no history "
+        f"before epoch {newest}, part-2.sqlite3 kept no history before epoch {newest}. A longer "
+        "backup_interval (-b) keeps more history. To start over instead: python -m "
+        f"headrace.recovery delete {tmp_path} --flow-id test_df)")
+    assert out == []
+    # What the message says to do works: delete the flow's state, and it starts over.
+    assert recovery_main(["delete", str(tmp_path), "--flow-id", "test_df", "--yes"]) == 0
+    run_main(flow, epoch_interval=ZERO, recovery_config=config)
+    assert out == [("a", 4), ("b", 4), ("a", 4), ("b", 5)]
+
+
+def test_an_older_part_resumes_all_parts_there_while_history_is_kept(tmp_path: Path) -> None:
+    # The point of backup_interval: a part restored from an older backup is fine as long
+    # as the others still hold their deltas since then; everything resumes at its epoch.
+    import shutil
+
+    init_db_dir(tmp_path, 2)
+    config = RecoveryConfig(str(tmp_path), backup_interval=timedelta(hours=1))
+    ms = timedelta(milliseconds=1)
+    items = [("a", 1), ("b", 2), TestingSource.EOF(), ("a", 5), ("b", 7), TestingSource.EOF(),
+             ("a", 9), ("b", 9)]
+    out: list[Any] = []
+    run_main(_keep_max_flow(items, out), epoch_interval=ms, recovery_config=config)
+    assert out == [("a", 1), ("b", 2)]
+    for i in range(2):
+        shutil.copy(tmp_path / f"part-{i}.sqlite3", tmp_path / f"part-{i}.backup")
+    out2: list[Any] = []
+    run_main(_keep_max_flow(items, out2), epoch_interval=ms, recovery_config=config)
+    assert out2 == [("a", 5), ("b", 7)]
+    shutil.copy(tmp_path / "part-1.backup", tmp_path / "part-1.sqlite3")
+    out3: list[Any] = []
+    run_main(_keep_max_flow(items, out3), epoch_interval=ms, recovery_config=config)
+    assert out3 == [("a", 5), ("b", 7)]  # the second run again, exactly
+
+
+def test_a_commit_cut_short_between_parts_resumes_at_the_previous_epoch(tmp_path: Path) -> None:
+    # kill -9 in the middle of a commit leaves part 0 at epoch 2 and part 1 at epoch 1.
+    from headrace._engine._sqlite_store import SqliteStore
+
+    init_db_dir(tmp_path, 2)
+    s = SqliteStore(tmp_path, "f")
+    s.start_execution(1, 4)
+    s.write_epoch(1, [("st", 0, "k", b"1"), ("st", 1, "j", b"1")])
+    s.commit(1, 2)
+    s.write_epoch(2, [("st", 0, "k", b"2"), ("st", 1, "j", b"2")])
+    with s.files[0].conn() as c:  # the first part's commit only
+        s.files[0].set_meta(c, {"committed_epoch": "2"})
+    s.close()
+    s = SqliteStore(tmp_path, "f")
+    assert [p["committed_epoch"] for p in s.parts()] == [2, 1]
+    assert s.start_execution(1, 4).committed_epoch == 1
+    assert [p["committed_epoch"] for p in s.parts()] == [1, 1]
+    assert s.load("st", [0, 1]) == {0: {"k": b"1"}, 1: {"j": b"1"}}
+    s.compact(5)
+    assert [p["base_epoch"] for p in s.parts()] == [1, 1]  # never past the committed epoch
+
+
+def test_state_is_spread_over_the_parts(tmp_path: Path) -> None:
+    import sqlite3
+
+    init_db_dir(tmp_path, 3)
+    items: list[Any] = [(f"k{i}", i) for i in range(60)]
+    items += [TestingSource.EOF(), *((f"k{i}", 30) for i in range(60))]
+    run_main(_keep_max_flow(items, []), epoch_interval=ZERO,
+             recovery_config=RecoveryConfig(tmp_path))
+    groups = []
+    for i in range(3):
+        with sqlite3.connect(tmp_path / f"part-{i}.sqlite3") as c:
+            rows = c.execute("SELECT grp FROM hr_delta WHERE flow='test_df' AND step LIKE "
+                             "'%max%' UNION SELECT grp FROM hr_base WHERE flow='test_df' AND "
+                             "step LIKE '%max%'").fetchall()
+        groups.append({int(g) % 3 for (g,) in rows})
+    assert groups == [{0}, {1}, {2}]
+    out: list[Any] = []
+    run_main(_keep_max_flow(items, out), epoch_interval=ZERO,
+             recovery_config=RecoveryConfig(tmp_path))
+    assert sorted(out) == sorted((f"k{i}", max(i, 30)) for i in range(60))
+
+
+def test_files_that_are_not_headrace_parts_are_named(tmp_path: Path) -> None:
+    import sqlite3
+
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "part-0.sqlite3").write_text("hello")
+    with pytest.raises(RecoveryStoreError, match=r"part-0.sqlite3' is not a Headrace recovery "
+                       r"partition \(file is not a database\)"):
+        run_main(_keep_max_flow([], []), recovery_config=RecoveryConfig(tmp_path / "junk"))
+    (tmp_path / "bw").mkdir()
+    with sqlite3.connect(tmp_path / "bw" / "part-0.sqlite3") as c:  # Bytewax's tables
+        c.executescript("CREATE TABLE parts (part_index, part_count); CREATE TABLE snaps (x);"
+                        "CREATE TABLE commits (x);")
+    with pytest.raises(RecoveryStoreError, match="it is a Bytewax recovery partition"):
+        run_main(_keep_max_flow([], []), recovery_config=RecoveryConfig(tmp_path / "bw"))
+
+
+def test_flows_share_a_directory_of_parts(tmp_path: Path) -> None:
+    init_db_dir(tmp_path, 2)
+    config = RecoveryConfig(tmp_path)
+    outs = []
+    for flow_id in ("one", "two", "one"):
+        out: list[Any] = []
+        run_main(_sum_flow([("a", 1), TestingSource.EOF(), ("a", 1)], out, flow_id),
+                 epoch_interval=ZERO, recovery_config=config)
+        outs.append(out)
+    assert outs == [[("a", 1)], [("a", 1)], [("a", 2)]]
+
+
+def test_legacy_single_file_layout_still_resumes(tmp_path: Path) -> None:
+    # Headrace before part files kept <dir>/<flow id>.sqlite3 with these tables.
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "resume.sqlite3") as c:
+        c.executescript(
+            "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);"
+            "CREATE TABLE delta (epoch INTEGER NOT NULL, step TEXT NOT NULL, grp TEXT NOT NULL,"
+            " key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (step, grp, epoch, key));"
+            "CREATE TABLE base (step TEXT NOT NULL, grp TEXT NOT NULL, key TEXT NOT NULL,"
+            " value BLOB NOT NULL, PRIMARY KEY (step, grp, key));")
+    items = [("a", 1), ("b", 10), TestingSource.EOF(), ("a", 3), ("b", 20)]
+    config = RecoveryConfig(tmp_path)
+    outs = []
+    for _ in range(2):
+        out: list[Any] = []
+        run_main(_sum_flow(items, out), epoch_interval=ZERO, recovery_config=config)
+        outs.append(out)
+    assert outs == [[("a", 1), ("b", 10)], [("a", 4), ("b", 30)]]
+    assert sorted(os.listdir(tmp_path)) == ["resume.sqlite3"]
+    with pytest.raises(NoPartitionsError):  # another flow there has no state: init first
+        run_main(_sum_flow(items, [], "other"), recovery_config=config)
+
+
+def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "headrace.run", "tests.flows.recovery_flows:running_counts()",
+         *args, "--metrics-port", "0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.mark.timeout(300)
+def test_cli_without_parts_fails_on_every_process(tmp_path: Path) -> None:
+    from tests.servers import free_port
+
+    _write_input(tmp_path / "in", files=1, lines=10)
+    env = _env(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for procs in ("1", "2"):
+        res = _run_cli(["-p", procs, "-r", str(tmp_path / "empty"), "-s", "0.1"], env)
+        assert res.returncode != 0
+        assert "NoPartitionsError: No recovery partitions found on any worker" in res.stderr
+    # Process 1 alone (process 0 never started) fails at once, not at the startup timeout.
+    addrs = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    res = _run_cli(["-i", "1", "-a", addrs, "-r", str(tmp_path / "empty"), "-s", "0.1",
+                    "--startup-timeout", "600"], env)
+    assert res.returncode == 1
+    assert "NoPartitionsError: No recovery partitions found on any worker" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kill_9_of_a_2_process_run_on_3_parts_is_exactly_once(tmp_path: Path, seed: int) -> None:
+    counts = _write_input(tmp_path / "in")
+    env = _env(tmp_path, HR_SLOW="0.03")
+    init_db_dir(tmp_path / "state", 3)
+    rng = random.Random(seed)
+    args = ["-p", "2", "-r", str(tmp_path / "state"), "--epoch-interval", "0.1"]
+    kills = 0
+    for _attempt in range(6):
+        p = _launch(args, env)
+        if kills < 2:
+            wait_for_output(p, tmp_path / "out", lines_in(tmp_path / "out") + rng.randrange(20, 200))
+            kids = children(p)
+            if p.poll() is None and kids:
+                os.kill(rng.choice(kids), signal.SIGKILL)
+                kills += 1
+        _, err = p.communicate(timeout=120)
+        if p.returncode == 0:
+            break
+        assert "lost process" in err or "failed" in err, err[-2000:]
+    else:
+        pytest.fail("the dataflow never completed")
+    assert kills >= 1
+    _check_output(tmp_path / "out", counts)
+    parts = _parts(tmp_path / "state", "recovery_wc")
+    assert len({p["committed_epoch"] for p in parts}) == 1

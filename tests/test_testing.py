@@ -183,7 +183,9 @@ def test_abort_is_passed_over_on_resume_with_recovery(tmp_path: Any) -> None:
 
     Same outputs as Bytewax 0.21.1 for the same program.
     """
-    from headrace.recovery import RecoveryConfig
+    from headrace.recovery import RecoveryConfig, init_db_dir
+
+    init_db_dir(tmp_path, 1)
 
     items = [("a", 1), ("a", 2), TestingSource.ABORT(), ("a", 3), ("a", 4)]
     outs = []
@@ -200,7 +202,9 @@ def test_abort_is_passed_over_on_resume_with_recovery(tmp_path: Any) -> None:
 
 def test_abort_with_recovery_and_long_epochs_replays_the_epoch(tmp_path: Any) -> None:
     """Nothing of the aborted epoch was committed: the rerun starts over, without the ABORT."""
-    from headrace.recovery import RecoveryConfig
+    from headrace.recovery import RecoveryConfig, init_db_dir
+
+    init_db_dir(tmp_path, 1)
 
     items = [("a", 1), ("a", 2), TestingSource.ABORT(), ("a", 3)]
     outs = []
@@ -213,7 +217,9 @@ def test_abort_with_recovery_and_long_epochs_replays_the_epoch(tmp_path: Any) ->
 
 def test_a_fresh_abort_fires_again_on_resume(tmp_path: Any) -> None:
     """A new ABORT object (a new process) at the resume point aborts again, as in Bytewax."""
-    from headrace.recovery import RecoveryConfig
+    from headrace.recovery import RecoveryConfig, init_db_dir
+
+    init_db_dir(tmp_path, 1)
 
     outs = []
     for _ in range(2):
@@ -453,6 +459,9 @@ def test_testing_cli_runs_a_local_cluster(tmp_path: Any) -> None:
 def test_testing_cli_recovery_resumes(tmp_path: Any) -> None:
     """``-r``/``-s``/``-b`` as Bytewax's; the outputs are Bytewax 0.21.1's for the same runs."""
     rec = str(tmp_path / "rec")
+    from headrace.recovery import init_db_dir
+
+    init_db_dir(rec, 1)  # as Bytewax needs: python -m bytewax.recovery rec 1
     outs = []
     for _ in range(3):
         res = _testing_cli(tmp_path, "cliflows:resume", "-r", rec, "-s", "1", "-b", "10", "-p", "2")

@@ -21,7 +21,7 @@ import headrace.operators.windowing as win
 from headrace.dataflow import Dataflow, Operator, Stream
 from headrace.errors import BytewaxRuntimeError
 from headrace.inputs import FixedPartitionedSource, StatefulSourcePartition
-from headrace.recovery import RecoveryConfig
+from headrace.recovery import RecoveryConfig, init_db_dir
 from headrace.testing import TestingSink, TestingSource, TimeTestingGetter, cluster_main, run_main
 
 pytestmark = pytest.mark.timeout(60)
@@ -638,6 +638,7 @@ def test_windows_survive_a_crash_with_recovery(tmp_path: Path, entry_point: Any)
         op.output("out", sums.down, TestingSink(out))
         return flow
 
+    init_db_dir(tmp_path / "state", 1)
     config = RecoveryConfig(str(tmp_path / "state"))
     first: list[Any] = []
     entry_point(flow_into(first), epoch_interval=timedelta(0), recovery_config=config)

@@ -14,11 +14,21 @@ worker count.
 ...     s = op.input("i", flow, TestingSource([("a", 1), TestingSource.EOF(), ("a", 2)]))
 ...     op.output("o", op.stateful_map("sum", s, lambda s, v: ((s or 0) + v,) * 2), TestingSink(out))
 ...     return flow
->>> config = RecoveryConfig(tempfile.mkdtemp())
+>>> db_dir = tempfile.mkdtemp()
+>>> init_db_dir(db_dir, 2)   # part-0.sqlite3, part-1.sqlite3
+>>> config = RecoveryConfig(db_dir)
 >>> out = []; run_main(build(out), recovery_config=config); out
 [('a', 1)]
 >>> out = []; run_main(build(out), recovery_config=config); out
 [('a', 3)]
+
+A local directory must be initialised first, with ``init_db_dir(dir, N)``
+or ``python -m headrace.recovery DIR N``: it then holds N SQLite part files
+that share every flow's state. Running on a directory without them raises
+`NoPartitionsError` (a mistyped path must not silently start over); a lost
+part file raises `MissingPartitionsError`; a part restored from an older
+backup that the others can't roll back to raises
+`InconsistentPartitionsError`. See docs/recovery.md.
 
 Admin CLI::
 
@@ -38,7 +48,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from headrace._engine._store import Meta, RecoveryStoreError, Store, open_store
+from headrace._engine._store import (
+    InconsistentPartitionsError,
+    Meta,
+    MissingPartitionsError,
+    NoPartitionsError,
+    RecoveryStoreError,
+    Store,
+    open_store,
+)
 
 __all__ = [
     "InconsistentPartitionsError",
@@ -49,30 +67,6 @@ __all__ = [
     "init_db_dir",
     "main",
 ]
-
-
-class InconsistentPartitionsError(ValueError):
-    """Stored recovery data disagrees with itself (e.g. key-group counts).
-
-    >>> issubclass(InconsistentPartitionsError, ValueError)
-    True
-    """
-
-
-class NoPartitionsError(FileNotFoundError):
-    """No recovery data where it was expected.
-
-    >>> issubclass(NoPartitionsError, FileNotFoundError)
-    True
-    """
-
-
-class MissingPartitionsError(FileNotFoundError):
-    """Part of the recovery data is missing.
-
-    >>> issubclass(MissingPartitionsError, FileNotFoundError)
-    True
-    """
 
 
 @dataclass
@@ -108,24 +102,35 @@ class RecoveryConfig:
         """Open the store for ``flow_id`` (or the configured prefix).
 
         >>> import tempfile
-        >>> RecoveryConfig(tempfile.mkdtemp()).open("f").load_meta() is None
+        >>> d = tempfile.mkdtemp(); init_db_dir(d, 1)
+        >>> RecoveryConfig(d).open("f").load_meta() is None
         True
+        >>> RecoveryConfig(tempfile.mkdtemp()).open("f")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        headrace.recovery.NoPartitionsError: No recovery partitions found on any worker; ...
         """
         return open_store(str(self.db_dir), self.prefix or flow_id, self.retry_for)
 
 
 def init_db_dir(db_dir: str | Path, count: int) -> None:
-    """Create a local recovery directory (Bytewax-compatible helper).
+    """Create a local recovery directory with ``count`` partitions (as Bytewax's).
 
-    Headrace needs no pre-created partitions (key groups are fixed at the
-    first run), so this only makes the directory (and its parents); doing it
-    again is harmless, and a Redis URL needs nothing. ``count`` is checked
-    but otherwise unused; 0 is accepted, as Bytewax accepts it.
+    Makes the directory (and its parents) and ``part-0.sqlite3`` ...
+    ``part-{count-1}.sqlite3``. Doing it again with the same count is
+    harmless; a different count, or a directory missing some of its parts,
+    is an error (a lost part is never silently replaced). ``count`` 0 makes
+    no parts, as in Bytewax (a run then raises `NoPartitionsError`). A Redis
+    URL needs nothing.
 
     >>> import tempfile, os
     >>> d = os.path.join(tempfile.mkdtemp(), "rec")
-    >>> init_db_dir(d, 1); os.path.isdir(d)
-    True
+    >>> init_db_dir(d, 3); sorted(os.listdir(d))
+    ['part-0.sqlite3', 'part-1.sqlite3', 'part-2.sqlite3']
+    >>> init_db_dir(d, 2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: '...rec' already holds 3 recovery partitions; can't init it with 2...
     >>> init_db_dir("redis://localhost:6379/0", 1); os.path.exists("redis:")
     False
     """
@@ -134,7 +139,9 @@ def init_db_dir(db_dir: str | Path, count: int) -> None:
         raise ValueError(msg)
     if RecoveryConfig(db_dir).is_redis:
         return
-    Path(db_dir).mkdir(parents=True, exist_ok=True)
+    from headrace._engine._sqlite_store import init_parts
+
+    init_parts(Path(db_dir), count)
 
 
 def _describe(meta: Meta | None) -> dict[str, object]:
@@ -163,8 +170,7 @@ def _init_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("db_dir", help="local directory to create (with its parents)")
     p.add_argument("part_count", type=int,
-                   help="number of partitions; Headrace fixes its key groups at the first run, "
-                   "so this is only checked")
+                   help="number of partitions (part-N.sqlite3 files) to create")
     return p
 
 
@@ -176,14 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     command is written ``./show``.)
 
     >>> import os, tempfile
-    >>> main(["show", tempfile.mkdtemp(), "--flow-id", "nothing"])
+    >>> d = os.path.join(tempfile.mkdtemp(), "state")
+    >>> main([d, "4"]), sorted(os.listdir(d))[-1]
+    (0, 'part-3.sqlite3')
+    >>> main(["show", d, "--flow-id", "nothing"])
     {
       "location": ...
     }
     0
-    >>> d = os.path.join(tempfile.mkdtemp(), "state")
-    >>> main([d, "4"]), os.path.isdir(d)
-    (0, True)
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in _COMMANDS and not argv[0].startswith("-"):
@@ -210,10 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "init":
         return _init(args.location, args.count)
     try:
-        store = open_store(args.location, args.flow_id, retry_for=5.0)
+        # No epoch check: show and delete must work on the directory an error named.
+        store = open_store(args.location, args.flow_id, retry_for=5.0, check=False)
         if args.cmd == "show":
             info = {"location": store.description, **_describe(store.load_meta()),
                     "steps": store.summary()}
+            parts = getattr(store, "parts", None)
+            if parts is not None and len(parts()) > 1:
+                info["parts"] = parts()
             print(json.dumps(info, indent=2, sort_keys=False))
         else:
             if not args.yes and sys.stdin.isatty():
@@ -223,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             n = store.delete_all()
             print(f"deleted {n} records of {args.flow_id!r} from {store.description}")
         store.close()
-    except RecoveryStoreError as exc:
+    except (RecoveryStoreError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -232,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 def _init(location: str, count: int) -> int:
     try:
         init_db_dir(location, count)
-    except ValueError as exc:
+    except (ValueError, RecoveryStoreError, MissingPartitionsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -130,6 +130,8 @@ def _config(
     backup = getattr(recovery, "backup_interval", None)
     if backup is not None and interval > timedelta(0):
         config.keep_epochs = int(backup / interval)
+    if backup is not None and not backup:  # backup_interval=0: keep no history (Bytewax's)
+        config.compact_every = 1
     return config
 
 
@@ -333,6 +335,9 @@ def _start_cluster_process(
     if proc_id == 0:
         # Before listening: peers can't start an epoch until we accept them.
         _open_recovery(recovery, plan, config, True, len(addresses) * w)
+    elif recovery is not None:
+        # A bad recovery directory (no or missing parts) fails every process now.
+        recovery.open(plan.flow_id).close()
     cluster = Cluster(len(addresses) * w, range(proc_id * w, proc_id * w + w))
     hello = Hello(
         PROTOCOL_VERSION, proc_id, len(addresses), w, plan.flow_id, plan.fingerprint(),

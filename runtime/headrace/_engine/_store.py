@@ -1,4 +1,4 @@
-"""Recovery stores: where epoch snapshots live (Redis, or SQLite in a directory).
+"""Recovery stores: where epoch snapshots live (Redis here; SQLite part files in `_sqlite_store`).
 
 Data model, shared by both stores:
 
@@ -21,16 +21,12 @@ of ``committed_epoch``.
 from __future__ import annotations
 
 import logging
-import os
-import sqlite3
-import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 from headrace.errors import HeadraceRuntimeError
@@ -49,6 +45,35 @@ class RecoveryStoreError(HeadraceRuntimeError):
     >>> issubclass(RecoveryStoreError, RuntimeError)
     True
     """
+
+
+class NoPartitionsError(FileNotFoundError):
+    """A recovery directory holds no partitions (run ``init_db_dir`` first).
+
+    >>> issubclass(NoPartitionsError, FileNotFoundError)
+    True
+    """
+
+
+class MissingPartitionsError(FileNotFoundError):
+    """Some of a recovery directory's part files are missing.
+
+    >>> issubclass(MissingPartitionsError, FileNotFoundError)
+    True
+    """
+
+
+class InconsistentPartitionsError(ValueError):
+    """Recovery partitions disagree: other inits, or one too old to resume with the others.
+
+    >>> issubclass(InconsistentPartitionsError, ValueError)
+    True
+    """
+
+
+# Raised and shown as headrace.recovery's, where users import them from.
+for _cls in (NoPartitionsError, MissingPartitionsError, InconsistentPartitionsError):
+    _cls.__module__ = "headrace.recovery"
 
 
 @dataclass
@@ -407,182 +432,18 @@ def _safe_url(url: str) -> str:
     return url
 
 
-# ---------------------------------------------------------------- SQLite
+def open_store(location: str, prefix: str, retry_for: float = 30.0, check: bool = True) -> Store:
+    """Open the store named by ``location``: a Redis URL or a recovery directory.
 
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS delta (
-    epoch INTEGER NOT NULL, step TEXT NOT NULL, grp TEXT NOT NULL, key TEXT NOT NULL,
-    value BLOB NOT NULL, PRIMARY KEY (step, grp, epoch, key));
-CREATE TABLE IF NOT EXISTS base (
-    step TEXT NOT NULL, grp TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
-    PRIMARY KEY (step, grp, key));
-"""
-
-
-class SqliteStore(Store):
-    """Snapshots in a SQLite file ``<dir>/<prefix>.sqlite3`` (WAL mode)."""
-
-    def __init__(self, directory: str | os.PathLike[str], prefix: str) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / f"{prefix}.sqlite3"
-        self.description = f"SQLite store {str(self.path)!r}"
-        self._local = threading.local()
-        self.last_error_at = 0.0
-        self.errors = 0
-        self.last_latency = 0.0
-        with self._conn() as c:
-            c.executescript(_SCHEMA)
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return conn
-
-    def load_meta(self) -> Meta | None:
-        rows = self._conn().execute("SELECT k, v FROM meta").fetchall()
-        return Meta.from_fields(dict(rows)) if rows else None
-
-    def _set_meta(self, c: sqlite3.Connection, fields: dict[str, str]) -> None:
-        c.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", fields.items())
-
-    def start_execution(self, worker_count: int, key_groups: int) -> Meta:
-        c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            meta = self.load_meta() or Meta(key_groups=key_groups)
-            c.execute("DELETE FROM delta WHERE epoch > ?", (meta.committed_epoch,))
-            meta.worker_count = worker_count
-            meta.execution_id = uuid.uuid4().hex
-            if not meta.key_groups:
-                meta.key_groups = key_groups
-            f = meta.to_fields()
-            self._set_meta(c, {k: f[k] for k in ("worker_count", "execution_id", "key_groups")})
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        return meta
-
-    def write_epoch(self, epoch: int, entries: list[Entry]) -> int:
-        if not entries:
-            return 0
-        t0 = time.monotonic()
-        c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            c.executemany(
-                "INSERT OR REPLACE INTO delta (epoch, step, grp, key, value) VALUES (?,?,?,?,?)",
-                [(epoch, s, str(g), k, v) for s, g, k, v in entries],
-            )
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        self.last_latency = time.monotonic() - t0
-        return sum(len(k) + len(v) for _, _, k, v in entries)
-
-    def commit(self, epoch: int, epoch_bytes: int) -> None:
-        c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
-        self._set_meta(c, {
-            "committed_epoch": str(epoch),
-            "committed_at": repr(time.time()),
-            "epoch_bytes": str(epoch_bytes),
-        })
-        c.execute("COMMIT")
-
-    def load(self, step_id: str, groups: Iterable[Group]) -> dict[Group, dict[str, bytes]]:
-        meta = self.load_meta()
-        if meta is None:
-            return {}
-        out: dict[Group, dict[str, bytes]] = {}
-        c = self._conn()
-        for g in groups:
-            base = dict(c.execute(
-                "SELECT key, value FROM base WHERE step=? AND grp=?", (step_id, str(g))
-            ).fetchall())
-            layers: list[dict[str, bytes]] = [base]
-            cur = c.execute(
-                "SELECT epoch, key, value FROM delta WHERE step=? AND grp=? AND epoch > ? "
-                "AND epoch <= ? ORDER BY epoch",
-                (step_id, str(g), meta.base_epoch, meta.committed_epoch),
-            )
-            layers.extend({k: v} for _e, k, v in cur.fetchall())
-            merged = _merge(layers)
-            if merged:
-                out[g] = merged
-        return out
-
-    def compact(self, up_to_epoch: int) -> None:
-        meta = self.load_meta()
-        if meta is None:
-            return
-        up_to = min(up_to_epoch, meta.committed_epoch)
-        if up_to <= meta.base_epoch:
-            return
-        c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            rows = c.execute(
-                "SELECT step, grp, key, value FROM delta WHERE epoch > ? AND epoch <= ? "
-                "ORDER BY epoch", (meta.base_epoch, up_to),
-            ).fetchall()
-            for step, grp, key, value in rows:
-                if value:
-                    c.execute("INSERT OR REPLACE INTO base VALUES (?,?,?,?)", (step, grp, key, value))
-                else:
-                    c.execute("DELETE FROM base WHERE step=? AND grp=? AND key=?", (step, grp, key))
-            c.execute("DELETE FROM delta WHERE epoch <= ?", (up_to,))
-            self._set_meta(c, {"base_epoch": str(up_to)})
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-
-    def delete_all(self) -> int:
-        c = self._conn()
-        n = 0
-        for table in ("delta", "base", "meta"):
-            n += c.execute(f"DELETE FROM {table}").rowcount
-        return n
-
-    def summary(self) -> dict[str, dict[str, int]]:
-        c = self._conn()
-        steps = [r[0] for r in c.execute(
-            "SELECT DISTINCT step FROM base UNION SELECT DISTINCT step FROM delta").fetchall()]
-        out: dict[str, dict[str, int]] = {}
-        for step in steps:
-            groups = [r[0] for r in c.execute(
-                "SELECT DISTINCT grp FROM base WHERE step=? UNION "
-                "SELECT DISTINCT grp FROM delta WHERE step=?", (step, step)).fetchall()]
-            state = self.load(step, [g if g == PARTS else int(g) for g in groups])
-            out[step] = {
-                "keys": sum(len(v) for v in state.values()),
-                "bytes": sum(len(k) + len(b) for v in state.values() for k, b in v.items()),
-                "groups": len(state),
-            }
-        return out
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
-
-def open_store(location: str, prefix: str, retry_for: float = 30.0) -> Store:
-    """Open the store named by ``location``: a Redis URL or a directory.
+    A directory must hold part files (``init_db_dir``) or a legacy
+    ``<prefix>.sqlite3``; ``check=False`` skips the check that its parts can
+    be rolled back to one epoch (for ``python -m headrace.recovery``).
 
     >>> import tempfile
-    >>> open_store(tempfile.mkdtemp(), "flow").description  # doctest: +ELLIPSIS
-    "SQLite store '...flow.sqlite3'"
+    >>> from headrace.recovery import init_db_dir
+    >>> d = tempfile.mkdtemp(); init_db_dir(d, 2)
+    >>> open_store(d, "flow").description  # doctest: +ELLIPSIS
+    "SQLite store '...' (2 parts, flow 'flow')"
     """
     if location.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore(location, prefix, retry_for=retry_for)
@@ -592,4 +453,6 @@ def open_store(location: str, prefix: str, retry_for: float = 30.0) -> Store:
             "unix:///path/to/redis.sock, or a local directory"
         )
         raise ValueError(msg)
-    return SqliteStore(location, prefix)
+    from headrace._engine._sqlite_store import SqliteStore
+
+    return SqliteStore(location, prefix, check=check)

@@ -1,0 +1,572 @@
+"""The local recovery store: SQLite part files in a directory, as Bytewax lays them out.
+
+``init_db_dir(dir, N)`` (or ``python -m headrace.recovery DIR N``) makes
+``part-0.sqlite3`` ... ``part-{N-1}.sqlite3``. Each part is a SQLite
+database whose ``hr_part`` table records the format, its index, the part
+count N and an id shared by the N parts of one ``init``. Every flow using
+the directory keeps its rows in every part, keyed by its prefix (the flow
+id), in ``hr_meta``, ``hr_delta`` and ``hr_base``: the data model of
+``_store.py`` (per-epoch deltas, a compacted base), spread over the parts.
+Key group ``g`` lives in part ``g % N``; a source or sink partition's
+position in part ``crc32(step, partition) % N``.
+
+Atomicity across parts. Each part records, per flow, its own
+``committed_epoch`` and ``base_epoch`` (the newest epoch folded into its
+base). A worker writes an epoch's deltas to the parts it touches, one
+transaction per part; worker 0 then commits by writing ``committed_epoch =
+e`` to part 0, 1, ... N-1 in turn, and only after that may compact. So:
+
+- an epoch is committed when *every* part says so; the store's committed
+  epoch is the smallest one across parts, ``m``;
+- a crash (kill -9) in the middle of a commit leaves parts at ``e`` and
+  ``e - 1``; a crash while writing deltas leaves deltas above the
+  committed epoch; on start, ``start_execution`` deletes every delta above
+  ``m`` and sets every part back to ``m``: everything, in every part, is as
+  of the end of epoch ``m``, and input resumes from the positions stored
+  for ``m``;
+- compaction never folds an epoch that is not committed in every part (it
+  runs after the commit wrote the last part), so after any crash every
+  part's ``base_epoch`` is at most ``m`` and rolling back to ``m`` only
+  drops deltas.
+
+A part can only be *newer* than ``m`` by more than a crashed commit if it
+was copied in from elsewhere, e.g. another part restored from an older
+backup while the others moved on. Resuming at the older part's epoch is
+still exact if the other parts kept their deltas since then (a longer
+``backup_interval`` keeps more). If one of them compacted past it
+(``base_epoch > m``), the state as of ``m`` is gone:
+``InconsistentPartitionsError`` names the part files and their epochs and
+says what to do (a newer backup, or delete the flow's state).
+
+Layout errors, found when the store opens (so on every process of a
+cluster, before it starts): no ``part-*.sqlite3`` files ->
+``NoPartitionsError``; fewer than N -> ``MissingPartitionsError``; parts of
+different inits or counts, a renamed part -> ``InconsistentPartitionsError``;
+a file that is not a Headrace part (a Bytewax one, not SQLite at all) ->
+``RecoveryStoreError``.
+
+Legacy layout: Headrace before part files kept one file
+``<dir>/<prefix>.sqlite3`` per flow (tables ``meta``, ``delta``, ``base``
+without a flow column). When that file exists it is used as a one-part
+store, so existing state is not lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from headrace._engine._store import (
+    PARTS,
+    Entry,
+    Group,
+    InconsistentPartitionsError,
+    Meta,
+    MissingPartitionsError,
+    NoPartitionsError,
+    RecoveryStoreError,
+    Store,
+    _merge,
+)
+
+log = logging.getLogger("headrace.recovery")
+
+FORMAT = "headrace-recovery-part"
+VERSION = "1"
+PART_RE = re.compile(r"part-(\d+)\.sqlite3")
+
+_PART_SCHEMA = """
+CREATE TABLE IF NOT EXISTS hr_part (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hr_meta (
+    flow TEXT NOT NULL, k TEXT NOT NULL, v TEXT NOT NULL, PRIMARY KEY (flow, k));
+CREATE TABLE IF NOT EXISTS hr_delta (
+    flow TEXT NOT NULL, epoch INTEGER NOT NULL, step TEXT NOT NULL, grp TEXT NOT NULL,
+    key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (flow, step, grp, epoch, key));
+CREATE TABLE IF NOT EXISTS hr_base (
+    flow TEXT NOT NULL, step TEXT NOT NULL, grp TEXT NOT NULL, key TEXT NOT NULL,
+    value BLOB NOT NULL, PRIMARY KEY (flow, step, grp, key));
+"""
+
+# Headrace's layout before part files: one file per flow.
+_LEGACY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS delta (
+    epoch INTEGER NOT NULL, step TEXT NOT NULL, grp TEXT NOT NULL, key TEXT NOT NULL,
+    value BLOB NOT NULL, PRIMARY KEY (step, grp, epoch, key));
+CREATE TABLE IF NOT EXISTS base (
+    step TEXT NOT NULL, grp TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (step, grp, key));
+"""
+
+
+def part_name(index: int) -> str:
+    """The file name of part ``index``.
+
+    >>> part_name(2)
+    'part-2.sqlite3'
+    """
+    return f"part-{index}.sqlite3"
+
+
+def _init_hint(directory: Path) -> str:
+    return (f"run `python -m headrace.recovery {directory} N` (or "
+            f"init_db_dir({str(directory)!r}, N)) first to create N partitions")
+
+
+def _names(indexes: Iterable[int]) -> str:
+    return ", ".join(part_name(i) for i in sorted(indexes))
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, timeout=60, isolation_level=None)
+
+
+@contextlib.contextmanager
+def _transaction(c: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        yield c
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
+    c.execute("COMMIT")
+
+
+# ---------------------------------------------------------------- one file
+
+
+class _File:
+    """One flow's rows in one SQLite file: a part (``flow`` set) or a legacy file."""
+
+    def __init__(self, path: Path, flow: str | None) -> None:
+        self.path = path
+        self._local = threading.local()
+        self.a: tuple[str, ...]
+        if flow is None:  # legacy file: no flow column
+            self.m, self.d, self.b = "meta", "delta", "base"
+            self.w, self.a, self.col, self.q = "", (), "", ""
+        else:
+            self.m, self.d, self.b = "hr_meta", "hr_delta", "hr_base"
+            self.w, self.a, self.col, self.q = "flow=? AND ", (flow,), "flow, ", "?, "
+
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def meta(self) -> dict[str, str]:
+        return dict(self.conn().execute(f"SELECT k, v FROM {self.m} WHERE {self.w}1", self.a))
+
+    def set_meta(self, c: sqlite3.Connection, fields: dict[str, str]) -> None:
+        c.executemany(f"INSERT OR REPLACE INTO {self.m} ({self.col}k, v) VALUES ({self.q}?, ?)",
+                      [(*self.a, k, v) for k, v in fields.items()])
+
+    def epoch_of(self, name: str) -> int:
+        row = self.conn().execute(
+            f"SELECT v FROM {self.m} WHERE {self.w}k=?", (*self.a, name)).fetchone()
+        return int(row[0]) if row else 0
+
+    def write(self, epoch: int, rows: list[Entry]) -> None:
+        with _transaction(self.conn()) as c:
+            c.executemany(
+                f"INSERT OR REPLACE INTO {self.d} ({self.col}epoch, step, grp, key, value) "
+                f"VALUES ({self.q}?, ?, ?, ?, ?)",
+                [(*self.a, epoch, s, str(g), k, v) for s, g, k, v in rows],
+            )
+
+    def start(self, resume: int, fields: dict[str, str]) -> None:
+        """Drop deltas above ``resume``, roll the committed epoch back to it, record a run."""
+        with _transaction(self.conn()) as c:
+            c.execute(f"DELETE FROM {self.d} WHERE {self.w}epoch > ?", (*self.a, resume))
+            self.set_meta(c, {**fields, "committed_epoch": str(resume)})
+
+    def load(self, step: str, grp: str, committed: int) -> dict[str, bytes]:
+        c = self.conn()
+        base = self.epoch_of("base_epoch")
+        layers: list[dict[str, bytes]] = [dict(c.execute(
+            f"SELECT key, value FROM {self.b} WHERE {self.w}step=? AND grp=?",
+            (*self.a, step, grp)))]
+        layers.extend({k: v} for k, v in c.execute(
+            f"SELECT key, value FROM {self.d} WHERE {self.w}step=? AND grp=? AND epoch > ? "
+            "AND epoch <= ? ORDER BY epoch", (*self.a, step, grp, base, committed)))
+        return _merge(layers)
+
+    def compact(self, up_to: int) -> None:
+        with _transaction(self.conn()) as c:
+            base = self.epoch_of("base_epoch")
+            if up_to <= base:
+                return
+            rows = c.execute(
+                f"SELECT step, grp, key, value FROM {self.d} WHERE {self.w}epoch > ? "
+                "AND epoch <= ? ORDER BY epoch", (*self.a, base, up_to)).fetchall()
+            for step, grp, key, value in rows:
+                if value:
+                    c.execute(f"INSERT OR REPLACE INTO {self.b} ({self.col}step, grp, key, value)"
+                              f" VALUES ({self.q}?, ?, ?, ?)", (*self.a, step, grp, key, value))
+                else:
+                    c.execute(f"DELETE FROM {self.b} WHERE {self.w}step=? AND grp=? AND key=?",
+                              (*self.a, step, grp, key))
+            c.execute(f"DELETE FROM {self.d} WHERE {self.w}epoch <= ?", (*self.a, up_to))
+            self.set_meta(c, {"base_epoch": str(up_to)})
+
+    def delete_all(self) -> int:
+        with _transaction(self.conn()) as c:
+            return sum(c.execute(f"DELETE FROM {t} WHERE {self.w}1", self.a).rowcount
+                       for t in (self.d, self.b, self.m))
+
+    def step_groups(self) -> set[tuple[str, str]]:
+        return set(self.conn().execute(
+            f"SELECT DISTINCT step, grp FROM {self.b} WHERE {self.w}1 UNION "
+            f"SELECT DISTINCT step, grp FROM {self.d} WHERE {self.w}1", self.a * 2))
+
+
+# ---------------------------------------------------------------- the layout
+
+
+def _read_header(path: Path) -> dict[str, str]:
+    """The ``hr_part`` table of a part file; a clear error if it is not one."""
+    try:
+        c = _connect(path)
+    except sqlite3.Error as exc:
+        msg = f"can't open recovery partition {str(path)!r}: {exc}"
+        raise RecoveryStoreError(msg) from exc
+    try:
+        tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "hr_part" in tables:
+            header = dict(c.execute("SELECT k, v FROM hr_part"))
+            if header.get("format") == FORMAT:
+                return header
+        if {"parts", "snaps", "commits"} <= tables:
+            why = ("it is a Bytewax recovery partition; Headrace keeps snapshots in its own "
+                   "format and can't resume from Bytewax's")
+        else:
+            why = "it holds no Headrace partition header"
+        msg = (f"{str(path)!r} is not a Headrace recovery partition: {why}. Use a new directory "
+               f"(python -m headrace.recovery DIR N)")
+        raise RecoveryStoreError(msg)
+    except sqlite3.DatabaseError as exc:
+        msg = (f"{str(path)!r} is not a Headrace recovery partition ({exc}); was it "
+               "overwritten? Restore it from a backup, or use a new directory "
+               "(python -m headrace.recovery DIR N)")
+        raise RecoveryStoreError(msg) from exc
+    finally:
+        c.close()
+
+
+def scan_parts(directory: Path) -> tuple[int, dict[int, Path]]:
+    """Check a directory's part files; return the part count and the parts by index.
+
+    Raises ``NoPartitionsError`` (none), ``MissingPartitionsError``,
+    ``InconsistentPartitionsError`` (other inits, counts, renamed parts) or
+    ``RecoveryStoreError`` (a file that is not a part).
+
+    >>> import tempfile
+    >>> scan_parts(Path(tempfile.mkdtemp()))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    headrace.recovery.NoPartitionsError: No recovery partitions found on any worker; can't resume...
+    """
+    found: dict[int, Path] = {}
+    for p in directory.iterdir():
+        m = PART_RE.fullmatch(p.name)
+        if m is not None:
+            found[int(m[1])] = p
+    if not found:
+        msg = (f"No recovery partitions found on any worker; can't resume (recovery directory "
+               f"{str(directory)!r} has no part-N.sqlite3 files): {_init_hint(directory)}")
+        raise NoPartitionsError(msg)
+    headers = {i: _read_header(p) for i, p in sorted(found.items())}
+    counts = {i: int(h.get("count", "0")) for i, h in headers.items()}
+    ids = {h.get("dir_id", "") for h in headers.values()}
+    if len(set(counts.values())) > 1 or len(ids) > 1:
+        said = ", ".join(f"{part_name(i)} is part {headers[i].get('index')} of {n} "
+                         f"(init {headers[i].get('dir_id', '')[:8]})" for i, n in counts.items())
+        msg = (f"Inconsistent partition counts in recovery partitions; can't resume: the part "
+               f"files of {str(directory)!r} come from different inits ({said}). Put back the "
+               "parts of one init, or start over in a new directory")
+        raise InconsistentPartitionsError(msg)
+    count = next(iter(counts.values()))
+    for i, h in headers.items():
+        if h.get("index") != str(i):
+            msg = (f"recovery partition {str(found[i])!r} says it is part {h.get('index')} of "
+                   f"{count}: a part file was renamed or copied over another; can't resume. "
+                   f"Put each part back under its own name (part-{h.get('index')}.sqlite3)")
+            raise InconsistentPartitionsError(msg)
+    missing = set(range(count)) - set(found)
+    if missing:
+        msg = (f"Missing recovery partitions {_names(missing)} of {count} in "
+               f"{str(directory)!r}; can't resume: restore them from a backup (state in them "
+               "would be lost), or delete the directory and init it again to start over")
+        raise MissingPartitionsError(msg)
+    return count, found
+
+
+@contextlib.contextmanager
+def _lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on ``directory`` itself (so two inits don't interleave)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def init_parts(directory: Path, count: int) -> None:
+    """Create ``count`` empty parts in ``directory`` (made with its parents); idempotent.
+
+    A directory that already holds all ``count`` parts of one init is left
+    alone; other part files there are an error (init never replaces a lost
+    part: that would silently drop its state).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); init_parts(d, 2); init_parts(d, 2)
+    >>> sorted(p.name for p in d.glob("part-*"))
+    ['part-0.sqlite3', 'part-1.sqlite3']
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    with _lock(directory):
+        if any(PART_RE.fullmatch(p.name) for p in directory.iterdir()):
+            try:
+                have, _ = scan_parts(directory)
+            except MissingPartitionsError as exc:
+                msg = f"{exc}. (init does not recreate lost partitions.)"
+                raise MissingPartitionsError(msg) from None
+            if have != count:
+                msg = (f"{str(directory)!r} already holds {have} recovery partitions; can't "
+                       f"init it with {count}. Headrace can't change an existing directory's "
+                       "partition count: use a new directory")
+                raise ValueError(msg)
+            return
+        dir_id = uuid.uuid4().hex
+        for i in range(count):
+            tmp = directory / f".{part_name(i)}.{dir_id}.tmp"
+            c = _connect(tmp)
+            try:
+                c.execute("PRAGMA journal_mode=WAL")
+                c.executescript(_PART_SCHEMA)
+                c.executemany("INSERT INTO hr_part (k, v) VALUES (?, ?)", [
+                    ("format", FORMAT), ("version", VERSION), ("index", str(i)),
+                    ("count", str(count)), ("dir_id", dir_id),
+                    ("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+                ])
+                c.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+            finally:
+                c.close()
+            os.replace(tmp, directory / part_name(i))
+
+
+# ---------------------------------------------------------------- the store
+
+
+class SqliteStore(Store):
+    """One flow's snapshots in a local directory: its part files, or a legacy file.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); init_parts(d, 3)
+    >>> s = SqliteStore(d, "flow"); _ = s.start_execution(1, 8)
+    >>> s.write_epoch(1, [("st", 4, "k", b"v"), ("src", PARTS, "p0", b"7")])
+    5
+    >>> s.commit(1, 4); s.load("st", [4]), s.load("src", [PARTS])
+    ({4: {'k': b'v'}}, {'p': {'p0': b'7'}})
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], prefix: str, check: bool = True) -> None:
+        self.dir = Path(directory)
+        self.prefix = prefix
+        self.check = check
+        self.last_error_at = 0.0
+        self.errors = 0
+        self.last_latency = 0.0
+        if not self.dir.exists():
+            msg = (f'recovery directory "{self.dir}" does not exist; see the `headrace.recovery` '
+                   f"module docstring for more info: {_init_hint(self.dir)}")
+            raise FileNotFoundError(msg)
+        if not self.dir.is_dir():
+            msg = f'recovery directory "{self.dir}" is not a directory'
+            raise NotADirectoryError(msg)
+        legacy = self.dir / f"{prefix}.sqlite3"
+        if legacy.is_file() and not PART_RE.fullmatch(legacy.name):
+            self.path = legacy
+            self.description = f"SQLite store {str(legacy)!r}"
+            self.files = [_File(legacy, None)]
+            self.files[0].conn().executescript(_LEGACY_SCHEMA)
+            return
+        count, found = scan_parts(self.dir)
+        self.path = self.dir
+        self.description = f"SQLite store {str(self.dir)!r} ({count} parts, flow {prefix!r})"
+        self.files = [_File(found[i], prefix) for i in range(count)]
+        if check:
+            self._metas()
+
+    # ------------------------------------------------------------ placement
+
+    def _index_of(self, step: str, group: Group, key: str) -> int:
+        """The part holding an entry: key group ``g % N``, partitions by a stable hash."""
+        n = len(self.files)
+        if n == 1:
+            return 0
+        if group == PARTS:
+            return zlib.crc32(f"{step}\0{key}".encode()) % n
+        return int(group) % n
+
+    # ------------------------------------------------------------ meta
+
+    def _metas(self) -> list[dict[str, str]]:
+        """Every part's meta; raises if they can't be rolled back to one epoch.
+
+        Base epochs are read before committed epochs: a run's commits only
+        move forward, and a base never passes the smallest committed epoch,
+        so a run going on meanwhile can't make this look inconsistent.
+        """
+        metas = [f.meta() for f in self.files]
+        committed = [f.epoch_of("committed_epoch") for f in self.files]
+        for m, c in zip(metas, committed, strict=True):
+            if m:
+                m["committed_epoch"] = str(c)
+        resume = min(committed)
+        bases = [int(m.get("base_epoch", 0)) for m in metas]
+        if max(bases) > resume and self.check:
+            old = [i for i, c in enumerate(committed) if c < max(bases)]
+            newer = [i for i, b in enumerate(bases) if b > resume]
+            msg = (
+                f"Recovery partitions {_names(old)} of {len(self.files)} in {str(self.dir)!r} are "
+                f"too old to resume from epoch {max(bases)} without data loss; do you have a "
+                "newer backup of these partitions? (flow "
+                f"{self.prefix!r}: {', '.join(f'{part_name(i)} committed epoch {committed[i]}' for i in old)}"
+                f"; {', '.join(f'{part_name(i)} kept no history before epoch {bases[i]}' for i in newer)}."
+                " A longer backup_interval (-b) keeps more history. To start over instead: "
+                f"python -m headrace.recovery delete {self.dir} --flow-id {self.prefix})"
+            )
+            raise InconsistentPartitionsError(msg)
+        groups = {m["key_groups"] for m in metas if m.get("key_groups", "0") != "0"}
+        if len(groups) > 1 and self.check:
+            msg = (f"recovery partitions of {str(self.dir)!r} disagree on flow "
+                   f"{self.prefix!r}'s key-group count ({sorted(groups)}); can't resume")
+            raise InconsistentPartitionsError(msg)
+        return metas
+
+    def load_meta(self) -> Meta | None:
+        metas = self._metas()
+        if not any(metas):
+            return None
+        meta = Meta.from_fields(next(m for m in metas if m))
+        meta.committed_epoch = min(int(m.get("committed_epoch", 0)) for m in metas)
+        meta.base_epoch = max(int(m.get("base_epoch", 0)) for m in metas)
+        meta.key_groups = max(int(m.get("key_groups", 0)) for m in metas)
+        return meta
+
+    def parts(self) -> list[dict[str, object]]:
+        """Each file's committed and base epoch for this flow (for ``show``).
+
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()); init_parts(d, 1)
+        >>> SqliteStore(d, "f").parts()  # doctest: +ELLIPSIS
+        [{'file': 'part-0.sqlite3', 'committed_epoch': 0, 'base_epoch': 0}]
+        """
+        return [{"file": f.path.name, "committed_epoch": f.epoch_of("committed_epoch"),
+                 "base_epoch": f.epoch_of("base_epoch")} for f in self.files]
+
+    def start_execution(self, worker_count: int, key_groups: int) -> Meta:
+        meta = self.load_meta() or Meta(key_groups=key_groups)
+        meta.worker_count = worker_count
+        meta.execution_id = uuid.uuid4().hex
+        if not meta.key_groups:
+            meta.key_groups = key_groups
+        f = meta.to_fields()
+        fields = {k: f[k] for k in ("worker_count", "execution_id", "key_groups")}
+        for file in self.files:
+            file.start(meta.committed_epoch, fields)
+        return meta
+
+    # ------------------------------------------------------------ epochs
+
+    def write_epoch(self, epoch: int, entries: list[Entry]) -> int:
+        if not entries:
+            return 0
+        t0 = time.monotonic()
+        if len(self.files) == 1:
+            self.files[0].write(epoch, entries)
+        else:
+            by_file: dict[int, list[Entry]] = {}
+            for e in entries:
+                by_file.setdefault(self._index_of(e[0], e[1], e[2]), []).append(e)
+            for i, rows in sorted(by_file.items()):
+                self.files[i].write(epoch, rows)
+        self.last_latency = time.monotonic() - t0
+        return sum(len(k) + len(v) for _, _, k, v in entries)
+
+    def commit(self, epoch: int, epoch_bytes: int) -> None:
+        fields = {"committed_epoch": str(epoch), "committed_at": repr(time.time()),
+                  "epoch_bytes": str(epoch_bytes)}
+        for file in self.files:  # part 0 first; the epoch is committed once the last has it
+            with _transaction(file.conn()) as c:
+                file.set_meta(c, fields)
+
+    def load(self, step_id: str, groups: Iterable[Group]) -> dict[Group, dict[str, bytes]]:
+        meta = self.load_meta()
+        if meta is None:
+            return {}
+        out: dict[Group, dict[str, bytes]] = {}
+        for g in groups:
+            files = self.files if g == PARTS else [self.files[self._index_of(step_id, g, "")]]
+            merged: dict[str, bytes] = {}
+            for file in files:
+                merged.update(file.load(step_id, str(g), meta.committed_epoch))
+            if merged:
+                out[g] = merged
+        return out
+
+    def compact(self, up_to_epoch: int) -> None:
+        meta = self.load_meta()
+        if meta is None:
+            return
+        up_to = min(up_to_epoch, meta.committed_epoch)
+        for file in self.files:
+            file.compact(up_to)
+
+    def delete_all(self) -> int:
+        return sum(f.delete_all() for f in self.files)
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        pairs: set[tuple[str, str]] = set()
+        for f in self.files:
+            pairs |= f.step_groups()
+        out: dict[str, dict[str, int]] = {}
+        for step in sorted({s for s, _ in pairs}):
+            groups = sorted({g for s, g in pairs if s == step})
+            state = self.load(step, [g if g == PARTS else int(g) for g in groups])
+            out[step] = {
+                "keys": sum(len(v) for v in state.values()),
+                "bytes": sum(len(k) + len(b) for v in state.values() for k, b in v.items()),
+                "groups": len(state),
+            }
+        return out
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
