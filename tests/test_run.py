@@ -179,3 +179,59 @@ def test_closed_stdout_stops_with_one_line_and_sigpipe_status(processes: str) ->
     assert "Traceback" not in err, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines and all("standard output was closed (broken pipe)" in ln for ln in lines), err
+
+
+def _endless_flow(tmp_path: Path) -> str:
+    return _flow_file(
+        tmp_path / "endless_flow.py",
+        "from datetime import timedelta",
+        "from headrace.connectors.demo import RandomMetricSource",
+        "from headrace.connectors.stdio import StdOutSink",
+        "flow = Dataflow('endless')",
+        "s = op.input('i', flow, RandomMetricSource('m', interval=timedelta(milliseconds=5)))",
+        "op.output('o', op.map('name', s, lambda kv: kv[0]), StdOutSink())",
+    )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("processes", "sig", "to_group", "code"),
+    [
+        pytest.param("1", "SIGINT", False, 130, id="1-SIGINT"),
+        pytest.param("1", "SIGTERM", False, 0, id="1-SIGTERM"),
+        # A terminal's Ctrl-C signals the whole foreground process group.
+        pytest.param("2", "SIGINT", True, 130, id="p2-ctrl-c"),
+        pytest.param("2", "SIGINT", False, 130, id="p2-SIGINT-parent"),
+        pytest.param("2", "SIGTERM", False, 0, id="p2-SIGTERM"),
+    ],
+)
+def test_stop_signals_stop_cleanly_with_the_conventional_status(
+    tmp_path: Path, processes: str, sig: str, to_group: bool, code: int
+) -> None:
+    """Ctrl-C stops at the epoch boundary and exits 130; SIGTERM (Kubernetes) exits 0."""
+    import os
+    import signal
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "headrace.run", _endless_flow(tmp_path), "-p", processes,
+         "--metrics-port", "0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    assert p.stdout is not None
+    try:
+        assert p.stdout.readline() == "m\n"  # running
+        signum = getattr(signal, sig)
+        if to_group:
+            os.killpg(p.pid, signum)
+        else:
+            p.send_signal(signum)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == code, err
+    assert set(out.split()) <= {"m"}
+    stops = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(stops) == int(processes), err  # one line per process, no "failed", no traceback
+    assert all(f"received {sig}: stopping at the next epoch boundary" in ln for ln in stops), err

@@ -8,7 +8,9 @@ Manual cluster: every process gets the same ``-a "h:p;h:p"`` and its own
 through ``HEADRACE_*`` environment variables (``BYTEWAX_*`` work too).
 
 SIGTERM or SIGINT stops the whole cluster cleanly at the next epoch
-boundary; a second SIGINT aborts at once.
+boundary; a second SIGINT aborts at once. A run stopped by SIGINT (Ctrl-C)
+exits with status 130, as shells expect of an interrupted program; one
+stopped by SIGTERM exits 0 (a Kubernetes pod asked to stop has done its job).
 
 >>> args = _parser().parse_args(["examples.wordcount:flow", "-w", "2"])
 >>> args.workers_per_process, args.import_str
@@ -212,11 +214,13 @@ def _spawn_local(argv: list[str], processes: int) -> int:
             sys.executable, "-m", "headrace.run", *base, "-i", str(i), "-a", addrs,
             # Each local process serves on its own port: base, base + 1, ...
             "--metrics-port", str(metrics_base + i if metrics_base else 0),
-        ], env=env)
+        ], env=env, preexec_fn=_detach_child)
         for i in range(processes)
     ]
+    received: list[int] = []
 
     def forward(signum: int, _frame: Any) -> None:
+        received.append(signum)
         for pr in procs:
             if pr.poll() is None:
                 pr.send_signal(signum)
@@ -231,6 +235,8 @@ def _spawn_local(argv: list[str], processes: int) -> int:
             if rc is None:
                 continue
             remaining.discard(i)
+            if rc == INTERRUPTED and signal.SIGINT in received:
+                continue  # stopped by the Ctrl-C we forwarded: not a failure
             if rc != 0 and code == 0:
                 code = rc if rc > 0 else 128 - rc
                 how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
@@ -248,7 +254,28 @@ def _spawn_local(argv: list[str], processes: int) -> int:
                     if pr.poll() is None:
                         pr.kill()
         time.sleep(0.05)
+    if code == 0 and signal.SIGINT in received:
+        return INTERRUPTED
     return code
+
+
+def _detach_child() -> None:
+    """Run in a ``-p`` child before exec: its own process group, and SIGTERM if we die.
+
+    A terminal's Ctrl-C signals the whole foreground process group; the
+    children would get it twice (once from the terminal, once forwarded), and
+    a second SIGINT aborts a run instead of stopping it at an epoch boundary.
+    In their own group they get it once, from the parent.
+    """
+    os.setpgid(0, 0)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
 
 
 def _strip_flags(argv: list[str], flags: set[str]) -> list[str]:
@@ -310,8 +337,11 @@ def cli_main(
         )
 
 
-def _install_signal_handlers() -> dict[int, Any]:
-    """Install SIGTERM/SIGINT handlers; return the previous ones."""
+def _install_signal_handlers(received: list[int] | None = None) -> dict[int, Any]:
+    """Install SIGTERM/SIGINT handlers; return the previous ones.
+
+    Each signal handled is appended to ``received``.
+    """
     from headrace._engine._run import request_stop
 
     previous: dict[int, Any] = {
@@ -321,6 +351,8 @@ def _install_signal_handlers() -> dict[int, Any]:
     state = {"interrupts": 0}
 
     def on_term(signum: int, _frame: Any) -> None:
+        if received is not None:
+            received.append(signum)
         name = signal.Signals(signum).name
         if not request_stop():
             # Not running yet (e.g. waiting for peers): nothing to commit.
@@ -377,9 +409,14 @@ def main(argv: list[str] | None = None) -> int:
     if proc_id is None and args.process_id_from_hostname:
         proc_id = _ordinal_from_hostname(socket.gethostname())
     epoch = args.epoch_interval or args.snapshot_interval
-    previous = _install_signal_handlers()
+    received: list[int] = []
+    previous = _install_signal_handlers(received)
     try:
-        return _run(args, flow, addresses, proc_id, epoch, recovery)
+        code = _run(args, flow, addresses, proc_id, epoch, recovery)
+        if code == 0 and signal.SIGINT in received:
+            # Stopped cleanly, but because of Ctrl-C: say so, as shells expect.
+            return INTERRUPTED
+        return code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -428,7 +465,7 @@ def _run(
             )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except Exception as exc:
         if _stdout_broken():
             # `... | head`: whoever read the output has gone, as for any Unix
@@ -445,6 +482,8 @@ def _run(
 
 # What a shell reports for a program killed by SIGPIPE (128 + 13).
 STDOUT_CLOSED = 141
+# ... and for one interrupted by Ctrl-C (128 + SIGINT).
+INTERRUPTED = 130
 
 
 def _stdout_broken() -> bool:
