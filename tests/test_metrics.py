@@ -377,3 +377,99 @@ def test_worker_series_scraped_while_written_are_consistent() -> None:
     writer.join()
     assert c.value == n and sum(h.counts) == n
     assert scrapes > 1
+
+
+# --- two runs on one machine ---------------------------------------------------
+
+_TINY = "tests.flows.import_targets:make(3, prefix='t')"
+_MOVED = (r"^headrace: metrics port {port} on 127\.0\.0\.1 is in use \(another run\?\); "
+          r"serving /metrics on 127\.0\.0\.1:(\d+) instead$")
+
+
+def _hold(port: int) -> socket.socket | None:
+    """Listen on ``port`` on all interfaces, or None if something else already does."""
+    s = socket.socket()
+    try:
+        s.bind(("0.0.0.0", port))
+    except OSError:
+        s.close()
+        return None  # taken all the same: by another run on this machine
+    s.listen()
+    return s
+
+
+def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "headrace.run", *args], cwd=ROOT, capture_output=True,
+        text=True, timeout=120, env=env,
+    )
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_local_run_moves_off_a_taken_default_port_in_one_line(processes: str) -> None:
+    import re
+
+    held = [_hold(3030 + i) for i in range(int(processes))]
+    try:
+        res = _run_cli(_TINY, "-p", processes)
+    finally:
+        for s in held:
+            if s is not None:
+                s.close()
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert len(lines) == int(processes), res.stderr
+    assert sorted(re.sub(r":\d+ instead$", ":N instead", ln) for ln in lines) == [
+        f"headrace: metrics port {3030 + i} on 127.0.0.1 is in use (another run?); "
+        "serving /metrics on 127.0.0.1:N instead" for i in range(int(processes))]
+
+
+@pytest.mark.timeout(120)
+def test_the_moved_endpoint_serves_on_loopback(tmp_path: Path) -> None:
+    """The port said on stderr serves /healthz, on 127.0.0.1 (the fallback, exercised
+    with the hidden flag a ``-p`` parent gives its children, on a port we hold)."""
+    import re
+    import signal
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        p = subprocess.Popen(
+            [sys.executable, "-m", "headrace.run", "tests.flows.metrics_flows:paced()",
+             "--metrics-port", str(port), "--metrics-port-fallback"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "HR_SECONDS": "60"},
+        )
+        assert p.stderr is not None
+        try:
+            m = re.match(_MOVED.format(port=port), p.stderr.readline().rstrip("\n"))
+            assert m is not None
+            moved = int(m.group(1))
+            _wait_up(f"http://127.0.0.1:{moved}/healthz")
+            assert _get(f"http://127.0.0.1:{moved}/healthz") == (200, "ok\n")
+        finally:
+            p.send_signal(signal.SIGTERM)  # (its exit status is another test's business)
+            p.communicate(timeout=60)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["flag", "env", "flag-p2"])
+def test_a_chosen_metrics_port_in_use_fails_loudly(how: str) -> None:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        env = None
+        if how == "flag":
+            res = _run_cli(_TINY, "--metrics-port", str(port))
+        elif how == "flag-p2":
+            res = _run_cli(_TINY, "-p", "2", "--metrics-port", str(port))
+        else:
+            env = {**os.environ, "HEADRACE_METRICS_PORT": str(port)}
+            res = _run_cli(_TINY, env=env)
+    assert res.returncode == 1, res.stderr
+    assert (f"error: metrics port {port} on 0.0.0.0 is already in use; pass another "
+            "--metrics-port") in res.stderr
+    assert "instead" not in res.stderr

@@ -42,6 +42,8 @@ __all__ = ["cli_main", "main"]
 
 log = logging.getLogger("headrace.run")
 
+DEFAULT_METRICS_PORT = 3030
+
 
 def _env(name: str, default: Any = None) -> Any:
     for prefix in ("HEADRACE_", "BYTEWAX_"):
@@ -130,13 +132,60 @@ def _parser() -> argparse.ArgumentParser:
                    default=_seconds(_env("EPOCH_INTERVAL")) if _env("EPOCH_INTERVAL") else None,
                    help="seconds per epoch (default 10, or the snapshot interval)")
     o = p.add_argument_group("observability")
-    o.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", 3030)),
-                   help="port for /metrics, /dataflow, /healthz, /readyz (0 disables)")
-    o.add_argument("--metrics-host", default=_env("METRICS_HOST", "0.0.0.0"),
-                   help="host the metrics server binds")
+    o.add_argument("--metrics-port", type=int,
+                   default=None if _env("METRICS_PORT") is None else int(_env("METRICS_PORT")),
+                   help="port for /metrics, /dataflow, /healthz, /readyz (0 disables). Not "
+                   f"given: {DEFAULT_METRICS_PORT} on 127.0.0.1, or a free port if that one is "
+                   "taken (said on stderr). Given (or HEADRACE_METRICS_PORT): on 0.0.0.0, and "
+                   "a port in use is an error")
+    o.add_argument("--metrics-host", default=_env("METRICS_HOST"),
+                   help="host the metrics server binds (default: 127.0.0.1 without "
+                   "--metrics-port, 0.0.0.0 with it)")
+    # Set by a `-p` parent for its children when the user chose no port.
+    o.add_argument("--metrics-port-fallback", action="store_true", help=argparse.SUPPRESS)
     o.add_argument("--log-level", default=_env("LOG_LEVEL", "WARNING"))
     o.add_argument("--log-format", choices=["text", "json"], default=_env("LOG_FORMAT", "text"))
     return p
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether ``host:port`` names this machine's loopback interface.
+
+    >>> _is_loopback("127.0.0.1:2101"), _is_loopback("localhost:1"), _is_loopback("[::1]:1")
+    (True, True, True)
+    >>> _is_loopback("df-0.df.ns.svc:2101")
+    False
+    """
+    host = address.rpartition(":")[0].strip("[]").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _metrics_endpoint(
+    port: int | None, host: str | None, fallback: bool, addresses: list[str] | None
+) -> tuple[int, str, bool]:
+    """Where to serve the endpoint: ``(port, host, fall back to a free port if taken)``.
+
+    A run whose port nobody chose and whose processes are all on this machine
+    serves on 127.0.0.1 and moves out of the way of another run; a chosen
+    port (the flag, or HEADRACE_METRICS_PORT as the operator's pods set it)
+    or a cluster spanning machines binds 0.0.0.0 and fails loudly if taken.
+
+    >>> _metrics_endpoint(None, None, False, None)
+    (3030, '127.0.0.1', True)
+    >>> _metrics_endpoint(3030, None, False, None)
+    (3030, '0.0.0.0', False)
+    >>> _metrics_endpoint(None, None, False, ["a:1", "b:1"])
+    (3030, '0.0.0.0', False)
+    >>> _metrics_endpoint(3031, None, True, ["127.0.0.1:1", "127.0.0.1:2"])
+    (3031, '127.0.0.1', True)
+    """
+    if port is None:
+        if addresses is None or all(_is_loopback(a) for a in addresses):
+            return DEFAULT_METRICS_PORT, host or "127.0.0.1", True
+        return DEFAULT_METRICS_PORT, host or "0.0.0.0", False
+    if fallback:
+        return port, host or "127.0.0.1", True
+    return port, host or "0.0.0.0", False
 
 
 def _resolve_addresses(args: argparse.Namespace) -> list[str] | None:
@@ -207,13 +256,16 @@ def _spawn_local(argv: list[str], processes: int) -> int:
     """Start ``processes`` copies of this command as a local cluster; wait."""
     addrs = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
     base = _strip_flags(argv, {"-p", "--processes", "--metrics-port"})
-    metrics_base = _parser().parse_args(argv).metrics_port
+    chosen = _parser().parse_args(argv).metrics_port
+    metrics_base = DEFAULT_METRICS_PORT if chosen is None else chosen
+    # Nobody chose the port: each child moves to a free one if its own is taken.
+    fallback = ["--metrics-port-fallback"] if chosen is None and metrics_base else []
     env = _local_cluster_env(os.environ)
     procs = [
         subprocess.Popen([
             sys.executable, "-m", "headrace.run", *base, "-i", str(i), "-a", addrs,
             # Each local process serves on its own port: base, base + 1, ...
-            "--metrics-port", str(metrics_base + i if metrics_base else 0),
+            "--metrics-port", str(metrics_base + i if metrics_base else 0), *fallback,
         ], env=env, preexec_fn=_detach_child)
         for i in range(processes)
     ]
@@ -432,6 +484,8 @@ def _run(
 ) -> int:
     from headrace._engine._run import execute, execute_cluster
 
+    metrics_port, metrics_host, fallback = _metrics_endpoint(
+        args.metrics_port, args.metrics_host, args.metrics_port_fallback, addresses)
     try:
         if addresses and len(addresses) > 1:
             if proc_id is None:
@@ -448,8 +502,9 @@ def _run(
                 startup_timeout=args.startup_timeout,
                 recovery=recovery,
                 key_groups=args.key_groups,
-                metrics_port=args.metrics_port,
-                metrics_host=args.metrics_host,
+                metrics_port=metrics_port,
+                metrics_host=metrics_host,
+                metrics_port_fallback=fallback,
                 exchange_flush=args.exchange_flush_ms,
             )
         else:
@@ -459,8 +514,9 @@ def _run(
                 epoch_interval=epoch,
                 recovery=recovery,
                 key_groups=args.key_groups,
-                metrics_port=args.metrics_port,
-                metrics_host=args.metrics_host,
+                metrics_port=metrics_port,
+                metrics_host=metrics_host,
+                metrics_port_fallback=fallback,
                 exchange_flush=args.exchange_flush_ms,
             )
     except KeyboardInterrupt:

@@ -147,6 +147,11 @@ def test_environment_is_what_the_runtime_reads(spec: Any, monkeypatch: pytest.Mo
     assert args.import_str == "app.flows:wc" and args.recovery_retry == 60
     assert args.workers_per_process == 2 and args.key_groups == 256
     assert args.metrics_port == 9090 and args.bind_host == "0.0.0.0"
+    # A pod's port is chosen (env): all interfaces, and a conflict is an error.
+    addresses = run._resolve_addresses(args)
+    assert run._metrics_endpoint(
+        args.metrics_port, args.metrics_host, args.metrics_port_fallback, addresses
+    ) == (9090, "0.0.0.0", False)
     assert args.process_id_from_hostname is True
     assert args.log_format == "json"
     assert args.epoch_interval.total_seconds() == 2.5

@@ -57,7 +57,7 @@ def _stoppable(cluster: Cluster, on: bool) -> None:
 
 
 def _serve(
-    flow: Dataflow, port: int | None, host: str, readiness: Readiness
+    flow: Dataflow, port: int | None, host: str, readiness: Readiness, fallback: bool = False
 ) -> EndpointServer | None:
     if not port:
         return None
@@ -67,7 +67,7 @@ def _serve(
 
         return to_json(flow)
 
-    return EndpointServer(host, port, dataflow_json, readiness)
+    return EndpointServer(host, port, dataflow_json, readiness, fallback=fallback)
 
 
 def _store_probe(config: RunConfig, readiness: Readiness) -> None:
@@ -237,11 +237,14 @@ def execute(
     metrics_port: int | None = None,
     metrics_host: str = "0.0.0.0",
     exchange_flush: timedelta | None = None,
+    metrics_port_fallback: bool = False,
 ) -> None:
     """Run ``flow`` on ``workers_per_process`` workers in this process.
 
     ``metrics_port`` (when not ``None`` or 0) serves /metrics, /dataflow,
-    /healthz and /readyz on ``metrics_host``. ``exchange_flush`` is the
+    /healthz and /readyz on ``metrics_host``; if the port is taken, that is
+    an error, or with ``metrics_port_fallback`` one line on stderr and a free
+    port (the CLI's default for a local run). ``exchange_flush`` is the
     longest a busy worker holds items bound for another worker before
     sending them (default 20 ms; see docs/running.md).
 
@@ -257,7 +260,7 @@ def execute(
     config.metrics = metrics
     plan = build_plan(flow)
     readiness = Readiness()
-    server = _serve(flow, metrics_port, metrics_host, readiness)
+    server = _serve(flow, metrics_port, metrics_host, readiness, metrics_port_fallback)
     try:
         _open_recovery(recovery, plan, config, True, workers_per_process)
     except BaseException:
@@ -286,6 +289,7 @@ def execute_cluster(
     metrics_port: int | None = None,
     metrics_host: str = "0.0.0.0",
     exchange_flush: timedelta | None = None,
+    metrics_port_fallback: bool = False,
 ) -> None:
     """Run this process's share of a multi-process cluster.
 
@@ -307,7 +311,7 @@ def execute_cluster(
     plan = build_plan(flow)
     w = workers_per_process
     readiness = Readiness()
-    server = _serve(flow, metrics_port, metrics_host, readiness)
+    server = _serve(flow, metrics_port, metrics_host, readiness, metrics_port_fallback)
     try:
         _start_cluster_process(
             flow, plan, config, readiness, server, addresses, proc_id, w, bind_host,
