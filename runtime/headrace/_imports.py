@@ -1,5 +1,10 @@
 """Resolve an import string (``mod``, ``mod:attr``, ``mod:factory(args)``,
-``path/to/flow.py:flow``) to a `Dataflow`."""
+``path/to/flow.py:flow``) to a `Dataflow`.
+
+With ``HEADRACE_BYTEWAX_COMPAT=1`` (or ``python -m headrace.run --bytewax``)
+the module may import ``bytewax.*``: see `headrace._bytewax_alias`. Without
+it, a program that imports a Bytewax that is not installed gets a hint.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,23 @@ from headrace.errors import ImportStringError
 
 
 def _import_module(mod_str: str) -> Any:
+    try:
+        return _import_module_unchecked(mod_str)
+    except ModuleNotFoundError as exc:
+        from headrace import _bytewax_alias
+
+        name = exc.name or ""
+        if (name == "bytewax" or name.startswith("bytewax.")) and not _bytewax_alias.installed():
+            msg = (
+                f"{mod_str!r} imports {name!r}, and Bytewax is not installed; Headrace runs "
+                "Bytewax programs unchanged with `python -m headrace.run --bytewax ...` "
+                f"(or {_bytewax_alias.ENV}=1)"
+            )
+            raise ImportStringError(msg) from exc
+        raise
+
+
+def _import_module_unchecked(mod_str: str) -> Any:
     if mod_str.endswith(".py") or os.sep in mod_str or "/" in mod_str:
         path = Path(mod_str)
         if not path.is_file():
@@ -57,6 +79,10 @@ def locate_dataflow(import_str: str) -> Dataflow:
     ...
     headrace.errors.ImportStringError: can't import module 'headrace.no_such_module': ...
     """
+    from headrace import _bytewax_alias
+
+    if _bytewax_alias.enabled():
+        _bytewax_alias.install()
     mod_str, _, attr_str = import_str.partition(":")
     if mod_str.endswith(".py") and not attr_str:
         attr_str = "flow"

@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("import_str", help="dataflow to run: 'mod', 'mod:attr', 'mod:factory(1)', "
                    "or 'path/to/file.py:attr'")
+    p.add_argument("--bytewax", action="store_true",
+                   default=_env("BYTEWAX_COMPAT", "").lower() in ("1", "true", "yes", "on"),
+                   help="run a Bytewax program unchanged: its `bytewax.*` imports are "
+                   "Headrace's modules (HEADRACE_BYTEWAX_COMPAT=1 does the same)")
     g = p.add_argument_group("scaling")
     g.add_argument("-w", "--workers-per-process", type=int,
                    default=int(_env("WORKERS_PER_PROCESS", 1)),
@@ -437,6 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     from headrace._imports import locate_dataflow
     from headrace.errors import ImportStringError
 
+    if args.bytewax:
+        from headrace._bytewax_alias import install
+
+        try:
+            install(quiet=args.processes > 1)  # a -p parent's children say it
+        except ImportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.processes > 1:
         if args.addresses or args.process_id is not None:
             print("error: -p/--processes starts its own local cluster; don't combine it with "
