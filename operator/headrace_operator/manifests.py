@@ -177,6 +177,9 @@ def _env(spec: DataflowSpec, owner: Owner) -> list[dict[str, Any]]:
         if r.backup_interval:
             env.append({"name": "HEADRACE_BACKUP_INTERVAL",
                         "value": _seconds_str(r.backup_interval)})
+    if spec.flow.bytewax_compat:
+        # Only when asked: other Dataflows' pod templates (and hashes) stay as they were.
+        env.append({"name": "HEADRACE_BYTEWAX_COMPAT", "value": "1"})
     if o.otlp_endpoint:
         env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": o.otlp_endpoint})
         env.append({"name": "OTEL_SERVICE_NAME", "value": owner.name})

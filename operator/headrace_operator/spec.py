@@ -135,6 +135,14 @@ class FlowSpec:
             name="envFrom", raw="array", doc="Sources of environment variables (core/v1 EnvFromSource)."
         ),
     )
+    bytewax_compat: bool = field(
+        default=False,
+        metadata=_m(
+            name="bytewaxCompat",
+            doc="Run a Bytewax program unchanged: its `bytewax.*` imports are Headrace's modules "
+            "(sets HEADRACE_BYTEWAX_COMPAT=1, like `python -m headrace.run --bytewax`).",
+        ),
+    )
 
 
 @dataclass

@@ -169,6 +169,26 @@ def test_user_env_overrides_the_operators(spec: Any) -> None:
     assert {"name": "HEADRACE_STARTUP_TIMEOUT", "value": "5"} in env
 
 
+def test_bytewax_compat_sets_the_runtime_env_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from headrace import _bytewax_alias, run
+
+    def env_of(flow: dict[str, Any]) -> dict[str, Any]:
+        s = parse_spec({"image": "i", "flow": flow})
+        c = mf.build_statefulset(s, OWNER)["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value") for e in c["env"]}
+
+    assert "HEADRACE_BYTEWAX_COMPAT" not in env_of({"import": "m:f"})
+    assert "HEADRACE_BYTEWAX_COMPAT" not in env_of({"import": "m:f", "bytewaxCompat": False})
+    env = env_of({"import": "m:f", "bytewaxCompat": True})
+    assert env["HEADRACE_BYTEWAX_COMPAT"] == "1"
+    # ... which is what the runtime reads.
+    monkeypatch.setenv("HEADRACE_BYTEWAX_COMPAT", env["HEADRACE_BYTEWAX_COMPAT"])
+    assert _bytewax_alias.enabled()
+    assert run._parser().parse_args(["m:f"]).bytewax is True
+
+
 def test_url_recovery_and_no_recovery() -> None:
     s = parse_spec({"image": "i", "flow": {"import": "m:f"},
                     "recovery": {"url": "redis://r:6379/2", "keyPrefix": "custom"}})
@@ -225,6 +245,8 @@ def test_template_hash_tracks_pod_changes_but_not_replicas() -> None:
     assert h(image="app:2") != base
     assert h(workersPerProcess=1) != base
     assert h(resources={"limits": {"cpu": "2"}}) != base
+    assert h(flow={**SPEC["flow"], "bytewaxCompat": False}) == base  # no change unless asked
+    assert h(flow={**SPEC["flow"], "bytewaxCompat": True}) != base
 
 
 @pytest.mark.parametrize(("replicas", "wpp", "groups"), [(1, 1, 8), (3, 2, 256), (5, 1, 7),

@@ -40,6 +40,7 @@ def test_defaults_match_the_documented_ones() -> None:
     assert s.observability.metrics_port == 3030
     assert s.observability.pod_monitor.enabled is False
     assert s.scaling.mode == "manual"
+    assert s.flow.bytewax_compat is False
 
 
 @pytest.mark.parametrize(("changes", "path", "words"), [
@@ -52,6 +53,8 @@ def test_defaults_match_the_documented_ones() -> None:
     ({"upgradeMode": "savepoint"}, "spec.upgradeMode", "must be one of"),
     ({"image": ""}, "spec.image", "must not be empty"),
     ({"flow": {}}, "spec.flow.import", "is required"),
+    ({"flow": {"import": "m:f", "bytewaxCompat": "yes"}}, "spec.flow.bytewaxCompat",
+     "must be true or false"),
     ({"flow": {"import": "has spaces in it"}}, "spec.flow.import", "is not an import string"),
     ({"flow": {"import": "m:f", "env": [{"name": "1BAD", "value": "x"}]}},
      "spec.flow.env[0].name", "not a valid environment variable name"),
