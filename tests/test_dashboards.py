@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -28,12 +27,14 @@ import yaml
 
 from headrace._engine._metrics import CATALOGUE
 from headrace._engine._metrics import exported_names as worker_exported_names
+from tests import _tools as tools
 from tests.servers import free_port
 from tests.test_helm_chart import CHART, PROMETHEUS_API, one, render
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 SCRAPE_SERIES = {"up"}
+pytestmark = pytest.mark.tools("helm", "promtool", "prometheus")
 OPERATOR_DASHBOARDS = {"operator", "autoscaler"}
 
 
@@ -301,10 +302,10 @@ def test_labels_used_in_queries_exist_on_the_metrics(tmp_path: Path) -> None:
 
 
 def _promtool() -> str:
-    exe = shutil.which("promtool")
-    if exe is None:
-        pytest.fail("promtool is not installed; .ci/run installs it (apt-get install prometheus)")
-    return exe
+    try:
+        return tools.promtool()
+    except tools.ToolUnavailable as exc:
+        pytest.fail(str(exc))
 
 
 def test_every_query_parses_in_prometheus(tmp_path: Path) -> None:
@@ -376,10 +377,10 @@ def test_worker_queries_return_data_from_a_real_prometheus(tmp_path: Path) -> No
     """Two worker processes with a recovery store, scraped by Prometheus with the
     labels the chart's PodMonitor gives (namespace, pod, dataflow): every
     dashboard query over worker metrics must return series."""
-    exe = shutil.which("prometheus")
-    if exe is None:
-        pytest.fail("prometheus is not installed; .ci/run installs it (apt-get install "
-                    "prometheus)")
+    try:
+        exe = tools.prometheus()
+    except tools.ToolUnavailable as exc:
+        pytest.fail(str(exc))
     base = _consecutive_ports()
     targets = [{"targets": [f"127.0.0.1:{base + i}"],
                 "labels": {"namespace": "team-a", "dataflow": "paced", "pod": f"paced-{i}"}}

@@ -2,8 +2,8 @@
 and check what comes out (kinds, labels, security, RBAC, monitoring objects,
 dashboards, schema, examples), plus static checks of the Dockerfile.
 
-Needs the `helm` binary: $HELM, `helm` on $PATH, or ~/go/bin/helm. Install:
-``GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@v3.22.0``.
+Needs the `helm` binary: $HELM, `helm` on $PATH or in ~/go/bin, else the test
+session builds it once at the pinned version (`tests._tools`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -23,27 +22,28 @@ import jsonschema
 import pytest
 import yaml
 
+from tests import _tools as tools
+
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "headrace"
-HELM_INSTALL = "GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@v3.22.0"
 RELEASE = "hr"
 NAMESPACE = "headrace-system"
 FULLNAME = "hr-headrace"
 PROMETHEUS_API = ("--api-versions", "monitoring.coreos.com/v1")
 MONITORING_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 ALERTS = {"DataflowNotReady", "SnapshotStale", "LagGrowing", "OperatorDown", "ReconcileErrors"}
+pytestmark = pytest.mark.tools("helm")
 
 
 # ------------------------------------------------------------------ helpers
 
 
 def helm_bin() -> str:
-    """The helm binary; the test fails (not skips) without it."""
-    for cand in (os.environ.get("HELM"), shutil.which("helm"),
-                 str(Path.home() / "go" / "bin" / "helm")):
-        if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
-            return cand
-    pytest.fail(f"helm is not installed: run `{HELM_INSTALL}` (into ~/go/bin) or set $HELM")
+    """The helm binary (`tests._tools.helm`); the test fails (not skips) without it."""
+    try:
+        return tools.helm()
+    except tools.ToolUnavailable as exc:
+        pytest.fail(str(exc))
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from headrace._engine._metrics import _BUCKETS, CATALOGUE, exported_names
 from headrace._engine._run import execute, request_stop
 from headrace.errors import HeadraceRuntimeError
+from tests import _tools as tools
 from tests.flows.metrics_flows import paced
 from tests.servers import free_port
 
@@ -186,10 +186,10 @@ def _two_free_consecutive_ports() -> int:
 
 class _Prometheus:
     def __init__(self, workdir: Path, targets: list[str]) -> None:
-        exe = shutil.which("prometheus")
-        if exe is None:
-            pytest.fail("prometheus is not installed; .ci/run installs it (apt-get install "
-                        "prometheus)")
+        try:
+            exe = tools.prometheus()
+        except tools.ToolUnavailable as exc:
+            pytest.fail(str(exc))
         self.port = free_port()
         cfg = workdir / "prometheus.yml"
         cfg.write_text(
@@ -218,6 +218,7 @@ class _Prometheus:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.tools("prometheus")
 def test_real_prometheus_scrapes_a_two_process_cluster(tmp_path: Path) -> None:
     base = _two_free_consecutive_ports()
     prom = _Prometheus(tmp_path, [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"])

@@ -10,8 +10,8 @@
 # seconds. Go builds run at low priority with few parallel jobs, because this
 # machine is shared; set E2E_BUILD_JOBS to change the job count.
 #
-# Usage: tests/e2e/build.sh [PART...]   (as root: it installs packages)
-#   PART: packages kubernetes etcd helm coredns prometheus pause (default: all)
+# Usage: tests/e2e/build.sh [PART...]   (packages and pause need root)
+#   PART: packages kubernetes etcd helm coredns prometheus pause (default: all), promtool
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.sh
@@ -20,7 +20,6 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 log() { printf '[e2e build %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-[ "$(id -u)" = 0 ] || die "run as root: it installs packages and builds images for containerd"
 command -v go >/dev/null || die "Go is needed (go1.26 or newer) to build the cluster's binaries"
 
 export CGO_ENABLED=0
@@ -171,6 +170,19 @@ build_prometheus() {
       "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION")
 }
 
+# promtool, for the unit tests' rule checks (not part of the default build).
+build_promtool() {
+  [ -x "$E2E_BIN/promtool" ] && { log "promtool $PROMETHEUS_VERSION: cached"; return; }
+  log "promtool $PROMETHEUS_VERSION: building"
+  local src=$E2E_DIR/src/prometheus v=github.com/prometheus/common/version rest release
+  mkdir -p "$src"
+  rest=${PROMETHEUS_VERSION#v0.3}
+  release=3.$((10#${rest%%.*})).${rest#*.}
+  (cd "$src" && GOBIN=$E2E_BIN $GO install -tags remove_all_sd,enable_kubernetes_sd \
+      -ldflags "-s -w -X $v.Version=$release -X $v.Revision=$PROMETHEUS_VERSION -X $v.Branch=release" \
+      "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION")
+}
+
 build_pause() {
   [ -f "$E2E_DIR/pause.tar" ] && { log "pause image: cached"; return; }
   log "pause image: building"
@@ -193,11 +205,15 @@ build_pause() {
 start=$SECONDS
 parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(packages kubernetes etcd helm coredns prometheus pause)
+# Only these two need root; the unit tests build helm and prometheus here too.
+case " ${parts[*]} " in *" packages "*|*" pause "*)
+  [ "$(id -u)" = 0 ] || die "run as root: it installs packages and builds images for containerd" ;;
+esac
 mkdir -p "$E2E_BIN"
 for part in "${parts[@]}"; do
   case $part in
     packages) install_packages ;;
-    kubernetes|etcd|helm|coredns|prometheus|pause) "build_$part" ;;
+    kubernetes|etcd|helm|coredns|prometheus|promtool|pause) "build_$part" ;;
     *) die "unknown part $part (see the usage at the top of $0)" ;;
   esac
 done
