@@ -190,5 +190,5 @@ def test_cli_bad_import_string_fails_with_a_message(tmp_path: Path) -> None:
     _flow_file(tmp_path)
     proc = _cli("viz_flow:nope", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "has no attribute 'nope'" in proc.stderr
+    assert "Failed to find attribute 'nope' in 'viz_flow'." in proc.stderr
     assert "Traceback" not in proc.stderr

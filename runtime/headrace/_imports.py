@@ -29,11 +29,11 @@ def _import_module(mod_str: str) -> Any:
         name = exc.name or ""
         if (name == "bytewax" or name.startswith("bytewax.")) and not _bytewax_alias.installed():
             msg = (
-                f"{mod_str!r} imports {name!r}, and Bytewax is not installed; Headrace runs "
+                f"{exc}; {mod_str!r} imports {name!r}, and Bytewax is not installed; Headrace runs "
                 "Bytewax programs unchanged with `python -m headrace.run --bytewax ...` "
                 f"(or {_bytewax_alias.ENV}=1)"
             )
-            raise ImportStringError(msg) from exc
+            raise ImportStringError(msg, kind="ModuleNotFoundError") from exc
         raise
 
 
@@ -42,7 +42,7 @@ def _import_module_unchecked(mod_str: str) -> Any:
         path = Path(mod_str)
         if not path.is_file():
             msg = f"can't import {mod_str!r}: no such file (cwd {os.getcwd()!r})"
-            raise ImportStringError(msg)
+            raise ImportStringError(msg, kind="FileNotFoundError")
         name = path.stem
         parent = str(path.resolve().parent)
         if parent not in sys.path:
@@ -60,10 +60,10 @@ def _import_module_unchecked(mod_str: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name and mod_str.startswith(exc.name):
             msg = (
-                f"can't import module {mod_str!r}: {exc}; check the name, the current "
+                f"{exc}; can't import module {mod_str!r}: check the name, the current "
                 f"directory ({os.getcwd()!r}) and PYTHONPATH"
             )
-            raise ImportStringError(msg) from exc
+            raise ImportStringError(msg, kind="ModuleNotFoundError") from exc
         raise
 
 
@@ -77,7 +77,7 @@ def locate_dataflow(import_str: str) -> Dataflow:
     >>> locate_dataflow("headrace.no_such_module:flow")
     Traceback (most recent call last):
     ...
-    headrace.errors.ImportStringError: can't import module 'headrace.no_such_module': ...
+    headrace.errors.ImportStringError: No module named 'headrace.no_such_module'; can't import ...
     """
     from headrace import _bytewax_alias
 
@@ -91,8 +91,8 @@ def locate_dataflow(import_str: str) -> Dataflow:
     try:
         expr = ast.parse(attr_str.strip(), mode="eval").body
     except SyntaxError as exc:
-        msg = f"can't parse {attr_str!r} in {import_str!r} as an attribute name or call"
-        raise ImportStringError(msg) from exc
+        msg = f"Failed to parse {attr_str!r} as an attribute name or function call (in {import_str!r})"
+        raise ImportStringError(msg, kind="SyntaxError") from exc
     if isinstance(expr, ast.Name):
         name, call = expr.id, None
     elif isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name):
@@ -105,16 +105,16 @@ def locate_dataflow(import_str: str) -> Dataflow:
         raise ImportStringError(msg)
     if not hasattr(module, name):
         found = sorted(k for k, v in vars(module).items() if isinstance(v, Dataflow))
-        hint = f"; dataflows in it: {found}" if found else ""
-        msg = f"module {module.__name__!r} has no attribute {name!r}{hint}"
-        raise ImportStringError(msg)
+        hint = f" Dataflows in it: {found}" if found else ""
+        msg = f"Failed to find attribute {name!r} in {module.__name__!r}.{hint}"
+        raise ImportStringError(msg, kind="AttributeError")
     obj = getattr(module, name)
     if call is not None:
         try:
             args = [ast.literal_eval(a) for a in call.args]
             kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
         except ValueError as exc:
-            msg = f"arguments of {attr_str!r} in {import_str!r} must be literals"
+            msg = f"Failed to parse arguments as literal values: {attr_str!r}"
             raise ImportStringError(msg) from exc
         if not callable(obj):
             msg = f"{module.__name__}:{name} is not callable; drop the parentheses"
@@ -122,8 +122,9 @@ def locate_dataflow(import_str: str) -> Dataflow:
         obj = obj(*args, **kwargs)
     if not isinstance(obj, Dataflow):
         msg = (
-            f"{module.__name__}:{attr_str} is a {type(obj).__name__}, not a Dataflow; point "
-            "the import string at a `Dataflow` (or a function returning one)"
+            f"A valid Bytewax dataflow was not obtained from '{module.__name__}:{attr_str}': "
+            f"it is a {type(obj).__name__}; point the import string at a `Dataflow` (or a "
+            "function returning one)"
         )
-        raise ImportStringError(msg)
+        raise ImportStringError(msg, kind="RuntimeError")
     return obj

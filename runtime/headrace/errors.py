@@ -36,6 +36,16 @@ HeadraceRuntimeError = BytewaxRuntimeError
 class ImportStringError(HeadraceError, ValueError):
     """An import string like ``mod:flow`` did not resolve to a Dataflow.
 
+    ``kind`` names the exception Bytewax raises for the same mistake (its
+    message starts with Bytewax's words); the CLI prints ``kind: message``,
+    so a test that matches Bytewax's last line keeps passing.
+
     >>> issubclass(ImportStringError, ValueError)
     True
+    >>> ImportStringError("Failed to find attribute 'x' in 'm'.", kind="AttributeError").kind
+    'AttributeError'
     """
+
+    def __init__(self, message: str, kind: str = "ValueError") -> None:
+        super().__init__(message)
+        self.kind = kind

@@ -458,8 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         flow = locate_dataflow(args.import_str)
     except ImportStringError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        # Bytewax's exception type and words (its CLI exits 1 with a traceback
+        # ending in them), on one line.
+        print(f"{exc.kind}: {exc}", file=sys.stderr)
+        return 1
     recovery = None
     if args.recovery:
         from headrace.recovery import RecoveryConfig

@@ -78,6 +78,8 @@ class Spec:
     stderr: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     bytewax_flag: bool = False
+    # Deliberate differences: (Bytewax's stdout text, what Headrace prints instead).
+    differs: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> Spec:
@@ -90,6 +92,7 @@ class Spec:
         stderr: str | None = None
         env: list[tuple[str, str]] = []
         flag = False
+        differs: list[tuple[str, str]] = []
         for line in text.splitlines():
             if not line.startswith("# compat:"):
                 continue
@@ -106,9 +109,14 @@ class Spec:
                 env.append((name, value))
             elif word == "bytewax-flag":
                 flag = True
+            elif word == "differs":
+                old, sep, new = rest.partition(" => ")
+                if not sep or not old:
+                    raise ValueError(f"'# compat: differs' takes 'BYTEWAX => HEADRACE', not {rest!r}")
+                differs.append((old, new))
             else:
                 raise ValueError(f"unknown '# compat:' directive {word!r} in {line!r}")
-        return cls(tuple(steps) or (["{file}"],), stderr, tuple(env), flag)
+        return cls(tuple(steps) or (["{file}"],), stderr, tuple(env), flag, tuple(differs))
 
 
 @dataclasses.dataclass
@@ -286,6 +294,8 @@ def compare(path: Path, expected: list[Step], actual: list[Step]) -> list[str]:
         problems.append(f"bytewax ran {len(expected)} steps, headrace {len(actual)}")
     for n, (want, got) in enumerate(zip(expected, actual, strict=False), 1):
         where = f"step {n} (python {' '.join(got.args)})"
+        for old, new in spec.differs:
+            want = dataclasses.replace(want, stdout=want.stdout.replace(old, new))
         if want.stdout != got.stdout:
             diff = difflib.unified_diff(
                 want.stdout.splitlines(), got.stdout.splitlines(), "bytewax", "headrace", lineterm="", n=2

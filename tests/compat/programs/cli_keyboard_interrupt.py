@@ -1,5 +1,10 @@
 """Ctrl-C (SIGINT) during a CLI run: the exit status a shell sees, and the lines printed before."""
 
+# Bytewax ends with a KeyboardInterrupt traceback and status 1; Headrace stops
+# at the epoch boundary and exits 130, as shells and supervisors expect of an
+# interrupted run (issue 18 item 9; docs/running.md).
+# compat: differs exit 1 => exit 130
+
 import signal
 import subprocess
 import sys
