@@ -251,7 +251,7 @@ def test_errors_name_the_same_step_fused_or_not(steps: list[Step], items: list[i
             assert out == reference(steps, items, bs)[0]
         else:
             assert err is not None, f"fuse={fuse}: expected a failure in {failing}"
-            assert f"'{failing}." in str(err), (fuse, str(err))
+            assert f'"{failing}.' in str(err), (fuse, str(err))
             assert isinstance(err.__cause__, ValueError)
             assert str(err.__cause__).startswith("boom on ")
 

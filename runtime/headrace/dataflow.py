@@ -23,13 +23,14 @@ flattens the tree into core steps (see `headrace._engine._plan`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import re
 import threading
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import (
     Any,
@@ -157,6 +158,9 @@ class Operator:
     core: str | None = None
     conf: dict[str, Any] = field(default_factory=dict, repr=False)
     op_type: str = ""
+    # The step's id as Bytewax 0.21 would name it (its operators nest some
+    # steps more deeply): used only in runtime error messages, never as a key.
+    display_id: str = field(default="", repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -271,12 +275,81 @@ class _HasStreams(Protocol):
 
 class _BuildState(threading.local):
     stack: list[tuple[Operator, _Scope]]
+    nesting: tuple[str, ...]
+    rename: str | None
 
     def __init__(self) -> None:
         self.stack = []
+        self.nesting = ()
+        self.rename = None
 
 
 _BUILD = _BuildState()
+
+
+@contextlib.contextmanager
+def _bytewax_nesting(*names: str, step_name: str | None = None) -> Iterator[None]:
+    """Show the steps built in this block under Bytewax's extra levels ``names``.
+
+    Bytewax composes some operators from more levels than Headrace does
+    (its ``key_on`` calls ``map``, which calls ``flat_map_batch``), and its
+    runtime errors name the nested core step: ``"f.key.map.flat_map_batch"``.
+    A library operator wraps its inner calls in this block to give them the
+    same *display* id (`Operator.display_id`); step ids, which key recovery
+    state and metrics, are unchanged. ``step_name`` also shows the (one)
+    step built in the block under another local name: Headrace's ``join``
+    builds ``stateful_batch("join")`` where Bytewax has
+    ``stateful("join")`` -> ``stateful_batch("stateful_batch")``, so
+    ``_bytewax_nesting("join", step_name="stateful_batch")``.
+
+    >>> import headrace.operators as op
+    >>> from headrace.testing import TestingSource
+    >>> @operator
+    ... def key_first(step_id, up):
+    ...     with _bytewax_nesting("map"):
+    ...         return op.flat_map_batch("flat_map_batch", up, lambda xs: xs)
+    >>> flow = Dataflow("d")
+    >>> _ = key_first("k", op.input("i", flow, TestingSource([1])))
+    >>> inner = flow.substeps[1].substeps[0]
+    >>> inner.step_id, inner.display_id
+    ('d.k.flat_map_batch', 'd.k.map.flat_map_batch')
+    """
+    old, old_rename = _BUILD.nesting, _BUILD.rename
+    _BUILD.nesting = old + names
+    _BUILD.rename = step_name
+    try:
+        yield
+    finally:
+        _BUILD.nesting, _BUILD.rename = old, old_rename
+
+
+def _display_id_of(parent: Dataflow | Operator, step_id: str) -> str:
+    """The display id of a new step ``step_id`` under ``parent`` (see `_bytewax_nesting`)."""
+    if isinstance(parent, Operator):
+        base = parent.display_id or parent.step_id
+    else:
+        base = parent.flow_id
+    return ".".join((base, *_BUILD.nesting, _BUILD.rename or step_id))
+
+
+def _current_display_id() -> str:
+    """The display id of the operator being built (inside an operator's body).
+
+    >>> import headrace.operators as op
+    >>> from headrace.testing import TestingSource
+    >>> @operator
+    ... def show(step_id, up):
+    ...     print(_current_display_id())
+    ...     return up
+    >>> show("s", op.input("i", Dataflow("d"), TestingSource([1])))  # doctest: +ELLIPSIS
+    d.s
+    Stream(...)
+    """
+    if not _BUILD.stack:
+        msg = "no operator is being built"
+        raise AssertionError(msg)
+    op = _BUILD.stack[-1][0]
+    return op.display_id or op.step_id
 
 
 def _check_step_id(step_id: object, parent: Dataflow | Operator, parent_id: str) -> None:
@@ -476,6 +549,7 @@ def operator(builder: F | None = None, *, _core: bool = False) -> Any:
             _check_step_id(step_id, outer.parent, outer.parent_id)
             full_id = f"{outer.parent_id}.{step_id}"
             op = Operator(step_name=step_id, step_id=full_id, op_type=fn.__name__)
+            op.display_id = _display_id_of(outer.parent, step_id)
             for name, value in items[1:]:
                 if isinstance(value, Stream):
                     inp_ports[name] = SinglePort(f"{full_id}.{name}", value.stream_id)
@@ -507,6 +581,8 @@ def operator(builder: F | None = None, *, _core: bool = False) -> Any:
                 else:
                     new_args.append(v)
             _BUILD.stack.append((op, inner))
+            nesting, rename = _BUILD.nesting, _BUILD.rename
+            _BUILD.nesting, _BUILD.rename = (), None
             try:
                 result = fn(*new_args, **new_kwargs)
             except BaseException:
@@ -514,6 +590,7 @@ def operator(builder: F | None = None, *, _core: bool = False) -> Any:
                 raise
             finally:
                 _BUILD.stack.pop()
+                _BUILD.nesting, _BUILD.rename = nesting, rename
             if _core and op.core is None:
                 msg = f"core operator {fn.__name__!r} did not declare its core kind"
                 raise AssertionError(msg)

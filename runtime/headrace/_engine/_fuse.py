@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from headrace._engine._plan import quoted
 from headrace.errors import BytewaxRuntimeError
 
 BatchFn = Callable[[list[Any]], list[Any]]
@@ -30,6 +31,17 @@ class Stage:
     step_id: str
     kind: str  # a fusable kind, "batch" (opaque flat_map_batch), "inspect" or "noop"
     fn: Callable[..., Any]
+    # The step's id as Bytewax names it in errors (`CoreStep.display_id`).
+    display_id: str = ""
+
+    @property
+    def shown(self) -> str:
+        """The step as runtime errors show it: Bytewax's id, double-quoted.
+
+        >>> Stage("f.k.flat_map_batch", "key_on", str, "f.k.map.flat_map_batch").shown
+        '"f.k.map.flat_map_batch"'
+        """
+        return quoted(self.display_id or self.step_id)
 
 
 class EpochRef:
@@ -205,7 +217,7 @@ def _fused_failure(
             frame_tb = tb
         tb = tb.tb_next
     if frame_tb is None:
-        return BytewaxRuntimeError(f"error in fused steps starting at {stages[0].step_id!r}")
+        return BytewaxRuntimeError(f"error calling `mapper` in step {stages[0].shown}")
     if frame_tb.tb_lineno not in line_of_stage:
         # Python attributes a nested loop's iteration to the comprehension's
         # first line: a generator returned by a flat_map failed while iterated.
@@ -215,38 +227,85 @@ def _fused_failure(
     local = frame_tb.tb_frame.f_locals
     item = local.get(cur[1]) if cur[0] == "v" else (local.get(cur[1]), local.get(cur[2]))
     raised_here = frame_tb.tb_next is None
+    # Bytewax's words first ("error calling `mapper` in step "f.s.flat_map_batch"",
+    # "error calling inspector in step ..."), then the item and the cause.
     if raised_here and stage.kind in _KEYED and not (type(item) is tuple and len(item) == 2):
         cause = TypeError(
-            f"step {stage.step_id!r} expects `(key, value)` 2-tuples; got "
+            f"step {_user_step(stage)!r} expects `(key, value)` 2-tuples; got "
             f"{type(item).__name__} {item!r}; use `key_on` or `map` to make (str, value) pairs"
         )
         cause.__cause__ = exc
-        err = BytewaxRuntimeError(f"bad item in step {stage.step_id!r}: {cause}")
+        err = BytewaxRuntimeError(f"error calling `mapper` in step {stage.shown}: TypeError: {cause}")
         err.__cause__ = cause
         return err
     if raised_here and stage.kind in ("flat_map", "flat_map_value"):
-        cause = TypeError(f"`mapper` in step {stage.step_id!r} must return an iterable; {exc}")
+        if getattr(stage.fn, "_headrace_flatten", False):
+            # Bytewax's own words for `flatten` fed a non-iterable item.
+            cause = TypeError(
+                f"step {_user_step(stage)!r} requires upstream to be iterables; "
+                f"got a {type(item)} instead"
+            )
+        else:
+            cause = TypeError(
+                f"`mapper` in step {_user_step(stage)!r} must return an iterable; {exc}"
+            )
         cause.__cause__ = exc
-        err = BytewaxRuntimeError(f"error calling `mapper` in step {stage.step_id!r}: {cause}")
+        err = BytewaxRuntimeError(f"error calling `mapper` in step {stage.shown}: TypeError: {cause}")
         err.__cause__ = cause
         return err
-    what = "inspector" if stage.kind == "inspect" else "mapper"
+    what = "inspector" if stage.kind == "inspect" else "`mapper`"
     err = BytewaxRuntimeError(
-        f"error calling `{what}` in step {stage.step_id!r} on item {item!r}: "
+        f"error calling {what} in step {stage.shown} on item {item!r}: "
         f"{type(exc).__name__}: {exc}"
     )
     err.__cause__ = exc
     return err
 
 
+def _user_step(stage: Stage) -> str:
+    """The id of the operator the user called, for hints (``f.s`` for ``f.s.flat_map_batch``).
+
+    >>> _user_step(Stage("f.s.flat_map_batch", "map", len))
+    'f.s'
+    >>> _user_step(Stage("f.s", "batch", len))
+    'f.s'
+    """
+    sid = stage.step_id
+    if not sid.endswith(".flat_map_batch"):
+        return sid
+    # `flatten` is one level deeper: flatten -> flat_map -> flat_map_batch.
+    levels = 2 if getattr(stage.fn, "_headrace_flatten", False) else 1
+    return sid.rsplit(".", levels)[0]
+
+
+
 def _lazy_failure(exc: BaseException, stages: list[Stage], frame_tb: Any) -> BytewaxRuntimeError:
+    if frame_tb.tb_next is None and isinstance(exc, TypeError):
+        # Iterating failed in the comprehension itself: `flatten` got an
+        # item that is not iterable?
+        local = frame_tb.tb_frame.f_locals
+        for i, cur, _clause in _plan_clauses(stages)[0]:
+            st = stages[i]
+            if getattr(st.fn, "_headrace_flatten", False):
+                item = local.get(cur[1]) if cur[0] == "v" else (local.get(cur[1]), local.get(cur[2]))
+                if not hasattr(item, "__iter__"):
+                    cause = TypeError(
+                        f"step {_user_step(st)!r} requires upstream to be iterables; "
+                        f"got a {type(item)} instead"
+                    )
+                    cause.__cause__ = exc
+                    err = BytewaxRuntimeError(
+                        f"error calling `mapper` in step {st.shown}: TypeError: {cause}"
+                    )
+                    err.__cause__ = cause
+                    return err
     inner = frame_tb.tb_next.tb_frame.f_code if frame_tb.tb_next is not None else None
     lazy = [s for s in stages if s.kind in ("flat_map", "flat_map_value")]
     stage = next((s for s in stages if getattr(s.fn, "__code__", None) is inner), None)
     if stage is None:
         stage = lazy[0] if lazy else stages[0]
     err = BytewaxRuntimeError(
-        f"error iterating what `mapper` returned in step {stage.step_id!r}: "
+        f"error calling `mapper` in step {stage.shown} (while iterating what it returned): "
         f"{type(exc).__name__}: {exc}"
     )
     err.__cause__ = exc
@@ -255,25 +314,27 @@ def _lazy_failure(exc: BaseException, stages: list[Stage], frame_tb: Any) -> Byt
 
 def _wrap_batch_stage(st: Stage) -> BatchFn:
     mapper = st.fn
-    step_id = st.step_id
+    shown = st.shown
 
     def run(batch: list[Any]) -> list[Any]:
         try:
             out = mapper(batch)
         except Exception as exc:
             raise BytewaxRuntimeError(
-                f"error calling `mapper` in step {step_id!r}: {type(exc).__name__}: {exc}"
+                f"error calling `mapper` in step {shown}: {type(exc).__name__}: {exc}"
             ) from exc
         if type(out) is list:
             return out
         if not hasattr(out, "__iter__"):
-            msg = f"`mapper` in step {step_id!r} must return an iterable; got {type(out).__name__}"
-            raise BytewaxRuntimeError(msg) from TypeError(msg)
+            why = f"`mapper` must return an iterable; got {type(out).__name__}"
+            raise BytewaxRuntimeError(f"error calling `mapper` in step {shown}: {why}") from TypeError(
+                why
+            )
         try:
             return list(out)
         except Exception as exc:
             raise BytewaxRuntimeError(
-                f"error iterating what `mapper` returned in step {step_id!r}: "
+                f"error calling `mapper` in step {shown} (while iterating what it returned): "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
 

@@ -20,6 +20,19 @@ class CoreStep:
     inputs: list[str]
     outputs: dict[str, str]
     index: int = 0
+    # How Bytewax 0.21 names this step in runtime errors (see
+    # `headrace.dataflow._bytewax_nesting`); only for messages.
+    display_id: str = ""
+
+    @property
+    def shown(self) -> str:
+        """The display id quoted as Bytewax's errors quote step ids (see `quoted`).
+
+        >>> CoreStep("f.k.flat_map_batch", "flat_map_batch", {}, [], {}, 0,
+        ...          "f.k.map.flat_map_batch").shown
+        '"f.k.map.flat_map_batch"'
+        """
+        return quoted(self.display_id or self.step_id)
 
 
 @dataclass
@@ -47,6 +60,28 @@ class Plan:
         for s in self.steps:
             h.update(f"|{s.step_id}:{s.kind}:{','.join(s.inputs)}".encode())
         return h.hexdigest()[:16]
+
+
+def quoted(text: str) -> str:
+    r"""``text`` in double quotes, escaped as Rust's ``{:?}`` does (how Bytewax shows ids and keys).
+
+    >>> print(quoted("f.step"), quoted('say "hi"\n'), quoted("it's"))
+    "f.step" "say \"hi\"\n" "it's"
+    """
+    out = ['"']
+    for ch in text:
+        esc = _RUST_ESCAPES.get(ch)
+        if esc is not None:
+            out.append(esc)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(f"\\u{{{ord(ch):x}}}")
+    out.append('"')
+    return "".join(out)
+
+
+_RUST_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
 
 
 def _walk(ops: list[Operator], out: list[Operator]) -> None:
@@ -125,7 +160,9 @@ Dataflow needs to contain at least one input step; add with `headrace.operators.
             inputs.extend(_port_streams(port))
         outputs = {name: port.stream_id for name, port in op.out_ports.items()
                    if isinstance(port, SinglePort)}
-        steps.append(CoreStep(op.step_id, op.core, op.conf, inputs, outputs, i))
+        steps.append(
+            CoreStep(op.step_id, op.core, op.conf, inputs, outputs, i, op.display_id or op.step_id)
+        )
     if not any(s.kind == "input" for s in steps):
         _build_error(
             "Dataflow needs to contain at least one input step; add with "

@@ -31,7 +31,7 @@ from typing import Any
 from headrace._engine._fuse import EpochRef, Stage, compile_chain, compile_grouping_chain
 from headrace._engine._hash import DEFAULT_KEY_GROUPS, group_owner, key_group, part_owner
 from headrace._engine._metrics import M, StepMetrics, WorkerMetrics
-from headrace._engine._plan import CoreStep, Plan
+from headrace._engine._plan import CoreStep, Plan, quoted
 from headrace._engine._sched import Ready
 from headrace._engine._store import PARTS, Entry, Store
 from headrace.errors import BytewaxRuntimeError
@@ -237,7 +237,9 @@ class _StatefulRun:
     def __init__(self, step: CoreStep, worker: Worker, trusted: bool = False) -> None:
         # `trusted`: the input stream is proven to carry (str, value) tuples.
         self.trusted = trusted
+        self.step = step
         self.step_id = step.step_id
+        self.shown = step.shown  # how errors name the step (Bytewax's id)
         self.builder = step.conf["builder"]
         self.logics: dict[str, Any] = {}
         self.timers: dict[str, datetime] = {}
@@ -280,7 +282,7 @@ class _StatefulRun:
         logics = self.logics
         for key in self.dirty:
             logic = logics.get(key)
-            blob = b"" if logic is None else _pickle_state(self.step_id, key, logic)
+            blob = b"" if logic is None else _pickle_state(self.shown, key, logic)
             out.append((self.step_id, key_group(key, groups), key, blob))
         self.dirty.clear()
         return out
@@ -289,19 +291,19 @@ class _StatefulRun:
         try:
             at = logic.notify_at()
         except Exception as exc:
-            raise BytewaxRuntimeError(
-                f"error calling `notify_at` in step {self.step_id!r} for key {key!r}"
-            ) from exc
+            raise BytewaxRuntimeError(_calling("notify_at", self.shown, key)) from exc
         if at is None:
             if key in self.timers:
                 del self.timers[key]
             return
         if not isinstance(at, datetime) or at.tzinfo is None:
-            msg = (
-                f"`notify_at` in step {self.step_id!r} for key {key!r} must return a "
-                f"timezone-aware datetime or None; got {at!r}"
-            )
-            raise BytewaxRuntimeError(msg) from TypeError(msg)
+            why = f"must return a timezone-aware datetime or None; got {at!r}"
+            if not isinstance(at, datetime):
+                # The words of Bytewax's innermost error, then Headrace's.
+                why = f"{type(at).__name__!r} object cannot be converted to 'PyDateTime': {why}"
+            raise BytewaxRuntimeError(
+                f"{_calling('notify_at', self.shown, key)}: {why}"
+            ) from TypeError(f"`notify_at` {why}")
         if self.timers.get(key) != at:
             self.timers[key] = at
             self._seq += 1
@@ -312,24 +314,25 @@ class _StatefulRun:
     ) -> list[Any]:
         try:
             outs, discard = ret
-        except (TypeError, ValueError):
-            msg = (
-                f"`{what}` in step {self.step_id!r} must return a 2-tuple "
-                f"`(outputs, discard)`; got {ret!r}"
+        except (TypeError, ValueError) as exc:
+            why = f"`{what}` must return a 2-tuple `(outputs, discard)`; got {ret!r}"
+            raise BytewaxRuntimeError(f"{_calling(what, self.shown, key)}: {why}") from TypeError(
+                f"{exc}: {why}"
             )
-            raise BytewaxRuntimeError(msg) from TypeError(msg)
         try:
             out = [(key, w) for w in outs]
         except Exception as exc:
             if isinstance(exc, TypeError) and not hasattr(outs, "__iter__"):
-                msg = (
-                    f"`{what}` in step {self.step_id!r} for key {key!r} must return "
-                    f"`(outputs, discard)` with an iterable of outputs; got {type(outs).__name__}"
+                why = (
+                    f"`{what}` must return `(outputs, discard)` with an iterable of outputs; "
+                    f"got {type(outs).__name__}"
                 )
-                raise BytewaxRuntimeError(msg) from TypeError(msg)
+                raise BytewaxRuntimeError(
+                    f"{_calling(what, self.shown, key)}: {why}"
+                ) from TypeError(why)
             raise BytewaxRuntimeError(
-                f"error iterating the outputs of `{what}` in step {self.step_id!r} for key "
-                f"{key!r}: {type(exc).__name__}: {exc}"
+                f"{_calling(what, self.shown, key)} (while iterating its outputs): "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
         if self.track:
             self.dirty.add(key)
@@ -357,7 +360,7 @@ class _StatefulRun:
         self._process(groups, len(batch), t0)
 
     def _reject(self, batch: list[Any]) -> None:
-        _reject_unkeyed(self.step_id, batch)
+        _reject_unkeyed(self.step, batch)
 
     def deliver(self, payload: Any) -> None:
         """Items (a list) or values already grouped by key (a dict)."""
@@ -398,7 +401,7 @@ class _StatefulRun:
                 vs = groups.get(k)
                 if vs is None:
                     if k.__class__ is not str:
-                        raise _not_keyed(self.step_id, (k, v))
+                        raise _not_keyed(self.step, (k, v))
                     groups[k] = [v]
                 else:
                     vs.append(v)
@@ -427,15 +430,14 @@ class _StatefulRun:
                     logic = builder(None)
                 except Exception as exc:
                     raise BytewaxRuntimeError(
-                        f"error calling `builder` in step {self.step_id!r} for key {k!r}"
+                        f"error calling `builder` in step {self.shown} for key {quoted(k)}"
                     ) from exc
                 logics[k] = logic
             try:
                 ret = logic.on_batch(vs)
             except Exception as exc:
                 raise BytewaxRuntimeError(
-                    f"error calling `StatefulBatchLogic.on_batch` in step {self.step_id!r} "
-                    f"for key {k!r}: {type(exc).__name__}: {exc}"
+                    f"{_calling('on_batch', self.shown, k)}: {type(exc).__name__}: {exc}"
                 ) from exc
             # The common path of `_apply`, inlined: this runs once per key per batch.
             if ret.__class__ is tuple and len(ret) == 2 and ret[0].__class__ in (list, tuple):
@@ -514,8 +516,7 @@ class _StatefulRun:
                     ret = logic.on_notify()
                 except Exception as exc:
                     raise BytewaxRuntimeError(
-                        f"error calling `on_notify` in step {self.step_id!r} for key {key!r}: "
-                        f"{type(exc).__name__}: {exc}"
+                        f"{_calling('on_notify', self.shown, key)}: {type(exc).__name__}: {exc}"
                     ) from exc
                 out.extend(self._apply(key, logic, ret, "on_notify"))
         if self.m_notify is not None:
@@ -537,8 +538,7 @@ class _StatefulRun:
                 ret = logic.on_eof()
             except Exception as exc:
                 raise BytewaxRuntimeError(
-                    f"error calling `on_eof` in step {self.step_id!r} for key {key!r}: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{_calling('on_eof', self.shown, key)}: {type(exc).__name__}: {exc}"
                 ) from exc
             out.extend(self._apply(key, logic, ret, "on_eof"))
         if self.m_eof is not None:
@@ -547,7 +547,7 @@ class _StatefulRun:
             self.push(out)
 
 
-def _combine_into(step_id: str, combiner: Any, groups: dict[str, list[Any]]) -> int:
+def _combine_into(shown: str, combiner: Any, groups: dict[str, list[Any]]) -> int:
     """Hand each key's values bound for another worker to the step's combiner; count them.
 
     The combiner (``add(key, values)``, ``take()``) comes from the step
@@ -563,25 +563,38 @@ def _combine_into(step_id: str, combiner: Any, groups: dict[str, list[Any]]) -> 
             add(k, vs)
         except Exception as exc:
             raise BytewaxRuntimeError(
-                f"error calling `StatefulBatchLogic.on_batch` in step {step_id!r} "
-                f"for key {k!r}: {type(exc).__name__}: {exc}"
+                f"{_calling('on_batch', shown, k)}: {type(exc).__name__}: {exc}"
             ) from exc
     return n
 
 
-def _pickle_state(step_id: str, key: str, logic: Any) -> bytes:
+def _calling(what: str, shown: str, key: str) -> str:
+    """Bytewax's words for a failed call of a `StatefulBatchLogic` method of a key.
+
+    ``shown`` is the step's quoted display id. Bytewax says "in step" only
+    for ``on_batch``.
+
+    >>> print(_calling("on_batch", '"f.s"', "a"))
+    error calling `StatefulBatchLogic.on_batch` in step "f.s" for key "a"
+    >>> print(_calling("on_eof", '"f.s"', "a"))
+    error calling `StatefulBatchLogic.on_eof` in "f.s" for key "a"
+    """
+    where = "in step" if what == "on_batch" else "in"
+    return f"error calling `StatefulBatchLogic.{what}` {where} {shown} for key {quoted(key)}"
+
+
+def _pickle_state(shown: str, key: str, logic: Any) -> bytes:
     try:
         state = logic.snapshot()
     except Exception as exc:
         raise BytewaxRuntimeError(
-            f"error calling `snapshot` in step {step_id!r} for key {key!r}: "
-            f"{type(exc).__name__}: {exc}"
+            f"{_calling('snapshot', shown, key)}: {type(exc).__name__}: {exc}"
         ) from exc
     try:
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         msg = (
-            f"state of key {key!r} in step {step_id!r} is a {type(state).__name__}, which "
+            f"state of key {quoted(key)} in step {shown} is a {type(state).__name__}, which "
             f"can't be pickled for snapshots ({type(exc).__name__}: {exc}); keep plain "
             "data (dicts, lists, numbers, dataclasses) in state"
         )
@@ -599,20 +612,58 @@ def _pickle_part(step_id: str, name: str, state: Any) -> bytes:
         raise BytewaxRuntimeError(msg) from exc
 
 
-def _reject_unkeyed(step_id: str, batch: list[Any]) -> None:
+def _reject_unkeyed(step: CoreStep, batch: list[Any]) -> None:
     """Raise the precise error for the first item that is not a (str, value) pair."""
     for item in batch:
         if item.__class__ is not tuple or len(item) != 2 or item[0].__class__ is not str:
-            raise _not_keyed(step_id, item)
+            raise _not_keyed(step, item)
     raise AssertionError("no bad item found")  # pragma: no cover
 
 
-def _not_keyed(step_id: str, item: Any) -> BytewaxRuntimeError:
-    cause = TypeError(
-        f"step {step_id!r} requires `(key, value)` 2-tuples with a `str` key as input; got "
-        f"{type(item).__name__} {item!r}; use `key_on` or `map` to make (str, value) pairs"
-    )
-    err = BytewaxRuntimeError(str(cause))
+_KEYED_HINT = "use `key_on` or `map` to make (str, value) pairs"
+
+
+def _not_keyed(step: CoreStep, item: Any) -> BytewaxRuntimeError:
+    """The error for an item of a keyed step's input that is not a ``(str, value)`` pair.
+
+    Bytewax's words (and step path) first, then the item and a hint. A
+    reduction (`reduce_final` and the operators built on it) fails as
+    Bytewax's does, in its ``pre_reduce`` step, when the item doesn't unpack
+    into two values.
+
+    >>> s = CoreStep("f.s", "stateful_batch", {"builder": None}, [], {})
+    >>> print(_not_keyed(s, 5))
+    step "f.s" requires `(key, value)` 2-tuple from upstream for routing; got a `int` \
+instead: 5; use `key_on` or `map` to make (str, value) pairs
+    >>> print(_not_keyed(s, (1, 2)))
+    step "f.s" requires `str` keys in `(key, value)` from upstream; got a `int` instead: \
+(1, 2); use `key_on` or `map` to make (str, value) pairs
+    """
+    pre_reduce = getattr(step.conf.get("builder"), "_bytewax_pre_reduce", None)
+    if pre_reduce is not None:
+        try:
+            _k, _v = item
+        except (TypeError, ValueError) as exc:
+            user_step = pre_reduce.rsplit(".", 1)[0]
+            err = BytewaxRuntimeError(
+                f"error calling `mapper` in step {quoted(pre_reduce)}: {type(exc).__name__}: "
+                f"{exc}; step {user_step!r} requires `(key, value)` 2-tuples; got "
+                f"{type(item).__name__} {item!r}; {_KEYED_HINT}"
+            )
+            err.__cause__ = exc
+            return err
+    if item.__class__ is tuple and len(item) == 2:
+        msg = (
+            f"step {step.shown} requires `str` keys in `(key, value)` from upstream; "
+            f"got a `{type(item[0]).__name__}` instead: {item!r}; {_KEYED_HINT}"
+        )
+    else:
+        msg = (
+            f"step {step.shown} requires `(key, value)` 2-tuple from upstream for routing; "
+            f"got a `{type(item).__name__}` instead: {item!r}; {_KEYED_HINT}"
+        )
+    cause = TypeError(msg)
+    err = BytewaxRuntimeError(msg)
     err.__cause__ = cause
     return err
 
@@ -691,7 +742,10 @@ class Worker:
         self._not_busy = 0.0
         self._waiting_since: float | None = None
         self.epoch_ref.epoch = config.resume_epoch + 1
+        # Built partitions of fixed sinks, in step and partition order; and
+        # the resume state of this worker's partitions not built yet.
         self._sink_parts: list[tuple[str, str, Any]] = []
+        self._unbuilt_sink_parts: dict[str, dict[str, Any]] = {}
         self.snapshot_bytes = 0
         # Steps run in declaration order, each with all its pending batches
         # (`_sched.Ready`); a step's position is its index in the plan.
@@ -715,9 +769,35 @@ class Worker:
                 edge = _Edge(len(self.edges), step)
                 self.edges.append(edge)
                 self._edge_of_step[step.step_id] = edge
+        # As in Bytewax: building the dataflow lists the partitions of
+        # sources and sinks and builds dynamic sources and sinks, in step
+        # order; then the partitions of fixed sources are built; a fixed
+        # sink's partition is built at its first write (`_wire_partitioned_sink`).
+        self._dyn_sink_parts: dict[str, Any] = {}
+        self._sink_part_names: dict[str, list[str]] = {}
+        fixed_parts: dict[str, list[str]] = {}
         for step in plan.steps:
             if step.kind == "input":
-                self._build_input(step)
+                source = step.conf["source"]
+                if isinstance(source, FixedPartitionedSource):
+                    fixed_parts[step.step_id] = self._list_source_parts(step)
+                else:
+                    self._build_dynamic_source(step)
+            elif step.kind == "output":
+                sink = step.conf["sink"]
+                if isinstance(sink, FixedPartitionedSink):
+                    self._sink_part_names[step.step_id] = self._list_sink_parts(step)
+                else:
+                    self._build_dynamic_sink_part(step)
+        for step in plan.steps:
+            if step.step_id in fixed_parts:
+                self._build_fixed_source(step, fixed_parts[step.step_id])
+        # Sources were appended as built: keep them in step order (the order
+        # of their batches in an activation).
+        by_id = {st.step_id: (i, st) for i, st in enumerate(plan.steps)}
+        self.sources.sort(key=lambda src: by_id[src.step_id][0])
+        for src in self.sources:
+            src.push = self.push_for(by_id[src.step_id][1].outputs["down"])
         for edge in self.edges:
             self._wire_edge(edge)
         self._compute_upstreams()
@@ -742,10 +822,10 @@ class Worker:
             mapper = step.conf["mapper"]
             hint = getattr(mapper, "_fusable", None)
             if hint is not None and hint[0] in FUSABLE_KINDS:
-                return Stage(step.step_id, hint[0], hint[1])
-            return Stage(step.step_id, "batch", mapper)
+                return Stage(step.step_id, hint[0], hint[1], step.display_id)
+            return Stage(step.step_id, "batch", mapper, step.display_id)
         if step.kind == "inspect_debug":
-            return Stage(step.step_id, "inspect", step.conf["inspector"])
+            return Stage(step.step_id, "inspect", step.conf["inspector"], step.display_id)
         if step.kind == "noop":
             return Stage(step.step_id, "noop", _drop)
         return None
@@ -895,7 +975,7 @@ class Worker:
         pred = step.conf["predicate"]
         trues = self.push_for(step.outputs["trues"])
         falses = self.push_for(step.outputs["falses"])
-        step_id = step.step_id
+        shown = step.shown
 
         def push(batch: list[Any]) -> None:
             t: list[Any] = []
@@ -905,7 +985,7 @@ class Worker:
                     keep = pred(x)
                 except Exception as exc:
                     raise BytewaxRuntimeError(
-                        f"error calling `predicate` in step {step_id!r} on item {x!r}: "
+                        f"error calling predicate in step {shown} on item {x!r}: "
                         f"{type(exc).__name__}: {exc}"
                     ) from exc
                 if keep is True:
@@ -914,7 +994,7 @@ class Worker:
                     f.append(x)
                 else:
                     raise BytewaxRuntimeError(
-                        f'return value of `predicate` in step "{step_id}" must be a `bool`; '
+                        f"return value of `predicate` in step {shown} must be a `bool`; "
                         f"got {type(keep).__name__} {keep!r} for item {x!r}"
                     ) from TypeError(
                         f"{type(keep).__name__!r} object cannot be converted to 'PyBool'"
@@ -926,15 +1006,19 @@ class Worker:
 
         return push
 
-    def _dynamic_sink(self, step: CoreStep) -> Push:
+    def _build_dynamic_sink_part(self, step: CoreStep) -> None:
         sink: DynamicSink[Any] = step.conf["sink"]
         try:
             part = sink.build(step.step_id, self.index, self.count)
         except Exception as exc:
             raise BytewaxRuntimeError(f"error building sink in step {step.step_id!r}") from exc
         self._closers.append((step.step_id, part.close))
+        self._dyn_sink_parts[step.step_id] = part
+
+    def _dynamic_sink(self, step: CoreStep) -> Push:
         step_id = step.step_id
-        write = part.write_batch
+        shown = step.shown
+        write = self._dyn_sink_parts[step_id].write_batch
         m = None if self.metrics is None else self.metrics.step(
             step_id, "out_part_write_batch_duration_seconds")
 
@@ -944,7 +1028,7 @@ class Worker:
                 write(batch)
             except Exception as exc:
                 raise BytewaxRuntimeError(
-                    f"error calling `write_batch` in step {step_id!r}: {type(exc).__name__}: {exc}"
+                    f"error writing output batch in step {shown}: {type(exc).__name__}: {exc}"
                 ) from exc
             if m is not None:
                 dt = time.perf_counter() - t0
@@ -961,36 +1045,40 @@ class Worker:
         blobs = store.load(step_id, [PARTS]).get(PARTS, {})
         return {name: pickle.loads(blob) for name, blob in blobs.items()}
 
-    def _build_input(self, step: CoreStep) -> None:
-        source = step.conf["source"]
-        push = self.push_for(step.outputs["down"])
-        if isinstance(source, FixedPartitionedSource):
+    def _list_source_parts(self, step: CoreStep) -> list[str]:
+        try:
+            return sorted(step.conf["source"].list_parts())
+        except Exception as exc:
+            raise BytewaxRuntimeError(
+                f"error calling `FixedPartitionSource.list_parts` in step {step.shown}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _build_fixed_source(self, step: CoreStep, parts: list[str]) -> None:
+        source: FixedPartitionedSource[Any, Any] = step.conf["source"]
+        resume = self._resume_parts(step.step_id)
+        for i, name in enumerate(parts):
+            if part_owner(i, self.count) != self.index:
+                continue
             try:
-                parts = sorted(source.list_parts())
+                part = source.build_part(step.step_id, name, resume.get(name))
             except Exception as exc:
                 raise BytewaxRuntimeError(
-                    f"error calling `list_parts` in step {step.step_id!r}"
+                    f"error calling `FixedPartitionSource.build_part` in step {step.shown} "
+                    f"for partition {quoted(name)}: {type(exc).__name__}: {exc}"
                 ) from exc
-            resume = self._resume_parts(step.step_id)
-            for i, name in enumerate(parts):
-                if part_owner(i, self.count) != self.index:
-                    continue
-                try:
-                    part = source.build_part(step.step_id, name, resume.get(name))
-                except Exception as exc:
-                    raise BytewaxRuntimeError(
-                        f"error calling `build_part` in step {step.step_id!r} for partition "
-                        f"{name!r}: {type(exc).__name__}: {exc}"
-                    ) from exc
-                self.sources.append(_SourceRun(step.step_id, name, part, push, True))
-        elif isinstance(source, DynamicSource):
-            try:
-                dyn = source.build(step.step_id, self.index, self.count)
-            except Exception as exc:
-                raise BytewaxRuntimeError(
-                    f"error calling `build` in step {step.step_id!r}: {type(exc).__name__}: {exc}"
-                ) from exc
-            self.sources.append(_SourceRun(step.step_id, f"worker-{self.index}", dyn, push, False))
+            self.sources.append(_SourceRun(step.step_id, name, part, _drop, True))
+
+    def _build_dynamic_source(self, step: CoreStep) -> None:
+        source: DynamicSource[Any] = step.conf["source"]
+        try:
+            dyn = source.build(step.step_id, self.index, self.count)
+        except Exception as exc:
+            raise BytewaxRuntimeError(
+                f"error calling `DynamicSource.build` in step {step.shown}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        self.sources.append(_SourceRun(step.step_id, f"worker-{self.index}", dyn, _drop, False))
 
     def _keyed_streams(self) -> set[str]:
         """Streams proven to carry `(str, value)` 2-tuples, so consumers skip checks.
@@ -1065,7 +1153,7 @@ class Worker:
             if combiner is None:
                 combiner = self._combiners[key] = edge.new_combiner()
             assert edge.step is not None and items.__class__ is dict
-            n = _combine_into(edge.step.step_id, combiner, items)
+            n = _combine_into(edge.step.shown, combiner, items)
             self._outbuf[key] = combiner
         elif items.__class__ is dict:
             n = 0
@@ -1124,6 +1212,8 @@ class Worker:
         """Route an activation's batches by key; this worker's keys are handled together."""
         if self.count == 1:
             return deliver_many
+        step = edge.step
+        assert step is not None
         groups = self.config.key_groups
         count = self.count
         me = self.index
@@ -1169,7 +1259,7 @@ class Worker:
             # Group first: one owner lookup per key, and each key is
             # pickled once per message instead of once per item.
             if not trusted and list(map(type, batch)).count(tuple) != len(batch):
-                _reject_unkeyed(step_id, batch)
+                _reject_unkeyed(step, batch)
             grouped: dict[str, list[Any]] = {}
             get = grouped.get
             try:
@@ -1177,12 +1267,12 @@ class Worker:
                     vs = get(k)
                     if vs is None:
                         if k.__class__ is not str:
-                            raise _not_keyed(step_id, (k, v))
+                            raise _not_keyed(step, (k, v))
                         grouped[k] = [v]
                     else:
                         vs.append(v)
             except ValueError:
-                _reject_unkeyed(step_id, batch)
+                _reject_unkeyed(step, batch)
             route_groups(grouped)
 
         return route_many
@@ -1218,44 +1308,71 @@ class Worker:
 
         return route_many
 
+    def _list_sink_parts(self, step: CoreStep) -> list[str]:
+        try:
+            parts = sorted(step.conf["sink"].list_parts())
+        except Exception as exc:
+            raise BytewaxRuntimeError(
+                f"error listing partitions in step {step.shown}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not parts:
+            msg = f"sink in step {step.step_id!r} listed no partitions"
+            raise BytewaxRuntimeError(msg)
+        # Closed in partition order, after the sinks built later (see `_close_all`).
+        self._closers.append((step.step_id, lambda: self._close_sink_parts(step.step_id)))
+        return parts
+
+    def _close_sink_parts(self, step_id: str) -> None:
+        for sid, _name, part in self._sink_parts:
+            if sid == step_id:
+                part.close()
+
     def _wire_partitioned_sink(self, edge: _Edge) -> None:
         step = edge.step
         assert step is not None
         sink: FixedPartitionedSink[Any, Any] = step.conf["sink"]
         step_id = step.step_id
-        try:
-            parts = sorted(sink.list_parts())
-        except Exception as exc:
-            raise BytewaxRuntimeError(f"error calling `list_parts` in step {step_id!r}") from exc
-        if not parts:
-            msg = f"sink in step {step_id!r} listed no partitions"
-            raise BytewaxRuntimeError(msg)
+        shown = step.shown
+        parts = self._sink_part_names[step_id]
         n = len(parts)
         local: dict[int, Any] = {}
         resume = self._resume_parts(step_id)
-        for i, name in enumerate(parts):
-            if part_owner(i, self.count) == self.index:
-                try:
-                    local[i] = sink.build_part(step_id, name, resume.get(name))
-                except Exception as exc:
-                    raise BytewaxRuntimeError(
-                        f"error calling `build_part` in step {step_id!r} for partition {name!r}: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
-                self._closers.append((step_id, local[i].close))
-                self._sink_parts.append((step_id, name, local[i]))
+        self._unbuilt_sink_parts[step_id] = {
+            parts[i]: resume[parts[i]] for i in range(n)
+            if part_owner(i, self.count) == self.index and parts[i] in resume
+        }
+
+        def part_at(i: int) -> Any:
+            # Built at its first write, as in Bytewax.
+            part = local.get(i)
+            if part is not None:
+                return part
+            name = parts[i]
+            try:
+                part = local[i] = sink.build_part(step_id, name, resume.get(name))
+            except Exception as exc:
+                raise BytewaxRuntimeError(
+                    f"error calling `build_part` in step {shown} for partition {quoted(name)}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            self._unbuilt_sink_parts[step_id].pop(name, None)
+            self._sink_parts.append((step_id, name, part))
+            self._sink_parts.sort(key=lambda e: (self._pos[e[0]], e[1]))
+            return part
+
         part_fn = sink.part_fn
         count = self.count
         me = self.index
 
         def index_of(item: Any) -> int:
             if item.__class__ is not tuple or len(item) != 2 or item[0].__class__ is not str:
-                raise _not_keyed(step_id, item)
+                raise _not_keyed(step, item)
             try:
                 return int(part_fn(item[0])) % n
             except Exception as exc:
                 raise BytewaxRuntimeError(
-                    f"error calling `part_fn` in step {step_id!r} for key {item[0]!r}"
+                    f"error assigning output partition in step {shown} for key {quoted(item[0])}: "
+                    f"{type(exc).__name__}: {exc}"
                 ) from exc
 
         m = None if self.metrics is None else self.metrics.step(
@@ -1267,12 +1384,13 @@ class Worker:
             for item in batch:
                 by_part.setdefault(index_of(item), []).append(item[1])
             for i, values in by_part.items():
+                part = part_at(i)
                 try:
-                    local[i].write_batch(values)
+                    part.write_batch(values)
                 except Exception as exc:
                     raise BytewaxRuntimeError(
-                        f"error calling `write_batch` in step {step_id!r} for partition "
-                        f"{parts[i]!r}: {type(exc).__name__}: {exc}"
+                        f"error writing output batch in step {shown} for partition "
+                        f"{quoted(parts[i])}: {type(exc).__name__}: {exc}"
                     ) from exc
             if m is not None:
                 dt = time.perf_counter() - t0
@@ -1363,9 +1481,11 @@ class Worker:
                 self.cluster.aborted_by_source = True
                 raise Abort() from None
             except Exception as exc:
+                kind = "Stateful" if src.stateful else "Stateless"
                 raise BytewaxRuntimeError(
-                    f"error calling `next_batch` in step {src.step_id!r} for partition "
-                    f"{src.part_name!r}: {type(exc).__name__}: {exc}"
+                    f"error calling `{kind}SourcePartition.next_batch` in step "
+                    f"{quoted(src.step_id)} for partition {quoted(src.part_name)}: "
+                    f"{type(exc).__name__}: {exc}"
                 ) from exc
             if batch.__class__ is not list:
                 if not hasattr(batch, "__iter__"):
@@ -1579,8 +1699,8 @@ class Worker:
             state = src.part.snapshot()  # type: ignore[union-attr]
         except Exception as exc:
             raise BytewaxRuntimeError(
-                f"error calling `snapshot` in step {src.step_id!r} for partition "
-                f"{src.part_name!r}: {type(exc).__name__}: {exc}"
+                f"error calling `StatefulSourcePartition.snapshot` in step {quoted(src.step_id)} "
+                f"for partition {quoted(src.part_name)}: {type(exc).__name__}: {exc}"
             ) from exc
         return _pickle_part(src.step_id, src.part_name, state)
 
@@ -1609,6 +1729,11 @@ class Worker:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             entries.append((step_id, PARTS, name, _pickle_part(step_id, name, state)))
+        # A partition not built yet (nothing written to it since the resume)
+        # keeps the state it resumed from.
+        for step_id, unbuilt in self._unbuilt_sink_parts.items():
+            for name, state in unbuilt.items():
+                entries.append((step_id, PARTS, name, _pickle_part(step_id, name, state)))
         t0 = time.perf_counter()
         self.snapshot_bytes = store.write_epoch(self.epoch, entries)
         m = self.metrics
@@ -1765,7 +1890,8 @@ class Worker:
                     src.part.close()
                 except Exception:
                     log.exception("error closing source partition in step %r", src.step_id)
-        for step_id, close in self._closers:
+        # Sinks close in the reverse of the order they were built, as in Bytewax.
+        for step_id, close in reversed(self._closers):
             try:
                 close()
             except Exception as exc:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
-from headrace.dataflow import Stream, f_repr, operator
+from headrace.dataflow import Stream, _bytewax_nesting, _current_display_id, f_repr, operator
 from headrace.operators._core import (
     StatefulBatchLogic,
     _check_callable,
@@ -216,9 +216,10 @@ def stateful_map(
     """
     _check_callable(step_id, "mapper", mapper)
     full = up._scope.parent_id
-    return stateful_batch(
-        "stateful_batch", up, lambda resume: _MapLogic(mapper, full, False, resume)
-    )
+    with _bytewax_nesting("stateful_flat_map", "stateful"):
+        return stateful_batch(
+            "stateful_batch", up, lambda resume: _MapLogic(mapper, full, False, resume)
+        )
 
 
 @operator
@@ -244,9 +245,10 @@ def stateful_flat_map(
     """
     _check_callable(step_id, "mapper", mapper)
     full = up._scope.parent_id
-    return stateful_batch(
-        "stateful_batch", up, lambda resume: _MapLogic(mapper, full, True, resume)
-    )
+    with _bytewax_nesting("stateful"):
+        return stateful_batch(
+            "stateful_batch", up, lambda resume: _MapLogic(mapper, full, True, resume)
+        )
 
 
 _PLAIN_TYPES = frozenset({list, dict, set, tuple, int, float, str, frozenset, bytes})
@@ -335,7 +337,8 @@ def fold_final(
     def build(resume: S | None) -> _FoldFinalLogic[V, S]:
         return _FoldFinalLogic(folder, builder() if resume is None else resume)
 
-    return stateful_batch("stateful_batch", up, _unordered(build, builder, folder))
+    with _bytewax_nesting("stateful"):
+        return stateful_batch("stateful_batch", up, _unordered(build, builder, folder))
 
 
 class _ReduceFinalLogic(StatefulBatchLogic[V, V, V]):
@@ -379,7 +382,11 @@ def reduce_final(
     """
     _check_callable(step_id, "reducer", reducer)
     build = _combinable(lambda resume: _ReduceFinalLogic(reducer, resume), reducer)
-    return stateful_batch("stateful_batch", up, _unordered(build, reducer))
+    # Bytewax first groups the items by key in a `pre_reduce` step, which
+    # is where an item that is not a pair fails there (see `_engine._worker`).
+    build._bytewax_pre_reduce = _current_display_id() + ".pre_reduce"
+    with _bytewax_nesting("fold_final", "stateful"):
+        return stateful_batch("stateful_batch", up, _unordered(build, reducer))
 
 
 def _add(a: int, b: int) -> int:
@@ -513,11 +520,12 @@ def collect(
     if max_size < 1:
         msg = f"step {step_id!r}: `max_size` must be >= 1; got {max_size}"
         raise ValueError(msg)
-    return stateful_batch(
-        "stateful_batch",
-        up,
-        lambda resume: _CollectLogic(_now_getter, timeout, max_size, resume),
-    )
+    with _bytewax_nesting("stateful"):
+        return stateful_batch(
+            "stateful_batch",
+            up,
+            lambda resume: _CollectLogic(_now_getter, timeout, max_size, resume),
+        )
 
 
 class _JoinState:
@@ -641,12 +649,15 @@ def join(
         msg = f"step {step_id!r}: `join` needs at least one side"
         raise TypeError(msg)
     n = len(sides)
-    merged = merge("merge", *_label_sides(sides))
-    return stateful_batch(
-        "join",
-        merged,
-        lambda resume: _JoinLogic(n, insert_mode, emit_mode, resume),
-    )
+    # Bytewax's join is `_join_label_merge("add_names")` then `stateful("join")`.
+    with _bytewax_nesting("add_names"):
+        merged = merge("merge", *_label_sides(sides))
+    with _bytewax_nesting("join", step_name="stateful_batch"):
+        return stateful_batch(
+            "join",
+            merged,
+            lambda resume: _JoinLogic(n, insert_mode, emit_mode, resume),
+        )
 
 
 __all__ = [

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from headrace.dataflow import Stream, f_repr, operator
+from headrace.dataflow import Stream, _bytewax_nesting, f_repr, operator
 from headrace.operators._core import (
     _check_callable,
     _fusable,
@@ -15,6 +15,7 @@ from headrace.operators._core import (
     flat_map_batch,
     inspect_debug,
 )
+from headrace.outputs import DynamicSink, StatelessSinkPartition
 
 X = TypeVar("X")
 Y = TypeVar("Y")
@@ -56,11 +57,12 @@ def filter(step_id: str, up: Stream[X], predicate: Callable[[X], bool]) -> Strea
     [1, 3]
     """
     _check_callable(step_id, "predicate", predicate)
-    return flat_map_batch(
-        "flat_map_batch",
-        up,
-        _fusable("filter", predicate, lambda xs: [x for x in xs if predicate(x)]),
-    )
+    with _bytewax_nesting("flat_map"):
+        return flat_map_batch(
+            "flat_map_batch",
+            up,
+            _fusable("filter", predicate, lambda xs: [x for x in xs if predicate(x)]),
+        )
 
 
 @operator
@@ -81,7 +83,8 @@ def filter_map(step_id: str, up: Stream[X], mapper: Callable[[X], Y | None]) -> 
     def batch_fn(xs: list[X]) -> list[Y]:
         return [y for y in (mapper(x) for x in xs) if y is not None]
 
-    return flat_map_batch("flat_map_batch", up, _fusable("filter_map", mapper, batch_fn))
+    with _bytewax_nesting("flat_map"):
+        return flat_map_batch("flat_map_batch", up, _fusable("filter_map", mapper, batch_fn))
 
 
 @operator
@@ -116,7 +119,15 @@ def flatten(step_id: str, up: Stream[Iterable[X]]) -> Stream[X]:
     >>> op.output("o", s, TestingSink(out)); run_main(flow); out
     [1, 2, 3]
     """
-    return flat_map("flat_map", up, _identity)
+    return flat_map("flat_map", up, _flatten_item)
+
+
+def _flatten_item(x: X) -> X:
+    return x
+
+
+# Tells the engine's error report that a failure to iterate is `flatten`'s item.
+_flatten_item._headrace_flatten = True  # type: ignore[attr-defined]
 
 
 def _identity(x: X) -> X:
@@ -138,11 +149,12 @@ def map_value(
     [('a', 2)]
     """
     _check_callable(step_id, "mapper", mapper)
-    return flat_map_batch(
-        "flat_map_batch",
-        up,
-        _fusable("map_value", mapper, lambda xs: [(k, mapper(v)) for k, v in xs]),
-    )
+    with _bytewax_nesting("map"):
+        return flat_map_batch(
+            "flat_map_batch",
+            up,
+            _fusable("map_value", mapper, lambda xs: [(k, mapper(v)) for k, v in xs]),
+        )
 
 
 @operator
@@ -160,11 +172,12 @@ def filter_value(
     [('a', 1)]
     """
     _check_callable(step_id, "predicate", predicate)
-    return flat_map_batch(
-        "flat_map_batch",
-        up,
-        _fusable("filter_value", predicate, lambda xs: [(k, v) for k, v in xs if predicate(v)]),
-    )
+    with _bytewax_nesting("filter", "flat_map"):
+        return flat_map_batch(
+            "flat_map_batch",
+            up,
+            _fusable("filter_value", predicate, lambda xs: [(k, v) for k, v in xs if predicate(v)]),
+        )
 
 
 @operator
@@ -187,7 +200,8 @@ def filter_map_value(
     def batch_fn(xs: list[tuple[str, V]]) -> list[tuple[str, W]]:
         return [(k, w) for k, v in xs for w in (mapper(v),) if w is not None]
 
-    return flat_map_batch("flat_map_batch", up, _fusable("filter_map_value", mapper, batch_fn))
+    with _bytewax_nesting("flat_map_value", "flat_map"):
+        return flat_map_batch("flat_map_batch", up, _fusable("filter_map_value", mapper, batch_fn))
 
 
 @operator
@@ -209,7 +223,8 @@ def flat_map_value(
     def batch_fn(xs: list[tuple[str, V]]) -> list[tuple[str, W]]:
         return [(k, w) for k, v in xs for w in mapper(v)]
 
-    return flat_map_batch("flat_map_batch", up, _fusable("flat_map_value", mapper, batch_fn))
+    with _bytewax_nesting("flat_map"):
+        return flat_map_batch("flat_map_batch", up, _fusable("flat_map_value", mapper, batch_fn))
 
 
 @operator
@@ -239,11 +254,12 @@ def key_on(step_id: str, up: Stream[X], key: Callable[[X], str]) -> Stream[tuple
 
     # The fused form checks the key type inline (see _engine._fuse), so it
     # gets the raw key function; the unfused form checks in `str_key`.
-    return flat_map_batch(
-        "flat_map_batch",
-        up,
-        _fusable("key_on", key, lambda xs: [(str_key(x), x) for x in xs]),
-    )
+    with _bytewax_nesting("map"):
+        return flat_map_batch(
+            "flat_map_batch",
+            up,
+            _fusable("key_on", key, lambda xs: [(str_key(x), x) for x in xs]),
+        )
 
 
 @operator
@@ -258,9 +274,10 @@ def key_rm(step_id: str, up: Stream[tuple[str, X]]) -> Stream[X]:
     >>> op.output("o", s, TestingSink(out)); run_main(flow); out
     [1]
     """
-    return flat_map_batch(
-        "flat_map_batch", up, _fusable("key_rm", _identity, lambda xs: [v for _k, v in xs])
-    )
+    with _bytewax_nesting("map"):
+        return flat_map_batch(
+            "flat_map_batch", up, _fusable("key_rm", _identity, lambda xs: [v for _k, v in xs])
+        )
 
 
 def _default_inspector(step_id: str, item: Any) -> None:
@@ -297,6 +314,41 @@ def _current_step_id(up: Stream[Any], step_id: str) -> str:
     return up._scope.parent_id
 
 
+class _RaisesPartition(StatelessSinkPartition[Any]):
+    """Fails on the first item written (the sink of `raises`)."""
+
+    def __init__(self, step_id: str) -> None:
+        self._step_id = step_id
+
+    def write_batch(self, items: list[Any]) -> None:
+        """Raise `RuntimeError` naming the `raises` step and the first item.
+
+        >>> _RaisesPartition("f.never").write_batch([])
+        >>> _RaisesPartition("f.never").write_batch([7])
+        Traceback (most recent call last):
+        ...
+        RuntimeError: `raises` step 'f.never' got an item: 7
+        """
+        if items:
+            msg = f"`raises` step {self._step_id!r} got an item: {items[0]!r}"
+            raise RuntimeError(msg)
+
+
+class _RaisesSink(DynamicSink[Any]):
+    """The sink of `raises`: as in Bytewax, `raises` is an output whose writes fail."""
+
+    def __init__(self, step_id: str) -> None:
+        self._step_id = step_id
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RaisesPartition:
+        """A partition that fails on its first item.
+
+        >>> _RaisesSink("f.never").build("f.never.output", 0, 1)._step_id
+        'f.never'
+        """
+        return _RaisesPartition(self._step_id)
+
+
 @operator
 def raises(step_id: str, up: Stream[Any]) -> None:
     """Fail the run if any item arrives (guards "impossible" branches).
@@ -309,20 +361,12 @@ def raises(step_id: str, up: Stream[Any]) -> None:
     >>> run_main(flow)
     Traceback (most recent call last):
     ...
-    headrace.errors.BytewaxRuntimeError: error calling `mapper` in step 'd.never...': ...
+    headrace.errors.BytewaxRuntimeError: error writing output batch in step "d.never.output": \
+RuntimeError: `raises` step 'd.never' got an item: 1
     """
-    full = up._scope.parent_id
-
-    def shim(xs: list[Any]) -> list[Any]:
-        if xs:
-            msg = f"`raises` step {full!r} got an item: {xs[0]!r}"
-            raise RuntimeError(msg)
-        return []
-
     from headrace.operators._core import output
-    from headrace.testing import _DiscardSink
 
-    output("output", flat_map_batch("flat_map_batch", up, shim), _DiscardSink())
+    output("output", up, _RaisesSink(up._scope.parent_id))
 
 
 def _get_system_utc() -> datetime:

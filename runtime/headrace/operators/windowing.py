@@ -34,7 +34,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
-from headrace.dataflow import KeyedStream, Stream, operator
+from headrace.dataflow import KeyedStream, Stream, _bytewax_nesting, operator
 from headrace.operators._core import (
     StatefulBatchLogic,
     _check_callable,
@@ -186,9 +186,13 @@ def window(
     _check_callable(full, "builder", builder)
     spec = _WindowSpec(full, clock, windower, builder, ordered)
     events = stateful_batch("stateful_batch", up, spec)
-    down = flat_map_batch("unwrap_down", events, _unwrap_down)
-    late = flat_map_batch("unwrap_late", events, _unwrap_late)
-    meta = flat_map_batch("unwrap_meta", events, _unwrap_meta)
+    # Bytewax's unwraps are `filter_map_value`s (-> flat_map_value -> flat_map).
+    with _bytewax_nesting("unwrap_down", "flat_map_value", "flat_map", step_name="flat_map_batch"):
+        down = flat_map_batch("unwrap_down", events, _unwrap_down)
+    with _bytewax_nesting("unwrap_late", "flat_map_value", "flat_map", step_name="flat_map_batch"):
+        late = flat_map_batch("unwrap_late", events, _unwrap_late)
+    with _bytewax_nesting("unwrap_meta", "flat_map_value", "flat_map", step_name="flat_map_batch"):
+        meta = flat_map_batch("unwrap_meta", events, _unwrap_meta)
     spec.late_stream = late.stream_id
     return WindowOut(down, late, meta)
 
