@@ -17,11 +17,6 @@ from tests.compat.conftest import Runner
 # refer to issue 18 ("Bytewax programs run unchanged"); "not in items 1-11"
 # marks differences the harness found that the issue does not list yet.
 _FLAG = "issue 18 item 11: `python -m headrace.run --bytewax` (run a Bytewax program unchanged)"
-_ORDER_BUILD = "not in items 1-11: build order (Bytewax builds sources before sinks, sink parts lazily)"
-_STEP_PATH = (
-    "not in items 1-11: outermost runtime error wording: Bytewax quotes step ids with double quotes "
-    "and names the nested core step"
-)
 KNOWN_DIFFERENCES: dict[str, str] = {
     "cli_run_factory.py --bytewax": _FLAG,
     "cli_run_module.py --bytewax": _FLAG,
@@ -35,18 +30,6 @@ KNOWN_DIFFERENCES: dict[str, str] = {
     ),
     "err_no_input.py": "issue 18 item 9: build error type DataflowBuildError (Bytewax: BytewaxRuntimeError)",
     "err_no_output.py": "issue 18 item 9: build error type DataflowBuildError (Bytewax: BytewaxRuntimeError)",
-    "err_not_two_tuple.py": (
-        "issue 18 item 9: reduce_final on a 3-tuple raises TypeError in stateful_batch "
-        "(Bytewax: ValueError 'too many values to unpack' in pre_reduce)"
-    ),
-    "err_raises_item.py": (
-        "issue 18 item 9: `raises` fails as 'error calling `mapper`' (Bytewax: 'error writing output batch')"
-    ),
-    "err_key_not_str.py": _STEP_PATH + " (int_key.key.map.flat_map_batch)",
-    "err_mapper_raises.py": _STEP_PATH,
-    "err_stateful_map_not_tuple.py": _STEP_PATH + " (sm.stateful_flat_map.stateful.stateful_batch)",
-    "io_dynamic_source_sink.py": _ORDER_BUILD,
-    "io_fixed_source_sink.py": _ORDER_BUILD,
     "recovery_abort_run_main.py": (
         "issue 18 item 4: resuming at a TestingSource.EOF() goes past it (Bytewax stops there again)"
     ),
