@@ -474,7 +474,7 @@ def test_testing_cli_failure_exits_1(tmp_path: Any) -> None:
     """Any failed run exits 1, as Bytewax's test entry point does, saying why."""
     res = _testing_cli(tmp_path, "cliflows:nope")
     assert res.returncode == 1
-    assert "no attribute 'nope'" in res.stderr
+    assert "AttributeError: Failed to find attribute 'nope' in 'cliflows'." in res.stderr
 
 
 def test_testing_cli_usage(tmp_path: Any) -> None:

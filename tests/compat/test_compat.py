@@ -16,23 +16,7 @@ from tests.compat.conftest import Runner
 # program file (or "file --bytewax") -> why Headrace differs today. Item numbers
 # refer to issue 18 ("Bytewax programs run unchanged"); "not in items 1-11"
 # marks differences the harness found that the issue does not list yet.
-_FLAG = "issue 18 item 11: `python -m headrace.run --bytewax` (run a Bytewax program unchanged)"
 KNOWN_DIFFERENCES: dict[str, str] = {
-    "cli_run_factory.py --bytewax": _FLAG,
-    "cli_run_module.py --bytewax": _FLAG,
-    "cli_run_redistribute.py --bytewax": _FLAG,
-    "cli_run_workers.py --bytewax": _FLAG,
-    "cli_metrics_port_in_use.py": "issue 18 item 10: metrics port 3030 in use fails the run (Bytewax runs)",
-    "cli_keyboard_interrupt.py": "issue 18 item 10: Ctrl-C during a CLI run exits 0 (Bytewax: 1)",
-    "cli_errors.py": (
-        "not in items 1-11: missing flow attribute: exit 2 and an 'error:' line "
-        "(Bytewax: exit 1, AttributeError: Failed to find attribute ...)"
-    ),
-    "err_no_input.py": "issue 18 item 9: build error type DataflowBuildError (Bytewax: BytewaxRuntimeError)",
-    "err_no_output.py": "issue 18 item 9: build error type DataflowBuildError (Bytewax: BytewaxRuntimeError)",
-    "recovery_abort_run_main.py": (
-        "issue 18 item 4: resuming at a TestingSource.EOF() goes past it (Bytewax stops there again)"
-    ),
 }
 
 
