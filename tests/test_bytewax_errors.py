@@ -193,6 +193,48 @@ def test_custom_operator_stream_parameters_are_checked() -> None:
     assert sorted(out) == [2, 2, 4, 4]
 
 
+def test_a_stream_smuggled_into_an_operator_fails_as_bytewax() -> None:
+    """Bytewax: AssertionError "inconsistent stream scoping; ..." (its own test matches it)."""
+    from headrace.dataflow import Stream, operator
+
+    @operator
+    def test_op(step_id: str, up: Stream[Any], not_allowed: list[Stream[Any]]) -> Stream[Any]:
+        return op.merge("merge", up, *not_allowed)
+
+    flow = Dataflow("test_df")
+    inp1 = op.input("inp1", flow, TestingSource([]))
+    inp2 = op.input("inp2", flow, TestingSource([]))
+    with pytest.raises(AssertionError, match=r"^inconsistent stream scoping; step 'merge'"):
+        test_op("test_op", inp1, [inp2])
+    other = op.input("inp", Dataflow("other"), TestingSource([]))
+    with pytest.raises(ValueError, match=r"^inconsistent stream scoping; .*dataflow 'other'"):
+        op.merge("m", inp1, other)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    ("item", "words"),
+    [(1, "`(key, value)` 2-tuple from upstream for routing; got a `int` instead"),
+     ((1, 2), "`str` keys in `(key, value)` from upstream; got a `int` instead")],
+)
+def test_unkeyed_input_to_a_stateful_step_is_a_type_error(
+    workers: int, item: Any, words: str
+) -> None:
+    """Bytewax raises a TypeError (the API reference promises one); Headrace's is also its error."""
+    flow = Dataflow("nk")
+    s = op.input("inp", flow, TestingSource([item]))
+    op.output("out", op.stateful_map("sm", s, lambda st, v: (st, v)), TestingSink([]))
+    with pytest.raises(TypeError) as info:
+        if workers == 1:
+            run_main(flow)
+        else:
+            cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    assert isinstance(info.value, BytewaxRuntimeError)
+    assert str(info.value).startswith(
+        f'step "nk.sm.stateful_flat_map.stateful.stateful_batch" requires {words}'
+    )
+
+
 def test_join_modes_are_exported() -> None:
     import typing
 

@@ -84,6 +84,17 @@ def f_repr(f: Callable[..., Any]) -> str:
     return f"<callable {full!r}>"
 
 
+class _StreamScopeError(AssertionError, ValueError):
+    """Streams of different dataflows or operator scopes were connected.
+
+    An `AssertionError` starting "inconsistent stream scoping", as Bytewax
+    raises it (tests match that), and a `ValueError`, as Headrace raised it.
+
+    >>> issubclass(_StreamScopeError, AssertionError), issubclass(_StreamScopeError, ValueError)
+    (True, True)
+    """
+
+
 @dataclass(frozen=True)
 class DataflowId:
     """The identity of a dataflow, used to tag recovery state.
@@ -534,18 +545,20 @@ def operator(builder: F | None = None, *, _core: bool = False) -> Any:
             for sc in scopes[1:]:
                 if sc.flow is not outer.flow:
                     msg = (
-                        f"step {step_id!r}: a Stream from dataflow {sc.flow.flow_id!r} was "
-                        f"used in dataflow {outer.flow.flow_id!r}; streams can only be "
-                        "connected within the dataflow that created them"
+                        f"inconsistent stream scoping; step {step_id!r}: a Stream from "
+                        f"dataflow {sc.flow.flow_id!r} was used in dataflow "
+                        f"{outer.flow.flow_id!r}; streams can only be connected within the "
+                        "dataflow that created them"
                     )
-                    raise ValueError(msg)
+                    raise _StreamScopeError(msg)
                 if sc.parent_id != outer.parent_id:
                     msg = (
-                        f"step {step_id!r}: streams from different operator scopes "
-                        f"({outer.parent_id!r} and {sc.parent_id!r}); an operator can only "
-                        "use streams passed to it or created inside it"
+                        f"inconsistent stream scoping; step {step_id!r}: streams from "
+                        f"different operator scopes ({outer.parent_id!r} and "
+                        f"{sc.parent_id!r}); an operator can only use streams passed to it "
+                        "or created inside it (not nested in other arguments)"
                     )
-                    raise ValueError(msg)
+                    raise _StreamScopeError(msg)
             _check_step_id(step_id, outer.parent, outer.parent_id)
             full_id = f"{outer.parent_id}.{step_id}"
             op = Operator(step_name=step_id, step_id=full_id, op_type=fn.__name__)

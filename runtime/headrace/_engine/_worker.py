@@ -663,9 +663,17 @@ instead: 5; use `key_on` or `map` to make (str, value) pairs
             f"got a `{type(item).__name__}` instead: {item!r}; {_KEYED_HINT}"
         )
     cause = TypeError(msg)
-    err = BytewaxRuntimeError(msg)
+    err = _NotKeyedError(msg)
     err.__cause__ = cause
     return err
+
+
+class _NotKeyedError(BytewaxRuntimeError, TypeError):
+    """A keyed step got an item that is not a ``(str, value)`` pair.
+
+    Bytewax raises a `TypeError` here (the API reference promises one);
+    Headrace's runtime errors are `BytewaxRuntimeError`: this is both.
+    """
 
 
 def _drop(batch: list[Any]) -> None:
