@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run; return the process exit code.
 
     >>> main(["headrace.no_such_module:flow"])
-    2
+    1
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
