@@ -235,6 +235,19 @@ def test_unkeyed_input_to_a_stateful_step_is_a_type_error(
     )
 
 
+def test_an_operator_called_with_bad_arguments_says_so_as_bytewax() -> None:
+    """Bytewax: TypeError "operator 'join' called incorrectly; see cause above" from the bind error."""
+    _flow, s = _flow_and_stream()
+    with pytest.raises(TypeError) as info:
+        op.join("j", s, s, running=True)  # 0.19's keyword, renamed in 0.21
+    assert str(info.value) == "operator 'join' called incorrectly; see cause above"
+    assert isinstance(info.value.__cause__, TypeError)
+    assert str(info.value.__cause__) == "got an unexpected keyword argument 'running'"
+    with pytest.raises(TypeError, match=r"^operator 'map' called incorrectly") as info:
+        op.map("m", s)
+    assert str(info.value.__cause__) == "missing a required argument: 'mapper'"
+
+
 def test_join_modes_are_exported() -> None:
     import typing
 

@@ -514,7 +514,12 @@ def operator(builder: F | None = None, *, _core: bool = False) -> Any:
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            bound = sig.bind(*args, **kwargs)
+            try:
+                bound = sig.bind(*args, **kwargs)
+            except TypeError as exc:
+                # Bytewax's words; the cause says which argument.
+                msg = f"operator {fn.__name__!r} called incorrectly; see cause above"
+                raise TypeError(msg) from exc
             bound.apply_defaults()
             items = list(bound.arguments.items())
             step_id = items[0][1]
