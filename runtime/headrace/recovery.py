@@ -57,6 +57,7 @@ from headrace._engine._store import (
     Store,
     open_store,
 )
+from headrace._engine._store_checks import REDIS_SCHEMES, check_location
 
 __all__ = [
     "InconsistentPartitionsError",
@@ -89,6 +90,29 @@ class RecoveryConfig:
     prefix: str | None = None
     retry_for: float = 30.0
 
+    def __post_init__(self) -> None:
+        """Refuse a location that is neither a Redis URL nor a local path.
+
+        A mistyped URL would otherwise become a local directory of that name
+        (and, in a pod, be lost at its next restart). A relative directory
+        whose first name holds a ``:`` is written ``./NAME``.
+
+        >>> RecoveryConfig("127.0.0.1:6379")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: recovery location '127.0.0.1:6379' looks like HOST:PORT, not a directory; ...
+        >>> RecoveryConfig("./odd:name").db_dir
+        './odd:name'
+        >>> RecoveryConfig("./state", timedelta(seconds=-1))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: backup_interval must not be negative; got -1 day, 23:59:59
+        """
+        check_location(str(self.db_dir))
+        if self.backup_interval is not None and self.backup_interval < timedelta(0):
+            msg = f"backup_interval must not be negative; got {self.backup_interval}"
+            raise ValueError(msg)
+
     @property
     def is_redis(self) -> bool:
         """Whether the location is a Redis URL.
@@ -96,7 +120,7 @@ class RecoveryConfig:
         >>> RecoveryConfig("rediss://h:6380/1").is_redis
         True
         """
-        return str(self.db_dir).startswith(("redis://", "rediss://", "unix://"))
+        return str(self.db_dir).startswith(REDIS_SCHEMES)
 
     def open(self, flow_id: str) -> Store:
         """Open the store for ``flow_id`` (or the configured prefix).

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import secrets
@@ -54,11 +55,61 @@ def _env(name: str, default: Any = None) -> Any:
 
 
 def _seconds(text: str) -> timedelta:
+    """A duration option: a number of seconds, 0 or more.
+
+    >>> _seconds("1.5")
+    datetime.timedelta(seconds=1, microseconds=500000)
+    >>> _seconds("-1")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a number of seconds >= 0; got '-1'
+    """
     try:
-        return timedelta(seconds=float(text))
+        seconds = float(text)
     except ValueError:
-        msg = f"expected a number of seconds; got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        msg = f"expected a number of seconds >= 0; got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return timedelta(seconds=seconds)
+
+
+def _count(text: str) -> int:
+    """A count option (processes, workers, key groups): a whole number, 1 or more.
+
+    >>> _count("2")
+    2
+    >>> _count("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a whole number >= 1; got '0'
+    """
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        msg = f"expected a whole number >= 1; got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return n
+
+
+def _location(text: str) -> str:
+    """The ``-r`` option: a Redis URL or a local path (see `headrace.recovery.RecoveryConfig`).
+
+    >>> _location("redis://localhost:6379/0")
+    'redis://localhost:6379/0'
+    >>> _location("localhost:6379")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: recovery location 'localhost:6379' looks like HOST:PORT, ...
+    """
+    from headrace._engine._store_checks import check_location
+
+    try:
+        return check_location(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _millis(text: str) -> timedelta:
@@ -85,10 +136,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="run a Bytewax program unchanged: its `bytewax.*` imports are "
                    "Headrace's modules (HEADRACE_BYTEWAX_COMPAT=1 does the same)")
     g = p.add_argument_group("scaling")
-    g.add_argument("-w", "--workers-per-process", type=int,
-                   default=int(_env("WORKERS_PER_PROCESS", 1)),
+    g.add_argument("-w", "--workers-per-process", type=_count,
+                   default=_env("WORKERS_PER_PROCESS", "1"),
                    help="worker threads per process")
-    g.add_argument("-p", "--processes", type=int, default=int(_env("PROCESSES", 1)),
+    g.add_argument("-p", "--processes", type=_count, default=_env("PROCESSES", "1"),
                    help="start this many local processes on 127.0.0.1")
     g.add_argument("-i", "--process-id", type=int,
                    default=None if _env("PROCESS_ID") is None else int(_env("PROCESS_ID")),
@@ -110,30 +161,31 @@ def _parser() -> argparse.ArgumentParser:
                    help="host to listen on (default: this process's address host)")
     g.add_argument("--startup-timeout", type=float, default=float(_env("STARTUP_TIMEOUT", 60)),
                    help="seconds to wait for all peers at startup")
-    g.add_argument("--key-groups", "--partitions", dest="key_groups", type=int,
-                   default=int(_env("KEY_GROUPS", 256)),
+    g.add_argument("--key-groups", "--partitions", dest="key_groups", type=_count,
+                   default=_env("KEY_GROUPS", "256"),
                    help="number of key groups (state placement unit; fixed per dataflow)")
     g.add_argument("--exchange-flush-ms", type=_millis,
                    default=_env("EXCHANGE_FLUSH_MS", "20"),
                    help="longest a busy worker holds items bound for another worker before "
                    "sending them, in ms (0 sends after every batch)")
     r = p.add_argument_group("epochs and recovery")
-    r.add_argument("-r", "--recovery", "--recovery-directory", dest="recovery",
+    r.add_argument("-r", "--recovery", "--recovery-directory", dest="recovery", type=_location,
                    default=_env("RECOVERY") or _env("RECOVERY_DIRECTORY"),
-                   help="recovery store: redis://host:port/db, rediss://..., unix://..., "
-                   "or a local directory")
+                   help="recovery store: redis://[[user]:password@]host:port/db, rediss://..., "
+                   "unix://..., or a local directory (./name if its first name has a ':'). A "
+                   "URL with a password is better set as HEADRACE_RECOVERY than on the "
+                   "command line, where `ps` shows it")
     r.add_argument("--recovery-prefix", default=_env("RECOVERY_PREFIX"),
                    help="key prefix in the store (default: the dataflow id)")
     r.add_argument("--recovery-retry", type=float, default=float(_env("RECOVERY_RETRY", 30)),
                    help="seconds to keep retrying an unreachable store before stopping")
     r.add_argument("-s", "--snapshot-interval", type=_seconds,
-                   default=_seconds(_env("SNAPSHOT_INTERVAL")) if _env("SNAPSHOT_INTERVAL")
-                   else None, help="seconds between snapshots (the epoch length with recovery)")
+                   default=_env("SNAPSHOT_INTERVAL"),
+                   help="seconds between snapshots (the epoch length with recovery)")
     r.add_argument("-b", "--backup-interval", type=_seconds,
-                   default=_seconds(_env("BACKUP_INTERVAL")) if _env("BACKUP_INTERVAL")
-                   else None, help="seconds of snapshot history kept before compaction")
-    r.add_argument("--epoch-interval", type=_seconds,
-                   default=_seconds(_env("EPOCH_INTERVAL")) if _env("EPOCH_INTERVAL") else None,
+                   default=_env("BACKUP_INTERVAL"),
+                   help="seconds of snapshot history kept before compaction")
+    r.add_argument("--epoch-interval", type=_seconds, default=_env("EPOCH_INTERVAL"),
                    help="seconds per epoch (default 10, or the snapshot interval)")
     o = p.add_argument_group("observability")
     o.add_argument("--metrics-port", type=int,
@@ -259,12 +311,17 @@ def _local_cluster_env(environ: Mapping[str, str]) -> dict[str, str]:
 def _spawn_local(argv: list[str], processes: int) -> int:
     """Start ``processes`` copies of this command as a local cluster; wait."""
     addrs = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
-    base = _strip_flags(argv, {"-p", "--processes", "--metrics-port"})
-    chosen = _parser().parse_args(argv).metrics_port
+    parsed = _parser().parse_args(argv)
+    # The recovery location (a Redis URL may hold a password) goes through the
+    # environment, like the cluster secret: a command line is visible in `ps`.
+    base = _strip_options(argv, {"processes", "metrics_port", "recovery"})
+    chosen = parsed.metrics_port
     metrics_base = DEFAULT_METRICS_PORT if chosen is None else chosen
     # Nobody chose the port: each child moves to a free one if its own is taken.
     fallback = ["--metrics-port-fallback"] if chosen is None and metrics_base else []
     env = _local_cluster_env(os.environ)
+    if parsed.recovery:
+        env["HEADRACE_RECOVERY"] = parsed.recovery
     procs = [
         subprocess.Popen([
             sys.executable, "-m", "headrace.run", *base, "-i", str(i), "-a", addrs,
@@ -334,21 +391,36 @@ def _detach_child() -> None:
             pass
 
 
-def _strip_flags(argv: list[str], flags: set[str]) -> list[str]:
+def _strip_options(argv: list[str], dests: set[str]) -> list[str]:
+    """``argv`` without the options stored in ``dests``, in any spelling argparse accepts.
+
+    ``-r X``, ``-rX``, ``--recovery X``, ``--recovery=X`` and abbreviations
+    such as ``--recovery-d X`` all go, with their values.
+
+    >>> _strip_options(["m:f", "-rredis://:pw@h/0", "--recovery-d=x", "-w", "2", "-p", "3"],
+    ...                {"recovery", "processes"})
+    ['m:f', '-w', '2']
+    """
+    by_string = {s: a for a in _parser()._actions for s in a.option_strings}
     out: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        action, attached = None, False
+        if token.startswith("--"):
+            name, eq, _ = token.partition("=")
+            found = {id(a): a for s, a in by_string.items() if s.startswith(name)}
+            if name in by_string:
+                action, attached = by_string[name], bool(eq)
+            elif len(found) == 1:
+                action, attached = next(iter(found.values())), bool(eq)
+        elif token.startswith("-") and token[:2] in by_string:
+            action, attached = by_string[token[:2]], len(token) > 2
+        if action is not None and action.dest in dests:
+            i += 1 if attached or action.nargs == 0 else 2
             continue
-        if a in flags:
-            skip = True
-            continue
-        if any(a.startswith(f + "=") for f in flags if f.startswith("--")):
-            continue
-        if any(a.startswith(f) and len(a) > 2 for f in flags if not f.startswith("--")):
-            continue
-        out.append(a)
+        out.append(token)
+        i += 1
     return out
 
 

@@ -334,14 +334,10 @@ def cluster_main(
 
 
 def _parser() -> argparse.ArgumentParser:
-    from headrace.run import _env
+    from headrace.run import _count, _env, _location, _seconds
 
     def seconds(text: str) -> str:
-        try:
-            float(text)
-        except ValueError:
-            msg = f"expected a number of seconds; got {text!r}"
-            raise argparse.ArgumentTypeError(msg) from None
+        _seconds(text)  # 0 or more, else a usage error naming the option
         return text
 
     p = argparse.ArgumentParser(
@@ -357,16 +353,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--snapshot-interval", type=seconds, default=_env("SNAPSHOT_INTERVAL"),
                    help="seconds between snapshots for recovery (the epoch length)")
     r = p.add_argument_group("recovery")
-    r.add_argument("-r", "--recovery-directory", default=_env("RECOVERY_DIRECTORY"),
+    r.add_argument("-r", "--recovery-directory", type=_location,
+                   default=_env("RECOVERY_DIRECTORY"),
                    help="recovery store: a local directory or a redis:// URL")
     r.add_argument("-b", "--backup-interval", type=seconds, default=_env("BACKUP_INTERVAL"),
                    help="seconds of snapshot history kept before compaction")
     g = p.add_argument_group(
         "scaling", "'-p' starts that many local processes, '-w' runs that many workers in each."
     )
-    g.add_argument("-w", "--workers-per-process", type=int,
-                   default=int(_env("WORKERS_PER_PROCESS", 1)), help="worker threads per process")
-    g.add_argument("-p", "--processes", type=int, default=int(_env("PROCESSES", 1)),
+    g.add_argument("-w", "--workers-per-process", type=_count,
+                   default=_env("WORKERS_PER_PROCESS", "1"), help="worker threads per process")
+    g.add_argument("-p", "--processes", type=_count, default=_env("PROCESSES", "1"),
                    help="number of local processes")
     return p
 
