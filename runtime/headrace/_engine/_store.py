@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+from headrace._engine._store_checks import REDIS_SCHEMES, check_location, refusal
 from headrace.errors import HeadraceRuntimeError
 
 log = logging.getLogger("headrace.recovery")
@@ -217,12 +218,19 @@ class RedisStore(Store):
                 result = fn()
                 self.last_latency = time.monotonic() - t0
                 return result
-            except self._redis_errors as exc:
+            except Exception as exc:
+                # A wrong password or a refused write (OOM, ...) stays so: not retried.
+                why = refusal(self.description, what, exc)
+                if why is None and not isinstance(exc, self._redis_errors):
+                    raise
                 self.errors += 1
                 self.last_error_at = time.monotonic()
                 _count_store_error()
                 if self.on_error is not None:
                     self.on_error(exc)
+                if why is not None:
+                    exc.__suppress_context__ = True  # e.g. redis-py's NOSCRIPT fallback: noise
+                    raise RecoveryStoreError(why) from exc
                 if time.monotonic() >= deadline:
                     msg = (
                         f"{self.description} unreachable for {self.retry_for:.0f}s while "
@@ -445,14 +453,8 @@ def open_store(location: str, prefix: str, retry_for: float = 30.0, check: bool 
     >>> open_store(d, "flow").description  # doctest: +ELLIPSIS
     "SQLite store '...' (2 parts, flow 'flow')"
     """
-    if location.startswith(("redis://", "rediss://", "unix://")):
+    if check_location(location).startswith(REDIS_SCHEMES):
         return RedisStore(location, prefix, retry_for=retry_for)
-    if "://" in location:
-        msg = (
-            f"unknown recovery store {location!r}: use redis://host:port/db, rediss://..., "
-            "unix:///path/to/redis.sock, or a local directory"
-        )
-        raise ValueError(msg)
     from headrace._engine._sqlite_store import SqliteStore
 
     return SqliteStore(location, prefix, check=check)
