@@ -14,7 +14,11 @@ side adds an HMAC-SHA256 over the other side's nonce and its hello, and a
 connection that can't prove the secret is turned away without stopping
 anything. Then the hellos are compared: protocol version, dataflow
 fingerprint, process count and workers per process; a mismatch stops both
-sides with an error naming both. Each accepted connection is greeted in a
+sides with an error naming both. Process 0's hello also carries what it
+decided for the whole cluster when it opened the recovery store: the
+execution id, the epoch to resume from and the key-group count; every
+other process takes them from there (`Mesh.leader`) instead of reading
+the store on its own, so the processes of one cluster never disagree. Each accepted connection is greeted in a
 thread of its own, so a client that is not a peer (dropped with a log line)
 keeps no peer waiting.
 
@@ -53,7 +57,7 @@ from headrace.errors import HeadraceRuntimeError
 
 log = logging.getLogger("headrace.net")
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 # The environment variable holding the shared cluster secret.
 SECRET_ENV = "HEADRACE_CLUSTER_SECRET"
 _MAGIC = "headrace-mesh"
@@ -95,6 +99,10 @@ class Hello:
     flow_id: str
     fingerprint: str
     address: str
+    # Decided by process 0 for the whole cluster (others send the defaults).
+    execution_id: str = ""
+    resume_epoch: int = 0
+    key_groups: int = 0
 
     def describe(self) -> str:
         return (
@@ -123,6 +131,8 @@ class Hello:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             want = int if f.type == "int" else str
+            if f.name not in obj and f.default is not dataclasses.MISSING:
+                continue  # what only process 0 says
             v = obj.get(f.name)
             if not isinstance(v, want) or isinstance(v, bool):
                 raise _NotAPeer(f"its hello has no valid {f.name!r}")
@@ -375,6 +385,8 @@ class Mesh:
         self._refused: list[str] = []
         self.workers_per_process = hello.workers_per_process
         self.peers: dict[int, _Peer] = {}
+        # Process 0's hello (what it decided for the cluster), once connected.
+        self._leader: Hello | None = hello if proc_id == 0 else None
         self._closing = False
         # Handshakes of accepted connections run in threads (`_greet`); this
         # guards `peers` and `expected` there, and `_greeting_over` turns
@@ -459,10 +471,12 @@ class Mesh:
                 continue
             _keepalive(sock)
             try:
-                _, keys = self._handshake_as_dialer(sock, j, addr)
+                other, keys = self._handshake_as_dialer(sock, j, addr)
             except BaseException:
                 sock.close()
                 raise
+            if j == 0:
+                self._leader = other
             sock.settimeout(None)
             self.peers[j] = _Peer(j, addr, sock, keys)
             return
@@ -728,6 +742,18 @@ class Mesh:
                 peer.sock.close()
             except OSError:
                 pass
+
+    def leader(self) -> Hello:
+        """Process 0's hello: the execution id, resume epoch and key groups it decided.
+
+        >>> h = Hello(4, 0, 1, 1, "f", "x", "a", "e1", 17, 256)
+        >>> Mesh(["127.0.0.1:1"], 0, h, print, print).leader().resume_epoch
+        17
+        """
+        if self._leader is None:
+            msg = f"process {self.proc_id} has not shaken hands with process 0"
+            raise ClusterError(msg)
+        return self._leader
 
     # -- running -------------------------------------------------------------
 

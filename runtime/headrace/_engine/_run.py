@@ -5,6 +5,13 @@ worker and no peers it runs in the caller's thread). Any worker's failure,
 or a lost peer process, stops them all and is re-raised here.
 `request_stop()` (SIGTERM/SIGINT in the CLI) makes every process of the
 cluster stop cleanly at the next epoch boundary.
+
+With a recovery store, process 0 alone starts the execution (taking the
+store over from any execution still running, see `_store`) and decides the
+epoch to resume from; the others receive the execution id, that epoch and
+the key-group count in the mesh handshake. Process 0 then holds the
+store's lease (`_Lease`) until it stops; a newer execution that takes the
+store over makes the lease's next renewal fail, which stops the run.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from headrace._engine._metrics import M
 from headrace._engine._net import PROTOCOL_VERSION, SECRET_ENV, Hello, Mesh
 from headrace._engine._plan import Plan, build_plan
 from headrace._engine._serve import EndpointServer, Readiness
+from headrace._engine._store import HEARTBEAT_SECONDS, FencedError, Store
 from headrace._engine._worker import Abort, Cluster, RunConfig, Worker
 from headrace.dataflow import Dataflow
 
@@ -135,29 +143,85 @@ def _config(
     return config
 
 
+class _Lease:
+    """Process 0's hold on the recovery store: renewed every `HEARTBEAT_SECONDS`.
+
+    When another execution has taken the store over, the renewal fails with
+    `FencedError`, handed to ``on_fenced`` (which stops the run); `stop`
+    ends the renewals and releases the lease, so that a new start need not
+    wait for it to run out.
+
+    >>> import tempfile
+    >>> from headrace.recovery import init_db_dir
+    >>> from headrace._engine._store import open_store
+    >>> d = tempfile.mkdtemp(); init_db_dir(d, 1)
+    >>> old, new = open_store(d, "f"), open_store(d, "f")
+    >>> _ = old.start_execution(1, 8); lease = _Lease(old, print)
+    >>> lease.stop()  # released: the next start need not wait
+    >>> _ = new.start_execution(1, 8)
+    >>> old.commit(1, 0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    headrace._engine._store.FencedError: execution ... was fenced off SQLite store ...
+    """
+
+    def __init__(self, store: Store, on_fenced: Any) -> None:
+        self.store = store
+        self.on_fenced = on_fenced
+        self.fenced = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="headrace-lease", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self.store.heartbeat()
+            except FencedError as exc:
+                self.fenced.set()
+                self.on_fenced(exc)
+                return
+            except Exception as exc:  # an outage: the workers' own writes report it
+                log.debug("could not renew the recovery store lease: %s", exc)
+
+    def stop(self) -> None:
+        """End the renewals and release the lease (once this run's workers stopped).
+
+        A newer execution that fenced this one waits for that release, or
+        for the lease to run out, before it resumes and writes output.
+        """
+        self._stop.set()
+        self._thread.join()
+        self.store.release()
+
+
 def _open_recovery(recovery: Any, plan: Plan, config: RunConfig, start: bool,
-                   worker_count: int) -> None:
-    """Open the store; process 0 starts the execution (drops uncommitted epochs)."""
+                   worker_count: int, leader: Hello | None = None) -> None:
+    """Open the store; process 0 starts the execution, the others join ``leader``'s."""
     if recovery is None:
         return
     store = recovery.open(plan.flow_id)
     if start:
         meta = store.start_execution(worker_count, config.key_groups)
+        resume, key_groups = meta.committed_epoch, meta.key_groups
     else:
-        meta = store.load_meta()
-        if meta is None:
-            msg = f"{store.description} has no record of this run; was process 0 started?"
-            raise RuntimeError(msg)
-    if meta.key_groups != config.key_groups:
+        assert leader is not None
+        try:
+            store.join_execution(leader.execution_id)
+        except BaseException:
+            store.close()
+            raise
+        resume, key_groups = leader.resume_epoch, leader.key_groups
+    if key_groups != config.key_groups and start:
         log.warning(
             "using the stored key-group count %d instead of %d: key groups are fixed at "
-            "a dataflow's first run", meta.key_groups, config.key_groups,
+            "a dataflow's first run", key_groups, config.key_groups,
         )
-        config.key_groups = meta.key_groups
+    config.key_groups = key_groups
     config.store = store
-    config.resume_epoch = meta.committed_epoch
-    if meta.committed_epoch:
-        log.info("resuming from committed epoch %d (%s)", meta.committed_epoch, store.description)
+    config.resume_epoch = resume
+    if resume and start:
+        log.info("resuming from committed epoch %d (%s)", resume, store.description)
 
 
 def _check_w(workers_per_process: int) -> None:
@@ -173,6 +237,7 @@ def _run_local_workers(
     mesh: Mesh | None,
     server: EndpointServer | None = None,
     proc_id: int = 0,
+    lease: _Lease | None = None,
 ) -> None:
     info = (plan.flow_id, str(proc_id), __version__)
     if config.metrics:
@@ -182,6 +247,8 @@ def _run_local_workers(
         workers = [Worker(plan, i, cluster, config) for i in cluster.local_workers]
     except BaseException:
         _stoppable(cluster, False)
+        if lease is not None:
+            lease.stop()
         if mesh is not None:
             mesh.close(RuntimeError("failed to build the dataflow"))
         if server is not None:
@@ -211,6 +278,8 @@ def _run_local_workers(
         if config.metrics:
             M["headrace_process_info"].remove(*info)
         _stoppable(cluster, False)
+        if lease is not None:
+            lease.stop()  # the workers have stopped: a newer execution may go on
         if mesh is not None:
             mesh.close(cluster.error)
         if config.store is not None:
@@ -270,7 +339,8 @@ def execute(
     _store_probe(config, readiness)
     readiness.peers = True
     cluster = Cluster(workers_per_process, range(workers_per_process))
-    _run_local_workers(plan, cluster, config, None, server)
+    lease = None if config.store is None else _Lease(config.store, cluster.fail)
+    _run_local_workers(plan, cluster, config, None, server, lease=lease)
 
 
 def execute_cluster(
@@ -343,9 +413,12 @@ def _start_cluster_process(
         # A bad recovery directory (no or missing parts) fails every process now.
         recovery.open(plan.flow_id).close()
     cluster = Cluster(len(addresses) * w, range(proc_id * w, proc_id * w + w))
+    store = config.store
+    # Process 0 tells every other process what it decided (see the module docstring).
     hello = Hello(
         PROTOCOL_VERSION, proc_id, len(addresses), w, plan.flow_id, plan.fingerprint(),
-        addresses[proc_id],
+        addresses[proc_id], store.execution_id if store is not None else "",
+        config.resume_epoch, config.key_groups,
     )
 
     def deliver(dst: int, msg: tuple[object, ...]) -> None:
@@ -353,14 +426,24 @@ def _start_cluster_process(
 
     secret = os.environ.get(SECRET_ENV, "").encode() or None
     mesh = Mesh(addresses, proc_id, hello, deliver, cluster.fail, bind_host, startup_timeout, secret)
-    mesh.start()
+    lease = None if store is None else _Lease(store, cluster.fail)
+    try:
+        mesh.start()
+    except BaseException as exc:
+        if lease is not None:
+            lease.stop()
+        if store is not None:
+            store.close()
+        if isinstance(cluster.error, FencedError):  # the reason the peers never came
+            raise cluster.error from exc
+        raise
     # Connected: from now on SIGTERM asks the whole cluster to stop at its
     # first epoch boundary instead of exiting, which the peers would take for
     # a crash (opening the store and restoring state can take a while).
     _stoppable(cluster, True)
     try:
         if proc_id != 0:
-            _open_recovery(recovery, plan, config, False, len(addresses) * w)
+            _open_recovery(recovery, plan, config, False, len(addresses) * w, mesh.leader())
     except BaseException as exc:
         _stoppable(cluster, False)
         mesh.close(exc)
@@ -368,4 +451,4 @@ def _start_cluster_process(
     _store_probe(config, readiness)
     readiness.peers = True
     cluster.remote_send = mesh.send
-    _run_local_workers(plan, cluster, config, mesh, server, proc_id)
+    _run_local_workers(plan, cluster, config, mesh, server, proc_id, lease)

@@ -66,8 +66,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from headrace._engine._store import (
+    HEARTBEAT_SECONDS,
+    LEASE_SECONDS,
     PARTS,
     Entry,
+    FencedError,
     Group,
     InconsistentPartitionsError,
     Meta,
@@ -76,6 +79,7 @@ from headrace._engine._store import (
     RecoveryStoreError,
     Store,
     _merge,
+    fenced_message,
 )
 
 log = logging.getLogger("headrace.recovery")
@@ -185,8 +189,16 @@ class _File:
             f"SELECT v FROM {self.m} WHERE {self.w}k=?", (*self.a, name)).fetchone()
         return int(row[0]) if row else 0
 
-    def write(self, epoch: int, rows: list[Entry]) -> None:
+    def owner_in(self, c: sqlite3.Connection) -> str:
+        """The execution id this part names (read inside the caller's transaction)."""
+        row = c.execute(f"SELECT v FROM {self.m} WHERE {self.w}k='execution_id'",
+                        self.a).fetchone()
+        return str(row[0]) if row else ""
+
+    def write(self, epoch: int, rows: list[Entry], fence: _Fence | None = None) -> None:
         with _transaction(self.conn()) as c:
+            if fence is not None:
+                fence.check(self, c, f"writing the snapshot of epoch {epoch}")
             c.executemany(
                 f"INSERT OR REPLACE INTO {self.d} ({self.col}epoch, step, grp, key, value) "
                 f"VALUES ({self.q}?, ?, ?, ?, ?)",
@@ -237,6 +249,19 @@ class _File:
         return set(self.conn().execute(
             f"SELECT DISTINCT step, grp FROM {self.b} WHERE {self.w}1 UNION "
             f"SELECT DISTINCT step, grp FROM {self.d} WHERE {self.w}1", self.a * 2))
+
+
+class _Fence:
+    """Checks, inside a part's write transaction, that the part still names our execution."""
+
+    def __init__(self, description: str, execution_id: str) -> None:
+        self.description = description
+        self.execution_id = execution_id
+
+    def check(self, file: _File, c: sqlite3.Connection, what: str) -> None:
+        current = file.owner_in(c)
+        if current != self.execution_id:
+            raise FencedError(fenced_message(self.description, self.execution_id, current, what))
 
 
 # ---------------------------------------------------------------- the layout
@@ -492,16 +517,78 @@ class SqliteStore(Store):
                  "base_epoch": f.epoch_of("base_epoch")} for f in self.files]
 
     def start_execution(self, worker_count: int, key_groups: int) -> Meta:
+        new_id = uuid.uuid4().hex
+        self._take_over(new_id)
         meta = self.load_meta() or Meta(key_groups=key_groups)
         meta.worker_count = worker_count
-        meta.execution_id = uuid.uuid4().hex
+        meta.execution_id = new_id
         if not meta.key_groups:
             meta.key_groups = key_groups
         f = meta.to_fields()
         fields = {k: f[k] for k in ("worker_count", "execution_id", "key_groups")}
         for file in self.files:
             file.start(meta.committed_epoch, fields)
+        self.heartbeat()
         return meta
+
+    # ------------------------------------------------------------ fencing
+
+    def _fence(self) -> _Fence | None:
+        return _Fence(self.description, self.execution_id) if self.execution_id else None
+
+    def owner(self) -> str:
+        with _transaction(self.files[0].conn()) as c:
+            return self.files[0].owner_in(c)
+
+    def _lease(self) -> tuple[str, float]:
+        m = self.files[0].meta()
+        return m.get("lease_owner", ""), float(m.get("lease_until", "0") or 0)
+
+    def _take_over(self, new_id: str) -> None:
+        """Name ``new_id`` in every part (fencing any other); wait for a live owner to stop."""
+        if self.execution_id:
+            self.release()  # this handle's own previous execution
+        previous, until = "", 0.0
+        for i, file in enumerate(self.files):
+            with _transaction(file.conn()) as c:
+                if i == 0:
+                    previous, until = self._lease()
+                file.set_meta(c, {"execution_id": new_id})
+        self.execution_id = new_id
+        if not previous or previous == new_id or until <= time.time():
+            return
+        wait = LEASE_SECONDS + 2 * HEARTBEAT_SECONDS
+        log.warning(
+            "execution %s of this dataflow still holds %s: execution %s takes over. The old "
+            "one is fenced (its next commit fails) and stops at its next heartbeat; waiting "
+            "up to %.0fs for it to stop", previous, self.description, new_id, wait,
+        )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            owner, until = self._lease()
+            if owner != previous or until <= time.time():
+                return
+            time.sleep(0.1)
+        msg = (f"execution {previous} still holds the lease of {self.description} {wait:.0f}s "
+               "after it was fenced; is its process stopped (SIGSTOP)? Stop it, then restart")
+        raise RecoveryStoreError(msg)
+
+    def heartbeat(self) -> None:
+        file = self.files[0]
+        with _transaction(file.conn()) as c:
+            fence = self._fence()
+            if fence is not None:
+                fence.check(file, c, "committing anything more")
+            file.set_meta(c, {"lease_owner": self.execution_id,
+                              "lease_until": repr(time.time() + LEASE_SECONDS)})
+
+    def release(self) -> None:
+        if not self.execution_id:
+            return
+        file = self.files[0]
+        with _transaction(file.conn()) as c:
+            if file.meta().get("lease_owner") == self.execution_id:
+                file.set_meta(c, {"lease_until": "0"})
 
     # ------------------------------------------------------------ epochs
 
@@ -509,22 +596,26 @@ class SqliteStore(Store):
         if not entries:
             return 0
         t0 = time.monotonic()
+        fence = self._fence()
         if len(self.files) == 1:
-            self.files[0].write(epoch, entries)
+            self.files[0].write(epoch, entries, fence)
         else:
             by_file: dict[int, list[Entry]] = {}
             for e in entries:
                 by_file.setdefault(self._index_of(e[0], e[1], e[2]), []).append(e)
             for i, rows in sorted(by_file.items()):
-                self.files[i].write(epoch, rows)
+                self.files[i].write(epoch, rows, fence)
         self.last_latency = time.monotonic() - t0
         return sum(len(k) + len(v) for _, _, k, v in entries)
 
     def commit(self, epoch: int, epoch_bytes: int) -> None:
         fields = {"committed_epoch": str(epoch), "committed_at": repr(time.time()),
                   "epoch_bytes": str(epoch_bytes)}
+        fence = self._fence()
         for file in self.files:  # part 0 first; the epoch is committed once the last has it
             with _transaction(file.conn()) as c:
+                if fence is not None:
+                    fence.check(file, c, f"committing epoch {epoch}")
                 file.set_meta(c, fields)
 
     def load(self, step_id: str, groups: Iterable[Group]) -> dict[Group, dict[str, bytes]]:

@@ -14,8 +14,22 @@ Data model, shared by both stores:
 State as of the committed epoch ``c`` is base, then every delta epoch in
 ``(base_epoch, c]`` in order. Deltas above ``c`` belong to an epoch that
 never committed; they are deleted when a run starts. Writing is one
-pipelined round trip per epoch per worker; committing is one atomic write
-of ``committed_epoch``.
+round trip per epoch per worker; committing is one atomic write of
+``committed_epoch``.
+
+Fencing (one owner at a time). ``start_execution`` records a new
+execution id in the meta: from then on the store belongs to that
+execution. A store handle remembers the execution it acts for
+(``execution_id``; process 0 gets it from ``start_execution``, the other
+processes of a cluster from the mesh handshake through
+``join_execution``), and every ``write_epoch`` and ``commit`` checks,
+atomically with the write, that the meta still names it; otherwise it
+raises `FencedError` naming the newer execution, and nothing is written.
+The owner also holds a lease (``heartbeat`` every `HEARTBEAT_SECONDS`,
+valid `LEASE_SECONDS`) so that a new execution that takes over waits
+until the old one has stopped writing output (it sees the fence at its
+next heartbeat and stops, releasing the lease) or is dead (the lease
+runs out) before it resumes.
 """
 
 from __future__ import annotations
@@ -72,6 +86,43 @@ class InconsistentPartitionsError(ValueError):
     """
 
 
+class FencedError(RecoveryStoreError):
+    """A newer execution of the dataflow took over the recovery store: this one must stop.
+
+    >>> issubclass(FencedError, RecoveryStoreError)
+    True
+    """
+
+
+# The owner renews its lease this often; a lease not renewed for
+# LEASE_SECONDS has run out (its execution is dead or fenced).
+HEARTBEAT_SECONDS = 1.0
+LEASE_SECONDS = 5.0
+
+
+def fenced_message(description: str, mine: str, newer: str | None, what: str) -> str:
+    """Why an execution can't go on: another took over the store, or its record is gone.
+
+    >>> fenced_message("Redis at r", "aaaa", "bbbb", "committing epoch 7")[:72]
+    'execution aaaa of this dataflow was fenced off Redis at r by execution b'
+    >>> "record of any execution" in fenced_message("Redis at r", "aaaa", "", "x")
+    True
+    """
+    if newer:
+        return (
+            f"execution {mine} of this dataflow was fenced off {description} by execution "
+            f"{newer}, started after it (the same dataflow started again, e.g. by a supervisor "
+            f"while this run still ran): this run stops without {what}; the newer execution "
+            "owns the store and resumes from the last committed epoch. Run one instance of a "
+            "dataflow per recovery store (or per --recovery-prefix)"
+        )
+    return (
+        f"execution {mine} of this dataflow can't go on: {description} holds no record of "
+        f"any execution any more (deleted, or the store lost its data): this run stops "
+        f"without {what}. Check the store, then restart the dataflow"
+    )
+
+
 # Raised and shown as headrace.recovery's, where users import them from.
 for _cls in (NoPartitionsError, MissingPartitionsError, InconsistentPartitionsError):
     _cls.__module__ = "headrace.recovery"
@@ -118,6 +169,8 @@ class Store(ABC):
     """One dataflow's recovery data. Implementations must be thread-safe."""
 
     description: str = "store"
+    # The execution this handle writes for ("" = unfenced: admin tools).
+    execution_id: str = ""
 
     @abstractmethod
     def load_meta(self) -> Meta | None:
@@ -125,7 +178,28 @@ class Store(ABC):
 
     @abstractmethod
     def start_execution(self, worker_count: int, key_groups: int) -> Meta:
-        """Begin a run: drop uncommitted deltas, record a new execution id."""
+        """Begin a run: take the store over (fence any running execution and wait for
+        it to stop), drop uncommitted deltas, record a new execution id and hold its lease."""
+
+    @abstractmethod
+    def owner(self) -> str:
+        """The execution id the store's meta names now ("" if none)."""
+
+    def join_execution(self, execution_id: str) -> None:
+        """Write for ``execution_id`` (started by process 0); raise `FencedError` if not current."""
+        current = self.owner()
+        if current != execution_id:
+            raise FencedError(fenced_message(
+                self.description, execution_id, current, "starting this process"))
+        self.execution_id = execution_id
+
+    @abstractmethod
+    def heartbeat(self) -> None:
+        """Renew this execution's lease; raise `FencedError` if another took over."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Give up this execution's lease (it stopped): a new start need not wait it out."""
 
     @abstractmethod
     def write_epoch(self, epoch: int, entries: list[Entry]) -> int:
@@ -274,24 +348,13 @@ class RedisStore(Store):
         return n
 
     def start_execution(self, worker_count: int, key_groups: int) -> Meta:
+        self._take_over(uuid.uuid4().hex, worker_count, key_groups)
         meta = self.load_meta() or Meta(key_groups=key_groups)
         stale = self._epochs(meta.committed_epoch + 1, float("inf"))
         if stale:
             log.info("dropping %d uncommitted epoch(s) %s", len(stale), stale)
             self._delete_epochs(stale)
-        meta.worker_count = worker_count
-        meta.execution_id = uuid.uuid4().hex
-        if not meta.key_groups:
-            meta.key_groups = key_groups
-        fields = meta.to_fields()
-        self._retry(
-            "recording the execution",
-            lambda: self._r.hset(self._k("meta"), mapping={
-                "worker_count": fields["worker_count"],
-                "execution_id": fields["execution_id"],
-                "key_groups": fields["key_groups"],
-            }),
-        )
+        self.heartbeat()
         return meta
 
     def write_epoch(self, epoch: int, entries: list[Entry]) -> int:
@@ -302,6 +365,9 @@ class RedisStore(Store):
             size += len(key) + len(value)
         if not by_key:
             return 0
+        if self.execution_id:
+            self._fenced_write(epoch, by_key)
+            return size
 
         def write() -> None:
             p = self._r.pipeline(transaction=False)
@@ -315,14 +381,99 @@ class RedisStore(Store):
         return size
 
     def commit(self, epoch: int, epoch_bytes: int) -> None:
-        self._retry(
-            f"committing epoch {epoch}",
-            lambda: self._r.hset(self._k("meta"), mapping={
-                "committed_epoch": str(epoch),
-                "committed_at": repr(time.time()),
-                "epoch_bytes": str(epoch_bytes),
-            }),
+        fields = {"committed_epoch": str(epoch), "committed_at": repr(time.time()),
+                  "epoch_bytes": str(epoch_bytes)}
+        if self.execution_id:
+            self._fenced_commit(epoch, fields)
+            return
+        self._retry(f"committing epoch {epoch}",
+                    lambda: self._r.hset(self._k("meta"), mapping=fields))
+
+    # -- fencing: one execution owns the store (see the module docstring) -----
+
+    def _script(self, name: str, source: str) -> Any:
+        scripts: dict[str, Any] = self.__dict__.setdefault("_scripts", {})
+        if name not in scripts:
+            scripts[name] = self._r.register_script(source)
+        return scripts[name]
+
+    def _check(self, got: Any, what: str) -> None:
+        """Raise `FencedError` unless a fenced script answered with our execution id."""
+        current = got.decode() if isinstance(got, bytes) else str(got or "")
+        if current != self.execution_id:
+            raise FencedError(fenced_message(self.description, self.execution_id, current, what))
+
+    def owner(self) -> str:
+        got = self._retry("reading the execution id",
+                          lambda: self._r.hget(self._k("meta"), "execution_id"))
+        return got.decode() if isinstance(got, bytes) else str(got or "")
+
+    def _take_over(self, new_id: str, worker_count: int, key_groups: int) -> None:
+        """Record ``new_id`` as the owner (fencing any other); wait for a live one to stop."""
+        if self.execution_id:
+            self.release()  # this handle's own previous execution
+        fence = self._script("fence", _LUA_FENCE)
+        keys = [self._k("meta"), self._k("lease")]
+        args = [new_id, str(worker_count), str(key_groups)]
+        prev = self._retry("recording the execution", lambda: fence(keys=keys, args=args))
+        self.execution_id = new_id
+        if not prev:
+            return
+        previous = prev.decode() if isinstance(prev, bytes) else str(prev)
+        wait = LEASE_SECONDS + 2 * HEARTBEAT_SECONDS
+        log.warning(
+            "execution %s of this dataflow still holds %s: execution %s takes over. The old "
+            "one is fenced (its next commit fails) and stops at its next heartbeat; waiting "
+            "up to %.0fs for it to stop", previous, self.description, new_id, wait,
         )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            held = self._retry("waiting for the previous execution",
+                               lambda: self._r.get(self._k("lease")))
+            if held is None or held.decode() != previous:
+                log.info("execution %s stopped; execution %s owns %s", previous, new_id,
+                         self.description)
+                return
+            time.sleep(0.1)
+        msg = (f"execution {previous} still holds the lease of {self.description} {wait:.0f}s "
+               "after it was fenced; is its process stopped (SIGSTOP)? Stop it, then restart")
+        raise RecoveryStoreError(msg)
+
+    def heartbeat(self) -> None:
+        beat = self._script("beat", _LUA_BEAT)
+        keys = [self._k("meta"), self._k("lease")]
+        args = [self.execution_id, str(int(LEASE_SECONDS * 1000))]
+        self._check(self._retry("renewing the lease", lambda: beat(keys=keys, args=args)),
+                    "committing anything more")
+
+    def release(self) -> None:
+        if not self.execution_id:
+            return
+        drop = self._script("release", _LUA_RELEASE)
+        keys, args = [self._k("lease")], [self.execution_id]
+        try:
+            self._retry("releasing the lease", lambda: drop(keys=keys, args=args))
+        except RecoveryStoreError as exc:  # it runs out by itself
+            log.warning("could not release the lease: %s", exc)
+
+    def _fenced_write(self, epoch: int, by_key: dict[str, dict[str, bytes]]) -> None:
+        write = self._script("write", _LUA_WRITE)
+        keys = [self._k("meta"), *by_key, self._k("e", epoch), self._k("epochs")]
+        args: list[Any] = [self.execution_id, str(epoch)]
+        for mapping in by_key.values():
+            args.append(str(len(mapping)))
+            for k, v in mapping.items():
+                args.extend((k, v))
+        got = self._retry(f"writing the snapshot of epoch {epoch}",
+                          lambda: write(keys=keys, args=args))
+        self._check(got, f"writing the snapshot of epoch {epoch}")
+
+    def _fenced_commit(self, epoch: int, fields: dict[str, str]) -> None:
+        commit = self._script("commit", _LUA_COMMIT)
+        keys = [self._k("meta")]
+        args = [self.execution_id, *(x for kv in fields.items() for x in kv)]
+        got = self._retry(f"committing epoch {epoch}", lambda: commit(keys=keys, args=args))
+        self._check(got, f"committing epoch {epoch}")
 
     def load(self, step_id: str, groups: Iterable[Group]) -> dict[Group, dict[str, bytes]]:
         meta = self.load_meta()
@@ -424,6 +575,49 @@ class RedisStore(Store):
 
     def close(self) -> None:
         self._r.close()
+
+
+# Fencing scripts: each compares the meta's execution id with ours (ARGV[1])
+# and writes only if they match, atomically; each returns the current id.
+_LUA_FENCE = """
+local prev = redis.call('GET', KEYS[2])
+redis.call('HSET', KEYS[1], 'execution_id', ARGV[1], 'worker_count', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'key_groups', ARGV[3])
+if prev and prev ~= ARGV[1] then return prev end
+return false
+"""
+_LUA_BEAT = """
+local cur = redis.call('HGET', KEYS[1], 'execution_id')
+if cur ~= ARGV[1] then return cur or '' end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return cur
+"""
+_LUA_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+_LUA_COMMIT = """
+local cur = redis.call('HGET', KEYS[1], 'execution_id')
+if cur ~= ARGV[1] then return cur or '' end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return cur
+"""
+_LUA_WRITE = """
+local cur = redis.call('HGET', KEYS[1], 'execution_id')
+if cur ~= ARGV[1] then return cur or '' end
+local i = 3
+for k = 2, #KEYS - 2 do
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, n do
+    redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  redis.call('SADD', KEYS[#KEYS - 1], KEYS[k])
+end
+redis.call('ZADD', KEYS[#KEYS], ARGV[2], ARGV[2])
+return cur
+"""
 
 
 def _safe_url(url: str) -> str:
