@@ -50,10 +50,12 @@ from pathlib import Path
 
 from headrace._engine._store import (
     InconsistentPartitionsError,
+    LostStateError,
     Meta,
     MissingPartitionsError,
     NoPartitionsError,
     RecoveryStoreError,
+    StateMismatchError,
     Store,
     open_store,
 )
@@ -61,10 +63,12 @@ from headrace._engine._store_checks import REDIS_SCHEMES, check_location
 
 __all__ = [
     "InconsistentPartitionsError",
+    "LostStateError",
     "MissingPartitionsError",
     "NoPartitionsError",
     "RecoveryConfig",
     "RecoveryStoreError",
+    "StateMismatchError",
     "init_db_dir",
     "main",
 ]
@@ -79,6 +83,13 @@ class RecoveryConfig:
     much snapshot history to keep before compacting it into the base.
     ``prefix`` names the dataflow's keys (default: its flow id).
 
+    A resume refuses stored state of steps the dataflow no longer has (a
+    renamed stateful step) and a store of another dataflow;
+    ``allow_dropped_state=True`` drops that state instead (Flink's
+    allowNonRestoredState). A Redis whose ``maxmemory-policy`` may evict
+    keys is refused unless ``allow_evicting_redis=True``. See
+    docs/recovery.md.
+
     >>> RecoveryConfig("redis://localhost:6379/0").is_redis
     True
     >>> RecoveryConfig("./state").is_redis
@@ -89,6 +100,8 @@ class RecoveryConfig:
     backup_interval: timedelta | None = None
     prefix: str | None = None
     retry_for: float = 30.0
+    allow_dropped_state: bool = False
+    allow_evicting_redis: bool = False
 
     def __post_init__(self) -> None:
         """Refuse a location that is neither a Redis URL nor a local path.

@@ -54,6 +54,15 @@ def _env(name: str, default: Any = None) -> Any:
     return default
 
 
+def _flag(value: str | None) -> bool:
+    """An on/off option from the environment: ``1``, ``true``, ``yes``, ``on`` are on.
+
+    >>> _flag("1"), _flag("True"), _flag("0"), _flag(None)
+    (True, True, False, False)
+    """
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _seconds(text: str) -> timedelta:
     """A duration option: a number of seconds, 0 or more.
 
@@ -179,6 +188,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="key prefix in the store (default: the dataflow id)")
     r.add_argument("--recovery-retry", type=float, default=float(_env("RECOVERY_RETRY", 30)),
                    help="seconds to keep retrying an unreachable store before stopping")
+    r.add_argument("--allow-dropped-state", action="store_true",
+                   default=_flag(_env("ALLOW_DROPPED_STATE")),
+                   help="resume even if the store holds state of steps the dataflow no longer "
+                   "has (a renamed stateful step), or of another dataflow: that state is "
+                   "dropped (as Flink's allowNonRestoredState)")
+    r.add_argument("--allow-evicting-redis", action="store_true",
+                   default=_flag(_env("ALLOW_EVICTING_REDIS")),
+                   help="accept a Redis whose maxmemory-policy may evict recovery state (evicted "
+                   "state then stops the run with an error)")
     r.add_argument("-s", "--snapshot-interval", type=_seconds,
                    default=_env("SNAPSHOT_INTERVAL"),
                    help="seconds between snapshots (the epoch length with recovery)")
@@ -540,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
 
         recovery = RecoveryConfig(
             args.recovery, args.backup_interval, prefix=args.recovery_prefix,
-            retry_for=args.recovery_retry,
+            retry_for=args.recovery_retry, allow_dropped_state=args.allow_dropped_state,
+            allow_evicting_redis=args.allow_evicting_redis,
         )
     addresses = _resolve_addresses(args)
     proc_id = args.process_id

@@ -334,7 +334,7 @@ def cluster_main(
 
 
 def _parser() -> argparse.ArgumentParser:
-    from headrace.run import _count, _env, _location, _seconds
+    from headrace.run import _count, _env, _flag, _location, _seconds
 
     def seconds(text: str) -> str:
         _seconds(text)  # 0 or more, else a usage error naming the option
@@ -358,6 +358,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="recovery store: a local directory or a redis:// URL")
     r.add_argument("-b", "--backup-interval", type=seconds, default=_env("BACKUP_INTERVAL"),
                    help="seconds of snapshot history kept before compaction")
+    r.add_argument("--allow-dropped-state", action="store_true",
+                   default=_flag(_env("ALLOW_DROPPED_STATE")),
+                   help="drop stored state of steps the dataflow no longer has, instead of "
+                   "refusing to resume")
+    r.add_argument("--allow-evicting-redis", action="store_true",
+                   default=_flag(_env("ALLOW_EVICTING_REDIS")),
+                   help="accept a Redis whose maxmemory-policy may evict recovery state")
     g = p.add_argument_group(
         "scaling", "'-p' starts that many local processes, '-w' runs that many workers in each."
     )
@@ -401,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         run_argv += ["-s", args.snapshot_interval]
     if args.backup_interval is not None:
         run_argv += ["-b", args.backup_interval]
+    for flag in ("allow_dropped_state", "allow_evicting_redis"):
+        if getattr(args, flag):
+            run_argv.append("--" + flag.replace("_", "-"))
     return 0 if run_main_cli(run_argv) == 0 else 1
 
 

@@ -35,7 +35,7 @@ def running_counts() -> Dataflow:
     lines = op.flat_map_batch("slow", lines, _slow)
     words = op.flat_map("split", lines, str.split)
     keyed = op.key_on("key", words, lambda w: w)
-    counts = op.stateful_map("count", keyed, _count)
+    counts = op.stateful_map(os.environ.get("HR_COUNT_STEP", "count"), keyed, _count)
     fmt = op.map_value("fmt", counts, lambda n: str(n))
     lines_out = op.map("line", fmt, lambda kv: (kv[0], f"{kv[0]} {kv[1]}"))
     op.output("out", lines_out, DirSink(Path(os.environ["HR_OUT"]), 3))

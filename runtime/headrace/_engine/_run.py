@@ -29,7 +29,7 @@ from headrace._engine._metrics import M
 from headrace._engine._net import PROTOCOL_VERSION, SECRET_ENV, Hello, Mesh
 from headrace._engine._plan import Plan, build_plan
 from headrace._engine._serve import EndpointServer, Readiness
-from headrace._engine._store import HEARTBEAT_SECONDS, FencedError, Store
+from headrace._engine._store import HEARTBEAT_SECONDS, FencedError, LostStateError, Meta, Store
 from headrace._engine._worker import Abort, Cluster, RunConfig, Worker
 from headrace.dataflow import Dataflow
 
@@ -177,7 +177,7 @@ class _Lease:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
                 self.store.heartbeat()
-            except FencedError as exc:
+            except (FencedError, LostStateError) as exc:
                 self.fenced.set()
                 self.on_fenced(exc)
                 return
@@ -202,7 +202,7 @@ def _open_recovery(recovery: Any, plan: Plan, config: RunConfig, start: bool,
         return
     store = recovery.open(plan.flow_id)
     if start:
-        meta = store.start_execution(worker_count, config.key_groups)
+        meta = _start_execution(store, recovery, plan, worker_count, config.key_groups)
         resume, key_groups = meta.committed_epoch, meta.key_groups
     else:
         assert leader is not None
@@ -222,6 +222,38 @@ def _open_recovery(recovery: Any, plan: Plan, config: RunConfig, start: bool,
     config.resume_epoch = resume
     if resume and start:
         log.info("resuming from committed epoch %d (%s)", resume, store.description)
+
+
+def _start_execution(store: Store, recovery: Any, plan: Plan, worker_count: int,
+                     key_groups: int) -> Meta:
+    """Process 0's start: check the store's settings and state, then own it (see `_integrity`).
+
+    Lost committed state stops the run (`LostStateError`), and so does
+    stored state the flow has no step for, or another flow's store
+    (`StateMismatchError`), unless ``recovery.allow_dropped_state``. A first
+    run says so at the default log level.
+    """
+    from headrace._engine._integrity import flow_state_steps
+
+    try:
+        check_server = getattr(store, "check_server", None)
+        if check_server is not None:
+            check_server(bool(getattr(recovery, "allow_evicting_redis", False)))
+        meta = store.start_execution(worker_count, key_groups)
+        try:
+            store.check_flow(plan.flow_id, flow_state_steps((s.step_id, s.kind) for s in plan.steps),
+                             bool(getattr(recovery, "allow_dropped_state", False)))
+        except BaseException:
+            store.release()
+            raise
+    except BaseException:
+        store.close()
+        raise
+    if not meta.committed_epoch:
+        why = "holds no state of it" if store.first_run else "holds no committed epoch of it"
+        log.warning("first run of dataflow %r: %s %s; starting from the beginning of every "
+                    "source", plan.flow_id, store.description, why)
+    return meta
 
 
 def _check_w(workers_per_process: int) -> None:

@@ -54,6 +54,7 @@ store, so existing state is not lost.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -64,7 +65,10 @@ import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+from headrace._engine import _integrity as ig
+from headrace._engine._integrity import MANIFEST_FIELD, Layer
 from headrace._engine._store import (
     HEARTBEAT_SECONDS,
     LEASE_SECONDS,
@@ -73,6 +77,7 @@ from headrace._engine._store import (
     FencedError,
     Group,
     InconsistentPartitionsError,
+    LostStateError,
     Meta,
     MissingPartitionsError,
     NoPartitionsError,
@@ -204,12 +209,93 @@ class _File:
                 f"VALUES ({self.q}?, ?, ?, ?, ?)",
                 [(*self.a, epoch, s, str(g), k, v) for s, g, k, v in rows],
             )
+            # The manifest, in the same transaction: rows per (epoch, step). A
+            # worker writes its entries of an epoch in one call, workers never
+            # the same ones.
+            per_step: dict[str, int] = {}
+            for s, _ in {(s, (g, k)) for s, g, k, _ in rows}:
+                per_step[s] = per_step.get(s, 0) + 1
+            c.executemany(
+                f"INSERT INTO {self.m} ({self.col}k, v) VALUES ({self.q}?, ?) ON CONFLICT "
+                f"({self.col}k) DO UPDATE SET v = CAST(v AS INTEGER) + CAST(excluded.v AS INTEGER)",
+                [(*self.a, f"f:{epoch}:{s}", str(n)) for s, n in per_step.items()])
+
+    def _manifest_keys(self, c: sqlite3.Connection, keep: Any) -> list[str]:
+        """The ``f:<epoch>:<step>`` fields of epochs for which ``keep(epoch)`` is false."""
+        out = []
+        for (k,) in c.execute(f"SELECT k FROM {self.m} WHERE {self.w}k LIKE 'f:%'", self.a):
+            e = k.split(":", 2)[1]
+            if e.isdigit() and not keep(int(e)):
+                out.append(k)
+        return out
+
+    def _del_meta(self, c: sqlite3.Connection, keys: list[str]) -> None:
+        c.executemany(f"DELETE FROM {self.m} WHERE {self.w}k=?", [(*self.a, k) for k in keys])
 
     def start(self, resume: int, fields: dict[str, str]) -> None:
         """Drop deltas above ``resume``, roll the committed epoch back to it, record a run."""
         with _transaction(self.conn()) as c:
             c.execute(f"DELETE FROM {self.d} WHERE {self.w}epoch > ?", (*self.a, resume))
+            self._del_meta(c, self._manifest_keys(c, lambda e: e <= resume))
             self.set_meta(c, {**fields, "committed_epoch": str(resume)})
+
+    def has_rows(self) -> int:
+        """How many delta and base rows this part holds for the flow."""
+        return sum(self.conn().execute(f"SELECT COUNT(*) FROM {t} WHERE {self.w}1",
+                                       self.a).fetchone()[0] for t in (self.d, self.b))
+
+    def layers(self, c: sqlite3.Connection, upto: int) -> list[Layer]:
+        """What this part's manifest recorded up to epoch ``upto``, against what is there."""
+        meta = dict(c.execute(f"SELECT k, v FROM {self.m} WHERE {self.w}1", self.a))
+        if MANIFEST_FIELD not in meta:
+            return []  # written by an older Headrace: rebuilt at the next start
+        base = int(meta.get("base_epoch", 0))
+        deltas = {(int(e), s): n for e, s, n in c.execute(
+            f"SELECT epoch, step, COUNT(*) FROM {self.d} WHERE {self.w}epoch > ? AND epoch <= ? "
+            "GROUP BY epoch, step", (*self.a, base, upto))}
+        bases = dict(c.execute(
+            f"SELECT step, COUNT(*) FROM {self.b} WHERE {self.w}1 GROUP BY step", self.a))
+        out = []
+        for k, v in sorted(meta.items()):
+            if k.startswith("f:"):
+                _, e, step = k.split(":", 2)
+                if e.isdigit() and base < int(e) <= upto:
+                    out.append(Layer(f"{self.path.name}: the snapshot of epoch {e} of step "
+                                     f"{step!r}", int(v), deltas.get((int(e), step), 0),
+                                     unit="rows"))
+            elif k.startswith("b:"):
+                out.append(Layer(f"{self.path.name}: the compacted base of step {k[2:]!r}",
+                                 int(v), bases.get(k[2:], 0), unit="rows"))
+        return out
+
+    def rebuild(self) -> None:
+        """Count what is there and record it as the manifest (an older store; dropped steps)."""
+        with _transaction(self.conn()) as c:
+            old = [k for (k,) in c.execute(f"SELECT k FROM {self.m} WHERE {self.w}"
+                                           "(k LIKE 'f:%' OR k LIKE 'b:%')", self.a)]
+            self._del_meta(c, old)
+            fields = {f"f:{e}:{s}": str(n) for e, s, n in c.execute(
+                f"SELECT epoch, step, COUNT(*) FROM {self.d} WHERE {self.w}1 "
+                "GROUP BY epoch, step", self.a)}
+            fields.update({f"b:{s}": str(n) for s, n in c.execute(
+                f"SELECT step, COUNT(*) FROM {self.b} WHERE {self.w}1 GROUP BY step", self.a)})
+            self.set_meta(c, {**fields, MANIFEST_FIELD: "1"})
+
+    def steps_upto(self, committed: int) -> set[str]:
+        """The steps with committed state in this part."""
+        return {s for (s,) in self.conn().execute(
+            f"SELECT DISTINCT step FROM {self.b} WHERE {self.w}1 UNION "
+            f"SELECT DISTINCT step FROM {self.d} WHERE {self.w}epoch <= ?",
+            (*self.a, *self.a, committed))}
+
+    def drop(self, steps: list[str]) -> None:
+        """Delete the rows of ``steps``, then recount the manifest."""
+        with _transaction(self.conn()) as c:
+            for t in (self.d, self.b):
+                c.executemany(f"DELETE FROM {t} WHERE {self.w}step=?",
+                              [(*self.a, s) for s in steps])
+        if MANIFEST_FIELD in self.meta():
+            self.rebuild()
 
     def load(self, step: str, grp: str, committed: int) -> dict[str, bytes]:
         c = self.conn()
@@ -238,7 +324,12 @@ class _File:
                     c.execute(f"DELETE FROM {self.b} WHERE {self.w}step=? AND grp=? AND key=?",
                               (*self.a, step, grp, key))
             c.execute(f"DELETE FROM {self.d} WHERE {self.w}epoch <= ?", (*self.a, up_to))
-            self.set_meta(c, {"base_epoch": str(up_to)})
+            # The manifest: folded epochs go, the base is recounted.
+            self._del_meta(c, self._manifest_keys(c, lambda e: e > up_to))
+            self._del_meta(c, [k for (k,) in c.execute(
+                f"SELECT k FROM {self.m} WHERE {self.w}k LIKE 'b:%'", self.a)])
+            self.set_meta(c, {"base_epoch": str(up_to), **{f"b:{s}": str(n) for s, n in c.execute(
+                f"SELECT step, COUNT(*) FROM {self.b} WHERE {self.w}1 GROUP BY step", self.a)}})
 
     def delete_all(self) -> int:
         with _transaction(self.conn()) as c:
@@ -254,12 +345,16 @@ class _File:
 class _Fence:
     """Checks, inside a part's write transaction, that the part still names our execution."""
 
-    def __init__(self, description: str, execution_id: str) -> None:
+    def __init__(self, description: str, execution_id: str, hint: str = "") -> None:
         self.description = description
         self.execution_id = execution_id
+        self.hint = hint
 
     def check(self, file: _File, c: sqlite3.Connection, what: str) -> None:
         current = file.owner_in(c)
+        if not current:
+            raise LostStateError(ig.lost_meta_message(
+                f"{self.description}, {file.path.name}", self.execution_id, what, self.hint))
         if current != self.execution_id:
             raise FencedError(fenced_message(self.description, self.execution_id, current, what))
 
@@ -427,6 +522,7 @@ class SqliteStore(Store):
         self.last_error_at = 0.0
         self.errors = 0
         self.last_latency = 0.0
+        self._committed = 0  # the epoch this execution committed last (or resumed from)
         if not self.dir.exists():
             msg = (f'recovery directory "{self.dir}" does not exist; see the `headrace.recovery` '
                    f"module docstring for more info: {_init_hint(self.dir)}")
@@ -517,6 +613,7 @@ class SqliteStore(Store):
                  "base_epoch": f.epoch_of("base_epoch")} for f in self.files]
 
     def start_execution(self, worker_count: int, key_groups: int) -> Meta:
+        self._check_meta_records()
         new_id = uuid.uuid4().hex
         self._take_over(new_id)
         meta = self.load_meta() or Meta(key_groups=key_groups)
@@ -526,15 +623,44 @@ class SqliteStore(Store):
             meta.key_groups = key_groups
         f = meta.to_fields()
         fields = {k: f[k] for k in ("worker_count", "execution_id", "key_groups")}
+        if self.first_run:
+            fields[MANIFEST_FIELD] = "1"
         for file in self.files:
             file.start(meta.committed_epoch, fields)
+        problems: list[str] = []
+        for file in self.files:
+            if MANIFEST_FIELD in file.meta():
+                problems.extend(ig.layer_problems(file.layers(file.conn(),
+                                                              meta.committed_epoch)))
+            else:  # state of an older Headrace: counted now, checked from here on
+                file.rebuild()
+        if problems:
+            raise LostStateError(ig.lost_state_message(
+                self.description, meta.committed_epoch, problems, "resuming", self._reset_hint()))
+        self._committed = meta.committed_epoch
         self.heartbeat()
         return meta
+
+    def _check_meta_records(self) -> None:
+        """Tell a first run from state whose meta records are gone; set ``first_run``."""
+        metas = [f.meta() for f in self.files]
+        committed = any(int(m.get("committed_epoch", 0)) for m in metas)
+        rows = [f.has_rows() for f in self.files]
+        lost = [f"{f.path.name} has no meta record of flow {self.prefix!r}"
+                + (f" but {n} rows of its state" if n else "")
+                for f, m, n in zip(self.files, metas, rows, strict=True)
+                if not m and (committed or any(rows))]
+        if lost:
+            raise LostStateError(ig.leftovers_message(self.description, lost,
+                                                      self._reset_hint()))
+        self.first_run = not any(metas)
 
     # ------------------------------------------------------------ fencing
 
     def _fence(self) -> _Fence | None:
-        return _Fence(self.description, self.execution_id) if self.execution_id else None
+        if not self.execution_id:
+            return None
+        return _Fence(self.description, self.execution_id, self._reset_hint())
 
     def owner(self) -> str:
         with _transaction(self.files[0].conn()) as c:
@@ -616,7 +742,45 @@ class SqliteStore(Store):
             with _transaction(file.conn()) as c:
                 if fence is not None:
                     fence.check(file, c, f"committing epoch {epoch}")
+                    self._check_committed(file, c, epoch)
                 file.set_meta(c, fields)
+        self._committed = epoch
+
+    def _check_committed(self, file: _File, c: sqlite3.Connection, epoch: int) -> None:
+        """Inside a part's commit: its committed state, and this epoch's writes, are there."""
+        row = c.execute(f"SELECT v FROM {file.m} WHERE {file.w}k='committed_epoch'",
+                        file.a).fetchone()
+        was = int(row[0]) if row else 0
+        if was != self._committed:
+            msg = ig.went_back_message(f"{self.description}, {file.path.name}", self._committed,
+                                       was, self._reset_hint())
+            raise LostStateError(msg)
+        problems = ig.layer_problems(file.layers(c, epoch))
+        if problems:
+            raise LostStateError(ig.lost_state_message(
+                self.description, was, problems, f"committing epoch {epoch}", self._reset_hint()))
+
+    # ------------------------------------------------------------ integrity
+
+    def _reset_hint(self) -> str:
+        return ig.reset_hint(str(self.dir), self.prefix)
+
+    def _stored_flow(self) -> tuple[str, list[str]]:
+        meta = self.load_meta()
+        committed = meta.committed_epoch if meta is not None else 0
+        steps: set[str] = set()
+        for f in self.files:
+            steps |= f.steps_upto(committed)
+        return self.files[0].meta().get("flow_id", ""), sorted(steps)
+
+    def _drop_steps(self, steps: list[str]) -> None:
+        for f in self.files:
+            f.drop(steps)
+
+    def _record_flow(self, flow_id: str, steps: list[str]) -> None:
+        for f in self.files:
+            with _transaction(f.conn()) as c:
+                f.set_meta(c, {"flow_id": flow_id, "steps": json.dumps(steps)})
 
     def load(self, step_id: str, groups: Iterable[Group]) -> dict[Group, dict[str, bytes]]:
         meta = self.load_meta()

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+from headrace._engine._redis_integrity import LUA_FOLD
 from headrace._engine._store_checks import REDIS_SCHEMES, check_location, refusal
 from headrace.errors import HeadraceRuntimeError
 
@@ -94,6 +95,22 @@ class FencedError(RecoveryStoreError):
     """
 
 
+class LostStateError(RecoveryStoreError):
+    """Committed recovery state is gone (deleted, evicted, or the store lost its data).
+
+    >>> issubclass(LostStateError, RecoveryStoreError)
+    True
+    """
+
+
+class StateMismatchError(RecoveryStoreError):
+    """Stored state does not match the dataflow (a renamed step, another flow's prefix).
+
+    >>> issubclass(StateMismatchError, RecoveryStoreError)
+    True
+    """
+
+
 # The owner renews its lease this often; a lease not renewed for
 # LEASE_SECONDS has run out (its execution is dead or fenced).
 HEARTBEAT_SECONDS = 1.0
@@ -124,7 +141,8 @@ def fenced_message(description: str, mine: str, newer: str | None, what: str) ->
 
 
 # Raised and shown as headrace.recovery's, where users import them from.
-for _cls in (NoPartitionsError, MissingPartitionsError, InconsistentPartitionsError):
+for _cls in (NoPartitionsError, MissingPartitionsError, InconsistentPartitionsError,
+             LostStateError, StateMismatchError):
     _cls.__module__ = "headrace.recovery"
 
 
@@ -171,6 +189,59 @@ class Store(ABC):
     description: str = "store"
     # The execution this handle writes for ("" = unfenced: admin tools).
     execution_id: str = ""
+    # Set by start_execution: the store held no state of the dataflow (a first run).
+    first_run: bool = False
+
+    def check_flow(self, flow_id: str, steps: list[str], allow_dropped: bool = False) -> list[str]:
+        """Refuse stored state the flow has no step for, or another flow's store; return
+        the steps whose state was dropped (only with ``allow_dropped``). Records the flow id
+        and ``steps`` (the flow's steps that may hold state) for the next resume.
+
+        >>> import tempfile
+        >>> from headrace.recovery import init_db_dir
+        >>> d = tempfile.mkdtemp(); init_db_dir(d, 1)
+        >>> s = open_store(d, "f"); _ = s.start_execution(1, 8); s.check_flow("f", ["count"])
+        []
+        >>> _ = s.write_epoch(1, [("count", 3, "k", b"v")]); s.commit(1, 1)
+        >>> s.check_flow("f", ["counter"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        headrace.recovery.StateMismatchError: SQLite store ... holds state of steps 'count' ...
+        >>> s.check_flow("f", ["counter"], allow_dropped=True), s.load("count", [3])
+        (['count'], {})
+        """
+        from headrace._engine._integrity import dropped_steps, mismatch_message
+
+        stored_flow, stored = self._stored_flow()
+        dropped = dropped_steps(stored, steps)
+        msg = mismatch_message(self.description, flow_id, stored_flow, dropped, steps,
+                               self._reset_hint())
+        if msg is not None:
+            if not allow_dropped:
+                raise StateMismatchError(msg)
+            log.warning("dropping the stored state of steps %s of %s (allowed by "
+                        "--allow-dropped-state); flow %r now owns it", dropped or "none",
+                        self.description, flow_id)
+            if dropped:
+                self._drop_steps(dropped)
+        self._record_flow(flow_id, steps)
+        return dropped
+
+    def _stored_flow(self) -> tuple[str, list[str]]:
+        """The flow id recorded in the store ("" if none) and the steps with committed state."""
+        raise NotImplementedError
+
+    def _drop_steps(self, steps: list[str]) -> None:
+        """Delete the committed state of ``steps`` (keeping the manifests true)."""
+        raise NotImplementedError
+
+    def _record_flow(self, flow_id: str, steps: list[str]) -> None:
+        """Record the flow id and its state steps."""
+        raise NotImplementedError
+
+    def _reset_hint(self) -> str:
+        """The command that deletes this dataflow's state (the explicit reset)."""
+        raise NotImplementedError
 
     @abstractmethod
     def load_meta(self) -> Meta | None:
@@ -278,6 +349,7 @@ class RedisStore(Store):
         self.last_error_at = 0.0
         self.last_latency = 0.0
         self.on_error: Callable[[BaseException], None] | None = None
+        self._committed = 0  # the epoch this execution committed last (or resumed from)
 
     # key names: every key carries the same {hash tag}
     def _k(self, *parts: object) -> str:
@@ -336,11 +408,12 @@ class RedisStore(Store):
             names = [k.decode() if isinstance(k, bytes) else k for k in keys]
 
             def drop(names: list[str] = names, e: int = e) -> None:
-                p = self._r.pipeline(transaction=False)
+                p = self._r.pipeline(transaction=True)
                 if names:
                     p.delete(*names)
                 p.delete(self._k("e", e))
                 p.zrem(self._k("epochs"), e)
+                p.hdel(self._k("meta"), f"n:{e}", f"f:{e}")  # its manifest
                 p.execute()
 
             self._retry("deleting uncommitted deltas", drop)
@@ -348,12 +421,36 @@ class RedisStore(Store):
         return n
 
     def start_execution(self, worker_count: int, key_groups: int) -> Meta:
+        from headrace._engine import _redis_integrity as ri
+        from headrace._engine._integrity import MANIFEST_FIELD, leftovers_message
+
+        prior = ri.meta_fields(self)
+        if not prior.get("execution_id") and "committed_epoch" not in prior:
+            left = ri.leftovers(self)  # before anything is written or deleted
+            if left:
+                raise LostStateError(leftovers_message(self.description, left, ri.hint(self)))
+            prior = {}
+        self.first_run = not prior
         self._take_over(uuid.uuid4().hex, worker_count, key_groups)
+        if self.first_run:
+            self._retry("recording the manifest",
+                        lambda: self._r.hset(self._k("meta"), MANIFEST_FIELD, "1"))
         meta = self.load_meta() or Meta(key_groups=key_groups)
         stale = self._epochs(meta.committed_epoch + 1, float("inf"))
         if stale:
             log.info("dropping %d uncommitted epoch(s) %s", len(stale), stale)
             self._delete_epochs(stale)
+        fields = ri.meta_fields(self)
+        ahead = [k for k in fields if k[:2] in ("n:", "f:") and k[2:].isdigit()
+                 and int(k[2:]) > meta.committed_epoch]
+        if ahead:  # the manifest of epochs that never committed
+            self._retry("dropping uncommitted epochs",
+                        lambda: self._r.hdel(self._k("meta"), *ahead))
+        if MANIFEST_FIELD in fields:
+            ri.verify(self, meta.committed_epoch, "resuming", fields)
+        else:  # state of an older Headrace: counted now, checked from here on
+            ri.rebuild_manifest(self)
+        self._committed = meta.committed_epoch
         self.heartbeat()
         return meta
 
@@ -384,7 +481,12 @@ class RedisStore(Store):
         fields = {"committed_epoch": str(epoch), "committed_at": repr(time.time()),
                   "epoch_bytes": str(epoch_bytes)}
         if self.execution_id:
+            from headrace._engine._redis_integrity import verify
+
+            # Everything committed so far, and this epoch's writes, must still be there.
+            verify(self, epoch, f"committing epoch {epoch}")
             self._fenced_commit(epoch, fields)
+            self._committed = epoch
             return
         self._retry(f"committing epoch {epoch}",
                     lambda: self._r.hset(self._k("meta"), mapping=fields))
@@ -398,9 +500,22 @@ class RedisStore(Store):
         return scripts[name]
 
     def _check(self, got: Any, what: str) -> None:
-        """Raise `FencedError` unless a fenced script answered with our execution id."""
+        """Raise `FencedError` unless a fenced script answered with our execution id.
+
+        No execution id at all: the meta is gone (`LostStateError`); ``!N``:
+        the committed epoch is N, not the one this execution committed last.
+        """
         current = got.decode() if isinstance(got, bytes) else str(got or "")
         if current != self.execution_id:
+            from headrace._engine import _integrity as ig
+            from headrace._engine._redis_integrity import hint
+
+            if not current:
+                raise LostStateError(ig.lost_meta_message(
+                    self.description, self.execution_id, what, hint(self)))
+            if current.startswith("!"):
+                raise LostStateError(ig.went_back_message(
+                    self.description, self._committed, int(current[1:] or 0), hint(self)))
             raise FencedError(fenced_message(self.description, self.execution_id, current, what))
 
     def owner(self) -> str:
@@ -471,7 +586,8 @@ class RedisStore(Store):
     def _fenced_commit(self, epoch: int, fields: dict[str, str]) -> None:
         commit = self._script("commit", _LUA_COMMIT)
         keys = [self._k("meta")]
-        args = [self.execution_id, *(x for kv in fields.items() for x in kv)]
+        args = [self.execution_id, str(self._committed),
+                *(x for kv in fields.items() for x in kv)]
         got = self._retry(f"committing epoch {epoch}", lambda: commit(keys=keys, args=args))
         self._check(got, f"committing epoch {epoch}")
 
@@ -519,15 +635,15 @@ class RedisStore(Store):
                 sets = {k: v for k, v in layer.items() if v}
                 dels = [k for k, v in layer.items() if not v]
 
-                def fold(base: str = base, sets: dict[Any, Any] = sets, dels: list[Any] = dels,
-                         name: str = name) -> None:
-                    p = self._r.pipeline(transaction=False)
-                    if sets:
-                        p.hset(base, mapping=sets)
-                    if dels:
-                        p.hdel(base, *dels)
-                    p.sadd(self._k("bases"), base)
-                    p.execute()
+                args: list[Any] = [str(len(sets))]
+                for k, v in sets.items():
+                    args.extend((k, v))
+                args.extend(dels)
+                keys = [self._k("meta"), base, self._k("bases")]
+
+                def fold(keys: list[str] = keys, args: list[Any] = args) -> None:
+                    # atomic with the base's manifest (see _redis_integrity)
+                    self._script("fold", LUA_FOLD)(keys=keys, args=args)
 
                 self._retry("compacting", fold)
             self._retry("compacting", partial(self._r.hset, self._k("meta"), "base_epoch", str(e)))
@@ -576,6 +692,34 @@ class RedisStore(Store):
     def close(self) -> None:
         self._r.close()
 
+    # -- integrity (see _redis_integrity) ---------------------------------
+
+    def check_server(self, allow_evicting: bool = False) -> None:
+        """Refuse an evicting ``maxmemory-policy``; warn when Redis persists nothing."""
+        from headrace._engine._redis_integrity import check_server
+
+        check_server(self, allow_evicting)
+
+    def _stored_flow(self) -> tuple[str, list[str]]:
+        from headrace._engine import _redis_integrity as ri
+
+        return ri.meta_fields(self).get("flow_id", ""), sorted(ri.stored_steps(self))
+
+    def _drop_steps(self, steps: list[str]) -> None:
+        from headrace._engine._redis_integrity import drop_steps
+
+        drop_steps(self, steps)
+
+    def _record_flow(self, flow_id: str, steps: list[str]) -> None:
+        from headrace._engine._redis_integrity import record
+
+        record(self, flow_id, steps)
+
+    def _reset_hint(self) -> str:
+        from headrace._engine._redis_integrity import hint
+
+        return hint(self)
+
 
 # Fencing scripts: each compares the meta's execution id with ours (ARGV[1])
 # and writes only if they match, atomically; each returns the current id.
@@ -599,7 +743,9 @@ return 1
 _LUA_COMMIT = """
 local cur = redis.call('HGET', KEYS[1], 'execution_id')
 if cur ~= ARGV[1] then return cur or '' end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local was = redis.call('HGET', KEYS[1], 'committed_epoch') or '0'
+if was ~= ARGV[2] then return '!' .. was end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return cur
 """
 _LUA_WRITE = """
@@ -608,12 +754,17 @@ if cur ~= ARGV[1] then return cur or '' end
 local i = 3
 for k = 2, #KEYS - 2 do
   local n = tonumber(ARGV[i])
+  local added = 0
   i = i + 1
   for _ = 1, n do
-    redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1])
+    added = added + redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1])
     i = i + 2
   end
-  redis.call('SADD', KEYS[#KEYS - 1], KEYS[k])
+  -- the epoch's manifest: keys and fields written (exact also when retried)
+  if redis.call('SADD', KEYS[#KEYS - 1], KEYS[k]) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'n:' .. ARGV[2], 1)
+  end
+  if added > 0 then redis.call('HINCRBY', KEYS[1], 'f:' .. ARGV[2], added) end
 end
 redis.call('ZADD', KEYS[#KEYS], ARGV[2], ARGV[2])
 return cur
