@@ -17,6 +17,7 @@ def _commit_some_state(url: str, prefix: str) -> None:
     store.start_execution(worker_count=4, key_groups=64)
     n = store.write_epoch(1, [("flow.count", 3, "k", b"v" * 10)])
     store.commit(1, n)
+    store.release()  # as a run that ended: its lease key goes
     store.close()
 
 
