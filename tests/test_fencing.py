@@ -6,6 +6,7 @@ Real redis-server and SQLite part files; real processes, killed with SIGKILL.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -207,3 +208,27 @@ def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
     for k in left:  # don't leave them running when the test fails
         os.kill(k, signal.SIGKILL)
     assert not left, "workers outlived their killed parent"
+
+
+@pytest.mark.timeout(180)
+def test_every_process_logs_the_epoch_it_resumes_from(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Process 0 decides the epoch; the others, told in the handshake, log it too (pods' logs)."""
+    _write_input(tmp_path / "in")
+    env = _env(tmp_path)
+    store = ["-r", redis_server.url, "--epoch-interval", "0.1", "--log-level", "info"]
+
+    def cluster() -> list[str]:
+        addrs = _free_addresses(2)
+        procs = [_launch([*store, "-i", str(i), "-a", addrs], env) for i in range(2)]
+        done = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in done]
+        return [err for _, err in done]
+
+    first = cluster()
+    assert not any("resuming from committed epoch" in err for err in first)
+    second = cluster()
+    epochs = [re.findall(r"resuming from committed epoch (\d+)", err) for err in second]
+    assert len(epochs[0]) == 1 and int(epochs[0][0]) > 0, second[0][-2000:]
+    assert epochs[1] == epochs[0], second[1][-2000:]

@@ -220,7 +220,9 @@ def _open_recovery(recovery: Any, plan: Plan, config: RunConfig, start: bool,
     config.key_groups = key_groups
     config.store = store
     config.resume_epoch = resume
-    if resume and start:
+    if resume:
+        # Every process says it (process 0 decided the epoch; the others got it
+        # in the handshake): a pod's log shows where it resumed.
         log.info("resuming from committed epoch %d (%s)", resume, store.description)
 
 
