@@ -156,3 +156,70 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _tools.provision(needed)
     finally:
         _tools.set_reporter(_tools._stderr)
+
+
+# ------------------------------------------------------------------ markers
+# Tests are marked here, from what they use, so a new test gets its markers
+# without thinking (the markers are registered in pyproject.toml):
+#
+# * ``redis``: uses the ``redis_server`` fixture (a real redis-server). In the
+#   fast tier: redis is the one server the fast tier needs.
+# * ``kafka``: uses the ``kafka_broker`` fixture or Kafka's tools; also ``slow``.
+# * ``helm`` / ``prometheus``: runs helm, or prometheus/promtool (declared with
+#   ``@pytest.mark.tools``); also ``slow`` (a fresh machine builds them with Go).
+# * ``slow``: the above, and every test of a module in `SLOW_MODULES` (they start
+#   clusters of processes, kill them, and take seconds each). A slow test in
+#   another module gets ``@pytest.mark.slow`` on itself.
+#
+# ``python -m pytest -m "not slow"`` is the one-minute loop; CI runs everything.
+
+FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
+    "redis_server": ("redis",),
+    "kafka_broker": ("kafka", "slow"),
+}
+TOOL_MARKS: dict[str, tuple[str, ...]] = {
+    "java": ("kafka", "slow"),
+    "kafka-jars": ("kafka", "slow"),
+    "helm": ("helm", "slow"),
+    "prometheus": ("prometheus", "slow"),
+    "promtool": ("prometheus", "slow"),
+}
+SLOW_MODULES: frozenset[str] = frozenset({
+    "tests/test_cluster.py",  # clusters of processes over TCP, kill -9, SIGTERM
+    "tests/test_recovery.py",  # kill -9 and restart, rescale across restarts
+    "tests/test_fencing.py",  # a restart while the old workers still run
+    "tests/test_integrity.py",  # state deleted under real runs
+    "tests/compat/test_compat.py",  # every Bytewax program run as a process
+    "tests/test_bytewax_alias.py",  # Bytewax programs run through the CLI
+    "tests/test_windowing_semantics.py",  # property tests on every entry point
+})
+"""Test modules (paths from the repository root) whose every test is slow."""
+
+
+def markers_for(item: pytest.Item) -> set[str]:
+    """The markers `pytest_collection_modifyitems` adds to ``item``, from what it uses.
+
+    >>> class Item:  # the parts of a pytest.Item this reads
+    ...     fixturenames = ["tmp_path", "kafka_broker"]
+    ...     nodeid = "tests/test_kafka.py::test_x"
+    ...     def iter_markers(self, name): return iter(())
+    >>> sorted(markers_for(Item()))
+    ['kafka', 'slow']
+    """
+    names: set[str] = set()
+    for fixture in getattr(item, "fixturenames", ()):
+        names.update(FIXTURE_MARKS.get(fixture, ()))
+    for mark in item.iter_markers("tools"):
+        for tool in mark.args:
+            names.update(TOOL_MARKS.get(tool, ()))
+    if item.nodeid.split("::", 1)[0] in SLOW_MODULES:
+        names.add("slow")
+    return names
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # tryfirst: the markers must be on the items before `-m` selects by them.
+    for item in items:
+        for name in sorted(markers_for(item) - {m.name for m in item.iter_markers()}):
+            item.add_marker(name)

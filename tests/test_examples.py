@@ -53,6 +53,7 @@ def parse_counts(lines: list[str]) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow
 def test_wordcount_prints_the_counts_of_the_bundled_text() -> None:
     text = (EXAMPLES / "data" / "wordcount.txt").read_text(encoding="utf-8")
     out = run_example("wordcount")
@@ -63,6 +64,7 @@ def test_wordcount_prints_the_counts_of_the_bundled_text() -> None:
     assert "miller's" in got
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_RUNNER, reason="worker options need the runner")
 def test_wordcount_to_a_file_with_two_workers(tmp_path: Path) -> None:
     inp = tmp_path / "in.txt"
@@ -78,6 +80,7 @@ def test_wordcount_to_a_file_with_two_workers(tmp_path: Path) -> None:
     assert sorted(out.read_text().splitlines()) == ["bird: 1", "cat: 2", "dog: 3"]
 
 
+@pytest.mark.slow
 def test_custom_source_prints_hot_readings_of_both_sensors() -> None:
     out = run_example("custom_source")
     got = sorted(re.sub(r"^\[worker \d+\] ", "", line) for line in out.splitlines())
@@ -95,6 +98,7 @@ def test_custom_source_prints_hot_readings_of_both_sensors() -> None:
     importlib.util.find_spec("headrace.operators.windowing") is None,
     reason="headrace.operators.windowing is not there yet",
 )
+@pytest.mark.slow
 def test_windowed_prints_counts_and_sums_per_user_window() -> None:
     out = run_example("windowed")
     assert sorted(out.splitlines()) == [

@@ -147,6 +147,7 @@ def _two_threads(flow: Dataflow) -> None:
     cluster_main(flow, [], 0, worker_count_per_proc=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", [_two_threads, _two_processes_over_tcp], ids=["threads", "tcp"])
 @pytest.mark.parametrize("limit", [300, 10**9], ids=["limited", "unlimited"])
 def test_a_slow_owner_holds_back_the_reader(

@@ -380,6 +380,7 @@ def test_schema_registry_avro_wire_format() -> None:
 # ------------------------------------------------------------------ bad input
 
 
+@pytest.mark.slow
 def test_unreachable_brokers_fail_fast_naming_them() -> None:
     addr = f"127.0.0.1:{free_port()}"
     conf = {"socket.timeout.ms": 2000}

@@ -75,6 +75,7 @@ def running_flow(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     assert not errors, errors
 
 
+@pytest.mark.slow
 def test_endpoints_serve_metrics_dataflow_health(running_flow: int) -> None:
     base = f"http://127.0.0.1:{running_flow}"
     time.sleep(1)
@@ -98,6 +99,7 @@ def test_endpoints_serve_metrics_dataflow_health(running_flow: int) -> None:
     assert _get(base + "/nope")[0] == 404
 
 
+@pytest.mark.slow
 def test_exposition_stays_valid_under_concurrent_scrapes(running_flow: int) -> None:
     url = f"http://127.0.0.1:{running_flow}/metrics"
     failures: list[BaseException] = []
@@ -249,6 +251,7 @@ def test_real_prometheus_scrapes_a_two_process_cluster(tmp_path: Path) -> None:
         prom.stop()
 
 
+@pytest.mark.slow
 def test_worker_busy_and_idle_seconds_add_up() -> None:
     """Busy time counts work (here: sleeping inside a map), idle time counts waiting for input."""
     from prometheus_client import REGISTRY
@@ -282,6 +285,7 @@ def test_worker_busy_and_idle_seconds_add_up() -> None:
     assert seen["busy"] + seen["idle"] <= wall, (seen, wall)
 
 
+@pytest.mark.slow
 def test_a_scrape_during_a_long_batch_sees_the_time_spent_in_it() -> None:
     """A saturated worker stuck in one long batch must not look idle to the autoscaler."""
     from prometheus_client import REGISTRY
@@ -403,6 +407,7 @@ def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("processes", ["1", "2"])
 def test_a_local_run_moves_off_a_taken_default_port_in_one_line(processes: str) -> None:
@@ -423,6 +428,7 @@ def test_a_local_run_moves_off_a_taken_default_port_in_one_line(processes: str) 
         "serving /metrics on 127.0.0.1:N instead" for i in range(int(processes))]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_moved_endpoint_serves_on_loopback(tmp_path: Path) -> None:
     """The port said on stderr serves /healthz, on 127.0.0.1 (the fallback, exercised
@@ -452,6 +458,7 @@ def test_the_moved_endpoint_serves_on_loopback(tmp_path: Path) -> None:
             p.communicate(timeout=60)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("how", ["flag", "env", "flag-p2"])
 def test_a_chosen_metrics_port_in_use_fails_loudly(how: str) -> None:

@@ -141,6 +141,7 @@ def test_idle_reads_wait_instead_of_spinning(redis_server: RedisServer) -> None:
     part.close()
 
 
+@pytest.mark.slow
 def test_tail_true_with_latest_reads_only_new_entries(redis_server: RedisServer) -> None:
     r = _r(redis_server)
     _add(r, "live", 5)
@@ -251,6 +252,7 @@ def _wait_for(cond: Any, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_lag_metric_follows_a_producer_that_outruns_the_dataflow(
     redis_server: RedisServer,
 ) -> None:
@@ -307,6 +309,7 @@ def test_lag_metric_follows_a_producer_that_outruns_the_dataflow(
 
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_kill_9_mid_run_resumes_at_committed_entries(
     redis_server: RedisServer, tmp_path: Path

@@ -168,6 +168,7 @@ def test_cli_runs_with_no_exchange_flush_delay() -> None:
     assert sorted(import_targets.OUT) == [f"x{i}" for i in range(6)]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("processes", ["1", "2"])
 def test_closed_stdout_stops_with_one_line_and_sigpipe_status(processes: str) -> None:
@@ -214,6 +215,7 @@ def _endless_flow(tmp_path: Path) -> str:
         pytest.param("2", "SIGTERM", False, 0, id="p2-SIGTERM"),
     ],
 )
+@pytest.mark.slow
 def test_stop_signals_stop_cleanly_with_the_conventional_status(
     tmp_path: Path, processes: str, sig: str, to_group: bool, code: int
 ) -> None:

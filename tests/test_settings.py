@@ -192,6 +192,7 @@ def test_a_full_redis_names_the_recovery_store_the_setting_and_the_fix(
     assert out == [("a", 6)]
 
 
+@pytest.mark.slow
 def test_a_full_redis_ends_the_cli_with_the_reason(redis_server: RedisServer) -> None:
     r = redis.Redis.from_url(redis_server.url)
     r.config_set("maxmemory", 1)
@@ -242,6 +243,7 @@ def _proc_file(pid: int, name: str) -> bytes:
     return Path(f"/proc/{pid}/{name}").read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.timeout(300)
 def test_workers_of_a_local_cluster_get_secrets_through_the_environment(

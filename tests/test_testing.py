@@ -447,6 +447,7 @@ def _testing_cli(tmp_path: Any, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_testing_cli_runs_a_local_cluster(tmp_path: Any) -> None:
     """``-w 2 -p 2``: two processes of two workers; redistribute reaches all four."""
     res = _testing_cli(tmp_path, "cliflows:spread", "-w", "2", "-p", "2")
@@ -456,6 +457,7 @@ def test_testing_cli_runs_a_local_cluster(tmp_path: Any) -> None:
     assert len({pid for _x, pid in pairs}) == 2
 
 
+@pytest.mark.slow
 def test_testing_cli_recovery_resumes(tmp_path: Any) -> None:
     """``-r``/``-s``/``-b`` as Bytewax's; the outputs are Bytewax 0.21.1's for the same runs."""
     rec = str(tmp_path / "rec")
