@@ -5,10 +5,15 @@ comprehension, so a batch costs one Python loop instead of one per step.
 Each stage sits on its own source line of the generated code; when a stage
 fails, the traceback's line number says which step it was and the frame's
 locals give the item, so errors name the step exactly as if unfused.
+
+From Python 3.12 a list comprehension is inlined into its function (PEP 709)
+and its loop variables are gone from the frame once an exception leaves it,
+so there the chain is compiled into a plain loop instead, whose locals stay.
 """
 
 from __future__ import annotations
 
+import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +23,9 @@ from headrace._engine._plan import quoted
 from headrace.errors import BytewaxRuntimeError
 
 BatchFn = Callable[[list[Any]], list[Any]]
+
+# PEP 709: from 3.12 a comprehension's variables leave the frame with an exception.
+_INLINED_COMPREHENSIONS = sys.version_info >= (3, 12)
 
 _KEYED = frozenset(
     {"map_value", "filter_value", "filter_map_value", "flat_map_value", "key_rm"}
@@ -155,13 +163,24 @@ def _compile_segment(
     """
     planned, cur = _plan_clauses(stages)
     line_of_stage: dict[int, tuple[int, Cur]] = {}
-    if not group:
+    if not group and not _INLINED_COMPREHENSIONS:
         lines = ["def fused(batch):", "    return [", f"        {_item(cur)}",
                  "        for x0 in batch"]
         for i, c_in, clause in planned:
             lines.append("        " + clause)
             line_of_stage[len(lines)] = (i, c_in)
         lines.append("    ]")
+    elif not group:
+        # A loop, so a failing stage's input is still in the frame's locals.
+        lines = ["def fused(batch):", "    out = []", "    for x0 in batch:"]
+        indent = "        "
+        for i, c_in, clause in planned:
+            stmt = _statement(clause)
+            lines.append(indent + stmt)
+            line_of_stage[len(lines)] = (i, c_in)
+            if stmt.endswith(":"):
+                indent += "    "
+        lines += [f"{indent}out.append({_item(cur)})", "    return out"]
     else:
         lines = ["def fused(batch):", "    groups = {}", "    get = groups.get",
                  "    for x0 in batch:"]
