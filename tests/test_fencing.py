@@ -232,3 +232,18 @@ def test_every_process_logs_the_epoch_it_resumes_from(
     epochs = [re.findall(r"resuming from committed epoch (\d+)", err) for err in second]
     assert len(epochs[0]) == 1 and int(epochs[0][0]) > 0, second[0][-2000:]
     assert epochs[1] == epochs[0], second[1][-2000:]
+
+
+def test_a_child_whose_parent_died_before_its_death_signal_was_set_exits() -> None:
+    """The fork-to-prctl window: a child that finds another parent exits before it runs."""
+    import functools
+
+    from headrace.run import _detach_child
+
+    def run(parent: int) -> tuple[int, str]:
+        res = subprocess.run([sys.executable, "-c", "print('ran')"], capture_output=True, text=True,
+                             preexec_fn=functools.partial(_detach_child, parent), timeout=60)
+        return res.returncode, res.stdout
+
+    assert run(os.getpid()) == (0, "ran\n")
+    assert run(os.getpid() + 1_000_000) == (1, "")  # a parent pid that is not its parent

@@ -20,6 +20,7 @@ stopped by SIGTERM exits 0 (a Kubernetes pod asked to stop has done its job).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -345,7 +346,7 @@ def _spawn_local(argv: list[str], processes: int) -> int:
             sys.executable, "-m", "headrace.run", *base, "-i", str(i), "-a", addrs,
             # Each local process serves on its own port: base, base + 1, ...
             "--metrics-port", str(metrics_base + i if metrics_base else 0), *fallback,
-        ], env=env, preexec_fn=_detach_child)
+        ], env=env, preexec_fn=functools.partial(_detach_child, os.getpid()))
         for i in range(processes)
     ]
     received: list[int] = []
@@ -390,13 +391,15 @@ def _spawn_local(argv: list[str], processes: int) -> int:
     return code
 
 
-def _detach_child() -> None:
+def _detach_child(parent: int) -> None:
     """Run in a ``-p`` child before exec: its own process group, and SIGTERM if we die.
 
     A terminal's Ctrl-C signals the whole foreground process group; the
     children would get it twice (once from the terminal, once forwarded), and
     a second SIGINT aborts a run instead of stopping it at an epoch boundary.
-    In their own group they get it once, from the parent.
+    In their own group they get it once, from the parent. A parent that died
+    between the fork and the ``prctl`` sends no signal: the child then sees
+    another parent (``parent`` is the pid before the fork) and exits at once.
     """
     os.setpgid(0, 0)
     if sys.platform.startswith("linux"):
@@ -407,6 +410,8 @@ def _detach_child() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
         except (OSError, AttributeError):
             pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _strip_options(argv: list[str], dests: set[str]) -> list[str]:
