@@ -371,6 +371,7 @@ def test_kill_9_mid_run_resumes_at_committed_entries(
         k: r.xinfo_stream(k)["last-generated-id"].decode() for k in streams}
 
 
+@pytest.mark.slow
 def test_redis_streams_example(redis_server: RedisServer) -> None:
     r = _r(redis_server)
     for i in range(6):

@@ -113,6 +113,7 @@ def receiver() -> Iterator[_Receiver]:
         ('OtlpTracingConfig("grpc-svc")', {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:{port}"}),
     ],
 )
+@pytest.mark.slow
 def test_spans_reach_an_otlp_grpc_receiver(
     receiver: _Receiver, config: str, env: dict[str, str]
 ) -> None:
