@@ -132,7 +132,8 @@ def test_redis_keys_share_one_hash_tag(redis_server: RedisServer) -> None:
     s.start_execution(1, 4)
     s.write_epoch(1, [("st", 2, "k", b"v"), ("src", PARTS, "p", b"s")])
     s.commit(1, 1)
-    keys = [k.decode() if isinstance(k, bytes) else k for k in redis.Redis.from_url(redis_server.url).keys("*")]
+    client = redis.Redis.from_url(redis_server.url)
+    keys = [k.decode() if isinstance(k, bytes) else k for k in client.keys("*")]
     assert keys and all(k.startswith("hr{tagged}:") for k in keys), keys
 
 
