@@ -148,6 +148,22 @@ def _statement(clause: str) -> str:
     return clause + ":"
 
 
+def _loop_body(lines: list[str], planned: list[tuple[int, Cur, str]],
+               line_of_stage: dict[int, tuple[int, Cur]]) -> str:
+    """Append the stages' statements inside ``for x0 in batch:``; return the innermost indent.
+
+    Records, for each generated line, the stage and its input (for error reports).
+    """
+    indent = "        "
+    for i, c_in, clause in planned:
+        stmt = _statement(clause)
+        lines.append(indent + stmt)
+        line_of_stage[len(lines)] = (i, c_in)
+        if stmt.endswith(":"):
+            indent += "    "
+    return indent
+
+
 def _compile_segment(
     stages: list[Stage], ctx: EpochRef, worker_index: int, group: bool = False
 ) -> tuple[BatchFn, types.CodeType, dict[int, tuple[int, Cur]]]:
@@ -173,24 +189,12 @@ def _compile_segment(
     elif not group:
         # A loop, so a failing stage's input is still in the frame's locals.
         lines = ["def fused(batch):", "    out = []", "    for x0 in batch:"]
-        indent = "        "
-        for i, c_in, clause in planned:
-            stmt = _statement(clause)
-            lines.append(indent + stmt)
-            line_of_stage[len(lines)] = (i, c_in)
-            if stmt.endswith(":"):
-                indent += "    "
+        indent = _loop_body(lines, planned, line_of_stage)
         lines += [f"{indent}out.append({_item(cur)})", "    return out"]
     else:
         lines = ["def fused(batch):", "    groups = {}", "    get = groups.get",
                  "    for x0 in batch:"]
-        indent = "        "
-        for i, c_in, clause in planned:
-            stmt = _statement(clause)
-            lines.append(indent + stmt)
-            line_of_stage[len(lines)] = (i, c_in)
-            if stmt.endswith(":"):
-                indent += "    "
+        indent = _loop_body(lines, planned, line_of_stage)
         k, v = cur[1], cur[2]
         lines += [
             f"{indent}vs = get({k})",
