@@ -156,9 +156,12 @@ build_coredns() {
       "github.com/coredns/coredns@$COREDNS_VERSION")
 }
 
-build_prometheus() {
-  [ -x "$E2E_BIN/prometheus" ] && { log "prometheus $PROMETHEUS_VERSION: cached"; return; }
-  log "prometheus $PROMETHEUS_VERSION: building (Kubernetes service discovery only)"
+# prometheus (the e2e cluster's) and promtool (the unit tests' rule checks;
+# not part of the default build): two commands of one module, built alike.
+build_prometheus_cmd() {
+  local cmd=$1 note=${2:-}
+  [ -x "$E2E_BIN/$cmd" ] && { log "$cmd $PROMETHEUS_VERSION: cached"; return; }
+  log "$cmd $PROMETHEUS_VERSION: building$note"
   local src=$E2E_DIR/src/prometheus v=github.com/prometheus/common/version rest release
   mkdir -p "$src"
   rest=${PROMETHEUS_VERSION#v0.3}
@@ -167,21 +170,11 @@ build_prometheus() {
   # large SDKs); the web UI's assets are not embedded: the suite uses the API.
   (cd "$src" && GOBIN=$E2E_BIN $GO install -tags remove_all_sd,enable_kubernetes_sd \
       -ldflags "-s -w -X $v.Version=$release -X $v.Revision=$PROMETHEUS_VERSION -X $v.Branch=release" \
-      "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION")
+      "github.com/prometheus/prometheus/cmd/$cmd@$PROMETHEUS_VERSION")
 }
 
-# promtool, for the unit tests' rule checks (not part of the default build).
-build_promtool() {
-  [ -x "$E2E_BIN/promtool" ] && { log "promtool $PROMETHEUS_VERSION: cached"; return; }
-  log "promtool $PROMETHEUS_VERSION: building"
-  local src=$E2E_DIR/src/prometheus v=github.com/prometheus/common/version rest release
-  mkdir -p "$src"
-  rest=${PROMETHEUS_VERSION#v0.3}
-  release=3.$((10#${rest%%.*})).${rest#*.}
-  (cd "$src" && GOBIN=$E2E_BIN $GO install -tags remove_all_sd,enable_kubernetes_sd \
-      -ldflags "-s -w -X $v.Version=$release -X $v.Revision=$PROMETHEUS_VERSION -X $v.Branch=release" \
-      "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION")
-}
+build_prometheus() { build_prometheus_cmd prometheus " (Kubernetes service discovery only)"; }
+build_promtool() { build_prometheus_cmd promtool; }
 
 build_pause() {
   [ -f "$E2E_DIR/pause.tar" ] && { log "pause image: cached"; return; }
