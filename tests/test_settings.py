@@ -27,6 +27,7 @@ from headrace.run import _strip_options
 from headrace.testing import TestingSink, TestingSource, run_main
 from tests.procs import children, wait_for_output
 from tests.servers import RedisServer
+from tests.test_recovery import _check_output
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["headrace.run", "headrace.testing"]
@@ -226,17 +227,6 @@ def _write_input(d: Path) -> dict[str, int]:
             counts.update(row.split())
         (d / f"in-{f}.txt").write_text("\n".join(rows) + "\n")
     return dict(counts)
-
-
-def _check_output(out_dir: Path, counts: dict[str, int]) -> None:
-    seen: dict[str, list[int]] = collections.defaultdict(list)
-    for f in out_dir.iterdir():
-        for line in f.read_text().splitlines():
-            word, n = line.split()
-            seen[word].append(int(n))
-    assert set(seen) == set(counts)
-    for word, ns in seen.items():
-        assert sorted(ns) == list(range(1, counts[word] + 1)), f"{word}: {ns[:20]}..."
 
 
 def _proc_file(pid: int, name: str) -> bytes:
