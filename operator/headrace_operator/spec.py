@@ -14,6 +14,9 @@ running).
 (1, 256, 'last-state')
 >>> spec.autoscaler.effective_mode(spec.scaling.mode)
 'off'
+
+Size: ~940 lines: the typed model and the generic schema engine it
+drives; issue 21 splits them.
 """
 
 from __future__ import annotations

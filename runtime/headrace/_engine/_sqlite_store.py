@@ -49,6 +49,10 @@ Legacy layout: Headrace before part files kept one file
 ``<dir>/<prefix>.sqlite3`` per flow (tables ``meta``, ``delta``, ``base``
 without a flow column). When that file exists it is used as a one-part
 store, so existing state is not lost.
+
+Size: ~830 lines: the parts' fencing and manifest checks run inside the
+same transactions as the writes they guard; the manifest methods are the
+part to move out (issue 21).
 """
 
 from __future__ import annotations

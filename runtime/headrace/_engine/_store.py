@@ -30,6 +30,9 @@ valid `LEASE_SECONDS`) so that a new execution that takes over waits
 until the old one has stopped writing output (it sees the fence at its
 next heartbeat and stops, releasing the lease) or is dead (the lease
 runs out) before it resumes.
+
+Size: ~800 lines: the Store interface and RedisStore with its Lua
+scripts; the scripts are the part to move out (issue 21).
 """
 
 from __future__ import annotations

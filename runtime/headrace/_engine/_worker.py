@@ -13,6 +13,10 @@ Execution model (see docs/architecture.md):
   until then, so a snapshot at the barrier is consistent.
 - EOF travels as a flag on barriers: a stateful step runs ``on_eof`` once
   every upstream worker flagged its input as finished.
+
+Size: ~1900 lines, over the project's ~800, because it still holds three
+roles (wiring the push graph, the exchange, the epoch and snapshot loop);
+issue 21 splits them into modules of their own in one move.
 """
 
 from __future__ import annotations
