@@ -125,8 +125,7 @@ CONFIGS = (
     Config("headrace -p 1", "headrace", ("-p", "1", "--metrics-port", "0"), baseline=True),
     Config("headrace -p 2", "headrace", ("-p", "2", "--metrics-port", "0")),
     Config("headrace -w 2", "headrace", ("-w", "2", "--metrics-port", "0")),
-    Config("2 x -p 1 (split)", "headrace", ("-p", "1", "--metrics-port", "0"), processes=2,
-           split=True),
+    Config("2 x -p 1 (split)", "headrace", ("-p", "1", "--metrics-port", "0"), processes=2, split=True),
     Config("bytewax -w 1", "bytewax", ("-w", "1"), baseline=True),
     Config("bytewax -w 2", "bytewax", ("-w", "2")),
     Config("bytewax 2 procs", "bytewax", ("-w", "1"), processes=2),
@@ -191,8 +190,15 @@ class Cell:
 
 
 def _fake(span: float, cpu: float, **metrics: float) -> _cli.CliRun:
-    record = {"first_read": 0.0, "last_write": span, "cpu_first_read": 0.0, "cpu_exit": cpu,
-              "items_read": 0, "items_written": 0, "metrics": metrics}
+    record = {
+        "first_read": 0.0,
+        "last_write": span,
+        "cpu_first_read": 0.0,
+        "cpu_exit": cpu,
+        "items_read": 0,
+        "items_written": 0,
+        "metrics": metrics,
+    }
     return _cli.CliRun(span, [record])
 
 
@@ -253,8 +259,9 @@ def measure(
             for cell in order:
                 c = cell.config
                 done += 1
-                run = _cli.run_cli(pythons[c.engine], c.engine, c.args, pipeline, items, PARTS,
-                                   c.processes, split=c.split)
+                run = _cli.run_cli(
+                    pythons[c.engine], c.engine, c.args, pipeline, items, PARTS, c.processes, split=c.split
+                )
                 problem = check(run, c, pipeline, items)
                 if problem is not None and is_reference_quirk(c, problem):
                     cell.notes.append(problem)
@@ -266,8 +273,11 @@ def measure(
                     f"{_cli.rate(items / cell.span(run))} items/s, span {cell.span(run):.2f} s, "
                     f"wall {run.wall:.2f} s, cpu {'/'.join(f'{x:.2f}' for x in run.cpu())} s"
                 )
-                print(f"[{done}/{total}] {pipeline} {c.label}: {status}  (load {_cli.load_average()})",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[{done}/{total}] {pipeline} {c.label}: {status}  (load {_cli.load_average()})",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return out
 
 
@@ -288,19 +298,29 @@ def scaling_table(cells: list[Cell]) -> str:
         sm = med / bm if med and bm else None
         b_est = b.cpu_est() if b is not None else None
         est = cell.cpu_est()
-        rows.append([
-            cell.config.label,
-            f"{_cli.rate(best)} ({_cli.rate(med)})",
-            f"{_cli.num(sb, '.2f', 'x')} ({_cli.num(sm, '.2f', 'x')})",
-            _cli.num(cell.median(lambda r: max(r.cpu())), ".2f"),
-            _cli.num(cell.median(lambda r: sum(r.cpu())), ".2f"),
-            f"{_cli.rate(est)} ({_cli.num(est / b_est if est and b_est else None, '.2f', 'x')})",
-            _cli.num(cell.median(lambda r: r.wall), ".2f"),
-            "FAILED" if cell.problems else "",
-        ])
+        rows.append(
+            [
+                cell.config.label,
+                f"{_cli.rate(best)} ({_cli.rate(med)})",
+                f"{_cli.num(sb, '.2f', 'x')} ({_cli.num(sm, '.2f', 'x')})",
+                _cli.num(cell.median(lambda r: max(r.cpu())), ".2f"),
+                _cli.num(cell.median(lambda r: sum(r.cpu())), ".2f"),
+                f"{_cli.rate(est)} ({_cli.num(est / b_est if est and b_est else None, '.2f', 'x')})",
+                _cli.num(cell.median(lambda r: r.wall), ".2f"),
+                "FAILED" if cell.problems else "",
+            ]
+        )
     return _cli.render(
-        ["config", "items/s best (med)", "speed-up best (med)", "CPU s max", "CPU s sum",
-         "CPU est (x)", "wall s", ""],
+        [
+            "config",
+            "items/s best (med)",
+            "speed-up best (med)",
+            "CPU s max",
+            "CPU s sum",
+            "CPU est (x)",
+            "wall s",
+            "",
+        ],
         rows,
     )
 
@@ -324,14 +344,16 @@ def exchange_rows(pipeline: str, cells: list[Cell]) -> list[list[str]]:
         sent = cell.median(lambda r: r.metric("headrace_exchange_bytes_total:out")) or 0.0
         extra = (cell.median(lambda r: sum(r.cpu())) or 0.0) - (base.median(lambda r: sum(r.cpu())) or 0.0)
         per_item = _cli.num(sent / items if items and sent else None, ".1f")
-        rows.append([
-            f"{pipeline} {label.split()[1]} {label.split()[2]}",
-            f"{items:,.0f}",
-            f"{items / cell.items:.2f}",
-            per_item if label.endswith("-p 2") else "0 (memory)",
-            f"{extra:+.2f}",
-            _cli.num(extra / items * 1e6 if items else None, ".2f"),
-        ])
+        rows.append(
+            [
+                f"{pipeline} {label.split()[1]} {label.split()[2]}",
+                f"{items:,.0f}",
+                f"{items / cell.items:.2f}",
+                per_item if label.endswith("-p 2") else "0 (memory)",
+                f"{extra:+.2f}",
+                _cli.num(extra / items * 1e6 if items else None, ".2f"),
+            ]
+        )
     return rows
 
 
@@ -343,8 +365,7 @@ def paired(a: Cell, b: Cell) -> float | None:
     >>> paired(a, b)
     2.0
     """
-    ratios = [a.span(ra) / b.span(rb) for ra, rb in zip(a.runs, b.runs, strict=False)
-              if ra.ok and rb.ok]
+    ratios = [a.span(ra) / b.span(rb) for ra, rb in zip(a.runs, b.runs, strict=False) if ra.ok and rb.ok]
     return statistics.median(ratios) if ratios else None
 
 
@@ -450,25 +471,37 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: {cell.config.label} {quirk} (Bytewax's own result; timed anyway)")
     if exchange:
         print("\nHeadrace exchange (medians; extra CPU = CPU s sum minus -p 1's, over exchanged items):")
-        print(_cli.render(
-            ["run", "items exchanged", "per input", "bytes/item", "extra CPU s", "us/item"], exchange))
+        print(
+            _cli.render(
+                ["run", "items exchanged", "per input", "bytes/item", "extra CPU s", "us/item"], exchange
+            )
+        )
     verdicts = []
     for pipeline, cells in results.items():
         verdicts += verdict(pipeline, {c.config.label: c for c in cells})
     for line in verdicts:
         print(line)
     if args.json:
-        args.json.write_text(json.dumps({
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "load_before": load_before,
-            "sizes": sizes,
-            "runs": {
-                p: [{"config": c.config.label, "wall": r.wall, "records": r.records, "error": r.error}
-                    for c in cells for r in c.runs]
-                for p, cells in results.items()
-            },
-            "verdicts": verdicts,
-        }, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "load_before": load_before,
+                    "sizes": sizes,
+                    "runs": {
+                        p: [
+                            {"config": c.config.label, "wall": r.wall, "records": r.records, "error": r.error}
+                            for c in cells
+                            for r in c.runs
+                        ]
+                        for p, cells in results.items()
+                    },
+                    "verdicts": verdicts,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     return 1 if failed else 0
 
 

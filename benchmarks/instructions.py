@@ -68,8 +68,16 @@ def instructions(stderr: str) -> int:
 def run(config: str, pipeline: str, items: int, flush_ms: int) -> list[int]:
     """Instructions of each process of one run of ``config`` (a failure raises)."""
     python = os.path.realpath(sys.executable)  # valgrind needs the binary, not a shim
-    base = [python, "-m", "headrace.run", "cli_flows:flow", "--metrics-port", "0",
-            "--exchange-flush-ms", str(flush_ms)]
+    base = [
+        python,
+        "-m",
+        "headrace.run",
+        "cli_flows:flow",
+        "--metrics-port",
+        "0",
+        "--exchange-flush-ms",
+        str(flush_ms),
+    ]
     span_dir = tempfile.mkdtemp(prefix="bench-instr-")
     env = _cli.flow_env("headrace", pipeline, items, 4, span_dir)
     if config == "-p 1":
@@ -82,10 +90,14 @@ def run(config: str, pipeline: str, items: int, flush_ms: int) -> list[int]:
         cmds = [[*base, "-p", "1"]] * 2
         envs = [{**env, "BENCH_SHARD": f"{i}/2"} for i in range(2)]
     procs = [
-        subprocess.Popen(["valgrind", "--tool=cachegrind", "--cache-sim=no",
-                          "--cachegrind-out-file=/dev/null", *cmd],
-                         env=e, cwd=HERE / "pipelines", stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null", *cmd],
+            env=e,
+            cwd=HERE / "pipelines",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for cmd, e in zip(cmds, envs, strict=True)
     ]
     counts = []
@@ -150,22 +162,28 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     results: dict[str, dict[str, list[float]]] = {}
-    lines = [f"{'pipeline':12s}  {'config':20s} {'total':>8s} {'busiest':>8s} {'ideal':>7s}"
-             "   (instructions per input item)"]
+    lines = [
+        f"{'pipeline':12s}  {'config':20s} {'total':>8s} {'busiest':>8s} {'ideal':>7s}"
+        "   (instructions per input item)"
+    ]
     for pipeline, n in sizes.items():
         counts = {}
         for config in CONFIGS:
-            small, large = run(config, pipeline, n, args.flush_ms), run(config, pipeline, 2 * n,
-                                                                       args.flush_ms)
+            small, large = (
+                run(config, pipeline, n, args.flush_ms),
+                run(config, pipeline, 2 * n, args.flush_ms),
+            )
             counts[config] = per_item(small, large, n)
-            print(f"{pipeline} {config}: {[round(c, 1) for c in counts[config]]} instructions/item",
-                  flush=True)
+            print(
+                f"{pipeline} {config}: {[round(c, 1) for c in counts[config]]} instructions/item", flush=True
+            )
         results[pipeline] = counts
         lines += summary(pipeline, counts)
     print("\n".join(lines))
     if args.json:
-        args.json.write_text(json.dumps({"sizes": sizes, "flush_ms": args.flush_ms,
-                                         "per_item": results}, indent=1))
+        args.json.write_text(
+            json.dumps({"sizes": sizes, "flush_ms": args.flush_ms, "per_item": results}, indent=1)
+        )
     return 0
 
 

@@ -99,20 +99,20 @@ print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
 
 def bytewax_python() -> str:
     """A Python with bytewax 0.21.1 and confluent-kafka, made once if needed."""
-    check = "import bytewax, confluent_kafka, importlib.metadata as m; " \
-            "assert m.version('bytewax') == '0.21.1'"
+    check = (
+        "import bytewax, confluent_kafka, importlib.metadata as m; assert m.version('bytewax') == '0.21.1'"
+    )
     local = ROOT / "benchmarks" / ".bytewax-venv" / "bin" / "python"
-    if local.exists() and subprocess.run([str(local), "-c", check],
-                                         capture_output=True).returncode == 0:
+    if local.exists() and subprocess.run([str(local), "-c", check], capture_output=True).returncode == 0:
         return str(local)
     venv = cache_dir().parent / "bytewax-venv"
     py = venv / "bin" / "python"
-    if not py.exists() or subprocess.run([str(py), "-c", check],
-                                         capture_output=True).returncode != 0:
+    if not py.exists() or subprocess.run([str(py), "-c", check], capture_output=True).returncode != 0:
         print(f"making {venv} (bytewax==0.21.1, confluent-kafka) ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "bytewax==0.21.1",
-                        "confluent-kafka"], check=True)
+        subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", "bytewax==0.21.1", "confluent-kafka"], check=True
+        )
     return str(py)
 
 
@@ -139,16 +139,25 @@ def _command(system: str, bw_python: str) -> list[str]:
 
 def _env(b: KafkaBroker, src: str, dst: str, tail: bool) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"B_BROKERS": b.bootstrap, "B_IN": src, "B_OUT": dst, "B_TAIL": "1" if tail
-                else "0", "PYTHONPATH": str(ROOT), "HEADRACE_METRICS_PORT": "0"})
+    env.update(
+        {
+            "B_BROKERS": b.bootstrap,
+            "B_IN": src,
+            "B_OUT": dst,
+            "B_TAIL": "1" if tail else "0",
+            "PYTHONPATH": str(ROOT),
+            "HEADRACE_METRICS_PORT": "0",
+        }
+    )
     return env
 
 
 def throughput(b: KafkaBroker, system: str, bw_python: str, n: int, size: int) -> float:
     src, dst = b.create_topic(partitions=3), b.create_topic(partitions=3)
     _preload(b, src, n, size)
-    proc = subprocess.run(_command(system, bw_python), env=_env(b, src, dst, False),
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        _command(system, bw_python), env=_env(b, src, dst, False), capture_output=True, text=True, timeout=900
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{system} failed:\n{proc.stderr[-3000:]}")
     seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
@@ -158,15 +167,20 @@ def throughput(b: KafkaBroker, system: str, bw_python: str, n: int, size: int) -
     return n / seconds
 
 
-def latency(b: KafkaBroker, system: str, bw_python: str, rate: int, seconds: float
-            ) -> dict[str, float]:
+def latency(b: KafkaBroker, system: str, bw_python: str, rate: int, seconds: float) -> dict[str, float]:
     from confluent_kafka import Consumer, TopicPartition
 
     src, dst = b.create_topic(partitions=3), b.create_topic(partitions=3)
     lat: list[float] = []
     stop = threading.Event()
-    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "lat",
-                  "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+    c = Consumer(
+        {
+            "bootstrap.servers": b.bootstrap,
+            "group.id": "lat",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
     c.assign([TopicPartition(dst, i, 0) for i in range(3)])
 
     def collect() -> None:
@@ -176,8 +190,13 @@ def latency(b: KafkaBroker, system: str, bw_python: str, rate: int, seconds: flo
                     sent = int((m.value() or b"0")[:19])
                     lat.append((time.time_ns() - sent) / 1e6)
 
-    proc = subprocess.Popen(_command(system, bw_python), env=_env(b, src, dst, True),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _command(system, bw_python),
+        env=_env(b, src, dst, True),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     t = threading.Thread(target=collect, daemon=True)
     try:
         assert proc.stdout is not None
@@ -216,8 +235,14 @@ def latency(b: KafkaBroker, system: str, bw_python: str, rate: int, seconds: flo
     def pct(q: float) -> float:
         return lat[min(len(lat) - 1, int(q * len(lat)))]
 
-    return {"p50_ms": pct(0.5), "p90_ms": pct(0.9), "p99_ms": pct(0.99), "max_ms": lat[-1],
-            "received": len(lat), "sent": total}
+    return {
+        "p50_ms": pct(0.5),
+        "p90_ms": pct(0.9),
+        "p99_ms": pct(0.99),
+        "max_ms": lat[-1],
+        "received": len(lat),
+        "sent": total,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,35 +257,48 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     systems = args.systems.split(",")
     bw_python = bytewax_python() if "bytewax" in systems else ""
-    results: dict[str, Any] = {"messages": args.messages, "value_bytes": args.size,
-                               "rate": args.rate, "seconds": args.seconds}
+    results: dict[str, Any] = {
+        "messages": args.messages,
+        "value_bytes": args.size,
+        "rate": args.rate,
+        "seconds": args.seconds,
+    }
     rates: dict[str, list[float]] = {s: [] for s in systems}
     with running_broker() as b:
         # Systems alternate, so drift on a shared machine hits all alike.
         for rep in range(args.repeat):
             for system in systems if rep % 2 == 0 else systems[::-1]:
                 rates[system].append(throughput(b, system, bw_python, args.messages, args.size))
-                print(f"  [{rep + 1}/{args.repeat}] {system}: {rates[system][-1]:,.0f} msg/s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  [{rep + 1}/{args.repeat}] {system}: {rates[system][-1]:,.0f} msg/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         for system in systems:
             mps = max(rates[system])
             med = statistics.median(rates[system])
             lat = latency(b, system, bw_python, args.rate, args.seconds)
-            results[system] = {"msgs_per_s": round(mps), "msgs_per_s_median": round(med),
-                               **{k: round(v, 2) for k, v in lat.items()}}
-            print(f"{system:9s} {mps:10,.0f} msg/s (median {med:,.0f})   latency p50 "
-                  f"{lat['p50_ms']:7.1f} ms  p90 {lat['p90_ms']:7.1f}  p99 {lat['p99_ms']:7.1f}  "
-                  f"max {lat['max_ms']:7.1f}  ({lat['received']}/{lat['sent']})", flush=True)
+            results[system] = {
+                "msgs_per_s": round(mps),
+                "msgs_per_s_median": round(med),
+                **{k: round(v, 2) for k, v in lat.items()},
+            }
+            print(
+                f"{system:9s} {mps:10,.0f} msg/s (median {med:,.0f})   latency p50 "
+                f"{lat['p50_ms']:7.1f} ms  p90 {lat['p90_ms']:7.1f}  p99 {lat['p99_ms']:7.1f}  "
+                f"max {lat['max_ms']:7.1f}  ({lat['received']}/{lat['sent']})",
+                flush=True,
+            )
     if "headrace" in results and "bytewax" in results:
         results["headrace_vs_bytewax"] = round(
-            results["headrace"]["msgs_per_s"] / results["bytewax"]["msgs_per_s"], 2)
-        print(f"Headrace / Bytewax throughput: {results['headrace_vs_bytewax']:.2f}x "
-              "(target >= 1.2x)")
+            results["headrace"]["msgs_per_s"] / results["bytewax"]["msgs_per_s"], 2
+        )
+        print(f"Headrace / Bytewax throughput: {results['headrace_vs_bytewax']:.2f}x (target >= 1.2x)")
     if "headrace" in results and "floor" in results:
         results["headrace_vs_floor"] = round(
-            results["headrace"]["msgs_per_s"] / results["floor"]["msgs_per_s"], 2)
-        print(f"Headrace / floor throughput: {results['headrace_vs_floor']:.0%} "
-              "(target >= 70%)")
+            results["headrace"]["msgs_per_s"] / results["floor"]["msgs_per_s"], 2
+        )
+        print(f"Headrace / floor throughput: {results['headrace_vs_floor']:.0%} (target >= 70%)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

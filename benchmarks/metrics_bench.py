@@ -64,17 +64,27 @@ def child(pipeline: str, items: int, metrics: bool) -> dict[str, Any]:
     compat = importlib.import_module("_compat")
     module = importlib.import_module(pipeline)
     warm = compat.Dataflow("warm_up")
-    compat.op.output("out", compat.op.input("inp", warm, common.GeneratedSource(1, lambda s, n: [s] * n)),
-                     common.CountingSink())
+    compat.op.output(
+        "out",
+        compat.op.input("inp", warm, common.GeneratedSource(1, lambda s, n: [s] * n)),
+        common.CountingSink(),
+    )
     execute(warm, metrics=metrics)
     sink = common.CountingSink()
     flow = module.build(items, sink)
     cpu0, start = time.process_time(), time.perf_counter()
     execute(flow, metrics=metrics)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    return {"pipeline": pipeline, "items": items, "metrics": metrics, "seconds": seconds,
-            "items_per_s": items / seconds, "cpu_seconds": cpu, "items_per_cpu_s": items / cpu,
-            "out_count": sink.count}
+    return {
+        "pipeline": pipeline,
+        "items": items,
+        "metrics": metrics,
+        "seconds": seconds,
+        "items_per_s": items / seconds,
+        "cpu_seconds": cpu,
+        "items_per_cpu_s": items / cpu,
+        "out_count": sink.count,
+    }
 
 
 def measure_once(pipeline: str, items: int, metrics: bool) -> dict[str, Any]:
@@ -85,12 +95,23 @@ def measure_once(pipeline: str, items: int, metrics: bool) -> dict[str, Any]:
     >>> "error" in measure_once("no_such_pipeline", 1, True)
     True
     """
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "on" if metrics else "off",
-           "--pipelines", pipeline, "--items", str(items)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "on" if metrics else "off",
+        "--pipelines",
+        pipeline,
+        "--items",
+        str(items),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=_cli.CHILD_TIMEOUT_S)
     if done.returncode != 0:
-        return {"pipeline": pipeline, "metrics": metrics,
-                "error": " | ".join(done.stderr.strip().splitlines()[-4:])}
+        return {
+            "pipeline": pipeline,
+            "metrics": metrics,
+            "error": " | ".join(done.stderr.strip().splitlines()[-4:]),
+        }
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -104,9 +125,12 @@ def summarize(runs: list[dict[str, Any]], field: str = "items_per_s") -> dict[st
     """
     on = [r[field] for r in runs if r.get("metrics") is True and "error" not in r]
     off = [r[field] for r in runs if r.get("metrics") is False and "error" not in r]
-    out: dict[str, Any] = {"on_best": max(on, default=None), "off_best": max(off, default=None),
-                           "on_median": statistics.median(on) if on else None,
-                           "off_median": statistics.median(off) if off else None}
+    out: dict[str, Any] = {
+        "on_best": max(on, default=None),
+        "off_best": max(off, default=None),
+        "on_median": statistics.median(on) if on else None,
+        "off_median": statistics.median(off) if off else None,
+    }
     for kind in ("best", "median"):
         a, b = out[f"on_{kind}"], out[f"off_{kind}"]
         out[f"overhead_{kind}"] = 1 - a / b if a and b else None
@@ -128,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small input, one repeat")
     parser.add_argument("--repeat", type=int, help="runs per setting (default 3, --quick 1)")
     parser.add_argument("--items", type=int, help="input items")
-    parser.add_argument("--pipelines", default=",".join(DEFAULT_PIPELINES),
-                        help="single-worker pipelines (benchmarks/pipelines/NAME.py)")
+    parser.add_argument(
+        "--pipelines",
+        default=",".join(DEFAULT_PIPELINES),
+        help="single-worker pipelines (benchmarks/pipelines/NAME.py)",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", choices=["on", "off"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -147,38 +174,72 @@ def main(argv: list[str] | None = None) -> int:
         items = args.items or (QUICK_ITEMS if args.quick else default)
         runs = results.setdefault(name, [])
         for rep in range(repeat):
-            for metrics in ((True, False) if rep % 2 == 0 else (False, True)):
+            for metrics in (True, False) if rep % 2 == 0 else (False, True):
                 done += 1
                 r = measure_once(name, items, metrics)
                 runs.append(r)
                 msg = r.get("error") or f"{_cli.rate(r['items_per_s'])} items/s, {r['seconds']:.2f} s"
-                print(f"[{done}/{total}] {name} metrics {'on ' if metrics else 'off'}: {msg}  "
-                      f"(load {_cli.load_average()})", file=sys.stderr, flush=True)
-    print(f"Metrics overhead, best of {repeat} (median in parentheses); {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}; took {time.time() - started:.0f} s; load average "
-          f"before {load_before}, after {_cli.load_average()}")
+                print(
+                    f"[{done}/{total}] {name} metrics {'on ' if metrics else 'off'}: {msg}  "
+                    f"(load {_cli.load_average()})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    print(
+        f"Metrics overhead, best of {repeat} (median in parentheses); {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}; took {time.time() - started:.0f} s; load average "
+        f"before {load_before}, after {_cli.load_average()}"
+    )
     rows, failed, summaries = [], False, {}
     for name, runs in results.items():
         for field, what in (("items_per_s", "wall"), ("items_per_cpu_s", "CPU")):
             s = summaries[f"{name} {what}"] = summarize(runs, field)
-            rows.append([
-                name, f"{runs[0].get('items', 0):,}", what,
-                f"{_cli.rate(s['off_best'])} ({_cli.rate(s['off_median'])})",
-                f"{_cli.rate(s['on_best'])} ({_cli.rate(s['on_median'])})",
-                f"{_cli.num(s['overhead_best'], '.1%')} ({_cli.num(s['overhead_median'], '.1%')})",
-                f"<= {TARGET:.0%}", s["verdict"],
-            ])
+            rows.append(
+                [
+                    name,
+                    f"{runs[0].get('items', 0):,}",
+                    what,
+                    f"{_cli.rate(s['off_best'])} ({_cli.rate(s['off_median'])})",
+                    f"{_cli.rate(s['on_best'])} ({_cli.rate(s['on_median'])})",
+                    f"{_cli.num(s['overhead_best'], '.1%')} ({_cli.num(s['overhead_median'], '.1%')})",
+                    f"<= {TARGET:.0%}",
+                    s["verdict"],
+                ]
+            )
         for r in runs:
             if "error" in r:
                 failed = True
-                rows.append([f"  failed ({'on' if r['metrics'] else 'off'})", r["error"], "", "", "", "", "",
-                             ""])
-    print(_cli.render(["pipeline", "items", "time", "metrics off/s best (med)", "metrics on/s best (med)",
-                       "overhead best (med)", "target", "verdict"], rows))
+                rows.append(
+                    [f"  failed ({'on' if r['metrics'] else 'off'})", r["error"], "", "", "", "", "", ""]
+                )
+    print(
+        _cli.render(
+            [
+                "pipeline",
+                "items",
+                "time",
+                "metrics off/s best (med)",
+                "metrics on/s best (med)",
+                "overhead best (med)",
+                "target",
+                "verdict",
+            ],
+            rows,
+        )
+    )
     if args.json:
-        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                         "load_before": load_before, "runs": results,
-                                         "summary": summaries}, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "load_before": load_before,
+                    "runs": results,
+                    "summary": summaries,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     return 1 if failed else 0
 
 

@@ -82,10 +82,25 @@ class RedisServer:
         self.dir = tempfile.mkdtemp(prefix="bench-redis-")
         self.port = _cli.free_ports(1)[0]
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self.dir,
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while True:
@@ -143,7 +158,9 @@ def _dir_mb(path: str) -> float:
 def _show(location: str, flow_id: str) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "headrace.recovery", "show", location, "--flow-id", flow_id],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     info: dict[str, Any] = json.loads(done.stdout)
     return info
@@ -208,8 +225,10 @@ def make_stores(engines: list[str], bytewax: Path | None, redis_server: RedisSer
                 server.flush()
                 return ["-r", server.url, "-s", "1", *hr]
 
-            stores.append(Store("headrace redis", "headrace", fresh_redis, lambda: server.url,
-                                server.dump, server.load))
+            stores.append(
+                Store("headrace redis", "headrace", fresh_redis, lambda: server.url, server.dump, server.load)
+            )
+
         def fresh_dir() -> list[str]:
             from headrace.recovery import init_db_dir
 
@@ -217,20 +236,23 @@ def make_stores(engines: list[str], bytewax: Path | None, redis_server: RedisSer
             init_db_dir(d, 1)  # a directory must hold its part files before a run
             return ["-r", d, "-s", "1", *hr]
 
-        stores.append(Store("headrace sqlite", "headrace", fresh_dir, lambda: state.get("dir"),
-                            save_dir, put_back_dir))
+        stores.append(
+            Store("headrace sqlite", "headrace", fresh_dir, lambda: state.get("dir"), save_dir, put_back_dir)
+        )
     if "bytewax" in engines and bytewax is not None:
         bw = bytewax
 
         def fresh_bytewax() -> list[str]:
             d = new_dir()
-            subprocess.run([str(bw), "-m", "bytewax.recovery", d, "1"], check=True,
-                           capture_output=True)
+            subprocess.run([str(bw), "-m", "bytewax.recovery", d, "1"], check=True, capture_output=True)
             return ["-w", "1", "-r", d, "-s", "1", "-b", "0"]
 
         stores.append(Store("bytewax none", "bytewax", lambda: ["-w", "1"]))
-        stores.append(Store("bytewax sqlite", "bytewax", fresh_bytewax, lambda: state.get("dir"),
-                            save_dir, put_back_dir))
+        stores.append(
+            Store(
+                "bytewax sqlite", "bytewax", fresh_bytewax, lambda: state.get("dir"), save_dir, put_back_dir
+            )
+        )
     return stores
 
 
@@ -305,10 +327,14 @@ def throughput(stores: list[Store], pythons: dict[str, Any], items: int, repeat:
             loc = s.location()
             if run.ok and loc is not None and "://" not in loc:
                 cell.disk_mb.append(_dir_mb(loc))
-            msg = run.error or (f"{_cli.rate(items / run.span)} items/s, span {run.span:.2f} s, "
-                                f"wall {run.wall:.2f} s")
-            print(f"[{done}/{total}] wordcount {s.label}: {msg}  (load {_cli.load_average()})",
-                  file=sys.stderr, flush=True)
+            msg = run.error or (
+                f"{_cli.rate(items / run.span)} items/s, span {run.span:.2f} s, wall {run.wall:.2f} s"
+            )
+            print(
+                f"[{done}/{total}] wordcount {s.label}: {msg}  (load {_cli.load_average()})",
+                file=sys.stderr,
+                flush=True,
+            )
     return cells
 
 
@@ -322,25 +348,38 @@ def throughput_table(cells: list[Cell]) -> str:
         bb, bm = b.rates() if b is not None else (None, None)
         epochs = c.med(lambda r: r.metric_max("headrace_epoch_committed") or None)
         snaps = c.med(lambda r: r.metric("snapshot_duration_seconds_count") or None)
-        per_kb = c.med(lambda r: (v / 1e3) if (v := _per_snapshot(r, "headrace_snapshot_bytes_total"))
-                       else None)
-        snap_ms = c.med(lambda r: (v * 1e3) if (v := _per_snapshot(r, "snapshot_duration_seconds_sum"))
-                        else None)
-        rows.append([
-            c.store.label,
-            f"{_cli.rate(best)} ({_cli.rate(med)})",
-            f"{_cli.num(best / bb if best and bb else None, '.1%')} "
-            f"({_cli.num(med / bm if med and bm else None, '.1%')})",
-            _cli.num(epochs, ".0f"),
-            _cli.num(snaps, ".0f"),
-            _cli.num(per_kb, ".1f"),
-            _cli.num(snap_ms, ".1f"),
-            f"{sorted(c.disk_mb)[len(c.disk_mb) // 2]:.2f}" if c.disk_mb else "",
-            "FAILED" if c.problems else "",
-        ])
+        per_kb = c.med(
+            lambda r: (v / 1e3) if (v := _per_snapshot(r, "headrace_snapshot_bytes_total")) else None
+        )
+        snap_ms = c.med(
+            lambda r: (v * 1e3) if (v := _per_snapshot(r, "snapshot_duration_seconds_sum")) else None
+        )
+        rows.append(
+            [
+                c.store.label,
+                f"{_cli.rate(best)} ({_cli.rate(med)})",
+                f"{_cli.num(best / bb if best and bb else None, '.1%')} "
+                f"({_cli.num(med / bm if med and bm else None, '.1%')})",
+                _cli.num(epochs, ".0f"),
+                _cli.num(snaps, ".0f"),
+                _cli.num(per_kb, ".1f"),
+                _cli.num(snap_ms, ".1f"),
+                f"{sorted(c.disk_mb)[len(c.disk_mb) // 2]:.2f}" if c.disk_mb else "",
+                "FAILED" if c.problems else "",
+            ]
+        )
     return _cli.render(
-        ["config", "items/s best (med)", "vs none best (med)", "epochs", "snapshots",
-         "kB/snapshot", "ms/snapshot", "disk MB", ""],
+        [
+            "config",
+            "items/s best (med)",
+            "vs none best (med)",
+            "epochs",
+            "snapshots",
+            "kB/snapshot",
+            "ms/snapshot",
+            "disk MB",
+            "",
+        ],
         rows,
     )
 
@@ -365,8 +404,9 @@ def _to_first_output(run: _cli.CliRun) -> float:
     return float(rec["first_write"] - rec["t_import"])
 
 
-def restore(stores: list[Store], pythons: dict[str, Any], hr_keys: int, bw_keys: int,
-            repeat: int) -> list[Restore]:
+def restore(
+    stores: list[Store], pythons: dict[str, Any], hr_keys: int, bw_keys: int, repeat: int
+) -> list[Restore]:
     """Fill each store with keys once; time ``repeat`` resumes from a copy of it.
 
     >>> stores = make_stores(["headrace"], None, None)
@@ -401,8 +441,12 @@ def restore(stores: list[Store], pythons: dict[str, Any], hr_keys: int, bw_keys:
         if s.engine == "headrace" and loc is not None:
             steps = _show(loc, "restore").get("steps", {})
             res.stored_keys = steps.get("restore.sum.stateful_batch", {}).get("keys")
-        print(f"restore {s.label}: built {keys:,} keys, span {build.span:.2f} s, wall "
-              f"{res.build_wall:.2f} s  (load {_cli.load_average()})", file=sys.stderr, flush=True)
+        print(
+            f"restore {s.label}: built {keys:,} keys, span {build.span:.2f} s, wall "
+            f"{res.build_wall:.2f} s  (load {_cli.load_average()})",
+            file=sys.stderr,
+            flush=True,
+        )
         saved = s.save()
         for i in range(repeat):
             if i:
@@ -415,8 +459,12 @@ def restore(stores: list[Store], pythons: dict[str, Any], hr_keys: int, bw_keys:
             rec = run.records[0]
             res.first_out.append(_to_first_output(run))
             res.run.append(rec["t_exit"] - rec["t_import"])
-            print(f"restore {s.label}: first output after {res.first_out[-1]:.2f} s, run "
-                  f"{res.run[-1]:.2f} s  (load {_cli.load_average()})", file=sys.stderr, flush=True)
+            print(
+                f"restore {s.label}: first output after {res.first_out[-1]:.2f} s, run "
+                f"{res.run[-1]:.2f} s  (load {_cli.load_average()})",
+                file=sys.stderr,
+                flush=True,
+            )
         if isinstance(saved, str):
             shutil.rmtree(saved, ignore_errors=True)
     return out
@@ -434,27 +482,41 @@ def restore_table(results: list[Restore]) -> str:
     """Restore times per store (see `restore`'s example)."""
     rows = []
     for r in results:
-        first_best, first_med = (min(r.first_out), sorted(r.first_out)[len(r.first_out) // 2]) \
-            if r.first_out else (None, None)
+        first_best, first_med = (
+            (min(r.first_out), sorted(r.first_out)[len(r.first_out) // 2]) if r.first_out else (None, None)
+        )
         base = sorted(r.baseline)[len(r.baseline) // 2] if r.baseline else None
         net = first_best - base if first_best is not None and base is not None else None
         net_med = first_med - base if first_med is not None and base is not None else None
         run_med = sorted(r.run)[len(r.run) // 2] if r.run else None
-        verdict = "" if net is None or r.store.engine != "headrace" else (
-            "ok" if first_best is not None and first_best < RESTORE_TARGET_S else "MISS")
-        rows.append([
-            r.store.label,
-            f"{r.keys:,}" + (f" ({r.stored_keys:,} stored)" if r.stored_keys is not None else ""),
-            _cli.num(r.build_span, ".1f"),
-            _cli.num(base, ".2f"),
-            f"{_cli.num(first_best, '.2f')} ({_cli.num(first_med, '.2f')})",
-            f"{_cli.num(net, '.2f')} ({_cli.num(net_med, '.2f')})",
-            _cli.num(run_med, ".2f"),
-            "FAILED" if r.problems else verdict,
-        ])
+        verdict = (
+            ""
+            if net is None or r.store.engine != "headrace"
+            else ("ok" if first_best is not None and first_best < RESTORE_TARGET_S else "MISS")
+        )
+        rows.append(
+            [
+                r.store.label,
+                f"{r.keys:,}" + (f" ({r.stored_keys:,} stored)" if r.stored_keys is not None else ""),
+                _cli.num(r.build_span, ".1f"),
+                _cli.num(base, ".2f"),
+                f"{_cli.num(first_best, '.2f')} ({_cli.num(first_med, '.2f')})",
+                f"{_cli.num(net, '.2f')} ({_cli.num(net_med, '.2f')})",
+                _cli.num(run_med, ".2f"),
+                "FAILED" if r.problems else verdict,
+            ]
+        )
     return _cli.render(
-        ["store", "keys", "build s", "baseline s", "restore s best (med)", "net s best (med)",
-         "run s (med)", f"< {RESTORE_TARGET_S:g} s"],
+        [
+            "store",
+            "keys",
+            "build s",
+            "baseline s",
+            "restore s best (med)",
+            "net s best (med)",
+            "run s (med)",
+            f"< {RESTORE_TARGET_S:g} s",
+        ],
         rows,
     )
 
@@ -473,9 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, help="runs per config (default 3, --quick 1)")
     parser.add_argument("--items", type=int, help=f"wordcount lines (default {ITEMS:,})")
     parser.add_argument("--keys", type=int, help=f"keys to restore (default {KEYS:,})")
-    parser.add_argument("--bytewax-keys", type=int,
-                        help=f"keys for Bytewax's restore (default {BYTEWAX_KEYS:,}: its resume "
-                        "time grows faster than linearly, ~1 min at 300k keys)")
+    parser.add_argument(
+        "--bytewax-keys",
+        type=int,
+        help=f"keys for Bytewax's restore (default {BYTEWAX_KEYS:,}: its resume "
+        "time grows faster than linearly, ~1 min at 300k keys)",
+    )
     parser.add_argument("--engines", default="headrace,bytewax")
     parser.add_argument("--skip-restore", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
@@ -500,9 +565,11 @@ def main(argv: list[str] | None = None) -> int:
             redis_server.stop()
         for d in TEMP_DIRS:
             shutil.rmtree(d, ignore_errors=True)
-    print(f"Recovery cost, best of {repeat} (median in parentheses); {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}; took {time.time() - started:.0f} s; "
-          f"load average before {load_before}, after {_cli.load_average()}")
+    print(
+        f"Recovery cost, best of {repeat} (median in parentheses); {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}; took {time.time() - started:.0f} s; "
+        f"load average before {load_before}, after {_cli.load_average()}"
+    )
     failed = False
     if cells:
         print(f"\nwordcount, {items:,} lines, snapshot every 1 s:")
@@ -512,11 +579,15 @@ def main(argv: list[str] | None = None) -> int:
             none = next((x for x in cells if x.store.label == "headrace none"), None)
             if c.store.engine == "headrace" and c is not none and best and none and none.rates()[0]:
                 ratio = best / none.rates()[0]  # type: ignore[operator]
-                print(f"{c.store.label}: {ratio:.1%} of no-recovery throughput (target >= "
-                      f"{RATIO_TARGET:.0%}): {'ok' if ratio >= RATIO_TARGET else 'MISS'}")
+                print(
+                    f"{c.store.label}: {ratio:.1%} of no-recovery throughput (target >= "
+                    f"{RATIO_TARGET:.0%}): {'ok' if ratio >= RATIO_TARGET else 'MISS'}"
+                )
     if restores:
-        print("\nRestore (stateful_map state), seconds from importing the dataflow to the first "
-              "output of a resumed run:")
+        print(
+            "\nRestore (stateful_map state), seconds from importing the dataflow to the first "
+            "output of a resumed run:"
+        )
         print(restore_table(restores))
     for c in cells:
         for p in c.problems:
@@ -527,15 +598,30 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             print(f"note: restore {r.store.label} failed: {p}")
     if args.json:
-        args.json.write_text(json.dumps({
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "load_before": load_before,
-            "throughput": [{"config": c.store.label, "runs": [
-                {"wall": r.wall, "records": r.records, "error": r.error} for r in c.runs],
-                "disk_mb": c.disk_mb} for c in cells],
-            "restore": [{k: v for k, v in vars(r).items() if k != "store"} | {"store": r.store.label}
-                        for r in restores],
-        }, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "load_before": load_before,
+                    "throughput": [
+                        {
+                            "config": c.store.label,
+                            "runs": [
+                                {"wall": r.wall, "records": r.records, "error": r.error} for r in c.runs
+                            ],
+                            "disk_mb": c.disk_mb,
+                        }
+                        for c in cells
+                    ],
+                    "restore": [
+                        {k: v for k, v in vars(r).items() if k != "store"} | {"store": r.store.label}
+                        for r in restores
+                    ],
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     return 1 if failed else 0
 
 

@@ -40,6 +40,5 @@ if TAIL:
     counts = op.stateful_map("count", keyed, lambda n, _w: ((n or 0) + 1, (n or 0) + 1))
 else:
     counts = op.count_final("count", words, lambda w: w)
-out = op.map("to_kafka", counts, lambda kv: KafkaSinkMessage(kv[0].encode(),
-                                                             str(kv[1]).encode()))
+out = op.map("to_kafka", counts, lambda kv: KafkaSinkMessage(kv[0].encode(), str(kv[1]).encode()))
 kop.output("out", out, brokers=BROKERS, topic=OUT_TOPIC)

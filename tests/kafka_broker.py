@@ -163,12 +163,25 @@ def relock() -> str:
     if mvn is None:
         raise BrokerUnavailable("relocking needs Maven (mvn): apt-get install maven")
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "pom.xml").write_text(_POM.format(
-            v=KAFKA_VERSION, bg=_SLF4J_BINDING[0], ba=_SLF4J_BINDING[1], bv=_SLF4J_BINDING[2]))
+        Path(tmp, "pom.xml").write_text(
+            _POM.format(v=KAFKA_VERSION, bg=_SLF4J_BINDING[0], ba=_SLF4J_BINDING[1], bv=_SLF4J_BINDING[2])
+        )
         listing = Path(tmp, "deps.txt")
-        subprocess.run([mvn, "-q", "-B", "dependency:list", "-DincludeScope=runtime",
-                        f"-DoutputFile={listing}", "-DoutputAbsoluteArtifactFilename=true"],
-                       cwd=tmp, check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            [
+                mvn,
+                "-q",
+                "-B",
+                "dependency:list",
+                "-DincludeScope=runtime",
+                f"-DoutputFile={listing}",
+                "-DoutputAbsoluteArtifactFilename=true",
+            ],
+            cwd=tmp,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
         lines = []
         for row in listing.read_text().splitlines():
             parts = row.strip().split(":")
@@ -214,9 +227,13 @@ class KafkaBroker:
         except ToolUnavailable as exc:
             raise BrokerUnavailable(str(exc)) from None
         return [
-            java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseSerialGC",
+            java,
+            f"-Xmx{self.heap}",
+            f"-Xms{self.heap}",
+            "-XX:+UseSerialGC",
             f"-Dlog4j.configuration=file:{self.workdir / 'log4j.properties'}",
-            "-cp", f"{jars}/*",
+            "-cp",
+            f"{jars}/*",
         ]
 
     def start(self, timeout: float = 60.0) -> None:
@@ -224,41 +241,57 @@ class KafkaBroker:
         (self.workdir / "log4j.properties").write_text(_LOG4J.format(path=self.log_file))
         props = self.workdir / "server.properties"
         data = self.workdir / "data"
-        props.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-            f"CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-            "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            f"log.dirs={data}",
-            "num.partitions=1",
-            "auto.create.topics.enable=false",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "log.flush.interval.messages=9223372036854775807",
-            "",
-        ]))
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={data}",
+                    "num.partitions=1",
+                    "auto.create.topics.enable=false",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "log.flush.interval.messages=9223372036854775807",
+                    "",
+                ]
+            )
+        )
         if not (data / "meta.properties").exists():
             cluster_id = _cluster_id()
             fmt = subprocess.run(
-                [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                 "-c", str(props), "--standalone"],
-                capture_output=True, text=True, timeout=120,
+                [
+                    *self._java(),
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(props),
+                    "--standalone",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
             )
             if fmt.returncode != 0:
                 raise BrokerUnavailable(f"StorageTool format failed:\n{fmt.stdout}{fmt.stderr}")
         with open(self.workdir / "stdout.log", "ab") as out:
             self.proc = subprocess.Popen(
                 [*self._java(), "kafka.Kafka", str(props)],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self._wait_ready(timeout)
 
@@ -270,7 +303,8 @@ class KafkaBroker:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise BrokerUnavailable(
-                    f"the Kafka broker exited with {self.proc.returncode}:\n{self.tail_logs()}")
+                    f"the Kafka broker exited with {self.proc.returncode}:\n{self.tail_logs()}"
+                )
             try:
                 md = admin.list_topics(timeout=1)
                 if md.brokers:
@@ -278,8 +312,7 @@ class KafkaBroker:
             except Exception:
                 time.sleep(0.2)
         self.stop()
-        raise BrokerUnavailable(f"the Kafka broker did not start in {timeout} s:\n"
-                                f"{self.tail_logs()}")
+        raise BrokerUnavailable(f"the Kafka broker did not start in {timeout} s:\n{self.tail_logs()}")
 
     def tail_logs(self, n: int = 4000) -> str:
         text = ""
@@ -321,8 +354,11 @@ class KafkaBroker:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             md = admin.list_topics(name, timeout=5).topics.get(name)
-            if md is not None and md.error is None and len(md.partitions) == partitions and all(
-                p.leader >= 0 for p in md.partitions.values()
+            if (
+                md is not None
+                and md.error is None
+                and len(md.partitions) == partitions
+                and all(p.leader >= 0 for p in md.partitions.values())
             ):
                 return name
             time.sleep(0.05)
@@ -333,8 +369,13 @@ class KafkaBroker:
 
         return Producer({"bootstrap.servers": self.bootstrap, "logger": _quiet(), **config})
 
-    def produce(self, topic: str, messages: list[tuple[Any, Any]], partition: int | None = None,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        messages: list[tuple[Any, Any]],
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Produce ``(key, value)`` pairs and wait until all are acknowledged."""
         p = self.producer(**{"linger.ms": 5})
         for key, value in messages:
@@ -355,12 +396,17 @@ class KafkaBroker:
         """Every message now in ``topic`` (all partitions), as confluent-kafka Messages."""
         from confluent_kafka import Consumer, TopicPartition
 
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "tests",
-                      "enable.auto.commit": False, "logger": _quiet()})
+        c = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": "tests",
+                "enable.auto.commit": False,
+                "logger": _quiet(),
+            }
+        )
         try:
             parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
-            ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                    for p in parts}
+            ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
             c.assign([TopicPartition(topic, p, 0) for p in parts])
             pos = dict.fromkeys(parts, 0)
             out: list[Any] = []
@@ -379,12 +425,10 @@ class KafkaBroker:
     def end_offsets(self, topic: str) -> dict[int, int]:
         from confluent_kafka import Consumer, TopicPartition
 
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "tests",
-                      "logger": _quiet()})
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "tests", "logger": _quiet()})
         try:
             parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
-            return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                    for p in parts}
+            return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
         finally:
             c.close()
 

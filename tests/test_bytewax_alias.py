@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PROGRAM = textwrap.dedent('''
+PROGRAM = textwrap.dedent("""
     import bytewax.operators as op
     from bytewax.connectors.stdio import StdOutSink
     from bytewax.dataflow import Dataflow
@@ -29,7 +29,7 @@ PROGRAM = textwrap.dedent('''
                         str.split)
     counts = op.count_final("count", words, lambda w: w)
     op.output("out", op.map("fmt", counts, lambda kv: f"{kv[0]}={kv[1]}"), StdOutSink())
-''')
+""")
 # What Bytewax 0.21.1 prints for PROGRAM (python -m bytewax.run prog:flow).
 BYTEWAX_OUTPUT = ["a=1", "b=2", "c=2"]
 
@@ -40,12 +40,19 @@ def program(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _run(cwd: Path, *args: str, env: dict[str, str] | None = None,
-         module: str = "headrace.run") -> subprocess.CompletedProcess[str]:
+def _run(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, module: str = "headrace.run"
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k != _bytewax_alias.ENV}
     base["PYTHONPATH"] = os.pathsep.join([str(ROOT / "runtime"), str(cwd)])
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=100, env={**base, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env={**base, **(env or {})},
+    )
 
 
 @pytest.mark.parametrize(
@@ -58,16 +65,16 @@ def _run(cwd: Path, *args: str, env: dict[str, str] | None = None,
         pytest.param(["--bytewax", "bw_prog:flow", "-w", "2"], {}, id="w2"),
     ],
 )
-def test_a_bytewax_program_runs_unchanged(program: Path, args: list[str],
-                                          env: dict[str, str]) -> None:
+def test_a_bytewax_program_runs_unchanged(program: Path, args: list[str], env: dict[str, str]) -> None:
     res = _run(program, *args, "--metrics-port", "0", env=env)
     assert (res.returncode, res.stderr) == (0, "")
     assert sorted(res.stdout.splitlines()) == BYTEWAX_OUTPUT
 
 
 def test_headrace_testing_honours_the_environment_variable(program: Path) -> None:
-    res = _run(program, "bw_prog:flow", "-w", "2", module="headrace.testing",
-               env={"HEADRACE_BYTEWAX_COMPAT": "1"})
+    res = _run(
+        program, "bw_prog:flow", "-w", "2", module="headrace.testing", env={"HEADRACE_BYTEWAX_COMPAT": "1"}
+    )
     assert (res.returncode, res.stderr) == (0, "")
     assert sorted(res.stdout.splitlines()) == BYTEWAX_OUTPUT
 
@@ -80,21 +87,28 @@ def test_without_the_flag_the_error_says_how(program: Path) -> None:
         "ModuleNotFoundError: No module named 'bytewax'; 'bw_prog' imports 'bytewax', and "
         "Bytewax is not installed; Headrace runs "
         "Bytewax programs unchanged with `python -m headrace.run --bytewax ...` (or "
-        "HEADRACE_BYTEWAX_COMPAT=1)\n")
+        "HEADRACE_BYTEWAX_COMPAT=1)\n"
+    )
 
 
 def test_a_real_bytewax_on_the_path_is_named_and_not_used(program: Path, tmp_path: Path) -> None:
     fake = tmp_path / "site" / "bytewax"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise SystemExit('the real bytewax was imported')\n")
-    res = _run(program, "--bytewax", "bw_prog:flow", "--metrics-port", "0",
-               env={"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT / "runtime"),
-                                                   str(program)])})
+    res = _run(
+        program,
+        "--bytewax",
+        "bw_prog:flow",
+        "--metrics-port",
+        "0",
+        env={"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT / "runtime"), str(program)])},
+    )
     assert res.returncode == 0, res.stderr
     assert sorted(res.stdout.splitlines()) == BYTEWAX_OUTPUT
     assert res.stderr == (
         f"headrace: a real bytewax is installed ({fake}); with --bytewax "
-        "(HEADRACE_BYTEWAX_COMPAT=1) its imports run Headrace's modules instead\n")
+        "(HEADRACE_BYTEWAX_COMPAT=1) its imports run Headrace's modules instead\n"
+    )
 
 
 @pytest.fixture
@@ -107,18 +121,33 @@ def alias() -> Iterator[None]:
 
 
 MODULES = [
-    "", ".dataflow", ".operators", ".operators.windowing", ".operators.helpers", ".testing",
-    ".inputs", ".outputs", ".run", ".recovery", ".tracing", ".errors", ".visualize",
-    ".connectors", ".connectors.stdio", ".connectors.files", ".connectors.demo",
-    ".connectors.kafka", ".connectors.kafka.operators", ".connectors.kafka.serde",
+    "",
+    ".dataflow",
+    ".operators",
+    ".operators.windowing",
+    ".operators.helpers",
+    ".testing",
+    ".inputs",
+    ".outputs",
+    ".run",
+    ".recovery",
+    ".tracing",
+    ".errors",
+    ".visualize",
+    ".connectors",
+    ".connectors.stdio",
+    ".connectors.files",
+    ".connectors.demo",
+    ".connectors.kafka",
+    ".connectors.kafka.operators",
+    ".connectors.kafka.serde",
 ]
 
 
 @pytest.mark.usefixtures("alias")
 @pytest.mark.parametrize("suffix", MODULES)
 def test_bytewax_names_are_the_headrace_modules_themselves(suffix: str) -> None:
-    assert importlib.import_module("bytewax" + suffix) is importlib.import_module(
-        "headrace" + suffix)
+    assert importlib.import_module("bytewax" + suffix) is importlib.import_module("headrace" + suffix)
 
 
 @pytest.mark.usefixtures("alias")

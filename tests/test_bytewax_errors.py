@@ -27,8 +27,9 @@ def test_branch_predicate_must_return_a_bool(workers: int, value: Any, cause_cha
     out: list[Any] = []
     op.output("t", b.trues, TestingSink(out))
     op.output("f", b.falses, TestingSink(out))
-    with pytest.raises(BytewaxRuntimeError,
-                       match=r'^return value of `predicate` in step "h\.br" must be a `bool`') as info:
+    with pytest.raises(
+        BytewaxRuntimeError, match=r'^return value of `predicate` in step "h\.br" must be a `bool`'
+    ) as info:
         if workers == 1:
             run_main(flow)
         else:
@@ -89,9 +90,7 @@ def test_default_inspect_prints_like_bytewax(capsys: pytest.CaptureFixture[str])
     ],
 )
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_flow_that_cannot_run_fails_at_build_in_bytewax_words(
-    build: Any, words: str, workers: int
-) -> None:
+def test_a_flow_that_cannot_run_fails_at_build_in_bytewax_words(build: Any, words: str, workers: int) -> None:
     flow = Dataflow("f")
     build(flow)
     with pytest.raises(BytewaxRuntimeError) as info:
@@ -120,50 +119,82 @@ def _flow_and_stream() -> tuple[Dataflow, Any]:
 
 
 BUILD_ERRORS = [
-    pytest.param(lambda f, s: Dataflow("a.b"), ValueError,
-                 "flow ID can't contain a period `.`", id="flow-id-period"),
-    pytest.param(lambda f, s: Dataflow(cast(str, 123)),
-                 TypeError, "'flow_id' must be a `str`", id="flow-id-int"),
-    pytest.param(lambda f, s: op.map(123, s, str), TypeError, "'step_id' must be a `str`",
-                 id="step-id-int"),
-    pytest.param(lambda f, s: op.map(None, s, str), TypeError, "'step_id' must be a `str`",
-                 id="step-id-none"),
-    pytest.param(lambda f, s: s.then(op.map, b"x", str), TypeError,
-                 "'step_id' must be a `str`", id="then-step-id-bytes"),
-    pytest.param(lambda f, s: op.map("a.b", s, str), ValueError,
-                 "'step_id' can't contain any periods '.'", id="step-id-period"),
-    pytest.param(lambda f, s: op.input("inp", f, TestingSource([1])), ValueError,
-                 "step 'f.inp' already exists; do you have two steps with the same ID?",
-                 id="duplicate-input"),
-    pytest.param(lambda f, s: op.count_final("c", s, str) and op.count_final("c", s, str),
-                 ValueError,
-                 "step 'f.c' already exists; do you have two steps with the same ID?",
-                 id="duplicate-composite"),
-    pytest.param(lambda f, s: op.map("m", [s], str), TypeError,
-                 "'up' argument must be a `Stream`; got a <class 'list'> instead; did you "
-                 "forget to unpack the result of an operator that returns multiple streams?",
-                 id="list-for-stream"),
-    pytest.param(lambda f, s: op.map("m", f, str), TypeError,
-                 "'up' argument must be a `Stream`; got a <class 'headrace.dataflow.Dataflow'>",
-                 id="dataflow-for-stream"),
-    pytest.param(lambda f, s: op.key_on("k", up=None, key=str), TypeError,
-                 "'up' argument must be a `Stream`; got a <class 'NoneType'> instead",
-                 id="keyword-none"),
-    pytest.param(lambda f, s: op.merge("m", s, 5), TypeError,
-                 "'ups' *args all must be a `Stream`; got a <class 'int'> instead",
-                 id="merge-int"),
-    pytest.param(lambda f, s: op.join("j", op.key_on("k", s, str), [s]), TypeError,
-                 "'sides' *args all must be a `Stream`; got a <class 'list'> instead",
-                 id="join-list"),
-    pytest.param(lambda f, s: op.map(5, [s], str), TypeError,
-                 "'up' argument must be a `Stream`", id="stream-checked-before-step-id"),
+    pytest.param(
+        lambda f, s: Dataflow("a.b"), ValueError, "flow ID can't contain a period `.`", id="flow-id-period"
+    ),
+    pytest.param(
+        lambda f, s: Dataflow(cast(str, 123)), TypeError, "'flow_id' must be a `str`", id="flow-id-int"
+    ),
+    pytest.param(lambda f, s: op.map(123, s, str), TypeError, "'step_id' must be a `str`", id="step-id-int"),
+    pytest.param(
+        lambda f, s: op.map(None, s, str), TypeError, "'step_id' must be a `str`", id="step-id-none"
+    ),
+    pytest.param(
+        lambda f, s: s.then(op.map, b"x", str),
+        TypeError,
+        "'step_id' must be a `str`",
+        id="then-step-id-bytes",
+    ),
+    pytest.param(
+        lambda f, s: op.map("a.b", s, str),
+        ValueError,
+        "'step_id' can't contain any periods '.'",
+        id="step-id-period",
+    ),
+    pytest.param(
+        lambda f, s: op.input("inp", f, TestingSource([1])),
+        ValueError,
+        "step 'f.inp' already exists; do you have two steps with the same ID?",
+        id="duplicate-input",
+    ),
+    pytest.param(
+        lambda f, s: op.count_final("c", s, str) and op.count_final("c", s, str),
+        ValueError,
+        "step 'f.c' already exists; do you have two steps with the same ID?",
+        id="duplicate-composite",
+    ),
+    pytest.param(
+        lambda f, s: op.map("m", [s], str),
+        TypeError,
+        "'up' argument must be a `Stream`; got a <class 'list'> instead; did you "
+        "forget to unpack the result of an operator that returns multiple streams?",
+        id="list-for-stream",
+    ),
+    pytest.param(
+        lambda f, s: op.map("m", f, str),
+        TypeError,
+        "'up' argument must be a `Stream`; got a <class 'headrace.dataflow.Dataflow'>",
+        id="dataflow-for-stream",
+    ),
+    pytest.param(
+        lambda f, s: op.key_on("k", up=None, key=str),
+        TypeError,
+        "'up' argument must be a `Stream`; got a <class 'NoneType'> instead",
+        id="keyword-none",
+    ),
+    pytest.param(
+        lambda f, s: op.merge("m", s, 5),
+        TypeError,
+        "'ups' *args all must be a `Stream`; got a <class 'int'> instead",
+        id="merge-int",
+    ),
+    pytest.param(
+        lambda f, s: op.join("j", op.key_on("k", s, str), [s]),
+        TypeError,
+        "'sides' *args all must be a `Stream`; got a <class 'list'> instead",
+        id="join-list",
+    ),
+    pytest.param(
+        lambda f, s: op.map(5, [s], str),
+        TypeError,
+        "'up' argument must be a `Stream`",
+        id="stream-checked-before-step-id",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("build", "exc", "words"), BUILD_ERRORS)
-def test_dataflow_construction_errors_use_bytewax_words(
-    build: Any, exc: type[Exception], words: str
-) -> None:
+def test_dataflow_construction_errors_use_bytewax_words(build: Any, exc: type[Exception], words: str) -> None:
     flow, s = _flow_and_stream()
     before = [sub.step_id for sub in flow.substeps]
     with pytest.raises(exc) as info:
@@ -214,12 +245,12 @@ def test_a_stream_smuggled_into_an_operator_fails_as_bytewax() -> None:
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize(
     ("item", "words"),
-    [(1, "`(key, value)` 2-tuple from upstream for routing; got a `int` instead"),
-     ((1, 2), "`str` keys in `(key, value)` from upstream; got a `int` instead")],
+    [
+        (1, "`(key, value)` 2-tuple from upstream for routing; got a `int` instead"),
+        ((1, 2), "`str` keys in `(key, value)` from upstream; got a `int` instead"),
+    ],
 )
-def test_unkeyed_input_to_a_stateful_step_is_a_type_error(
-    workers: int, item: Any, words: str
-) -> None:
+def test_unkeyed_input_to_a_stateful_step_is_a_type_error(workers: int, item: Any, words: str) -> None:
     """Bytewax raises a TypeError (the API reference promises one); Headrace's is also its error."""
     flow = Dataflow("nk")
     s = op.input("inp", flow, TestingSource([item]))
@@ -269,10 +300,14 @@ def test_kafka_connectors_check_brokers_and_topics_in_bytewax_words() -> None:
         (lambda: KafkaSource(["localhost:9092"], "t"), "topics must be an iterable and not a string"),
         (lambda: KafkaSource("localhost:9092", "t"), "brokers must be an iterable and not a string"),
         (lambda: KafkaSink("localhost:9092", "t"), "brokers must be an iterable and not a string"),
-        (lambda: kop.input("k", Dataflow("k"), brokers="b:1", topics=["t"]),
-         "brokers must be an iterable and not a string"),
-        (lambda: kop.input("k", Dataflow("k"), brokers=["b:1"], topics="t"),
-         "topics must be an iterable and not a string"),
+        (
+            lambda: kop.input("k", Dataflow("k"), brokers="b:1", topics=["t"]),
+            "brokers must be an iterable and not a string",
+        ),
+        (
+            lambda: kop.input("k", Dataflow("k"), brokers=["b:1"], topics="t"),
+            "topics must be an iterable and not a string",
+        ),
         (lambda: KafkaSource(cast(Any, 5), ["t"]), "brokers must be an iterable of 'host:port' strings"),
     ]
     for build, words in cases:

@@ -41,7 +41,12 @@ def _env(out: Path, **extra: str) -> dict[str, str]:
 def _run(args: list[str], env: dict[str, str], **kw: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "headrace.run", *args, "--metrics-port", "0"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
     )
 
 
@@ -76,8 +81,13 @@ def test_local_cluster_matches_expected(tmp_path: Path, procs: int, workers: int
     assert all(f.endswith(f"-of-{procs * workers}.txt") for f in files)
 
 
-def _manual(tmp_path: Path, n: int, flows: list[str] | None = None, extra: list[list[str]] | None
-            = None, **env_extra: str) -> tuple[list[subprocess.Popen[str]], str]:
+def _manual(
+    tmp_path: Path,
+    n: int,
+    flows: list[str] | None = None,
+    extra: list[list[str]] | None = None,
+    **env_extra: str,
+) -> tuple[list[subprocess.Popen[str]], str]:
     ports = free_ports(n)
     addrs = ";".join(f"127.0.0.1:{p}" for p in ports)
     env = _env(tmp_path, **env_extra)
@@ -92,8 +102,9 @@ def _manual(tmp_path: Path, n: int, flows: list[str] | None = None, extra: list[
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("secret", ["s3cret", ""], ids=["sealed", "no-secret"])
 def test_kill_9_one_process_stops_the_others_naming_it(tmp_path: Path, secret: str) -> None:
-    procs, addrs = _manual(tmp_path, 3, HR_DELAY="0.05", HR_ITEMS="100000", HR_BATCH="10",
-                           HEADRACE_CLUSTER_SECRET=secret)
+    procs, addrs = _manual(
+        tmp_path, 3, HR_DELAY="0.05", HR_ITEMS="100000", HR_BATCH="10", HEADRACE_CLUSTER_SECRET=secret
+    )
     time.sleep(3)
     assert all(p.poll() is None for p in procs), [p.communicate() for p in procs if p.poll()]
     victim = procs[1]
@@ -109,9 +120,7 @@ def test_kill_9_one_process_stops_the_others_naming_it(tmp_path: Path, secret: s
 
 @pytest.mark.timeout(60)
 def test_mismatched_dataflows_refuse_to_connect(tmp_path: Path) -> None:
-    procs, _ = _manual(
-        tmp_path, 2, flows=[FLOW, "tests.flows.cluster_flows:other()"], HR_DELAY="0.1"
-    )
+    procs, _ = _manual(tmp_path, 2, flows=[FLOW, "tests.flows.cluster_flows:other()"], HR_DELAY="0.1")
     errs = []
     for p in procs:
         _, err = p.communicate(timeout=50)
@@ -143,8 +152,14 @@ def test_missing_peer_times_out_naming_it(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_sigterm_stops_the_whole_cluster_cleanly(tmp_path: Path) -> None:
-    procs, _ = _manual(tmp_path, 2, HR_DELAY="0.05", HR_ITEMS="100000", HR_BATCH="10",
-                       extra=[["--epoch-interval", "0.2"]] * 2)
+    procs, _ = _manual(
+        tmp_path,
+        2,
+        HR_DELAY="0.05",
+        HR_ITEMS="100000",
+        HR_BATCH="10",
+        extra=[["--epoch-interval", "0.2"]] * 2,
+    )
     time.sleep(3)
     assert all(p.poll() is None for p in procs)
     procs[0].send_signal(signal.SIGTERM)
@@ -166,8 +181,15 @@ def test_sigterm_while_a_connected_process_builds_its_workers_stops_cleanly(tmp_
     started, so the whole cluster failed (seen in CI on a rescale restart).
     """
     marks = tmp_path / "marks"
-    procs, _ = _manual(tmp_path, 2, HR_DELAY="0.05", HR_ITEMS="100000", HR_BATCH="10",
-                       HR_BUILD_DELAY="3", HR_BUILD_MARK=str(marks))
+    procs, _ = _manual(
+        tmp_path,
+        2,
+        HR_DELAY="0.05",
+        HR_ITEMS="100000",
+        HR_BATCH="10",
+        HR_BUILD_DELAY="3",
+        HR_BUILD_MARK=str(marks),
+    )
     mark = marks / f"building-{procs[1].pid}"
     deadline = time.monotonic() + 60
     while not mark.exists():
@@ -203,9 +225,7 @@ def test_ordinal_and_peer_pattern() -> None:
     assert _ordinal_from_hostname("wc-0.wc.ns.svc.cluster.local") == 0
     with pytest.raises(SystemExit, match="no trailing"):
         _ordinal_from_hostname("nohyphen")
-    args = _parser().parse_args(
-        ["m:f", "--peer-pattern", "wc-{i}.wc:2101", "--replicas", "3"]
-    )
+    args = _parser().parse_args(["m:f", "--peer-pattern", "wc-{i}.wc:2101", "--replicas", "3"])
     assert _resolve_addresses(args) == ["wc-0.wc:2101", "wc-1.wc:2101", "wc-2.wc:2101"]
     args = _parser().parse_args(["m:f", "-a", "a:1;b:2"])
     assert _resolve_addresses(args) == ["a:1", "b:2"]
@@ -312,8 +332,10 @@ def _pair(tmp_path: Path, secrets: tuple[str, str], timeout: str = "60") -> list
     ports = free_ports(2)
     addrs = ";".join(f"127.0.0.1:{port}" for port in ports)
     procs = [
-        _run([FLOW, "-i", str(i), "-a", addrs, "--startup-timeout", timeout],
-             _env(tmp_path, HR_PARTS="3", HR_ITEMS="300", HEADRACE_CLUSTER_SECRET=secret))
+        _run(
+            [FLOW, "-i", str(i), "-a", addrs, "--startup-timeout", timeout],
+            _env(tmp_path, HR_PARTS="3", HR_ITEMS="300", HEADRACE_CLUSTER_SECRET=secret),
+        )
         for i, secret in enumerate(secrets)
     ]
     return [p.communicate(timeout=60)[1] + f"\nexit {p.returncode}" for p in procs]
@@ -349,8 +371,10 @@ def test_a_secret_on_one_side_only_names_both(tmp_path: Path, which: int) -> Non
     errs = _pair(tmp_path, secrets, timeout="6")
     has, lacks = (0, 1) if which == 0 else (1, 0)
     assert all(e.endswith("exit 1") for e in errs), errs
-    said = re.compile(rf"process {has}\b[^\n]* has a cluster secret and process {lacks}\b[^\n]* "
-                      r"has none: set the same \$HEADRACE_CLUSTER_SECRET on every process")
+    said = re.compile(
+        rf"process {has}\b[^\n]* has a cluster secret and process {lacks}\b[^\n]* "
+        r"has none: set the same \$HEADRACE_CLUSTER_SECRET on every process"
+    )
     # The process that found out says so; the other one hears it (or, holding
     # the secret, is told nothing it could trust and names whom it turned away).
     assert said.search(errs[1]), errs[1]
@@ -381,9 +405,15 @@ def test_a_forged_hello_without_the_secret_stops_nothing(tmp_path: Path) -> None
 
     challenge = recv()
     assert challenge["mesh"] == "headrace-mesh" and challenge["secret"] is True
-    hello = {"version": challenge["version"], "proc_id": 1, "process_count": 2,
-             "workers_per_process": 1, "flow_id": "forged", "fingerprint": "0" * 16,
-             "address": addrs.split(";")[1]}
+    hello = {
+        "version": challenge["version"],
+        "proc_id": 1,
+        "process_count": 2,
+        "workers_per_process": 1,
+        "flow_id": "forged",
+        "fingerprint": "0" * 16,
+        "address": addrs.split(";")[1],
+    }
     body = json.dumps({"hello": hello, "nonce": "00", "mac": "0" * 64}).encode()
     forger.sendall(struct.pack(">I", len(body)) + body)
     assert "wrong or missing cluster secret" in str(recv()["refused"])
@@ -408,8 +438,7 @@ def _start_meshes(
     it raised. A mesh that only noticed its peers (or a failure) on its
     startup timeout would hang here, caught by the join's guard.
     """
-    meshes = [Mesh(addrs, i, h, deliver, on_lost, None, 3600.0, secret)
-              for i, h in enumerate(hellos)]
+    meshes = [Mesh(addrs, i, h, deliver, on_lost, None, 3600.0, secret) for i, h in enumerate(hellos)]
     results: list[object] = [Ellipsis] * len(meshes)
 
     def start(i: int) -> None:
@@ -506,8 +535,9 @@ def test_a_frame_injected_into_a_connection_is_not_run_with_a_secret(secret: byt
         else:
             assert TRIPPED == [] and delivered == [], delivered
             assert len(lost) == 1, lost
-            assert str(lost[0]).startswith(f"lost process 1 at {addrs[1]}: frame 0 failed "
-                                           "authentication on its connection"), lost[0]
+            assert str(lost[0]).startswith(
+                f"lost process 1 at {addrs[1]}: frame 0 failed authentication on its connection"
+            ), lost[0]
             assert "nothing in it was run" in str(lost[0])
     finally:
         _close_meshes(meshes)
@@ -516,8 +546,7 @@ def test_a_frame_injected_into_a_connection_is_not_run_with_a_secret(secret: byt
 @pytest.mark.timeout(120)
 def test_sealed_frames_carry_a_cluster_run_end_to_end(tmp_path: Path) -> None:
     """With a secret every frame is sealed: a real 3-process run gives the right counts."""
-    procs, _ = _manual(tmp_path, 3, HR_PARTS="5", HR_ITEMS="3000",
-                       HEADRACE_CLUSTER_SECRET="s3cret")
+    procs, _ = _manual(tmp_path, 3, HR_PARTS="5", HR_ITEMS="3000", HEADRACE_CLUSTER_SECRET="s3cret")
     for p in procs:
         _, err = p.communicate(timeout=90)
         assert p.returncode == 0, err

@@ -55,20 +55,91 @@ WORKER_NAMES = set(worker_exported_names())
 
 PROMQL_FUNCTIONS = {
     # aggregations
-    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
-    "bottomk", "topk", "quantile",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
     # functions
-    "abs", "absent", "absent_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min",
-    "day_of_month", "day_of_week", "day_of_year", "days_in_month", "delta", "deriv", "exp",
-    "floor", "histogram_count", "histogram_sum", "histogram_fraction", "histogram_quantile",
-    "holt_winters", "hour", "idelta", "increase", "irate", "label_join", "label_replace", "ln",
-    "log2", "log10", "minute", "month", "predict_linear", "rate", "resets", "round", "scalar",
-    "sgn", "sort", "sort_desc", "sqrt", "time", "timestamp", "vector", "year", "avg_over_time",
-    "min_over_time", "max_over_time", "sum_over_time", "count_over_time", "quantile_over_time",
-    "stddev_over_time", "stdvar_over_time", "last_over_time", "present_over_time",
+    "abs",
+    "absent",
+    "absent_over_time",
+    "ceil",
+    "changes",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "day_of_month",
+    "day_of_week",
+    "day_of_year",
+    "days_in_month",
+    "delta",
+    "deriv",
+    "exp",
+    "floor",
+    "histogram_count",
+    "histogram_sum",
+    "histogram_fraction",
+    "histogram_quantile",
+    "holt_winters",
+    "hour",
+    "idelta",
+    "increase",
+    "irate",
+    "label_join",
+    "label_replace",
+    "ln",
+    "log2",
+    "log10",
+    "minute",
+    "month",
+    "predict_linear",
+    "rate",
+    "resets",
+    "round",
+    "scalar",
+    "sgn",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "time",
+    "timestamp",
+    "vector",
+    "year",
+    "avg_over_time",
+    "min_over_time",
+    "max_over_time",
+    "sum_over_time",
+    "count_over_time",
+    "quantile_over_time",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "last_over_time",
+    "present_over_time",
 }
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
-                   "unless", "bool", "offset", "inf", "nan", "atan2"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "atan2",
+}
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _LABEL_LIST = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
@@ -90,7 +161,7 @@ def metric_names(expr: str) -> set[str]:
         if start and (text[start - 1].isdigit() or text[start - 1] in "$."):
             continue  # a number's exponent/unit or a variable, not a name
         word = m.group()
-        rest = text[m.end():].lstrip()
+        rest = text[m.end() :].lstrip()
         if word in PROMQL_KEYWORDS:
             continue
         if rest.startswith("("):
@@ -103,8 +174,10 @@ def metric_names(expr: str) -> set[str]:
 
 
 def test_metric_name_extraction_finds_names_and_rejects_unknown_functions() -> None:
-    expr = ('histogram_quantile(0.95, sum by (dataflow, le) (rate(a_bucket{x="y{z}"}[$__rate'
-            '_interval]))) / ignoring (pod) group_left (q) b offset 5m and c unless 1e3')
+    expr = (
+        'histogram_quantile(0.95, sum by (dataflow, le) (rate(a_bucket{x="y{z}"}[$__rate'
+        "_interval]))) / ignoring (pod) group_left (q) b offset 5m and c unless 1e3"
+    )
     assert metric_names(expr) == {"a_bucket", "b", "c"}
     assert metric_names('label_replace(up, "a", "$1", "b", "(.*)")') == {"up"}
     assert metric_names("a == 0 unless on (x) (b == 1) or (c)") == {"a", "b", "c"}
@@ -184,8 +257,7 @@ def test_dashboard_is_a_valid_grafana_dashboard(path: Path) -> None:
     for p in _panels(d["panels"]):
         g = p["gridPos"]
         assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24, p["title"]
-        cells = {(x, y) for x in range(g["x"], g["x"] + g["w"])
-                 for y in range(g["y"], g["y"] + g["h"])}
+        cells = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
         assert not cells & occupied, f"{p['title']} overlaps another panel"
         occupied |= cells
         assert p["title"].strip()
@@ -206,7 +278,8 @@ def test_dashboard_is_a_valid_grafana_dashboard(path: Path) -> None:
                 # Only operator-wide series may ignore the dashboard's selection.
                 names = metric_names(t["expr"])
                 assert names <= OPERATOR_NAMES | SCRAPE_SERIES and names, (
-                    f"{p['title']}: {t['expr']} ignores $namespace/$dataflow")
+                    f"{p['title']}: {t['expr']} ignores $namespace/$dataflow"
+                )
 
 
 def test_dashboards_cover_the_four_areas() -> None:
@@ -217,13 +290,18 @@ def test_dashboards_cover_the_four_areas() -> None:
 
 
 def test_dataflow_dashboard_shows_what_the_issue_asks_for() -> None:
-    exprs = " ".join(e for _, e in dashboard_queries(_load(CHART / "dashboards" /
-                                                          "dataflow.json")))
-    for needle in ("rate(item_out_count_total", "rate(headrace_worker_busy_seconds_total",
-                   "headrace_worker_backpressure_seconds_total", "headrace_exchange_items_total",
-                   "headrace_exchange_bytes_total", "headrace_epoch_current",
-                   "headrace_epoch_committed", "headrace_epoch_duration_seconds_bucket",
-                   "headrace_source_lag"):
+    exprs = " ".join(e for _, e in dashboard_queries(_load(CHART / "dashboards" / "dataflow.json")))
+    for needle in (
+        "rate(item_out_count_total",
+        "rate(headrace_worker_busy_seconds_total",
+        "headrace_worker_backpressure_seconds_total",
+        "headrace_exchange_items_total",
+        "headrace_exchange_bytes_total",
+        "headrace_epoch_current",
+        "headrace_epoch_committed",
+        "headrace_epoch_duration_seconds_bucket",
+        "headrace_source_lag",
+    ):
         assert needle in exprs, needle
 
 
@@ -237,9 +315,9 @@ def test_every_query_uses_metrics_headrace_exports(tmp_path: Path) -> None:
         missing = metric_names(expr) - known
         if missing:
             unknown[where] = sorted(missing)
-    assert unknown == {}, (
-        "queries use series no Headrace catalogue exports"
-        + ("" if OPERATOR_NAMES else " (headrace_operator.metrics is not importable)"))
+    assert unknown == {}, "queries use series no Headrace catalogue exports" + (
+        "" if OPERATOR_NAMES else " (headrace_operator.metrics is not importable)"
+    )
 
 
 def test_every_worker_metric_is_on_a_dashboard() -> None:
@@ -249,9 +327,11 @@ def test_every_worker_metric_is_on_a_dashboard() -> None:
             used |= metric_names(expr)
     for name, (kind, _labels, _doc) in CATALOGUE.items():
         base = name[: -len("_total")] if name.endswith("_total") else name
-        series = {"counter": {base + "_total"},
-                  "histogram": {name + "_bucket", name + "_sum", name + "_count"},
-                  "gauge": {name}}[kind]
+        series = {
+            "counter": {base + "_total"},
+            "histogram": {name + "_bucket", name + "_sum", name + "_count"},
+            "gauge": {name},
+        }[kind]
         assert series & used, f"{name} is on no dashboard"
 
 
@@ -263,23 +343,26 @@ def test_every_operator_metric_is_on_a_dashboard_or_alert(tmp_path: Path) -> Non
         used |= metric_names(expr)
     for name, (kind, _labels, _doc) in OPERATOR_CATALOGUE.items():
         base = name[: -len("_total")] if name.endswith("_total") else name
-        series = {"counter": {base + "_total"},
-                  "histogram": {name + "_bucket", name + "_sum", name + "_count"},
-                  "gauge": {name}}[kind]
+        series = {
+            "counter": {base + "_total"},
+            "histogram": {name + "_bucket", name + "_sum", name + "_count"},
+            "gauge": {name},
+        }[kind]
         assert series & used, f"{name} is on no dashboard"
 
 
 def test_labels_used_in_queries_exist_on_the_metrics(tmp_path: Path) -> None:
     """A `by (step_id)` over a metric without step_id silently sums everything."""
-    target = {"namespace", "pod", "dataflow", "job", "instance", "le", "container",
-              "endpoint", "service"}
+    target = {"namespace", "pod", "dataflow", "job", "instance", "le", "container", "endpoint", "service"}
     labels: dict[str, set[str]] = {}
     for cat in (CATALOGUE, OPERATOR_CATALOGUE):
         for name, (kind, lbls, _doc) in cat.items():
             base = name[: -len("_total")] if name.endswith("_total") else name
-            for series in {"counter": [base + "_total"],
-                           "histogram": [name + "_bucket", name + "_sum", name + "_count"],
-                           "gauge": [name]}[kind]:
+            for series in {
+                "counter": [base + "_total"],
+                "histogram": [name + "_bucket", name + "_sum", name + "_count"],
+                "gauge": [name],
+            }[kind]:
                 labels[series] = set(lbls) | target
     labels["up"] = target
     problems = []
@@ -289,10 +372,17 @@ def test_labels_used_in_queries_exist_on_the_metrics(tmp_path: Path) -> None:
             continue
         allowed = set.union(*(labels[n] for n in names))
         text = _STRING.sub('""', expr)
-        grouped = {lbl.strip() for m in _LABEL_LIST.finditer(text)
-                   for lbl in m.group(0).split("(", 1)[1].rstrip(")").split(",") if lbl.strip()}
-        matched = {m.group(1) for sel in re.findall(r"\{([^}]*)\}", expr)
-                   for m in re.finditer(r"(\w+)\s*(?:=~|!~|!=|=)", sel)}
+        grouped = {
+            lbl.strip()
+            for m in _LABEL_LIST.finditer(text)
+            for lbl in m.group(0).split("(", 1)[1].rstrip(")").split(",")
+            if lbl.strip()
+        }
+        matched = {
+            m.group(1)
+            for sel in re.findall(r"\{([^}]*)\}", expr)
+            for m in re.finditer(r"(\w+)\s*(?:=~|!~|!=|=)", sel)
+        }
         if (grouped | matched) - allowed:
             problems.append(f"{where}: {sorted((grouped | matched) - allowed)}")
     assert problems == []
@@ -307,16 +397,20 @@ def _promtool() -> str:
 
 def test_every_query_parses_in_prometheus(tmp_path: Path) -> None:
     queries = all_queries(tmp_path)
-    rules = [{"record": f"headrace:check:{i}", "expr": substitute(expr)}
-             for i, (_, expr) in enumerate(queries)]
+    rules = [
+        {"record": f"headrace:check:{i}", "expr": substitute(expr)} for i, (_, expr) in enumerate(queries)
+    ]
     path = tmp_path / "queries.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
-    proc = subprocess.run([_promtool(), "check", "rules", str(path)], capture_output=True,
-                          text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [_promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
     if proc.returncode != 0:
-        bad = [f"{where}: {expr}" for i, (where, expr) in enumerate(queries)
-               if f"headrace:check:{i}\"" in proc.stdout + proc.stderr
-               or f"{i}:" in proc.stderr]
+        bad = [
+            f"{where}: {expr}"
+            for i, (where, expr) in enumerate(queries)
+            if f'headrace:check:{i}"' in proc.stdout + proc.stderr or f"{i}:" in proc.stderr
+        ]
         pytest.fail(f"promtool rejects queries:\n{proc.stdout}\n{proc.stderr}\n" + "\n".join(bad))
     assert f"{len(rules)} rules found" in proc.stdout
 
@@ -327,8 +421,9 @@ def test_alert_rules_and_their_templates_are_valid(tmp_path: Path) -> None:
     rule = one(render(tmp_path, None, *PROMETHEUS_API), "PrometheusRule")
     path = tmp_path / "alerts.yaml"
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    proc = subprocess.run([_promtool(), "check", "rules", str(path)], capture_output=True,
-                          text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [_promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "5 rules found" in proc.stdout
 
@@ -376,32 +471,67 @@ def test_worker_queries_return_data_from_a_real_prometheus(tmp_path: Path) -> No
     dashboard query over worker metrics must return series."""
     exe = tools.need("prometheus")
     base = _consecutive_ports()
-    targets = [{"targets": [f"127.0.0.1:{base + i}"],
-                "labels": {"namespace": "team-a", "dataflow": "paced", "pod": f"paced-{i}"}}
-               for i in range(2)]
+    targets = [
+        {
+            "targets": [f"127.0.0.1:{base + i}"],
+            "labels": {"namespace": "team-a", "dataflow": "paced", "pod": f"paced-{i}"},
+        }
+        for i in range(2)
+    ]
     cfg = tmp_path / "prometheus.yml"
-    cfg.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "headrace", "static_configs": targets}]}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [{"job_name": "headrace", "static_configs": targets}],
+            }
+        )
+    )
     prom_port = free_port()
     prom = subprocess.Popen(
-        [exe, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HR_SECONDS="90", HR_PARTS="2",
-               HR_PER_TICK="20", HR_TICK="0.05")
+        [
+            exe,
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT), HR_SECONDS="90", HR_PARTS="2", HR_PER_TICK="20", HR_TICK="0.05"
+    )
     from headrace.recovery import init_db_dir
 
     init_db_dir(tmp_path / "recovery", 2)
     run = subprocess.Popen(
-        [sys.executable, "-m", "headrace.run", "tests.flows.metrics_flows:paced()", "-p", "2",
-         "-r", str(tmp_path / "recovery"), "--epoch-interval", "1",
-         "--metrics-port", str(base), "--metrics-host", "127.0.0.1"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "headrace.run",
+            "tests.flows.metrics_flows:paced()",
+            "-p",
+            "2",
+            "-r",
+            str(tmp_path / "recovery"),
+            "--epoch-interval",
+            "1",
+            "--metrics-port",
+            str(base),
+            "--metrics-host",
+            "127.0.0.1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # Alerts are left out: they return series only while they fire.
     queries = [q for path in DASHBOARDS for q in dashboard_queries(_load(path))]
-    worker_only = [(where, expr) for where, expr in queries
-                   if metric_names(expr) and metric_names(expr) <= WORKER_NAMES]
+    worker_only = [
+        (where, expr) for where, expr in queries if metric_names(expr) and metric_names(expr) <= WORKER_NAMES
+    ]
     assert len(worker_only) > 30
     try:
         _wait(f"http://127.0.0.1:{prom_port}/-/ready", 30)
@@ -412,7 +542,8 @@ def test_worker_queries_return_data_from_a_real_prometheus(tmp_path: Path) -> No
             empty = []
             for where, expr in worker_only:
                 url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode(
-                    {"query": substitute(expr, values)})
+                    {"query": substitute(expr, values)}
+                )
                 code, body = _get(url)
                 data = json.loads(body)
                 assert code == 200 and data["status"] == "success", f"{where}: {body}"

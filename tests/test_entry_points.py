@@ -168,10 +168,8 @@ def sliding_fold(out: list[Any]) -> Dataflow:
     s = op.input("inp", flow, TestingSource(items, batch_size=8))
     clock = win.EventClock(lambda v: v[0], wait_for_system_duration=ZERO)
     windower = win.SlidingWindower(timedelta(seconds=10), timedelta(seconds=4), align_to=T0)
-    w = win.fold_window("sum", s, clock, windower, list, lambda a, v: [*a, v[1]],
-                        lambda a, b: a + b)
-    op.output("out", op.map_value("sorted", w.down, lambda wv: (wv[0], sorted(wv[1]))),
-              TestingSink(out))
+    w = win.fold_window("sum", s, clock, windower, list, lambda a, v: [*a, v[1]], lambda a, b: a + b)
+    op.output("out", op.map_value("sorted", w.down, lambda wv: (wv[0], sorted(wv[1]))), TestingSink(out))
     return flow
 
 

@@ -111,8 +111,7 @@ def test_buffered_items_go_out_before_the_worker_waits(monkeypatch: pytest.Monke
     src = _LockstepSource(4, written)
     flow = Dataflow("flush_before_wait")
     s = op.input("inp", flow, src)
-    op.output("out", op.stateful_map("sum", s, lambda acc, v: ((acc or 0) + v,) * 2),
-              TestingSink(written))
+    op.output("out", op.stateful_map("sum", s, lambda acc, v: ((acc or 0) + v,) * 2), TestingSink(written))
     cluster_main(flow, [], 0, worker_count_per_proc=2, epoch_interval=timedelta(hours=1))
     assert not src.gave_up, "an item waited in the buffer while its reader idled"
     assert written == [(KEYS[0], t) for t in (0, 1, 3, 6)]
@@ -204,8 +203,7 @@ def test_flushes_fold_many_batches_into_few_messages(monkeypatch: pytest.MonkeyP
     out: list[Any] = []
     flow = Dataflow("few_messages")
     s = op.input("inp", flow, TestingSource(items, batch_size=10))
-    op.output("out", op.stateful_map("sum", s, lambda acc, v: ((acc or 0) + v,) * 2),
-              TestingSink(out))
+    op.output("out", op.stateful_map("sum", s, lambda acc, v: ((acc or 0) + v,) * 2), TestingSink(out))
     cluster_main(flow, [], 0, worker_count_per_proc=2)
     assert len(out) == 10_000
     # 1,000 source batches of 10 items, all for worker 1: 10 data messages.
@@ -224,9 +222,13 @@ def test_a_naive_timestamp_reaching_the_flush_is_an_error_naming_the_step(
     flow = Dataflow("flush_error")
     s = op.input("inp", flow, TestingSource(items, batch_size=7))
     clock = win.EventClock(lambda kv: kv[1], wait_for_system_duration=timedelta(0))
-    w = win.count_window("counting", s, clock,
-                         win.TumblingWindower(timedelta(seconds=10), datetime(2024, 1, 1, tzinfo=UTC)),
-                         lambda kv: kv[0])
+    w = win.count_window(
+        "counting",
+        s,
+        clock,
+        win.TumblingWindower(timedelta(seconds=10), datetime(2024, 1, 1, tzinfo=UTC)),
+        lambda kv: kv[0],
+    )
     op.output("out", w.down, TestingSink([]))
     with pytest.raises(Exception) as info:
         cluster_main(flow, [], 0, worker_count_per_proc=2)
@@ -243,13 +245,13 @@ def test_two_keyed_steps_reading_one_stream_keep_their_own_buffers(
 
     def build() -> tuple[Dataflow, list[Any], list[Any]]:
         flow = Dataflow("fan_out")
-        s = op.map("same", op.input("inp", flow, TestingSource(items, batch_size=10)),
-                   lambda kv: kv)
+        s = op.map("same", op.input("inp", flow, TestingSource(items, batch_size=10)), lambda kv: kv)
         sums: list[Any] = []
         counts: list[Any] = []
         op.output("o1", op.reduce_final("sum", s, lambda a, b: a + b), TestingSink(sums))
-        op.output("o2", op.count_final("count", op.map("k", s, lambda kv: kv[0]), lambda k: k),
-                  TestingSink(counts))
+        op.output(
+            "o2", op.count_final("count", op.map("k", s, lambda kv: kv[0]), lambda k: k), TestingSink(counts)
+        )
         return flow, sums, counts
 
     flow, sums_ref, counts_ref = build()

@@ -49,8 +49,11 @@ def test_a_fenced_execution_can_neither_write_nor_commit(location: str) -> None:
     old.release()  # as a run that crashed after its lease ran out
     meta = new.start_execution(1, 4)
     assert meta.committed_epoch == 1 and meta.execution_id == new.execution_id
-    for attempt in (lambda: old.write_epoch(2, [("st", 0, "k", b"old-2"), ("st", 0, "x", b"1")]),
-                    lambda: old.commit(2, 1), old.heartbeat):
+    for attempt in (
+        lambda: old.write_epoch(2, [("st", 0, "k", b"old-2"), ("st", 0, "x", b"1")]),
+        lambda: old.commit(2, 1),
+        old.heartbeat,
+    ):
         with pytest.raises(FencedError) as err:
             attempt()
         assert f"was fenced off {new.description} by execution {new.execution_id}" in str(err.value)
@@ -113,7 +116,11 @@ def _free_addresses(n: int) -> str:
 def _launch(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "headrace.run", FLOW, *args, "--metrics-port", "0"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -142,9 +149,7 @@ def test_restart_while_the_old_workers_still_run_takes_over_exactly_once(
 
 
 @pytest.mark.timeout(300)
-def test_two_starts_at_once_one_takes_over_the_other_stops(
-    tmp_path: Path, redis_server: RedisServer
-) -> None:
+def test_two_starts_at_once_one_takes_over_the_other_stops(tmp_path: Path, redis_server: RedisServer) -> None:
     counts = _write_input(tmp_path / "in")
     env = _env(tmp_path, HR_SLOW="0.02")
     args = ["-p", "2", "-r", redis_server.url, "--epoch-interval", "0.1"]
@@ -186,8 +191,24 @@ def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
     env = _env(tmp_path, HR_SLOW="1")  # minutes of input: they can't just finish it
     with (tmp_path / "log").open("w") as log:  # not a pipe the workers would keep open
         p = subprocess.Popen(
-            [sys.executable, "-m", "headrace.run", FLOW, "-p", "2", "--epoch-interval", "30",
-             "--metrics-port", "0"], cwd=ROOT, env=env, stdout=log, stderr=log, text=True)
+            [
+                sys.executable,
+                "-m",
+                "headrace.run",
+                FLOW,
+                "-p",
+                "2",
+                "--epoch-interval",
+                "30",
+                "--metrics-port",
+                "0",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+            text=True,
+        )
     wait_for_output(p, tmp_path / "out", 1)
     kids = children(p)
     assert p.poll() is None and len(kids) == 2
@@ -211,9 +232,7 @@ def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_every_process_logs_the_epoch_it_resumes_from(
-    tmp_path: Path, redis_server: RedisServer
-) -> None:
+def test_every_process_logs_the_epoch_it_resumes_from(tmp_path: Path, redis_server: RedisServer) -> None:
     """Process 0 decides the epoch; the others, told in the handshake, log it too (pods' logs)."""
     _write_input(tmp_path / "in")
     env = _env(tmp_path)
@@ -241,8 +260,13 @@ def test_a_child_whose_parent_died_before_its_death_signal_was_set_exits() -> No
     from headrace.run import _detach_child
 
     def run(parent: int) -> tuple[int, str]:
-        res = subprocess.run([sys.executable, "-c", "print('ran')"], capture_output=True, text=True,
-                             preexec_fn=functools.partial(_detach_child, parent), timeout=60)
+        res = subprocess.run(
+            [sys.executable, "-c", "print('ran')"],
+            capture_output=True,
+            text=True,
+            preexec_fn=functools.partial(_detach_child, parent),
+            timeout=60,
+        )
         return res.returncode, res.stdout
 
     assert run(os.getpid()) == (0, "ran\n")

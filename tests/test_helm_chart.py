@@ -45,8 +45,7 @@ def helm_bin() -> str:
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run helm; on failure show its stderr."""
-    proc = subprocess.run([helm_bin(), *args], capture_output=True, text=True, timeout=120,
-                          check=False)
+    proc = subprocess.run([helm_bin(), *args], capture_output=True, text=True, timeout=120, check=False)
     if check and proc.returncode != 0:
         pytest.fail(f"helm {' '.join(args)} failed:\n{proc.stderr}\n{proc.stdout[-2000:]}")
     return proc
@@ -60,11 +59,13 @@ def _values_args(values: dict[str, Any] | None, tmp: Path) -> list[str]:
     return ["--values", str(path)]
 
 
-def render(tmp: Path, values: dict[str, Any] | None = None, *args: str,
-           chart: Path = CHART) -> list[dict[str, Any]]:
+def render(
+    tmp: Path, values: dict[str, Any] | None = None, *args: str, chart: Path = CHART
+) -> list[dict[str, Any]]:
     """`helm template` the chart and return its objects."""
-    out = helm("template", RELEASE, str(chart), "--namespace", NAMESPACE,
-               *_values_args(values, tmp), *args).stdout
+    out = helm(
+        "template", RELEASE, str(chart), "--namespace", NAMESPACE, *_values_args(values, tmp), *args
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -76,10 +77,19 @@ def render_notes(tmp: Path, values: dict[str, Any] | None = None, *args: str) ->
         shutil.copytree(CHART, chart)
         notes = (chart / "templates" / "NOTES.txt").read_text()
         (chart / "templates" / "zz-notes.yaml").write_text(
-            "notes: |\n" + "".join("  " + line for line in notes.splitlines(True)))
-    out = helm("template", RELEASE, str(chart), "--namespace", NAMESPACE,
-               "--show-only", "templates/zz-notes.yaml", *_values_args(values, tmp),
-               *args).stdout
+            "notes: |\n" + "".join("  " + line for line in notes.splitlines(True))
+        )
+    out = helm(
+        "template",
+        RELEASE,
+        str(chart),
+        "--namespace",
+        NAMESPACE,
+        "--show-only",
+        "templates/zz-notes.yaml",
+        *_values_args(values, tmp),
+        *args,
+    ).stdout
     return str(yaml.safe_load(out)["notes"])
 
 
@@ -120,8 +130,7 @@ NAMESPACED_RULES = (
     | _triples("", ["secrets"], ["get", "create"])
     | _triples("monitoring.coreos.com", ["podmonitors"], CRUD)
 )
-CLUSTER_RULES = _triples("apiextensions.k8s.io", ["customresourcedefinitions"],
-                         ["get", "list", "watch"])
+CLUSTER_RULES = _triples("apiextensions.k8s.io", ["customresourcedefinitions"], ["get", "list", "watch"])
 
 
 def assert_restricted(pod_spec: dict[str, Any], what: str) -> None:
@@ -131,8 +140,16 @@ def assert_restricted(pod_spec: dict[str, Any], what: str) -> None:
         assert not pod_spec.get(key), f"{what}: {key}"
     for vol in pod_spec.get("volumes", []):
         kinds = set(vol) - {"name"}
-        assert kinds <= {"emptyDir", "configMap", "secret", "projected", "downwardAPI",
-                         "persistentVolumeClaim", "ephemeral", "csi"}, f"{what}: volume {vol}"
+        assert kinds <= {
+            "emptyDir",
+            "configMap",
+            "secret",
+            "projected",
+            "downwardAPI",
+            "persistentVolumeClaim",
+            "ephemeral",
+            "csi",
+        }, f"{what}: volume {vol}"
     for c in pod_spec.get("initContainers", []) + pod_spec["containers"]:
         sc = c.get("securityContext", {})
         name = f"{what}/{c['name']}"
@@ -157,19 +174,29 @@ NON_DEFAULT = {
     "imagePullSecrets": ["regcred"],
     "watchNamespaces": ["team-a", "team-b"],
     "clusterDomain": "corp.local",
-    "operator": {"logLevel": "DEBUG", "logFormat": "plain", "port": 9090,
-                 "staleAfterSeconds": 120, "extraEnv": [{"name": "X", "value": "1"}],
-                 "nodeSelector": {"kubernetes.io/os": "linux"},
-                 "tolerations": [{"key": "k", "operator": "Exists"}],
-                 "priorityClassName": "system-cluster-critical",
-                 "podAnnotations": {"a": "b"}, "manageDataflowPodMonitors": False},
+    "operator": {
+        "logLevel": "DEBUG",
+        "logFormat": "plain",
+        "port": 9090,
+        "staleAfterSeconds": 120,
+        "extraEnv": [{"name": "X", "value": "1"}],
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "k", "operator": "Exists"}],
+        "priorityClassName": "system-cluster-critical",
+        "podAnnotations": {"a": "b"},
+        "manageDataflowPodMonitors": False,
+    },
     "serviceAccount": {"worker": {"namespaces": ["team-c"], "annotations": {"x": "y"}}},
     "service": {"port": 9191},
-    "monitoring": {"prometheusRule": {"notReadyFor": "3m", "lagMinItems": 50,
-                                      "alertLabels": {"team": "data"}},
-                   "serviceMonitor": {"labels": {"release": "kps"}}},
-    "dashboards": {"namespace": "grafana", "annotations": {"grafana_folder": "Headrace"},
-                   "labels": {"grafana_dashboard": "1", "team": "data"}},
+    "monitoring": {
+        "prometheusRule": {"notReadyFor": "3m", "lagMinItems": 50, "alertLabels": {"team": "data"}},
+        "serviceMonitor": {"labels": {"release": "kps"}},
+    },
+    "dashboards": {
+        "namespace": "grafana",
+        "annotations": {"grafana_folder": "Headrace"},
+        "labels": {"grafana_dashboard": "1", "team": "data"},
+    },
     "redis": {"enabled": True},
 }
 
@@ -185,9 +212,19 @@ def test_lint_with_default_and_non_default_values(tmp_path: Path) -> None:
 def test_default_render_has_the_operator_and_nothing_optional(tmp_path: Path) -> None:
     objs = render(tmp_path)
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == sorted(["ServiceAccount", "ServiceAccount", "ClusterRole", "ClusterRole",
-                            "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"]
-                           + ["ConfigMap"] * len(list((CHART / "dashboards").glob("*.json"))))
+    assert kinds == sorted(
+        [
+            "ServiceAccount",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Service",
+        ]
+        + ["ConfigMap"] * len(list((CHART / "dashboards").glob("*.json")))
+    )
     assert not MONITORING_KINDS & set(kinds), "monitoring objects without the API"
     assert not [o for o in objs if o["metadata"]["name"].endswith("-redis")]
     for o in objs:
@@ -200,8 +237,7 @@ def test_default_render_has_the_operator_and_nothing_optional(tmp_path: Path) ->
             assert o["metadata"]["namespace"] == NAMESPACE, o["metadata"]["name"]
 
 
-def test_operator_deployment_is_one_restricted_replica_replaced_by_recreate(
-        tmp_path: Path) -> None:
+def test_operator_deployment_is_one_restricted_replica_replaced_by_recreate(tmp_path: Path) -> None:
     dep = one(render(tmp_path), "Deployment")
     assert dep["metadata"]["name"] == f"{FULLNAME}-operator"
     assert dep["spec"]["replicas"] == 1
@@ -233,8 +269,7 @@ def test_operator_deployment_is_one_restricted_replica_replaced_by_recreate(
 def test_operator_reads_every_setting_the_chart_gives_it(tmp_path: Path) -> None:
     """The chart configures the operator through environment variables; each
     must be one the operator's code reads (or a setting is silently lost)."""
-    source = "\n".join(p.read_text() for p in
-                       (ROOT / "operator" / "headrace_operator").glob("*.py"))
+    source = "\n".join(p.read_text() for p in (ROOT / "operator" / "headrace_operator").glob("*.py"))
     (c,) = one(render(tmp_path), "Deployment")["spec"]["template"]["spec"]["containers"]
     for e in c["env"]:
         assert f'"{e["name"]}"' in source, f"the operator never reads {e['name']}"
@@ -245,8 +280,9 @@ def test_metrics_service_selects_the_operator_pod(tmp_path: Path) -> None:
     svc = one(objs, "Service")
     pod_labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= pod_labels.items()
-    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics",
-                                     "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}
+    ]
 
 
 # ------------------------------------------------------------------ RBAC
@@ -259,8 +295,9 @@ def test_cluster_wide_rbac_grants_exactly_what_the_operator_needs(tmp_path: Path
     assert not by_kind(objs, "Role") and not by_kind(objs, "RoleBinding")
     binding = one(objs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULLNAME}-operator",
-                                    "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": f"{FULLNAME}-operator", "namespace": NAMESPACE}
+    ]
     flat = {t for r in by_kind(objs, "ClusterRole") for t in rules_of(r)}
     assert not any("*" in t for t in flat), "no wildcards"
     assert not any(res in ("pods/exec", "pods/attach", "pods/portforward") for _, res, _ in flat)
@@ -268,8 +305,7 @@ def test_cluster_wide_rbac_grants_exactly_what_the_operator_needs(tmp_path: Path
     assert {v for _, res, v in rules_of(role) if res == "secrets"} == {"get", "create"}
 
 
-def test_watch_namespaces_gives_roles_per_namespace_and_a_crd_only_cluster_role(
-        tmp_path: Path) -> None:
+def test_watch_namespaces_gives_roles_per_namespace_and_a_crd_only_cluster_role(tmp_path: Path) -> None:
     objs = render(tmp_path, {"watchNamespaces": ["team-a", "team-b"]}, *PROMETHEUS_API)
     role = one(objs, "ClusterRole", f"{FULLNAME}-operator")
     assert rules_of(role) == CLUSTER_RULES
@@ -280,16 +316,17 @@ def test_watch_namespaces_gives_roles_per_namespace_and_a_crd_only_cluster_role(
     bindings = by_kind(objs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for b in bindings:
-        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                "name": f"{FULLNAME}-operator"}
+        assert b["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": f"{FULLNAME}-operator",
+        }
         assert b["subjects"][0]["namespace"] == NAMESPACE
     (c,) = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["WATCH_NAMESPACES"] == "team-a,team-b"
-    workers = [o for o in by_kind(objs, "ServiceAccount")
-               if o["metadata"]["name"] == f"{FULLNAME}-worker"]
-    assert sorted(o["metadata"]["namespace"] for o in workers) == [
-        NAMESPACE, "team-a", "team-b"]
+    workers = [o for o in by_kind(objs, "ServiceAccount") if o["metadata"]["name"] == f"{FULLNAME}-worker"]
+    assert sorted(o["metadata"]["namespace"] for o in workers) == [NAMESPACE, "team-a", "team-b"]
     pm = one(objs, "PodMonitor")
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
 
@@ -302,10 +339,12 @@ def test_podmonitor_rights_follow_manage_dataflow_podmonitors(tmp_path: Path) ->
 
 def test_workers_service_account_has_no_rights_and_no_token(tmp_path: Path) -> None:
     objs = render(tmp_path, NON_DEFAULT, *PROMETHEUS_API)
-    workers = [o for o in by_kind(objs, "ServiceAccount")
-               if o["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"]
-    assert sorted(o["metadata"]["namespace"] for o in workers) == [
-        NAMESPACE, "team-a", "team-b", "team-c"]
+    workers = [
+        o
+        for o in by_kind(objs, "ServiceAccount")
+        if o["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    ]
+    assert sorted(o["metadata"]["namespace"] for o in workers) == [NAMESPACE, "team-a", "team-b", "team-c"]
     for sa in workers:
         assert sa["automountServiceAccountToken"] is False
         assert sa["metadata"]["annotations"] == {"x": "y"}
@@ -315,9 +354,16 @@ def test_workers_service_account_has_no_rights_and_no_token(tmp_path: Path) -> N
 
 
 def test_rbac_and_service_accounts_can_be_left_to_the_user(tmp_path: Path) -> None:
-    objs = render(tmp_path, {"rbac": {"create": False},
-                             "serviceAccount": {"operator": {"create": False, "name": "op"},
-                                                "worker": {"create": False, "name": "wk"}}})
+    objs = render(
+        tmp_path,
+        {
+            "rbac": {"create": False},
+            "serviceAccount": {
+                "operator": {"create": False, "name": "op"},
+                "worker": {"create": False, "name": "wk"},
+            },
+        },
+    )
     assert {o["kind"] for o in objs} == {"Deployment", "Service", "ConfigMap"}
     spec = one(objs, "Deployment")["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == "op"
@@ -337,13 +383,15 @@ def test_user_roles_aggregate_dataflow_rights(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ monitoring
 
 
-def test_monitoring_objects_render_only_with_the_prometheus_operator_api(
-        tmp_path: Path) -> None:
+def test_monitoring_objects_render_only_with_the_prometheus_operator_api(tmp_path: Path) -> None:
     assert not MONITORING_KINDS & {o["kind"] for o in render(tmp_path)}
     objs = render(tmp_path, None, *PROMETHEUS_API)
     assert MONITORING_KINDS <= {o["kind"] for o in objs}
-    for kind, key in (("PodMonitor", "podMonitor"), ("ServiceMonitor", "serviceMonitor"),
-                      ("PrometheusRule", "prometheusRule")):
+    for kind, key in (
+        ("PodMonitor", "podMonitor"),
+        ("ServiceMonitor", "serviceMonitor"),
+        ("PrometheusRule", "prometheusRule"),
+    ):
         off = render(tmp_path, {"monitoring": {key: {"enabled": False}}}, *PROMETHEUS_API)
         assert kind not in {o["kind"] for o in off}
         assert MONITORING_KINDS - {kind} <= {o["kind"] for o in off}
@@ -358,9 +406,11 @@ def test_podmonitor_scrapes_workers_and_relabels_the_dataflow(tmp_path: Path) ->
     assert sel["matchExpressions"] == [{"key": "headrace.dev/dataflow", "operator": "Exists"}]
     (ep,) = pm["spec"]["podMetricsEndpoints"]
     assert ep["port"] == "metrics" and ep["path"] == "/metrics"
-    assert {"action": "replace",
-            "sourceLabels": ["__meta_kubernetes_pod_label_headrace_dev_dataflow"],
-            "targetLabel": "dataflow"} in ep["relabelings"]
+    assert {
+        "action": "replace",
+        "sourceLabels": ["__meta_kubernetes_pod_label_headrace_dev_dataflow"],
+        "targetLabel": "dataflow",
+    } in ep["relabelings"]
 
 
 def test_podmonitor_matches_the_operators_worker_pods(tmp_path: Path) -> None:
@@ -370,7 +420,8 @@ def test_podmonitor_matches_the_operators_worker_pods(tmp_path: Path) -> None:
 
     sts = manifests.build_statefulset(
         parse_spec({"image": "i", "flow": {"import": "m:f"}, "replicas": 2}),
-        manifests.Owner("wc", "ns", "uid"))
+        manifests.Owner("wc", "ns", "uid"),
+    )
     pod = sts["spec"]["template"]
     pm = one(render(tmp_path, None, *PROMETHEUS_API), "PodMonitor")
     sel = pm["spec"]["selector"]
@@ -390,14 +441,14 @@ def test_worker_pods_the_operator_builds_are_restricted_too() -> None:
     from headrace_operator.spec import parse_spec
 
     sts = manifests.build_statefulset(
-        parse_spec({"image": "i", "flow": {"import": "m:f"}}), manifests.Owner("wc", "ns", "u"))
+        parse_spec({"image": "i", "flow": {"import": "m:f"}}), manifests.Owner("wc", "ns", "u")
+    )
     spec = sts["spec"]["template"]["spec"]
     assert_restricted(spec, "worker")
     assert spec["automountServiceAccountToken"] is False
 
 
-def test_servicemonitor_scrapes_the_operator_service_keeping_its_labels(
-        tmp_path: Path) -> None:
+def test_servicemonitor_scrapes_the_operator_service_keeping_its_labels(tmp_path: Path) -> None:
     objs = render(tmp_path, NON_DEFAULT, *PROMETHEUS_API)
     sm = one(objs, "ServiceMonitor")
     svc = one(objs, "Service", "hrx-operator")
@@ -492,8 +543,7 @@ def test_demo_redis_is_off_by_default_and_restricted_when_on(tmp_path: Path) -> 
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     operator = one(objs, "Deployment", f"{FULLNAME}-operator")
     # The two Deployments must not select each other's pods.
-    assert not (svc["spec"]["selector"].items()
-                <= operator["spec"]["template"]["metadata"]["labels"].items())
+    assert not (svc["spec"]["selector"].items() <= operator["spec"]["template"]["metadata"]["labels"].items())
     notes = render_notes(tmp_path, {"redis": {"enabled": True}})
     assert f"redis://{FULLNAME}-redis.{NAMESPACE}.svc:6379/0" in notes
 
@@ -510,16 +560,21 @@ def test_notes_tell_what_to_do_next(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ schema
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"operator": {"logLevel": "LOUD"}}, "/operator/logLevel"),
-    ({"watchNamespaces": "team-a"}, "/watchNamespaces"),
-    ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
-    ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
-    ({"monitoring": {"prometheusRule": {"notReadyFor": "ten minutes"}}},
-     "/monitoring/prometheusRule/notReadyFor"),
-    ({"operator": {"replicas": 2}}, "replicas"),
-    ({"redsi": {"enabled": True}}, "redsi"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"operator": {"logLevel": "LOUD"}}, "/operator/logLevel"),
+        ({"watchNamespaces": "team-a"}, "/watchNamespaces"),
+        ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        (
+            {"monitoring": {"prometheusRule": {"notReadyFor": "ten minutes"}}},
+            "/monitoring/prometheusRule/notReadyFor",
+        ),
+        ({"operator": {"replicas": 2}}, "replicas"),
+        ({"redsi": {"enabled": True}}, "redsi"),
+    ],
+)
 def test_schema_rejects_bad_values(tmp_path: Path, values: dict[str, Any], message: str) -> None:
     proc = helm("template", RELEASE, str(CHART), *_values_args(values, tmp_path), check=False)
     assert proc.returncode != 0
@@ -593,16 +648,19 @@ def _prune(value: Any) -> Any:
 
 
 CORE_MODELS = {
-    "Deployment": "V1Deployment", "Service": "V1Service", "ServiceAccount": "V1ServiceAccount",
-    "ConfigMap": "V1ConfigMap", "ClusterRole": "V1ClusterRole",
-    "ClusterRoleBinding": "V1ClusterRoleBinding", "Role": "V1Role",
+    "Deployment": "V1Deployment",
+    "Service": "V1Service",
+    "ServiceAccount": "V1ServiceAccount",
+    "ConfigMap": "V1ConfigMap",
+    "ClusterRole": "V1ClusterRole",
+    "ClusterRoleBinding": "V1ClusterRoleBinding",
+    "Role": "V1Role",
     "RoleBinding": "V1RoleBinding",
 }
 
 
 @pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "non-default"])
-def test_core_objects_are_valid_kubernetes_objects(tmp_path: Path,
-                                                   values: dict[str, Any] | None) -> None:
+def test_core_objects_are_valid_kubernetes_objects(tmp_path: Path, values: dict[str, Any] | None) -> None:
     """Each object goes through the Kubernetes client's typed models and back:
     a misspelt or misplaced field would be dropped and the round trip differ."""
     from kubernetes.client import ApiClient
@@ -632,8 +690,7 @@ def test_crds_are_installed_the_helm_way(tmp_path: Path) -> None:
     # Helm installs crds/ before the templates and never templates or deletes them.
     assert not by_kind(render(tmp_path), "CustomResourceDefinition")
     with_crds = render(tmp_path, None, "--include-crds")
-    assert [o["metadata"]["name"] for o in by_kind(with_crds, "CustomResourceDefinition")
-            ] == names
+    assert [o["metadata"]["name"] for o in by_kind(with_crds, "CustomResourceDefinition")] == names
     assert "dataflows.headrace.dev" in helm("show", "crds", str(CHART)).stdout
 
 
@@ -656,8 +713,7 @@ def _undeclared(schema: dict[str, Any], obj: Any, path: str) -> list[str]:
                 out += _undeclared(props[k], v, f"{path}.{k}")
         return out
     if isinstance(obj, list) and "items" in schema:
-        return [p for i, v in enumerate(obj) for p in _undeclared(schema["items"], v,
-                                                                   f"{path}[{i}]")]
+        return [p for i, v in enumerate(obj) for p in _undeclared(schema["items"], v, f"{path}[{i}]")]
     return []
 
 
@@ -699,20 +755,23 @@ def test_examples_pass_the_operators_own_validation() -> None:
         assert spec_mod.validate(spec) == [], fname
 
 
-def test_example_app_runs_and_prints_running_averages(
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_example_app_runs_and_prints_running_averages(capsys: pytest.CaptureFixture[str]) -> None:
     from headrace.testing import run_main
 
     spec = importlib.util.spec_from_file_location(
-        "sensors_example", CHART / "examples" / "app" / "sensors.py")
+        "sensors_example", CHART / "examples" / "app" / "sensors.py"
+    )
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     run_main(mod.build(sensors=2, rate=10_000.0, work_ms=0.1, count=6, report_every=3))
     lines = sorted(capsys.readouterr().out.splitlines())
     assert [line.split(" mean=")[0] for line in lines] == [
-        "sensor-0 readings=3", "sensor-0 readings=6", "sensor-1 readings=3",
-        "sensor-1 readings=6"]
+        "sensor-0 readings=3",
+        "sensor-0 readings=6",
+        "sensor-1 readings=3",
+        "sensor-1 readings=6",
+    ]
     values = [mod.reading("sensor-0", i) for i in range(6)]
     assert f"sensor-0 readings=6 mean={sum(values) / 6:.2f}" in lines
 
@@ -736,7 +795,7 @@ def test_dockerfile_is_multi_stage_non_root_and_base_agnostic() -> None:
     assert ins[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
     froms = [rest for word, rest in ins if word == "FROM"]
     assert froms == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]
-    final = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM"):]
+    final = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM") :]
     runs = " ".join(rest for word, rest in ins if word == "RUN")
     # Only `python3 -m pip` and a POSIX shell may be assumed of the base.
     for tool in ("apt-get", "apk ", "useradd", "adduser", "curl", "wget", "venv", "git "):
@@ -756,8 +815,9 @@ def test_dockerfile_runs_workers_the_way_the_operator_starts_them() -> None:
     manifests = pytest.importorskip("headrace_operator.manifests")
     from headrace_operator.spec import parse_spec
 
-    sts = manifests.build_statefulset(parse_spec({"image": "i", "flow": {"import": "m:f"}}),
-                                      manifests.Owner("wc", "ns", "uid"))
+    sts = manifests.build_statefulset(
+        parse_spec({"image": "i", "flow": {"import": "m:f"}}), manifests.Owner("wc", "ns", "uid")
+    )
     cmd = sts["spec"]["template"]["spec"]["containers"][0]["command"][0]
     text = (ROOT / "Dockerfile").read_text()
     assert cmd in ("python3", "python"), cmd
@@ -766,8 +826,11 @@ def test_dockerfile_runs_workers_the_way_the_operator_starts_them() -> None:
 
 
 def test_dockerignore_keeps_what_pip_needs_and_nothing_else() -> None:
-    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
+    lines = [
+        ln.strip()
+        for ln in (ROOT / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert lines[0] == "*", "allow-list: ignore everything, then re-include"
     kept = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
     assert {"pyproject.toml", "runtime", "operator"} <= kept

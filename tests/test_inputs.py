@@ -132,9 +132,7 @@ def test_batch_getter_ends_on_stop_iteration(values: list[Any], size: int, expec
         ([1, queue.Empty(), 2, queue.Empty(), queue.Empty(), 3], 5, [[1], [2], [], [3]]),
     ],
 )
-def test_batch_getter_ex_ends_on_stop_iteration(
-    values: list[Any], size: int, expected: list[Any]
-) -> None:
+def test_batch_getter_ex_ends_on_stop_iteration(values: list[Any], size: int, expected: list[Any]) -> None:
     assert list(batch_getter_ex(_getter(values), size)) == expected
 
 
@@ -156,9 +154,7 @@ def test_a_partition_built_on_a_batch_getter_ends_the_input(helper: str) -> None
     class Part(StatelessSourcePartition[int]):
         def __init__(self) -> None:
             get = _getter([1, 2, 3, 4, 5])
-            self._batcher = (
-                batch_getter(get, 2) if helper == "batch_getter" else batch_getter_ex(get, 2)
-            )
+            self._batcher = batch_getter(get, 2) if helper == "batch_getter" else batch_getter_ex(get, 2)
 
         def next_batch(self) -> list[int]:
             return next(self._batcher)

@@ -42,8 +42,14 @@ def _committed(location: str, compact: bool = False) -> None:
     s = _store(location)
     s.start_execution(1, 4)
     for e in (1, 2, 3):
-        s.write_epoch(e, [("count", 1, "a", str(e).encode()), ("count", 2, "b", b"x"),
-                          ("lines", "p", "part-0", str(10 * e).encode())])
+        s.write_epoch(
+            e,
+            [
+                ("count", 1, "a", str(e).encode()),
+                ("count", 2, "b", b"x"),
+                ("lines", "p", "part-0", str(10 * e).encode()),
+            ],
+        )
         s.commit(e, 1)
     if compact:
         s.compact(2)
@@ -72,9 +78,7 @@ def _delete(location: str, step: str, epoch: int | None) -> None:
 
 
 @pytest.mark.parametrize(("step", "epoch"), [("count", 3), ("count", 1), ("lines", 3)])
-def test_a_deleted_delta_of_a_committed_epoch_stops_the_resume(
-    location: str, step: str, epoch: int
-) -> None:
+def test_a_deleted_delta_of_a_committed_epoch_stops_the_resume(location: str, step: str, epoch: int) -> None:
     _committed(location)
     _delete(location, step, epoch)
     with pytest.raises(LostStateError) as err:
@@ -193,9 +197,7 @@ def _set(server: RedisServer, **config: str) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_an_evicting_redis_is_refused_unless_allowed(
-    tmp_path: Path, redis_server: RedisServer
-) -> None:
+def test_an_evicting_redis_is_refused_unless_allowed(tmp_path: Path, redis_server: RedisServer) -> None:
     _write_input(tmp_path / "in", files=1, lines=20)
     _set(redis_server, maxmemory_policy="allkeys-lru")
     env = _env(tmp_path)
@@ -210,9 +212,7 @@ def test_an_evicting_redis_is_refused_unless_allowed(
 
 
 @pytest.mark.timeout(120)
-def test_no_persistence_warns_once_and_a_first_run_says_so(
-    tmp_path: Path, redis_server: RedisServer
-) -> None:
+def test_no_persistence_warns_once_and_a_first_run_says_so(tmp_path: Path, redis_server: RedisServer) -> None:
     counts = _write_input(tmp_path / "in", files=2, lines=50)
     _set(redis_server, save="", appendonly="no")
     res = _run_cli(["-p", "2", "-r", redis_server.url, "-s", "0.1"], _env(tmp_path))
@@ -259,8 +259,7 @@ def test_redis_flushed_mid_run_stops_the_run_and_the_resume_is_refused_until_res
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize(
-    "step", ["recovery_wc.out", "recovery_wc.lines", "recovery_wc.count.stateful_batch"])
+@pytest.mark.parametrize("step", ["recovery_wc.out", "recovery_wc.lines", "recovery_wc.count.stateful_batch"])
 def test_deleted_state_of_a_real_run_is_named_at_resume(
     tmp_path: Path, redis_server: RedisServer, step: str
 ) -> None:
@@ -269,8 +268,11 @@ def test_deleted_state_of_a_real_run_is_named_at_resume(
     res = _run_cli(["-r", redis_server.url, "-s", "0.05"], env)
     assert res.returncode == 0, res.stderr[-2000:]
     r = redis.Redis.from_url(redis_server.url)
-    keys = [k for k in r.scan_iter(match="hr\\{recovery_wc\\}:*")
-            if k.decode().split(":")[-2] == step and k.decode().split(":")[1] in ("b", "d")]
+    keys = [
+        k
+        for k in r.scan_iter(match="hr\\{recovery_wc\\}:*")
+        if k.decode().split(":")[-2] == step and k.decode().split(":")[1] in ("b", "d")
+    ]
     assert keys
     r.delete(*keys)
     res = _run_cli(["-r", redis_server.url, "-s", "0.05"], env)
@@ -303,8 +305,9 @@ def test_a_renamed_stateful_step_is_refused_naming_it_then_allowed(location: str
     assert out == [("a", 1), ("b", 10), ("a", 3)]
     out = []
     with pytest.raises(StateMismatchError) as err:
-        run_main(_flow(items, out, step="total"), epoch_interval=ZERO,
-                 recovery_config=RecoveryConfig(location))
+        run_main(
+            _flow(items, out, step="total"), epoch_interval=ZERO, recovery_config=RecoveryConfig(location)
+        )
     msg = str(err.value)
     assert "holds state of steps 'f.sum.stateful_batch' that dataflow 'f' does not have" in msg
     assert "'f.total.stateful_batch'" in msg and "--allow-dropped-state" in msg
@@ -315,11 +318,13 @@ def test_a_renamed_stateful_step_is_refused_naming_it_then_allowed(location: str
     assert out == [("a", 3), ("b", 20)]
     # The old state is gone for good: the old step id now starts empty too.
     out = []
-    run_main(_flow(items, out), epoch_interval=ZERO,
-             recovery_config=RecoveryConfig(location, allow_dropped_state=True))
+    run_main(
+        _flow(items, out),
+        epoch_interval=ZERO,
+        recovery_config=RecoveryConfig(location, allow_dropped_state=True),
+    )
     assert out == []  # input ended: nothing more to read
-    assert _store(location).summary() == {} or "f.sum" not in open_store(
-        location, "f").summary()
+    assert _store(location).summary() == {} or "f.sum" not in open_store(location, "f").summary()
 
 
 def test_a_new_stateful_step_starts_empty(location: str) -> None:
@@ -343,12 +348,16 @@ def test_a_new_stateful_step_starts_empty(location: str) -> None:
 def test_another_flows_prefix_is_refused(location: str) -> None:
     items = _items()
     out: list[Any] = []
-    run_main(_flow(items, out), epoch_interval=ZERO,
-             recovery_config=RecoveryConfig(location, prefix="shared"))
+    run_main(
+        _flow(items, out), epoch_interval=ZERO, recovery_config=RecoveryConfig(location, prefix="shared")
+    )
     other: list[Any] = []
     with pytest.raises(StateMismatchError, match="belongs to dataflow 'f', not 'g'"):
-        run_main(_flow(items, other, flow_id="g"), epoch_interval=ZERO,
-                 recovery_config=RecoveryConfig(location, prefix="shared"))
+        run_main(
+            _flow(items, other, flow_id="g"),
+            epoch_interval=ZERO,
+            recovery_config=RecoveryConfig(location, prefix="shared"),
+        )
     assert other == []
 
 
@@ -366,7 +375,6 @@ def test_cli_renamed_step_refused_then_allowed_with_exact_output(
     res = _run_cli(["-r", redis_server.url, "-s", "0.05"], env_renamed)
     assert res.returncode == 1
     assert "StateMismatchError" in res.stderr and "'recovery_wc.count.stateful_batch'" in res.stderr
-    res = _run_cli(["-r", redis_server.url, "-s", "0.05", "--allow-dropped-state"],
-                   env_renamed)
+    res = _run_cli(["-r", redis_server.url, "-s", "0.05", "--allow-dropped-state"], env_renamed)
     assert res.returncode == 0, res.stderr[-2000:]
     _check_output(tmp_path / "out", counts)  # input was done: nothing repeated, nothing lost

@@ -83,27 +83,57 @@ def _json_value(m: Any) -> Any:
 
 
 def test_every_public_name_is_there() -> None:
-    for name in ["KafkaSource", "KafkaSink", "KafkaSourceMessage", "KafkaSinkMessage",
-                 "KafkaError", "K", "V", "K2", "V2", "K_co", "V_co"]:
+    for name in [
+        "KafkaSource",
+        "KafkaSink",
+        "KafkaSourceMessage",
+        "KafkaSinkMessage",
+        "KafkaError",
+        "K",
+        "V",
+        "K2",
+        "V2",
+        "K_co",
+        "V_co",
+    ]:
         assert hasattr(hk, name), name
-    for name in ["input", "output", "deserialize_key", "deserialize_value", "deserialize",
-                 "serialize_key", "serialize_value", "serialize", "KafkaOpOut"]:
+    for name in [
+        "input",
+        "output",
+        "deserialize_key",
+        "deserialize_value",
+        "deserialize",
+        "serialize_key",
+        "serialize_value",
+        "serialize",
+        "KafkaOpOut",
+    ]:
         assert callable(getattr(kop, name)), name
     for name in ["PlainAvroSerializer", "PlainAvroDeserializer"]:
         assert hasattr(serde, name), name
     src_fields = [f.name for f in dataclasses.fields(KafkaSourceMessage)]
-    assert src_fields == ["key", "value", "topic", "headers", "latency", "offset", "partition",
-                          "timestamp"]
+    assert src_fields == ["key", "value", "topic", "headers", "latency", "offset", "partition", "timestamp"]
     assert [f.name for f in dataclasses.fields(KafkaSinkMessage)] == [
-        "key", "value", "topic", "headers", "partition", "timestamp"]
+        "key",
+        "value",
+        "topic",
+        "headers",
+        "partition",
+        "timestamp",
+    ]
     assert [f.name for f in dataclasses.fields(KafkaError)] == ["err", "msg"]
     import inspect
 
     assert list(inspect.signature(KafkaSource).parameters) == [
-        "brokers", "topics", "tail", "starting_offset", "add_config", "batch_size",
-        "raise_on_errors"]
-    assert inspect.signature(KafkaSource).parameters["starting_offset"].default == (
-        OFFSET_BEGINNING)
+        "brokers",
+        "topics",
+        "tail",
+        "starting_offset",
+        "add_config",
+        "batch_size",
+        "raise_on_errors",
+    ]
+    assert inspect.signature(KafkaSource).parameters["starting_offset"].default == (OFFSET_BEGINNING)
     assert list(inspect.signature(KafkaSink).parameters) == ["brokers", "topic", "add_config"]
 
 
@@ -133,8 +163,11 @@ def test_messages_pickle_and_convert() -> None:
 def test_source_to_sink_keeps_keys_values_headers(kafka_broker: KafkaBroker) -> None:
     b = kafka_broker
     src, dst = b.create_topic(partitions=3), b.create_topic(partitions=2)
-    b.produce(src, [(f"k{i}".encode(), f"v{i}".encode()) for i in range(300)],
-              headers=[("trace", b"abc"), ("n", b"")])
+    b.produce(
+        src,
+        [(f"k{i}".encode(), f"v{i}".encode()) for i in range(300)],
+        headers=[("trace", b"abc"), ("n", b"")],
+    )
     b.produce(src, [(None, b"no-key")], partition=1)
     flow = Dataflow("rt")
     seen: list[Any] = []
@@ -150,11 +183,11 @@ def test_source_to_sink_keeps_keys_values_headers(kafka_broker: KafkaBroker) -> 
         assert isinstance(m.timestamp, tuple) and m.timestamp[1] > 0
     assert sorted(by_part) == [0, 1, 2]
     ends = b.end_offsets(src)
-    assert {p: sorted(o) for p, o in by_part.items()} == {p: list(range(e)) for p, e in
-                                                        ends.items()}
+    assert {p: sorted(o) for p, o in by_part.items()} == {p: list(range(e)) for p, e in ends.items()}
     got = b.consume_all(dst)
     assert sorted((m.key() or b"", m.value()) for m in got) == sorted(
-        [(f"k{i}".encode(), f"v{i}".encode()) for i in range(300)] + [(b"", b"no-key")])
+        [(f"k{i}".encode(), f"v{i}".encode()) for i in range(300)] + [(b"", b"no-key")]
+    )
     assert [m.key() for m in got if m.value() == b"no-key"] == [None]
     keyed = [m for m in got if m.key() is not None]
     assert all(m.headers() == [("trace", b"abc"), ("n", b"")] for m in keyed)
@@ -168,8 +201,10 @@ def test_sink_honours_message_topic_partition_and_timestamp(kafka_broker: KafkaB
     flow = Dataflow("sinkfields")
     from headrace.testing import TestingSource
 
-    items = [KafkaSinkMessage(b"a", b"1"),
-             KafkaSinkMessage(b"b", b"2", topic=other, partition=2, timestamp=1_700_000_000_000)]
+    items = [
+        KafkaSinkMessage(b"a", b"1"),
+        KafkaSinkMessage(b"b", b"2", topic=other, partition=2, timestamp=1_700_000_000_000),
+    ]
     op.output("out", op.input("in", flow, TestingSource(items)), KafkaSink(b.brokers, default))
     run_main(flow)
     [d] = b.consume_all(default)
@@ -183,8 +218,7 @@ def test_sink_rejects_items_that_are_not_sink_messages(kafka_broker: KafkaBroker
 
     t = kafka_broker.create_topic(partitions=1)
     flow = Dataflow("badsink")
-    op.output("out", op.input("in", flow, TestingSource([b"raw"])),
-              KafkaSink(kafka_broker.brokers, t))
+    op.output("out", op.input("in", flow, TestingSource([b"raw"])), KafkaSink(kafka_broker.brokers, t))
     with pytest.raises(Exception) as info:
         run_main(flow)
     assert "KafkaSinkMessage" in _causes(info.value) and "badsink.out" in _causes(info.value)
@@ -219,8 +253,9 @@ def test_tail_false_on_an_empty_topic_ends_at_once(kafka_broker: KafkaBroker) ->
     t = kafka_broker.create_topic(partitions=2)
     flow = Dataflow("empty")
     out: list[Any] = []
-    op.output("out", op.input("in", flow, KafkaSource(kafka_broker.brokers, [t], tail=False)),
-              TestingSink(out))
+    op.output(
+        "out", op.input("in", flow, KafkaSource(kafka_broker.brokers, [t], tail=False)), TestingSink(out)
+    )
     run_main(flow)
     assert out == []
 
@@ -233,8 +268,9 @@ def test_starting_offset_end_and_absolute(kafka_broker: KafkaBroker) -> None:
     def read(**kw: Any) -> list[int]:
         flow = Dataflow("start")
         out: list[Any] = []
-        op.output("out", op.input("in", flow, KafkaSource(b.brokers, [t], tail=False, **kw)),
-                  TestingSink(out))
+        op.output(
+            "out", op.input("in", flow, KafkaSource(b.brokers, [t], tail=False, **kw)), TestingSink(out)
+        )
         run_main(flow)
         return [int(m.value) for m in out]
 
@@ -301,8 +337,7 @@ def test_operators_split_undecodable_messages_into_errs(kafka_broker: KafkaBroke
 
     flow = Dataflow("ops")
     kin = kop.input("in", flow, brokers=b.brokers, topics=[t], tail=False)
-    de = kop.deserialize("de", kin.oks, key_deserializer=StringDeserializer(),
-                         val_deserializer=json_de)
+    de = kop.deserialize("de", kin.oks, key_deserializer=StringDeserializer(), val_deserializer=json_de)
     oks: list[Any] = []
     errs: list[Any] = []
     op.output("oks", de.oks, TestingSink(oks))
@@ -328,16 +363,23 @@ def test_operators_split_undecodable_messages_into_errs(kafka_broker: KafkaBroke
 def test_serialize_operators_and_plain_avro_round_trip(kafka_broker: KafkaBroker) -> None:
     b = kafka_broker
     t_out = b.create_topic(partitions=1)
-    schema = json.dumps({"type": "record", "name": "Reading", "fields": [
-        {"name": "sensor", "type": "string"}, {"name": "value", "type": "double"}]})
+    schema = json.dumps(
+        {
+            "type": "record",
+            "name": "Reading",
+            "fields": [{"name": "sensor", "type": "string"}, {"name": "value", "type": "double"}],
+        }
+    )
     from headrace.testing import TestingSource
 
     readings = [{"sensor": f"s{i}", "value": i / 2} for i in range(5)]
     flow = Dataflow("avro_out")
-    msgs = op.map("msg", op.input("in", flow, TestingSource(readings)),
-                  lambda r: KafkaSinkMessage(r["sensor"], r))
-    ser = kop.serialize("ser", msgs, key_serializer=StringSerializer(),
-                        val_serializer=serde.PlainAvroSerializer(schema))
+    msgs = op.map(
+        "msg", op.input("in", flow, TestingSource(readings)), lambda r: KafkaSinkMessage(r["sensor"], r)
+    )
+    ser = kop.serialize(
+        "ser", msgs, key_serializer=StringSerializer(), val_serializer=serde.PlainAvroSerializer(schema)
+    )
     kop.output("out", ser, brokers=b.brokers, topic=t_out)
     run_main(flow)
 
@@ -385,8 +427,7 @@ def test_unreachable_brokers_fail_fast_naming_them() -> None:
     addr = f"127.0.0.1:{free_port()}"
     conf = {"socket.timeout.ms": 2000}
     flow = Dataflow("nobroker")
-    op.output("out", op.input("in", flow, KafkaSource([addr], ["t"], add_config=conf)),
-              TestingSink([]))
+    op.output("out", op.input("in", flow, KafkaSource([addr], ["t"], add_config=conf)), TestingSink([]))
     t0 = time.monotonic()
     with pytest.raises(Exception) as info:
         run_main(flow)
@@ -396,8 +437,11 @@ def test_unreachable_brokers_fail_fast_naming_them() -> None:
     from headrace.testing import TestingSource
 
     flow = Dataflow("nobroker_sink")
-    op.output("out", op.input("in", flow, TestingSource([KafkaSinkMessage(b"k", b"v")])),
-              KafkaSink([addr], "t", add_config=conf))
+    op.output(
+        "out",
+        op.input("in", flow, TestingSource([KafkaSinkMessage(b"k", b"v")])),
+        KafkaSink([addr], "t", add_config=conf),
+    )
     t0 = time.monotonic()
     with pytest.raises(Exception) as info:
         run_main(flow)
@@ -407,8 +451,9 @@ def test_unreachable_brokers_fail_fast_naming_them() -> None:
 
 def test_missing_topic_is_named(kafka_broker: KafkaBroker) -> None:
     flow = Dataflow("notopic")
-    op.output("out", op.input("in", flow, KafkaSource(kafka_broker.brokers, ["no-such-topic"])),
-              TestingSink([]))
+    op.output(
+        "out", op.input("in", flow, KafkaSource(kafka_broker.brokers, ["no-such-topic"])), TestingSink([])
+    )
     with pytest.raises(Exception) as info:
         run_main(flow)
     assert "'no-such-topic' does not exist" in _causes(info.value)
@@ -416,8 +461,11 @@ def test_missing_topic_is_named(kafka_broker: KafkaBroker) -> None:
     from headrace.testing import TestingSource
 
     flow = Dataflow("notopic_sink")
-    op.output("out", op.input("in", flow, TestingSource([KafkaSinkMessage(b"k", b"v")])),
-              KafkaSink(kafka_broker.brokers, "no-such-out-topic"))
+    op.output(
+        "out",
+        op.input("in", flow, TestingSource([KafkaSinkMessage(b"k", b"v")])),
+        KafkaSink(kafka_broker.brokers, "no-such-out-topic"),
+    )
     with pytest.raises(Exception) as info:
         run_main(flow)
     assert "'no-such-out-topic' does not exist" in _causes(info.value)
@@ -431,8 +479,11 @@ def test_consumer_errors_raise_with_offset_or_go_to_errs(kafka_broker: KafkaBrok
     # error (OFFSET_OUT_OF_RANGE) from the broker.
     conf = {"auto.offset.reset": "error"}
     flow = Dataflow("cerr")
-    op.output("out", op.input("in", flow, KafkaSource(b.brokers, [t], starting_offset=50,
-                                                       add_config=conf)), TestingSink([]))
+    op.output(
+        "out",
+        op.input("in", flow, KafkaSource(b.brokers, [t], starting_offset=50, add_config=conf)),
+        TestingSink([]),
+    )
     with pytest.raises(Exception) as info:
         run_main(flow)
     text = _causes(info.value)
@@ -460,7 +511,11 @@ def _env(broker: KafkaBroker, **extra: str) -> dict[str, str]:
 def _launch(flow: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "headrace.run", f"tests.flows.kafka_flows:{flow}", *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -469,18 +524,15 @@ def test_three_partitions_on_two_processes_of_two_workers(kafka_broker: KafkaBro
     src, dst = b.create_topic(partitions=3), b.create_topic(partitions=3)
     sent = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(900)]
     b.produce(src, sent, headers=[("h", b"x")])
-    p = _launch("copy_upper()", ["-p", "2", "-w", "2", "--metrics-port", "0"],
-                _env(b, HR_IN=src, HR_OUT=dst))
+    p = _launch("copy_upper()", ["-p", "2", "-w", "2", "--metrics-port", "0"], _env(b, HR_IN=src, HR_OUT=dst))
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err[-3000:]
     got = b.consume_all(dst)
-    assert sorted((m.key(), m.value()) for m in got) == sorted(
-        (k, v.upper()) for k, v in sent)
+    assert sorted((m.key(), m.value()) for m in got) == sorted((k, v.upper()) for k, v in sent)
     srcs = {dict(m.headers())["src"] for m in got}
     assert len(srcs) == 900  # each input message written once
     assert all(dict(m.headers())["h"] == b"x" for m in got)
     assert {s.split(b":")[0] for s in srcs} == {b"0", b"1", b"2"}
-
 
 
 @pytest.mark.timeout(240)
@@ -500,8 +552,7 @@ def test_kill_9_mid_run_resumes_at_committed_offsets(
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     env = _env(b, HR_IN=src, HR_OUT=dst, HR_OUT_DIR=str(out_dir), HR_SLOW="0.1")
-    args = ["-p", "2", "-w", "2", "-r", redis_server.url, "--epoch-interval", "0.1",
-            "--metrics-port", "0"]
+    args = ["-p", "2", "-w", "2", "-r", redis_server.url, "--epoch-interval", "0.1", "--metrics-port", "0"]
     kills = 0
     for _attempt in range(6):
         p = _launch("running_counts()", args, env)
@@ -517,7 +568,9 @@ def test_kill_9_mid_run_resumes_at_committed_offsets(
             break
         # A kill that lands as the run finishes leaves nothing to report.
         assert "lost process" in err or "failed" in err or p.returncode in (-9, 247), (
-            p.returncode, err[-3000:])
+            p.returncode,
+            err[-3000:],
+        )
     else:
         pytest.fail("the dataflow never completed")
     assert kills >= 1
@@ -536,8 +589,10 @@ def test_kill_9_mid_run_resumes_at_committed_offsets(
     assert want <= keys and keys <= want
     # The committed source snapshots are the partitions' end offsets.
     store = open_store(redis_server.url, "kafka_counts")
-    parts = {name: pickle.loads(blob) for name, blob in
-             store.load("kafka_counts.in", [PARTS]).get(PARTS, {}).items()}
+    parts = {
+        name: pickle.loads(blob)
+        for name, blob in store.load("kafka_counts.in", [PARTS]).get(PARTS, {}).items()
+    }
     assert parts == {f"{p}-{src}": end for p, end in b.end_offsets(src).items()}
 
 
@@ -576,8 +631,7 @@ def test_lag_metric_follows_a_producer_that_outruns_the_dataflow(
     msgs = op.input("in", flow, KafkaSource(b.brokers, [t], batch_size=50))
     op.output("out", op.flat_map_batch("gate", msgs, gated), TestingSink(out))
     port = free_port()
-    thread, errors = _run_in_thread(flow, epoch_interval=ZERO, metrics_port=port,
-                                    metrics_host="127.0.0.1")
+    thread, errors = _run_in_thread(flow, epoch_interval=ZERO, metrics_port=port, metrics_host="127.0.0.1")
     part = f"0-{t}"
 
     def step() -> float | None:
@@ -591,8 +645,10 @@ def test_lag_metric_follows_a_producer_that_outruns_the_dataflow(
     try:
         for done in (1, 2, 3):
             step()
-            _wait_for(lambda d=done: _lag_or_none(port, part) == 500 - d * 50,
-                      f"lag {500 - done * 50} (got {_lag_or_none(port, part)})")
+            _wait_for(
+                lambda d=done: _lag_or_none(port, part) == 500 - d * 50,
+                f"lag {500 - done * 50} (got {_lag_or_none(port, part)})",
+            )
         b.produce(t, [(None, b"y")] * 300)  # ...and it produces more meanwhile
         seen = [step() or 0.0 for _ in range(13)]
         assert len(out) == 800
@@ -622,11 +678,16 @@ def test_kafka_wordcount_example(kafka_broker: KafkaBroker) -> None:
     b = kafka_broker
     src, dst = b.create_topic(partitions=3), b.create_topic(partitions=1)
     b.produce(src, [(None, b"the cat and the hat"), (None, b"The end")])
-    env = _env(b, KAFKA_BROKERS=b.bootstrap, KAFKA_IN_TOPIC=src, KAFKA_OUT_TOPIC=dst,
-               HEADRACE_METRICS_PORT="0")
+    env = _env(
+        b, KAFKA_BROKERS=b.bootstrap, KAFKA_IN_TOPIC=src, KAFKA_OUT_TOPIC=dst, HEADRACE_METRICS_PORT="0"
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "headrace.run", "examples/kafka_wordcount.py:flow", "-w", "2"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = {m.key().decode(): int(m.value()) for m in b.consume_all(dst)}

@@ -60,8 +60,12 @@ def running_flow(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
 
     def run() -> None:
         try:
-            execute(paced(), metrics_port=port, metrics_host="127.0.0.1",
-                    epoch_interval=timedelta(milliseconds=300))
+            execute(
+                paced(),
+                metrics_port=port,
+                metrics_host="127.0.0.1",
+                epoch_interval=timedelta(milliseconds=300),
+            )
         except BaseException as exc:
             errors.append(exc)
 
@@ -83,8 +87,11 @@ def test_endpoints_serve_metrics_dataflow_health(running_flow: int) -> None:
     assert code == 200
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     assert "item_out_count" in fams
-    samples = [s for s in fams["item_out_count"].samples
-               if s.labels.get("step_id") == "paced.inp" and s.name.endswith("_total")]
+    samples = [
+        s
+        for s in fams["item_out_count"].samples
+        if s.labels.get("step_id") == "paced.inp" and s.name.endswith("_total")
+    ]
     assert samples and samples[0].labels["worker_index"] == "0" and samples[0].value > 0
     assert "user_events" in fams, "user-registered metrics show on the same endpoint"
     lags = [s for s in fams["headrace_source_lag"].samples if s.labels["step_id"] == "paced.inp"]
@@ -149,8 +156,13 @@ def test_workers_of_one_process_have_their_own_series(monkeypatch: pytest.Monkey
         # Inside the run: every worker's series exist (bound when it was built).
         text = generate_latest(REGISTRY).decode()
         fams = {f.name: f for f in text_string_to_metric_families(text)}
-        seen.append({s.labels["worker_index"] for s in fams["item_out_count"].samples
-                     if s.labels.get("step_id") == "series.look.flat_map_batch"})
+        seen.append(
+            {
+                s.labels["worker_index"]
+                for s in fams["item_out_count"].samples
+                if s.labels.get("step_id") == "series.look.flat_map_batch"
+            }
+        )
         return x
 
     flow = Dataflow("series")
@@ -197,15 +209,19 @@ class _Prometheus:
             f"      - targets: {json.dumps(targets)}\n"
         )
         self.proc = subprocess.Popen(
-            [exe, f"--config.file={cfg}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         _wait_up(f"http://127.0.0.1:{self.port}/-/ready", 30)
 
     def query(self, promql: str) -> list[dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(
-            {"query": promql})
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
         code, body = _get(url)
         data = json.loads(body)
         assert code == 200 and data["status"] == "success", body
@@ -222,13 +238,29 @@ def test_real_prometheus_scrapes_a_two_process_cluster(tmp_path: Path) -> None:
     base = _two_free_consecutive_ports()
     prom = _Prometheus(tmp_path, [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"])
     try:
-        env = dict(os.environ, PYTHONPATH=str(ROOT), HR_SECONDS="25", HR_PARTS="2",
-                   HR_PER_TICK="50", HR_TICK="0.05")  # 2 x 1000 items/s
+        env = dict(
+            os.environ, PYTHONPATH=str(ROOT), HR_SECONDS="25", HR_PARTS="2", HR_PER_TICK="50", HR_TICK="0.05"
+        )  # 2 x 1000 items/s
         run = subprocess.Popen(
-            [sys.executable, "-m", "headrace.run", "tests.flows.metrics_flows:paced()",
-             "-p", "2", "--metrics-port", str(base), "--metrics-host", "127.0.0.1",
-             "--epoch-interval", "1"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "headrace.run",
+                "tests.flows.metrics_flows:paced()",
+                "-p",
+                "2",
+                "--metrics-port",
+                str(base),
+                "--metrics-host",
+                "127.0.0.1",
+                "--epoch-interval",
+                "1",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             time.sleep(16)
@@ -239,10 +271,15 @@ def test_real_prometheus_scrapes_a_two_process_cluster(tmp_path: Path) -> None:
             assert 1600 <= value <= 2400, f"input rate {value}, expected 2000 +- 20%"
             by_worker = prom.query('item_out_count_total{step_id="paced.inp"}')
             assert {r["metric"]["worker_index"] for r in by_worker} == {"0", "1"}
-            for series in ("item_inp_count_total", "headrace_worker_busy_seconds_total",
-                           "headrace_exchange_items_total", "headrace_epoch_current",
-                           "stateful_batch_on_batch_duration_seconds_bucket",
-                           "headrace_exchange_bytes_total", "user_events_total"):
+            for series in (
+                "item_inp_count_total",
+                "headrace_worker_busy_seconds_total",
+                "headrace_exchange_items_total",
+                "headrace_epoch_current",
+                "stateful_batch_on_batch_duration_seconds_bucket",
+                "headrace_exchange_bytes_total",
+                "user_events_total",
+            ):
                 assert prom.query(series), f"no {series} in Prometheus"
         finally:
             _, err = run.communicate(timeout=60)
@@ -318,9 +355,15 @@ def _exposition(registry: Any, created: bool = False) -> list[str]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["0", "1"]),
-                          st.one_of(st.sampled_from((0.0, *_BUCKETS, 1e9)),
-                                    st.floats(0, 100, allow_nan=False))), max_size=40))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["0", "1"]),
+            st.one_of(st.sampled_from((0.0, *_BUCKETS, 1e9)), st.floats(0, 100, allow_nan=False)),
+        ),
+        max_size=40,
+    )
+)
 def test_worker_series_expose_what_prometheus_client_exposes(obs: list[tuple[str, float]]) -> None:
     """The lock-free per-worker series are a drop-in for prometheus-client's own:
     same text for the same observations (values on a bucket's bound included)."""
@@ -330,10 +373,14 @@ def test_worker_series_expose_what_prometheus_client_exposes(obs: list[tuple[str
 
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     labels = ("step_id", "worker_index")
-    mine = (WorkerFamily("histogram", "h_seconds", "doc", labels, ours),
-            WorkerFamily("counter", "c", "doc", labels, ours))
-    ref = (Histogram("h_seconds", "doc", labels, buckets=_BUCKETS, registry=theirs),
-           Counter("c", "doc", labels, registry=theirs))
+    mine = (
+        WorkerFamily("histogram", "h_seconds", "doc", labels, ours),
+        WorkerFamily("counter", "c", "doc", labels, ours),
+    )
+    ref = (
+        Histogram("h_seconds", "doc", labels, buckets=_BUCKETS, registry=theirs),
+        Counter("c", "doc", labels, registry=theirs),
+    )
     for worker, value in obs:
         for hist, counter in (mine, ref):
             hist.labels("s", worker).observe(value)
@@ -384,8 +431,10 @@ def test_worker_series_scraped_while_written_are_consistent() -> None:
 # --- two runs on one machine ---------------------------------------------------
 
 _TINY = "tests.flows.import_targets:make(3, prefix='t')"
-_MOVED = (r"^headrace: metrics port {port} on 127\.0\.0\.1 is in use \(another run\?\); "
-          r"serving /metrics on 127\.0\.0\.1:(\d+) instead$")
+_MOVED = (
+    r"^headrace: metrics port {port} on 127\.0\.0\.1 is in use \(another run\?\); "
+    r"serving /metrics on 127\.0\.0\.1:(\d+) instead$"
+)
 
 
 def _hold(port: int) -> socket.socket | None:
@@ -402,8 +451,12 @@ def _hold(port: int) -> socket.socket | None:
 
 def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "headrace.run", *args], cwd=ROOT, capture_output=True,
-        text=True, timeout=120, env=env,
+        [sys.executable, "-m", "headrace.run", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
 
 
@@ -425,7 +478,9 @@ def test_a_local_run_moves_off_a_taken_default_port_in_one_line(processes: str) 
     assert len(lines) == int(processes), res.stderr
     assert sorted(re.sub(r":\d+ instead$", ":N instead", ln) for ln in lines) == [
         f"headrace: metrics port {3030 + i} on 127.0.0.1 is in use (another run?); "
-        "serving /metrics on 127.0.0.1:N instead" for i in range(int(processes))]
+        "serving /metrics on 127.0.0.1:N instead"
+        for i in range(int(processes))
+    ]
 
 
 @pytest.mark.slow
@@ -441,9 +496,19 @@ def test_the_moved_endpoint_serves_on_loopback(tmp_path: Path) -> None:
         s.listen()
         port = s.getsockname()[1]
         p = subprocess.Popen(
-            [sys.executable, "-m", "headrace.run", "tests.flows.metrics_flows:paced()",
-             "--metrics-port", str(port), "--metrics-port-fallback"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "headrace.run",
+                "tests.flows.metrics_flows:paced()",
+                "--metrics-port",
+                str(port),
+                "--metrics-port-fallback",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, "HR_SECONDS": "60"},
         )
         assert p.stderr is not None
@@ -475,6 +540,7 @@ def test_a_chosen_metrics_port_in_use_fails_loudly(how: str) -> None:
             env = {**os.environ, "HEADRACE_METRICS_PORT": str(port)}
             res = _run_cli(_TINY, env=env)
     assert res.returncode == 1, res.stderr
-    assert (f"error: metrics port {port} on 0.0.0.0 is already in use; pass another "
-            "--metrics-port") in res.stderr
+    assert (
+        f"error: metrics port {port} on 0.0.0.0 is already in use; pass another --metrics-port"
+    ) in res.stderr
     assert "instead" not in res.stderr

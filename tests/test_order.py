@@ -87,13 +87,21 @@ def test_values_of_partitions_polled_together_are_one_activation() -> None:
     op.output("out", s, TestingSink([]))
     run_main(flow)
     assert log == [
-        "f.before: ('b', 'p1')", "f.before: ('a', 'p2')", "f.before: ('b', 'q1')",
+        "f.before: ('b', 'p1')",
+        "f.before: ('a', 'p2')",
+        "f.before: ('b', 'q1')",
         "f.before: ('a', 'q2')",
-        "f.after: ('a', 'p2')", "f.after: ('a', 'p2q2')", "f.after: ('b', 'p1')",
+        "f.after: ('a', 'p2')",
+        "f.after: ('a', 'p2q2')",
+        "f.after: ('b', 'p1')",
         "f.after: ('b', 'p1q1')",
-        "f.before: ('c', 'p3')", "f.before: ('a', 'p4')", "f.before: ('c', 'q3')",
+        "f.before: ('c', 'p3')",
+        "f.before: ('a', 'p4')",
+        "f.before: ('c', 'q3')",
         "f.before: ('a', 'q4')",
-        "f.after: ('a', 'p2q2p4')", "f.after: ('a', 'p2q2p4q4')", "f.after: ('c', 'p3')",
+        "f.after: ('a', 'p2q2p4')",
+        "f.after: ('a', 'p2q2p4q4')",
+        "f.after: ('c', 'p3')",
         "f.after: ('c', 'p3q3')",
     ]
 
@@ -106,8 +114,9 @@ WORDS = [*"x y zz Q 10 2 a ab b aa é ~ x a zz ab ~ Q aa b 10 y aa é ab zz".spl
     [
         lambda s: op.count_final("cf", s, lambda w: w),
         # a reducer that may print: keys are handled in sorted order
-        lambda s: op.reduce_final("r", op.key_on("k", op.map("one", s, lambda w: w), str),
-                                  lambda a, b: str(a) + b),
+        lambda s: op.reduce_final(
+            "r", op.key_on("k", op.map("one", s, lambda w: w), str), lambda a, b: str(a) + b
+        ),
         lambda s: op.fold_final("ff", op.key_on("k", s, str), list, lambda acc, w: [*acc, w]),
     ],
     ids=["count_final", "reduce_final", "fold_final"],
@@ -128,8 +137,21 @@ def test_count_final_matches_bytewax() -> None:
     s = op.input("inp", flow, TestingSource(WORDS, batch_size=7))
     op.output("out", op.count_final("cf", s, lambda w: w), TestingSink(out))
     run_main(flow)
-    assert out == [(" ", 1), ("10", 2), ("2", 1), ("Q", 2), ("a", 2), ("aa", 3), ("ab", 3),
-                   ("b", 2), ("x", 2), ("y", 2), ("zz", 3), ("~", 2), ("é", 2)]
+    assert out == [
+        (" ", 1),
+        ("10", 2),
+        ("2", 1),
+        ("Q", 2),
+        ("a", 2),
+        ("aa", 3),
+        ("ab", 3),
+        ("b", 2),
+        ("x", 2),
+        ("y", 2),
+        ("zz", 3),
+        ("~", 2),
+        ("é", 2),
+    ]
 
 
 def test_user_functions_of_a_reduction_see_keys_in_sorted_order() -> None:
@@ -178,11 +200,41 @@ def test_each_consumer_gets_the_whole_batch_in_declaration_order(interval: timed
     op.output("out", m2, TestingSink([]))
     run_main(flow, epoch_interval=interval)
     assert log == [
-        "f.i1: 1", "f.i1: 2", "map 1", "map 2", "f.i2: 1", "f.i2: 2", "f.i3: 1", "f.i3: 2",
-        "sm 2", "sm 1", "f.i4: ('0', 2)", "f.i4: ('1', 1)", "f.i5: 1", "f.i5: 2",
-        "f.i1: 3", "f.i1: 4", "map 3", "map 4", "f.i2: 3", "f.i2: 4", "f.i3: 3", "f.i3: 4",
-        "sm 4", "sm 3", "f.i4: ('0', 4)", "f.i4: ('1', 3)", "f.i5: 3", "f.i5: 4",
-        "f.i1: 5", "map 5", "f.i2: 5", "f.i3: 5", "sm 5", "f.i4: ('1', 5)", "f.i5: 5",
+        "f.i1: 1",
+        "f.i1: 2",
+        "map 1",
+        "map 2",
+        "f.i2: 1",
+        "f.i2: 2",
+        "f.i3: 1",
+        "f.i3: 2",
+        "sm 2",
+        "sm 1",
+        "f.i4: ('0', 2)",
+        "f.i4: ('1', 1)",
+        "f.i5: 1",
+        "f.i5: 2",
+        "f.i1: 3",
+        "f.i1: 4",
+        "map 3",
+        "map 4",
+        "f.i2: 3",
+        "f.i2: 4",
+        "f.i3: 3",
+        "f.i3: 4",
+        "sm 4",
+        "sm 3",
+        "f.i4: ('0', 4)",
+        "f.i4: ('1', 3)",
+        "f.i5: 3",
+        "f.i5: 4",
+        "f.i1: 5",
+        "map 5",
+        "f.i2: 5",
+        "f.i3: 5",
+        "sm 5",
+        "f.i4: ('1', 5)",
+        "f.i5: 5",
     ]
 
 
@@ -244,15 +296,28 @@ def test_partitions_batch_fan_out_merge_and_sink_writes() -> None:
     # How the sink's input is cut into `write_batch` calls varies in Bytewax (one
     # call per path under `bytewax.run`, one for both under `run_main`); the
     # items and their order don't.
-    assert writes == ["p1a", "p2a", "q1a", "q2a", "p1b", "p2b", "q1b", "q2b", "p3a", "q3a",
-                      "p3b", "q3b"]
+    assert writes == ["p1a", "p2a", "q1a", "q2a", "p1b", "p2b", "q1b", "q2b", "p3a", "q3a", "p3b", "q3b"]
     assert log == [
         "fmb ['p1', 'p2', 'q1', 'q2']",
-        "f.ia: 'p1a'", "f.ia: 'p2a'", "f.ia: 'q1a'", "f.ia: 'q2a'",
-        "f.im: 'p1a'", "f.im: 'p2a'", "f.im: 'q1a'", "f.im: 'q2a'",
-        "f.im: 'p1b'", "f.im: 'p2b'", "f.im: 'q1b'", "f.im: 'q2b'",
-        "fmb ['p3', 'q3']", "f.ia: 'p3a'", "f.ia: 'q3a'",
-        "f.im: 'p3a'", "f.im: 'q3a'", "f.im: 'p3b'", "f.im: 'q3b'",
+        "f.ia: 'p1a'",
+        "f.ia: 'p2a'",
+        "f.ia: 'q1a'",
+        "f.ia: 'q2a'",
+        "f.im: 'p1a'",
+        "f.im: 'p2a'",
+        "f.im: 'q1a'",
+        "f.im: 'q2a'",
+        "f.im: 'p1b'",
+        "f.im: 'p2b'",
+        "f.im: 'q1b'",
+        "f.im: 'q2b'",
+        "fmb ['p3', 'q3']",
+        "f.ia: 'p3a'",
+        "f.ia: 'q3a'",
+        "f.im: 'p3a'",
+        "f.im: 'q3a'",
+        "f.im: 'p3b'",
+        "f.im: 'q3b'",
     ]
 
 
@@ -301,31 +366,66 @@ def test_a_due_timer_fires_at_the_next_activation_after_its_items(interval: time
     if interval is not None:
         # Each epoch's end activates the step: the timer fires before the next item.
         assert log == [
-            "f.in: ('a', 1)", "on_batch L0 [1]", "f.out: ('a', ('b', 1))",
-            "on_notify L0", "f.out: ('a', ('n', 1))",
-            "f.in: ('a', 2)", "on_batch L0 [2]", "f.out: ('a', ('b', 2))",
-            "on_notify L0", "f.out: ('a', ('n', 2))",
-            "f.in: ('a', 3)", "on_batch L0 [3]", "f.out: ('a', ('b', 3))",
-            "on_notify L0", "f.out: ('a', ('n', 3))",
-            "f.in: ('b', 4)", "on_batch L1 [4]", "f.out: ('b', ('b', 1))",
-            "on_notify L1", "f.out: ('b', ('n', 1))",
-            "f.in: ('a', 5)", "on_batch L0 [5]", "f.out: ('a', ('b', 4))",
-            "on_notify L0", "f.out: ('a', ('n', 4))",
-            "on_eof L0", "on_eof L1", "f.out: ('a', ('e', 4))", "f.out: ('b', ('e', 1))",
+            "f.in: ('a', 1)",
+            "on_batch L0 [1]",
+            "f.out: ('a', ('b', 1))",
+            "on_notify L0",
+            "f.out: ('a', ('n', 1))",
+            "f.in: ('a', 2)",
+            "on_batch L0 [2]",
+            "f.out: ('a', ('b', 2))",
+            "on_notify L0",
+            "f.out: ('a', ('n', 2))",
+            "f.in: ('a', 3)",
+            "on_batch L0 [3]",
+            "f.out: ('a', ('b', 3))",
+            "on_notify L0",
+            "f.out: ('a', ('n', 3))",
+            "f.in: ('b', 4)",
+            "on_batch L1 [4]",
+            "f.out: ('b', ('b', 1))",
+            "on_notify L1",
+            "f.out: ('b', ('n', 1))",
+            "f.in: ('a', 5)",
+            "on_batch L0 [5]",
+            "f.out: ('a', ('b', 4))",
+            "on_notify L0",
+            "f.out: ('a', ('n', 4))",
+            "on_eof L0",
+            "on_eof L1",
+            "f.out: ('a', ('e', 4))",
+            "f.out: ('b', ('e', 1))",
         ]
         return
     # One long epoch: the timer set by a batch fires at the next batch, after its items.
     assert log == [
-        "f.in: ('a', 1)", "on_batch L0 [1]", "f.out: ('a', ('b', 1))",
-        "f.in: ('a', 2)", "on_batch L0 [2]", "on_notify L0",
-        "f.out: ('a', ('b', 2))", "f.out: ('a', ('n', 2))",
-        "f.in: ('a', 3)", "on_batch L0 [3]", "f.out: ('a', ('b', 3))",
-        "f.in: ('b', 4)", "on_batch L1 [4]", "on_notify L0",
-        "f.out: ('b', ('b', 1))", "f.out: ('a', ('n', 3))",
-        "f.in: ('a', 5)", "on_batch L0 [5]", "on_notify L1",
-        "f.out: ('a', ('b', 4))", "f.out: ('b', ('n', 1))",
-        "on_notify L0", "f.out: ('a', ('n', 4))",
-        "on_eof L0", "on_eof L1", "f.out: ('a', ('e', 4))", "f.out: ('b', ('e', 1))",
+        "f.in: ('a', 1)",
+        "on_batch L0 [1]",
+        "f.out: ('a', ('b', 1))",
+        "f.in: ('a', 2)",
+        "on_batch L0 [2]",
+        "on_notify L0",
+        "f.out: ('a', ('b', 2))",
+        "f.out: ('a', ('n', 2))",
+        "f.in: ('a', 3)",
+        "on_batch L0 [3]",
+        "f.out: ('a', ('b', 3))",
+        "f.in: ('b', 4)",
+        "on_batch L1 [4]",
+        "on_notify L0",
+        "f.out: ('b', ('b', 1))",
+        "f.out: ('a', ('n', 3))",
+        "f.in: ('a', 5)",
+        "on_batch L0 [5]",
+        "on_notify L1",
+        "f.out: ('a', ('b', 4))",
+        "f.out: ('b', ('n', 1))",
+        "on_notify L0",
+        "f.out: ('a', ('n', 4))",
+        "on_eof L0",
+        "on_eof L1",
+        "f.out: ('a', ('e', 4))",
+        "f.out: ('b', ('e', 1))",
     ]
 
 
@@ -344,8 +444,15 @@ def test_timer_due_as_each_item_arrives_still_fires() -> None:
     s = op.input("inp", flow, TestingSource([("a", i) for i in range(4)], batch_size=1))
     op.output("o", op.stateful_batch("sb", s, lambda resume: Now("L", log)), TestingSink([]))
     run_main(flow)
-    assert log == ["on_batch L [0]", "on_batch L [1]", "on_notify L", "on_batch L [2]",
-                   "on_batch L [3]", "on_notify L", "on_eof L"]
+    assert log == [
+        "on_batch L [0]",
+        "on_batch L [1]",
+        "on_notify L",
+        "on_batch L [2]",
+        "on_batch L [3]",
+        "on_notify L",
+        "on_eof L",
+    ]
 
 
 def test_due_keys_are_notified_in_key_order_after_the_batchs_outputs() -> None:
@@ -381,10 +488,17 @@ def test_due_keys_are_notified_in_key_order_after_the_batchs_outputs() -> None:
     op.output("o", op.inspect("out", s, _logger(log)), TestingSink([]))
     run_main(flow)
     assert log == [
-        "f.out: ('a', ('b', [2]))", "f.out: ('b', ('b', [1]))", "f.out: ('c', ('b', [0]))",
-        "on_notify 2", "on_notify 1", "on_notify 0",
-        "f.out: ('y', ('b', [9]))", "f.out: ('z', ('b', [9]))",
-        "f.out: ('a', ('n', 2))", "f.out: ('b', ('n', 1))", "f.out: ('c', ('n', 0))",
+        "f.out: ('a', ('b', [2]))",
+        "f.out: ('b', ('b', [1]))",
+        "f.out: ('c', ('b', [0]))",
+        "on_notify 2",
+        "on_notify 1",
+        "on_notify 0",
+        "f.out: ('y', ('b', [9]))",
+        "f.out: ('z', ('b', [9]))",
+        "f.out: ('a', ('n', 2))",
+        "f.out: ('b', ('n', 1))",
+        "f.out: ('c', ('n', 0))",
     ]
 
 

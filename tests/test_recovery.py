@@ -181,8 +181,7 @@ def test_rescale_in_process_threads_gives_same_state(location: str) -> None:
     for workers in (2, 3, 1):
         out: list[Any] = []
         flow = _sum_flow(items, out, "rescale")
-        cluster_main(flow, [], 0, worker_count_per_proc=workers, epoch_interval=ZERO,
-                     recovery_config=config)
+        cluster_main(flow, [], 0, worker_count_per_proc=workers, epoch_interval=ZERO, recovery_config=config)
         finals.update(dict(out))
     assert finals == {k: 6 for k in keys}
 
@@ -219,8 +218,9 @@ def test_unpicklable_state_fails_at_first_snapshot_naming_step(tmp_path: Path) -
 
 
 def test_admin_cli_show_and_delete(location: str, capsys: pytest.CaptureFixture[str]) -> None:
-    run_main(_sum_flow([("a", 1), ("b", 2)], []), epoch_interval=ZERO,
-             recovery_config=RecoveryConfig(location))
+    run_main(
+        _sum_flow([("a", 1), ("b", 2)], []), epoch_interval=ZERO, recovery_config=RecoveryConfig(location)
+    )
     assert recovery_main(["show", location, "--flow-id", "resume"]) == 0
     shown = capsys.readouterr().out
     assert '"committed_epoch"' in shown and '"resume.sum.stateful_batch"' in shown
@@ -259,19 +259,28 @@ def _check_output(out_dir: Path, counts: dict[str, int]) -> None:
 
 def _launch(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "headrace.run", "tests.flows.recovery_flows:running_counts()",
-         *args, "--metrics-port", "0"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "headrace.run",
+            "tests.flows.recovery_flows:running_counts()",
+            *args,
+            "--metrics-port",
+            "0",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"HR_IN": str(tmp_path / "in"), "HR_OUT": str(tmp_path / "out"),
-                "PYTHONPATH": str(ROOT)})
+    env.update({"HR_IN": str(tmp_path / "in"), "HR_OUT": str(tmp_path / "out"), "PYTHONPATH": str(ROOT)})
     env.update(extra)
     return env
-
 
 
 @pytest.mark.timeout(300)
@@ -321,9 +330,7 @@ def test_rescale_2_3_1_processes_across_restarts(tmp_path: Path, redis_server: R
 
 
 @pytest.mark.timeout(300)
-def test_redis_outage_stops_with_clear_error_then_resumes(
-    tmp_path: Path, redis_server: RedisServer
-) -> None:
+def test_redis_outage_stops_with_clear_error_then_resumes(tmp_path: Path, redis_server: RedisServer) -> None:
     counts = _write_input(tmp_path / "in")
     env = _env(tmp_path, HR_SLOW="0.02")
     args = ["-r", redis_server.url, "--epoch-interval", "0.1", "--recovery-retry", "3"]
@@ -364,8 +371,9 @@ def test_unreachable_redis_fails_fast_with_named_url(tmp_path: Path) -> None:
 
 
 def _recovery_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "headrace.recovery", *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "headrace.recovery", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_bytewax_form_of_the_cli_inits_a_directory_a_run_resumes_from(tmp_path: Path) -> None:
@@ -448,12 +456,16 @@ def test_no_parts(tmp_path: Path) -> None:
     # Bytewax's test_no_parts: no init_db_dir -> NoPartitionsError at run start, nothing run.
     out: list[Any] = []
     with pytest.raises(NoPartitionsError) as info:
-        run_main(_keep_max_flow([("a", 1)], out), epoch_interval=ZERO,
-                 recovery_config=RecoveryConfig(str(tmp_path)))
+        run_main(
+            _keep_max_flow([("a", 1)], out),
+            epoch_interval=ZERO,
+            recovery_config=RecoveryConfig(str(tmp_path)),
+        )
     assert str(info.value) == (
         f"No recovery partitions found on any worker; can't resume (recovery directory "
         f"'{tmp_path}' has no part-N.sqlite3 files): run `python -m headrace.recovery "
-        f"{tmp_path} N` (or init_db_dir('{tmp_path}', N)) first to create N partitions")
+        f"{tmp_path} N` (or init_db_dir('{tmp_path}', N)) first to create N partitions"
+    )
     assert out == []
     assert os.listdir(tmp_path) == []  # and nothing was created there
 
@@ -469,19 +481,26 @@ def test_missing_parts(tmp_path: Path) -> None:
     # Bytewax's test_missing_parts, plus: a part deleted after a run is an error, not a fresh start.
     init_db_dir(tmp_path, 3)
     out: list[Any] = []
-    run_main(_keep_max_flow([("a", 4), ("b", 5)], out), epoch_interval=ZERO,
-             recovery_config=RecoveryConfig(str(tmp_path)))
+    run_main(
+        _keep_max_flow([("a", 4), ("b", 5)], out),
+        epoch_interval=ZERO,
+        recovery_config=RecoveryConfig(str(tmp_path)),
+    )
     assert out == [("a", 4), ("b", 5)]
     os.remove(tmp_path / "part-0.sqlite3")
     os.remove(tmp_path / "part-2.sqlite3")
     out.clear()
     with pytest.raises(MissingPartitionsError) as info:
-        run_main(_keep_max_flow([("a", 1)], out), epoch_interval=ZERO,
-                 recovery_config=RecoveryConfig(str(tmp_path)))
+        run_main(
+            _keep_max_flow([("a", 1)], out),
+            epoch_interval=ZERO,
+            recovery_config=RecoveryConfig(str(tmp_path)),
+        )
     assert str(info.value) == (
         f"Missing recovery partitions part-0.sqlite3, part-2.sqlite3 of 3 in '{tmp_path}'; "
         "can't resume: restore them from a backup (state in them would be lost), or delete "
-        "the directory and init it again to start over")
+        "the directory and init it again to start over"
+    )
     assert out == []
     with pytest.raises(MissingPartitionsError, match="init does not recreate lost partitions"):
         init_db_dir(tmp_path, 3)
@@ -512,7 +531,8 @@ def test_inconsistent_parts(tmp_path: Path) -> None:
         f"(flow 'test_df': part-0.sqlite3 committed epoch 0; part-1.sqlite3 kept no history "
         f"before epoch {newest}, part-2.sqlite3 kept no history before epoch {newest}. A longer "
         "backup_interval (-b) keeps more history. To start over instead: python -m "
-        f"headrace.recovery delete {tmp_path} --flow-id test_df)")
+        f"headrace.recovery delete {tmp_path} --flow-id test_df)"
+    )
     assert out == []
     # What the message says to do works: delete the flow's state, and it starts over.
     assert recovery_main(["delete", str(tmp_path), "--flow-id", "test_df", "--yes"]) == 0
@@ -528,8 +548,16 @@ def test_an_older_part_resumes_all_parts_there_while_history_is_kept(tmp_path: P
     init_db_dir(tmp_path, 2)
     config = RecoveryConfig(str(tmp_path), backup_interval=timedelta(hours=1))
     ms = timedelta(milliseconds=1)
-    items = [("a", 1), ("b", 2), TestingSource.EOF(), ("a", 5), ("b", 7), TestingSource.EOF(),
-             ("a", 9), ("b", 9)]
+    items = [
+        ("a", 1),
+        ("b", 2),
+        TestingSource.EOF(),
+        ("a", 5),
+        ("b", 7),
+        TestingSource.EOF(),
+        ("a", 9),
+        ("b", 9),
+    ]
     out: list[Any] = []
     run_main(_keep_max_flow(items, out), epoch_interval=ms, recovery_config=config)
     assert out == [("a", 1), ("b", 2)]
@@ -572,19 +600,19 @@ def test_state_is_spread_over_the_parts(tmp_path: Path) -> None:
     init_db_dir(tmp_path, 3)
     items: list[Any] = [(f"k{i}", i) for i in range(60)]
     items += [TestingSource.EOF(), *((f"k{i}", 30) for i in range(60))]
-    run_main(_keep_max_flow(items, []), epoch_interval=ZERO,
-             recovery_config=RecoveryConfig(tmp_path))
+    run_main(_keep_max_flow(items, []), epoch_interval=ZERO, recovery_config=RecoveryConfig(tmp_path))
     groups = []
     for i in range(3):
         with sqlite3.connect(tmp_path / f"part-{i}.sqlite3") as c:
-            rows = c.execute("SELECT grp FROM hr_delta WHERE flow='test_df' AND step LIKE "
-                             "'%max%' UNION SELECT grp FROM hr_base WHERE flow='test_df' AND "
-                             "step LIKE '%max%'").fetchall()
+            rows = c.execute(
+                "SELECT grp FROM hr_delta WHERE flow='test_df' AND step LIKE "
+                "'%max%' UNION SELECT grp FROM hr_base WHERE flow='test_df' AND "
+                "step LIKE '%max%'"
+            ).fetchall()
         groups.append({int(g) % 3 for (g,) in rows})
     assert groups == [{0}, {1}, {2}]
     out: list[Any] = []
-    run_main(_keep_max_flow(items, out), epoch_interval=ZERO,
-             recovery_config=RecoveryConfig(tmp_path))
+    run_main(_keep_max_flow(items, out), epoch_interval=ZERO, recovery_config=RecoveryConfig(tmp_path))
     assert sorted(out) == sorted((f"k{i}", max(i, 30)) for i in range(60))
 
 
@@ -593,13 +621,17 @@ def test_files_that_are_not_headrace_parts_are_named(tmp_path: Path) -> None:
 
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "part-0.sqlite3").write_text("hello")
-    with pytest.raises(RecoveryStoreError, match=r"part-0.sqlite3' is not a Headrace recovery "
-                       r"partition \(file is not a database\)"):
+    with pytest.raises(
+        RecoveryStoreError,
+        match=r"part-0.sqlite3' is not a Headrace recovery "
+        r"partition \(file is not a database\)",
+    ):
         run_main(_keep_max_flow([], []), recovery_config=RecoveryConfig(tmp_path / "junk"))
     (tmp_path / "bw").mkdir()
     with sqlite3.connect(tmp_path / "bw" / "part-0.sqlite3") as c:  # Bytewax's tables
-        c.executescript("CREATE TABLE parts (part_index, part_count); CREATE TABLE snaps (x);"
-                        "CREATE TABLE commits (x);")
+        c.executescript(
+            "CREATE TABLE parts (part_index, part_count); CREATE TABLE snaps (x);CREATE TABLE commits (x);"
+        )
     with pytest.raises(RecoveryStoreError, match="it is a Bytewax recovery partition"):
         run_main(_keep_max_flow([], []), recovery_config=RecoveryConfig(tmp_path / "bw"))
 
@@ -610,8 +642,11 @@ def test_flows_share_a_directory_of_parts(tmp_path: Path) -> None:
     outs = []
     for flow_id in ("one", "two", "one"):
         out: list[Any] = []
-        run_main(_sum_flow([("a", 1), TestingSource.EOF(), ("a", 1)], out, flow_id),
-                 epoch_interval=ZERO, recovery_config=config)
+        run_main(
+            _sum_flow([("a", 1), TestingSource.EOF(), ("a", 1)], out, flow_id),
+            epoch_interval=ZERO,
+            recovery_config=config,
+        )
         outs.append(out)
     assert outs == [[("a", 1)], [("a", 1)], [("a", 2)]]
 
@@ -626,7 +661,8 @@ def test_legacy_single_file_layout_still_resumes(tmp_path: Path) -> None:
             "CREATE TABLE delta (epoch INTEGER NOT NULL, step TEXT NOT NULL, grp TEXT NOT NULL,"
             " key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (step, grp, epoch, key));"
             "CREATE TABLE base (step TEXT NOT NULL, grp TEXT NOT NULL, key TEXT NOT NULL,"
-            " value BLOB NOT NULL, PRIMARY KEY (step, grp, key));")
+            " value BLOB NOT NULL, PRIMARY KEY (step, grp, key));"
+        )
     items = [("a", 1), ("b", 10), TestingSource.EOF(), ("a", 3), ("b", 20)]
     config = RecoveryConfig(tmp_path)
     outs = []
@@ -642,9 +678,20 @@ def test_legacy_single_file_layout_still_resumes(tmp_path: Path) -> None:
 
 def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "headrace.run", "tests.flows.recovery_flows:running_counts()",
-         *args, "--metrics-port", "0"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "headrace.run",
+            "tests.flows.recovery_flows:running_counts()",
+            *args,
+            "--metrics-port",
+            "0",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -661,8 +708,9 @@ def test_cli_without_parts_fails_on_every_process(tmp_path: Path) -> None:
         assert "NoPartitionsError: No recovery partitions found on any worker" in res.stderr
     # Process 1 alone (process 0 never started) fails at once, not at the startup timeout.
     addrs = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
-    res = _run_cli(["-i", "1", "-a", addrs, "-r", str(tmp_path / "empty"), "-s", "0.1",
-                    "--startup-timeout", "600"], env)
+    res = _run_cli(
+        ["-i", "1", "-a", addrs, "-r", str(tmp_path / "empty"), "-s", "0.1", "--startup-timeout", "600"], env
+    )
     assert res.returncode == 1
     assert "NoPartitionsError: No recovery partitions found on any worker" in res.stderr
     assert not (tmp_path / "out").exists()

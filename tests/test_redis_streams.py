@@ -58,8 +58,11 @@ def _add(r: Any, key: str, n: int, field: str = "n", start: int = 0) -> list[str
 def _read(server: RedisServer, streams: list[str], **kw: Any) -> list[RedisStreamEntry]:
     flow = Dataflow("read")
     out: list[Any] = []
-    op.output("out", op.input("in", flow, RedisStreamSource(server.url, streams, tail=False,
-                                                             **kw)), TestingSink(out))
+    op.output(
+        "out",
+        op.input("in", flow, RedisStreamSource(server.url, streams, tail=False, **kw)),
+        TestingSink(out),
+    )
     run_main(flow)
     return out
 
@@ -74,13 +77,17 @@ def test_source_to_sink_round_trip(redis_server: RedisServer) -> None:
     src = RedisStreamSource(redis_server.url, ["a", "b"], tail=False, batch_size=32)
     entries = op.input("in", flow, src)
     op.output("tap", entries, TestingSink(seen))
-    op.output("out", op.map("pair", entries, lambda e: (f"copy-{e.stream}", e.fields)),
-              RedisStreamSink(redis_server.url, None))
+    op.output(
+        "out",
+        op.map("pair", entries, lambda e: (f"copy-{e.stream}", e.fields)),
+        RedisStreamSink(redis_server.url, None),
+    )
     run_main(flow)
     assert [e.id for e in seen if e.stream == "a"][:250] == ids_a
     assert [e.id for e in seen if e.stream == "b"] == ids_b
     assert seen[-1].fields == {b"bin": b"\xff\x00", b"n": b"x"} or any(
-        e.fields == {b"bin": b"\xff\x00", b"n": b"x"} for e in seen)
+        e.fields == {b"bin": b"\xff\x00", b"n": b"x"} for e in seen
+    )
     copied = [f for _id, f in r.xrange("copy-a")]
     assert copied[:250] == [{b"n": str(i).encode()} for i in range(250)]
     assert copied[250] == {b"bin": b"\xff\x00", b"n": b"x"}
@@ -148,8 +155,7 @@ def test_tail_true_with_latest_reads_only_new_entries(redis_server: RedisServer)
     flow = Dataflow("live")
     out: list[Any] = []
     src = RedisStreamSource(redis_server.url, ["live"], start_id="$")
-    op.output("out", op.map("n", op.input("in", flow, src), lambda e: int(e.fields[b"n"])),
-              TestingSink(out))
+    op.output("out", op.map("n", op.input("in", flow, src), lambda e: int(e.fields[b"n"])), TestingSink(out))
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -180,8 +186,11 @@ def test_sink_trims_with_maxlen(redis_server: RedisServer) -> None:
     for key, approximate in (("approx", True), ("exact", False)):
         flow = Dataflow("trim")
         items = [{"i": str(i)} for i in range(1000)]
-        op.output("out", op.input("in", flow, TestingSource(items, batch_size=100)),
-                  RedisStreamSink(redis_server.url, key, maxlen=100, approximate=approximate))
+        op.output(
+            "out",
+            op.input("in", flow, TestingSource(items, batch_size=100)),
+            RedisStreamSink(redis_server.url, key, maxlen=100, approximate=approximate),
+        )
         run_main(flow)
         assert r.xrevrange(key, count=1)[0][1] == {b"i": b"999"}
         if approximate:
@@ -192,8 +201,9 @@ def test_sink_trims_with_maxlen(redis_server: RedisServer) -> None:
 
 def test_sink_rejects_bad_items(redis_server: RedisServer) -> None:
     flow = Dataflow("badsink")
-    op.output("out", op.input("in", flow, TestingSource(["not a dict"])),
-              RedisStreamSink(redis_server.url, "x"))
+    op.output(
+        "out", op.input("in", flow, TestingSource(["not a dict"])), RedisStreamSink(redis_server.url, "x")
+    )
     with pytest.raises(Exception) as info:
         run_main(flow)
     assert "dict of fields" in _causes(info.value) and "badsink.out" in _causes(info.value)
@@ -221,8 +231,7 @@ def test_unreachable_redis_fails_fast_naming_the_url() -> None:
     assert url in _causes(info.value) and "unreachable" in _causes(info.value)
 
     flow = Dataflow("nosrv_sink")
-    op.output("out", op.input("in", flow, TestingSource([{"a": "1"}])),
-              RedisStreamSink(url, "s"))
+    op.output("out", op.input("in", flow, TestingSource([{"a": "1"}])), RedisStreamSink(url, "s"))
     with pytest.raises(Exception) as info:
         run_main(flow)
     assert url in _causes(info.value) and "nosrv_sink.out" in _causes(info.value)
@@ -267,8 +276,7 @@ def test_lag_metric_follows_a_producer_that_outruns_the_dataflow(
 
     flow = Dataflow("slag")
     src = RedisStreamSource(redis_server.url, ["lagged"], batch_size=50)
-    op.output("out", op.flat_map_batch("gate", op.input("in", flow, src), gated),
-              TestingSink(out))
+    op.output("out", op.flat_map_batch("gate", op.input("in", flow, src), gated), TestingSink(out))
     port = free_port()
     errors: list[BaseException] = []
 
@@ -308,12 +316,9 @@ def test_lag_metric_follows_a_producer_that_outruns_the_dataflow(
     assert not errors, errors
 
 
-
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_kill_9_mid_run_resumes_at_committed_entries(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
+def test_kill_9_mid_run_resumes_at_committed_entries(redis_server: RedisServer, tmp_path: Path) -> None:
     r = _r(redis_server)
     rng = random.Random(5)
     counts: collections.Counter[str] = collections.Counter()
@@ -327,17 +332,26 @@ def test_kill_9_mid_run_resumes_at_committed_entries(
         pipe.execute()
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HR_REDIS=redis_server.url,
-               HR_STREAMS=",".join(streams), HR_OUT="counted", HR_OUT_DIR=str(out_dir),
-               HR_SLOW="0.1")
-    args = ["-p", "2", "-w", "2", "-r", redis_server.url, "--epoch-interval", "0.1",
-            "--metrics-port", "0"]
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        HR_REDIS=redis_server.url,
+        HR_STREAMS=",".join(streams),
+        HR_OUT="counted",
+        HR_OUT_DIR=str(out_dir),
+        HR_SLOW="0.1",
+    )
+    args = ["-p", "2", "-w", "2", "-r", redis_server.url, "--epoch-interval", "0.1", "--metrics-port", "0"]
     kills = 0
     for _attempt in range(6):
         p = subprocess.Popen(
-            [sys.executable, "-m", "headrace.run",
-             "tests.flows.redis_stream_flows:running_counts()", *args],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "headrace.run", "tests.flows.redis_stream_flows:running_counts()", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         if kills < 2:
             # Mid-run: once this attempt has written some output, not at a guessed time.
             wait_for_output(p, out_dir, lines_in(out_dir) + rng.randrange(20, 120))
@@ -350,7 +364,9 @@ def test_kill_9_mid_run_resumes_at_committed_entries(
             break
         # A kill that lands as the run finishes leaves nothing to report.
         assert "lost process" in err or "failed" in err or p.returncode in (-9, 247), (
-            p.returncode, err[-3000:])
+            p.returncode,
+            err[-3000:],
+        )
     else:
         pytest.fail("the dataflow never completed")
     assert kills >= 1
@@ -365,10 +381,13 @@ def test_kill_9_mid_run_resumes_at_committed_entries(
     lines = {f[b"line"].decode() for _id, f in r.xrange("counted")}
     assert lines == {f"{w} {n}" for w, c in counts.items() for n in range(1, c + 1)}
     store = open_store(redis_server.url, "stream_counts")
-    parts = {name: pickle.loads(blob) for name, blob in
-             store.load("stream_counts.in", [PARTS]).get(PARTS, {}).items()}
+    parts = {
+        name: pickle.loads(blob)
+        for name, blob in store.load("stream_counts.in", [PARTS]).get(PARTS, {}).items()
+    }
     assert {k: v[0] for k, v in parts.items()} == {
-        k: r.xinfo_stream(k)["last-generated-id"].decode() for k in streams}
+        k: r.xinfo_stream(k)["last-generated-id"].decode() for k in streams
+    }
 
 
 @pytest.mark.slow
@@ -379,7 +398,11 @@ def test_redis_streams_example(redis_server: RedisServer) -> None:
     env = dict(os.environ, REDIS_URL=redis_server.url, HEADRACE_METRICS_PORT="0")
     proc = subprocess.run(
         [sys.executable, "-m", "headrace.run", "examples/redis_streams.py:flow"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [{k.decode(): v.decode() for k, v in f.items()} for _id, f in r.xrange("alerts")]

@@ -31,8 +31,10 @@ def test_import_string_forms() -> None:
     [
         ("no_such_pkg.mod:flow", "No module named 'no_such_pkg'; can't import module 'no_such_pkg.mod'"),
         (f"{MOD}:missing", f"Failed to find attribute 'missing' in '{MOD}'. Dataflows in it:"),
-        (f"{MOD}:not_a_flow",
-         f"A valid Bytewax dataflow was not obtained from '{MOD}:not_a_flow': it is a int"),
+        (
+            f"{MOD}:not_a_flow",
+            f"A valid Bytewax dataflow was not obtained from '{MOD}:not_a_flow': it is a int",
+        ),
         (f"{MOD}:make(", "Failed to parse 'make(' as an attribute name or function call"),
         (f"{MOD}:make(len)", "Failed to parse arguments as literal values: 'make(len)'"),
         (f"{MOD}:flow()", "is not callable"),
@@ -49,18 +51,26 @@ def _cli(import_str: str) -> subprocess.CompletedProcess[str]:
     """``python -m headrace.run import_str`` from the project root, output captured."""
     return subprocess.run(
         [sys.executable, "-m", "headrace.run", import_str, "--metrics-port", "0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 def _flow_file(path: Path, *lines: str) -> str:
     """Write a dataflow module (``lines`` after the usual imports); its import string."""
-    path.write_text("\n".join([
-        "import headrace.operators as op",
-        "from headrace.dataflow import Dataflow",
-        "from headrace.testing import TestingSource",
-        *lines,
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                "import headrace.operators as op",
+                "from headrace.dataflow import Dataflow",
+                "from headrace.testing import TestingSource",
+                *lines,
+            ]
+        )
+        + "\n"
+    )
     return f"{path}:flow"
 
 
@@ -79,13 +89,15 @@ def test_cli_exit_code_and_message_for_a_bad_import_string() -> None:
 
 
 def test_cli_runs_a_dataflow_and_fails_with_exit_1_on_errors(tmp_path: Path) -> None:
-    res = _cli(_flow_file(
-        tmp_path / "bad_flow.py",
-        "from headrace.connectors.stdio import StdOutSink",
-        "flow = Dataflow('bad')",
-        "s = op.map('boom', op.input('i', flow, TestingSource([1])), lambda x: 1 / 0)",
-        "op.output('o', s, StdOutSink())",
-    ))
+    res = _cli(
+        _flow_file(
+            tmp_path / "bad_flow.py",
+            "from headrace.connectors.stdio import StdOutSink",
+            "flow = Dataflow('bad')",
+            "s = op.map('boom', op.input('i', flow, TestingSource([1])), lambda x: 1 / 0)",
+            "op.output('o', s, StdOutSink())",
+        )
+    )
     assert res.returncode == 1
     assert "bad.boom" in res.stderr and "ZeroDivisionError" in res.stderr
     # The error already quotes its cause: no "caused by" line repeats it.
@@ -95,18 +107,20 @@ def test_cli_runs_a_dataflow_and_fails_with_exit_1_on_errors(tmp_path: Path) -> 
 
 def test_cli_error_ends_with_the_causes_the_message_does_not_quote(tmp_path: Path) -> None:
     """A connector's reason reaches the last lines (and so a pod's termination message)."""
-    res = _cli(_flow_file(
-        tmp_path / "unreachable_flow.py",
-        "from headrace.outputs import DynamicSink",
-        "class Sink(DynamicSink):",
-        "    def build(self, step_id, worker_index, worker_count):",
-        "        try:",
-        "            raise ConnectionRefusedError(111, 'Connection refused')",
-        "        except OSError as exc:",
-        "            raise ConnectionError('db at db:5432 is unreachable; is it running?') from exc",
-        "flow = Dataflow('unreachable')",
-        "op.output('o', op.input('i', flow, TestingSource([1])), Sink())",
-    ))
+    res = _cli(
+        _flow_file(
+            tmp_path / "unreachable_flow.py",
+            "from headrace.outputs import DynamicSink",
+            "class Sink(DynamicSink):",
+            "    def build(self, step_id, worker_index, worker_count):",
+            "        try:",
+            "            raise ConnectionRefusedError(111, 'Connection refused')",
+            "        except OSError as exc:",
+            "            raise ConnectionError('db at db:5432 is unreachable; is it running?') from exc",
+            "flow = Dataflow('unreachable')",
+            "op.output('o', op.input('i', flow, TestingSource([1])), Sink())",
+        )
+    )
     assert res.returncode == 1
     assert res.stderr.rstrip().splitlines()[-3:] == [
         "error: error building sink in step 'unreachable.o'",
@@ -162,8 +176,7 @@ def test_cli_runs_with_no_exchange_flush_delay() -> None:
     from tests.flows import import_targets
 
     import_targets.OUT.clear()
-    argv = [f'{MOD}:make(6, prefix="x")', "-w", "2", "--exchange-flush-ms", "0",
-            "--metrics-port", "0"]
+    argv = [f'{MOD}:make(6, prefix="x")', "-w", "2", "--exchange-flush-ms", "0", "--metrics-port", "0"]
     assert main(argv) == 0
     assert sorted(import_targets.OUT) == [f"x{i}" for i in range(6)]
 
@@ -178,9 +191,20 @@ def test_closed_stdout_stops_with_one_line_and_sigpipe_status(processes: str) ->
     per process, not a traceback.
     """
     p = subprocess.Popen(
-        [sys.executable, "-m", "headrace.run", "examples/wordcount.py:flow", "-p", processes,
-         "--metrics-port", "0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "headrace.run",
+            "examples/wordcount.py:flow",
+            "-p",
+            processes,
+            "--metrics-port",
+            "0",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert p.stdout is not None
     p.stdout.close()  # before the counts are written at the end of the input
@@ -224,9 +248,20 @@ def test_stop_signals_stop_cleanly_with_the_conventional_status(
     import signal
 
     p = subprocess.Popen(
-        [sys.executable, "-m", "headrace.run", _endless_flow(tmp_path), "-p", processes,
-         "--metrics-port", "0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "headrace.run",
+            _endless_flow(tmp_path),
+            "-p",
+            processes,
+            "--metrics-port",
+            "0",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     assert p.stdout is not None

@@ -35,25 +35,41 @@ MODULES = ["headrace.run", "headrace.testing"]
 
 def _cli(module: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for name in ("PROCESSES", "WORKERS_PER_PROCESS", "RECOVERY", "RECOVERY_DIRECTORY",
-                 "SNAPSHOT_INTERVAL", "BACKUP_INTERVAL", "EPOCH_INTERVAL"):
+    for name in (
+        "PROCESSES",
+        "WORKERS_PER_PROCESS",
+        "RECOVERY",
+        "RECOVERY_DIRECTORY",
+        "SNAPSHOT_INTERVAL",
+        "BACKUP_INTERVAL",
+        "EPOCH_INTERVAL",
+    ):
         env.pop(f"HEADRACE_{name}", None)
         env.pop(f"BYTEWAX_{name}", None)
-    return subprocess.run([sys.executable, "-m", module, "examples.wordcount:flow", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", module, "examples.wordcount:flow", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # ------------------------------------------------------------ numbers out of range
 
 
 @pytest.mark.parametrize("module", MODULES)
-@pytest.mark.parametrize(("args", "option"), [
-    (["-p", "0"], "-p/--processes"),
-    (["-p", "-1"], "-p/--processes"),
-    (["-w", "0"], "-w/--workers-per-process"),
-    (["-s", "-1"], "-s/--snapshot-interval"),
-    (["-b", "-1"], "-b/--backup-interval"),
-])
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["-p", "0"], "-p/--processes"),
+        (["-p", "-1"], "-p/--processes"),
+        (["-w", "0"], "-w/--workers-per-process"),
+        (["-s", "-1"], "-s/--snapshot-interval"),
+        (["-b", "-1"], "-b/--backup-interval"),
+    ],
+)
 def test_out_of_range_numbers_are_usage_errors(module: str, args: list[str], option: str) -> None:
     res = _cli(module, *args)
     assert res.returncode == 2, res.stderr[-2000:]
@@ -64,18 +80,30 @@ def test_out_of_range_numbers_are_usage_errors(module: str, args: list[str], opt
 
 def test_out_of_range_numbers_from_the_environment_name_the_option() -> None:
     env = {**os.environ, "HEADRACE_WORKERS_PER_PROCESS": "0"}
-    res = subprocess.run([sys.executable, "-m", "headrace.run", "examples.wordcount:flow"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "headrace.run", "examples.wordcount:flow"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
-    assert "argument -w/--workers-per-process: expected a whole number >= 1; got '0'" \
-        in res.stderr
+    assert "argument -w/--workers-per-process: expected a whole number >= 1; got '0'" in res.stderr
     assert "Traceback" not in res.stderr
 
 
 # ------------------------------------------------------------ recovery locations
 
-MISTYPED = ["redis:/127.0.0.1:6379/0", "127.0.0.1:6379", "localhost:6379", "redis:6379/0",
-            "redis//127.0.0.1:6379", "http://127.0.0.1:6379", "[::1]:6379"]
+MISTYPED = [
+    "redis:/127.0.0.1:6379/0",
+    "127.0.0.1:6379",
+    "localhost:6379",
+    "redis:6379/0",
+    "redis//127.0.0.1:6379",
+    "http://127.0.0.1:6379",
+    "[::1]:6379",
+]
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -113,8 +141,7 @@ def _sum_flow(out: list[Any]) -> Dataflow:
     return flow
 
 
-def test_real_paths_with_a_colon_still_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                            ) -> None:
+def test_real_paths_with_a_colon_still_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     absolute = tmp_path / "state:1"
     init_db_dir(absolute, 1)
     out: list[Any] = []
@@ -155,9 +182,11 @@ def test_refused_credentials_fail_at_once_and_say_so(
         store.load_meta()
     assert store.errors == 1  # one attempt: not retried for 60 s
     msg = str(info.value)
-    assert msg.startswith(f"Redis at redis://{':***@' if given else ''}127.0.0.1:"
-                          f"{redis_with_password.port}/0 (prefix 'settings_sum') refused the "
-                          "credentials while reading meta: ")
+    assert msg.startswith(
+        f"Redis at redis://{':***@' if given else ''}127.0.0.1:"
+        f"{redis_with_password.port}/0 (prefix 'settings_sum') refused the "
+        "credentials while reading meta: "
+    )
     # Redis's words (WRONGPASS / NOAUTH replies, without their code).
     assert ("invalid username-password pair" if given else "Authentication required") in msg
     assert "Not retried" in msg and "redis://USER:PASSWORD@HOST:PORT/DB" in msg
@@ -182,8 +211,9 @@ def test_a_full_redis_names_the_recovery_store_the_setting_and_the_fix(
     finally:
         r.config_set("maxmemory", 0)
     msg = str(info.value)
-    assert msg.startswith(f"Redis at {redis_server.url} (prefix 'settings_sum') refused a "
-                          "command while "), msg
+    assert msg.startswith(f"Redis at {redis_server.url} (prefix 'settings_sum') refused a command while "), (
+        msg
+    )
     assert "command not allowed when used memory > 'maxmemory'" in msg
     assert "maxmemory" in msg and "noeviction" in msg and "CONFIG SET maxmemory" in msg
     assert "resumes from there" in msg
@@ -210,12 +240,23 @@ def test_a_full_redis_ends_the_cli_with_the_reason(redis_server: RedisServer) ->
 
 def test_the_recovery_option_is_stripped_in_every_spelling() -> None:
     url = "redis://:pw@h:6379/0"
-    for spelled in (["-r", url], [f"-r{url}"], ["--recovery", url], [f"--recovery={url}"],
-                    ["--recovery-directory", url], ["--recovery-d", url],
-                    [f"--recovery-dir={url}"]):
+    for spelled in (
+        ["-r", url],
+        [f"-r{url}"],
+        ["--recovery", url],
+        [f"--recovery={url}"],
+        ["--recovery-directory", url],
+        ["--recovery-d", url],
+        [f"--recovery-dir={url}"],
+    ):
         argv = ["m:f", "-w", "2", *spelled, "--recovery-prefix", "x", "-p", "3"]
         assert _strip_options(argv, {"recovery", "processes"}) == [
-            "m:f", "-w", "2", "--recovery-prefix", "x"], spelled
+            "m:f",
+            "-w",
+            "2",
+            "--recovery-prefix",
+            "x",
+        ], spelled
 
 
 def _write_input(d: Path) -> dict[str, int]:
@@ -243,15 +284,35 @@ def test_workers_of_a_local_cluster_get_secrets_through_the_environment(
     password = redis_with_password.password
     assert password is not None and password in redis_with_password.url
     mesh_secret = "mesh-secret-7Hq2"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HR_IN": str(tmp_path / "in"),
-           "HR_OUT": str(tmp_path / "out"), "HR_SLOW": "0.05",
-           "HEADRACE_CLUSTER_SECRET": mesh_secret}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HR_IN": str(tmp_path / "in"),
+        "HR_OUT": str(tmp_path / "out"),
+        "HR_SLOW": "0.05",
+        "HEADRACE_CLUSTER_SECRET": mesh_secret,
+    }
     env.pop("HEADRACE_RECOVERY", None)
     p = subprocess.Popen(
-        [sys.executable, "-m", "headrace.run", "tests.flows.recovery_flows:running_counts()",
-         "-p", "2", "-r", redis_with_password.url, "--epoch-interval", "0.1",
-         "--metrics-port", "0"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "headrace.run",
+            "tests.flows.recovery_flows:running_counts()",
+            "-p",
+            "2",
+            "-r",
+            redis_with_password.url,
+            "--epoch-interval",
+            "0.1",
+            "--metrics-port",
+            "0",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         # Both workers are running the dataflow once output appears.
@@ -293,10 +354,10 @@ def test_the_operator_puts_no_secret_on_the_command_line() -> None:
         line = " ".join([*c["command"], *c["args"]])
         assert "op-pw-91" not in line and "redis://" not in line and " -r" not in line
         env = {e["name"]: e for e in c["env"]}
-        assert env["HEADRACE_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == \
-            mf.mesh_secret_name("wc")
+        assert env["HEADRACE_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == mf.mesh_secret_name(
+            "wc"
+        )
         if "secretRef" in recovery:
-            assert env["HEADRACE_RECOVERY"]["valueFrom"] == {
-                "secretKeyRef": {"name": "creds", "key": "url"}}
+            assert env["HEADRACE_RECOVERY"]["valueFrom"] == {"secretKeyRef": {"name": "creds", "key": "url"}}
         else:
             assert env["HEADRACE_RECOVERY"]["value"] == url

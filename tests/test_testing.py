@@ -158,9 +158,7 @@ def test_abort_partition_batches_and_snapshots() -> None:
     """A snapshot taken at the ABORT points at it, as in Bytewax 0.21.1."""
     abort = TestingSource.ABORT()
     src: TestingSource[Any] = TestingSource([0, 1, 2, abort, 3, 4], batch_size=2)
-    assert _drive(src.build_part("s", "iterable", None)) == [
-        ([0, 1], 2), ([2], 3), ("AbortExecution", 3)
-    ]
+    assert _drive(src.build_part("s", "iterable", None)) == [([0, 1], 2), ([2], 3), ("AbortExecution", 3)]
     # Resumed from that snapshot, the triggered ABORT is passed over.
     # (Headrace counts the passed-over ABORT in the position; Bytewax 0.21.1 does not,
     # so its next resume from 5 would replay item 4.)
@@ -443,7 +441,11 @@ def _testing_cli(tmp_path: Any, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HEADRACE_", "BYTEWAX_"))}
     return subprocess.run(
         [sys.executable, "-m", "headrace.testing", *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -483,8 +485,14 @@ def test_testing_cli_usage(tmp_path: Any) -> None:
     res = _testing_cli(tmp_path, "--help")
     assert res.returncode == 0
     assert res.stdout.startswith("usage: python -m headrace.testing")
-    for flag in ("-r RECOVERY_DIRECTORY", "-s SNAPSHOT_INTERVAL", "-b BACKUP_INTERVAL",
-                 "-w WORKERS_PER_PROCESS", "-p PROCESSES", "import_str"):
+    for flag in (
+        "-r RECOVERY_DIRECTORY",
+        "-s SNAPSHOT_INTERVAL",
+        "-b BACKUP_INTERVAL",
+        "-w WORKERS_PER_PROCESS",
+        "-p PROCESSES",
+        "import_str",
+    ):
         assert flag in res.stdout
     res = _testing_cli(tmp_path)
     assert res.returncode == 2

@@ -114,14 +114,16 @@ def receiver() -> Iterator[_Receiver]:
     ],
 )
 @pytest.mark.slow
-def test_spans_reach_an_otlp_grpc_receiver(
-    receiver: _Receiver, config: str, env: dict[str, str]
-) -> None:
+def test_spans_reach_an_otlp_grpc_receiver(receiver: _Receiver, config: str, env: dict[str, str]) -> None:
     environ = dict(os.environ)
     environ.update({k: v.format(port=receiver.port) for k, v in env.items()})
     res = subprocess.run(
         [sys.executable, "-c", SCRIPT, config.format(port=receiver.port)],
-        cwd=ROOT, env=environ, capture_output=True, text=True, timeout=90,
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert (res.returncode, res.stdout, res.stderr) == (0, "[('a', 2), ('b', 4), ('a', 8)]\n", "")
     spans = receiver.spans()
@@ -144,8 +146,7 @@ def test_a_grpc_url_without_the_grpc_exporter_says_how_to_install_it() -> None:
         except ImportError as exc:
             print(exc)
     """)
-    res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.stdout == (
         "'grpc://127.0.0.1:1' needs the OTLP/gRPC exporter, which is not installed; "
         "install the OpenTelemetry extra: `pip install headrace[otel]`\n"

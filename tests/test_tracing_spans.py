@@ -45,8 +45,7 @@ SCRIPT = textwrap.dedent("""
 
 def test_spans_per_epoch_and_step_batch() -> None:
     pytest.importorskip("opentelemetry.sdk", reason="the otel extra is installed by .ci/run")
-    res = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "('epoch'," in res.stdout
     assert "'traced.sum.stateful_batch'" in res.stdout

@@ -93,14 +93,26 @@ WINDOWERS = {
 
 
 def _flow(
-    items: list[Any], folds: Folds, *, wait: timedelta, ordered: bool, late_out: list[Any] | None,
+    items: list[Any],
+    folds: Folds,
+    *,
+    wait: timedelta,
+    ordered: bool,
+    late_out: list[Any] | None,
     windower: Any = TUMBLING,
 ) -> tuple[Dataflow, list[Any]]:
     flow = Dataflow("combiner")
     s = op.input("inp", flow, TestingSource(items, batch_size=37))
     clock = win.EventClock(lambda v: v[0], wait_for_system_duration=wait)
     w = win.fold_window(
-        "fold", s, clock, windower, list, folds.folder, folds.merger, ordered=ordered,
+        "fold",
+        s,
+        clock,
+        windower,
+        list,
+        folds.folder,
+        folds.merger,
+        ordered=ordered,
     )
     out: list[Any] = []
     op.output("out", w.down, TestingSink(out))
@@ -205,8 +217,9 @@ def test_sliding_windows_get_their_own_copy_of_a_mutable_partial() -> None:
         flow = Dataflow("combiner_mutable")
         s = op.input("inp", flow, TestingSource(items, batch_size=37))
         clock = win.EventClock(lambda v: v[0], wait_for_system_duration=timedelta(seconds=5))
-        w = win.fold_window("fold", s, clock, WINDOWERS["sliding-10s-4s"], list, folder, merger,
-                            ordered=False)
+        w = win.fold_window(
+            "fold", s, clock, WINDOWERS["sliding-10s-4s"], list, folder, merger, ordered=False
+        )
         out: list[Any] = []
         op.output("out", w.down, TestingSink(out))
         return flow, out
@@ -247,7 +260,12 @@ def test_a_failing_folder_on_the_sending_worker_names_the_step(
     s = op.input("inp", flow, TestingSource(items, batch_size=20))
     clock = win.EventClock(lambda v: v[0], wait_for_system_duration=timedelta(0))
     w = win.fold_window(
-        "bad_fold", s, clock, win.TumblingWindower(timedelta(seconds=10), T0), int, folder,
+        "bad_fold",
+        s,
+        clock,
+        win.TumblingWindower(timedelta(seconds=10), T0),
+        int,
+        folder,
         lambda a, b: a + b,
     )
     op.output("out", w.down, TestingSink([]))
@@ -265,8 +283,9 @@ def test_naive_timestamps_on_the_sending_worker_are_a_clear_error(
     flow = Dataflow("combiner_naive")
     s = op.input("inp", flow, TestingSource(items, batch_size=20))
     clock = win.EventClock(lambda v: v[0], wait_for_system_duration=timedelta(0))
-    w = win.count_window("count", s, clock, win.TumblingWindower(timedelta(seconds=10), T0),
-                         lambda v: f"k{v[1] % 5}")
+    w = win.count_window(
+        "count", s, clock, win.TumblingWindower(timedelta(seconds=10), T0), lambda v: f"k{v[1] % 5}"
+    )
     op.output("out", w.down, TestingSink([]))
     with pytest.raises(Exception) as info:
         cluster_main(flow, [], 0, worker_count_per_proc=2)
@@ -282,8 +301,9 @@ def test_the_plan_drops_window_streams_nothing_reads_but_never_user_steps() -> N
         s = op.input("inp", flow, TestingSource(_items(5, n=10)))
         op.flat_map_batch("unread_user_step", s, lambda b: b)
         clock = win.EventClock(lambda v: v[0], wait_for_system_duration=timedelta(0))
-        w = win.count_window("count", s, clock, win.TumblingWindower(timedelta(seconds=10), T0),
-                             lambda kv: kv[0])
+        w = win.count_window(
+            "count", s, clock, win.TumblingWindower(timedelta(seconds=10), T0), lambda kv: kv[0]
+        )
         op.output("out", w.down, TestingSink([]))
         if read_late:
             op.output("late", w.late, TestingSink([]))
@@ -310,8 +330,7 @@ def test_a_failing_merger_on_the_owner_names_the_step(
     flow = Dataflow("combiner_bad_merger")
     s = op.input("inp", flow, TestingSource(items, batch_size=37))
     clock = win.EventClock(lambda v: v[0], wait_for_system_duration=timedelta(0))
-    w = win.fold_window("merging", s, clock, WINDOWERS[windower], int,
-                        lambda a, v: a + 1, merger)
+    w = win.fold_window("merging", s, clock, WINDOWERS[windower], int, lambda a, v: a + 1, merger)
     op.output("out", w.down, TestingSink([]))
     with pytest.raises(Exception) as info:
         cluster_main(flow, [], 0, worker_count_per_proc=2)
@@ -324,9 +343,13 @@ def _spec(windower: Any, wait: timedelta) -> Any:
     from headrace.operators._window_logic import _FoldBuilder
 
     # (`ordered` folds with a wait need the general path, which has no combiner.)
-    spec = _WindowSpec("c", win.EventClock(lambda v: v[0], wait), windower,
-                       _FoldBuilder(list, lambda acc, v: [*acc, v[1]], lambda a, b: a + b),
-                       not wait)
+    spec = _WindowSpec(
+        "c",
+        win.EventClock(lambda v: v[0], wait),
+        windower,
+        _FoldBuilder(list, lambda acc, v: [*acc, v[1]], lambda a, b: a + b),
+        not wait,
+    )
     spec.late_stream = "c.late"
     return spec
 
@@ -344,11 +367,13 @@ def test_combining_batch_by_batch_gives_the_runs_of_one_pass(
     """The combiner folds each batch as it is buffered; what it sends must be
     exactly what folding all of a flush's values in one pass gives: the same
     runs (slot, newest, values in order), the same values dropped as late."""
-    windower = (win.SlidingWindower(timedelta(seconds=4), timedelta(seconds=1), T0) if sliding
-                else win.TumblingWindower(timedelta(seconds=2), T0))
+    windower = (
+        win.SlidingWindower(timedelta(seconds=4), timedelta(seconds=1), T0)
+        if sliding
+        else win.TumblingWindower(timedelta(seconds=2), T0)
+    )
     # A random walk in time: mostly forward, often back by less or more than the wait.
-    values = [(T0 + timedelta(milliseconds=ms), i)
-              for i, ms in enumerate(itertools.accumulate(steps))]
+    values = [(T0 + timedelta(milliseconds=ms), i) for i, ms in enumerate(itertools.accumulate(steps))]
     # `cuts[i]`: a batch ends after value i.
     bounds = sorted({0, len(values), *(i + 1 for i, cut in enumerate(cuts[: len(values)]) if cut)})
     spec = _spec(windower, timedelta(milliseconds=wait_ms))

@@ -237,8 +237,7 @@ def run_cli(
         cmds = [base]
     t0 = time.time()
     procs = [
-        subprocess.Popen(cmd, env=e, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True)
+        subprocess.Popen(cmd, env=e, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         for cmd, e in zip(cmds, envs, strict=True)
     ]
     error = None
@@ -323,8 +322,8 @@ def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = [list(header), *[list(r) for r in rows]]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths,
-                                                                                    strict=True)))
-        .rstrip()
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
         for line in lines
     )

@@ -132,8 +132,7 @@ class StridedSource(FixedPartitionedSource):
     [0, 2, 4]
     """
 
-    def __init__(self, n: int, parts: int, make: MakeBatch,
-                 shard: tuple[int, int] | None = None) -> None:
+    def __init__(self, n: int, parts: int, make: MakeBatch, shard: tuple[int, int] | None = None) -> None:
         self._n = n
         self._parts = parts
         self._make = make
@@ -291,8 +290,13 @@ def dump(directory: str) -> str:
     >>> path = dump(tempfile.mkdtemp()); json.load(open(path))["engine"] == ENGINE
     True
     """
-    record = dict(RECORD, t_exit=time.time(), cpu_exit=time.process_time(),
-                  peak_rss_mb=_peak_rss_mb(), metrics=engine_metrics())
+    record = dict(
+        RECORD,
+        t_exit=time.time(),
+        cpu_exit=time.process_time(),
+        peak_rss_mb=_peak_rss_mb(),
+        metrics=engine_metrics(),
+    )
     path = os.path.join(directory, f"{os.getpid()}.json")
     with open(path, "w") as f:
         json.dump(record, f)

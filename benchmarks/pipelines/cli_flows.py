@@ -175,8 +175,12 @@ def build(pipeline: str, n: int, parts: int = 4) -> Any:
     ...
     ValueError: BENCH_PIPELINE must be one of wordcount, tumbling_fold, sliding_fold, restore; got 'nope'
     """
-    builders = {"wordcount": _wordcount, "tumbling_fold": _tumbling, "sliding_fold": _sliding,
-                "restore": _restore}
+    builders = {
+        "wordcount": _wordcount,
+        "tumbling_fold": _tumbling,
+        "sliding_fold": _sliding,
+        "restore": _restore,
+    }
     if pipeline not in builders:
         msg = f"BENCH_PIPELINE must be one of {', '.join(PIPELINES)}; got {pipeline!r}"
         raise ValueError(msg)

@@ -70,12 +70,17 @@ class Kube:
     def list_dataflows(self, namespaces: list[str]) -> dict[str, str]:
         """uid -> resourceVersion of the watched Dataflows (for the stale-watch check)."""
         if namespaces:
-            items = [i for ns in namespaces for i in typing.cast(dict[str, Any], (
-                self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL))).get(
-                    "items", [])]
+            items = [
+                i
+                for ns in namespaces
+                for i in typing.cast(
+                    dict[str, Any], (self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL))
+                ).get("items", [])
+            ]
         else:
-            items = typing.cast(dict[str, Any], self.custom.list_cluster_custom_object(
-                GROUP, VERSION, PLURAL)).get("items", [])
+            items = typing.cast(
+                dict[str, Any], self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+            ).get("items", [])
         return {i["metadata"]["uid"]: i["metadata"]["resourceVersion"] for i in items}
 
     def statefulset(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -133,8 +138,7 @@ class Kube:
         now = time.monotonic()
         if now - self._pm_checked > 300:
             try:
-                self.dynamic.resources.get(api_version="monitoring.coreos.com/v1",
-                                           kind="PodMonitor")
+                self.dynamic.resources.get(api_version="monitoring.coreos.com/v1", kind="PodMonitor")
                 self._pm_supported = True
             except Exception:  # absent API or discovery error: treat as absent
                 self._pm_supported = False
@@ -144,8 +148,13 @@ class Kube:
     def apply(self, obj: dict[str, Any]) -> None:
         """Server-side apply ``obj`` (create or update the fields the operator owns)."""
         res = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        self.dynamic.server_side_apply(res, body=obj, namespace=obj["metadata"]["namespace"],
-                                       field_manager=FIELD_MANAGER, force_conflicts=True)
+        self.dynamic.server_side_apply(
+            res,
+            body=obj,
+            namespace=obj["metadata"]["namespace"],
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
 
     def delete(self, obj: dict[str, Any]) -> None:
         """Delete ``obj`` if it exists."""
@@ -161,18 +170,21 @@ class Kube:
     def scale(self, namespace: str, name: str, replicas: int) -> None:
         """Set the StatefulSet's replicas, leaving its template alone."""
         self.apps.patch_namespaced_stateful_set(
-            name, namespace, {"spec": {"replicas": replicas}}, field_manager=FIELD_MANAGER)
+            name, namespace, {"spec": {"replicas": replicas}}, field_manager=FIELD_MANAGER
+        )
 
     def patch_dataflow_replicas(self, namespace: str, name: str, replicas: int) -> None:
         """The autoscaler's apply: set the Dataflow's spec.replicas."""
         self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, {"spec": {"replicas": replicas}})
+            GROUP, VERSION, namespace, PLURAL, name, {"spec": {"replicas": replicas}}
+        )
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch the status subresource."""
         # Custom objects get a JSON merge patch: null deletes a field.
         self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        )
 
 
 # ------------------------------------------------------------------ Redis
@@ -201,9 +213,15 @@ class Stores:
             return StoreInfo(ok=False, error=_short(exc))
         if meta is None:
             return StoreInfo(ok=True, exists=False)
-        return StoreInfo(ok=True, exists=True, epoch=meta.committed_epoch,
-                         committed_at=meta.committed_at, worker_count=meta.worker_count,
-                         key_groups=meta.key_groups, epoch_bytes=meta.epoch_bytes)
+        return StoreInfo(
+            ok=True,
+            exists=True,
+            epoch=meta.committed_epoch,
+            committed_at=meta.committed_at,
+            worker_count=meta.worker_count,
+            key_groups=meta.key_groups,
+            epoch_bytes=meta.epoch_bytes,
+        )
 
     def delete(self, url: str, prefix: str) -> int:
         """Delete all of the dataflow's state; return the records deleted."""
@@ -262,8 +280,9 @@ def scrape(pods: list[PodInfo], port: int, timeout: float = 3.0) -> asc.Sample:
     return asc.Sample(t=time.time(), pods=out)
 
 
-def apply_actions(kube: Kube, stores: Stores, namespace: str, name: str, actions: list[Action],
-                  url: str | None, prefix: str) -> None:
+def apply_actions(
+    kube: Kube, stores: Stores, namespace: str, name: str, actions: list[Action], url: str | None, prefix: str
+) -> None:
     """Carry out a plan's actions in order."""
     for a in actions:
         log.info("%s/%s: %s", namespace, name, a.describe())

@@ -80,14 +80,18 @@ class Params:
         3600.0
         """
         return cls(
-            min_replicas=a.min_replicas, max_replicas=a.max_replicas,
-            target=a.target_utilization, boundary=a.utilization_boundary,
+            min_replicas=a.min_replicas,
+            max_replicas=a.max_replicas,
+            target=a.target_utilization,
+            boundary=a.utilization_boundary,
             metrics_window=duration_seconds(a.metrics_window),
             evaluation_interval=duration_seconds(a.evaluation_interval),
             stabilization=duration_seconds(a.stabilization_window),
             scale_down_delay=duration_seconds(a.scale_down_delay),
-            max_up=a.max_scale_up_factor, max_down=a.max_scale_down_factor,
-            catch_up=duration_seconds(a.catch_up_duration), align=a.align_partitions,
+            max_up=a.max_scale_up_factor,
+            max_down=a.max_scale_down_factor,
+            catch_up=duration_seconds(a.catch_up_duration),
+            align=a.align_partitions,
         )
 
 
@@ -300,8 +304,9 @@ def _aligned(lo: int, hi: int, wpp: int, partitions: int) -> int | None:
     return None
 
 
-def recommend(current: int, stats: WindowStats, p: Params, workers_per_process: int,
-              partitions: int) -> Recommendation:
+def recommend(
+    current: int, stats: WindowStats, p: Params, workers_per_process: int, partitions: int
+) -> Recommendation:
     """The replica count the algorithm wants (no delays, no modes: see `evaluate`).
 
     >>> calm = WindowStats(utilization=0.6, input_rate=100.0, lag=0.0, lag_growth=0.0,
@@ -316,8 +321,9 @@ def recommend(current: int, stats: WindowStats, p: Params, workers_per_process: 
     above = u > p.target + p.boundary + _EPS
     if not below and not above and not lag_growing:
         target = min(max(current, lo), hi)
-        why = (f"utilization {u:.0%} is within {p.target:.0%} +- {p.boundary:.0%} and the "
-               "backlog is not growing")
+        why = (
+            f"utilization {u:.0%} is within {p.target:.0%} +- {p.boundary:.0%} and the backlog is not growing"
+        )
         if target != current:
             why += f"; moved into the bounds [{lo}, {hi}]"
         return Recommendation(target, why, in_dead_band=True)
@@ -327,22 +333,29 @@ def recommend(current: int, stats: WindowStats, p: Params, workers_per_process: 
         raw, true_rate = lo, math.inf
         why = f"workers are idle (utilization {u:.1%}) -> {raw}"
     elif stats.input_rate <= _EPS:
-        return Recommendation(min(max(current, lo), hi),
-                              f"workers are {u:.0%} busy but the sources read nothing: can't "
-                              "size from the input rate", arrival_rate=arrival)
+        return Recommendation(
+            min(max(current, lo), hi),
+            f"workers are {u:.0%} busy but the sources read nothing: can't size from the input rate",
+            arrival_rate=arrival,
+        )
     else:
         true_rate = stats.input_rate / u
         raw = max(1, _ceil(current * needed / true_rate))
-        why = (f"utilization {u:.0%} (target {p.target:.0%}), input {stats.input_rate:.1f}/s, "
-               f"arrival {arrival:.1f}/s, backlog {stats.lag:.0f} ({stats.lag_growth:+.1f}/s): "
-               f"need {needed:.1f}/s, capacity {true_rate:.1f}/s at 100% busy -> {raw}")
+        why = (
+            f"utilization {u:.0%} (target {p.target:.0%}), input {stats.input_rate:.1f}/s, "
+            f"arrival {arrival:.1f}/s, backlog {stats.lag:.0f} ({stats.lag_growth:+.1f}/s): "
+            f"need {needed:.1f}/s, capacity {true_rate:.1f}/s at 100% busy -> {raw}"
+        )
     if lag_growing and raw < current:
-        return Recommendation(min(max(current, lo), hi),
-                              f"backlog grows ({stats.lag_growth:+.1f}/s) while workers are "
-                              f"{u:.0%} busy: the bottleneck is not worker capacity (source, "
-                              "sink or key skew)", arrival_rate=arrival,
-                              true_rate=0.0 if math.isinf(true_rate) else true_rate,
-                              needed_rate=needed)
+        return Recommendation(
+            min(max(current, lo), hi),
+            f"backlog grows ({stats.lag_growth:+.1f}/s) while workers are "
+            f"{u:.0%} busy: the bottleneck is not worker capacity (source, "
+            "sink or key skew)",
+            arrival_rate=arrival,
+            true_rate=0.0 if math.isinf(true_rate) else true_rate,
+            needed_rate=needed,
+        )
     if not lag_growing and below and raw > current:
         raw = current
         why += f"; workers are only {u:.0%} busy: not scaling up"
@@ -364,9 +377,13 @@ def recommend(current: int, stats: WindowStats, p: Params, workers_per_process: 
         if aligned is not None and aligned != new:
             why += f"; aligned to {aligned} so {partitions} partitions divide evenly"
             new = aligned
-    return Recommendation(new, why, arrival_rate=arrival,
-                          true_rate=0.0 if math.isinf(true_rate) else true_rate,
-                          needed_rate=needed)
+    return Recommendation(
+        new,
+        why,
+        arrival_rate=arrival,
+        true_rate=0.0 if math.isinf(true_rate) else true_rate,
+        needed_rate=needed,
+    )
 
 
 def evaluate(
@@ -399,13 +416,21 @@ def evaluate(
     if mode == "off":
         return None, {"mode": "off"}, None
     decision: dict[str, Any] = {
-        "time": iso(now), "currentReplicas": current, "recommendedReplicas": current,
-        "action": "none", "applied": False, "reason": "", "blocked": "",
+        "time": iso(now),
+        "currentReplicas": current,
+        "recommendedReplicas": current,
+        "action": "none",
+        "applied": False,
+        "reason": "",
+        "blocked": "",
     }
     if stats is not None:
-        decision.update(utilization=round(stats.utilization, 4),
-                        inputRate=round(stats.input_rate, 3), lag=round(stats.lag, 1),
-                        lagGrowth=round(stats.lag_growth, 3))
+        decision.update(
+            utilization=round(stats.utilization, 4),
+            inputRate=round(stats.input_rate, 3),
+            lag=round(stats.lag, 1),
+            lagGrowth=round(stats.lag_growth, 3),
+        )
         status["metricsCoverage"] = round(stats.coverage, 1)
     blocked = busy_reason
     if not blocked and started_at is not None and now - started_at < params.stabilization:
@@ -421,10 +446,13 @@ def evaluate(
         return decision, status, None
     assert stats is not None
     rec = recommend(current, stats, params, workers_per_process, partitions)
-    decision.update(recommendedReplicas=rec.replicas, reason=rec.reason,
-                    arrivalRate=round(rec.arrival_rate, 3),
-                    trueProcessingRate=round(rec.true_rate, 3),
-                    neededRate=round(rec.needed_rate, 3))
+    decision.update(
+        recommendedReplicas=rec.replicas,
+        reason=rec.reason,
+        arrivalRate=round(rec.arrival_rate, 3),
+        trueProcessingRate=round(rec.true_rate, 3),
+        neededRate=round(rec.needed_rate, 3),
+    )
     apply: int | None = None
     pending = status.get("pendingScaleDown")
     if rec.replicas > current:
@@ -433,8 +461,11 @@ def evaluate(
         apply = rec.replicas
     elif rec.replicas < current:
         decision["action"] = "scale-down"
-        if (pending and parse_iso(pending.get("since")) is not None
-                and int(pending.get("replicas", current)) < current):
+        if (
+            pending
+            and parse_iso(pending.get("since")) is not None
+            and int(pending.get("replicas", current)) < current
+        ):
             target = max(int(pending["replicas"]), rec.replicas)
             since = parse_iso(pending["since"]) or now
         else:
@@ -447,7 +478,8 @@ def evaluate(
             status["pendingScaleDown"] = {"replicas": target, "since": iso(since)}
             decision["blocked"] = (
                 f"scale-down to {target} delayed until {iso(since + params.scale_down_delay)} "
-                f"(scaleDownDelay {params.scale_down_delay:.0f}s; requests merge)")
+                f"(scaleDownDelay {params.scale_down_delay:.0f}s; requests merge)"
+            )
     else:
         status["pendingScaleDown"] = None
     if apply is not None and mode != "apply":

@@ -50,8 +50,7 @@ def _prop(tp: Any, f: dataclasses.Field[Any] | None, defaults: bool = True) -> d
     if raw == "object":
         out = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
     elif raw == "array":
-        out = {"type": "array",
-               "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
+        out = {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
     elif dataclasses.is_dataclass(inner):
         out = _object(inner, defaults)  # type: ignore[arg-type]
     else:
@@ -61,8 +60,7 @@ def _prop(tp: Any, f: dataclasses.Field[Any] | None, defaults: bool = True) -> d
         elif origin is dict:
             out = {"type": "object", "additionalProperties": _prop(args[1], None, defaults)}
         else:
-            out = {"type": {str: "string", int: "integer", float: "number",
-                            bool: "boolean"}[inner]}
+            out = {"type": {str: "string", int: "integer", float: "number", bool: "boolean"}[inner]}
     if f is None:
         return out
     if meta.get("doc"):
@@ -115,8 +113,7 @@ def openapi_schema() -> dict[str, Any]:
     spec = _object(spec_mod.DataflowSpec)
     for path, rule, message in spec_mod.CEL_RULES:
         node = _at(spec, path)
-        node.setdefault("x-kubernetes-validations", []).append(
-            {"rule": rule, "message": message})
+        node.setdefault("x-kubernetes-validations", []).append({"rule": rule, "message": message})
     status = _object(status_mod.DataflowStatus, defaults=False)
     return {
         "type": "object",
@@ -133,21 +130,29 @@ def openapi_schema() -> dict[str, Any]:
 
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
-    {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas",
-     "description": "Desired pods."},
-    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas",
-     "description": "Ready pods."},
-    {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
-     "description": "Lifecycle phase."},
-    {"name": "Condition", "type": "string",
-     "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason",
-     "description": "Reason of the Ready condition (what is wrong, or Running)."},
-    {"name": "Last-Snapshot", "type": "date", "jsonPath": ".status.snapshot.time",
-     "description": "Time of the last committed snapshot."},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas", "description": "Desired pods."},
+    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas", "description": "Ready pods."},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase."},
+    {
+        "name": "Condition",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+        "description": "Reason of the Ready condition (what is wrong, or Running).",
+    },
+    {
+        "name": "Last-Snapshot",
+        "type": "date",
+        "jsonPath": ".status.snapshot.time",
+        "description": "Time of the last committed snapshot.",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    {"name": "Message", "type": "string", "priority": 1,
-     "jsonPath": ".status.conditions[?(@.type==\"Ready\")].message",
-     "description": "Message of the Ready condition."},
+    {
+        "name": "Message",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].message',
+        "description": "Message of the Ready condition.",
+    },
 ]
 
 
@@ -162,8 +167,7 @@ def build_crd() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{PLURAL}.{GROUP}",
-            "labels": {"app.kubernetes.io/name": "headrace",
-                       "app.kubernetes.io/component": "crd"},
+            "labels": {"app.kubernetes.io/name": "headrace", "app.kubernetes.io/component": "crd"},
         },
         "spec": {
             "group": GROUP,
@@ -176,21 +180,23 @@ def build_crd() -> dict[str, Any]:
                 "shortNames": ["df"],
                 "categories": ["streaming"],
             },
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "schema": {"openAPIV3Schema": openapi_schema()},
-                "subresources": {
-                    "status": {},
-                    "scale": {
-                        "specReplicasPath": ".spec.replicas",
-                        "statusReplicasPath": ".status.replicas",
-                        "labelSelectorPath": ".status.selector",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
                     },
-                },
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-            }],
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                }
+            ],
         },
     }
 
@@ -203,8 +209,10 @@ def crd_yaml() -> str:
     """
     import yaml
 
-    header = ("# Generated by `python -m headrace_operator.crd`; do not edit.\n"
-              "# Source of truth: operator/headrace_operator/spec.py and status.py.\n")
+    header = (
+        "# Generated by `python -m headrace_operator.crd`; do not edit.\n"
+        "# Source of truth: operator/headrace_operator/spec.py and status.py.\n"
+    )
     return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
 
 
@@ -229,10 +237,8 @@ def check_structural(schema: dict[str, Any], path: str = "") -> list[str]:
     if t == "object":
         props = schema.get("properties")
         addl = schema.get("additionalProperties")
-        if props is None and addl is None and not schema.get(
-                "x-kubernetes-preserve-unknown-fields"):
-            out.append(f"{where}: object without properties, additionalProperties or "
-                       "preserve-unknown-fields")
+        if props is None and addl is None and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out.append(f"{where}: object without properties, additionalProperties or preserve-unknown-fields")
         if props is not None and addl is not None:
             out.append(f"{where}: both properties and additionalProperties")
         for name, sub in (props or {}).items():

@@ -70,10 +70,10 @@ STATE = _State()
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Configure kopf, connect to the API, start the metrics/liveness endpoint."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix="headrace.dev")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="headrace.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="headrace.dev", key="last-handled-configuration")
+        prefix="headrace.dev", key="last-handled-configuration"
+    )
     settings.persistence.finalizer = "headrace.dev/finalizer"
     # kopf's handler-log events would drown the operator's own Events.
     settings.posting.level = logging.WARNING
@@ -88,8 +88,9 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         logging.getLogger("headrace.recovery").setLevel(logging.ERROR)
     STATE.kube = _kube.Kube()
     STATE.monitor = WatchMonitor(float(os.environ.get("HEADRACE_OPERATOR_STALE_AFTER", "300")))
-    port = int(os.environ.get("HEADRACE_OPERATOR_METRICS_PORT")
-               or os.environ.get("HEADRACE_OPERATOR_PORT") or "8080")
+    port = int(
+        os.environ.get("HEADRACE_OPERATOR_METRICS_PORT") or os.environ.get("HEADRACE_OPERATOR_PORT") or "8080"
+    )
     if port:
         STATE.server = EndpointServer("0.0.0.0", port, STATE.monitor, lambda: STATE.ready)
     from importlib.metadata import PackageNotFoundError, version
@@ -231,10 +232,17 @@ def _observe(kube: _kube.Kube, obj: dict[str, Any]) -> tuple[Observation, str | 
     sts = kube.statefulset(ns, name)
     pods = kube.pods(ns, name)
     obs = Observation(
-        name=name, namespace=ns, uid=meta.get("uid", ""),
-        generation=int(meta.get("generation") or 0), spec=obj.get("spec") or {},
-        status=obj.get("status") or {}, annotations=meta.get("annotations") or {},
-        now=time.time(), sts=sts, pods=pods, cluster_domain=STATE.cluster_domain,
+        name=name,
+        namespace=ns,
+        uid=meta.get("uid", ""),
+        generation=int(meta.get("generation") or 0),
+        spec=obj.get("spec") or {},
+        status=obj.get("status") or {},
+        annotations=meta.get("annotations") or {},
+        now=time.time(),
+        sts=sts,
+        pods=pods,
+        cluster_domain=STATE.cluster_domain,
         pod_monitor_supported=kube.pod_monitor_supported(),
         worker_service_account=worker_service_account(ns, os.environ),
     )
@@ -305,8 +313,7 @@ def reconcile_once(namespace: str, name: str, uid: str, force: bool) -> Plan | N
             log.exception("reconcile of %s/%s failed; retrying", namespace, name)
             return None
         finally:
-            metric("headrace_operator_reconcile_duration_seconds").observe(
-                time.monotonic() - t0)
+            metric("headrace_operator_reconcile_duration_seconds").observe(time.monotonic() - t0)
             STATE.monitor.reconciled(time.time())
             metric("headrace_operator_last_reconcile_timestamp_seconds").set(time.time())
 
@@ -318,14 +325,14 @@ def _post_events(obj: dict[str, Any], p: Plan) -> None:
         if not STATE.dedup.allow(key, etype, reason, message, time.time()):
             continue
         metric("headrace_operator_events_total").labels(etype, reason).inc()
-        log.log(logging.WARNING if etype == "Warning" else logging.INFO, "%s %s: %s", key,
-                reason, message)
+        log.log(logging.WARNING if etype == "Warning" else logging.INFO, "%s %s: %s", key, reason, message)
         kopf.event(typing.cast(kopf.Body, obj), type=etype, reason=reason, message=message[:1024])
 
 
 def _count_phases() -> None:
     counts: dict[tuple[str, str], int] = collections.Counter(
-        (ns, ph) for (ns, _n), ph in STATE.phases.items())
+        (ns, ph) for (ns, _n), ph in STATE.phases.items()
+    )
     g = metric("headrace_operator_dataflows")
     g.clear()
     for (ns, ph), n in counts.items():
@@ -338,39 +345,42 @@ def _record(namespace: str, name: str, p: Plan, obs: Observation) -> None:
     STATE.phases[(namespace, name)] = phase
     _count_phases()
     for ph in PHASES:
-        metric("headrace_operator_dataflow_phase").labels(namespace, name, ph).set(
-            1 if ph == phase else 0)
+        metric("headrace_operator_dataflow_phase").labels(namespace, name, ph).set(1 if ph == phase else 0)
     ready = get_condition(st.get("conditions") or [], "Ready") or {}
     metric("headrace_operator_dataflow_ready").labels(namespace, name).set(
-        1 if ready.get("status") == "True" else 0)
+        1 if ready.get("status") == "True" else 0
+    )
     spec_replicas = (obs.spec or {}).get("replicas")
     if isinstance(spec_replicas, int):
         metric("headrace_operator_dataflow_replicas").labels(namespace, name).set(spec_replicas)
     metric("headrace_operator_dataflow_ready_replicas").labels(namespace, name).set(
-        st.get("readyReplicas", 0))
+        st.get("readyReplicas", 0)
+    )
     metric("headrace_operator_dataflow_restarts").labels(namespace, name).set(
-        (st.get("execution") or {}).get("restarts", 0))
+        (st.get("execution") or {}).get("restarts", 0)
+    )
     snap = st.get("snapshot") or {}
     if obs.store is not None and obs.store.ok and obs.store.exists:
         metric("headrace_operator_snapshot_epoch").labels(namespace, name).set(obs.store.epoch)
         metric("headrace_operator_snapshot_timestamp_seconds").labels(namespace, name).set(
-            obs.store.committed_at)
-        metric("headrace_operator_snapshot_bytes").labels(namespace, name).set(
-            snap.get("bytes", 0))
+            obs.store.committed_at
+        )
+        metric("headrace_operator_snapshot_bytes").labels(namespace, name).set(snap.get("bytes", 0))
     for ttype, seconds in p.transitions:
         metric("headrace_operator_transition_seconds").labels(ttype).observe(seconds)
     d = p.decision
     if d is not None:
         lab = (namespace, name)
-        metric("headrace_operator_autoscaler_utilization").labels(*lab).set(
-            d.get("utilization", 0.0))
-        metric("headrace_operator_autoscaler_input_rate").labels(*lab).set(
-            d.get("inputRate", 0.0))
+        metric("headrace_operator_autoscaler_utilization").labels(*lab).set(d.get("utilization", 0.0))
+        metric("headrace_operator_autoscaler_input_rate").labels(*lab).set(d.get("inputRate", 0.0))
         metric("headrace_operator_autoscaler_true_processing_rate").labels(*lab).set(
-            d.get("trueProcessingRate", 0.0))
+            d.get("trueProcessingRate", 0.0)
+        )
         metric("headrace_operator_autoscaler_lag").labels(*lab).set(d.get("lag", 0.0))
         metric("headrace_operator_autoscaler_recommended_replicas").labels(*lab).set(
-            d.get("recommendedReplicas", 0))
+            d.get("recommendedReplicas", 0)
+        )
         if d.get("action") != "none":
             metric("headrace_operator_autoscaler_decisions_total").labels(
-                *lab, d["action"], str(bool(d.get("applied"))).lower()).inc()
+                *lab, d["action"], str(bool(d.get("applied"))).lower()
+            ).inc()

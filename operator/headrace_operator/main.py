@@ -59,18 +59,27 @@ def watch_namespaces(env: Mapping[str, str]) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="headrace-operator", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--standalone", action="store_true",
-                   help="no peering: one operator replica (the default without --peering)")
-    p.add_argument("--peering", default=os.environ.get("HEADRACE_OPERATOR_PEERING") or None,
-                   help="kopf peering name for standby replicas")
+    p = argparse.ArgumentParser(
+        prog="headrace-operator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no peering: one operator replica (the default without --peering)",
+    )
+    p.add_argument(
+        "--peering",
+        default=os.environ.get("HEADRACE_OPERATOR_PEERING") or None,
+        help="kopf peering name for standby replicas",
+    )
     p.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
-    p.add_argument("-n", "--namespace", action="append", default=[],
-                   help="watch this namespace (repeatable)")
+    p.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
-    p.add_argument("--log-format", choices=["json", "plain"],
-                   default=os.environ.get("HEADRACE_OPERATOR_LOG_FORMAT", "json"))
+    p.add_argument(
+        "--log-format",
+        choices=["json", "plain"],
+        default=os.environ.get("HEADRACE_OPERATOR_LOG_FORMAT", "json"),
+    )
     return p
 
 

@@ -162,21 +162,26 @@ def _env(spec: DataflowSpec, owner: Owner) -> list[dict[str, Any]]:
         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HEADRACE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": SECRET_ENV, "valueFrom": {"secretKeyRef": {
-            "name": mesh_secret_name(owner.name), "key": MESH_SECRET_KEY}}},
+        {
+            "name": SECRET_ENV,
+            "valueFrom": {"secretKeyRef": {"name": mesh_secret_name(owner.name), "key": MESH_SECRET_KEY}},
+        },
     ]
     r = spec.recovery
     if r is not None:
         if r.secret_ref is not None:
-            env.append({"name": "HEADRACE_RECOVERY", "valueFrom": {"secretKeyRef": {
-                "name": r.secret_ref.name, "key": r.secret_ref.key}}})
+            env.append(
+                {
+                    "name": "HEADRACE_RECOVERY",
+                    "valueFrom": {"secretKeyRef": {"name": r.secret_ref.name, "key": r.secret_ref.key}},
+                }
+            )
         else:
             env.append({"name": "HEADRACE_RECOVERY", "value": r.url})
         env.append({"name": "HEADRACE_RECOVERY_PREFIX", "value": key_prefix(spec, owner)})
         env.append({"name": "HEADRACE_EPOCH_INTERVAL", "value": _seconds_str(r.snapshot_interval)})
         if r.backup_interval:
-            env.append({"name": "HEADRACE_BACKUP_INTERVAL",
-                        "value": _seconds_str(r.backup_interval)})
+            env.append({"name": "HEADRACE_BACKUP_INTERVAL", "value": _seconds_str(r.backup_interval)})
     if spec.flow.bytewax_compat:
         # Only when asked: other Dataflows' pod templates (and hashes) stay as they were.
         env.append({"name": "HEADRACE_BYTEWAX_COMPAT", "value": "1"})
@@ -200,12 +205,23 @@ def _container(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
             {"name": "cluster", "containerPort": CLUSTER_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": port, "protocol": "TCP"},
         ],
-        "startupProbe": {"httpGet": {"path": "/healthz", "port": "metrics"},
-                         "periodSeconds": 2, "failureThreshold": 60},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"},
-                          "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"},
-                           "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 2},
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 2,
+            "failureThreshold": 60,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "metrics"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 2,
+        },
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -283,8 +299,9 @@ def _merge_named(base: list[dict[str, Any]], overlay: list[dict[str, Any]]) -> l
         if i is None:
             out.append(copy.deepcopy(item))
         else:
-            merged = _deep_merge(out[i], {k: v for k, v in item.items()
-                                          if k not in ("env", "volumeMounts", "ports")})
+            merged = _deep_merge(
+                out[i], {k: v for k, v in item.items() if k not in ("env", "volumeMounts", "ports")}
+            )
             for key in ("env", "volumeMounts", "ports"):
                 if key in item:
                     merged[key] = _merge_named(out[i].get(key, []), item[key])
@@ -350,8 +367,7 @@ def template_hash(template: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def build_statefulset(spec: DataflowSpec, owner: Owner, replicas: int | None = None
-                      ) -> dict[str, Any]:
+def build_statefulset(spec: DataflowSpec, owner: Owner, replicas: int | None = None) -> dict[str, Any]:
     """The worker StatefulSet; ``replicas`` overrides spec.replicas (0 while stopped).
 
     Annotations record what is deployed (template hash, spec, replicas,
@@ -413,10 +429,13 @@ def build_service(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
             "publishNotReadyAddresses": True,
             "selector": selector(owner.name),
             "ports": [
-                {"name": "cluster", "port": CLUSTER_PORT, "targetPort": "cluster",
-                 "protocol": "TCP"},
-                {"name": "metrics", "port": spec.observability.metrics_port,
-                 "targetPort": "metrics", "protocol": "TCP"},
+                {"name": "cluster", "port": CLUSTER_PORT, "targetPort": "cluster", "protocol": "TCP"},
+                {
+                    "name": "metrics",
+                    "port": spec.observability.metrics_port,
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                },
             ],
         },
     }
@@ -481,20 +500,31 @@ def build_pod_monitor(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
         },
         "spec": {
             "selector": {"matchLabels": selector(owner.name)},
-            "podMetricsEndpoints": [{
-                "port": "metrics",
-                "path": "/metrics",
-                "interval": pm.interval,
-                # The dashboards and alerts select by `dataflow`, `namespace`, `pod`.
-                "relabelings": [
-                    {"action": "replace", "targetLabel": "dataflow",
-                     "sourceLabels": ["__meta_kubernetes_pod_label_headrace_dev_dataflow"]},
-                    {"action": "replace", "targetLabel": "namespace",
-                     "sourceLabels": ["__meta_kubernetes_namespace"]},
-                    {"action": "replace", "targetLabel": "pod",
-                     "sourceLabels": ["__meta_kubernetes_pod_name"]},
-                ],
-            }],
+            "podMetricsEndpoints": [
+                {
+                    "port": "metrics",
+                    "path": "/metrics",
+                    "interval": pm.interval,
+                    # The dashboards and alerts select by `dataflow`, `namespace`, `pod`.
+                    "relabelings": [
+                        {
+                            "action": "replace",
+                            "targetLabel": "dataflow",
+                            "sourceLabels": ["__meta_kubernetes_pod_label_headrace_dev_dataflow"],
+                        },
+                        {
+                            "action": "replace",
+                            "targetLabel": "namespace",
+                            "sourceLabels": ["__meta_kubernetes_namespace"],
+                        },
+                        {
+                            "action": "replace",
+                            "targetLabel": "pod",
+                            "sourceLabels": ["__meta_kubernetes_pod_name"],
+                        },
+                    ],
+                }
+            ],
         },
     }
 
@@ -503,8 +533,9 @@ def _span(lo: int, hi: int) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
-def pod_assignment(replicas: int, workers_per_process: int, key_groups: int,
-                   limit: int = 64) -> list[dict[str, Any]]:
+def pod_assignment(
+    replicas: int, workers_per_process: int, key_groups: int, limit: int = 64
+) -> list[dict[str, Any]]:
     """Key groups owned by each pod (the runtime's contiguous ranges), first ``limit`` pods.
 
     >>> pod_assignment(2, 2, 8)
@@ -518,9 +549,11 @@ def pod_assignment(replicas: int, workers_per_process: int, key_groups: int,
     for pod in range(min(replicas, limit)):
         w0, w1 = pod * workers_per_process, (pod + 1) * workers_per_process - 1
         groups = [g for g, w in enumerate(owners) if w0 <= w <= w1]
-        out.append({
-            "pod": pod,
-            "workers": _span(w0, w1),
-            "keyGroups": _span(groups[0], groups[-1]) if groups else "",
-        })
+        out.append(
+            {
+                "pod": pod,
+                "workers": _span(w0, w1),
+                "keyGroups": _span(groups[0], groups[-1]) if groups else "",
+            }
+        )
     return out

@@ -46,45 +46,76 @@ _DF = ("namespace", "dataflow")
 # name -> (type, labels, help).
 OPERATOR_CATALOGUE: dict[str, tuple[str, tuple[str, ...], str]] = {
     "headrace_operator_info": ("gauge", ("version",), "Constant 1; the operator's version."),
-    "headrace_operator_dataflows": (
-        "gauge", ("namespace", "phase"), "Dataflows by namespace and phase."),
-    "headrace_operator_reconcile_total": (
-        "counter", ("result",), "Reconciles, by result (ok, error)."),
+    "headrace_operator_dataflows": ("gauge", ("namespace", "phase"), "Dataflows by namespace and phase."),
+    "headrace_operator_reconcile_total": ("counter", ("result",), "Reconciles, by result (ok, error)."),
     "headrace_operator_reconcile_duration_seconds": (
-        "histogram", (), "Time of one reconcile (observe, decide, apply)."),
+        "histogram",
+        (),
+        "Time of one reconcile (observe, decide, apply).",
+    ),
     "headrace_operator_transition_seconds": (
-        "histogram", ("transition",),
+        "histogram",
+        ("transition",),
         "Time from the start of a coordinated stop to all pods Ready again (rescale, upgrade, "
-        "restart, reset, resume, deploy, unhealthy-restart), or to all pods gone (suspend)."),
+        "restart, reset, resume, deploy, unhealthy-restart), or to all pods gone (suspend).",
+    ),
     "headrace_operator_events_total": (
-        "counter", ("type", "reason"), "Kubernetes Events posted (after de-duplication)."),
+        "counter",
+        ("type", "reason"),
+        "Kubernetes Events posted (after de-duplication).",
+    ),
     "headrace_operator_dataflow_phase": (
-        "gauge", (*_DF, "phase"), "1 for a Dataflow's current phase, 0 for the others."),
-    "headrace_operator_dataflow_ready": (
-        "gauge", _DF, "1 while the Dataflow's Ready condition is True."),
+        "gauge",
+        (*_DF, "phase"),
+        "1 for a Dataflow's current phase, 0 for the others.",
+    ),
+    "headrace_operator_dataflow_ready": ("gauge", _DF, "1 while the Dataflow's Ready condition is True."),
     "headrace_operator_dataflow_replicas": ("gauge", _DF, "Desired pods (spec.replicas)."),
     "headrace_operator_dataflow_ready_replicas": ("gauge", _DF, "Ready pods."),
-    "headrace_operator_dataflow_restarts": (
-        "gauge", _DF, "Container restarts in the current execution."),
+    "headrace_operator_dataflow_restarts": ("gauge", _DF, "Container restarts in the current execution."),
     "headrace_operator_snapshot_epoch": ("gauge", _DF, "Last committed epoch in Redis."),
     "headrace_operator_snapshot_timestamp_seconds": (
-        "gauge", _DF, "Unix time of the last committed snapshot."),
+        "gauge",
+        _DF,
+        "Unix time of the last committed snapshot.",
+    ),
     "headrace_operator_snapshot_bytes": ("gauge", _DF, "Bytes written for the last epoch."),
     "headrace_operator_autoscaler_utilization": (
-        "gauge", _DF, "Mean busy fraction of the workers over the metrics window."),
+        "gauge",
+        _DF,
+        "Mean busy fraction of the workers over the metrics window.",
+    ),
     "headrace_operator_autoscaler_input_rate": (
-        "gauge", _DF, "Items per second read by the sources over the metrics window."),
+        "gauge",
+        _DF,
+        "Items per second read by the sources over the metrics window.",
+    ),
     "headrace_operator_autoscaler_true_processing_rate": (
-        "gauge", _DF, "Items per second the current workers could process at 100% busy."),
+        "gauge",
+        _DF,
+        "Items per second the current workers could process at 100% busy.",
+    ),
     "headrace_operator_autoscaler_lag": ("gauge", _DF, "Source backlog, items."),
     "headrace_operator_autoscaler_recommended_replicas": (
-        "gauge", _DF, "Replicas the autoscaler recommends."),
+        "gauge",
+        _DF,
+        "Replicas the autoscaler recommends.",
+    ),
     "headrace_operator_autoscaler_decisions_total": (
-        "counter", (*_DF, "action", "applied"), "Autoscaler decisions recommending a change."),
+        "counter",
+        (*_DF, "action", "applied"),
+        "Autoscaler decisions recommending a change.",
+    ),
     "headrace_operator_watch_stale": (
-        "gauge", (), "1 when the Dataflow watch or the reconcile loop has gone stale."),
+        "gauge",
+        (),
+        "1 when the Dataflow watch or the reconcile loop has gone stale.",
+    ),
     "headrace_operator_last_reconcile_timestamp_seconds": (
-        "gauge", (), "Unix time of the last finished reconcile."),
+        "gauge",
+        (),
+        "Unix time of the last finished reconcile.",
+    ),
 }
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -213,10 +244,13 @@ class WatchMonitor:
             reason = ""
             if stale:
                 rv, age = stale[0]
-                reason = (f"the watch has not delivered resourceVersion {rv} of {len(stale)} "
-                          f"Dataflow(s) for {age:.0f}s")
-            elif listed and self._last_reconcile is not None and \
-                    now - self._last_reconcile > self.stale_after:
+                reason = (
+                    f"the watch has not delivered resourceVersion {rv} of {len(stale)} "
+                    f"Dataflow(s) for {age:.0f}s"
+                )
+            elif (
+                listed and self._last_reconcile is not None and now - self._last_reconcile > self.stale_after
+            ):
                 reason = f"no reconcile finished for {now - self._last_reconcile:.0f}s"
             self.healthy, self.reason = not reason, reason
             metric("headrace_operator_watch_stale").set(0 if self.healthy else 1)
@@ -233,14 +267,16 @@ class EndpointServer:
     >>> srv.close()
     """
 
-    def __init__(self, host: str, port: int, monitor: WatchMonitor,
-                 ready: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self, host: str, port: int, monitor: WatchMonitor, ready: Callable[[], bool] = lambda: True
+    ) -> None:
         handler = _handler(monitor, ready)
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       name="headrace-operator-http", daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, name="headrace-operator-http", daemon=True
+        )
         self.thread.start()
 
     def close(self) -> None:
@@ -262,8 +298,7 @@ def _handler(monitor: WatchMonitor, ready: Callable[[], bool]) -> type[BaseHTTPR
                     self._send(500, f"stale: {monitor.reason}\n".encode(), "text/plain")
             elif path == "/readyz":
                 ok = ready()
-                self._send(200 if ok else 503, b"ready\n" if ok else b"starting\n",
-                           "text/plain")
+                self._send(200 if ok else 503, b"ready\n" if ok else b"starting\n", "text/plain")
             else:
                 self._send(404, b"not found: try /metrics, /healthz, /readyz\n", "text/plain")
 

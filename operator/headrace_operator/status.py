@@ -492,7 +492,7 @@ def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     for i in range(len(lines) - 1, -1, -1):
         if lines[i].startswith("error:"):
-            causes = [ln for ln in lines[i + 1:] if ln.startswith("caused by:")]
+            causes = [ln for ln in lines[i + 1 :] if ln.startswith("caused by:")]
             return "; ".join([lines[i], *causes])
     for ln in reversed(lines):
         if "Error" in ln:

@@ -66,7 +66,7 @@ def _target_name(fullname: str) -> str | None:
     if fullname == _ALIAS:
         return _TARGET
     if fullname.startswith(_ALIAS + "."):
-        return _TARGET + fullname[len(_ALIAS):]
+        return _TARGET + fullname[len(_ALIAS) :]
     return None
 
 
@@ -152,7 +152,8 @@ def install(*, quiet: bool = False) -> None:
         print(
             f"headrace: a real bytewax is installed ({real}); with --bytewax "
             f"({ENV}=1) its imports run Headrace's modules instead",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
 
 

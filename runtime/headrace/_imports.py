@@ -98,10 +98,7 @@ def locate_dataflow(import_str: str) -> Dataflow:
     elif isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name):
         name, call = expr.func.id, expr
     else:
-        msg = (
-            f"{attr_str!r} in {import_str!r} must be an attribute name or a call "
-            "like `factory(1, 'x')`"
-        )
+        msg = f"{attr_str!r} in {import_str!r} must be an attribute name or a call like `factory(1, 'x')`"
         raise ImportStringError(msg)
     if not hasattr(module, name):
         found = sorted(k for k, v in vars(module).items() if isinstance(v, Dataflow))

@@ -213,9 +213,7 @@ class DynamicSource(Source[X]):
     """
 
     @abstractmethod
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> StatelessSourcePartition[X]:
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSourcePartition[X]:
         """Build this worker's partition.
 
         >>> class P(StatelessSourcePartition):
@@ -343,9 +341,7 @@ class SimplePollingSource(FixedPartitionedSource[X, Sn]):
         """
         return ["singleton"]
 
-    def build_part(
-        self, _step_id: str, for_part: str, resume_state: Sn | None
-    ) -> _SimplePollingPartition[X]:
+    def build_part(self, _step_id: str, for_part: str, resume_state: Sn | None) -> _SimplePollingPartition[X]:
         """Build the polling partition (calls `resume` with a resume state).
 
         >>> from datetime import timedelta
@@ -410,9 +406,7 @@ def batch(ib: Iterable[X], batch_size: int) -> Iterator[list[X]]:
         yield chunk
 
 
-def batch_getter(
-    getter: Callable[[], X], batch_size: int, yield_on: X | None = None
-) -> Iterator[list[X]]:
+def batch_getter(getter: Callable[[], X], batch_size: int, yield_on: X | None = None) -> Iterator[list[X]]:
     """Call ``getter`` repeatedly, yielding a batch when full or ``yield_on`` is got.
 
     ``getter`` raises `StopIteration` at the end of the input: the batch

@@ -127,9 +127,7 @@ class FixedPartitionedSink(Sink[tuple[str, X]], Generic[X, S]):
         return zlib.adler32(item_key.encode("utf-8"))
 
     @abstractmethod
-    def build_part(
-        self, step_id: str, for_part: str, resume_state: S | None
-    ) -> StatefulSinkPartition[X, S]:
+    def build_part(self, step_id: str, for_part: str, resume_state: S | None) -> StatefulSinkPartition[X, S]:
         """Build partition ``for_part``, resuming from ``resume_state``.
 
         >>> from headrace.connectors.files import FileSink
@@ -181,9 +179,7 @@ class DynamicSink(Sink[X]):
     """
 
     @abstractmethod
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> StatelessSinkPartition[X]:
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[X]:
         """Build this worker's partition.
 
         >>> class P(StatelessSinkPartition):

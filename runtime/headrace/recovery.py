@@ -187,7 +187,8 @@ def _describe(meta: Meta | None) -> dict[str, object]:
     return {
         "committed_epoch": meta.committed_epoch,
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(meta.committed_at))
-        if meta.committed_at else None,
+        if meta.committed_at
+        else None,
         "worker_count": meta.worker_count,
         "key_groups": meta.key_groups,
         "execution_id": meta.execution_id,
@@ -206,8 +207,7 @@ def _init_parser() -> argparse.ArgumentParser:
         epilog="Other commands: python -m headrace.recovery {show,delete,init} --help",
     )
     p.add_argument("db_dir", help="local directory to create (with its parents)")
-    p.add_argument("part_count", type=int,
-                   help="number of partitions (part-N.sqlite3 files) to create")
+    p.add_argument("part_count", type=int, help="number of partitions (part-N.sqlite3 files) to create")
     return p
 
 
@@ -256,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         # No epoch check: show and delete must work on the directory an error named.
         store = open_store(args.location, args.flow_id, retry_for=5.0, check=False)
         if args.cmd == "show":
-            info = {"location": store.description, **_describe(store.load_meta()),
-                    "steps": store.summary()}
+            info = {"location": store.description, **_describe(store.load_meta()), "steps": store.summary()}
             parts = getattr(store, "parts", None)
             if parts is not None and len(parts()) > 1:
                 info["parts"] = parts()
@@ -283,8 +282,7 @@ def _init(location: str, count: int) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"error: can't create recovery directory {location!r}: {exc.strerror or exc}",
-              file=sys.stderr)
+        print(f"error: can't create recovery directory {location!r}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

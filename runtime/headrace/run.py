@@ -139,83 +139,161 @@ def _parser() -> argparse.ArgumentParser:
         description="Run a Headrace dataflow.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("import_str", help="dataflow to run: 'mod', 'mod:attr', 'mod:factory(1)', "
-                   "or 'path/to/file.py:attr'")
-    p.add_argument("--bytewax", action="store_true",
-                   default=_env("BYTEWAX_COMPAT", "").lower() in ("1", "true", "yes", "on"),
-                   help="run a Bytewax program unchanged: its `bytewax.*` imports are "
-                   "Headrace's modules (HEADRACE_BYTEWAX_COMPAT=1 does the same)")
+    p.add_argument(
+        "import_str", help="dataflow to run: 'mod', 'mod:attr', 'mod:factory(1)', or 'path/to/file.py:attr'"
+    )
+    p.add_argument(
+        "--bytewax",
+        action="store_true",
+        default=_env("BYTEWAX_COMPAT", "").lower() in ("1", "true", "yes", "on"),
+        help="run a Bytewax program unchanged: its `bytewax.*` imports are "
+        "Headrace's modules (HEADRACE_BYTEWAX_COMPAT=1 does the same)",
+    )
     g = p.add_argument_group("scaling")
-    g.add_argument("-w", "--workers-per-process", type=_count,
-                   default=_env("WORKERS_PER_PROCESS", "1"),
-                   help="worker threads per process")
-    g.add_argument("-p", "--processes", type=_count, default=_env("PROCESSES", "1"),
-                   help="start this many local processes on 127.0.0.1")
-    g.add_argument("-i", "--process-id", type=int,
-                   default=None if _env("PROCESS_ID") is None else int(_env("PROCESS_ID")),
-                   help="this process's index in the address list")
-    g.add_argument("-a", "--addresses", default=_env("ADDRESSES"),
-                   help="every process's host:port, separated by ';'")
-    g.add_argument("--addresses-file", default=_env("ADDRESSES_FILE"),
-                   help="file with one host:port per line")
-    g.add_argument("--process-id-from-hostname", action="store_true",
-                   default=_env("PROCESS_ID_FROM_HOSTNAME", "") in ("1", "true", "yes"),
-                   help="take the process id from the hostname's trailing '-N' (pod ordinal)")
-    g.add_argument("--peer-pattern", default=_env("PEER_PATTERN"),
-                   help="address pattern with '{i}' for the process index, e.g. "
-                   "'df-{i}.df.ns.svc.cluster.local:2101'")
-    g.add_argument("--replicas", type=int,
-                   default=None if _env("REPLICAS") is None else int(_env("REPLICAS")),
-                   help="number of processes, with --peer-pattern")
-    g.add_argument("--bind-host", default=_env("BIND_HOST"),
-                   help="host to listen on (default: this process's address host)")
-    g.add_argument("--startup-timeout", type=float, default=float(_env("STARTUP_TIMEOUT", 60)),
-                   help="seconds to wait for all peers at startup")
-    g.add_argument("--key-groups", "--partitions", dest="key_groups", type=_count,
-                   default=_env("KEY_GROUPS", "256"),
-                   help="number of key groups (state placement unit; fixed per dataflow)")
-    g.add_argument("--exchange-flush-ms", type=_millis,
-                   default=_env("EXCHANGE_FLUSH_MS", "20"),
-                   help="longest a busy worker holds items bound for another worker before "
-                   "sending them, in ms (0 sends after every batch)")
+    g.add_argument(
+        "-w",
+        "--workers-per-process",
+        type=_count,
+        default=_env("WORKERS_PER_PROCESS", "1"),
+        help="worker threads per process",
+    )
+    g.add_argument(
+        "-p",
+        "--processes",
+        type=_count,
+        default=_env("PROCESSES", "1"),
+        help="start this many local processes on 127.0.0.1",
+    )
+    g.add_argument(
+        "-i",
+        "--process-id",
+        type=int,
+        default=None if _env("PROCESS_ID") is None else int(_env("PROCESS_ID")),
+        help="this process's index in the address list",
+    )
+    g.add_argument(
+        "-a", "--addresses", default=_env("ADDRESSES"), help="every process's host:port, separated by ';'"
+    )
+    g.add_argument(
+        "--addresses-file", default=_env("ADDRESSES_FILE"), help="file with one host:port per line"
+    )
+    g.add_argument(
+        "--process-id-from-hostname",
+        action="store_true",
+        default=_env("PROCESS_ID_FROM_HOSTNAME", "") in ("1", "true", "yes"),
+        help="take the process id from the hostname's trailing '-N' (pod ordinal)",
+    )
+    g.add_argument(
+        "--peer-pattern",
+        default=_env("PEER_PATTERN"),
+        help="address pattern with '{i}' for the process index, e.g. 'df-{i}.df.ns.svc.cluster.local:2101'",
+    )
+    g.add_argument(
+        "--replicas",
+        type=int,
+        default=None if _env("REPLICAS") is None else int(_env("REPLICAS")),
+        help="number of processes, with --peer-pattern",
+    )
+    g.add_argument(
+        "--bind-host",
+        default=_env("BIND_HOST"),
+        help="host to listen on (default: this process's address host)",
+    )
+    g.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=float(_env("STARTUP_TIMEOUT", 60)),
+        help="seconds to wait for all peers at startup",
+    )
+    g.add_argument(
+        "--key-groups",
+        "--partitions",
+        dest="key_groups",
+        type=_count,
+        default=_env("KEY_GROUPS", "256"),
+        help="number of key groups (state placement unit; fixed per dataflow)",
+    )
+    g.add_argument(
+        "--exchange-flush-ms",
+        type=_millis,
+        default=_env("EXCHANGE_FLUSH_MS", "20"),
+        help="longest a busy worker holds items bound for another worker before "
+        "sending them, in ms (0 sends after every batch)",
+    )
     r = p.add_argument_group("epochs and recovery")
-    r.add_argument("-r", "--recovery", "--recovery-directory", dest="recovery", type=_location,
-                   default=_env("RECOVERY") or _env("RECOVERY_DIRECTORY"),
-                   help="recovery store: redis://[[user]:password@]host:port/db, rediss://..., "
-                   "unix://..., or a local directory (./name if its first name has a ':'). A "
-                   "URL with a password is better set as HEADRACE_RECOVERY than on the "
-                   "command line, where `ps` shows it")
-    r.add_argument("--recovery-prefix", default=_env("RECOVERY_PREFIX"),
-                   help="key prefix in the store (default: the dataflow id)")
-    r.add_argument("--recovery-retry", type=float, default=float(_env("RECOVERY_RETRY", 30)),
-                   help="seconds to keep retrying an unreachable store before stopping")
-    r.add_argument("--allow-dropped-state", action="store_true",
-                   default=_flag(_env("ALLOW_DROPPED_STATE")),
-                   help="resume even if the store holds state of steps the dataflow no longer "
-                   "has (a renamed stateful step), or of another dataflow: that state is "
-                   "dropped (as Flink's allowNonRestoredState)")
-    r.add_argument("--allow-evicting-redis", action="store_true",
-                   default=_flag(_env("ALLOW_EVICTING_REDIS")),
-                   help="accept a Redis whose maxmemory-policy may evict recovery state (evicted "
-                   "state then stops the run with an error)")
-    r.add_argument("-s", "--snapshot-interval", type=_seconds,
-                   default=_env("SNAPSHOT_INTERVAL"),
-                   help="seconds between snapshots (the epoch length with recovery)")
-    r.add_argument("-b", "--backup-interval", type=_seconds,
-                   default=_env("BACKUP_INTERVAL"),
-                   help="seconds of snapshot history kept before compaction")
-    r.add_argument("--epoch-interval", type=_seconds, default=_env("EPOCH_INTERVAL"),
-                   help="seconds per epoch (default 10, or the snapshot interval)")
+    r.add_argument(
+        "-r",
+        "--recovery",
+        "--recovery-directory",
+        dest="recovery",
+        type=_location,
+        default=_env("RECOVERY") or _env("RECOVERY_DIRECTORY"),
+        help="recovery store: redis://[[user]:password@]host:port/db, rediss://..., "
+        "unix://..., or a local directory (./name if its first name has a ':'). A "
+        "URL with a password is better set as HEADRACE_RECOVERY than on the "
+        "command line, where `ps` shows it",
+    )
+    r.add_argument(
+        "--recovery-prefix",
+        default=_env("RECOVERY_PREFIX"),
+        help="key prefix in the store (default: the dataflow id)",
+    )
+    r.add_argument(
+        "--recovery-retry",
+        type=float,
+        default=float(_env("RECOVERY_RETRY", 30)),
+        help="seconds to keep retrying an unreachable store before stopping",
+    )
+    r.add_argument(
+        "--allow-dropped-state",
+        action="store_true",
+        default=_flag(_env("ALLOW_DROPPED_STATE")),
+        help="resume even if the store holds state of steps the dataflow no longer "
+        "has (a renamed stateful step), or of another dataflow: that state is "
+        "dropped (as Flink's allowNonRestoredState)",
+    )
+    r.add_argument(
+        "--allow-evicting-redis",
+        action="store_true",
+        default=_flag(_env("ALLOW_EVICTING_REDIS")),
+        help="accept a Redis whose maxmemory-policy may evict recovery state (evicted "
+        "state then stops the run with an error)",
+    )
+    r.add_argument(
+        "-s",
+        "--snapshot-interval",
+        type=_seconds,
+        default=_env("SNAPSHOT_INTERVAL"),
+        help="seconds between snapshots (the epoch length with recovery)",
+    )
+    r.add_argument(
+        "-b",
+        "--backup-interval",
+        type=_seconds,
+        default=_env("BACKUP_INTERVAL"),
+        help="seconds of snapshot history kept before compaction",
+    )
+    r.add_argument(
+        "--epoch-interval",
+        type=_seconds,
+        default=_env("EPOCH_INTERVAL"),
+        help="seconds per epoch (default 10, or the snapshot interval)",
+    )
     o = p.add_argument_group("observability")
-    o.add_argument("--metrics-port", type=int,
-                   default=None if _env("METRICS_PORT") is None else int(_env("METRICS_PORT")),
-                   help="port for /metrics, /dataflow, /healthz, /readyz (0 disables). Not "
-                   f"given: {DEFAULT_METRICS_PORT} on 127.0.0.1, or a free port if that one is "
-                   "taken (said on stderr). Given (or HEADRACE_METRICS_PORT): on 0.0.0.0, and "
-                   "a port in use is an error")
-    o.add_argument("--metrics-host", default=_env("METRICS_HOST"),
-                   help="host the metrics server binds (default: 127.0.0.1 without "
-                   "--metrics-port, 0.0.0.0 with it)")
+    o.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None if _env("METRICS_PORT") is None else int(_env("METRICS_PORT")),
+        help="port for /metrics, /dataflow, /healthz, /readyz (0 disables). Not "
+        f"given: {DEFAULT_METRICS_PORT} on 127.0.0.1, or a free port if that one is "
+        "taken (said on stderr). Given (or HEADRACE_METRICS_PORT): on 0.0.0.0, and "
+        "a port in use is an error",
+    )
+    o.add_argument(
+        "--metrics-host",
+        default=_env("METRICS_HOST"),
+        help="host the metrics server binds (default: 127.0.0.1 without --metrics-port, 0.0.0.0 with it)",
+    )
     # Set by a `-p` parent for its children when the user chose no port.
     o.add_argument("--metrics-port-fallback", action="store_true", help=argparse.SUPPRESS)
     o.add_argument("--log-level", default=_env("LOG_LEVEL", "WARNING"))
@@ -342,11 +420,24 @@ def _spawn_local(argv: list[str], processes: int) -> int:
     if parsed.recovery:
         env["HEADRACE_RECOVERY"] = parsed.recovery
     procs = [
-        subprocess.Popen([
-            sys.executable, "-m", "headrace.run", *base, "-i", str(i), "-a", addrs,
-            # Each local process serves on its own port: base, base + 1, ...
-            "--metrics-port", str(metrics_base + i if metrics_base else 0), *fallback,
-        ], env=env, preexec_fn=functools.partial(_detach_child, os.getpid()))
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "headrace.run",
+                *base,
+                "-i",
+                str(i),
+                "-a",
+                addrs,
+                # Each local process serves on its own port: base, base + 1, ...
+                "--metrics-port",
+                str(metrics_base + i if metrics_base else 0),
+                *fallback,
+            ],
+            env=env,
+            preexec_fn=functools.partial(_detach_child, os.getpid()),
+        )
         for i in range(processes)
     ]
     received: list[int] = []
@@ -373,8 +464,11 @@ def _spawn_local(argv: list[str], processes: int) -> int:
                 code = rc if rc > 0 else 128 - rc
                 how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
                 if rc != STDOUT_CLOSED:  # that process said why in one line
-                    print(f"headrace: process {i} (pid {procs[i].pid}) failed ({how}); "
-                          "stopping the others", file=sys.stderr, flush=True)
+                    print(
+                        f"headrace: process {i} (pid {procs[i].pid}) failed ({how}); stopping the others",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 # Peers notice the loss within seconds; ask, then make sure none lingers.
                 for pr in procs:
                     if pr.poll() is None:
@@ -495,9 +589,7 @@ def _install_signal_handlers(received: list[int] | None = None) -> dict[int, Any
     """
     from headrace._engine._run import request_stop
 
-    previous: dict[int, Any] = {
-        sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)
-    }
+    previous: dict[int, Any] = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     state = {"interrupts": 0}
 
@@ -546,8 +638,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.processes > 1:
         if args.addresses or args.process_id is not None:
-            print("error: -p/--processes starts its own local cluster; don't combine it with "
-                  "-a/-i", file=sys.stderr)
+            print(
+                "error: -p/--processes starts its own local cluster; don't combine it with -a/-i",
+                file=sys.stderr,
+            )
             return 2
         return _spawn_local(argv, args.processes)
     try:
@@ -562,8 +656,11 @@ def main(argv: list[str] | None = None) -> int:
         from headrace.recovery import RecoveryConfig
 
         recovery = RecoveryConfig(
-            args.recovery, args.backup_interval, prefix=args.recovery_prefix,
-            retry_for=args.recovery_retry, allow_dropped_state=args.allow_dropped_state,
+            args.recovery,
+            args.backup_interval,
+            prefix=args.recovery_prefix,
+            retry_for=args.recovery_retry,
+            allow_dropped_state=args.allow_dropped_state,
             allow_evicting_redis=args.allow_evicting_redis,
         )
     addresses = _resolve_addresses(args)
@@ -595,12 +692,15 @@ def _run(
     from headrace._engine._run import execute, execute_cluster
 
     metrics_port, metrics_host, fallback = _metrics_endpoint(
-        args.metrics_port, args.metrics_host, args.metrics_port_fallback, addresses)
+        args.metrics_port, args.metrics_host, args.metrics_port_fallback, addresses
+    )
     try:
         if addresses and len(addresses) > 1:
             if proc_id is None:
-                print("error: a cluster run needs -i/--process-id (or "
-                      "--process-id-from-hostname)", file=sys.stderr)
+                print(
+                    "error: a cluster run needs -i/--process-id (or --process-id-from-hostname)",
+                    file=sys.stderr,
+                )
                 return 2
             execute_cluster(
                 flow,
@@ -637,8 +737,11 @@ def _run(
             # `... | head`: whoever read the output has gone, as for any Unix
             # tool. One line instead of a traceback per process.
             _silence_stdout()
-            print("headrace: standard output was closed (broken pipe); stopped "
-                  f"({str(exc) or type(exc).__name__})", file=sys.stderr)
+            print(
+                "headrace: standard output was closed (broken pipe); stopped "
+                f"({str(exc) or type(exc).__name__})",
+                file=sys.stderr,
+            )
             return STDOUT_CLOSED
         traceback.print_exc()
         print("\n" + _error_summary(exc), file=sys.stderr)
@@ -698,6 +801,7 @@ def _error_summary(exc: BaseException) -> str:
     >>> print(_error_summary(KeyError()))
     error: KeyError
     """
+
     def cause_of(e: BaseException) -> BaseException | None:
         return e.__cause__ or (None if e.__suppress_context__ else e.__context__)
 

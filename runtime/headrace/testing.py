@@ -166,9 +166,7 @@ class TestingSource(FixedPartitionedSource[X, int]):
         """
         return ["iterable"]
 
-    def build_part(
-        self, step_id: str, for_part: str, resume_state: int | None
-    ) -> _IterSourcePartition[X]:
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _IterSourcePartition[X]:
         """Build the partition, skipping ``resume_state`` items.
 
         >>> TestingSource("abc").build_part("s", "iterable", 2).next_batch()
@@ -348,30 +346,56 @@ def _parser() -> argparse.ArgumentParser:
         "`python -m headrace.run`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("import_str", help="dataflow to run: 'mod', 'mod:attr', 'mod:factory(1)', "
-                   "or 'path/to/file.py:attr'")
-    p.add_argument("-s", "--snapshot-interval", type=seconds, default=_env("SNAPSHOT_INTERVAL"),
-                   help="seconds between snapshots for recovery (the epoch length)")
+    p.add_argument(
+        "import_str", help="dataflow to run: 'mod', 'mod:attr', 'mod:factory(1)', or 'path/to/file.py:attr'"
+    )
+    p.add_argument(
+        "-s",
+        "--snapshot-interval",
+        type=seconds,
+        default=_env("SNAPSHOT_INTERVAL"),
+        help="seconds between snapshots for recovery (the epoch length)",
+    )
     r = p.add_argument_group("recovery")
-    r.add_argument("-r", "--recovery-directory", type=_location,
-                   default=_env("RECOVERY_DIRECTORY"),
-                   help="recovery store: a local directory or a redis:// URL")
-    r.add_argument("-b", "--backup-interval", type=seconds, default=_env("BACKUP_INTERVAL"),
-                   help="seconds of snapshot history kept before compaction")
-    r.add_argument("--allow-dropped-state", action="store_true",
-                   default=_flag(_env("ALLOW_DROPPED_STATE")),
-                   help="drop stored state of steps the dataflow no longer has, instead of "
-                   "refusing to resume")
-    r.add_argument("--allow-evicting-redis", action="store_true",
-                   default=_flag(_env("ALLOW_EVICTING_REDIS")),
-                   help="accept a Redis whose maxmemory-policy may evict recovery state")
+    r.add_argument(
+        "-r",
+        "--recovery-directory",
+        type=_location,
+        default=_env("RECOVERY_DIRECTORY"),
+        help="recovery store: a local directory or a redis:// URL",
+    )
+    r.add_argument(
+        "-b",
+        "--backup-interval",
+        type=seconds,
+        default=_env("BACKUP_INTERVAL"),
+        help="seconds of snapshot history kept before compaction",
+    )
+    r.add_argument(
+        "--allow-dropped-state",
+        action="store_true",
+        default=_flag(_env("ALLOW_DROPPED_STATE")),
+        help="drop stored state of steps the dataflow no longer has, instead of refusing to resume",
+    )
+    r.add_argument(
+        "--allow-evicting-redis",
+        action="store_true",
+        default=_flag(_env("ALLOW_EVICTING_REDIS")),
+        help="accept a Redis whose maxmemory-policy may evict recovery state",
+    )
     g = p.add_argument_group(
         "scaling", "'-p' starts that many local processes, '-w' runs that many workers in each."
     )
-    g.add_argument("-w", "--workers-per-process", type=_count,
-                   default=_env("WORKERS_PER_PROCESS", "1"), help="worker threads per process")
-    g.add_argument("-p", "--processes", type=_count, default=_env("PROCESSES", "1"),
-                   help="number of local processes")
+    g.add_argument(
+        "-w",
+        "--workers-per-process",
+        type=_count,
+        default=_env("WORKERS_PER_PROCESS", "1"),
+        help="worker threads per process",
+    )
+    g.add_argument(
+        "-p", "--processes", type=_count, default=_env("PROCESSES", "1"), help="number of local processes"
+    )
     return p
 
 
@@ -398,9 +422,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     run_argv = [
         args.import_str,
-        "-w", str(args.workers_per_process),
-        "-p", str(args.processes),
-        "--metrics-port", str(_env("METRICS_PORT", "0")),
+        "-w",
+        str(args.workers_per_process),
+        "-p",
+        str(args.processes),
+        "--metrics-port",
+        str(_env("METRICS_PORT", "0")),
     ]
     if args.recovery_directory:
         run_argv += ["-r", args.recovery_directory]

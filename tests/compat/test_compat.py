@@ -16,8 +16,7 @@ from tests.compat.conftest import Runner
 # program file (or "file --bytewax") -> why Headrace differs today. Item numbers
 # refer to issue 18 ("Bytewax programs run unchanged"); "not in items 1-11"
 # marks differences the harness found that the issue does not list yet.
-KNOWN_DIFFERENCES: dict[str, str] = {
-}
+KNOWN_DIFFERENCES: dict[str, str] = {}
 
 
 def _cases() -> list[object]:

@@ -179,15 +179,26 @@ class Kube:
         parts = [
             self.kubectl("get", "pods,statefulsets,services", "-n", namespace, "-o", "wide", check=False),
             # Why a pod is where it is: deleting since when, exit codes, signals.
-            self.kubectl("get", "pods", "-n", namespace, "-o", "custom-columns=" + ",".join([
-                "POD:.metadata.name",
-                "PHASE:.status.phase",
-                "DELETING-SINCE:.metadata.deletionTimestamp",
-                "EXIT:.status.containerStatuses[*].state.terminated.exitCode",
-                "FINISHED:.status.containerStatuses[*].state.terminated.finishedAt",
-                "LAST-EXIT:.status.containerStatuses[*].lastState.terminated.exitCode",
-                "LAST-FINISHED:.status.containerStatuses[*].lastState.terminated.finishedAt",
-            ]), check=False),
+            self.kubectl(
+                "get",
+                "pods",
+                "-n",
+                namespace,
+                "-o",
+                "custom-columns="
+                + ",".join(
+                    [
+                        "POD:.metadata.name",
+                        "PHASE:.status.phase",
+                        "DELETING-SINCE:.metadata.deletionTimestamp",
+                        "EXIT:.status.containerStatuses[*].state.terminated.exitCode",
+                        "FINISHED:.status.containerStatuses[*].state.terminated.finishedAt",
+                        "LAST-EXIT:.status.containerStatuses[*].lastState.terminated.exitCode",
+                        "LAST-FINISHED:.status.containerStatuses[*].lastState.terminated.finishedAt",
+                    ]
+                ),
+                check=False,
+            ),
             self.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False)[-4000:],
         ]
         for pod in self.kubectl("get", "pods", "-n", namespace, "-o", "name", check=False).split():

@@ -67,12 +67,24 @@ def test_statefulset_of_the_image(kube: Kube, headrace_image: str, namespace: st
         # kube-proxy has written its rules (both lag pod readiness by a moment:
         # until then the Service's rule rejects connections).
         def endpoints_ready() -> bool:
-            slices = json.loads(kube.kubectl(
-                "get", "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name=smoke-metrics",
-                "-o", "json",
-            ))["items"]
-            ready = [e for sl in slices for e in sl.get("endpoints") or []
-                     if (e.get("conditions") or {}).get("ready")]
+            slices = json.loads(
+                kube.kubectl(
+                    "get",
+                    "endpointslices",
+                    "-n",
+                    ns,
+                    "-l",
+                    "kubernetes.io/service-name=smoke-metrics",
+                    "-o",
+                    "json",
+                )
+            )["items"]
+            ready = [
+                e
+                for sl in slices
+                for e in sl.get("endpoints") or []
+                if (e.get("conditions") or {}).get("ready")
+            ]
             return len(ready) == 2
 
         wait_for("the smoke-metrics EndpointSlice listing both pods", endpoints_ready, 60)

@@ -411,7 +411,8 @@ def test_2_apply_wordcount(stack: Stack) -> None:
     # secret, which the operator created once, owned by the Dataflow.
     env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
     assert env["HEADRACE_CLUSTER_SECRET"]["valueFrom"] == {
-        "secretKeyRef": {"name": "wc-mesh", "key": "secret"}}, env
+        "secretKeyRef": {"name": "wc-mesh", "key": "secret"}
+    }, env
     MESH_SECRETS["wc"] = _mesh_secret(stack, "wc")
 
 
@@ -462,8 +463,12 @@ def test_3b_deleted_mesh_secret_is_made_again(stack: Stack) -> None:
     MESH_SECRETS["wc"] = new
     wait_for(
         "the new wc-1 running",
-        lambda: any(p["metadata"]["name"] == "wc-1" and p["metadata"]["uid"] != before["wc-1"]
-                    and p["status"].get("phase") == "Running" for p in stack.pods("wc")),
+        lambda: any(
+            p["metadata"]["name"] == "wc-1"
+            and p["metadata"]["uid"] != before["wc-1"]
+            and p["status"].get("phase") == "Running"
+            for p in stack.pods("wc")
+        ),
         180,
     )
     # Process 1 opens the store only once it has joined process 0: the two

@@ -102,8 +102,9 @@ def wordcount(flow_id: str = "cluster_wc") -> Dataflow:
     lines = op.input("lines", flow, src)
     words = op.flat_map("split", lines, str.split)
     counts = op.count_final("count", words, lambda w: w)
-    op.output("out", op.map("fmt", counts, lambda kv: f"{kv[0]} {kv[1]}"),
-              PerWorkerFiles(os.environ["HR_OUT"]))
+    op.output(
+        "out", op.map("fmt", counts, lambda kv: f"{kv[0]} {kv[1]}"), PerWorkerFiles(os.environ["HR_OUT"])
+    )
     return flow
 
 
@@ -113,4 +114,3 @@ def other() -> Dataflow:
     lines = op.input("lines", flow, LinesSource(1, 10, 10, 0))
     op.output("out", op.map("upper", lines, str.upper), PerWorkerFiles(os.environ["HR_OUT"]))
     return flow
-

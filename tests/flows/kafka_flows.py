@@ -32,12 +32,15 @@ def _slow(batch: list[Any]) -> list[Any]:
 def copy_upper() -> Dataflow:
     """HR_IN -> value.upper(), key, headers and worker tag kept -> HR_OUT (tail=False)."""
     flow = Dataflow("kafka_copy")
-    msgs = op.input("in", flow, KafkaSource(_brokers(), [os.environ["HR_IN"]], tail=False,
-                                            batch_size=100))
+    msgs = op.input("in", flow, KafkaSource(_brokers(), [os.environ["HR_IN"]], tail=False, batch_size=100))
     msgs = op.flat_map_batch("slow", msgs, _slow)
-    out = op.map("upper", msgs, lambda m: KafkaSinkMessage(
-        m.key, m.value.upper(),
-        headers=[*m.headers, ("src", f"{m.partition}:{m.offset}".encode())]))
+    out = op.map(
+        "upper",
+        msgs,
+        lambda m: KafkaSinkMessage(
+            m.key, m.value.upper(), headers=[*m.headers, ("src", f"{m.partition}:{m.offset}".encode())]
+        ),
+    )
     op.output("out", out, KafkaSink(_brokers(), os.environ["HR_OUT"]))
     return flow
 
@@ -54,14 +57,14 @@ def running_counts() -> Dataflow:
     The Kafka messages are keyed ``word:n``: a consumer can drop repeats.
     """
     flow = Dataflow("kafka_counts")
-    msgs = op.input("in", flow, KafkaSource(_brokers(), [os.environ["HR_IN"]], tail=False,
-                                            batch_size=20))
+    msgs = op.input("in", flow, KafkaSource(_brokers(), [os.environ["HR_IN"]], tail=False, batch_size=20))
     msgs = op.flat_map_batch("slow", msgs, _slow)
     words = op.flat_map("split", msgs, lambda m: m.value.decode().split())
     counts = op.stateful_map("count", op.key_on("key", words, lambda w: w), _count)
     lines = op.map("line", counts, lambda kv: (kv[0], f"{kv[0]} {kv[1]}"))
     op.output("files", lines, DirSink(Path(os.environ["HR_OUT_DIR"]), 3))
-    to_kafka = op.map("msg", lines, lambda kv: KafkaSinkMessage(
-        f"{kv[1].replace(' ', ':')}".encode(), kv[1].encode()))
+    to_kafka = op.map(
+        "msg", lines, lambda kv: KafkaSinkMessage(f"{kv[1].replace(' ', ':')}".encode(), kv[1].encode())
+    )
     op.output("kafka", to_kafka, KafkaSink(_brokers(), os.environ["HR_OUT"]))
     return flow

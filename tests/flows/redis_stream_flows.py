@@ -37,13 +37,15 @@ def running_counts() -> Dataflow:
     """
     url = os.environ["HR_REDIS"]
     flow = Dataflow("stream_counts")
-    src = RedisStreamSource(url, os.environ["HR_STREAMS"].split(","), tail=False,
-                            batch_size=20, decode=True)
+    src = RedisStreamSource(url, os.environ["HR_STREAMS"].split(","), tail=False, batch_size=20, decode=True)
     entries = op.flat_map_batch("slow", op.input("in", flow, src), _slow)
     words = op.flat_map("split", entries, lambda e: e.fields["text"].split())
     counts = op.stateful_map("count", op.key_on("key", words, lambda w: w), _count)
     lines = op.map("line", counts, lambda kv: (kv[0], f"{kv[0]} {kv[1]}"))
     op.output("files", lines, DirSink(Path(os.environ["HR_OUT_DIR"]), 3))
-    op.output("stream", op.map("entry", lines, lambda kv: {"line": kv[1]}),
-              RedisStreamSink(url, os.environ["HR_OUT"]))
+    op.output(
+        "stream",
+        op.map("entry", lines, lambda kv: {"line": kv[1]}),
+        RedisStreamSink(url, os.environ["HR_OUT"]),
+    )
     return flow

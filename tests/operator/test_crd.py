@@ -25,12 +25,14 @@ SCHEMA = crd.openapi_schema()
 def test_committed_crd_equals_the_generated_one() -> None:
     assert CHART_CRD.read_text() == crd.crd_yaml(), (
         "helm/headrace/crds/dataflows.headrace.dev.yaml is stale: run "
-        "`python -m headrace_operator.crd > helm/headrace/crds/dataflows.headrace.dev.yaml`")
+        "`python -m headrace_operator.crd > helm/headrace/crds/dataflows.headrace.dev.yaml`"
+    )
 
 
 def test_module_entry_point_prints_the_crd() -> None:
-    out = subprocess.run([sys.executable, "-m", "headrace_operator.crd"], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "headrace_operator.crd"], check=True, capture_output=True, text=True
+    ).stdout
     assert out == crd.crd_yaml()
 
 
@@ -39,17 +41,26 @@ def test_schema_is_structural() -> None:
 
 
 def test_structural_check_catches_problems() -> None:
-    bad = {"type": "object", "properties": {
-        "a": {"type": "array"},
-        "b": {"properties": {}},
-        "c": {"type": "object", "required": ["x"], "properties": {}},
-        "d": {"type": "array", "x-kubernetes-list-type": "map",
-              "x-kubernetes-list-map-keys": ["k"],
-              "items": {"type": "object", "properties": {"k": {"type": "string"}}}},
-    }}
+    bad = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "array"},
+            "b": {"properties": {}},
+            "c": {"type": "object", "required": ["x"], "properties": {}},
+            "d": {
+                "type": "array",
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["k"],
+                "items": {"type": "object", "properties": {"k": {"type": "string"}}},
+            },
+        },
+    }
     assert crd.check_structural(bad) == [
-        ".a: array without items", ".b: no type",
-        ".c: required field 'x' is not declared", ".d: list-map key 'k' must be required"]
+        ".a: array without items",
+        ".b: no type",
+        ".c: required field 'x' is not declared",
+        ".d: list-map key 'k' must be required",
+    ]
 
 
 def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -74,6 +85,7 @@ def test_every_dataclass_field_is_declared() -> None:
         for f in dataclasses.fields(cls):
             name = f.metadata["json"]
             assert name in node["properties"], f"{path}.{name} missing"
+
     fields(DataflowSpec, SCHEMA["properties"]["spec"], ".spec")
 
 
@@ -96,13 +108,22 @@ def test_resource_names_subresources_and_columns() -> None:
     assert c["metadata"]["name"] == "dataflows.headrace.dev"
     names = c["spec"]["names"]
     assert (names["kind"], names["plural"], names["shortNames"], names["categories"]) == (
-        "Dataflow", "dataflows", ["df"], ["streaming"])
+        "Dataflow",
+        "dataflows",
+        ["df"],
+        ["streaming"],
+    )
     assert c["spec"]["scope"] == "Namespaced"
     v = c["spec"]["versions"][0]
     assert v["name"] == "v1alpha1" and v["served"] and v["storage"]
-    assert v["subresources"] == {"status": {}, "scale": {
-        "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
-        "labelSelectorPath": ".status.selector"}}
+    assert v["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
     cols = [col["name"] for col in v["additionalPrinterColumns"]]
     assert cols[:6] == ["Replicas", "Ready", "Phase", "Condition", "Last-Snapshot", "Age"]
     for col in v["additionalPrinterColumns"]:
@@ -142,17 +163,24 @@ def apply_defaults(schema: dict[str, Any], obj: Any) -> Any:
     return out
 
 
-@pytest.mark.parametrize("spec", [
-    {"image": "a", "flow": {"import": "m:f"}},
-    {"image": "a", "flow": {"import": "m:f"}, "recovery": {"secretRef": {"name": "r"}},
-     "autoscaler": {"mode": "recommend"}, "observability": {"podMonitor": {}}},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"image": "a", "flow": {"import": "m:f"}},
+        {
+            "image": "a",
+            "flow": {"import": "m:f"},
+            "recovery": {"secretRef": {"name": "r"}},
+            "autoscaler": {"mode": "recommend"},
+            "observability": {"podMonitor": {}},
+        },
+    ],
+)
 def test_crd_defaults_equal_the_python_defaults(spec: dict[str, Any]) -> None:
     defaulted = apply_defaults(SCHEMA["properties"]["spec"], spec)
     assert parse_spec(defaulted) == parse_spec(spec)
     # ... and what the operator writes back validates against the schema.
-    openapi_schema_validator.validate(to_json(parse_spec(spec)),
-                                      _strip_x(SCHEMA["properties"]["spec"]))
+    openapi_schema_validator.validate(to_json(parse_spec(spec)), _strip_x(SCHEMA["properties"]["spec"]))
 
 
 def test_example_dataflows_validate_against_the_schema() -> None:
@@ -169,8 +197,11 @@ def test_example_dataflows_validate_against_the_schema() -> None:
 
 
 def test_undeclared_finds_what_the_api_server_would_prune() -> None:
-    obj = {"apiVersion": "x", "kind": "Dataflow", "metadata": {"name": "a"},
-           "spec": {"image": "a", "flow": {"import": "m", "extra": 1},
-                    "podTemplate": {"free": {"form": True}}},
-           "status": {"phase": "Running", "autoscaler": {"mode": "off", "bogus": 1}}}
+    obj = {
+        "apiVersion": "x",
+        "kind": "Dataflow",
+        "metadata": {"name": "a"},
+        "spec": {"image": "a", "flow": {"import": "m", "extra": 1}, "podTemplate": {"free": {"form": True}}},
+        "status": {"phase": "Running", "autoscaler": {"mode": "off", "bogus": 1}},
+    }
     assert crd.undeclared(SCHEMA, obj) == [".spec.flow.extra", ".status.autoscaler.bogus"]

@@ -20,8 +20,11 @@ def test_handlers_register_for_dataflows() -> None:
 
     registry = kopf.get_default_registry()
     resource = kopf.Resource("headrace.dev", "v1alpha1", "dataflows")
-    changing = {hd.id for hd in registry._changing.get_all_handlers()
-                if hd.selector is not None and hd.selector.check(resource)}
+    changing = {
+        hd.id
+        for hd in registry._changing.get_all_handlers()
+        if hd.selector is not None and hd.selector.check(resource)
+    }
     assert {"changed", "deleted"} <= {i.split("/")[0] for i in changing}
     spawning = {hd.id for hd in registry._spawning.get_all_handlers()}
     assert any(i.startswith("tick") for i in spawning)
@@ -40,8 +43,13 @@ def test_watch_scope() -> None:
 
 
 def test_console_script_help_runs_without_a_cluster() -> None:
-    out = subprocess.run([sys.executable, "-m", "headrace_operator.main", "--help"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "headrace_operator.main", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert "WATCH_NAMESPACES" in out
 
 
@@ -52,8 +60,6 @@ def test_worker_service_account_only_where_it_exists() -> None:
     assert worker_service_account("ops", env) == "w"
     assert worker_service_account("other", env) == ""
     assert worker_service_account("x", {**env, "HEADRACE_OPERATOR_NAMESPACES": "x"}) == "w"
-    assert worker_service_account(
-        "y", {**env, "HEADRACE_WORKER_SERVICE_ACCOUNT_NAMESPACES": "y"}) == "w"
-    assert worker_service_account(
-        "ops", {**env, "HEADRACE_WORKER_SERVICE_ACCOUNT_NAMESPACES": "y"}) == ""
+    assert worker_service_account("y", {**env, "HEADRACE_WORKER_SERVICE_ACCOUNT_NAMESPACES": "y"}) == "w"
+    assert worker_service_account("ops", {**env, "HEADRACE_WORKER_SERVICE_ACCOUNT_NAMESPACES": "y"}) == ""
     assert worker_service_account("ops", {}) == ""

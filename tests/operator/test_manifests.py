@@ -14,20 +14,37 @@ from headrace_operator import manifests as mf
 from headrace_operator.spec import parse_spec
 
 OWNER = mf.Owner(name="wc", namespace="prod", uid="0000-1111", generation=4)
-SPEC = {"image": "app:1", "flow": {"import": "app.flows:wc", "args": ["--recovery-retry", "60"]},
-        "replicas": 3, "workersPerProcess": 2,
-        "recovery": {"secretRef": {"name": "redis-creds", "key": "redis-url"},
-                     "snapshotInterval": "2500ms", "backupInterval": "1m"},
-        "observability": {"metricsPort": 9090, "otlpEndpoint": "grpc://otel:4317",
-                          "podMonitor": {"enabled": True, "labels": {"release": "prom"}}},
-        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}},
-        "nodeSelector": {"pool": "stream"},
-        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
-        "imagePullSecrets": [{"name": "regcred"}],
-        "serviceAccountName": "workers"}
+SPEC = {
+    "image": "app:1",
+    "flow": {"import": "app.flows:wc", "args": ["--recovery-retry", "60"]},
+    "replicas": 3,
+    "workersPerProcess": 2,
+    "recovery": {
+        "secretRef": {"name": "redis-creds", "key": "redis-url"},
+        "snapshotInterval": "2500ms",
+        "backupInterval": "1m",
+    },
+    "observability": {
+        "metricsPort": 9090,
+        "otlpEndpoint": "grpc://otel:4317",
+        "podMonitor": {"enabled": True, "labels": {"release": "prom"}},
+    },
+    "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}},
+    "nodeSelector": {"pool": "stream"},
+    "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+    "imagePullSecrets": [{"name": "regcred"}],
+    "serviceAccountName": "workers",
+}
 
-_PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float),
-               "object": object, "datetime": str, "date": str}
+_PRIMITIVES = {
+    "str": str,
+    "int": int,
+    "bool": bool,
+    "float": (int, float),
+    "object": object,
+    "datetime": str,
+    "date": str,
+}
 
 
 def strict_model(data: Any, type_name: str, path: str = "") -> None:
@@ -72,7 +89,10 @@ def test_statefulset_service_and_podmonitor_are_valid_objects(spec: Any) -> None
     strict_model(pm["metadata"], "V1ObjectMeta")
     (endpoint,) = pm["spec"]["podMetricsEndpoints"]
     assert {k: endpoint[k] for k in ("port", "path", "interval")} == {
-        "port": "metrics", "path": "/metrics", "interval": "30s"}
+        "port": "metrics",
+        "path": "/metrics",
+        "interval": "30s",
+    }
     # The labels the dashboards and alerts select by.
     targets = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
     assert targets == {
@@ -93,8 +113,14 @@ def test_statefulset_shape(spec: Any) -> None:
     tpl_labels = s["template"]["metadata"]["labels"]
     assert all(tpl_labels[k] == v for k, v in s["selector"]["matchLabels"].items())
     ref = sts["metadata"]["ownerReferences"][0]
-    assert ref == {"apiVersion": "headrace.dev/v1alpha1", "kind": "Dataflow", "name": "wc",
-                   "uid": "0000-1111", "controller": True, "blockOwnerDeletion": True}
+    assert ref == {
+        "apiVersion": "headrace.dev/v1alpha1",
+        "kind": "Dataflow",
+        "name": "wc",
+        "uid": "0000-1111",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
     ann = sts["metadata"]["annotations"]
     assert ann[mf.ANN_REPLICAS] == "3" and ann[mf.ANN_GENERATION] == "4"
     assert parse_spec(json.loads(ann[mf.ANN_SPEC])) == spec
@@ -119,22 +145,21 @@ def test_container_runs_the_flow_with_probes(spec: Any) -> None:
     c = mf.build_statefulset(spec, OWNER)["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] == ["python", "-m", "headrace.run"]
     assert c["args"] == ["app.flows:wc", "--recovery-retry", "60"]
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"cluster": 2101,
-                                                                   "metrics": 9090}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"cluster": 2101, "metrics": 9090}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert c["resources"] == SPEC["resources"]
 
 
-def test_environment_is_what_the_runtime_reads(spec: Any, monkeypatch: pytest.MonkeyPatch
-                                                ) -> None:
+def test_environment_is_what_the_runtime_reads(spec: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from headrace import run
 
     c = mf.build_statefulset(spec, OWNER)["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in c["env"]}
     assert env["HEADRACE_RECOVERY"]["valueFrom"] == {
-        "secretKeyRef": {"name": "redis-creds", "key": "redis-url"}}
+        "secretKeyRef": {"name": "redis-creds", "key": "redis-url"}
+    }
     plain = {k: e["value"] for k, e in env.items() if "value" in e}
     assert plain["HEADRACE_EPOCH_INTERVAL"] == "2.5"
     assert plain["HEADRACE_BACKUP_INTERVAL"] == "60"
@@ -155,14 +180,20 @@ def test_environment_is_what_the_runtime_reads(spec: Any, monkeypatch: pytest.Mo
     assert args.process_id_from_hostname is True
     assert args.log_format == "json"
     assert args.epoch_interval.total_seconds() == 2.5
-    assert run._resolve_addresses(args) == [
-        f"wc-{i}.wc.prod.svc.cluster.local:2101" for i in range(3)]
+    assert run._resolve_addresses(args) == [f"wc-{i}.wc.prod.svc.cluster.local:2101" for i in range(3)]
     assert run._ordinal_from_hostname("wc-2") == 2
 
 
 def test_user_env_overrides_the_operators(spec: Any) -> None:
-    s = parse_spec({**SPEC, "flow": {"import": "m:f", "env": [
-        {"name": "HEADRACE_STARTUP_TIMEOUT", "value": "5"}, {"name": "X", "value": "1"}]}})
+    s = parse_spec(
+        {
+            **SPEC,
+            "flow": {
+                "import": "m:f",
+                "env": [{"name": "HEADRACE_STARTUP_TIMEOUT", "value": "5"}, {"name": "X", "value": "1"}],
+            },
+        }
+    )
     env = mf.build_statefulset(s, OWNER)["spec"]["template"]["spec"]["containers"][0]["env"]
     names = [e["name"] for e in env]
     assert names.count("HEADRACE_STARTUP_TIMEOUT") == 1
@@ -190,16 +221,24 @@ def test_bytewax_compat_sets_the_runtime_env_only_when_asked(
 
 
 def test_url_recovery_and_no_recovery() -> None:
-    s = parse_spec({"image": "i", "flow": {"import": "m:f"},
-                    "recovery": {"url": "redis://r:6379/2", "keyPrefix": "custom"}})
-    env = {e["name"]: e.get("value") for e in mf.build_statefulset(s, OWNER)["spec"][
-        "template"]["spec"]["containers"][0]["env"]}
+    s = parse_spec(
+        {
+            "image": "i",
+            "flow": {"import": "m:f"},
+            "recovery": {"url": "redis://r:6379/2", "keyPrefix": "custom"},
+        }
+    )
+    env = {
+        e["name"]: e.get("value")
+        for e in mf.build_statefulset(s, OWNER)["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["HEADRACE_RECOVERY"] == "redis://r:6379/2"
     assert env["HEADRACE_RECOVERY_PREFIX"] == "custom"
     assert env["HEADRACE_EPOCH_INTERVAL"] == "10"
     s = parse_spec({"image": "i", "flow": {"import": "m:f"}})
-    env = {e["name"] for e in mf.build_statefulset(s, OWNER)["spec"]["template"]["spec"][
-        "containers"][0]["env"]}
+    env = {
+        e["name"] for e in mf.build_statefulset(s, OWNER)["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert "HEADRACE_RECOVERY" not in env
 
 
@@ -210,14 +249,29 @@ def test_headless_service_publishes_not_ready_addresses(spec: Any) -> None:
 
 
 def test_pod_template_overlay(spec: Any) -> None:
-    s = parse_spec({**SPEC, "podTemplate": {
-        "metadata": {"labels": {"team": "x", "headrace.dev/dataflow": "hijack"},
-                     "annotations": {"a": "b"}},
-        "spec": {"priorityClassName": "high",
-                 "containers": [{"name": "worker", "env": [{"name": "EXTRA", "value": "1"}],
-                                 "securityContext": {"runAsUser": 20000}},
-                                {"name": "sidecar", "image": "busybox"}],
-                 "volumes": [{"name": "data", "emptyDir": {}}]}}})
+    s = parse_spec(
+        {
+            **SPEC,
+            "podTemplate": {
+                "metadata": {
+                    "labels": {"team": "x", "headrace.dev/dataflow": "hijack"},
+                    "annotations": {"a": "b"},
+                },
+                "spec": {
+                    "priorityClassName": "high",
+                    "containers": [
+                        {
+                            "name": "worker",
+                            "env": [{"name": "EXTRA", "value": "1"}],
+                            "securityContext": {"runAsUser": 20000},
+                        },
+                        {"name": "sidecar", "image": "busybox"},
+                    ],
+                    "volumes": [{"name": "data", "emptyDir": {}}],
+                },
+            },
+        }
+    )
     sts = mf.build_statefulset(s, OWNER)
     strict_model(sts, "V1StatefulSet")
     tpl = sts["spec"]["template"]
@@ -249,8 +303,7 @@ def test_template_hash_tracks_pod_changes_but_not_replicas() -> None:
     assert h(flow={**SPEC["flow"], "bytewaxCompat": True}) != base
 
 
-@pytest.mark.parametrize(("replicas", "wpp", "groups"), [(1, 1, 8), (3, 2, 256), (5, 1, 7),
-                                                         (4, 4, 16)])
+@pytest.mark.parametrize(("replicas", "wpp", "groups"), [(1, 1, 8), (3, 2, 256), (5, 1, 7), (4, 4, 16)])
 def test_pod_assignment_matches_the_runtime(replicas: int, wpp: int, groups: int) -> None:
     rows = mf.pod_assignment(replicas, wpp, groups)
     workers = replicas * wpp
@@ -259,8 +312,12 @@ def test_pod_assignment_matches_the_runtime(replicas: int, wpp: int, groups: int
         lo, hi = int(first), int(last or first)
         owners = {group_owner(g, groups, workers) // wpp for g in range(lo, hi + 1)}
         assert owners == {row["pod"]}
-    covered = sum(int(r["keyGroups"].partition("-")[2] or r["keyGroups"].partition("-")[0])
-                  - int(r["keyGroups"].partition("-")[0]) + 1 for r in rows)
+    covered = sum(
+        int(r["keyGroups"].partition("-")[2] or r["keyGroups"].partition("-")[0])
+        - int(r["keyGroups"].partition("-")[0])
+        + 1
+        for r in rows
+    )
     assert covered == groups
 
 

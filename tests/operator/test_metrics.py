@@ -43,8 +43,9 @@ def test_transition_histogram_is_named_as_the_docs_say() -> None:
 def test_exported_names_cover_every_series() -> None:
     metric("headrace_operator_reconcile_total").labels("ok").inc()
     metric("headrace_operator_reconcile_duration_seconds").observe(0.1)
-    seen = {s.name for f in text_string_to_metric_families(generate_latest(REGISTRY).decode())
-            for s in f.samples}
+    seen = {
+        s.name for f in text_string_to_metric_families(generate_latest(REGISTRY).decode()) for s in f.samples
+    }
     assert seen <= exported_names(), seen - exported_names()
 
 
@@ -64,8 +65,7 @@ def _get(srv: EndpointServer, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def test_endpoint_serves_metrics_health_and_readiness(
-        server: tuple[EndpointServer, WatchMonitor]) -> None:
+def test_endpoint_serves_metrics_health_and_readiness(server: tuple[EndpointServer, WatchMonitor]) -> None:
     srv, mon = server
     code, body = _get(srv, "/metrics")
     assert code == 200 and "headrace_operator_reconcile_total" in body
@@ -105,8 +105,7 @@ def test_forget_dataflow_drops_only_its_series() -> None:
     from headrace_operator.metrics import forget_dataflow
 
     metric("headrace_operator_dataflow_phase").labels("ns", "a", "Running").set(1)
-    metric("headrace_operator_autoscaler_decisions_total").labels("ns", "a", "scale-up",
-                                                                  "true").inc()
+    metric("headrace_operator_autoscaler_decisions_total").labels("ns", "a", "scale-up", "true").inc()
     metric("headrace_operator_dataflow_ready").labels("ns", "b").set(1)
     assert forget_dataflow("ns", "a") == 2
     text = generate_latest(REGISTRY).decode()

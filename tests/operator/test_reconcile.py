@@ -29,8 +29,12 @@ from headrace_operator.reconcile import (
 )
 from headrace_operator.status import PodInfo, get_condition
 
-BASE = {"image": "app:1", "flow": {"import": "app.flows:wc"}, "replicas": 2,
-        "recovery": {"url": "redis://redis:6379/0", "snapshotInterval": "5s"}}
+BASE = {
+    "image": "app:1",
+    "flow": {"import": "app.flows:wc"},
+    "replicas": 2,
+    "recovery": {"url": "redis://redis:6379/0", "snapshotInterval": "5s"},
+}
 STATUS_SCHEMA = openapi_schema()["properties"]["status"]
 
 
@@ -91,11 +95,20 @@ class World:
 
     def observe(self) -> Observation:
         return Observation(
-            name="wc", namespace="prod", uid="uid-1", generation=self.generation,
-            spec=copy.deepcopy(self.spec), now=self.now, status=copy.deepcopy(self.status),
-            annotations=dict(self.annotations), sts=copy.deepcopy(self.sts),
-            pods=copy.deepcopy(self.pods), secret=self.secret, store=self.store,
-            metrics=self.metrics)
+            name="wc",
+            namespace="prod",
+            uid="uid-1",
+            generation=self.generation,
+            spec=copy.deepcopy(self.spec),
+            now=self.now,
+            status=copy.deepcopy(self.status),
+            annotations=dict(self.annotations),
+            sts=copy.deepcopy(self.sts),
+            pods=copy.deepcopy(self.pods),
+            secret=self.secret,
+            store=self.store,
+            metrics=self.metrics,
+        )
 
     def step(self, dt: float = 1.0) -> Plan:
         self.now += dt
@@ -133,8 +146,15 @@ class World:
             p.ready = ready
 
     def commit(self, epoch: int) -> None:
-        self.store = StoreInfo(ok=True, exists=True, epoch=epoch, committed_at=self.now,
-                               worker_count=len(self.pods), key_groups=256, epoch_bytes=100)
+        self.store = StoreInfo(
+            ok=True,
+            exists=True,
+            epoch=epoch,
+            committed_at=self.now,
+            worker_count=len(self.pods),
+            key_groups=256,
+            epoch_bytes=100,
+        )
 
     def reasons(self) -> list[str]:
         return [r for _t, r, _m in self.events]
@@ -162,8 +182,10 @@ def test_create_deploys_statefulset_and_service_then_runs() -> None:
     assert p.actions[0].kind == "create_secret"
     assert p.actions[0].describe() == "create Secret wc-mesh unless it exists"
     env = p.actions[2].obj["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert {"name": "HEADRACE_CLUSTER_SECRET", "valueFrom": {"secretKeyRef": {
-        "name": "wc-mesh", "key": "secret"}}} in env
+    assert {
+        "name": "HEADRACE_CLUSTER_SECRET",
+        "valueFrom": {"secretKeyRef": {"name": "wc-mesh", "key": "secret"}},
+    } in env
     assert w.status["phase"] == "Deploying"
     assert w.cond("Ready")["status"] == "False"
     assert w.cond("Progressing")["status"] == "True"
@@ -171,14 +193,18 @@ def test_create_deploys_statefulset_and_service_then_runs() -> None:
     p = w.step()
     assert w.status["phase"] == "Running"
     assert w.cond("Ready") | {"lastTransitionTime": None} == {
-        "type": "Ready", "status": "True", "reason": "Running", "message": "2/2 pods ready",
-        "lastTransitionTime": None, "observedGeneration": 1}
+        "type": "Ready",
+        "status": "True",
+        "reason": "Running",
+        "message": "2/2 pods ready",
+        "lastTransitionTime": None,
+        "observedGeneration": 1,
+    }
     assert [t for t, _ in p.transitions] == ["deploy"]
     assert "Created" in w.reasons() and "Running" in w.reasons()
     assert w.status["observedGeneration"] == 1
     assert w.status["selector"] == "headrace.dev/dataflow=wc"
-    assert w.status["partitions"]["assignment"][1] == {"pod": 1, "workers": "1",
-                                                       "keyGroups": "128-255"}
+    assert w.status["partitions"]["assignment"][1] == {"pod": 1, "workers": "1", "keyGroups": "128-255"}
 
 
 def test_ready_transition_time_only_moves_on_change() -> None:
@@ -212,15 +238,14 @@ def test_rescale_is_a_coordinated_stop_then_start_with_the_new_count() -> None:
     p = w.step(dt=2)
     sts = next(a.obj for a in p.actions if a.obj and a.obj["kind"] == "StatefulSet")
     assert sts["spec"]["replicas"] == 3
-    env = {e["name"]: e.get("value") for e in
-           sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["HEADRACE_REPLICAS"] == "3"
     assert "SnapshotCompleted" in w.reasons() and "Restored" in w.reasons()
     assert w.status["phase"] == "Scaling"
     w.kubelet()
     p = w.step(dt=3)
     assert w.status["phase"] == "Running"
-    (ttype, took), = p.transitions
+    ((ttype, took),) = p.transitions
     assert ttype == "rescale" and took == 6.0
     assert "transition" not in w.status
     assert any(r == "Scaled" and "2 -> 3" in m for _t, r, m in w.events)
@@ -352,7 +377,7 @@ def test_invalid_update_keeps_the_last_valid_spec_running() -> None:
     assert w.status["phase"] == "Running"
     assert w.cond("Degraded")["status"] == "True"
     assert w.cond("Degraded")["reason"] == "InvalidSpec"
-    (etype, _reason, msg), = [e for e in p.events if e[1] == "ValidationError"]
+    ((etype, _reason, msg),) = [e for e in p.events if e[1] == "ValidationError"]
     assert etype == "Warning"
     assert "exceeds partitions = 256" in msg and "last valid spec keeps running" in msg
     assert w.status["lastError"]["reason"] == "InvalidSpec"
@@ -372,8 +397,7 @@ def test_invalid_spec_at_creation_fails_with_a_message() -> None:
 
 def test_unknown_field_from_kubectl_apply_is_reported() -> None:
     w = World()
-    applied = {"apiVersion": "headrace.dev/v1alpha1", "kind": "Dataflow",
-               "spec": {**BASE, "replcas": 4}}
+    applied = {"apiVersion": "headrace.dev/v1alpha1", "kind": "Dataflow", "spec": {**BASE, "replcas": 4}}
     w.annotations[LAST_APPLIED] = json.dumps(applied)
     p = w.step()
     assert p.actions == []
@@ -385,8 +409,7 @@ def test_unknown_field_from_kubectl_apply_is_reported() -> None:
 def test_stale_last_applied_annotation_is_ignored() -> None:
     spec = {**BASE, "replcas": 4}
     # The object was patched later: the annotation no longer describes it.
-    assert pruned_fields({**BASE, "replicas": 5},
-                         {LAST_APPLIED: json.dumps({"spec": spec})}) == []
+    assert pruned_fields({**BASE, "replicas": 5}, {LAST_APPLIED: json.dumps({"spec": spec})}) == []
     assert pruned_fields(BASE, {LAST_APPLIED: json.dumps({"spec": spec})}) == ["spec.replcas"]
 
 
@@ -399,8 +422,7 @@ def test_missing_secret_at_creation_waits_in_pending() -> None:
     assert w.status["phase"] == "Pending"
     ready = w.cond("Ready")
     assert ready["reason"] == "SecretNotFound"
-    assert "kubectl -n prod create secret generic redis-creds --from-literal=url=" in \
-        ready["message"]
+    assert "kubectl -n prod create secret generic redis-creds --from-literal=url=" in ready["message"]
     w.secret = SecretInfo("redis-creds", "url", found=True, has_key=True)
     w.step()
     assert w.status["phase"] == "Deploying"
@@ -427,8 +449,7 @@ def test_bad_import_in_the_pod_is_a_failed_phase_with_the_error() -> None:
         p.waiting_reason = "CrashLoopBackOff"
         p.restarts = 1
         p.last_exit_code = 2
-        p.last_message = ("Traceback...\nerror: can't import 'app.flows': No module named "
-                          "'app'\n")
+        p.last_message = "Traceback...\nerror: can't import 'app.flows': No module named 'app'\n"
     w.step()
     assert w.status["phase"] == "Failed"
     ready = w.cond("Ready")
@@ -457,9 +478,11 @@ def test_unreachable_redis_shows_in_conditions() -> None:
 
 
 def test_crash_loop_restarts_with_growing_backoff_then_gives_up() -> None:
-    spec = {**BASE, "restartPolicy": {"maxRestarts": 2,
-                                      "backoff": {"initialDelay": "10s", "maxDelay": "1m"}},
-            "healthCheck": {"restartThreshold": 3}}
+    spec = {
+        **BASE,
+        "restartPolicy": {"maxRestarts": 2, "backoff": {"initialDelay": "10s", "maxDelay": "1m"}},
+        "healthCheck": {"restartThreshold": 3},
+    }
     w = World(spec)
     w.run_until_running()
 
@@ -531,13 +554,16 @@ def test_snapshot_nonce_waits_for_the_next_commit() -> None:
 
 
 def test_autoscaler_apply_patches_replicas_then_rescales() -> None:
-    spec = {**BASE, "scaling": {"mode": "auto"},
-            "autoscaler": {"metricsWindow": "1m", "stabilizationWindow": "0s",
-                           "evaluationInterval": "10s"}}
+    spec = {
+        **BASE,
+        "scaling": {"mode": "auto"},
+        "autoscaler": {"metricsWindow": "1m", "stabilizationWindow": "0s", "evaluationInterval": "10s"},
+    }
     w = World(spec)
     w.run_until_running()
-    w.metrics = WindowStats(utilization=1.0, input_rate=1000.0, lag=5000.0, lag_growth=100.0,
-                            coverage=60.0, workers=2)
+    w.metrics = WindowStats(
+        utilization=1.0, input_rate=1000.0, lag=5000.0, lag_growth=100.0, coverage=60.0, workers=2
+    )
     p = w.step(dt=30)
     assert [a.kind for a in p.actions] == ["patch_replicas"]
     assert w.spec["replicas"] > 2
@@ -550,12 +576,12 @@ def test_autoscaler_apply_patches_replicas_then_rescales() -> None:
 
 
 def test_autoscaler_recommend_mode_never_patches() -> None:
-    spec = {**BASE, "autoscaler": {"mode": "recommend", "metricsWindow": "1m",
-                                   "stabilizationWindow": "0s"}}
+    spec = {**BASE, "autoscaler": {"mode": "recommend", "metricsWindow": "1m", "stabilizationWindow": "0s"}}
     w = World(spec)
     w.run_until_running()
-    w.metrics = WindowStats(utilization=1.0, input_rate=1000.0, lag=5000.0, lag_growth=100.0,
-                            coverage=60.0, workers=2)
+    w.metrics = WindowStats(
+        utilization=1.0, input_rate=1000.0, lag=5000.0, lag_growth=100.0, coverage=60.0, workers=2
+    )
     p = w.step(dt=60)
     assert "patch_replicas" not in [a.kind for a in p.actions]
     ev = w.status["autoscaler"]["lastEvaluation"]
@@ -564,17 +590,20 @@ def test_autoscaler_recommend_mode_never_patches() -> None:
 
 
 def test_autoscaler_waits_while_a_transition_runs() -> None:
-    spec = {**BASE, "scaling": {"mode": "auto"},
-            "autoscaler": {"metricsWindow": "1m", "stabilizationWindow": "0s"}}
+    spec = {
+        **BASE,
+        "scaling": {"mode": "auto"},
+        "autoscaler": {"metricsWindow": "1m", "stabilizationWindow": "0s"},
+    }
     w = World(spec)
     w.step()
     w.kubelet(ready=False)
-    w.metrics = WindowStats(utilization=1.0, input_rate=1000.0, lag=5000.0, lag_growth=100.0,
-                            coverage=60.0, workers=2)
+    w.metrics = WindowStats(
+        utilization=1.0, input_rate=1000.0, lag=5000.0, lag_growth=100.0, coverage=60.0, workers=2
+    )
     p = w.step(dt=60)
     assert "patch_replicas" not in [a.kind for a in p.actions]
-    assert w.status["autoscaler"]["lastEvaluation"]["blocked"] == \
-        "waiting for all pods to be Ready"
+    assert w.status["autoscaler"]["lastEvaluation"]["blocked"] == "waiting for all pods to be Ready"
 
 
 def test_pod_monitor_applied_when_enabled_and_warned_when_unsupported() -> None:
@@ -590,12 +619,24 @@ def test_pod_monitor_applied_when_enabled_and_warned_when_unsupported() -> None:
 def test_every_status_written_validates_against_the_crd_schema() -> None:
     import openapi_schema_validator
 
-    w = World({**BASE, "scaling": {"mode": "auto"},
-               "autoscaler": {"metricsWindow": "1m", "stabilizationWindow": "0s"}})
+    w = World(
+        {
+            **BASE,
+            "scaling": {"mode": "auto"},
+            "autoscaler": {"metricsWindow": "1m", "stabilizationWindow": "0s"},
+        }
+    )
     w.run_until_running()
     w.commit(1)
-    w.metrics = WindowStats(utilization=0.1, input_rate=10.0, lag=0.0, lag_growth=0.0,
-                            coverage=60.0, workers=2, snapshot_duration=0.01)
+    w.metrics = WindowStats(
+        utilization=0.1,
+        input_rate=10.0,
+        lag=0.0,
+        lag_growth=0.0,
+        coverage=60.0,
+        workers=2,
+        snapshot_duration=0.01,
+    )
     w.step(dt=60)
     w.edit(replicas=4)
     w.step()
@@ -657,8 +698,9 @@ def test_format_check_catches_what_the_api_server_rejects() -> None:
     bad = {"health": {"healthySince": ""}, "transition": {"type": "bogus"}}
     assert format_problems(STATUS_SCHEMA, bad) == [
         ".status.health.healthySince: '' is not a date-time",
-        ".status.transition.type: 'bogus' not in " + str(
-            STATUS_SCHEMA["properties"]["transition"]["properties"]["type"]["enum"])]
+        ".status.transition.type: 'bogus' not in "
+        + str(STATUS_SCHEMA["properties"]["transition"]["properties"]["type"]["enum"]),
+    ]
 
 
 def test_a_deleted_mesh_secret_is_made_again_when_a_pod_needs_it() -> None:

@@ -62,13 +62,23 @@ def _pod(name: str, **status: Any) -> dict[str, Any]:
 
 
 def test_pod_info_from_a_crash_looping_pod() -> None:
-    pod = _pod("wc-3", phase="Running", podIP="10.1.2.3", conditions=[
-        {"type": "Ready", "status": "False"}], containerStatuses=[
-        {"name": "worker", "restartCount": 4,
-         "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
-         "lastState": {"terminated": {"exitCode": 2, "reason": "Error",
-                                      "message": "error: can't import 'x'"}}},
-        {"name": "sidecar", "restartCount": 99}])
+    pod = _pod(
+        "wc-3",
+        phase="Running",
+        podIP="10.1.2.3",
+        conditions=[{"type": "Ready", "status": "False"}],
+        containerStatuses=[
+            {
+                "name": "worker",
+                "restartCount": 4,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                "lastState": {
+                    "terminated": {"exitCode": 2, "reason": "Error", "message": "error: can't import 'x'"}
+                },
+            },
+            {"name": "sidecar", "restartCount": 99},
+        ],
+    )
     info = PodInfo.from_pod(pod)
     assert (info.ordinal, info.ip, info.ready, info.restarts) == (3, "10.1.2.3", False, 4)
     assert (info.waiting_reason, info.last_exit_code) == ("CrashLoopBackOff", 2)
@@ -76,34 +86,80 @@ def test_pod_info_from_a_crash_looping_pod() -> None:
 
 
 def test_pod_info_unschedulable_and_terminating() -> None:
-    pod = {"metadata": {"name": "wc-0", "deletionTimestamp": "2024-01-01T00:00:00Z"},
-           "status": {"phase": "Pending", "conditions": [
-               {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                "message": "0/1 nodes are available: insufficient cpu"}]}}
+    pod = {
+        "metadata": {"name": "wc-0", "deletionTimestamp": "2024-01-01T00:00:00Z"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: insufficient cpu",
+                }
+            ],
+        },
+    }
     info = PodInfo.from_pod(pod)
     assert info.terminating and "insufficient cpu" in info.unschedulable
 
 
-@pytest.mark.parametrize(("pod", "reason", "words"), [
-    (PodInfo("wc-0", 0, waiting_reason="ImagePullBackOff", waiting_message="not found"),
-     "ImagePullError", "spec.imagePullSecrets"),
-    (PodInfo("wc-0", 0, waiting_reason="CreateContainerConfigError",
-             waiting_message='secret "redis" not found'), "ConfigError", 'secret "redis"'),
-    (PodInfo("wc-0", 0, last_exit_code=2, restarts=1,
-             last_message="Traceback\n  File x\nerror: can't import 'a.b': No module named 'a'"),
-     "StartupError", "No module named 'a'"),
-    (PodInfo("wc-0", 0, last_exit_code=137, last_reason="OOMKilled", restarts=1),
-     "OOMKilled", "limits.memory"),
-    (PodInfo("wc-0", 0, last_exit_code=1, restarts=2, last_message="x\nerror: boom\n"),
-     "WorkerCrashed", "error: boom"),
-    (PodInfo("wc-0", 0, last_exit_code=1, restarts=1,
-             last_message="Traceback\nerror: error building sink in step 'f.o'\n"
-                          "caused by: ConnectionError: Redis at r:6379 is unreachable\n"
-                          "caused by: ConnectionRefusedError: [Errno 111] Connection refused\n"),
-     "WorkerCrashed", "in step 'f.o'; caused by: ConnectionError: Redis at r:6379 is unreachable; "
-                      "caused by: ConnectionRefusedError"),
-    (PodInfo("wc-0", 0, unschedulable="0/3 nodes"), "Unschedulable", "spec.nodeSelector"),
-])
+@pytest.mark.parametrize(
+    ("pod", "reason", "words"),
+    [
+        (
+            PodInfo("wc-0", 0, waiting_reason="ImagePullBackOff", waiting_message="not found"),
+            "ImagePullError",
+            "spec.imagePullSecrets",
+        ),
+        (
+            PodInfo(
+                "wc-0",
+                0,
+                waiting_reason="CreateContainerConfigError",
+                waiting_message='secret "redis" not found',
+            ),
+            "ConfigError",
+            'secret "redis"',
+        ),
+        (
+            PodInfo(
+                "wc-0",
+                0,
+                last_exit_code=2,
+                restarts=1,
+                last_message="Traceback\n  File x\nerror: can't import 'a.b': No module named 'a'",
+            ),
+            "StartupError",
+            "No module named 'a'",
+        ),
+        (
+            PodInfo("wc-0", 0, last_exit_code=137, last_reason="OOMKilled", restarts=1),
+            "OOMKilled",
+            "limits.memory",
+        ),
+        (
+            PodInfo("wc-0", 0, last_exit_code=1, restarts=2, last_message="x\nerror: boom\n"),
+            "WorkerCrashed",
+            "error: boom",
+        ),
+        (
+            PodInfo(
+                "wc-0",
+                0,
+                last_exit_code=1,
+                restarts=1,
+                last_message="Traceback\nerror: error building sink in step 'f.o'\n"
+                "caused by: ConnectionError: Redis at r:6379 is unreachable\n"
+                "caused by: ConnectionRefusedError: [Errno 111] Connection refused\n",
+            ),
+            "WorkerCrashed",
+            "in step 'f.o'; caused by: ConnectionError: Redis at r:6379 is unreachable; "
+            "caused by: ConnectionRefusedError",
+        ),
+        (PodInfo("wc-0", 0, unschedulable="0/3 nodes"), "Unschedulable", "spec.nodeSelector"),
+    ],
+)
 def test_diagnose_names_the_problem_and_the_fix(pod: PodInfo, reason: str, words: str) -> None:
     got = diagnose_pods([pod], image="app:1")
     assert got is not None and got[0] == reason and words in got[1]

@@ -27,9 +27,7 @@ BatchFn = Callable[[list[Any]], list[Any]]
 # PEP 709: from 3.12 a comprehension's variables leave the frame with an exception.
 _INLINED_COMPREHENSIONS = sys.version_info >= (3, 12)
 
-_KEYED = frozenset(
-    {"map_value", "filter_value", "filter_map_value", "flat_map_value", "key_rm"}
-)
+_KEYED = frozenset({"map_value", "filter_value", "filter_map_value", "flat_map_value", "key_rm"})
 
 
 @dataclass
@@ -148,8 +146,9 @@ def _statement(clause: str) -> str:
     return clause + ":"
 
 
-def _loop_body(lines: list[str], planned: list[tuple[int, Cur, str]],
-               line_of_stage: dict[int, tuple[int, Cur]]) -> str:
+def _loop_body(
+    lines: list[str], planned: list[tuple[int, Cur, str]], line_of_stage: dict[int, tuple[int, Cur]]
+) -> str:
     """Append the stages' statements inside ``for x0 in batch:``; return the innermost indent.
 
     Records, for each generated line, the stage and its input (for error reports).
@@ -180,8 +179,7 @@ def _compile_segment(
     planned, cur = _plan_clauses(stages)
     line_of_stage: dict[int, tuple[int, Cur]] = {}
     if not group and not _INLINED_COMPREHENSIONS:
-        lines = ["def fused(batch):", "    return [", f"        {_item(cur)}",
-                 "        for x0 in batch"]
+        lines = ["def fused(batch):", "    return [", f"        {_item(cur)}", "        for x0 in batch"]
         for i, c_in, clause in planned:
             lines.append("        " + clause)
             line_of_stage[len(lines)] = (i, c_in)
@@ -192,8 +190,7 @@ def _compile_segment(
         indent = _loop_body(lines, planned, line_of_stage)
         lines += [f"{indent}out.append({_item(cur)})", "    return out"]
     else:
-        lines = ["def fused(batch):", "    groups = {}", "    get = groups.get",
-                 "    for x0 in batch:"]
+        lines = ["def fused(batch):", "    groups = {}", "    get = groups.get", "    for x0 in batch:"]
         indent = _loop_body(lines, planned, line_of_stage)
         k, v = cur[1], cur[2]
         lines += [
@@ -220,10 +217,7 @@ def _bad_key(step_id: str, key_fn: Callable[..., Any], k: Any) -> bool:
     from headrace.dataflow import f_repr
 
     outer = step_id.rsplit(".", 1)[0]
-    msg = (
-        f"return value of `key` {f_repr(key_fn)} in step {outer!r} must be a `str`; "
-        f"got a {type(k)} instead"
-    )
+    msg = f"return value of `key` {f_repr(key_fn)} in step {outer!r} must be a `str`; got a {type(k)} instead"
     raise TypeError(msg)
 
 
@@ -265,21 +259,17 @@ def _fused_failure(
         if getattr(stage.fn, "_headrace_flatten", False):
             # Bytewax's own words for `flatten` fed a non-iterable item.
             cause = TypeError(
-                f"step {_user_step(stage)!r} requires upstream to be iterables; "
-                f"got a {type(item)} instead"
+                f"step {_user_step(stage)!r} requires upstream to be iterables; got a {type(item)} instead"
             )
         else:
-            cause = TypeError(
-                f"`mapper` in step {_user_step(stage)!r} must return an iterable; {exc}"
-            )
+            cause = TypeError(f"`mapper` in step {_user_step(stage)!r} must return an iterable; {exc}")
         cause.__cause__ = exc
         err = BytewaxRuntimeError(f"error calling `mapper` in step {stage.shown}: TypeError: {cause}")
         err.__cause__ = cause
         return err
     what = "inspector" if stage.kind == "inspect" else "`mapper`"
     err = BytewaxRuntimeError(
-        f"error calling {what} in step {stage.shown} on item {item!r}: "
-        f"{type(exc).__name__}: {exc}"
+        f"error calling {what} in step {stage.shown} on item {item!r}: {type(exc).__name__}: {exc}"
     )
     err.__cause__ = exc
     return err
@@ -299,7 +289,6 @@ def _user_step(stage: Stage) -> str:
     # `flatten` is one level deeper: flatten -> flat_map -> flat_map_batch.
     levels = 2 if getattr(stage.fn, "_headrace_flatten", False) else 1
     return sid.rsplit(".", levels)[0]
-
 
 
 def _lazy_failure(exc: BaseException, stages: list[Stage], frame_tb: Any) -> BytewaxRuntimeError:
@@ -350,9 +339,7 @@ def _wrap_batch_stage(st: Stage) -> BatchFn:
             return out
         if not hasattr(out, "__iter__"):
             why = f"`mapper` must return an iterable; got {type(out).__name__}"
-            raise BytewaxRuntimeError(f"error calling `mapper` in step {shown}: {why}") from TypeError(
-                why
-            )
+            raise BytewaxRuntimeError(f"error calling `mapper` in step {shown}: {why}") from TypeError(why)
         try:
             return list(out)
         except Exception as exc:
@@ -364,9 +351,7 @@ def _wrap_batch_stage(st: Stage) -> BatchFn:
     return run
 
 
-def _wrap_segment(
-    stages: list[Stage], ctx: EpochRef, worker_index: int, group: bool = False
-) -> BatchFn:
+def _wrap_segment(stages: list[Stage], ctx: EpochRef, worker_index: int, group: bool = False) -> BatchFn:
     fn, code, line_of_stage = _compile_segment(stages, ctx, worker_index, group)
 
     def run(batch: list[Any]) -> list[Any]:
@@ -426,9 +411,7 @@ def compile_chain(stages: list[Stage], ctx: EpochRef, worker_index: int, fuse: b
     return fns
 
 
-def compile_grouping_chain(
-    stages: list[Stage], ctx: EpochRef, worker_index: int
-) -> list[BatchFn] | None:
+def compile_grouping_chain(stages: list[Stage], ctx: EpochRef, worker_index: int) -> list[BatchFn] | None:
     """Like `compile_chain`, but the last function returns ``{key: [values]}``.
 
     Only when the chain ends in item-level stages producing a checked

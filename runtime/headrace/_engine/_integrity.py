@@ -34,10 +34,12 @@ STATE_KINDS = ("stateful_batch", "input", "output")
 # by an older Headrace has none, and is checked from its next start on).
 MANIFEST_FIELD = "manifest"
 
-DROP_FLAG = ("--allow-dropped-state (RecoveryConfig(..., allow_dropped_state=True), "
-             "HEADRACE_ALLOW_DROPPED_STATE=1)")
-EVICT_FLAG = ("--allow-evicting-redis (RecoveryConfig(..., allow_evicting_redis=True), "
-              "HEADRACE_ALLOW_EVICTING_REDIS=1)")
+DROP_FLAG = (
+    "--allow-dropped-state (RecoveryConfig(..., allow_dropped_state=True), HEADRACE_ALLOW_DROPPED_STATE=1)"
+)
+EVICT_FLAG = (
+    "--allow-evicting-redis (RecoveryConfig(..., allow_evicting_redis=True), HEADRACE_ALLOW_EVICTING_REDIS=1)"
+)
 
 
 @dataclass
@@ -92,12 +94,13 @@ def reset_hint(location: str, prefix: str) -> str:
     python -m headrace.recovery delete ./state --flow-id wc --yes (or, on Kubernetes, change
     the dataflow's spec.resetStateNonce)
     """
-    return (f"python -m headrace.recovery delete {location} --flow-id {prefix} --yes (or, on "
-            "Kubernetes, change the dataflow's spec.resetStateNonce)")
+    return (
+        f"python -m headrace.recovery delete {location} --flow-id {prefix} --yes (or, on "
+        "Kubernetes, change the dataflow's spec.resetStateNonce)"
+    )
 
 
-def lost_state_message(description: str, committed: int, problems: list[str], when: str,
-                       hint: str) -> str:
+def lost_state_message(description: str, committed: int, problems: list[str], when: str, hint: str) -> str:
     """The error for committed state that is gone, and the ways out.
 
     >>> print(lost_state_message("Redis at r (prefix 'f')", 7, ["epoch 7: missing k"],
@@ -123,8 +126,7 @@ def leftovers_message(description: str, leftovers: list[str], hint: str) -> str:
     ...     "Recovery state lost in S: its meta record (the committed epoch) is gone")
     True
     """
-    shown = ", ".join(leftovers[:5]) + (f" and {len(leftovers) - 5} more"
-                                        if len(leftovers) > 5 else "")
+    shown = ", ".join(leftovers[:5]) + (f" and {len(leftovers) - 5} more" if len(leftovers) > 5 else "")
     return (
         f"Recovery state lost in {description}: its meta record (the committed epoch) is "
         f"gone, but other state of the dataflow remains ({shown}), so this is not a first "
@@ -183,8 +185,9 @@ def dropped_steps(stored: Iterable[str], flow: Iterable[str]) -> list[str]:
     return sorted(set(stored) - have)
 
 
-def mismatch_message(description: str, flow_id: str, stored_flow: str, dropped: list[str],
-                     flow_steps: list[str], hint: str) -> str | None:
+def mismatch_message(
+    description: str, flow_id: str, stored_flow: str, dropped: list[str], flow_steps: list[str], hint: str
+) -> str | None:
     """Why stored state does not match the flow (``None`` if it does).
 
     >>> print(mismatch_message("S", "wc", "wc", ["count"], ["counter", "lines"], "RESET"))
@@ -219,12 +222,20 @@ def mismatch_message(description: str, flow_id: str, stored_flow: str, dropped: 
     )
 
 
-EVICTING = ("allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru", "volatile-lfu",
-            "volatile-random", "volatile-ttl")
+EVICTING = (
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+)
 
 
-def redis_config_problems(description: str, config: Mapping[str, str],
-                          allow_evicting: bool) -> tuple[str | None, str | None]:
+def redis_config_problems(
+    description: str, config: Mapping[str, str], allow_evicting: bool
+) -> tuple[str | None, str | None]:
     """``(error, warning)`` for a Redis server's settings: eviction refused, no persistence warned.
 
     ``config`` holds ``maxmemory-policy``, ``save`` and ``appendonly`` (a

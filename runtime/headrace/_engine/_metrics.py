@@ -23,56 +23,111 @@ from prometheus_client.utils import floatToGoString
 # name -> (type, labels, help). The single source of truth: the metric
 # objects below, docs/metrics.md and the dashboards' tests all read it.
 CATALOGUE: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "item_inp_count": ("counter", ("step_id", "worker_index"),
-                       "Items that entered a step (stateful steps, sinks, fused chains)."),
-    "item_out_count": ("counter", ("step_id", "worker_index"),
-                       "Items a step emitted (sources, stateful steps, fused chains)."),
+    "item_inp_count": (
+        "counter",
+        ("step_id", "worker_index"),
+        "Items that entered a step (stateful steps, sinks, fused chains).",
+    ),
+    "item_out_count": (
+        "counter",
+        ("step_id", "worker_index"),
+        "Items a step emitted (sources, stateful steps, fused chains).",
+    ),
     "inp_part_next_batch_duration_seconds": (
-        "histogram", ("step_id", "worker_index"),
-        "Time in a source partition's next_batch."),
+        "histogram",
+        ("step_id", "worker_index"),
+        "Time in a source partition's next_batch.",
+    ),
     "out_part_write_batch_duration_seconds": (
-        "histogram", ("step_id", "worker_index"), "Time in a sink partition's write_batch."),
+        "histogram",
+        ("step_id", "worker_index"),
+        "Time in a sink partition's write_batch.",
+    ),
     "flat_map_batch_duration_seconds": (
-        "histogram", ("step_id", "worker_index"),
-        "Time in a (fused) chain of stateless steps per batch; step_id is the chain's first step."),
+        "histogram",
+        ("step_id", "worker_index"),
+        "Time in a (fused) chain of stateless steps per batch; step_id is the chain's first step.",
+    ),
     "stateful_batch_on_batch_duration_seconds": (
-        "histogram", ("step_id", "worker_index"), "Time in a stateful step's on_batch calls per batch."),
+        "histogram",
+        ("step_id", "worker_index"),
+        "Time in a stateful step's on_batch calls per batch.",
+    ),
     "stateful_batch_on_notify_duration_seconds": (
-        "histogram", ("step_id", "worker_index"), "Time in a stateful step's timer callbacks."),
+        "histogram",
+        ("step_id", "worker_index"),
+        "Time in a stateful step's timer callbacks.",
+    ),
     "stateful_batch_on_eof_duration_seconds": (
-        "histogram", ("step_id", "worker_index"), "Time in a stateful step's on_eof calls."),
+        "histogram",
+        ("step_id", "worker_index"),
+        "Time in a stateful step's on_eof calls.",
+    ),
     "snapshot_duration_seconds": (
-        "histogram", ("worker_index",), "Time to build and write a worker's epoch snapshot."),
+        "histogram",
+        ("worker_index",),
+        "Time to build and write a worker's epoch snapshot.",
+    ),
     "headrace_step_busy_seconds_total": (
-        "counter", ("step_id", "worker_index"), "Time inside a step's user callbacks."),
+        "counter",
+        ("step_id", "worker_index"),
+        "Time inside a step's user callbacks.",
+    ),
     "headrace_worker_busy_seconds_total": (
-        "counter", ("worker_index",), "Time a worker spent working (not idle, not blocked)."),
+        "counter",
+        ("worker_index",),
+        "Time a worker spent working (not idle, not blocked).",
+    ),
     "headrace_worker_idle_seconds_total": (
-        "counter", ("worker_index",), "Time a worker waited with nothing to do."),
+        "counter",
+        ("worker_index",),
+        "Time a worker waited with nothing to do.",
+    ),
     "headrace_worker_backpressure_seconds_total": (
-        "counter", ("worker_index",),
-        "Time a worker held back its sources because a peer had too much unprocessed input."),
+        "counter",
+        ("worker_index",),
+        "Time a worker held back its sources because a peer had too much unprocessed input.",
+    ),
     "headrace_exchange_items_total": (
-        "counter", ("worker_index", "direction"), "Items sent to / received from other workers."),
+        "counter",
+        ("worker_index", "direction"),
+        "Items sent to / received from other workers.",
+    ),
     "headrace_exchange_bytes_total": (
-        "counter", ("direction",), "Bytes sent to / received from other processes."),
+        "counter",
+        ("direction",),
+        "Bytes sent to / received from other processes.",
+    ),
     "headrace_epoch_current": ("gauge", ("worker_index",), "The epoch a worker is in."),
     "headrace_epoch_committed": ("gauge", (), "The last committed epoch (process 0)."),
     "headrace_epoch_duration_seconds": (
-        "histogram", ("worker_index",), "Wall time of an epoch, barrier alignment included."),
+        "histogram",
+        ("worker_index",),
+        "Wall time of an epoch, barrier alignment included.",
+    ),
     "headrace_snapshot_last_bytes": ("gauge", ("worker_index",), "Bytes of a worker's last snapshot."),
-    "headrace_snapshot_bytes_total": (
-        "counter", ("worker_index",), "Bytes of all snapshots a worker wrote."),
+    "headrace_snapshot_bytes_total": ("counter", ("worker_index",), "Bytes of all snapshots a worker wrote."),
     "headrace_recovery_store_errors_total": (
-        "counter", (), "Errors talking to the recovery store (each retry counts)."),
+        "counter",
+        (),
+        "Errors talking to the recovery store (each retry counts).",
+    ),
     "headrace_recovery_store_latency_seconds": (
-        "histogram", ("worker_index",), "Latency of snapshot writes to the recovery store."),
+        "histogram",
+        ("worker_index",),
+        "Latency of snapshot writes to the recovery store.",
+    ),
     "headrace_source_lag": (
-        "gauge", ("step_id", "partition", "worker_index"),
-        "Items (or messages) a source partition has not read yet, if the source can tell."),
+        "gauge",
+        ("step_id", "partition", "worker_index"),
+        "Items (or messages) a source partition has not read yet, if the source can tell.",
+    ),
     "headrace_worker_count": ("gauge", (), "Workers in the whole cluster."),
     "headrace_process_info": (
-        "gauge", ("flow_id", "process_id", "version"), "Constant 1; identifies the process."),
+        "gauge",
+        ("flow_id", "process_id", "version"),
+        "Constant 1; identifies the process.",
+    ),
 }
 
 _BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
@@ -240,8 +295,9 @@ class WorkerFamily(_Family):
     ['doc_seconds_bucket{le="0.005",worker_index="0"} 1.0', 'doc_seconds_count{worker_index="0"} 1.0']
     """
 
-    def __init__(self, kind: str, base: str, doc: str, labelnames: tuple[str, ...],
-                 registry: Any = REGISTRY) -> None:
+    def __init__(
+        self, kind: str, base: str, doc: str, labelnames: tuple[str, ...], registry: Any = REGISTRY
+    ) -> None:
         self.kind = kind
         super().__init__(base, doc, labelnames, registry)
 
@@ -260,8 +316,9 @@ class WorkerFamily(_Family):
             acc += n
             buckets.append((le, acc))
         fam.add_metric(values, buckets, total)
-        fam.add_sample(self.base + "_created", dict(zip(self.labelnames, values, strict=True)),
-                       series.created)
+        fam.add_sample(
+            self.base + "_created", dict(zip(self.labelnames, values, strict=True)), series.created
+        )
 
 
 # Counters whose series add work in progress at scrape time.

@@ -242,8 +242,10 @@ def _frame_keys(secret: bytes, accept_nonce: str, dial_nonce: str) -> tuple[byte
     True
     """
     base = f"{_MAGIC}|frames|{accept_nonce}|{dial_nonce}|"
-    return (hmac.digest(secret, (base + "accept->dial").encode(), "sha256"),
-            hmac.digest(secret, (base + "dial->accept").encode(), "sha256"))
+    return (
+        hmac.digest(secret, (base + "accept->dial").encode(), "sha256"),
+        hmac.digest(secret, (base + "dial->accept").encode(), "sha256"),
+    )
 
 
 def _send_frame(sock: socket.socket, obj: Any, seal: _Seal | None = None) -> int:
@@ -309,8 +311,7 @@ def _secret_mismatch(has: str, lacks: str) -> str:
     >>> _secret_mismatch("process 0 at h:1", "process 1")[:60]
     'process 0 at h:1 has a cluster secret and process 1 has none'
     """
-    return (f"{has} has a cluster secret and {lacks} has none: set the same "
-            f"${SECRET_ENV} on every process")
+    return f"{has} has a cluster secret and {lacks} has none: set the same ${SECRET_ENV} on every process"
 
 
 def _recv_frame(sock: socket.socket, seal: _Seal | None = None) -> tuple[Any, int] | None:
@@ -424,9 +425,7 @@ class Mesh:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        acceptor = threading.Thread(
-            target=self._accept_all, args=(listener, deadline, errors), daemon=True
-        )
+        acceptor = threading.Thread(target=self._accept_all, args=(listener, deadline, errors), daemon=True)
         acceptor.start()
         try:
             for j in range(self.proc_id):
@@ -450,11 +449,15 @@ class Mesh:
             raise errors[0]
         for peer in self.peers.values():
             peer.writer = threading.Thread(
-                target=self._write_loop, args=(peer,), daemon=True,
+                target=self._write_loop,
+                args=(peer,),
+                daemon=True,
                 name=f"headrace-net-w{peer.proc_id}",
             )
             peer.reader = threading.Thread(
-                target=self._read_loop, args=(peer,), daemon=True,
+                target=self._read_loop,
+                args=(peer,),
+                daemon=True,
                 name=f"headrace-net-r{peer.proc_id}",
             )
             peer.writer.start()
@@ -572,9 +575,7 @@ class Mesh:
         errors.append(exc)
         self._wake()
 
-    def _accept_all(
-        self, listener: socket.socket, deadline: float, errors: list[BaseException]
-    ) -> None:
+    def _accept_all(self, listener: socket.socket, deadline: float, errors: list[BaseException]) -> None:
         """Accept connections until every higher id has shaken hands (or an error).
 
         Each connection is greeted in a thread of its own (`_greet`), so a
@@ -608,17 +609,19 @@ class Mesh:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 with self._greet_lock:
-                    missing = ", ".join(
-                        f"process {j} ({self.addresses[j]})" for j in sorted(expected)
-                    )
+                    missing = ", ".join(f"process {j} ({self.addresses[j]})" for j in sorted(expected))
                 hint = "are they running with the same address list?"
                 if self._refused:
-                    hint = (f"turned away: {'; '.join(self._refused[-3:])}; does every process "
-                            f"have the same ${SECRET_ENV}?")
-                errors.append(ClusterError(
-                    f"process {self.proc_id} got no connection from {missing} within "
-                    f"{self.startup_timeout:.0f}s; {hint}"
-                ))
+                    hint = (
+                        f"turned away: {'; '.join(self._refused[-3:])}; does every process "
+                        f"have the same ${SECRET_ENV}?"
+                    )
+                errors.append(
+                    ClusterError(
+                        f"process {self.proc_id} got no connection from {missing} within "
+                        f"{self.startup_timeout:.0f}s; {hint}"
+                    )
+                )
                 return
             ready = {key.fileobj for key, _ in sel.select(remaining)}
             if wake in ready:
@@ -637,7 +640,9 @@ class Mesh:
                 errors.append(ClusterError(f"accept failed on process {self.proc_id}: {exc}"))
                 return
             threading.Thread(
-                target=self._greet, args=(sock, client, expected, errors), daemon=True,
+                target=self._greet,
+                args=(sock, client, expected, errors),
+                daemon=True,
                 name="headrace-net-greet",
             ).start()
 
@@ -649,8 +654,15 @@ class Mesh:
         nonce = secrets.token_hex(16)
         try:
             sock.settimeout(_HANDSHAKE_TIMEOUT_S)
-            _send_json(sock, {"mesh": _MAGIC, "version": PROTOCOL_VERSION, "nonce": nonce,
-                              "secret": self.secret is not None})
+            _send_json(
+                sock,
+                {
+                    "mesh": _MAGIC,
+                    "version": PROTOCOL_VERSION,
+                    "nonce": nonce,
+                    "secret": self.secret is not None,
+                },
+            )
             frame = _recv_json(sock)
             if frame is None:
                 # Connecting and closing at once is what port checks do.
@@ -666,19 +678,20 @@ class Mesh:
             return
         mac = frame.get("mac")
         if self.secret is not None and not (
-            isinstance(mac, str)
-            and hmac.compare_digest(mac, _mac(self.secret, "dial", nonce, other))
+            isinstance(mac, str) and hmac.compare_digest(mac, _mac(self.secret, "dial", nonce, other))
         ):
             # Not an error of the cluster's: whoever it is may not stop it.
             why = "it did not prove it holds the cluster secret"
             self._refused.append(f"{who} ({why})")
-            _refuse(sock, f"wrong or missing cluster secret (${SECRET_ENV}); give every process "
-                    "the same secret")
+            _refuse(
+                sock, f"wrong or missing cluster secret (${SECRET_ENV}); give every process the same secret"
+            )
             self._drop(sock, who, why)
             return
         if self.secret is None and mac is not None:
-            lacking = _secret_mismatch(f"process {other.proc_id} ({other.address})",
-                                       f"process {self.proc_id}")
+            lacking = _secret_mismatch(
+                f"process {other.proc_id} ({other.address})", f"process {self.proc_id}"
+            )
             _refuse(sock, lacking)
             self._fail_startup(errors, ClusterError(f"cluster mismatch: {lacking}"))
             return
@@ -714,16 +727,12 @@ class Mesh:
             keys = None
             if self.secret is not None:
                 keys = _frame_keys(self.secret, nonce, their_nonce)
-            self.peers[other.proc_id] = _Peer(
-                other.proc_id, self.addresses[other.proc_id], sock, keys
-            )
+            self.peers[other.proc_id] = _Peer(other.proc_id, self.addresses[other.proc_id], sock, keys)
             expected.discard(other.proc_id)
             if not expected:
                 self._wake()
 
-    def _refused_by(
-        self, sock: socket.socket, who: str, why: str, errors: list[BaseException]
-    ) -> None:
+    def _refused_by(self, sock: socket.socket, who: str, why: str, errors: list[BaseException]) -> None:
         """A dialer gave up on the handshake and said why."""
         sock.close()
         if self.secret is not None:
@@ -735,8 +744,13 @@ class Mesh:
 
     def _drop(self, sock: socket.socket, who: str, why: str, level: int = logging.WARNING) -> None:
         sock.close()
-        log.log(level, "process %d dropped a connection from %s that is not a Headrace peer: %s",
-                self.proc_id, who, why)
+        log.log(
+            level,
+            "process %d dropped a connection from %s that is not a Headrace peer: %s",
+            self.proc_id,
+            who,
+            why,
+        )
 
     def _abort_peers(self) -> None:
         with self._greet_lock:
@@ -819,8 +833,11 @@ class Mesh:
                     deliver(dst, msg)
         except _Forged as exc:
             # Whatever sent it, it is not the peer: nothing more is read.
-            self._lost(peer, f"{exc} on its connection: the frame was not sent by it (changed "
-                       "or injected on the network?); nothing in it was run")
+            self._lost(
+                peer,
+                f"{exc} on its connection: the frame was not sent by it (changed "
+                "or injected on the network?); nothing in it was run",
+            )
             return
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
             if not peer.said_bye:

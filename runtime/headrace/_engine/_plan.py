@@ -108,7 +108,8 @@ def _prune(steps: list[CoreStep]) -> list[CoreStep]:
     while True:
         read = {inp for s in steps for inp in s.inputs}
         dead = [
-            s for s in steps
+            s
+            for s in steps
             if s.kind == "flat_map_batch"
             and getattr(s.conf.get("mapper"), "_headrace_pure", False)
             and not any(out in read for out in s.outputs.values())
@@ -125,9 +126,7 @@ def _build_error(reason: str) -> NoReturn:
     ``raises(RuntimeError)`` around ``raises(ValueError, match=...)``, which
     pass only when the outer error is not one.
     """
-    raise BytewaxRuntimeError(f"error building production dataflow: {reason}") from ValueError(
-        reason
-    )
+    raise BytewaxRuntimeError(f"error building production dataflow: {reason}") from ValueError(reason)
 
 
 def build_plan(flow: Dataflow) -> Plan:
@@ -153,11 +152,10 @@ Dataflow needs to contain at least one input step; add with `headrace.operators.
         inputs: list[str] = []
         for port in op.inp_ports.values():
             inputs.extend(_port_streams(port))
-        outputs = {name: port.stream_id for name, port in op.out_ports.items()
-                   if isinstance(port, SinglePort)}
-        steps.append(
-            CoreStep(op.step_id, op.core, op.conf, inputs, outputs, i, op.display_id or op.step_id)
-        )
+        outputs = {
+            name: port.stream_id for name, port in op.out_ports.items() if isinstance(port, SinglePort)
+        }
+        steps.append(CoreStep(op.step_id, op.core, op.conf, inputs, outputs, i, op.display_id or op.step_id))
     if not any(s.kind == "input" for s in steps):
         _build_error(
             "Dataflow needs to contain at least one input step; add with "

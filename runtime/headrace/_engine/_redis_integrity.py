@@ -77,7 +77,7 @@ def hint(store: RedisStore) -> str:
 
 def key_step(store: RedisStore, name: str) -> tuple[str, str]:
     """``(step, group)`` of a base (``hr{p}:b:S:G``) or delta (``hr{p}:d:E:S:G``) key."""
-    rest = name[len(store._k("")):]
+    rest = name[len(store._k("")) :]
     kind, _, rest = rest.partition(":")
     if kind == "d":
         rest = rest.partition(":")[2]
@@ -88,8 +88,11 @@ def key_step(store: RedisStore, name: str) -> tuple[str, str]:
 def describe_key(store: RedisStore, name: str) -> str:
     """A key's name with what it held, for messages."""
     step, group = key_step(store, name)
-    what = (f"partition positions of step {step!r}" if group == "p"
-            else f"state of step {step!r}, key group {group}")
+    what = (
+        f"partition positions of step {step!r}"
+        if group == "p"
+        else f"state of step {step!r}, key group {group}"
+    )
     return f"{name} ({what})"
 
 
@@ -101,7 +104,8 @@ def leftovers(store: RedisStore, limit: int = 10) -> list[str]:
     cursor = 0
     while True:
         cursor, keys = store._retry(
-            "looking for state", partial(store._r.scan, cursor, match=pattern, count=1000))
+            "looking for state", partial(store._r.scan, cursor, match=pattern, count=1000)
+        )
         found.extend(n for n in map(_s, keys) if n not in skip)
         if cursor == 0 or len(found) >= limit:
             return sorted(found)[:limit]
@@ -109,6 +113,7 @@ def leftovers(store: RedisStore, limit: int = 10) -> list[str]:
 
 def _listings(store: RedisStore, epochs: list[int]) -> tuple[list[list[str]], list[str], set[int]]:
     """The delta keys each epoch lists, the base keys, and the epochs the index holds."""
+
     def read() -> list[Any]:
         p = store._r.pipeline(transaction=True)
         for e in epochs:
@@ -118,7 +123,7 @@ def _listings(store: RedisStore, epochs: list[int]) -> tuple[list[list[str]], li
         return p.execute()
 
     res = store._retry("checking the committed state", read)
-    deltas = [sorted(map(_s, r)) for r in res[:len(epochs)]]
+    deltas = [sorted(map(_s, r)) for r in res[: len(epochs)]]
     return deltas, sorted(map(_s, res[len(epochs)])), {int(_s(e)) for e in res[-1]}
 
 
@@ -133,8 +138,9 @@ def _lengths(store: RedisStore, names: list[str]) -> list[int]:
 
 
 def _recorded_epochs(fields: dict[str, str], lo: int, hi: int) -> list[int]:
-    return sorted(int(k[2:]) for k in fields
-                  if k.startswith("n:") and k[2:].isdigit() and lo < int(k[2:]) <= hi)
+    return sorted(
+        int(k[2:]) for k in fields if k.startswith("n:") and k[2:].isdigit() and lo < int(k[2:]) <= hi
+    )
 
 
 def layers(store: RedisStore, fields: dict[str, str], upto: int) -> list[Layer]:
@@ -146,25 +152,32 @@ def layers(store: RedisStore, fields: dict[str, str], upto: int) -> list[Layer]:
     out: list[Layer] = []
     i = 0
     for e, names in zip(epochs, deltas, strict=True):
-        lens = lengths[i:i + len(names)]
+        lens = lengths[i : i + len(names)]
         i += len(names)
         missing = [describe_key(store, n) for n, ln in zip(names, lens, strict=True) if not ln]
         recorded = int(fields.get(f"n:{e}", 0))
         if len(names) < recorded:
-            missing.append(f"{recorded - len(names)} of {recorded} keys from the list "
-                           f"{store._k('e', e)}")
+            missing.append(f"{recorded - len(names)} of {recorded} keys from the list {store._k('e', e)}")
         if e not in indexed:
             missing.append(f"epoch {e} in the index {store._k('epochs')}")
-        out.append(Layer(f"the snapshot of epoch {e}", int(fields.get(f"f:{e}", 0)), sum(lens),
-                         tuple(missing)))
+        out.append(
+            Layer(f"the snapshot of epoch {e}", int(fields.get(f"f:{e}", 0)), sum(lens), tuple(missing))
+        )
     lens = lengths[i:]
     missing = [describe_key(store, n) for n, ln in zip(bases, lens, strict=True) if not ln]
     recorded_keys = int(fields.get("base_keys", 0))
     if len(bases) < recorded_keys:
-        missing.append(f"{recorded_keys - len(bases)} of {recorded_keys} keys from the list "
-                       f"{store._k('bases')}")
-    out.append(Layer(f"the compacted base (up to epoch {base_epoch})",
-                     int(fields.get("base_fields", 0)), sum(lens), tuple(missing)))
+        missing.append(
+            f"{recorded_keys - len(bases)} of {recorded_keys} keys from the list {store._k('bases')}"
+        )
+    out.append(
+        Layer(
+            f"the compacted base (up to epoch {base_epoch})",
+            int(fields.get("base_fields", 0)),
+            sum(lens),
+            tuple(missing),
+        )
+    )
     return out
 
 
@@ -174,15 +187,15 @@ def verify(store: RedisStore, upto: int, when: str, fields: dict[str, str] | Non
 
     fields = meta_fields(store) if fields is None else fields
     if not fields.get("execution_id"):
-        raise LostStateError(lost_meta_message(store.description, store.execution_id or "-",
-                                               when, hint(store)))
+        raise LostStateError(
+            lost_meta_message(store.description, store.execution_id or "-", when, hint(store))
+        )
     if MANIFEST_FIELD not in fields:
         return  # written by an older Headrace: rebuilt at the next start
     problems = layer_problems(layers(store, fields, upto))
     if problems:
         committed = int(fields.get("committed_epoch", 0))
-        raise LostStateError(lost_state_message(store.description, committed, problems, when,
-                                                hint(store)))
+        raise LostStateError(lost_state_message(store.description, committed, problems, when, hint(store)))
 
 
 def rebuild_manifest(store: RedisStore) -> None:
@@ -190,15 +203,20 @@ def rebuild_manifest(store: RedisStore) -> None:
     fields = meta_fields(store)
     committed = int(fields.get("committed_epoch", 0))
     base_epoch = int(fields.get("base_epoch", 0))
-    epochs = sorted(e for e in (int(_s(x)) for x in store._retry(
-        "counting state", lambda: store._r.zrange(store._k("epochs"), 0, -1)))
-        if base_epoch < e <= committed)
+    epochs = sorted(
+        e
+        for e in (
+            int(_s(x))
+            for x in store._retry("counting state", lambda: store._r.zrange(store._k("epochs"), 0, -1))
+        )
+        if base_epoch < e <= committed
+    )
     deltas, bases, _ = _listings(store, epochs)
     lengths = _lengths(store, [n for names in deltas for n in names] + bases)
     new: dict[str, str] = {MANIFEST_FIELD: "1"}
     i = 0
     for e, names in zip(epochs, deltas, strict=True):
-        lens = lengths[i:i + len(names)]
+        lens = lengths[i : i + len(names)]
         i += len(names)
         new[f"n:{e}"] = str(sum(1 for ln in lens if ln))
         new[f"f:{e}"] = str(sum(lens))
@@ -224,9 +242,14 @@ def stored_steps(store: RedisStore) -> dict[str, list[str]]:
     fields = meta_fields(store)
     committed = int(fields.get("committed_epoch", 0))
     base_epoch = int(fields.get("base_epoch", 0))
-    epochs = sorted(e for e in (int(_s(x)) for x in store._retry(
-        "listing state", lambda: store._r.zrange(store._k("epochs"), 0, -1)))
-        if base_epoch < e <= committed)
+    epochs = sorted(
+        e
+        for e in (
+            int(_s(x))
+            for x in store._retry("listing state", lambda: store._r.zrange(store._k("epochs"), 0, -1))
+        )
+        if base_epoch < e <= committed
+    )
     deltas, bases, _ = _listings(store, epochs)
     out: dict[str, list[str]] = {}
     for name in [n for names in deltas for n in names] + bases:
@@ -287,8 +310,7 @@ def check_server(store: RedisStore, allow_evicting: bool) -> None:
     """Refuse an evicting ``maxmemory-policy``; warn when Redis persists nothing."""
     from headrace._engine._store import RecoveryStoreError
 
-    error, warning = redis_config_problems(store.description, server_config(store),
-                                           allow_evicting)
+    error, warning = redis_config_problems(store.description, server_config(store), allow_evicting)
     if error is not None:
         raise RecoveryStoreError(error)
     if warning is not None:

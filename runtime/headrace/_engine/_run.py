@@ -195,8 +195,9 @@ class _Lease:
         self.store.release()
 
 
-def _open_recovery(recovery: Any, plan: Plan, config: RunConfig, start: bool,
-                   worker_count: int, leader: Hello | None = None) -> None:
+def _open_recovery(
+    recovery: Any, plan: Plan, config: RunConfig, start: bool, worker_count: int, leader: Hello | None = None
+) -> None:
     """Open the store; process 0 starts the execution, the others join ``leader``'s."""
     if recovery is None:
         return
@@ -215,7 +216,9 @@ def _open_recovery(recovery: Any, plan: Plan, config: RunConfig, start: bool,
     if key_groups != config.key_groups and start:
         log.warning(
             "using the stored key-group count %d instead of %d: key groups are fixed at "
-            "a dataflow's first run", key_groups, config.key_groups,
+            "a dataflow's first run",
+            key_groups,
+            config.key_groups,
         )
     config.key_groups = key_groups
     config.store = store
@@ -226,8 +229,7 @@ def _open_recovery(recovery: Any, plan: Plan, config: RunConfig, start: bool,
         log.info("resuming from committed epoch %d (%s)", resume, store.description)
 
 
-def _start_execution(store: Store, recovery: Any, plan: Plan, worker_count: int,
-                     key_groups: int) -> Meta:
+def _start_execution(store: Store, recovery: Any, plan: Plan, worker_count: int, key_groups: int) -> Meta:
     """Process 0's start: check the store's settings and state, then own it (see `_integrity`).
 
     Lost committed state stops the run (`LostStateError`), and so does
@@ -243,8 +245,11 @@ def _start_execution(store: Store, recovery: Any, plan: Plan, worker_count: int,
             check_server(bool(getattr(recovery, "allow_evicting_redis", False)))
         meta = store.start_execution(worker_count, key_groups)
         try:
-            store.check_flow(plan.flow_id, flow_state_steps((s.step_id, s.kind) for s in plan.steps),
-                             bool(getattr(recovery, "allow_dropped_state", False)))
+            store.check_flow(
+                plan.flow_id,
+                flow_state_steps((s.step_id, s.kind) for s in plan.steps),
+                bool(getattr(recovery, "allow_dropped_state", False)),
+            )
         except BaseException:
             store.release()
             raise
@@ -253,8 +258,12 @@ def _start_execution(store: Store, recovery: Any, plan: Plan, worker_count: int,
         raise
     if not meta.committed_epoch:
         why = "holds no state of it" if store.first_run else "holds no committed epoch of it"
-        log.warning("first run of dataflow %r: %s %s; starting from the beginning of every "
-                    "source", plan.flow_id, store.description, why)
+        log.warning(
+            "first run of dataflow %r: %s %s; starting from the beginning of every source",
+            plan.flow_id,
+            store.description,
+            why,
+        )
     return meta
 
 
@@ -418,8 +427,17 @@ def execute_cluster(
     server = _serve(flow, metrics_port, metrics_host, readiness, metrics_port_fallback)
     try:
         _start_cluster_process(
-            flow, plan, config, readiness, server, addresses, proc_id, w, bind_host,
-            startup_timeout, recovery,
+            flow,
+            plan,
+            config,
+            readiness,
+            server,
+            addresses,
+            proc_id,
+            w,
+            bind_host,
+            startup_timeout,
+            recovery,
         )
     except BaseException:
         if server is not None:
@@ -450,9 +468,16 @@ def _start_cluster_process(
     store = config.store
     # Process 0 tells every other process what it decided (see the module docstring).
     hello = Hello(
-        PROTOCOL_VERSION, proc_id, len(addresses), w, plan.flow_id, plan.fingerprint(),
-        addresses[proc_id], store.execution_id if store is not None else "",
-        config.resume_epoch, config.key_groups,
+        PROTOCOL_VERSION,
+        proc_id,
+        len(addresses),
+        w,
+        plan.flow_id,
+        plan.fingerprint(),
+        addresses[proc_id],
+        store.execution_id if store is not None else "",
+        config.resume_epoch,
+        config.key_groups,
     )
 
     def deliver(dst: int, msg: tuple[object, ...]) -> None:

@@ -68,7 +68,8 @@ class EndpointServer:
                 print(
                     f"headrace: metrics port {port} on {host} is in use (another run?); serving "
                     f"/metrics on {host}:{self.httpd.server_address[1]} instead",
-                    file=sys.stderr, flush=True,
+                    file=sys.stderr,
+                    flush=True,
                 )
             elif exc.errno == errno.EADDRINUSE:
                 msg = (

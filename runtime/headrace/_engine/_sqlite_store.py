@@ -131,8 +131,10 @@ def part_name(index: int) -> str:
 
 
 def _init_hint(directory: Path) -> str:
-    return (f"run `python -m headrace.recovery {directory} N` (or "
-            f"init_db_dir({str(directory)!r}, N)) first to create N partitions")
+    return (
+        f"run `python -m headrace.recovery {directory} N` (or "
+        f"init_db_dir({str(directory)!r}, N)) first to create N partitions"
+    )
 
 
 def _names(indexes: Iterable[int]) -> str:
@@ -190,18 +192,18 @@ class _File:
         return dict(self.conn().execute(f"SELECT k, v FROM {self.m} WHERE {self.w}1", self.a))
 
     def set_meta(self, c: sqlite3.Connection, fields: dict[str, str]) -> None:
-        c.executemany(f"INSERT OR REPLACE INTO {self.m} ({self.col}k, v) VALUES ({self.q}?, ?)",
-                      [(*self.a, k, v) for k, v in fields.items()])
+        c.executemany(
+            f"INSERT OR REPLACE INTO {self.m} ({self.col}k, v) VALUES ({self.q}?, ?)",
+            [(*self.a, k, v) for k, v in fields.items()],
+        )
 
     def epoch_of(self, name: str) -> int:
-        row = self.conn().execute(
-            f"SELECT v FROM {self.m} WHERE {self.w}k=?", (*self.a, name)).fetchone()
+        row = self.conn().execute(f"SELECT v FROM {self.m} WHERE {self.w}k=?", (*self.a, name)).fetchone()
         return int(row[0]) if row else 0
 
     def owner_in(self, c: sqlite3.Connection) -> str:
         """The execution id this part names (read inside the caller's transaction)."""
-        row = c.execute(f"SELECT v FROM {self.m} WHERE {self.w}k='execution_id'",
-                        self.a).fetchone()
+        row = c.execute(f"SELECT v FROM {self.m} WHERE {self.w}k='execution_id'", self.a).fetchone()
         return str(row[0]) if row else ""
 
     def write(self, epoch: int, rows: list[Entry], fence: _Fence | None = None) -> None:
@@ -222,7 +224,8 @@ class _File:
             c.executemany(
                 f"INSERT INTO {self.m} ({self.col}k, v) VALUES ({self.q}?, ?) ON CONFLICT "
                 f"({self.col}k) DO UPDATE SET v = CAST(v AS INTEGER) + CAST(excluded.v AS INTEGER)",
-                [(*self.a, f"f:{epoch}:{s}", str(n)) for s, n in per_step.items()])
+                [(*self.a, f"f:{epoch}:{s}", str(n)) for s, n in per_step.items()],
+            )
 
     def _manifest_keys(self, c: sqlite3.Connection, keep: Any) -> list[str]:
         """The ``f:<epoch>:<step>`` fields of epochs for which ``keep(epoch)`` is false."""
@@ -245,8 +248,10 @@ class _File:
 
     def has_rows(self) -> int:
         """How many delta and base rows this part holds for the flow."""
-        return sum(self.conn().execute(f"SELECT COUNT(*) FROM {t} WHERE {self.w}1",
-                                       self.a).fetchone()[0] for t in (self.d, self.b))
+        return sum(
+            self.conn().execute(f"SELECT COUNT(*) FROM {t} WHERE {self.w}1", self.a).fetchone()[0]
+            for t in (self.d, self.b)
+        )
 
     def layers(self, c: sqlite3.Connection, upto: int) -> list[Layer]:
         """What this part's manifest recorded up to epoch ``upto``, against what is there."""
@@ -254,62 +259,102 @@ class _File:
         if MANIFEST_FIELD not in meta:
             return []  # written by an older Headrace: rebuilt at the next start
         base = int(meta.get("base_epoch", 0))
-        deltas = {(int(e), s): n for e, s, n in c.execute(
-            f"SELECT epoch, step, COUNT(*) FROM {self.d} WHERE {self.w}epoch > ? AND epoch <= ? "
-            "GROUP BY epoch, step", (*self.a, base, upto))}
-        bases = dict(c.execute(
-            f"SELECT step, COUNT(*) FROM {self.b} WHERE {self.w}1 GROUP BY step", self.a))
+        deltas = {
+            (int(e), s): n
+            for e, s, n in c.execute(
+                f"SELECT epoch, step, COUNT(*) FROM {self.d} WHERE {self.w}epoch > ? AND epoch <= ? "
+                "GROUP BY epoch, step",
+                (*self.a, base, upto),
+            )
+        }
+        bases = dict(c.execute(f"SELECT step, COUNT(*) FROM {self.b} WHERE {self.w}1 GROUP BY step", self.a))
         out = []
         for k, v in sorted(meta.items()):
             if k.startswith("f:"):
                 _, e, step = k.split(":", 2)
                 if e.isdigit() and base < int(e) <= upto:
-                    out.append(Layer(f"{self.path.name}: the snapshot of epoch {e} of step "
-                                     f"{step!r}", int(v), deltas.get((int(e), step), 0),
-                                     unit="rows"))
+                    out.append(
+                        Layer(
+                            f"{self.path.name}: the snapshot of epoch {e} of step {step!r}",
+                            int(v),
+                            deltas.get((int(e), step), 0),
+                            unit="rows",
+                        )
+                    )
             elif k.startswith("b:"):
-                out.append(Layer(f"{self.path.name}: the compacted base of step {k[2:]!r}",
-                                 int(v), bases.get(k[2:], 0), unit="rows"))
+                out.append(
+                    Layer(
+                        f"{self.path.name}: the compacted base of step {k[2:]!r}",
+                        int(v),
+                        bases.get(k[2:], 0),
+                        unit="rows",
+                    )
+                )
         return out
 
     def rebuild(self) -> None:
         """Count what is there and record it as the manifest (an older store; dropped steps)."""
         with _transaction(self.conn()) as c:
-            old = [k for (k,) in c.execute(f"SELECT k FROM {self.m} WHERE {self.w}"
-                                           "(k LIKE 'f:%' OR k LIKE 'b:%')", self.a)]
+            old = [
+                k
+                for (k,) in c.execute(
+                    f"SELECT k FROM {self.m} WHERE {self.w}(k LIKE 'f:%' OR k LIKE 'b:%')", self.a
+                )
+            ]
             self._del_meta(c, old)
-            fields = {f"f:{e}:{s}": str(n) for e, s, n in c.execute(
-                f"SELECT epoch, step, COUNT(*) FROM {self.d} WHERE {self.w}1 "
-                "GROUP BY epoch, step", self.a)}
-            fields.update({f"b:{s}": str(n) for s, n in c.execute(
-                f"SELECT step, COUNT(*) FROM {self.b} WHERE {self.w}1 GROUP BY step", self.a)})
+            fields = {
+                f"f:{e}:{s}": str(n)
+                for e, s, n in c.execute(
+                    f"SELECT epoch, step, COUNT(*) FROM {self.d} WHERE {self.w}1 GROUP BY epoch, step", self.a
+                )
+            }
+            fields.update(
+                {
+                    f"b:{s}": str(n)
+                    for s, n in c.execute(
+                        f"SELECT step, COUNT(*) FROM {self.b} WHERE {self.w}1 GROUP BY step", self.a
+                    )
+                }
+            )
             self.set_meta(c, {**fields, MANIFEST_FIELD: "1"})
 
     def steps_upto(self, committed: int) -> set[str]:
         """The steps with committed state in this part."""
-        return {s for (s,) in self.conn().execute(
-            f"SELECT DISTINCT step FROM {self.b} WHERE {self.w}1 UNION "
-            f"SELECT DISTINCT step FROM {self.d} WHERE {self.w}epoch <= ?",
-            (*self.a, *self.a, committed))}
+        return {
+            s
+            for (s,) in self.conn().execute(
+                f"SELECT DISTINCT step FROM {self.b} WHERE {self.w}1 UNION "
+                f"SELECT DISTINCT step FROM {self.d} WHERE {self.w}epoch <= ?",
+                (*self.a, *self.a, committed),
+            )
+        }
 
     def drop(self, steps: list[str]) -> None:
         """Delete the rows of ``steps``, then recount the manifest."""
         with _transaction(self.conn()) as c:
             for t in (self.d, self.b):
-                c.executemany(f"DELETE FROM {t} WHERE {self.w}step=?",
-                              [(*self.a, s) for s in steps])
+                c.executemany(f"DELETE FROM {t} WHERE {self.w}step=?", [(*self.a, s) for s in steps])
         if MANIFEST_FIELD in self.meta():
             self.rebuild()
 
     def load(self, step: str, grp: str, committed: int) -> dict[str, bytes]:
         c = self.conn()
         base = self.epoch_of("base_epoch")
-        layers: list[dict[str, bytes]] = [dict(c.execute(
-            f"SELECT key, value FROM {self.b} WHERE {self.w}step=? AND grp=?",
-            (*self.a, step, grp)))]
-        layers.extend({k: v} for k, v in c.execute(
-            f"SELECT key, value FROM {self.d} WHERE {self.w}step=? AND grp=? AND epoch > ? "
-            "AND epoch <= ? ORDER BY epoch", (*self.a, step, grp, base, committed)))
+        layers: list[dict[str, bytes]] = [
+            dict(
+                c.execute(
+                    f"SELECT key, value FROM {self.b} WHERE {self.w}step=? AND grp=?", (*self.a, step, grp)
+                )
+            )
+        ]
+        layers.extend(
+            {k: v}
+            for k, v in c.execute(
+                f"SELECT key, value FROM {self.d} WHERE {self.w}step=? AND grp=? AND epoch > ? "
+                "AND epoch <= ? ORDER BY epoch",
+                (*self.a, step, grp, base, committed),
+            )
+        )
         return _merge(layers)
 
     def compact(self, up_to: int) -> None:
@@ -319,31 +364,55 @@ class _File:
                 return
             rows = c.execute(
                 f"SELECT step, grp, key, value FROM {self.d} WHERE {self.w}epoch > ? "
-                "AND epoch <= ? ORDER BY epoch", (*self.a, base, up_to)).fetchall()
+                "AND epoch <= ? ORDER BY epoch",
+                (*self.a, base, up_to),
+            ).fetchall()
             for step, grp, key, value in rows:
                 if value:
-                    c.execute(f"INSERT OR REPLACE INTO {self.b} ({self.col}step, grp, key, value)"
-                              f" VALUES ({self.q}?, ?, ?, ?)", (*self.a, step, grp, key, value))
+                    c.execute(
+                        f"INSERT OR REPLACE INTO {self.b} ({self.col}step, grp, key, value)"
+                        f" VALUES ({self.q}?, ?, ?, ?)",
+                        (*self.a, step, grp, key, value),
+                    )
                 else:
-                    c.execute(f"DELETE FROM {self.b} WHERE {self.w}step=? AND grp=? AND key=?",
-                              (*self.a, step, grp, key))
+                    c.execute(
+                        f"DELETE FROM {self.b} WHERE {self.w}step=? AND grp=? AND key=?",
+                        (*self.a, step, grp, key),
+                    )
             c.execute(f"DELETE FROM {self.d} WHERE {self.w}epoch <= ?", (*self.a, up_to))
             # The manifest: folded epochs go, the base is recounted.
             self._del_meta(c, self._manifest_keys(c, lambda e: e > up_to))
-            self._del_meta(c, [k for (k,) in c.execute(
-                f"SELECT k FROM {self.m} WHERE {self.w}k LIKE 'b:%'", self.a)])
-            self.set_meta(c, {"base_epoch": str(up_to), **{f"b:{s}": str(n) for s, n in c.execute(
-                f"SELECT step, COUNT(*) FROM {self.b} WHERE {self.w}1 GROUP BY step", self.a)}})
+            self._del_meta(
+                c, [k for (k,) in c.execute(f"SELECT k FROM {self.m} WHERE {self.w}k LIKE 'b:%'", self.a)]
+            )
+            self.set_meta(
+                c,
+                {
+                    "base_epoch": str(up_to),
+                    **{
+                        f"b:{s}": str(n)
+                        for s, n in c.execute(
+                            f"SELECT step, COUNT(*) FROM {self.b} WHERE {self.w}1 GROUP BY step", self.a
+                        )
+                    },
+                },
+            )
 
     def delete_all(self) -> int:
         with _transaction(self.conn()) as c:
-            return sum(c.execute(f"DELETE FROM {t} WHERE {self.w}1", self.a).rowcount
-                       for t in (self.d, self.b, self.m))
+            return sum(
+                c.execute(f"DELETE FROM {t} WHERE {self.w}1", self.a).rowcount
+                for t in (self.d, self.b, self.m)
+            )
 
     def step_groups(self) -> set[tuple[str, str]]:
-        return set(self.conn().execute(
-            f"SELECT DISTINCT step, grp FROM {self.b} WHERE {self.w}1 UNION "
-            f"SELECT DISTINCT step, grp FROM {self.d} WHERE {self.w}1", self.a * 2))
+        return set(
+            self.conn().execute(
+                f"SELECT DISTINCT step, grp FROM {self.b} WHERE {self.w}1 UNION "
+                f"SELECT DISTINCT step, grp FROM {self.d} WHERE {self.w}1",
+                self.a * 2,
+            )
+        )
 
 
 class _Fence:
@@ -357,8 +426,11 @@ class _Fence:
     def check(self, file: _File, c: sqlite3.Connection, what: str) -> None:
         current = file.owner_in(c)
         if not current:
-            raise LostStateError(ig.lost_meta_message(
-                f"{self.description}, {file.path.name}", self.execution_id, what, self.hint))
+            raise LostStateError(
+                ig.lost_meta_message(
+                    f"{self.description}, {file.path.name}", self.execution_id, what, self.hint
+                )
+            )
         if current != self.execution_id:
             raise FencedError(fenced_message(self.description, self.execution_id, current, what))
 
@@ -380,17 +452,23 @@ def _read_header(path: Path) -> dict[str, str]:
             if header.get("format") == FORMAT:
                 return header
         if {"parts", "snaps", "commits"} <= tables:
-            why = ("it is a Bytewax recovery partition; Headrace keeps snapshots in its own "
-                   "format and can't resume from Bytewax's")
+            why = (
+                "it is a Bytewax recovery partition; Headrace keeps snapshots in its own "
+                "format and can't resume from Bytewax's"
+            )
         else:
             why = "it holds no Headrace partition header"
-        msg = (f"{str(path)!r} is not a Headrace recovery partition: {why}. Use a new directory "
-               f"(python -m headrace.recovery DIR N)")
+        msg = (
+            f"{str(path)!r} is not a Headrace recovery partition: {why}. Use a new directory "
+            f"(python -m headrace.recovery DIR N)"
+        )
         raise RecoveryStoreError(msg)
     except sqlite3.DatabaseError as exc:
-        msg = (f"{str(path)!r} is not a Headrace recovery partition ({exc}); was it "
-               "overwritten? Restore it from a backup, or use a new directory "
-               "(python -m headrace.recovery DIR N)")
+        msg = (
+            f"{str(path)!r} is not a Headrace recovery partition ({exc}); was it "
+            "overwritten? Restore it from a backup, or use a new directory "
+            "(python -m headrace.recovery DIR N)"
+        )
         raise RecoveryStoreError(msg) from exc
     finally:
         c.close()
@@ -415,31 +493,42 @@ def scan_parts(directory: Path) -> tuple[int, dict[int, Path]]:
         if m is not None:
             found[int(m[1])] = p
     if not found:
-        msg = (f"No recovery partitions found on any worker; can't resume (recovery directory "
-               f"{str(directory)!r} has no part-N.sqlite3 files): {_init_hint(directory)}")
+        msg = (
+            f"No recovery partitions found on any worker; can't resume (recovery directory "
+            f"{str(directory)!r} has no part-N.sqlite3 files): {_init_hint(directory)}"
+        )
         raise NoPartitionsError(msg)
     headers = {i: _read_header(p) for i, p in sorted(found.items())}
     counts = {i: int(h.get("count", "0")) for i, h in headers.items()}
     ids = {h.get("dir_id", "") for h in headers.values()}
     if len(set(counts.values())) > 1 or len(ids) > 1:
-        said = ", ".join(f"{part_name(i)} is part {headers[i].get('index')} of {n} "
-                         f"(init {headers[i].get('dir_id', '')[:8]})" for i, n in counts.items())
-        msg = (f"Inconsistent partition counts in recovery partitions; can't resume: the part "
-               f"files of {str(directory)!r} come from different inits ({said}). Put back the "
-               "parts of one init, or start over in a new directory")
+        said = ", ".join(
+            f"{part_name(i)} is part {headers[i].get('index')} of {n} "
+            f"(init {headers[i].get('dir_id', '')[:8]})"
+            for i, n in counts.items()
+        )
+        msg = (
+            f"Inconsistent partition counts in recovery partitions; can't resume: the part "
+            f"files of {str(directory)!r} come from different inits ({said}). Put back the "
+            "parts of one init, or start over in a new directory"
+        )
         raise InconsistentPartitionsError(msg)
     count = next(iter(counts.values()))
     for i, h in headers.items():
         if h.get("index") != str(i):
-            msg = (f"recovery partition {str(found[i])!r} says it is part {h.get('index')} of "
-                   f"{count}: a part file was renamed or copied over another; can't resume. "
-                   f"Put each part back under its own name (part-{h.get('index')}.sqlite3)")
+            msg = (
+                f"recovery partition {str(found[i])!r} says it is part {h.get('index')} of "
+                f"{count}: a part file was renamed or copied over another; can't resume. "
+                f"Put each part back under its own name (part-{h.get('index')}.sqlite3)"
+            )
             raise InconsistentPartitionsError(msg)
     missing = set(range(count)) - set(found)
     if missing:
-        msg = (f"Missing recovery partitions {_names(missing)} of {count} in "
-               f"{str(directory)!r}; can't resume: restore them from a backup (state in them "
-               "would be lost), or delete the directory and init it again to start over")
+        msg = (
+            f"Missing recovery partitions {_names(missing)} of {count} in "
+            f"{str(directory)!r}; can't resume: restore them from a backup (state in them "
+            "would be lost), or delete the directory and init it again to start over"
+        )
         raise MissingPartitionsError(msg)
     return count, found
 
@@ -481,9 +570,11 @@ def init_parts(directory: Path, count: int) -> None:
                 msg = f"{exc}. (init does not recreate lost partitions.)"
                 raise MissingPartitionsError(msg) from None
             if have != count:
-                msg = (f"{str(directory)!r} already holds {have} recovery partitions; can't "
-                       f"init it with {count}. Headrace can't change an existing directory's "
-                       "partition count: use a new directory")
+                msg = (
+                    f"{str(directory)!r} already holds {have} recovery partitions; can't "
+                    f"init it with {count}. Headrace can't change an existing directory's "
+                    "partition count: use a new directory"
+                )
                 raise ValueError(msg)
             return
         dir_id = uuid.uuid4().hex
@@ -493,11 +584,17 @@ def init_parts(directory: Path, count: int) -> None:
             try:
                 c.execute("PRAGMA journal_mode=WAL")
                 c.executescript(_PART_SCHEMA)
-                c.executemany("INSERT INTO hr_part (k, v) VALUES (?, ?)", [
-                    ("format", FORMAT), ("version", VERSION), ("index", str(i)),
-                    ("count", str(count)), ("dir_id", dir_id),
-                    ("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
-                ])
+                c.executemany(
+                    "INSERT INTO hr_part (k, v) VALUES (?, ?)",
+                    [
+                        ("format", FORMAT),
+                        ("version", VERSION),
+                        ("index", str(i)),
+                        ("count", str(count)),
+                        ("dir_id", dir_id),
+                        ("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+                    ],
+                )
                 c.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
             finally:
                 c.close()
@@ -528,8 +625,10 @@ class SqliteStore(Store):
         self.last_latency = 0.0
         self._committed = 0  # the epoch this execution committed last (or resumed from)
         if not self.dir.exists():
-            msg = (f'recovery directory "{self.dir}" does not exist; see the `headrace.recovery` '
-                   f"module docstring for more info: {_init_hint(self.dir)}")
+            msg = (
+                f'recovery directory "{self.dir}" does not exist; see the `headrace.recovery` '
+                f"module docstring for more info: {_init_hint(self.dir)}"
+            )
             raise FileNotFoundError(msg)
         if not self.dir.is_dir():
             msg = f'recovery directory "{self.dir}" is not a directory'
@@ -590,8 +689,10 @@ class SqliteStore(Store):
             raise InconsistentPartitionsError(msg)
         groups = {m["key_groups"] for m in metas if m.get("key_groups", "0") != "0"}
         if len(groups) > 1 and self.check:
-            msg = (f"recovery partitions of {str(self.dir)!r} disagree on flow "
-                   f"{self.prefix!r}'s key-group count ({sorted(groups)}); can't resume")
+            msg = (
+                f"recovery partitions of {str(self.dir)!r} disagree on flow "
+                f"{self.prefix!r}'s key-group count ({sorted(groups)}); can't resume"
+            )
             raise InconsistentPartitionsError(msg)
         return metas
 
@@ -613,8 +714,14 @@ class SqliteStore(Store):
         >>> SqliteStore(d, "f").parts()  # doctest: +ELLIPSIS
         [{'file': 'part-0.sqlite3', 'committed_epoch': 0, 'base_epoch': 0}]
         """
-        return [{"file": f.path.name, "committed_epoch": f.epoch_of("committed_epoch"),
-                 "base_epoch": f.epoch_of("base_epoch")} for f in self.files]
+        return [
+            {
+                "file": f.path.name,
+                "committed_epoch": f.epoch_of("committed_epoch"),
+                "base_epoch": f.epoch_of("base_epoch"),
+            }
+            for f in self.files
+        ]
 
     def start_execution(self, worker_count: int, key_groups: int) -> Meta:
         self._check_meta_records()
@@ -634,13 +741,15 @@ class SqliteStore(Store):
         problems: list[str] = []
         for file in self.files:
             if MANIFEST_FIELD in file.meta():
-                problems.extend(ig.layer_problems(file.layers(file.conn(),
-                                                              meta.committed_epoch)))
+                problems.extend(ig.layer_problems(file.layers(file.conn(), meta.committed_epoch)))
             else:  # state of an older Headrace: counted now, checked from here on
                 file.rebuild()
         if problems:
-            raise LostStateError(ig.lost_state_message(
-                self.description, meta.committed_epoch, problems, "resuming", self._reset_hint()))
+            raise LostStateError(
+                ig.lost_state_message(
+                    self.description, meta.committed_epoch, problems, "resuming", self._reset_hint()
+                )
+            )
         self._committed = meta.committed_epoch
         self.heartbeat()
         return meta
@@ -650,13 +759,14 @@ class SqliteStore(Store):
         metas = [f.meta() for f in self.files]
         committed = any(int(m.get("committed_epoch", 0)) for m in metas)
         rows = [f.has_rows() for f in self.files]
-        lost = [f"{f.path.name} has no meta record of flow {self.prefix!r}"
-                + (f" but {n} rows of its state" if n else "")
-                for f, m, n in zip(self.files, metas, rows, strict=True)
-                if not m and (committed or any(rows))]
+        lost = [
+            f"{f.path.name} has no meta record of flow {self.prefix!r}"
+            + (f" but {n} rows of its state" if n else "")
+            for f, m, n in zip(self.files, metas, rows, strict=True)
+            if not m and (committed or any(rows))
+        ]
         if lost:
-            raise LostStateError(ig.leftovers_message(self.description, lost,
-                                                      self._reset_hint()))
+            raise LostStateError(ig.leftovers_message(self.description, lost, self._reset_hint()))
         self.first_run = not any(metas)
 
     # ------------------------------------------------------------ fencing
@@ -691,7 +801,11 @@ class SqliteStore(Store):
         log.warning(
             "execution %s of this dataflow still holds %s: execution %s takes over. The old "
             "one is fenced (its next commit fails) and stops at its next heartbeat; waiting "
-            "up to %.0fs for it to stop", previous, self.description, new_id, wait,
+            "up to %.0fs for it to stop",
+            previous,
+            self.description,
+            new_id,
+            wait,
         )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
@@ -699,8 +813,10 @@ class SqliteStore(Store):
             if owner != previous or until <= time.time():
                 return
             time.sleep(0.1)
-        msg = (f"execution {previous} still holds the lease of {self.description} {wait:.0f}s "
-               "after it was fenced; is its process stopped (SIGSTOP)? Stop it, then restart")
+        msg = (
+            f"execution {previous} still holds the lease of {self.description} {wait:.0f}s "
+            "after it was fenced; is its process stopped (SIGSTOP)? Stop it, then restart"
+        )
         raise RecoveryStoreError(msg)
 
     def heartbeat(self) -> None:
@@ -709,8 +825,9 @@ class SqliteStore(Store):
             fence = self._fence()
             if fence is not None:
                 fence.check(file, c, "committing anything more")
-            file.set_meta(c, {"lease_owner": self.execution_id,
-                              "lease_until": repr(time.time() + LEASE_SECONDS)})
+            file.set_meta(
+                c, {"lease_owner": self.execution_id, "lease_until": repr(time.time() + LEASE_SECONDS)}
+            )
 
     def release(self) -> None:
         if not self.execution_id:
@@ -739,8 +856,11 @@ class SqliteStore(Store):
         return sum(len(k) + len(v) for _, _, k, v in entries)
 
     def commit(self, epoch: int, epoch_bytes: int) -> None:
-        fields = {"committed_epoch": str(epoch), "committed_at": repr(time.time()),
-                  "epoch_bytes": str(epoch_bytes)}
+        fields = {
+            "committed_epoch": str(epoch),
+            "committed_at": repr(time.time()),
+            "epoch_bytes": str(epoch_bytes),
+        }
         fence = self._fence()
         for file in self.files:  # part 0 first; the epoch is committed once the last has it
             with _transaction(file.conn()) as c:
@@ -752,17 +872,20 @@ class SqliteStore(Store):
 
     def _check_committed(self, file: _File, c: sqlite3.Connection, epoch: int) -> None:
         """Inside a part's commit: its committed state, and this epoch's writes, are there."""
-        row = c.execute(f"SELECT v FROM {file.m} WHERE {file.w}k='committed_epoch'",
-                        file.a).fetchone()
+        row = c.execute(f"SELECT v FROM {file.m} WHERE {file.w}k='committed_epoch'", file.a).fetchone()
         was = int(row[0]) if row else 0
         if was != self._committed:
-            msg = ig.went_back_message(f"{self.description}, {file.path.name}", self._committed,
-                                       was, self._reset_hint())
+            msg = ig.went_back_message(
+                f"{self.description}, {file.path.name}", self._committed, was, self._reset_hint()
+            )
             raise LostStateError(msg)
         problems = ig.layer_problems(file.layers(c, epoch))
         if problems:
-            raise LostStateError(ig.lost_state_message(
-                self.description, was, problems, f"committing epoch {epoch}", self._reset_hint()))
+            raise LostStateError(
+                ig.lost_state_message(
+                    self.description, was, problems, f"committing epoch {epoch}", self._reset_hint()
+                )
+            )
 
     # ------------------------------------------------------------ integrity
 

@@ -144,8 +144,13 @@ def fenced_message(description: str, mine: str, newer: str | None, what: str) ->
 
 
 # Raised and shown as headrace.recovery's, where users import them from.
-for _cls in (NoPartitionsError, MissingPartitionsError, InconsistentPartitionsError,
-             LostStateError, StateMismatchError):
+for _cls in (
+    NoPartitionsError,
+    MissingPartitionsError,
+    InconsistentPartitionsError,
+    LostStateError,
+    StateMismatchError,
+):
     _cls.__module__ = "headrace.recovery"
 
 
@@ -217,14 +222,17 @@ class Store(ABC):
 
         stored_flow, stored = self._stored_flow()
         dropped = dropped_steps(stored, steps)
-        msg = mismatch_message(self.description, flow_id, stored_flow, dropped, steps,
-                               self._reset_hint())
+        msg = mismatch_message(self.description, flow_id, stored_flow, dropped, steps, self._reset_hint())
         if msg is not None:
             if not allow_dropped:
                 raise StateMismatchError(msg)
-            log.warning("dropping the stored state of steps %s of %s (allowed by "
-                        "--allow-dropped-state); flow %r now owns it", dropped or "none",
-                        self.description, flow_id)
+            log.warning(
+                "dropping the stored state of steps %s of %s (allowed by "
+                "--allow-dropped-state); flow %r now owns it",
+                dropped or "none",
+                self.description,
+                flow_id,
+            )
             if dropped:
                 self._drop_steps(dropped)
         self._record_flow(flow_id, steps)
@@ -263,8 +271,9 @@ class Store(ABC):
         """Write for ``execution_id`` (started by process 0); raise `FencedError` if not current."""
         current = self.owner()
         if current != execution_id:
-            raise FencedError(fenced_message(
-                self.description, execution_id, current, "starting this process"))
+            raise FencedError(
+                fenced_message(self.description, execution_id, current, "starting this process")
+            )
         self.execution_id = execution_id
 
     @abstractmethod
@@ -339,8 +348,12 @@ class RedisStore(Store):
         self.prefix = prefix
         self.retry_for = retry_for
         self.description = f"Redis at {_safe_url(url)} (prefix {prefix!r})"
-        self._r: Any = client if client is not None else redis.Redis.from_url(
-            url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10
+        self._r: Any = (
+            client
+            if client is not None
+            else redis.Redis.from_url(
+                url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10
+            )
         )
         self._redis_errors: tuple[type[BaseException], ...] = (
             redis.ConnectionError,
@@ -436,19 +449,20 @@ class RedisStore(Store):
         self.first_run = not prior
         self._take_over(uuid.uuid4().hex, worker_count, key_groups)
         if self.first_run:
-            self._retry("recording the manifest",
-                        lambda: self._r.hset(self._k("meta"), MANIFEST_FIELD, "1"))
+            self._retry("recording the manifest", lambda: self._r.hset(self._k("meta"), MANIFEST_FIELD, "1"))
         meta = self.load_meta() or Meta(key_groups=key_groups)
         stale = self._epochs(meta.committed_epoch + 1, float("inf"))
         if stale:
             log.info("dropping %d uncommitted epoch(s) %s", len(stale), stale)
             self._delete_epochs(stale)
         fields = ri.meta_fields(self)
-        ahead = [k for k in fields if k[:2] in ("n:", "f:") and k[2:].isdigit()
-                 and int(k[2:]) > meta.committed_epoch]
+        ahead = [
+            k
+            for k in fields
+            if k[:2] in ("n:", "f:") and k[2:].isdigit() and int(k[2:]) > meta.committed_epoch
+        ]
         if ahead:  # the manifest of epochs that never committed
-            self._retry("dropping uncommitted epochs",
-                        lambda: self._r.hdel(self._k("meta"), *ahead))
+            self._retry("dropping uncommitted epochs", lambda: self._r.hdel(self._k("meta"), *ahead))
         if MANIFEST_FIELD in fields:
             ri.verify(self, meta.committed_epoch, "resuming", fields)
         else:  # state of an older Headrace: counted now, checked from here on
@@ -481,8 +495,11 @@ class RedisStore(Store):
         return size
 
     def commit(self, epoch: int, epoch_bytes: int) -> None:
-        fields = {"committed_epoch": str(epoch), "committed_at": repr(time.time()),
-                  "epoch_bytes": str(epoch_bytes)}
+        fields = {
+            "committed_epoch": str(epoch),
+            "committed_at": repr(time.time()),
+            "epoch_bytes": str(epoch_bytes),
+        }
         if self.execution_id:
             from headrace._engine._redis_integrity import verify
 
@@ -491,8 +508,7 @@ class RedisStore(Store):
             self._fenced_commit(epoch, fields)
             self._committed = epoch
             return
-        self._retry(f"committing epoch {epoch}",
-                    lambda: self._r.hset(self._k("meta"), mapping=fields))
+        self._retry(f"committing epoch {epoch}", lambda: self._r.hset(self._k("meta"), mapping=fields))
 
     # -- fencing: one execution owns the store (see the module docstring) -----
 
@@ -514,16 +530,17 @@ class RedisStore(Store):
             from headrace._engine._redis_integrity import hint
 
             if not current:
-                raise LostStateError(ig.lost_meta_message(
-                    self.description, self.execution_id, what, hint(self)))
+                raise LostStateError(
+                    ig.lost_meta_message(self.description, self.execution_id, what, hint(self))
+                )
             if current.startswith("!"):
-                raise LostStateError(ig.went_back_message(
-                    self.description, self._committed, int(current[1:] or 0), hint(self)))
+                raise LostStateError(
+                    ig.went_back_message(self.description, self._committed, int(current[1:] or 0), hint(self))
+                )
             raise FencedError(fenced_message(self.description, self.execution_id, current, what))
 
     def owner(self) -> str:
-        got = self._retry("reading the execution id",
-                          lambda: self._r.hget(self._k("meta"), "execution_id"))
+        got = self._retry("reading the execution id", lambda: self._r.hget(self._k("meta"), "execution_id"))
         return got.decode() if isinstance(got, bytes) else str(got or "")
 
     def _take_over(self, new_id: str, worker_count: int, key_groups: int) -> None:
@@ -542,27 +559,32 @@ class RedisStore(Store):
         log.warning(
             "execution %s of this dataflow still holds %s: execution %s takes over. The old "
             "one is fenced (its next commit fails) and stops at its next heartbeat; waiting "
-            "up to %.0fs for it to stop", previous, self.description, new_id, wait,
+            "up to %.0fs for it to stop",
+            previous,
+            self.description,
+            new_id,
+            wait,
         )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            held = self._retry("waiting for the previous execution",
-                               lambda: self._r.get(self._k("lease")))
+            held = self._retry("waiting for the previous execution", lambda: self._r.get(self._k("lease")))
             if held is None or held.decode() != previous:
-                log.info("execution %s stopped; execution %s owns %s", previous, new_id,
-                         self.description)
+                log.info("execution %s stopped; execution %s owns %s", previous, new_id, self.description)
                 return
             time.sleep(0.1)
-        msg = (f"execution {previous} still holds the lease of {self.description} {wait:.0f}s "
-               "after it was fenced; is its process stopped (SIGSTOP)? Stop it, then restart")
+        msg = (
+            f"execution {previous} still holds the lease of {self.description} {wait:.0f}s "
+            "after it was fenced; is its process stopped (SIGSTOP)? Stop it, then restart"
+        )
         raise RecoveryStoreError(msg)
 
     def heartbeat(self) -> None:
         beat = self._script("beat", _LUA_BEAT)
         keys = [self._k("meta"), self._k("lease")]
         args = [self.execution_id, str(int(LEASE_SECONDS * 1000))]
-        self._check(self._retry("renewing the lease", lambda: beat(keys=keys, args=args)),
-                    "committing anything more")
+        self._check(
+            self._retry("renewing the lease", lambda: beat(keys=keys, args=args)), "committing anything more"
+        )
 
     def release(self) -> None:
         if not self.execution_id:
@@ -582,15 +604,13 @@ class RedisStore(Store):
             args.append(str(len(mapping)))
             for k, v in mapping.items():
                 args.extend((k, v))
-        got = self._retry(f"writing the snapshot of epoch {epoch}",
-                          lambda: write(keys=keys, args=args))
+        got = self._retry(f"writing the snapshot of epoch {epoch}", lambda: write(keys=keys, args=args))
         self._check(got, f"writing the snapshot of epoch {epoch}")
 
     def _fenced_commit(self, epoch: int, fields: dict[str, str]) -> None:
         commit = self._script("commit", _LUA_COMMIT)
         keys = [self._k("meta")]
-        args = [self.execution_id, str(self._committed),
-                *(x for kv in fields.items() for x in kv)]
+        args = [self.execution_id, str(self._committed), *(x for kv in fields.items() for x in kv)]
         got = self._retry(f"committing epoch {epoch}", lambda: commit(keys=keys, args=args))
         self._check(got, f"committing epoch {epoch}")
 
@@ -613,9 +633,7 @@ class RedisStore(Store):
         out: dict[Group, dict[str, bytes]] = {}
         per = 1 + len(epochs)
         for i, g in enumerate(groups):
-            layers = [
-                {k.decode(): v for k, v in layer.items()} for layer in res[i * per:(i + 1) * per]
-            ]
+            layers = [{k.decode(): v for k, v in layer.items()} for layer in res[i * per : (i + 1) * per]]
             merged = _merge(layers)
             if merged:
                 out[g] = merged
@@ -658,7 +676,8 @@ class RedisStore(Store):
         cursor = 0
         while True:
             cursor, keys = self._retry(
-                "deleting state", partial(self._r.scan, cursor, match=pattern, count=1000))
+                "deleting state", partial(self._r.scan, cursor, match=pattern, count=1000)
+            )
             if keys:
                 self._retry("deleting state", partial(self._r.delete, *keys))
                 n += len(keys)

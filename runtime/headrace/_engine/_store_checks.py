@@ -56,8 +56,7 @@ def check_location(location: str) -> str:
         raise ValueError(msg)
     if ":" in first or re.match(r"(rediss?|unix)//", location, re.IGNORECASE):
         scheme = re.split(r"[:/]", location, maxsplit=1)[0].lower()
-        hint = (f"For Redis write {scheme}://HOST:PORT/DB. " if scheme in ("redis", "rediss")
-                else "")
+        hint = f"For Redis write {scheme}://HOST:PORT/DB. " if scheme in ("redis", "rediss") else ""
         msg = (
             f"recovery location {location!r} is not a URL Headrace knows, and is not taken for "
             f"a directory either. {hint}Accepted: {ACCEPTED_LOCATIONS}"
@@ -160,7 +159,8 @@ def refusal(description: str, what: str, exc: BaseException) -> str | None:
         import redis
     except ImportError:  # pragma: no cover - only RedisStore calls this
         return None
-    if isinstance(exc, (redis.exceptions.AuthenticationError,
-                        redis.exceptions.AuthenticationWrongNumberOfArgsError)):
+    if isinstance(
+        exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthenticationWrongNumberOfArgsError)
+    ):
         return auth_failed(description, what, exc)
     return redis_refusal(description, what, exc)

@@ -183,8 +183,17 @@ class Cluster:
 
 class _SourceRun:
     __slots__ = (
-        "awake", "done", "final_state", "lag", "lag_gauge", "m", "part", "part_name", "push",
-        "stateful", "step_id",
+        "awake",
+        "done",
+        "final_state",
+        "lag",
+        "lag_gauge",
+        "m",
+        "part",
+        "part_name",
+        "push",
+        "stateful",
+        "step_id",
     )
 
     def __init__(
@@ -260,12 +269,13 @@ class _StatefulRun:
         self.ordered = not getattr(self.builder, "_unordered", False)
         self.activated = False  # handled items since the worker loop last fired timers
         wm = worker.metrics
-        self.m = None if wm is None else wm.step(
-            self.step_id, "stateful_batch_on_batch_duration_seconds")
-        self.m_notify = None if wm is None else wm.bind(
-            "stateful_batch_on_notify_duration_seconds", self.step_id, wm.wi)
-        self.m_eof = None if wm is None else wm.bind(
-            "stateful_batch_on_eof_duration_seconds", self.step_id, wm.wi)
+        self.m = None if wm is None else wm.step(self.step_id, "stateful_batch_on_batch_duration_seconds")
+        self.m_notify = (
+            None if wm is None else wm.bind("stateful_batch_on_notify_duration_seconds", self.step_id, wm.wi)
+        )
+        self.m_eof = (
+            None if wm is None else wm.bind("stateful_batch_on_eof_duration_seconds", self.step_id, wm.wi)
+        )
 
     def restore(self, states: dict[str, bytes]) -> None:
         """Rebuild the logic of every key from its snapshot."""
@@ -305,17 +315,15 @@ class _StatefulRun:
             if not isinstance(at, datetime):
                 # The words of Bytewax's innermost error, then Headrace's.
                 why = f"{type(at).__name__!r} object cannot be converted to 'PyDateTime': {why}"
-            raise BytewaxRuntimeError(
-                f"{_calling('notify_at', self.shown, key)}: {why}"
-            ) from TypeError(f"`notify_at` {why}")
+            raise BytewaxRuntimeError(f"{_calling('notify_at', self.shown, key)}: {why}") from TypeError(
+                f"`notify_at` {why}"
+            )
         if self.timers.get(key) != at:
             self.timers[key] = at
             self._seq += 1
             heapq.heappush(self.heap, (at, self._seq, key))
 
-    def _apply(
-        self, key: str, logic: Any, ret: Any, what: str, later: list[str] | None = None
-    ) -> list[Any]:
+    def _apply(self, key: str, logic: Any, ret: Any, what: str, later: list[str] | None = None) -> list[Any]:
         try:
             outs, discard = ret
         except (TypeError, ValueError) as exc:
@@ -331,9 +339,7 @@ class _StatefulRun:
                     f"`{what}` must return `(outputs, discard)` with an iterable of outputs; "
                     f"got {type(outs).__name__}"
                 )
-                raise BytewaxRuntimeError(
-                    f"{_calling(what, self.shown, key)}: {why}"
-                ) from TypeError(why)
+                raise BytewaxRuntimeError(f"{_calling(what, self.shown, key)}: {why}") from TypeError(why)
             raise BytewaxRuntimeError(
                 f"{_calling(what, self.shown, key)} (while iterating its outputs): "
                 f"{type(exc).__name__}: {exc}"
@@ -369,8 +375,7 @@ class _StatefulRun:
     def deliver(self, payload: Any) -> None:
         """Items (a list) or values already grouped by key (a dict)."""
         if payload.__class__ is dict:
-            self._process(payload, _count(payload) if self.m is not None else 0,
-                          time.perf_counter())
+            self._process(payload, _count(payload) if self.m is not None else 0, time.perf_counter())
         else:
             self.on_batch(payload)
 
@@ -591,9 +596,7 @@ def _pickle_state(shown: str, key: str, logic: Any) -> bytes:
     try:
         state = logic.snapshot()
     except Exception as exc:
-        raise BytewaxRuntimeError(
-            f"{_calling('snapshot', shown, key)}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise BytewaxRuntimeError(f"{_calling('snapshot', shown, key)}: {type(exc).__name__}: {exc}") from exc
     try:
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
@@ -875,7 +878,8 @@ class Worker:
         node = self._nodes.get(step.step_id)
         if node is None:
             node = self._nodes[step.step_id] = self.ready.push_to(
-                self._pos[step.step_id], self._run_many(step))
+                self._pos[step.step_id], self._run_many(step)
+            )
         return node
 
     def _run_many(self, step: CoreStep) -> Callable[[list[Any]], None]:
@@ -933,6 +937,7 @@ class Worker:
         if fns is None:
             fns = compile_chain(stages, self.epoch_ref, self.index, self.config.fuse)
         if not fns:
+
             def pass_on(batches: list[Any]) -> None:
                 for batch in batches:
                     downstream(batch)
@@ -963,8 +968,11 @@ class Worker:
                     span.set_attribute("headrace.items", sum(map(len, batches)))
                     return untraced(batches)
 
-        m = None if self.metrics is None else self.metrics.step(
-            first.step_id, "flat_map_batch_duration_seconds")
+        m = (
+            None
+            if self.metrics is None
+            else self.metrics.step(first.step_id, "flat_map_batch_duration_seconds")
+        )
 
         def run(batches: list[Any]) -> None:
             if m is None:
@@ -997,8 +1005,7 @@ class Worker:
                     keep = pred(x)
                 except Exception as exc:
                     raise BytewaxRuntimeError(
-                        f"error calling predicate in step {shown} on item {x!r}: "
-                        f"{type(exc).__name__}: {exc}"
+                        f"error calling predicate in step {shown} on item {x!r}: {type(exc).__name__}: {exc}"
                     ) from exc
                 if keep is True:
                     t.append(x)
@@ -1008,9 +1015,7 @@ class Worker:
                     raise BytewaxRuntimeError(
                         f"return value of `predicate` in step {shown} must be a `bool`; "
                         f"got {type(keep).__name__} {keep!r} for item {x!r}"
-                    ) from TypeError(
-                        f"{type(keep).__name__!r} object cannot be converted to 'PyBool'"
-                    )
+                    ) from TypeError(f"{type(keep).__name__!r} object cannot be converted to 'PyBool'")
             if t:
                 trues(t)
             if f:
@@ -1031,8 +1036,11 @@ class Worker:
         step_id = step.step_id
         shown = step.shown
         write = self._dyn_sink_parts[step_id].write_batch
-        m = None if self.metrics is None else self.metrics.step(
-            step_id, "out_part_write_batch_duration_seconds")
+        m = (
+            None
+            if self.metrics is None
+            else self.metrics.step(step_id, "out_part_write_batch_duration_seconds")
+        )
 
         def push(batch: list[Any]) -> None:
             t0 = time.perf_counter()
@@ -1087,8 +1095,7 @@ class Worker:
             dyn = source.build(step.step_id, self.index, self.count)
         except Exception as exc:
             raise BytewaxRuntimeError(
-                f"error calling `DynamicSource.build` in step {step.shown}: "
-                f"{type(exc).__name__}: {exc}"
+                f"error calling `DynamicSource.build` in step {step.shown}: {type(exc).__name__}: {exc}"
             ) from exc
         self.sources.append(_SourceRun(step.step_id, f"worker-{self.index}", dyn, _drop, False))
 
@@ -1350,7 +1357,8 @@ class Worker:
         local: dict[int, Any] = {}
         resume = self._resume_parts(step_id)
         self._unbuilt_sink_parts[step_id] = {
-            parts[i]: resume[parts[i]] for i in range(n)
+            parts[i]: resume[parts[i]]
+            for i in range(n)
             if part_owner(i, self.count) == self.index and parts[i] in resume
         }
 
@@ -1387,8 +1395,11 @@ class Worker:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
 
-        m = None if self.metrics is None else self.metrics.step(
-            step_id, "out_part_write_batch_duration_seconds")
+        m = (
+            None
+            if self.metrics is None
+            else self.metrics.step(step_id, "out_part_write_batch_duration_seconds")
+        )
 
         def deliver(batch: list[Any]) -> None:
             t0 = time.perf_counter()
@@ -1525,9 +1536,7 @@ class Worker:
             try:
                 awake = src.part.next_awake()
             except Exception as exc:
-                raise BytewaxRuntimeError(
-                    f"error calling `next_awake` in step {src.step_id!r}"
-                ) from exc
+                raise BytewaxRuntimeError(f"error calling `next_awake` in step {src.step_id!r}") from exc
             if awake is not None and (not isinstance(awake, datetime) or awake.tzinfo is None):
                 msg = (
                     f"`next_awake` in step {src.step_id!r} must return a timezone-aware "
@@ -1638,8 +1647,11 @@ class Worker:
 
         span = self.tracer.start_span(
             "epoch",
-            attributes={"headrace.epoch": self.epoch, "headrace.worker_index": self.index,
-                        "headrace.flow_id": self.plan.flow_id},
+            attributes={
+                "headrace.epoch": self.epoch,
+                "headrace.worker_index": self.index,
+                "headrace.flow_id": self.plan.flow_id,
+            },
         )
         token = context.attach(trace.set_span_in_context(span))
         return (span, token)

@@ -61,7 +61,9 @@ def _safe_url(url: str) -> str:
 
 def _client(url: str) -> Any:
     return redis.Redis.from_url(
-        url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=10,
+        url,
+        socket_connect_timeout=_CONNECT_TIMEOUT,
+        socket_timeout=10,
         health_check_interval=10,
     )
 
@@ -315,8 +317,7 @@ class RedisStreamSource(FixedPartitionedSource[RedisStreamEntry, tuple[str, int]
                     raise _missing(key, self._url)
                 if kind != "stream":
                     msg = (
-                        f"RedisStreamSource: key {key!r} at {_safe_url(self._url)} is a "
-                        f"{kind}, not a stream"
+                        f"RedisStreamSource: key {key!r} at {_safe_url(self._url)} is a {kind}, not a stream"
                     )
                     raise TypeError(msg)
         finally:
@@ -339,13 +340,22 @@ class RedisStreamSource(FixedPartitionedSource[RedisStreamEntry, tuple[str, int]
                 f"{self._streams!r}; did the streams change since the recovery snapshot?"
             )
             raise ValueError(msg)
-        return _StreamPartition(step_id, self._url, for_part, self._start_id, resume_state,
-                                self._tail, self.batch_size, self._decode)
+        return _StreamPartition(
+            step_id,
+            self._url,
+            for_part,
+            self._start_id,
+            resume_state,
+            self._tail,
+            self.batch_size,
+            self._decode,
+        )
 
 
 class _StreamSinkPartition(StatelessSinkPartition[Any]):
-    def __init__(self, step_id: str, url: str, stream: str | None, maxlen: int | None,
-                 approximate: bool) -> None:
+    def __init__(
+        self, step_id: str, url: str, stream: str | None, maxlen: int | None, approximate: bool
+    ) -> None:
         self._step_id = step_id
         self._url = url
         self._stream = stream
@@ -376,8 +386,7 @@ class _StreamSinkPartition(StatelessSinkPartition[Any]):
         try:
             pipe.execute()
         except _ERRORS as exc:
-            raise _unreachable(f"step {self._step_id!r}: RedisStreamSink", self._url,
-                               exc) from exc
+            raise _unreachable(f"step {self._step_id!r}: RedisStreamSink", self._url, exc) from exc
 
     def close(self) -> None:
         self._r.close()
@@ -394,8 +403,9 @@ class RedisStreamSink(DynamicSink[Any]):
     10000
     """
 
-    def __init__(self, url: str, stream: str | None, maxlen: int | None = None,
-                 approximate: bool = True) -> None:
+    def __init__(
+        self, url: str, stream: str | None, maxlen: int | None = None, approximate: bool = True
+    ) -> None:
         if maxlen is not None and (not isinstance(maxlen, int) or maxlen < 1):
             msg = f"RedisStreamSink: maxlen must be None or an int >= 1; got {maxlen!r}"
             raise ValueError(msg)
@@ -413,8 +423,7 @@ class RedisStreamSink(DynamicSink[Any]):
         ...
         ConnectionError: step 'f.out': RedisStreamSink: Redis at redis://127.0.0.1:1/0 is ...
         """
-        part = _StreamSinkPartition(step_id, self._url, self.stream, self.maxlen,
-                                    self._approximate)
+        part = _StreamSinkPartition(step_id, self._url, self.stream, self.maxlen, self._approximate)
         try:
             part._r.ping()
         except _ERRORS as exc:

@@ -170,9 +170,7 @@ def output(step_id: str, up: Stream[X], sink: Sink[X]) -> None:
 
 
 @operator(_core=True)
-def flat_map_batch(
-    step_id: str, up: Stream[X], mapper: Callable[[list[X]], Iterable[Y]]
-) -> Stream[Y]:
+def flat_map_batch(step_id: str, up: Stream[X], mapper: Callable[[list[X]], Iterable[Y]]) -> Stream[Y]:
     """Transform a whole batch of items into any number of items.
 
     >>> import headrace.operators as op

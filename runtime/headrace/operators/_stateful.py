@@ -217,9 +217,7 @@ def stateful_map(
     _check_callable(step_id, "mapper", mapper)
     full = up._scope.parent_id
     with _bytewax_nesting("stateful_flat_map", "stateful"):
-        return stateful_batch(
-            "stateful_batch", up, lambda resume: _MapLogic(mapper, full, False, resume)
-        )
+        return stateful_batch("stateful_batch", up, lambda resume: _MapLogic(mapper, full, False, resume))
 
 
 @operator
@@ -246,9 +244,7 @@ def stateful_flat_map(
     _check_callable(step_id, "mapper", mapper)
     full = up._scope.parent_id
     with _bytewax_nesting("stateful"):
-        return stateful_batch(
-            "stateful_batch", up, lambda resume: _MapLogic(mapper, full, True, resume)
-        )
+        return stateful_batch("stateful_batch", up, lambda resume: _MapLogic(mapper, full, True, resume))
 
 
 _PLAIN_TYPES = frozenset({list, dict, set, tuple, int, float, str, frozenset, bytes})
@@ -275,8 +271,11 @@ def _cannot_print(fn: Any) -> bool:
         return False
 
     def bare(c: Any) -> bool:
-        return not c.co_names and not c.co_freevars and all(
-            bare(k) for k in c.co_consts if hasattr(k, "co_names"))
+        return (
+            not c.co_names
+            and not c.co_freevars
+            and all(bare(k) for k in c.co_consts if hasattr(k, "co_names"))
+        )
 
     return bare(code)
 
@@ -573,10 +572,7 @@ _JOIN_EMIT_MODES = ("complete", "final", "running")
 
 def _check_join_modes(step_id: str, insert_mode: str, emit_mode: str) -> None:
     if insert_mode not in _JOIN_INSERT_MODES:
-        msg = (
-            f"step {step_id!r}: unknown insert_mode {insert_mode!r}; "
-            f"use one of {_JOIN_INSERT_MODES}"
-        )
+        msg = f"step {step_id!r}: unknown insert_mode {insert_mode!r}; use one of {_JOIN_INSERT_MODES}"
         raise ValueError(msg)
     if emit_mode not in _JOIN_EMIT_MODES:
         msg = f"step {step_id!r}: unknown emit_mode {emit_mode!r}; use one of {_JOIN_EMIT_MODES}"
@@ -614,10 +610,7 @@ class _JoinLogic(StatefulBatchLogic[tuple[int, Any], tuple[Any, ...], Any]):
 
 
 def _label_sides(sides: tuple[Stream[tuple[str, Any]], ...]) -> list[Stream[Any]]:
-    return [
-        map_value(f"label_{i}", side, lambda v, i=i: (i, v))
-        for i, side in enumerate(sides)
-    ]
+    return [map_value(f"label_{i}", side, lambda v, i=i: (i, v)) for i, side in enumerate(sides)]
 
 
 @operator

@@ -39,9 +39,7 @@ def map(step_id: str, up: Stream[X], mapper: Callable[[X], Y]) -> Stream[Y]:
     ['1', '2']
     """
     _check_callable(step_id, "mapper", mapper)
-    return flat_map_batch(
-        "flat_map_batch", up, _fusable("map", mapper, lambda xs: [mapper(x) for x in xs])
-    )
+    return flat_map_batch("flat_map_batch", up, _fusable("map", mapper, lambda xs: [mapper(x) for x in xs]))
 
 
 @operator
@@ -135,9 +133,7 @@ def _identity(x: X) -> X:
 
 
 @operator
-def map_value(
-    step_id: str, up: Stream[tuple[str, V]], mapper: Callable[[V], W]
-) -> Stream[tuple[str, W]]:
+def map_value(step_id: str, up: Stream[tuple[str, V]], mapper: Callable[[V], W]) -> Stream[tuple[str, W]]:
     """Transform the value of each ``(key, value)`` item.
 
     >>> import headrace.operators as op

@@ -164,21 +164,21 @@ class KafkaSource(FixedPartitionedSource[Any, int]):
 
     def _consumer_config(self) -> dict[str, Any]:
         config = _client.base_config(self._brokers, None)
-        config.update({
-            "group.id": _GROUP_ID,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": not self._tail,
-            # A snapshot's offset that retention has deleted since: read on
-            # from the oldest message kept, rather than skip to the end.
-            "auto.offset.reset": "earliest",
-        })
+        config.update(
+            {
+                "group.id": _GROUP_ID,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": not self._tail,
+                # A snapshot's offset that retention has deleted since: read on
+                # from the oldest message kept, rather than skip to the end.
+                "auto.offset.reset": "earliest",
+            }
+        )
         config.update(self._add_config)
         return config
 
-    def build_part(
-        self, step_id: str, for_part: str, resume_state: int | None
-    ) -> KafkaSourcePartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> KafkaSourcePartition:
         """Start a consumer on partition ``for_part`` at its snapshot's offset (or the start).
 
         >>> KafkaSource(["localhost:9092"], ["t"]).build_part("s", "0-other", None)
@@ -195,13 +195,20 @@ class KafkaSource(FixedPartitionedSource[Any, int]):
             raise ValueError(msg)
         with self._lock:
             if self._marks is None:
-                self._marks = HighWatermarks(
-                    _client.base_config(self._brokers, self._add_config))
+                self._marks = HighWatermarks(_client.base_config(self._brokers, self._add_config))
             marks = self._marks
         return KafkaSourcePartition(
-            step_id, self._consumer_config(), self._brokers, topic, int(idx),
-            self._starting_offset, resume_state, self._tail, self.batch_size,
-            self._raise_on_errors, marks,
+            step_id,
+            self._consumer_config(),
+            self._brokers,
+            topic,
+            int(idx),
+            self._starting_offset,
+            resume_state,
+            self._tail,
+            self.batch_size,
+            self._raise_on_errors,
+            marks,
         )
 
 
@@ -245,7 +252,10 @@ class KafkaSink(DynamicSink[KafkaSinkMessage[Any, Any]]):
         if self.topic is not None:
             try:
                 _client.check_topics(
-                    part.producer, f"step {step_id!r}: KafkaSink", self._brokers, [self.topic],
+                    part.producer,
+                    f"step {step_id!r}: KafkaSink",
+                    self._brokers,
+                    [self.topic],
                     _client.metadata_timeout(config),
                 )
             except BaseException:

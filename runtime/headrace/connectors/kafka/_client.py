@@ -112,8 +112,9 @@ def unreachable(what: str, brokers: str, timeout: float, exc: BaseException) -> 
     return ConnectionError(msg)
 
 
-def check_topics(client: Any, what: str, brokers: str, topics: list[str],
-                 timeout: float) -> dict[str, list[int]]:
+def check_topics(
+    client: Any, what: str, brokers: str, topics: list[str], timeout: float
+) -> dict[str, list[int]]:
     """Partition ids of each topic; a clear error for a missing topic or broker.
 
     ``client`` is anything with ``list_topics`` (an admin client, producer or

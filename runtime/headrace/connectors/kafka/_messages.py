@@ -110,16 +110,13 @@ class KafkaSinkMessage(Generic[K_co, V_co]):
     timestamp: int = 0
 
     def _with_key(self, key: K2) -> KafkaSinkMessage[K2, V_co]:
-        return KafkaSinkMessage(key, self.value, self.topic, self.headers, self.partition,
-                                self.timestamp)
+        return KafkaSinkMessage(key, self.value, self.topic, self.headers, self.partition, self.timestamp)
 
     def _with_value(self, value: V2) -> KafkaSinkMessage[K_co, V2]:
-        return KafkaSinkMessage(self.key, value, self.topic, self.headers, self.partition,
-                                self.timestamp)
+        return KafkaSinkMessage(self.key, value, self.topic, self.headers, self.partition, self.timestamp)
 
     def _with_key_and_value(self, key: K2, value: V2) -> KafkaSinkMessage[K2, V2]:
-        return KafkaSinkMessage(key, value, self.topic, self.headers, self.partition,
-                                self.timestamp)
+        return KafkaSinkMessage(key, value, self.topic, self.headers, self.partition, self.timestamp)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,9 @@ class KafkaSinkPartition(StatelessSinkPartition[KafkaSinkMessage[Any, Any]]):
             while True:
                 try:
                     produce(
-                        topic, item.value, item.key,
+                        topic,
+                        item.value,
+                        item.key,
                         partition=-1 if part is None else part,
                         timestamp=item.timestamp,
                         headers=item.headers or None,  # type: ignore[arg-type]

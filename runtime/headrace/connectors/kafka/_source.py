@@ -93,8 +93,7 @@ class HighWatermarks:
                     )
                     self._pending[key] = next(iter(futs.values()))
                 except Exception:
-                    log.debug("can't ask for %s[%d]'s high watermark", topic, part,
-                              exc_info=True)
+                    log.debug("can't ask for %s[%d]'s high watermark", topic, part, exc_info=True)
             return self._high.get(key)
 
 
@@ -216,8 +215,12 @@ class KafkaSourcePartition(StatefulSourcePartition[Any, int]):
             )
             raise RuntimeError(msg)
         km = KafkaSourceMessage(
-            key=m.key(), value=m.value(), topic=self._topic, headers=m.headers() or [],
-            offset=off if off is not None and off >= 0 else self._pos, partition=self._part,
+            key=m.key(),
+            value=m.value(),
+            topic=self._topic,
+            headers=m.headers() or [],
+            offset=off if off is not None and off >= 0 else self._pos,
+            partition=self._part,
             timestamp=m.timestamp(),
         )
         out.append(KafkaError(err, km))

@@ -124,8 +124,7 @@ def input(
     >>> type(out).__name__
     'KafkaOpOut'
     """
-    src = KafkaSource(brokers, topics, tail, starting_offset, add_config, batch_size,
-                      raise_on_errors=False)
+    src = KafkaSource(brokers, topics, tail, starting_offset, add_config, batch_size, raise_on_errors=False)
     return op.input("kafka_input", flow, src).then(_kafka_error_split, "split_err")
 
 
@@ -236,8 +235,7 @@ def deserialize(
                 raise _fail(step_id, "key", msg, exc) from exc
             return KafkaError(ConfluentKafkaError(_KEY_ERR, str(exc)), msg)
         try:
-            value = val_deserializer(
-                msg.value, _ctx(msg.topic, MessageField.VALUE))
+            value = val_deserializer(msg.value, _ctx(msg.topic, MessageField.VALUE))
         except Exception as exc:
             if raise_on_errors:
                 raise _fail(step_id, "value", msg, exc) from exc
@@ -308,8 +306,7 @@ def serialize(
 
     def mapper(msg: KafkaSinkMessage[Any, Any]) -> KafkaSinkMessage[bytes, bytes]:
         key = key_serializer(msg.key, _ctx(msg.topic, MessageField.KEY))
-        value = val_serializer(
-            msg.value, _ctx(msg.topic, MessageField.VALUE))
+        value = val_serializer(msg.value, _ctx(msg.topic, MessageField.VALUE))
         return msg._with_key_and_value(cast(bytes, key), cast(bytes, value))
 
     return _to_sink("to_sink", up).then(op.map, "map", mapper)

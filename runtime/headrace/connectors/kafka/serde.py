@@ -159,13 +159,13 @@ class SchemaRegistryAvroDeserializer(Deserializer):
     'hi'
     """
 
-    def __init__(self, registry: Any, schema: Any = None, conf: dict[str, Any] | None = None
-                 ) -> None:
+    def __init__(self, registry: Any, schema: Any = None, conf: dict[str, Any] | None = None) -> None:
         from confluent_kafka.schema_registry.avro import AvroDeserializer
 
         self.registry = _registry(registry)
         self._inner = AvroDeserializer(
-            self.registry, None if schema is None else _schema_str(schema), conf=conf)
+            self.registry, None if schema is None else _schema_str(schema), conf=conf
+        )
 
     def __call__(self, value: bytes | None, ctx: SerializationContext | None = None) -> Any:
         """Decode ``value``; raises on data not in the registry's format.
