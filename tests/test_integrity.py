@@ -251,9 +251,15 @@ def test_redis_flushed_mid_run_stops_the_run_and_the_resume_is_refused_until_res
     _, err = p.communicate(timeout=120)
     assert p.returncode == 1
     assert "Recovery state lost" in err and "finds no meta record any more" in err, err[-3000:]
-    # What a restart can't see from Redis alone: the reset is the user's call.
+    # A restart that saw the dataflow commit says so, and an empty Redis is refused.
+    r = _run_cli(["-r", redis_server.url, "-s", "0.1", "--expect-epoch", "1"], env)
+    assert r.returncode == 1
+    assert "LostStateError: Recovery state lost" in r.stderr
+    assert "the store holds no committed epoch of it" in r.stderr
+    assert not (tmp_path / "out").exists() or "python -m headrace.recovery delete" in r.stderr
+    # Without it, Redis alone can't tell an emptied store from a new one: a first run.
     r = _run_cli(["-r", redis_server.url, "-s", "0.1"], env)
-    assert r.returncode == 0  # documented limit: an empty Redis is a first run
+    assert r.returncode == 0
     assert "first run" in r.stderr
     del counts
 
@@ -325,6 +331,59 @@ def test_a_renamed_stateful_step_is_refused_naming_it_then_allowed(location: str
     )
     assert out == []  # input ended: nothing more to read
     assert _store(location).summary() == {} or "f.sum" not in open_store(location, "f").summary()
+
+
+def _committed_epoch(location: str, prefix: str = "f") -> int:
+    meta = open_store(location, prefix).load_meta()
+    assert meta is not None
+    return meta.committed_epoch
+
+
+def test_expect_epoch_refuses_a_store_that_lost_everything_or_went_back(location: str) -> None:
+    items = _items()
+    out: list[Any] = []
+    run_main(_flow(items, out), epoch_interval=ZERO, recovery_config=RecoveryConfig(location))
+    assert out == [("a", 1), ("b", 10), ("a", 3)]
+    seen = _committed_epoch(location)
+    assert seen >= 1
+
+    # A store older than what a supervisor saw committed: refused, nothing written.
+    out = []
+    with pytest.raises(LostStateError) as err:
+        run_main(
+            _flow(items, out),
+            epoch_interval=ZERO,
+            recovery_config=RecoveryConfig(location, expect_epoch=seen + 1),
+        )
+    msg = str(err.value)
+    assert f"the dataflow committed epoch {seen + 1}, but the store's latest committed epoch is {seen}" in msg
+    assert "python -m headrace.recovery delete" in msg and "resetStateNonce" in msg
+    assert out == []
+
+    # The epoch it holds, or an older one: the resume goes on, exactly once.
+    run_main(
+        _flow(items, out), epoch_interval=ZERO, recovery_config=RecoveryConfig(location, expect_epoch=seen)
+    )
+    assert out == [("a", 6), ("b", 30)]
+
+    # The store lost everything: without the expectation it would be a first run.
+    seen = _committed_epoch(location)
+    assert open_store(location, "f").delete_all() > 0
+    out = []
+    with pytest.raises(LostStateError, match="the store holds no committed epoch of it"):
+        run_main(
+            _flow(items, out),
+            epoch_interval=ZERO,
+            recovery_config=RecoveryConfig(location, expect_epoch=seen),
+        )
+    assert out == []
+    run_main(_flow(items, out), epoch_interval=ZERO, recovery_config=RecoveryConfig(location))
+    assert out == [("a", 1), ("b", 10), ("a", 3), ("a", 6), ("b", 30)]
+
+
+def test_expect_epoch_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="expect_epoch must not be negative; got -1"):
+        RecoveryConfig("./state", expect_epoch=-1)
 
 
 def test_a_new_stateful_step_starts_empty(location: str) -> None:

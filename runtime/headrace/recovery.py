@@ -87,7 +87,10 @@ class RecoveryConfig:
     renamed stateful step) and a store of another dataflow;
     ``allow_dropped_state=True`` drops that state instead (Flink's
     allowNonRestoredState). A Redis whose ``maxmemory-policy`` may evict
-    keys is refused unless ``allow_evicting_redis=True``. See
+    keys is refused unless ``allow_evicting_redis=True``. A supervisor that
+    saw the dataflow commit epoch N passes ``expect_epoch=N``: a store
+    that lost everything (or went back to an older copy) then stops the
+    run with `LostStateError` instead of looking like a first run. See
     docs/recovery.md.
 
     >>> RecoveryConfig("redis://localhost:6379/0").is_redis
@@ -102,6 +105,7 @@ class RecoveryConfig:
     retry_for: float = 30.0
     allow_dropped_state: bool = False
     allow_evicting_redis: bool = False
+    expect_epoch: int = 0
 
     def __post_init__(self) -> None:
         """Refuse a location that is neither a Redis URL nor a local path.
@@ -122,6 +126,9 @@ class RecoveryConfig:
         ValueError: backup_interval must not be negative; got -1 day, 23:59:59
         """
         check_location(str(self.db_dir))
+        if self.expect_epoch < 0:
+            msg = f"expect_epoch must not be negative; got {self.expect_epoch}"
+            raise ValueError(msg)
         if self.backup_interval is not None and self.backup_interval < timedelta(0):
             msg = f"backup_interval must not be negative; got {self.backup_interval}"
             raise ValueError(msg)

@@ -104,6 +104,26 @@ def _count(text: str) -> int:
     return n
 
 
+def _nonneg_int(text: str) -> int:
+    """A whole-number option that may be 0 (``--expect-epoch``).
+
+    >>> _nonneg_int("0"), _nonneg_int("12")
+    (0, 12)
+    >>> _nonneg_int("-1")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a whole number >= 0; got '-1'
+    """
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        msg = f"expected a whole number >= 0; got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return n
+
+
 def _location(text: str) -> str:
     """The ``-r`` option: a Redis URL or a local path (see `headrace.recovery.RecoveryConfig`).
 
@@ -258,6 +278,15 @@ def _parser() -> argparse.ArgumentParser:
         default=_flag(_env("ALLOW_EVICTING_REDIS")),
         help="accept a Redis whose maxmemory-policy may evict recovery state (evicted "
         "state then stops the run with an error)",
+    )
+    r.add_argument(
+        "--expect-epoch",
+        type=_nonneg_int,
+        default=_env("EXPECT_EPOCH", "0"),
+        metavar="N",
+        help="the store must hold committed epoch N or a later one (a supervisor passes "
+        "the last epoch it saw committed): a store that lost its data, or went back to "
+        "an older copy, then stops the run instead of starting over (default 0: any)",
     )
     r.add_argument(
         "-s",
@@ -662,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
             retry_for=args.recovery_retry,
             allow_dropped_state=args.allow_dropped_state,
             allow_evicting_redis=args.allow_evicting_redis,
+            expect_epoch=args.expect_epoch,
         )
     addresses = _resolve_addresses(args)
     proc_id = args.process_id

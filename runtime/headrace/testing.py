@@ -332,7 +332,7 @@ def cluster_main(
 
 
 def _parser() -> argparse.ArgumentParser:
-    from headrace.run import _count, _env, _flag, _location, _seconds
+    from headrace.run import _count, _env, _flag, _location, _nonneg_int, _seconds
 
     def seconds(text: str) -> str:
         _seconds(text)  # 0 or more, else a usage error naming the option
@@ -382,6 +382,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         default=_flag(_env("ALLOW_EVICTING_REDIS")),
         help="accept a Redis whose maxmemory-policy may evict recovery state",
+    )
+    r.add_argument(
+        "--expect-epoch",
+        type=_nonneg_int,
+        default=_env("EXPECT_EPOCH", "0"),
+        metavar="N",
+        help="the store must hold committed epoch N or a later one, else the run stops",
     )
     g = p.add_argument_group(
         "scaling", "'-p' starts that many local processes, '-w' runs that many workers in each."
@@ -438,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("allow_dropped_state", "allow_evicting_redis"):
         if getattr(args, flag):
             run_argv.append("--" + flag.replace("_", "-"))
+    if args.expect_epoch:
+        run_argv += ["--expect-epoch", str(args.expect_epoch)]
     return 0 if run_main_cli(run_argv) == 0 else 1
 
 

@@ -12,8 +12,11 @@ never a silent fresh start.
 
 *A store that never started* holds no meta record and nothing else under
 its prefix. A meta record gone while other keys remain is lost state too
-(`leftovers_message`). (A store that lost *everything* looks like one that
-never started: that limit is documented in docs/recovery.md.)
+(`leftovers_message`). A store that lost *everything* looks like one that
+never started from the inside; a supervisor that saw the dataflow commit
+tells it apart by passing the epoch it saw (``--expect-epoch``; the
+Kubernetes operator does so from the Dataflow's status): a store whose
+committed epoch is older than that is lost state (`behind_problem`).
 
 *Steps.* The meta records the flow id and the steps that may hold state.
 A resume with stored state for steps the flow no longer has, or under a
@@ -117,6 +120,29 @@ def lost_state_message(description: str, committed: int, problems: list[str], wh
         "what that state covered. Restore the store from a backup (for Redis: persistence on, "
         f"maxmemory-policy noeviction), or start over deliberately: {hint}"
     )
+
+
+EXPECT_FLAG = "--expect-epoch (RecoveryConfig(..., expect_epoch=N), HEADRACE_EXPECT_EPOCH=N)"
+
+
+def behind_problem(committed: int, expected: int) -> str | None:
+    """What is wrong when the store is older than the epoch a supervisor saw committed.
+
+    ``expected`` is that epoch (0: nothing expected). ``None`` when the
+    store holds it or a later one.
+
+    >>> behind_problem(7, 7) is None, behind_problem(9, 7) is None, behind_problem(0, 0) is None
+    (True, True, True)
+    >>> behind_problem(0, 7)
+    'the store holds no committed epoch of it (it lost its data, or it is another store)'
+    >>> behind_problem(5, 7)
+    'the store\'s latest committed epoch is 5 (it went back to an older copy)'
+    """
+    if committed >= expected:
+        return None
+    if not committed:
+        return "the store holds no committed epoch of it (it lost its data, or it is another store)"
+    return f"the store's latest committed epoch is {committed} (it went back to an older copy)"
 
 
 def leftovers_message(description: str, leftovers: list[str], hint: str) -> str:

@@ -234,10 +234,11 @@ def _start_execution(store: Store, recovery: Any, plan: Plan, worker_count: int,
 
     Lost committed state stops the run (`LostStateError`), and so does
     stored state the flow has no step for, or another flow's store
-    (`StateMismatchError`), unless ``recovery.allow_dropped_state``. A first
-    run says so at the default log level.
+    (`StateMismatchError`), unless ``recovery.allow_dropped_state``. A store
+    older than ``recovery.expect_epoch`` (the epoch a supervisor saw
+    committed) lost state too. A first run says so at the default log level.
     """
-    from headrace._engine._integrity import flow_state_steps
+    from headrace._engine._integrity import behind_problem, flow_state_steps, lost_state_message
 
     try:
         check_server = getattr(store, "check_server", None)
@@ -245,6 +246,12 @@ def _start_execution(store: Store, recovery: Any, plan: Plan, worker_count: int,
             check_server(bool(getattr(recovery, "allow_evicting_redis", False)))
         meta = store.start_execution(worker_count, key_groups)
         try:
+            expected = int(getattr(recovery, "expect_epoch", 0) or 0)
+            problem = behind_problem(meta.committed_epoch, expected)
+            if problem is not None:
+                raise LostStateError(
+                    lost_state_message(store.description, expected, [problem], "starting", store.reset_hint())
+                )
             store.check_flow(
                 plan.flow_id,
                 flow_state_steps((s.step_id, s.kind) for s in plan.steps),

@@ -747,7 +747,7 @@ class SqliteStore(Store):
         if problems:
             raise LostStateError(
                 ig.lost_state_message(
-                    self.description, meta.committed_epoch, problems, "resuming", self._reset_hint()
+                    self.description, meta.committed_epoch, problems, "resuming", self.reset_hint()
                 )
             )
         self._committed = meta.committed_epoch
@@ -766,7 +766,7 @@ class SqliteStore(Store):
             if not m and (committed or any(rows))
         ]
         if lost:
-            raise LostStateError(ig.leftovers_message(self.description, lost, self._reset_hint()))
+            raise LostStateError(ig.leftovers_message(self.description, lost, self.reset_hint()))
         self.first_run = not any(metas)
 
     # ------------------------------------------------------------ fencing
@@ -774,7 +774,7 @@ class SqliteStore(Store):
     def _fence(self) -> _Fence | None:
         if not self.execution_id:
             return None
-        return _Fence(self.description, self.execution_id, self._reset_hint())
+        return _Fence(self.description, self.execution_id, self.reset_hint())
 
     def owner(self) -> str:
         with _transaction(self.files[0].conn()) as c:
@@ -876,20 +876,21 @@ class SqliteStore(Store):
         was = int(row[0]) if row else 0
         if was != self._committed:
             msg = ig.went_back_message(
-                f"{self.description}, {file.path.name}", self._committed, was, self._reset_hint()
+                f"{self.description}, {file.path.name}", self._committed, was, self.reset_hint()
             )
             raise LostStateError(msg)
         problems = ig.layer_problems(file.layers(c, epoch))
         if problems:
             raise LostStateError(
                 ig.lost_state_message(
-                    self.description, was, problems, f"committing epoch {epoch}", self._reset_hint()
+                    self.description, was, problems, f"committing epoch {epoch}", self.reset_hint()
                 )
             )
 
     # ------------------------------------------------------------ integrity
 
-    def _reset_hint(self) -> str:
+    def reset_hint(self) -> str:
+        """The explicit reset of this directory (the admin CLI, or resetStateNonce)."""
         return ig.reset_hint(str(self.dir), self.prefix)
 
     def _stored_flow(self) -> tuple[str, list[str]]:

@@ -222,7 +222,7 @@ class Store(ABC):
 
         stored_flow, stored = self._stored_flow()
         dropped = dropped_steps(stored, steps)
-        msg = mismatch_message(self.description, flow_id, stored_flow, dropped, steps, self._reset_hint())
+        msg = mismatch_message(self.description, flow_id, stored_flow, dropped, steps, self.reset_hint())
         if msg is not None:
             if not allow_dropped:
                 raise StateMismatchError(msg)
@@ -250,7 +250,7 @@ class Store(ABC):
         """Record the flow id and its state steps."""
         raise NotImplementedError
 
-    def _reset_hint(self) -> str:
+    def reset_hint(self) -> str:
         """The command that deletes this dataflow's state (the explicit reset)."""
         raise NotImplementedError
 
@@ -737,7 +737,7 @@ class RedisStore(Store):
 
         record(self, flow_id, steps)
 
-    def _reset_hint(self) -> str:
+    def reset_hint(self) -> str:
         from headrace._engine._redis_integrity import hint
 
         return hint(self)
