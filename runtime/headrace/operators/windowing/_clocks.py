@@ -3,7 +3,7 @@
 A `Clock` is configuration; `Clock.build` makes a `ClockLogic` per key that
 stamps each item with a timestamp and reports the key's *watermark* (the
 time before which no more items are expected). The windowing engine in
-`headrace.operators._window_logic` drives these logics, and for the two
+`headrace.operators.windowing._engine` drives these logics, and for the two
 built-in clocks reads their state directly to stamp a whole batch in one loop.
 """
 

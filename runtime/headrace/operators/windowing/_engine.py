@@ -41,7 +41,7 @@ from typing import Any
 from headrace.dataflow import f_repr
 from headrace.errors import BytewaxRuntimeError
 from headrace.operators._core import StatefulBatchLogic
-from headrace.operators._window_clocks import (
+from headrace.operators.windowing._clocks import (
     UTC_MAX,
     UTC_MIN,
     Clock,
@@ -52,8 +52,8 @@ from headrace.operators._window_clocks import (
     _identity,
     _SystemClockLogic,
 )
-from headrace.operators._window_logic import WindowLogic, _FoldBuilder
-from headrace.operators._window_windowers import (
+from headrace.operators.windowing._logic import WindowLogic, _FoldBuilder
+from headrace.operators.windowing._windowers import (
     LATE_SESSION_ID,
     SessionWindower,
     SlidingWindower,
@@ -293,7 +293,7 @@ class _WindowSpec:
 
         >>> from datetime import datetime, timedelta, timezone
         >>> from headrace.operators.windowing import EventClock, SlidingWindower, TumblingWindower
-        >>> from headrace.operators._window_logic import _FoldBuilder
+        >>> from headrace.operators.windowing._logic import _FoldBuilder
         >>> t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
         >>> spec = _WindowSpec("w", EventClock(lambda v: v[0], timedelta(0)),
         ...     TumblingWindower(timedelta(seconds=10), t0),

@@ -1,7 +1,7 @@
 """What happens inside windows: `WindowLogic` and the logics of the built-in operators.
 
 `window` builds one `WindowLogic` per window of each key (see
-`headrace.operators._window_engine` for the machinery that drives them);
+`headrace.operators.windowing._engine` for the machinery that drives them);
 `fold_window` hands it a `_FoldBuilder`, which the engine recognises so it
 can keep plain accumulators instead of logic objects. `WindowOut` is what
 every windowing operator returns.
@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from headrace.dataflow import Stream
-from headrace.operators._window_windowers import WindowMetadata
+from headrace.operators.windowing._windowers import WindowMetadata
 
 __all__ = ["WindowLogic", "WindowOut", "partition"]
 

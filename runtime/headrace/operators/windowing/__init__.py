@@ -50,7 +50,7 @@ from headrace.operators._stateful import (
     join,
 )
 from headrace.operators._stateless import key_on, map_value
-from headrace.operators._window_clocks import (
+from headrace.operators.windowing._clocks import (
     UTC_MAX,
     UTC_MIN,
     ZERO_TD,
@@ -59,13 +59,13 @@ from headrace.operators._window_clocks import (
     EventClock,
     SystemClock,
 )
-from headrace.operators._window_engine import (
+from headrace.operators.windowing._engine import (
     _unwrap_down,
     _unwrap_late,
     _unwrap_meta,
     _WindowSpec,
 )
-from headrace.operators._window_logic import (
+from headrace.operators.windowing._logic import (
     WindowLogic,
     WindowOut,
     _FoldBuilder,
@@ -73,7 +73,7 @@ from headrace.operators._window_logic import (
     _SideTs,
     partition,
 )
-from headrace.operators._window_windowers import (
+from headrace.operators.windowing._windowers import (
     LATE_SESSION_ID,
     SessionWindower,
     SlidingWindower,

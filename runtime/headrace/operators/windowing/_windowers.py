@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from headrace.operators._window_clocks import UTC_MIN, ZERO_TD
+from headrace.operators.windowing._clocks import UTC_MIN, ZERO_TD
 
 __all__ = [
     "LATE_SESSION_ID",
