@@ -5,8 +5,8 @@ previous ones left (pytest runs them in file order). Everything runs in
 real pods of images built here: the operator installed by ``helm install``
 of the chart under its own ServiceAccount, Redis as the chart's demo Redis,
 an in-cluster Prometheus that finds the pods through the API server, and the
-suite's dataflows (``app/e2e_flows.py``) in an image built ``FROM`` the
-Headrace image.
+repository's example app (``examples/k8s/app``: ``flows.py`` in an image
+built ``FROM`` the Headrace image), the one the README and the docs build.
 
 The wordcount Dataflows write every input line once to a file on a shared
 volume, with a running per-partition total that only comes out right if
@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import collections
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -32,13 +33,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.app.e2e_flows import expected_lines
 from tests.e2e.harness import HERE, ROOT, E2EError, Kube, build_image, log, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
 RELEASE = "headrace"
 CHART = ROOT / "helm" / "headrace"
+# The example app: its Dockerfile, and flows.py, whose wordcount_output checks the output.
+APP = ROOT / "examples" / "k8s" / "app"
 # The wordcount Dataflows: partitions x lines, emitted at RATE lines/s per partition.
 PARTS, LINES, RATE = 6, 60, 6.0
 KEY_GROUPS = 12
@@ -115,13 +117,13 @@ class Stack:
                 "image": self.app_image,
                 "imagePullPolicy": self.kube.pull_policy,
                 "flow": {
-                    "import": "e2e_flows:wordcount",
+                    "import": "flows:wordcount",
                     "env": [
-                        {"name": "E2E_PARTS", "value": str(PARTS)},
-                        {"name": "E2E_LINES", "value": str(LINES)},
-                        {"name": "E2E_RATE", "value": str(RATE)},
-                        {"name": "E2E_OUTPUT", "value": f"/out/{name}.txt"},
-                        {"name": "E2E_GATE", "value": f"/out/{name}.gate"},
+                        {"name": "WORDCOUNT_PARTS", "value": str(PARTS)},
+                        {"name": "WORDCOUNT_LINES", "value": str(LINES)},
+                        {"name": "WORDCOUNT_RATE", "value": str(RATE)},
+                        {"name": "WORDCOUNT_OUTPUT", "value": f"/out/{name}.txt"},
+                        {"name": "WORDCOUNT_GATE", "value": f"/out/{name}.gate"},
                     ],
                 },
                 "replicas": replicas,
@@ -161,7 +163,7 @@ class Stack:
     def check_exact(self, name: str) -> None:
         """The complete output: every line exactly once, with the right running totals."""
         got = self.out_lines(name)
-        expected = expected_lines(PARTS, LINES)
+        expected = _app().wordcount_output(PARTS, LINES)
         counts = collections.Counter(got)
         missing = sorted(set(expected) - set(got))
         extra = sorted(set(got) - set(expected))
@@ -225,15 +227,25 @@ def _fill(text: str, **values: str) -> str:
     return text
 
 
+@functools.cache
+def _app() -> Any:
+    """examples/k8s/app/flows.py, imported by path (``flows`` in the app's image)."""
+    spec = importlib.util.spec_from_file_location("example_app_flows", APP / "flows.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def app_image(kube: Kube, headrace_image: str) -> str:
-    """The suite's dataflows in an image built FROM the Headrace image (app/Dockerfile)."""
+    """The example app (examples/k8s/app/Dockerfile), built FROM the Headrace image."""
     name = "localhost/headrace-e2e/app:1"
     try:
         archive = build_image(
-            HERE / "app" / "Dockerfile",
+            APP / "Dockerfile",
             name,
-            context=HERE / "app",
+            context=APP,
             build_args=["HEADRACE_IMAGE=localhost/headrace:e2e"],
         )
         kube.load_image(archive, name)
@@ -519,12 +531,13 @@ def test_5_autoscaler(stack: Stack) -> None:
             "image": stack.app_image,
             "imagePullPolicy": k.pull_policy,
             "flow": {
-                "import": "e2e_flows:load",
+                "import": "flows:sensors",
                 "env": [
-                    {"name": "E2E_PARTS", "value": "6"},
-                    {"name": "E2E_RATE", "value": "30"},
-                    {"name": "E2E_WORK_MS", "value": "10"},
-                    {"name": "E2E_LOAD_FILE", "value": "/out/load.on"},
+                    {"name": "SENSORS_PARTS", "value": "6"},
+                    {"name": "SENSORS_RATE", "value": "30"},
+                    {"name": "SENSORS_WORK_MS", "value": "10"},
+                    {"name": "SENSORS_WORK_WHILE", "value": "/out/load.on"},
+                    {"name": "SENSORS_REPORT_EVERY", "value": "500"},
                 ],
             },
             "replicas": 1,
