@@ -32,7 +32,7 @@ import headrace._engine._worker as worker_mod
 import headrace.operators as op
 import headrace.operators.windowing as win
 from headrace.dataflow import Dataflow
-from headrace.operators.windowing._engine import _to_us
+from headrace.operators.windowing._events import _to_us
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
 
 pytestmark = pytest.mark.timeout(60)
@@ -339,7 +339,7 @@ def test_a_failing_merger_on_the_owner_names_the_step(
 
 
 def _spec(windower: Any, wait: timedelta) -> Any:
-    from headrace.operators.windowing._engine import _WindowSpec
+    from headrace.operators.windowing._spec import _WindowSpec
     from headrace.operators.windowing._logic import _FoldBuilder
 
     # (`ordered` folds with a wait need the general path, which has no combiner.)

@@ -91,7 +91,7 @@ def _combinable(builder: Any, reducer: Callable[[Any, Any], Any]) -> Any:
     the same for an associative ``reducer``. The tag is the engine's one
     combiner hook: ``builder.precombiner(consumed)`` returns a factory of
     combiners (objects with ``add(key, values)`` and ``take()``, one per
-    destination worker), or None (see `_window_engine`'s
+    destination worker), or None (see `windowing._spec`'s
     `_WindowSpec.precombiner` for the other user).
 
     >>> b = _combinable(lambda resume: None, lambda a, b: a + b)

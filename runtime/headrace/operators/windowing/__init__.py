@@ -26,6 +26,15 @@ as system time passes, and all at end of input.
 >>> run_main(flow)
 >>> out
 [('alice', (0, 2)), ('alice', (1, 3))]
+
+Inside the package, in the order an item meets them: `_clocks` and
+`_windowers` (the public configuration classes and their per-key logics),
+`_logic` (`WindowLogic` and the built-in operators' logics), `_spec` (a
+step's configuration; picks the per-key logic), `_engine` (the general
+per-key engine), `_fused` (fused loops for folds with the built-in clock and
+windowers), `_combiner` (pre-folding on the sending worker), `_events` (what
+the per-key logics emit and receive), and `_rules` (the watermark and
+lateness rules, written once).
 """
 
 from __future__ import annotations
@@ -59,12 +68,7 @@ from headrace.operators.windowing._clocks import (
     EventClock,
     SystemClock,
 )
-from headrace.operators.windowing._engine import (
-    _unwrap_down,
-    _unwrap_late,
-    _unwrap_meta,
-    _WindowSpec,
-)
+from headrace.operators.windowing._events import _unwrap_down, _unwrap_late, _unwrap_meta
 from headrace.operators.windowing._logic import (
     WindowLogic,
     WindowOut,
@@ -73,6 +77,7 @@ from headrace.operators.windowing._logic import (
     _SideTs,
     partition,
 )
+from headrace.operators.windowing._spec import _WindowSpec
 from headrace.operators.windowing._windowers import (
     LATE_SESSION_ID,
     SessionWindower,

@@ -2,9 +2,11 @@
 
 A `Clock` is configuration; `Clock.build` makes a `ClockLogic` per key that
 stamps each item with a timestamp and reports the key's *watermark* (the
-time before which no more items are expected). The windowing engine in
-`headrace.operators.windowing._engine` drives these logics, and for the two
-built-in clocks reads their state directly to stamp a whole batch in one loop.
+time before which no more items are expected). The general per-key engine
+(`_engine`) drives these logics, and for the two built-in clocks reads
+their state directly to stamp a whole batch in one loop; the fused loops
+(`_fused`) do the same for the event clock. The event clock's watermark
+follows the reference rules in `_rules`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Generic, TypeVar
+
+from headrace.operators._stateful import _identity
+from headrace.operators.windowing._rules import (
+    UTC_MAX,
+    UTC_MIN,
+    advance_watermark,
+    event_watermark,
+    watermark_floor,
+)
 
 __all__ = [
     "UTC_MAX",
@@ -28,16 +39,9 @@ __all__ = [
 
 V = TypeVar("V")
 S = TypeVar("S")
-X = TypeVar("X")
 
 ZERO_TD: timedelta = timedelta(seconds=0)
 """A zero length of time."""
-
-UTC_MAX: datetime = datetime.max.replace(tzinfo=UTC)
-"""The latest representable UTC time; the watermark at end of input."""
-
-UTC_MIN: datetime = datetime.min.replace(tzinfo=UTC)
-"""The earliest representable UTC time; the watermark before any item."""
 
 
 def _get_system_utc() -> datetime:
@@ -49,16 +53,9 @@ def _get_system_utc() -> datetime:
     return datetime.now(UTC)
 
 
+# The same as `_get_system_utc` without its Python frame, for the engine's
+# hot paths (read once per key per batch).
 _system_utc_now: Callable[[], datetime] = partial(datetime.now, UTC)
-
-
-def _identity(x: X) -> X:
-    """Return ``x`` unchanged (`EventClock`'s default ``to_system_utc``).
-
-    >>> _identity(3)
-    3
-    """
-    return x
 
 
 class ClockLogic(ABC, Generic[V, S]):
@@ -206,18 +203,25 @@ class SystemClock(Clock[Any, None]):
 
 
 class _EventClockLogic(ClockLogic[V, tuple[datetime, datetime]]):
-    """The watermark is ``base + (system now - sys_at)``.
+    """The watermark is ``base + (system now - sys_at)`` (`_rules.event_watermark`).
 
     ``base`` is the largest timestamp seen minus the wait, and ``sys_at`` the
     system time when it was raised, so the watermark keeps moving with
     system time while no newer item arrives.
     """
 
-    __slots__ = ("base", "now_getter", "sys_at", "sys_now", "to_system", "ts_getter", "wait")
+    __slots__ = ("base", "floor", "now_getter", "sys_at", "sys_now", "to_system", "ts_getter", "wait")
 
-    def __init__(self, clock: EventClock[V], resume_state: tuple[datetime, datetime] | None) -> None:
+    def __init__(
+        self,
+        clock: EventClock[V],
+        resume_state: tuple[datetime, datetime] | None,
+        floor: datetime | None = None,
+    ) -> None:
         self.ts_getter = clock.ts_getter
         self.wait = clock.wait_for_system_duration
+        # `watermark_floor(wait)`; the engine passes the one its step computed.
+        self.floor = watermark_floor(self.wait) if floor is None else floor
         getter = clock.now_getter
         # Read once per key per batch: skip the Python frame of the default.
         self.now_getter = _system_utc_now if getter is _get_system_utc else getter
@@ -238,23 +242,20 @@ class _EventClockLogic(ClockLogic[V, tuple[datetime, datetime]]):
             self.sys_now = now
 
     def watermark(self) -> datetime:
-        try:
-            return self.base + (self.sys_now - self.sys_at)
-        except OverflowError:
-            return UTC_MAX
+        return event_watermark(self.base, self.sys_at, self.sys_now)
+
+    def set_watermark(self, watermark: datetime) -> None:
+        """Make ``watermark`` (later than now's) the watermark, moving on with system time."""
+        self.base = watermark
+        self.sys_at = self.sys_now
 
     def on_item(self, value: V) -> tuple[datetime, datetime]:
         ts = self.ts_getter(value)
         wm = self.watermark()
-        try:
-            cand = ts - self.wait
-        except OverflowError:
-            return ts, wm
-        if cand > wm:
-            self.base = cand
-            self.sys_at = self.sys_now
-            return ts, cand
-        return ts, wm
+        new = advance_watermark(wm, ts, self.wait, self.floor)
+        if new > wm:
+            self.set_watermark(new)
+        return ts, new
 
     def on_notify(self) -> datetime:
         self.before_batch()
