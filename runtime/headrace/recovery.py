@@ -48,7 +48,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from headrace._engine._store import (
+from headrace._engine import (
+    REDIS_SCHEMES,
     InconsistentPartitionsError,
     LostStateError,
     Meta,
@@ -57,9 +58,9 @@ from headrace._engine._store import (
     RecoveryStoreError,
     StateMismatchError,
     Store,
+    check_location,
     open_store,
 )
-from headrace._engine._store_checks import REDIS_SCHEMES, check_location
 
 __all__ = [
     "InconsistentPartitionsError",
@@ -183,7 +184,7 @@ def init_db_dir(db_dir: str | Path, count: int) -> None:
         raise ValueError(msg)
     if RecoveryConfig(db_dir).is_redis:
         return
-    from headrace._engine._sqlite_store import init_parts
+    from headrace._engine import init_parts
 
     init_parts(Path(db_dir), count)
 

@@ -134,7 +134,7 @@ def _location(text: str) -> str:
     ...
     argparse.ArgumentTypeError: recovery location 'localhost:6379' looks like HOST:PORT, ...
     """
-    from headrace._engine._store_checks import check_location
+    from headrace._engine import check_location
 
     try:
         return check_location(text)
@@ -426,7 +426,7 @@ def _local_cluster_env(environ: Mapping[str, str]) -> dict[str, str]:
     >>> _local_cluster_env({"HEADRACE_CLUSTER_SECRET": "s"})["HEADRACE_CLUSTER_SECRET"]
     's'
     """
-    from headrace._engine._net import SECRET_ENV
+    from headrace._engine import SECRET_ENV
 
     env = dict(environ)
     if not env.get(SECRET_ENV):
@@ -588,7 +588,7 @@ def cli_main(
     >>> cli_main(flow); out
     [1]
     """
-    from headrace._engine._run import execute, execute_cluster
+    from headrace._engine import execute, execute_cluster
 
     if addresses and len(addresses) > 1:
         if process_id is None:
@@ -616,7 +616,7 @@ def _install_signal_handlers(received: list[int] | None = None) -> dict[int, Any
 
     Each signal handled is appended to ``received``.
     """
-    from headrace._engine._run import request_stop
+    from headrace._engine import request_stop
 
     previous: dict[int, Any] = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
@@ -719,7 +719,7 @@ def _run(
     epoch: timedelta | None,
     recovery: Any,
 ) -> int:
-    from headrace._engine._run import execute, execute_cluster
+    from headrace._engine import execute, execute_cluster
 
     metrics_port, metrics_host, fallback = _metrics_endpoint(
         args.metrics_port, args.metrics_host, args.metrics_port_fallback, addresses

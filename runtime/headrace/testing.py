@@ -284,7 +284,7 @@ def run_main(
     >>> run_main(flow); out
     ['1']
     """
-    from headrace._engine._run import execute
+    from headrace._engine import execute
 
     execute(flow, workers_per_process=1, epoch_interval=epoch_interval, recovery=recovery_config)
 
@@ -309,10 +309,10 @@ def cluster_main(
     >>> cluster_main(flow, [], 0, worker_count_per_proc=2); sorted(out)
     [1, 2]
     """
-    from headrace._engine._run import execute
+    from headrace._engine import execute
 
     if len(addresses) > 1:
-        from headrace._engine._run import execute_cluster
+        from headrace._engine import execute_cluster
 
         execute_cluster(
             flow,

@@ -1,5 +1,120 @@
-"""The execution engine: plan, fuse, run workers, exchange, epochs.
+"""The execution engine's face: what the entry points and the operator may use.
 
-Layering (lower modules import nothing from higher ones):
-``_hash`` -> ``_plan`` -> ``_fuse`` -> ``_worker`` -> ``_cluster``.
+`headrace.run`, `headrace.testing`, `headrace.recovery` and the Kubernetes
+operator import the engine from here, never from its modules: ``from
+headrace._engine import execute, open_store``. The names are loaded on
+first use (module ``__getattr__``), so importing one engine module, or the
+operator importing `group_owner`, does not import the whole engine.
+
+Layering (a module imports only from modules above it in this list):
+
+- ``_hash``: key groups and owners; ``_plan``: the flow as core steps;
+  ``_fuse``: stateless chains compiled to one loop; ``_sched``: steps run
+  in declaration order; ``_metrics``: the metric catalogue.
+- ``_store_checks``, ``_integrity``, ``_redis_integrity``, ``_store``,
+  ``_sqlite_store``: the recovery stores.
+- ``_run``: start a process's workers (and its mesh, store and server);
+  ``_worker``: the worker (wiring, exchange, epochs); ``_net``: the TCP
+  mesh between processes; ``_serve``: the HTTP endpoints.
+
+>>> from headrace._engine import group_owner
+>>> group_owner(5, 8, 2)
+1
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "DEFAULT_KEY_GROUPS",
+    "REDIS_SCHEMES",
+    "SECRET_ENV",
+    "FencedError",
+    "InconsistentPartitionsError",
+    "LostStateError",
+    "Meta",
+    "MissingPartitionsError",
+    "NoPartitionsError",
+    "RecoveryStoreError",
+    "StateMismatchError",
+    "Store",
+    "check_location",
+    "execute",
+    "execute_cluster",
+    "group_owner",
+    "init_parts",
+    "key_group",
+    "open_store",
+    "part_owner",
+    "request_stop",
+]
+
+# The module (below this package) that defines each name of the face.
+_FACE = {
+    **dict.fromkeys(["execute", "execute_cluster", "request_stop"], "_run"),
+    **dict.fromkeys(
+        [
+            "open_store",
+            "Store",
+            "Meta",
+            "RecoveryStoreError",
+            "FencedError",
+            "LostStateError",
+            "StateMismatchError",
+            "NoPartitionsError",
+            "MissingPartitionsError",
+            "InconsistentPartitionsError",
+        ],
+        "_store",
+    ),
+    "init_parts": "_sqlite_store",
+    "check_location": "_store_checks",
+    "REDIS_SCHEMES": "_store_checks",
+    "SECRET_ENV": "_net",
+    **dict.fromkeys(["group_owner", "key_group", "part_owner", "DEFAULT_KEY_GROUPS"], "_hash"),
+}
+
+if TYPE_CHECKING:
+    from headrace._engine._hash import DEFAULT_KEY_GROUPS, group_owner, key_group, part_owner
+    from headrace._engine._net import SECRET_ENV
+    from headrace._engine._run import execute, execute_cluster, request_stop
+    from headrace._engine._sqlite_store import init_parts
+    from headrace._engine._store import (
+        FencedError,
+        InconsistentPartitionsError,
+        LostStateError,
+        Meta,
+        MissingPartitionsError,
+        NoPartitionsError,
+        RecoveryStoreError,
+        StateMismatchError,
+        Store,
+        open_store,
+    )
+    from headrace._engine._store_checks import REDIS_SCHEMES, check_location
+
+
+def __getattr__(name: str) -> Any:
+    """Load a name of the face from its module on first use (then it is a plain global).
+
+    >>> import headrace._engine as engine
+    >>> engine.part_owner(3, 2)
+    1
+    >>> engine.Worker
+    Traceback (most recent call last):
+    ...
+    AttributeError: module 'headrace._engine' has no attribute 'Worker'
+    """
+    module = _FACE.get(name)
+    if module is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_FACE))
