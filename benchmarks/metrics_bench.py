@@ -6,7 +6,7 @@
 Each measurement is a fresh process (this script with ``--child``) that
 imports the single-worker benchmark pipeline, runs a 1-item warm-up flow,
 builds the flow and times one
-``headrace._engine._run.execute(flow, metrics=True|False)`` with
+``headrace._engine.execute(flow, metrics=True|False)`` with
 ``perf_counter``, exactly as ``run.py`` times ``run_main`` (which is
 ``execute`` with metrics on). On and off alternate (on off, off on, ...) so
 drift of a shared machine hits both. No metrics server is started: the
@@ -58,7 +58,7 @@ def child(pipeline: str, items: int, metrics: bool) -> dict[str, Any]:
     >>> r["metrics"], r["out_count"]
     (False, 1000)
     """
-    from headrace._engine._run import execute
+    from headrace._engine import execute
 
     common = importlib.import_module("_common")
     compat = importlib.import_module("_compat")

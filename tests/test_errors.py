@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import headrace.operators as op
-from headrace._engine._run import execute
+from headrace._engine import execute
 from headrace.dataflow import Dataflow, Stream, operator
 from headrace.errors import BytewaxRuntimeError
 from headrace.inputs import (

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import headrace.operators as op
+from headrace._engine import execute
 from headrace._engine._fuse import EpochRef, Stage, compile_chain
-from headrace._engine._run import execute
 from headrace.dataflow import Dataflow, Stream
 from headrace.errors import BytewaxRuntimeError
 from headrace.testing import TestingSink, TestingSource

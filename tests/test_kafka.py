@@ -40,7 +40,7 @@ from confluent_kafka.serialization import (
 
 import headrace.connectors.kafka as hk
 import headrace.operators as op
-from headrace._engine._run import execute, request_stop
+from headrace._engine import execute, request_stop
 from headrace._engine._store import PARTS, open_store
 from headrace.connectors.kafka import (
     KafkaError,

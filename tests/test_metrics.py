@@ -23,8 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from headrace._engine import execute, request_stop
 from headrace._engine._metrics import _BUCKETS, CATALOGUE, exported_names
-from headrace._engine._run import execute, request_stop
 from headrace.errors import HeadraceRuntimeError
 from tests import _tools as tools
 from tests.flows.metrics_flows import paced

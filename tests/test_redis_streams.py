@@ -24,7 +24,7 @@ import pytest
 import redis
 
 import headrace.operators as op
-from headrace._engine._run import execute, request_stop
+from headrace._engine import execute, request_stop
 from headrace._engine._store import PARTS, open_store
 from headrace.connectors.redis import RedisStreamEntry, RedisStreamSink, RedisStreamSource
 from headrace.dataflow import Dataflow

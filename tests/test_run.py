@@ -156,7 +156,7 @@ def test_bytewax_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_exchange_flush_flag_env_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     from datetime import timedelta
 
-    from headrace._engine._run import _config
+    from headrace._engine._execute import _config
 
     assert _parser().parse_args(["m:f"]).exchange_flush_ms == timedelta(milliseconds=20)
     args = _parser().parse_args(["m:f", "--exchange-flush-ms", "0.5"])

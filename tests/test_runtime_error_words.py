@@ -19,8 +19,8 @@ import pytest
 
 import headrace.operators as op
 import headrace.operators.windowing as win
+from headrace._engine import execute
 from headrace._engine._plan import build_plan
-from headrace._engine._run import execute
 from headrace.dataflow import Dataflow, Stream
 from headrace.errors import BytewaxRuntimeError
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main

@@ -13,7 +13,7 @@ Layering (a module imports only from modules above it in this list):
   in declaration order; ``_metrics``: the metric catalogue.
 - ``_store_checks``, ``_integrity``, ``_redis_integrity``, ``_store``,
   ``_sqlite_store``: the recovery stores.
-- ``_run``: start a process's workers (and its mesh, store and server);
+- ``_execute``: start a process's workers (and its mesh, store and server);
   ``_worker``: the worker (wiring, exchange, epochs); ``_net``: the TCP
   mesh between processes; ``_serve``: the HTTP endpoints.
 
@@ -53,7 +53,7 @@ __all__ = [
 
 # The module (below this package) that defines each name of the face.
 _FACE = {
-    **dict.fromkeys(["execute", "execute_cluster", "request_stop"], "_run"),
+    **dict.fromkeys(["execute", "execute_cluster", "request_stop"], "_execute"),
     **dict.fromkeys(
         [
             "open_store",
@@ -77,9 +77,9 @@ _FACE = {
 }
 
 if TYPE_CHECKING:
+    from headrace._engine._execute import execute, execute_cluster, request_stop
     from headrace._engine._hash import DEFAULT_KEY_GROUPS, group_owner, key_group, part_owner
     from headrace._engine._net import SECRET_ENV
-    from headrace._engine._run import execute, execute_cluster, request_stop
     from headrace._engine._sqlite_store import init_parts
     from headrace._engine._store import (
         FencedError,
