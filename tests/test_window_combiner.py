@@ -339,8 +339,8 @@ def test_a_failing_merger_on_the_owner_names_the_step(
 
 
 def _spec(windower: Any, wait: timedelta) -> Any:
-    from headrace.operators.windowing._spec import _WindowSpec
     from headrace.operators.windowing._logic import _FoldBuilder
+    from headrace.operators.windowing._spec import _WindowSpec
 
     # (`ordered` folds with a wait need the general path, which has no combiner.)
     spec = _WindowSpec(
