@@ -730,10 +730,10 @@ def _check_example_app(spec: dict[str, Any], where: str) -> None:
     import_str = spec["flow"]["import"]
     module, _, attr = import_str.partition(":")
     assert module == "flows", f"{import_str}: the example app's module is `flows`"
-    spec = importlib.util.spec_from_file_location("example_app_flows", APP / "flows.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    module_spec = importlib.util.spec_from_file_location("example_app_flows", APP / "flows.py")
+    assert module_spec is not None and module_spec.loader is not None
+    mod = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(mod)
     name = attr.removesuffix("()")
     assert hasattr(mod, name), f"{import_str}: no {name!r} in {APP / 'flows.py'}"
     flow = getattr(mod, name)() if attr.endswith("()") else getattr(mod, name)
