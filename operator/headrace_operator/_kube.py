@@ -19,9 +19,9 @@ from typing import Any
 from headrace_operator import autoscaler as asc
 from headrace_operator import manifests as mf
 from headrace_operator.crd import GROUP, PLURAL, VERSION
-from headrace_operator.reconcile import Action, SecretInfo, StoreInfo
+from headrace_operator.observation import PodInfo, SecretInfo, StoreInfo
+from headrace_operator.outcome import Action
 from headrace_operator.spec import DataflowSpec
-from headrace_operator.status import PodInfo
 
 log = logging.getLogger("headrace.operator")
 
@@ -197,7 +197,7 @@ class Stores:
         self._cache: dict[tuple[str, str], Any] = {}
 
     def _open(self, url: str, prefix: str) -> Any:
-        from headrace._engine._store import open_store
+        from headrace._engine import open_store
 
         key = (url, prefix)
         if key not in self._cache:

@@ -31,13 +31,15 @@ the modes off / recommend / apply.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from headrace_operator.spec import AutoscalerSpec, duration_seconds
-from headrace_operator.status import iso, parse_iso
+from headrace_operator.schema import NULL, from_json, to_json
+from headrace_operator.spec import AutoscalerSpec
+from headrace_operator.status import AutoscalerStatus, Decision, PendingScaleDown, iso, parse_iso
 
 __all__ = [
     "Params",
@@ -46,6 +48,7 @@ __all__ = [
     "Sample",
     "WindowStats",
     "aggregate",
+    "decide",
     "evaluate",
     "parse_metrics",
     "recommend",
@@ -84,13 +87,13 @@ class Params:
             max_replicas=a.max_replicas,
             target=a.target_utilization,
             boundary=a.utilization_boundary,
-            metrics_window=duration_seconds(a.metrics_window),
-            evaluation_interval=duration_seconds(a.evaluation_interval),
-            stabilization=duration_seconds(a.stabilization_window),
-            scale_down_delay=duration_seconds(a.scale_down_delay),
+            metrics_window=a.metrics_window.seconds,
+            evaluation_interval=a.evaluation_interval.seconds,
+            stabilization=a.stabilization_window.seconds,
+            scale_down_delay=a.scale_down_delay.seconds,
             max_up=a.max_scale_up_factor,
             max_down=a.max_scale_down_factor,
-            catch_up=duration_seconds(a.catch_up_duration),
+            catch_up=a.catch_up_duration.seconds,
             align=a.align_partitions,
         )
 
@@ -386,6 +389,118 @@ def recommend(
     )
 
 
+def _blocked_by(
+    stats: WindowStats | None, params: Params, now: float, started_at: float | None, busy_reason: str
+) -> str:
+    """Why no decision can be made now ('' when one can)."""
+    if busy_reason:
+        return busy_reason
+    if started_at is not None and now - started_at < params.stabilization:
+        left = params.stabilization - (now - started_at)
+        return f"stabilizing after the last (re)start: {left:.0f}s left"
+    coverage = 0.0 if stats is None else stats.coverage
+    if coverage < 0.9 * params.metrics_window:
+        return f"collecting metrics: {coverage:.0f}s of the {params.metrics_window:.0f}s window"
+    return ""
+
+
+def _scale_down(
+    decision: Decision, status: AutoscalerStatus, wanted: int, current: int, params: Params, now: float
+) -> int | None:
+    """Delay a scale-down by ``scaleDownDelay``, merging requests; the count to apply when due."""
+    pending = status.pending_scale_down
+    if (
+        isinstance(pending, PendingScaleDown)
+        and parse_iso(pending.since) is not None
+        and pending.replicas < current
+    ):
+        target = max(pending.replicas, wanted)
+        since = parse_iso(pending.since) or now
+    else:
+        target, since = wanted, now
+    decision.recommended_replicas = target
+    if now - since + _EPS >= params.scale_down_delay:
+        status.pending_scale_down = NULL
+        return target
+    status.pending_scale_down = PendingScaleDown(replicas=target, since=iso(since))
+    decision.blocked = (
+        f"scale-down to {target} delayed until {iso(since + params.scale_down_delay)} "
+        f"(scaleDownDelay {params.scale_down_delay:.0f}s; requests merge)"
+    )
+    return None
+
+
+def decide(
+    *,
+    prev: AutoscalerStatus | None,
+    mode: str,
+    current: int,
+    stats: WindowStats | None,
+    params: Params,
+    workers_per_process: int,
+    partitions: int,
+    now: float,
+    started_at: float | None,
+    busy_reason: str = "",
+) -> tuple[Decision | None, AutoscalerStatus, int | None]:
+    """One evaluation: ``(decision, new autoscaler status, replicas to apply or None)``.
+
+    ``busy_reason`` non-empty (a transition in progress, pods not ready)
+    blocks any decision. The decision is what status
+    ``autoscaler.lastEvaluation`` shows.
+
+    >>> d, st, apply = decide(prev=None, mode="apply", current=2, stats=None,
+    ...                       params=Params(), workers_per_process=1, partitions=256,
+    ...                       now=1000.0, started_at=0.0)
+    >>> d.blocked, apply
+    ('collecting metrics: 0s of the 900s window', None)
+    """
+    if mode == "off":
+        return None, AutoscalerStatus(mode="off"), None
+    status = dataclasses.replace(prev) if prev is not None else AutoscalerStatus()
+    status.mode = mode
+    decision = Decision(
+        time=iso(now), current_replicas=current, recommended_replicas=current, action="none", applied=False
+    )
+    if stats is not None:
+        decision.utilization = round(stats.utilization, 4)
+        decision.input_rate = round(stats.input_rate, 3)
+        decision.lag = round(stats.lag, 1)
+        decision.lag_growth = round(stats.lag_growth, 3)
+        status.metrics_coverage = round(stats.coverage, 1)
+    blocked = _blocked_by(stats, params, now, started_at, busy_reason)
+    if blocked:
+        decision.blocked = blocked
+        decision.reason = "no evaluation"
+        status.last_evaluation = decision
+        return decision, status, None
+    assert stats is not None
+    rec = recommend(current, stats, params, workers_per_process, partitions)
+    decision.recommended_replicas = rec.replicas
+    decision.reason = rec.reason
+    decision.arrival_rate = round(rec.arrival_rate, 3)
+    decision.true_processing_rate = round(rec.true_rate, 3)
+    decision.needed_rate = round(rec.needed_rate, 3)
+    apply: int | None = None
+    if rec.replicas > current:
+        decision.action = "scale-up"
+        status.pending_scale_down = NULL
+        apply = rec.replicas
+    elif rec.replicas < current:
+        decision.action = "scale-down"
+        apply = _scale_down(decision, status, rec.replicas, current, params, now)
+    else:
+        status.pending_scale_down = NULL
+    if apply is not None and mode != "apply":
+        decision.blocked = "mode is recommend: not applied"
+        apply = None
+    decision.applied = apply is not None
+    status.last_evaluation = decision
+    if decision.action != "none":
+        status.decisions = [*(status.decisions or []), decision][-3:]
+    return decision, status, apply
+
+
 def evaluate(
     *,
     prev: dict[str, Any] | None,
@@ -399,94 +514,24 @@ def evaluate(
     started_at: float | None,
     busy_reason: str = "",
 ) -> tuple[dict[str, Any] | None, dict[str, Any], int | None]:
-    """One evaluation: ``(decision, new autoscaler status, replicas to apply or None)``.
-
-    ``busy_reason`` non-empty (a transition in progress, pods not ready)
-    blocks any decision. The decision dict has the shape of status
-    ``autoscaler.lastEvaluation``.
+    """`decide` on the CRD's JSON: ``prev`` and the results as status ``autoscaler`` holds them.
 
     >>> d, st, apply = evaluate(prev=None, mode="apply", current=2, stats=None,
     ...                         params=Params(), workers_per_process=1, partitions=256,
     ...                         now=1000.0, started_at=0.0)
-    >>> d["blocked"], apply
-    ('collecting metrics: 0s of the 900s window', None)
+    >>> d["blocked"], st["lastEvaluation"] == d, apply
+    ('collecting metrics: 0s of the 900s window', True, None)
     """
-    status: dict[str, Any] = dict(prev or {})
-    status["mode"] = mode
-    if mode == "off":
-        return None, {"mode": "off"}, None
-    decision: dict[str, Any] = {
-        "time": iso(now),
-        "currentReplicas": current,
-        "recommendedReplicas": current,
-        "action": "none",
-        "applied": False,
-        "reason": "",
-        "blocked": "",
-    }
-    if stats is not None:
-        decision.update(
-            utilization=round(stats.utilization, 4),
-            inputRate=round(stats.input_rate, 3),
-            lag=round(stats.lag, 1),
-            lagGrowth=round(stats.lag_growth, 3),
-        )
-        status["metricsCoverage"] = round(stats.coverage, 1)
-    blocked = busy_reason
-    if not blocked and started_at is not None and now - started_at < params.stabilization:
-        left = params.stabilization - (now - started_at)
-        blocked = f"stabilizing after the last (re)start: {left:.0f}s left"
-    coverage = 0.0 if stats is None else stats.coverage
-    if not blocked and coverage < 0.9 * params.metrics_window:
-        blocked = f"collecting metrics: {coverage:.0f}s of the {params.metrics_window:.0f}s window"
-    if blocked:
-        decision["blocked"] = blocked
-        decision["reason"] = "no evaluation"
-        status["lastEvaluation"] = decision
-        return decision, status, None
-    assert stats is not None
-    rec = recommend(current, stats, params, workers_per_process, partitions)
-    decision.update(
-        recommendedReplicas=rec.replicas,
-        reason=rec.reason,
-        arrivalRate=round(rec.arrival_rate, 3),
-        trueProcessingRate=round(rec.true_rate, 3),
-        neededRate=round(rec.needed_rate, 3),
+    decision, status, apply = decide(
+        prev=None if prev is None else from_json(AutoscalerStatus, prev),
+        mode=mode,
+        current=current,
+        stats=stats,
+        params=params,
+        workers_per_process=workers_per_process,
+        partitions=partitions,
+        now=now,
+        started_at=started_at,
+        busy_reason=busy_reason,
     )
-    apply: int | None = None
-    pending = status.get("pendingScaleDown")
-    if rec.replicas > current:
-        decision["action"] = "scale-up"
-        status["pendingScaleDown"] = None
-        apply = rec.replicas
-    elif rec.replicas < current:
-        decision["action"] = "scale-down"
-        if (
-            pending
-            and parse_iso(pending.get("since")) is not None
-            and int(pending.get("replicas", current)) < current
-        ):
-            target = max(int(pending["replicas"]), rec.replicas)
-            since = parse_iso(pending["since"]) or now
-        else:
-            target, since = rec.replicas, now
-        decision["recommendedReplicas"] = target
-        if now - since + _EPS >= params.scale_down_delay:
-            apply = target
-            status["pendingScaleDown"] = None
-        else:
-            status["pendingScaleDown"] = {"replicas": target, "since": iso(since)}
-            decision["blocked"] = (
-                f"scale-down to {target} delayed until {iso(since + params.scale_down_delay)} "
-                f"(scaleDownDelay {params.scale_down_delay:.0f}s; requests merge)"
-            )
-    else:
-        status["pendingScaleDown"] = None
-    if apply is not None and mode != "apply":
-        decision["blocked"] = "mode is recommend: not applied"
-        apply = None
-    decision["applied"] = apply is not None
-    status["lastEvaluation"] = decision
-    if decision["action"] != "none":
-        status["decisions"] = [*(status.get("decisions") or []), decision][-3:]
-    return decision, status, apply
+    return (None if decision is None else to_json(decision)), to_json(status), apply

@@ -1,5 +1,9 @@
 """The `Dataflow` CustomResourceDefinition, generated from the spec and status models.
 
+Placed in the flow: `schema.openapi` turns the models of `spec` and `status`
+into OpenAPI; this module adds the CEL rules, printer columns and
+subresources, and checks the result is structural.
+
 ``python -m headrace_operator.crd > helm/headrace/crds/dataflows.headrace.dev.yaml``
 writes the chart's CRD; a test asserts the committed file equals `crd_yaml()`.
 
@@ -12,13 +16,12 @@ writes the chart's CRD; a test asserts the committed file equals `crd_yaml()`.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-import typing
 from typing import Any
 
 from headrace_operator import spec as spec_mod
 from headrace_operator import status as status_mod
+from headrace_operator.schema import openapi
 
 __all__ = [
     "GROUP",
@@ -38,63 +41,6 @@ VERSION = "v1alpha1"
 KIND = "Dataflow"
 PLURAL = "dataflows"
 
-# Keys of a field's ``schema`` metadata that are Python-side hints only.
-_PY_ONLY: set[str] = set()
-
-
-def _prop(tp: Any, f: dataclasses.Field[Any] | None, defaults: bool = True) -> dict[str, Any]:
-    inner, _optional = spec_mod._strip_optional(tp)
-    meta = dict(f.metadata) if f is not None else {}
-    raw = meta.get("raw")
-    out: dict[str, Any]
-    if raw == "object":
-        out = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    elif raw == "array":
-        out = {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
-    elif dataclasses.is_dataclass(inner):
-        out = _object(inner, defaults)  # type: ignore[arg-type]
-    else:
-        origin, args = typing.get_origin(inner), typing.get_args(inner)
-        if origin is list:
-            out = {"type": "array", "items": _prop(args[0], None, defaults)}
-        elif origin is dict:
-            out = {"type": "object", "additionalProperties": _prop(args[1], None, defaults)}
-        else:
-            out = {"type": {str: "string", int: "integer", float: "number", bool: "boolean"}[inner]}
-    if f is None:
-        return out
-    if meta.get("doc"):
-        out["description"] = meta["doc"]
-    for k, v in meta.get("schema", {}).items():
-        if k not in _PY_ONLY:
-            out[k] = v
-    if not defaults or meta.get("required"):
-        # Status is the operator's to write; a required field has no default by definition.
-        return out
-    if f.default is not dataclasses.MISSING and f.default is not None:
-        out["default"] = f.default
-    elif f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(inner):
-        # An empty object default makes the API server fill in the nested defaults.
-        out["default"] = {}
-    return out
-
-
-def _object(cls: type, defaults: bool = True) -> dict[str, Any]:
-    th = spec_mod.hints(cls)
-    props: dict[str, Any] = {}
-    required: list[str] = []
-    for f in dataclasses.fields(cls):
-        props[f.metadata["json"]] = _prop(th[f.name], f, defaults)
-        if f.metadata.get("required"):
-            required.append(f.metadata["json"])
-    out: dict[str, Any] = {"type": "object", "properties": props}
-    if required:
-        out["required"] = required
-    doc = (cls.__doc__ or "").strip().splitlines()
-    if doc:
-        out["description"] = doc[0]
-    return out
-
 
 def _at(schema: dict[str, Any], path: str) -> dict[str, Any]:
     node = schema
@@ -110,11 +56,11 @@ def openapi_schema() -> dict[str, Any]:
     >>> s["properties"]["spec"]["properties"]["partitions"]["x-kubernetes-validations"][0]["rule"]
     'self == oldSelf'
     """
-    spec = _object(spec_mod.DataflowSpec)
+    spec = openapi(spec_mod.DataflowSpec)
     for path, rule, message in spec_mod.CEL_RULES:
         node = _at(spec, path)
         node.setdefault("x-kubernetes-validations", []).append({"rule": rule, "message": message})
-    status = _object(status_mod.DataflowStatus, defaults=False)
+    status = openapi(status_mod.DataflowStatus, defaults=False)
     return {
         "type": "object",
         "description": "A Headrace dataflow run as a group of worker pods.",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 import time
 import typing
@@ -23,24 +22,31 @@ from typing import Any
 
 import kopf
 
-from headrace_operator import _kube
+from headrace_operator import _kube, config
 from headrace_operator import autoscaler as asc
 from headrace_operator import manifests as mf
+from headrace_operator.conditions import find_condition
+from headrace_operator.config import worker_service_account
 from headrace_operator.crd import GROUP, PLURAL, VERSION
+from headrace_operator.events import EventDeduper
 from headrace_operator.metrics import EndpointServer, WatchMonitor, forget_dataflow, metric
-from headrace_operator.reconcile import Observation, Plan, deployed_spec, plan, plan_delete
-from headrace_operator.spec import DataflowSpec, SpecError, duration_seconds, parse_spec
-from headrace_operator.status import PHASES, EventDeduper, get_condition
+from headrace_operator.observation import Observation
+from headrace_operator.reconcile import Plan, deployed_spec, plan, plan_delete
+from headrace_operator.spec import DataflowSpec, SpecError, parse_spec
+from headrace_operator.status import PHASES, DataflowStatus, Phase
+
+__all__ = ["STATE", "TIMER_INTERVAL", "reconcile_once", "worker_service_account"]
 
 log = logging.getLogger("headrace.operator")
 
-TIMER_INTERVAL = float(os.environ.get("HEADRACE_OPERATOR_TIMER_INTERVAL", "2"))
+TIMER_INTERVAL = config.load().timer_interval
 
 
 @dataclass
 class _State:
     """Process-wide operator state (one operator process)."""
 
+    settings: config.Settings = field(default_factory=config.load)
     kube: _kube.Kube | None = None
     stores: _kube.Stores = field(default_factory=_kube.Stores)
     dedup: EventDeduper = field(default_factory=EventDeduper)
@@ -53,7 +59,6 @@ class _State:
     server: EndpointServer | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     ready: bool = False
-    cluster_domain: str = os.environ.get("HEADRACE_CLUSTER_DOMAIN", "cluster.local")
     guard: threading.Lock = field(default_factory=threading.Lock)
 
     def lock(self, uid: str) -> threading.Lock:
@@ -70,6 +75,7 @@ STATE = _State()
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Configure kopf, connect to the API, start the metrics/liveness endpoint."""
+    STATE.settings = config.load()  # after `main` exported the namespaces it chose
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="headrace.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="headrace.dev", key="last-handled-configuration"
@@ -81,16 +87,14 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # connection heals by itself.
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
-    settings.execution.max_workers = int(os.environ.get("HEADRACE_OPERATOR_WORKERS", "8"))
+    settings.execution.max_workers = STATE.settings.workers
     if not log.isEnabledFor(logging.DEBUG):
         # kopf logs every timer run at INFO; the store's retries are reported in status.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("headrace.recovery").setLevel(logging.ERROR)
     STATE.kube = _kube.Kube()
-    STATE.monitor = WatchMonitor(float(os.environ.get("HEADRACE_OPERATOR_STALE_AFTER", "300")))
-    port = int(
-        os.environ.get("HEADRACE_OPERATOR_METRICS_PORT") or os.environ.get("HEADRACE_OPERATOR_PORT") or "8080"
-    )
+    STATE.monitor = WatchMonitor(STATE.settings.stale_after)
+    port = STATE.settings.metrics_port
     if port:
         STATE.server = EndpointServer("0.0.0.0", port, STATE.monitor, lambda: STATE.ready)
     from importlib.metadata import PackageNotFoundError, version
@@ -113,10 +117,8 @@ def cleanup(**_: Any) -> None:
 
 
 def _liveness_loop() -> None:
-    from headrace_operator.main import watch_namespaces
-
-    interval = float(os.environ.get("HEADRACE_OPERATOR_LIVENESS_INTERVAL", "30"))
-    namespaces = watch_namespaces(os.environ)
+    interval = STATE.settings.liveness_interval
+    namespaces = STATE.settings.namespaces
     while not STATE.stop.wait(interval):
         if STATE.kube is None:
             continue
@@ -188,31 +190,6 @@ def deleted(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None
         STATE.locks.pop(uid, None)
 
 
-def worker_service_account(namespace: str, env: typing.Mapping[str, str]) -> str:
-    """The workers' default service account in ``namespace``, where it exists.
-
-    ``HEADRACE_WORKER_SERVICE_ACCOUNT`` names it; it is used in the namespaces
-    of ``HEADRACE_WORKER_SERVICE_ACCOUNT_NAMESPACES`` if set, else in the
-    watched namespaces and the operator's own (where the chart creates it).
-    Elsewhere the pods use the namespace's default account, without a token.
-
-    >>> env = {"HEADRACE_WORKER_SERVICE_ACCOUNT": "hr-worker", "WATCH_NAMESPACES": "a,b"}
-    >>> worker_service_account("a", env), worker_service_account("c", env)
-    ('hr-worker', '')
-    """
-    from headrace_operator.main import watch_namespaces
-
-    name = env.get("HEADRACE_WORKER_SERVICE_ACCOUNT", "")
-    if not name:
-        return ""
-    listed = env.get("HEADRACE_WORKER_SERVICE_ACCOUNT_NAMESPACES")
-    if listed is not None:
-        where = {n.strip() for n in listed.split(",") if n.strip()}
-    else:
-        where = {*watch_namespaces(env), env.get("HEADRACE_OPERATOR_POD_NAMESPACE", "")}
-    return name if namespace in where else ""
-
-
 def _need_kube() -> _kube.Kube:
     if STATE.kube is None:
         STATE.kube = _kube.Kube()
@@ -242,9 +219,9 @@ def _observe(kube: _kube.Kube, obj: dict[str, Any]) -> tuple[Observation, str | 
         now=time.time(),
         sts=sts,
         pods=pods,
-        cluster_domain=STATE.cluster_domain,
+        cluster_domain=STATE.settings.cluster_domain,
         pod_monitor_supported=kube.pod_monitor_supported(),
-        worker_service_account=worker_service_account(ns, os.environ),
+        worker_service_account=STATE.settings.service_account_for(ns),
     )
     spec = _target_spec(obj, sts)
     url: str | None = None
@@ -267,15 +244,16 @@ def _metrics_window(uid: str, spec: DataflowSpec, obs: Observation) -> None:
     if spec.autoscaler.effective_mode(spec.scaling.mode) == "off":
         STATE.samples.pop(uid, None)
         return
-    execution = (obs.status.get("execution") or {}).get("id", "")
+    status = DataflowStatus.read(obs.status)
+    execution = status.execution.id if status.execution is not None else ""
     if STATE.sample_execution.get(uid) != execution:
         # Counters of a new execution start from zero on other workers: a fresh window.
         STATE.samples[uid] = collections.deque()
         STATE.sample_execution[uid] = execution
     buf = STATE.samples.setdefault(uid, collections.deque())
-    window = duration_seconds(spec.autoscaler.metrics_window)
-    period = asc.sample_period(window, duration_seconds(spec.autoscaler.evaluation_interval))
-    if obs.status.get("phase") == "Running" and (not buf or obs.now - buf[-1].t >= period):
+    window = spec.autoscaler.metrics_window.seconds
+    period = asc.sample_period(window, spec.autoscaler.evaluation_interval.seconds)
+    if status.phase is Phase.RUNNING and (not buf or obs.now - buf[-1].t >= period):
         buf.append(_kube.scrape(obs.pods, spec.observability.metrics_port))
     # Keep one sample older than the window: the baseline of its rates.
     while len(buf) > 1 and buf[1].t <= obs.now - window:
@@ -340,47 +318,44 @@ def _count_phases() -> None:
 
 
 def _record(namespace: str, name: str, p: Plan, obs: Observation) -> None:
-    st = p.status
-    phase = st.get("phase", "Pending")
+    st = DataflowStatus.read(p.status)
+    phase = (st.phase or Phase.PENDING).value
     STATE.phases[(namespace, name)] = phase
     _count_phases()
     for ph in PHASES:
         metric("headrace_operator_dataflow_phase").labels(namespace, name, ph).set(1 if ph == phase else 0)
-    ready = get_condition(st.get("conditions") or [], "Ready") or {}
+    ready = find_condition(st.conditions or [], "Ready")
     metric("headrace_operator_dataflow_ready").labels(namespace, name).set(
-        1 if ready.get("status") == "True" else 0
+        1 if ready is not None and ready.status == "True" else 0
     )
     spec_replicas = (obs.spec or {}).get("replicas")
     if isinstance(spec_replicas, int):
         metric("headrace_operator_dataflow_replicas").labels(namespace, name).set(spec_replicas)
-    metric("headrace_operator_dataflow_ready_replicas").labels(namespace, name).set(
-        st.get("readyReplicas", 0)
-    )
+    metric("headrace_operator_dataflow_ready_replicas").labels(namespace, name).set(st.ready_replicas or 0)
     metric("headrace_operator_dataflow_restarts").labels(namespace, name).set(
-        (st.get("execution") or {}).get("restarts", 0)
+        st.execution.restarts if st.execution is not None else 0
     )
-    snap = st.get("snapshot") or {}
     if obs.store is not None and obs.store.ok and obs.store.exists:
         metric("headrace_operator_snapshot_epoch").labels(namespace, name).set(obs.store.epoch)
         metric("headrace_operator_snapshot_timestamp_seconds").labels(namespace, name).set(
             obs.store.committed_at
         )
-        metric("headrace_operator_snapshot_bytes").labels(namespace, name).set(snap.get("bytes", 0))
+        metric("headrace_operator_snapshot_bytes").labels(namespace, name).set(
+            (st.snapshot.bytes if st.snapshot is not None else None) or 0
+        )
     for ttype, seconds in p.transitions:
-        metric("headrace_operator_transition_seconds").labels(ttype).observe(seconds)
+        metric("headrace_operator_transition_seconds").labels(ttype.value).observe(seconds)
     d = p.decision
     if d is not None:
         lab = (namespace, name)
-        metric("headrace_operator_autoscaler_utilization").labels(*lab).set(d.get("utilization", 0.0))
-        metric("headrace_operator_autoscaler_input_rate").labels(*lab).set(d.get("inputRate", 0.0))
+        metric("headrace_operator_autoscaler_utilization").labels(*lab).set(d.utilization or 0.0)
+        metric("headrace_operator_autoscaler_input_rate").labels(*lab).set(d.input_rate or 0.0)
         metric("headrace_operator_autoscaler_true_processing_rate").labels(*lab).set(
-            d.get("trueProcessingRate", 0.0)
+            d.true_processing_rate or 0.0
         )
-        metric("headrace_operator_autoscaler_lag").labels(*lab).set(d.get("lag", 0.0))
-        metric("headrace_operator_autoscaler_recommended_replicas").labels(*lab).set(
-            d.get("recommendedReplicas", 0)
-        )
-        if d.get("action") != "none":
+        metric("headrace_operator_autoscaler_lag").labels(*lab).set(d.lag or 0.0)
+        metric("headrace_operator_autoscaler_recommended_replicas").labels(*lab).set(d.recommended_replicas)
+        if d.action != "none":
             metric("headrace_operator_autoscaler_decisions_total").labels(
-                *lab, d["action"], str(bool(d.get("applied"))).lower()
+                *lab, d.action, str(d.applied).lower()
             ).inc()

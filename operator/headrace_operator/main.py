@@ -5,7 +5,7 @@ Options (kopf's own spelling, so ``kopf run`` habits carry over)::
     headrace-operator [--standalone | --peering NAME] [--all-namespaces | -n NS ...]
                       [--verbose] [--log-format json|plain]
 
-Environment (options win):
+Environment (options win; every variable the operator reads is in `config`):
 
 - ``WATCH_NAMESPACES`` (or ``HEADRACE_OPERATOR_NAMESPACES``): comma-separated
   namespaces to watch; empty or ``*`` watches all namespaces.
@@ -29,36 +29,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from collections.abc import Mapping
+
+from headrace_operator import config
+from headrace_operator.config import watch_namespaces, watch_scope
 
 __all__ = ["main", "watch_namespaces", "watch_scope"]
 
 
-def watch_scope(text: str | None) -> tuple[bool, list[str]]:
-    """``(clusterwide, namespaces)`` from a ``WATCH_NAMESPACES`` value.
-
-    >>> watch_scope("*")
-    (True, [])
-    """
-    names = [n.strip() for n in (text or "").split(",") if n.strip()]
-    if not names or "*" in names:
-        return True, []
-    return False, names
-
-
-def watch_namespaces(env: Mapping[str, str]) -> list[str]:
-    """The watched namespaces from the environment; ``[]`` means all.
-
-    >>> watch_namespaces({"HEADRACE_OPERATOR_NAMESPACES": "a,b"})
-    ['a', 'b']
-    """
-    text = env.get("WATCH_NAMESPACES") or env.get("HEADRACE_OPERATOR_NAMESPACES")
-    return watch_scope(text)[1]
-
-
-def _parser() -> argparse.ArgumentParser:
+def _parser(settings: config.Settings) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="headrace-operator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -69,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--peering",
-        default=os.environ.get("HEADRACE_OPERATOR_PEERING") or None,
+        default=settings.peering,
         help="kopf peering name for standby replicas",
     )
     p.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
@@ -78,17 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-format",
         choices=["json", "plain"],
-        default=os.environ.get("HEADRACE_OPERATOR_LOG_FORMAT", "json"),
+        default=settings.log_format,
     )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the operator until it is stopped (SIGTERM/SIGINT); return the exit code."""
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    settings = config.load()
+    args = _parser(settings).parse_args(sys.argv[1:] if argv is None else argv)
     import kopf
 
-    level = "DEBUG" if args.verbose else os.environ.get("HEADRACE_OPERATOR_LOG_LEVEL", "INFO")
+    level = "DEBUG" if args.verbose else settings.log_level
     kopf.configure(
         verbose=level.upper() == "DEBUG",
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
@@ -96,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(level.upper())
     import headrace_operator.handlers  # noqa: F401 - registers the handlers
 
-    namespaces = [] if args.all_namespaces else (args.namespace or watch_namespaces(os.environ))
-    # The handlers read the scope from the environment (liveness LIST, service accounts).
-    os.environ["WATCH_NAMESPACES"] = ",".join(namespaces) or "*"
+    namespaces = [] if args.all_namespaces else (args.namespace or settings.namespaces)
+    # The handlers read the scope from the settings (liveness LIST, service accounts).
+    config.export_namespaces(namespaces)
     standalone = args.standalone or args.peering is None
     kopf.run(
         clusterwide=not namespaces,

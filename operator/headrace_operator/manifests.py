@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from headrace_operator.crd import GROUP, KIND, VERSION
-from headrace_operator.spec import DataflowSpec, duration_seconds, to_json
+from headrace_operator.spec import DataflowSpec, Duration, to_json
 
 __all__ = [
     "ANN_GENERATION",
@@ -55,6 +55,8 @@ __all__ = [
     "mesh_secret_name",
     "pod_assignment",
     "selector",
+    "sts_annotations",
+    "sts_replicas",
     "template_hash",
 ]
 
@@ -113,6 +115,24 @@ def selector(name: str) -> dict[str, str]:
     return {LABEL_DATAFLOW: name}
 
 
+def sts_annotations(sts: dict[str, Any] | None) -> dict[str, str]:
+    """What a StatefulSet records of what runs (its annotations; ``{}`` if none).
+
+    >>> sts_annotations({"metadata": {"annotations": {ANN_REPLICAS: "3"}}})
+    {'headrace.dev/replicas': '3'}
+    """
+    return ((sts or {}).get("metadata") or {}).get("annotations") or {}
+
+
+def sts_replicas(sts: dict[str, Any]) -> int:
+    """A StatefulSet's ``spec.replicas`` (0 when unset).
+
+    >>> sts_replicas({"spec": {"replicas": 2}}), sts_replicas({})
+    (2, 0)
+    """
+    return int((sts.get("spec") or {}).get("replicas") or 0)
+
+
 def labels(name: str, component: str = "worker") -> dict[str, str]:
     """Labels of a Dataflow's children.
 
@@ -140,8 +160,8 @@ def key_prefix(spec: DataflowSpec, owner: Owner) -> str:
     return f"{owner.namespace}/{owner.name}"
 
 
-def _seconds_str(duration: str) -> str:
-    s = duration_seconds(duration)
+def _seconds_str(duration: Duration) -> str:
+    s = duration.seconds
     return str(int(s)) if s == int(s) else str(s)
 
 
@@ -242,7 +262,7 @@ def _container(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
 
 
 def _pod_template(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
-    grace = max(30, int(duration_seconds(spec.restart_policy.stop_timeout)))
+    grace = max(30, int(spec.restart_policy.stop_timeout.seconds))
     pod_spec: dict[str, Any] = {
         "containers": [_container(spec, owner)],
         "terminationGracePeriodSeconds": grace,
@@ -541,7 +561,7 @@ def pod_assignment(
     >>> pod_assignment(2, 2, 8)
     [{'pod': 0, 'workers': '0-1', 'keyGroups': '0-3'}, {'pod': 1, 'workers': '2-3', 'keyGroups': '4-7'}]
     """
-    from headrace._engine._hash import group_owner
+    from headrace._engine import group_owner
 
     workers = replicas * workers_per_process
     owners = [group_owner(g, key_groups, workers) for g in range(key_groups)]

@@ -1,51 +1,61 @@
-"""The typed `Dataflow` spec: defaults, validation, and the schema they generate.
+"""The typed `Dataflow` spec: fields, defaults, constraints, and the rules across them.
 
 One source of truth: the dataclasses below carry every field's JSON name,
-description, default and constraints, `crd.py` turns them into the CRD's
-``openAPIV3Schema`` and `parse_spec` applies the same defaults and checks in
-Python (the API server may be older than the CEL rules, and the operator must
-never trust its input). Cross-field rules exist twice on purpose: as CEL in
-the CRD (`CEL_RULES`, rejected at ``kubectl apply``) and as `validate` here
-(reported as a ``ValidationError`` event while the last valid spec keeps
-running).
+description, default and constraints; the generic engine in `schema` turns
+them into the CRD's ``openAPIV3Schema`` (see `crd`) and `parse_spec` applies
+the same defaults and checks in Python (the API server may be older than the
+CEL rules, and the operator must never trust its input). Cross-field rules
+exist twice on purpose: as CEL in the CRD (`CEL_RULES`, rejected at
+``kubectl apply``) and as `validate` here (reported as a ``ValidationError``
+event while the last valid spec keeps running).
+
+Durations are parsed here, at the boundary: every duration field is a
+`Duration`, the text as written with its ``seconds``.
 
 >>> spec = parse_spec({"image": "app:1", "flow": {"import": "app.flows:wordcount"}})
->>> spec.replicas, spec.partitions, spec.upgrade_mode
-(1, 256, 'last-state')
+>>> spec.replicas, spec.partitions, spec.upgrade_mode, spec.autoscaler.metrics_window.seconds
+(1, 256, 'last-state', 900.0)
 >>> spec.autoscaler.effective_mode(spec.scaling.mode)
 'off'
-
-Size: ~940 lines: the typed model and the generic schema engine it
-drives; issue 21 splits them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
+
+from headrace_operator.schema import (
+    DURATION_PATTERN,
+    Duration,
+    Problems,
+    duration_seconds,
+    parse,
+    prune,
+    to_json,
+    unknown_fields,
+)
+from headrace_operator.schema import meta as _m
 
 __all__ = [
     "CEL_RULES",
+    "DURATION_PATTERN",
     "AutoscalerSpec",
     "DataflowSpec",
+    "Duration",
     "SpecError",
     "duration_seconds",
     "parse_spec",
     "prune",
+    "to_json",
     "unknown_fields",
+    "validate",
 ]
 
 Raw = dict[str, Any]
 """A Kubernetes-native structure passed through as is (``x-kubernetes-preserve-unknown-fields``)."""
 
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # A module path, optionally ':attr' or ':factory(args)', or a file path with ':attr'.
 _IMPORT_RE = re.compile(r"^[A-Za-z_./][\w./-]*(:[A-Za-z_]\w*(\(.*\))?)?$")
 _ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
@@ -59,38 +69,9 @@ class SpecError(ValueError):
     'spec.replicas: must be >= 1'
     """
 
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
+    def __init__(self, problems: Problems) -> None:
         self.problems = problems
         super().__init__("; ".join(f"{p}: {m}" for p, m in problems))
-
-
-def duration_seconds(text: str) -> float:
-    """Seconds in a duration such as ``"90s"``, ``"15m"``, ``"1h30m"`` or ``"250ms"``.
-
-    >>> duration_seconds("1h30m"), duration_seconds("250ms"), duration_seconds("2.5s")
-    (5400.0, 0.25, 2.5)
-    >>> duration_seconds("10")
-    Traceback (most recent call last):
-    ...
-    ValueError: '10' is not a duration: write a number with a unit, e.g. '10s', '15m', '1h'
-    """
-    if not isinstance(text, str) or not re.fullmatch(DURATION_PATTERN, text):
-        msg = f"{text!r} is not a duration: write a number with a unit, e.g. '10s', '15m', '1h'"
-        raise ValueError(msg)
-    return sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(text))
-
-
-def _m(
-    *,
-    name: str,
-    doc: str,
-    required: bool = False,
-    raw: str | None = None,
-    extra: dict[str, Any] | None = None,
-    **schema: Any,
-) -> dict[str, Any]:
-    """A spec field's metadata: JSON ``name``, ``doc`` and OpenAPI constraints."""
-    return {"json": name, "doc": doc, "required": required, "raw": raw, "schema": {**schema, **(extra or {})}}
 
 
 # ------------------------------------------------------------------ spec model
@@ -184,29 +165,26 @@ class RecoverySpec:
             doc="Key prefix of this dataflow's state in Redis (default: '<namespace>/<name>').",
         ),
     )
-    snapshot_interval: str = field(
-        default="10s",
+    snapshot_interval: Duration = field(
+        default=Duration("10s"),
         metadata=_m(
             name="snapshotInterval",
             doc="Epoch length: a snapshot is committed this often.",
-            pattern=DURATION_PATTERN,
         ),
     )
-    backup_interval: str | None = field(
+    backup_interval: Duration | None = field(
         default=None,
         metadata=_m(
             name="backupInterval",
             doc="How much snapshot history Redis keeps before compacting it (runtime default if unset).",
-            pattern=DURATION_PATTERN,
         ),
     )
-    retention: str | None = field(
+    retention: Duration | None = field(
         default=None,
         metadata=_m(
             name="retention",
             doc="When the Dataflow is deleted and its state kept, let the state expire after "
             "this long (default: keep forever).",
-            pattern=DURATION_PATTERN,
         ),
     )
 
@@ -232,12 +210,12 @@ class DeletionSpec:
 class BackoffSpec:
     """Growing delay between operator-initiated restarts of an unhealthy dataflow."""
 
-    initial_delay: str = field(
-        default="10s",
-        metadata=_m(name="initialDelay", doc="Delay before the first restart.", pattern=DURATION_PATTERN),
+    initial_delay: Duration = field(
+        default=Duration("10s"),
+        metadata=_m(name="initialDelay", doc="Delay before the first restart."),
     )
-    max_delay: str = field(
-        default="10m", metadata=_m(name="maxDelay", doc="Upper bound of the delay.", pattern=DURATION_PATTERN)
+    max_delay: Duration = field(
+        default=Duration("10m"), metadata=_m(name="maxDelay", doc="Upper bound of the delay.")
     )
     multiplier: float = field(
         default=2.0,
@@ -267,20 +245,18 @@ class RestartPolicySpec:
             "operator stops restarting (0: never give up).",
         ),
     )
-    reset_after: str = field(
-        default="10m",
+    reset_after: Duration = field(
+        default=Duration("10m"),
         metadata=_m(
             name="resetAfter",
             doc="Healthy time after which the restart count goes back to 0.",
-            pattern=DURATION_PATTERN,
         ),
     )
-    stop_timeout: str = field(
-        default="2m",
+    stop_timeout: Duration = field(
+        default=Duration("2m"),
         metadata=_m(
             name="stopTimeout",
             doc="How long a coordinated stop may take: pods' termination grace period.",
-            pattern=DURATION_PATTERN,
         ),
     )
 
@@ -290,20 +266,18 @@ class HealthCheckSpec:
     """When the operator deems a running dataflow unhealthy and restarts it."""
 
     enabled: bool = field(default=True, metadata=_m(name="enabled", doc="Restart unhealthy dataflows."))
-    ready_timeout: str = field(
-        default="5m",
+    ready_timeout: Duration = field(
+        default=Duration("5m"),
         metadata=_m(
             name="readyTimeout",
             doc="All pods must be Ready this long after a start.",
-            pattern=DURATION_PATTERN,
         ),
     )
-    progress_timeout: str = field(
-        default="10m",
+    progress_timeout: Duration = field(
+        default=Duration("10m"),
         metadata=_m(
             name="progressTimeout",
             doc="With recovery, a snapshot must commit at least this often while Running.",
-            pattern=DURATION_PATTERN,
         ),
     )
     restart_threshold: int = field(
@@ -314,9 +288,9 @@ class HealthCheckSpec:
             doc="Container restarts within restartWindow that count as a crash loop.",
         ),
     )
-    restart_window: str = field(
-        default="10m",
-        metadata=_m(name="restartWindow", doc="Window for restartThreshold.", pattern=DURATION_PATTERN),
+    restart_window: Duration = field(
+        default=Duration("10m"),
+        metadata=_m(name="restartWindow", doc="Window for restartThreshold."),
     )
 
 
@@ -378,34 +352,29 @@ class AutoscalerSpec:
             "target +- boundary and the backlog does not grow.",
         ),
     )
-    metrics_window: str = field(
-        default="15m",
-        metadata=_m(
-            name="metricsWindow", doc="Window over which rates are averaged.", pattern=DURATION_PATTERN
-        ),
+    metrics_window: Duration = field(
+        default=Duration("15m"),
+        metadata=_m(name="metricsWindow", doc="Window over which rates are averaged."),
     )
-    evaluation_interval: str = field(
-        default="30s",
+    evaluation_interval: Duration = field(
+        default=Duration("30s"),
         metadata=_m(
             name="evaluationInterval",
             doc="How often metrics are scraped and a decision made.",
-            pattern=DURATION_PATTERN,
         ),
     )
-    stabilization_window: str = field(
-        default="5m",
+    stabilization_window: Duration = field(
+        default=Duration("5m"),
         metadata=_m(
             name="stabilizationWindow",
             doc="No decisions this long after any (re)start.",
-            pattern=DURATION_PATTERN,
         ),
     )
-    scale_down_delay: str = field(
-        default="1h",
+    scale_down_delay: Duration = field(
+        default=Duration("1h"),
         metadata=_m(
             name="scaleDownDelay",
             doc="A scale-down must be wanted this long; requests within it merge.",
-            pattern=DURATION_PATTERN,
         ),
     )
     max_scale_up_factor: float = field(
@@ -423,12 +392,11 @@ class AutoscalerSpec:
             doc="At most current x factor fewer replicas per step.",
         ),
     )
-    catch_up_duration: str = field(
-        default="30m",
+    catch_up_duration: Duration = field(
+        default=Duration("30m"),
         metadata=_m(
             name="catchUpDuration",
             doc="Size for draining the current backlog within this long.",
-            pattern=DURATION_PATTERN,
         ),
     )
     align_partitions: bool = field(
@@ -457,9 +425,7 @@ class PodMonitorSpec:
         default_factory=dict,
         metadata=_m(name="labels", doc="Extra labels, e.g. the one your Prometheus selects."),
     )
-    interval: str = field(
-        default="30s", metadata=_m(name="interval", doc="Scrape interval.", pattern=DURATION_PATTERN)
-    )
+    interval: Duration = field(default=Duration("30s"), metadata=_m(name="interval", doc="Scrape interval."))
 
 
 @dataclass
@@ -660,189 +626,6 @@ CEL_RULES: list[tuple[str, str, str]] = [
 # ------------------------------------------------------------------ parsing
 
 
-def _origin(tp: Any) -> tuple[Any, tuple[Any, ...]]:
-    return typing.get_origin(tp), typing.get_args(tp)
-
-
-def _strip_optional(tp: Any) -> tuple[Any, bool]:
-    origin, args = _origin(tp)
-    if origin in (Union, types.UnionType) and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return rest[0], True
-    return tp, False
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def hints(cls: type) -> dict[str, Any]:
-    """Resolved type hints of a spec dataclass (cached).
-
-    >>> hints(SecretKeyRef)["name"]
-    <class 'str'>
-    """
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
-
-
-def _type_name(tp: Any) -> str:
-    if dataclasses.is_dataclass(tp):
-        return "an object"
-    origin, _ = _origin(tp)
-    if origin is list:
-        return "a list"
-    if origin is dict or tp is dict:
-        return "an object"
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
-
-
-def _convert(tp: Any, value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
-    inner, optional = _strip_optional(tp)
-    if value is None:
-        if not optional:
-            problems.append((path, f"must be {_type_name(inner)}, not null"))
-        return None
-    if dataclasses.is_dataclass(inner):
-        return _parse_obj(inner, value, path, problems)  # type: ignore[arg-type]
-    origin, args = _origin(inner)
-    if origin is list:
-        if not isinstance(value, list):
-            problems.append((path, f"must be a list; got {value!r}"))
-            return []
-        return [_convert(args[0], v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            problems.append((path, f"must be an object; got {value!r}"))
-            return {}
-        if args[1] is Any:
-            return value
-        return {k: _convert(args[1], v, f"{path}.{k}", problems) for k, v in value.items()}
-    if inner is bool:
-        if not isinstance(value, bool):
-            problems.append((path, f"must be true or false; got {value!r}"))
-        return value
-    if inner is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append((path, f"must be an integer; got {value!r}"))
-        return value
-    if inner is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            problems.append((path, f"must be a number; got {value!r}"))
-            return value
-        return float(value)
-    if inner is str and not isinstance(value, str):
-        problems.append((path, f"must be a string; got {value!r}"))
-    return value
-
-
-def _check_schema(meta: dict[str, Any], value: Any, path: str, problems: list[tuple[str, str]]) -> None:
-    s = meta["schema"]
-    if value is None:
-        return
-    if "enum" in s and value not in s["enum"]:
-        problems.append((path, f"must be one of {', '.join(map(repr, s['enum']))}; got {value!r}"))
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if "minimum" in s and value < s["minimum"]:
-            problems.append((path, f"must be >= {s['minimum']}; got {value}"))
-        if "maximum" in s and value > s["maximum"]:
-            problems.append((path, f"must be <= {s['maximum']}; got {value}"))
-    if isinstance(value, str):
-        if "minLength" in s and len(value) < s["minLength"]:
-            problems.append((path, "must not be empty"))
-        if "maxLength" in s and len(value) > s["maxLength"]:
-            problems.append((path, f"must be at most {s['maxLength']} characters"))
-        if "pattern" in s and not re.search(s["pattern"], value):
-            if s["pattern"] == DURATION_PATTERN:
-                problems.append((path, f"{value!r} is not a duration: write e.g. '10s', '15m', '1h30m'"))
-            else:
-                problems.append((path, f"{value!r} does not match {s['pattern']}"))
-
-
-def _parse_obj(cls: type, data: Any, path: str, problems: list[tuple[str, str]]) -> Any:
-    if not isinstance(data, dict):
-        problems.append((path, f"must be an object; got {data!r}"))
-        data = {}
-    fields = {f.metadata["json"]: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            problems.append((f"{path}.{key}", _unknown_msg(key, fields)))
-    kwargs: dict[str, Any] = {}
-    th = hints(cls)
-    for jname, f in fields.items():
-        fpath = f"{path}.{jname}"
-        if jname not in data:
-            if f.metadata["required"]:
-                problems.append((fpath, "is required"))
-            continue
-        value = _convert(th[f.name], data[jname], fpath, problems)
-        _check_schema(dict(f.metadata), value, fpath, problems)
-        kwargs[f.name] = value
-    return cls(**kwargs)
-
-
-def _unknown_msg(key: str, fields: dict[str, Any]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, list(fields), n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(fields)}"
-    return f"unknown field: {hint}"
-
-
-def unknown_fields(cls: Any, data: Any, path: str = "spec") -> list[str]:
-    """Paths of fields in ``data`` that ``cls`` does not declare (the API server prunes them).
-
-    Raw Kubernetes structures (resources, podTemplate, env, ...) are not looked into.
-
-    >>> unknown_fields(DataflowSpec, {"image": "x", "replcas": 3, "flow": {"improt": "a"}})
-    ['spec.replcas', 'spec.flow.improt']
-    """
-    out: list[str] = []
-    if not isinstance(data, dict):
-        return out
-    fields = {f.metadata["json"]: f for f in dataclasses.fields(cls)}
-    th = hints(cls)
-    for key, value in data.items():
-        f = fields.get(key)
-        if f is None:
-            out.append(f"{path}.{key}")
-            continue
-        inner, _ = _strip_optional(th[f.name])
-        origin, args = _origin(inner)
-        if dataclasses.is_dataclass(inner):
-            out += unknown_fields(inner, value, f"{path}.{key}")
-        elif origin is list and args and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
-            for i, item in enumerate(value):
-                out += unknown_fields(args[0], item, f"{path}.{key}[{i}]")
-    return out
-
-
-def prune(cls: Any, data: Any) -> Any:
-    """``data`` without the fields ``cls`` does not declare (what the API server keeps).
-
-    >>> prune(DataflowSpec, {"image": "x", "replcas": 3, "flow": {"import": "a", "x": 1}})
-    {'image': 'x', 'flow': {'import': 'a'}}
-    """
-    if not isinstance(data, dict):
-        return data
-    fields = {f.metadata["json"]: f for f in dataclasses.fields(cls)}
-    th = hints(cls)
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        f = fields.get(key)
-        if f is None:
-            continue
-        inner, _ = _strip_optional(th[f.name])
-        origin, args = _origin(inner)
-        if dataclasses.is_dataclass(inner):
-            out[key] = prune(inner, value)
-        elif origin is list and args and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
-            out[key] = [prune(args[0], v) for v in value]
-        else:
-            out[key] = value
-    return out
-
-
 def parse_spec(data: Any) -> DataflowSpec:
     """Parse and validate a Dataflow's ``spec``; raise `SpecError` listing every problem.
 
@@ -851,16 +634,16 @@ def parse_spec(data: Any) -> DataflowSpec:
     ...
     headrace_operator.spec.SpecError: spec.replicas: must be >= 1; got 0
     """
-    problems: list[tuple[str, str]] = []
-    spec = _parse_obj(DataflowSpec, data, "spec", problems)
+    problems: Problems = []
+    spec = parse(DataflowSpec, data, "spec", problems)
     if not problems:
         problems += validate(spec)
     if problems:
         raise SpecError(problems)
-    return typing.cast(DataflowSpec, spec)
+    return spec
 
 
-def validate(spec: DataflowSpec) -> list[tuple[str, str]]:
+def validate(spec: DataflowSpec) -> Problems:
     """Cross-field checks (the CEL rules, and what CEL can't say); ``[]`` when valid.
 
     >>> s = parse_spec({"image": "a", "flow": {"import": "m:f"}})
@@ -868,7 +651,7 @@ def validate(spec: DataflowSpec) -> list[tuple[str, str]]:
     >>> validate(s)
     [('spec.replicas', 'replicas x workersPerProcess = 300 exceeds partitions = 256: ...')]
     """
-    p: list[tuple[str, str]] = []
+    p: Problems = []
     if spec.replicas * spec.workers_per_process > spec.partitions:
         p.append(
             (
@@ -903,44 +686,22 @@ def validate(spec: DataflowSpec) -> list[tuple[str, str]]:
     if r is not None:
         if (r.url is None) == (r.secret_ref is None):
             p.append(("spec.recovery", "set exactly one of recovery.url and recovery.secretRef"))
-        if r.backup_interval is not None and duration_seconds(r.backup_interval) < duration_seconds(
-            r.snapshot_interval
-        ):
+        if r.backup_interval is not None and r.backup_interval.seconds < r.snapshot_interval.seconds:
             p.append(
                 (
                     "spec.recovery.backupInterval",
                     "must be at least snapshotInterval (it is a span of snapshot history)",
                 )
             )
-        if duration_seconds(r.snapshot_interval) <= 0:
+        if r.snapshot_interval.seconds <= 0:
             p.append(("spec.recovery.snapshotInterval", "must be greater than 0"))
     for i, env in enumerate(spec.flow.env):
         name = env.get("name") if isinstance(env, dict) else None
         if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
             p.append((f"spec.flow.env[{i}].name", f"{name!r} is not a valid environment variable name"))
     b = spec.restart_policy.backoff
-    if duration_seconds(b.initial_delay) > duration_seconds(b.max_delay):
+    if b.initial_delay.seconds > b.max_delay.seconds:
         p.append(("spec.restartPolicy.backoff", "initialDelay must not be longer than maxDelay"))
     if not math.isfinite(spec.autoscaler.max_scale_up_factor):
         p.append(("spec.autoscaler.maxScaleUpFactor", "must be a finite number"))
     return p
-
-
-def to_json(obj: Any) -> Any:
-    """A spec dataclass back as the JSON the API server stores (``None`` fields left out).
-
-    >>> to_json(SecretKeyRef(name="redis"))
-    {'name': 'redis', 'key': 'url'}
-    """
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if value is not None:
-                out[f.metadata["json"]] = to_json(value)
-        return out
-    if isinstance(obj, list):
-        return [to_json(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_json(v) for k, v in obj.items()}
-    return obj

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import redis
 
+from headrace._engine import open_store
 from headrace._engine._serve import EndpointServer, Readiness
-from headrace._engine._store import open_store
 from headrace_operator import _kube
 from headrace_operator.autoscaler import parse_metrics
-from headrace_operator.status import PodInfo
+from headrace_operator.observation import PodInfo
 from tests.servers import RedisServer, free_port
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import kubernetes.client as k8s
 import pytest
 
-from headrace._engine._hash import group_owner
+from headrace._engine import group_owner
 from headrace_operator import manifests as mf
 from headrace_operator.spec import parse_spec
 

@@ -15,7 +15,9 @@ from typing import Any
 
 from headrace_operator import manifests as mf
 from headrace_operator.autoscaler import WindowStats
+from headrace_operator.conditions import get_condition
 from headrace_operator.crd import openapi_schema, undeclared
+from headrace_operator.observation import PodInfo
 from headrace_operator.reconcile import (
     LAST_APPLIED,
     Observation,
@@ -27,7 +29,6 @@ from headrace_operator.reconcile import (
     plan_delete,
     pruned_fields,
 )
-from headrace_operator.status import PodInfo, get_condition
 
 BASE = {
     "image": "app:1",

@@ -6,16 +6,11 @@ from typing import Any
 
 import pytest
 
-from headrace_operator.status import (
-    CONDITION_TYPES,
-    EventDeduper,
-    PodInfo,
-    diagnose_pods,
-    get_condition,
-    iso,
-    parse_iso,
-    set_condition,
-)
+from headrace_operator.conditions import CONDITION_TYPES, get_condition, set_condition
+from headrace_operator.diagnosis import diagnose_pods
+from headrace_operator.events import EventDeduper
+from headrace_operator.observation import PodInfo
+from headrace_operator.status import iso, parse_iso
 
 
 def test_condition_keeps_transition_time_while_status_is_unchanged() -> None:

@@ -1,0 +1,121 @@
+"""Pod diagnosis: from the pods' own state, what is wrong, in words a user can act on.
+
+Placed in the flow: `reconcile` calls `diagnose_pods` on the observed pods
+(`observation.PodInfo`) while they are not all Ready; the reason names the
+event and the Ready condition, and some reasons (a startup error, an image
+that can't be pulled) mean a restart can't help.
+"""
+
+from __future__ import annotations
+
+from headrace_operator.observation import PodInfo
+
+__all__ = ["UNFIXABLE_BY_RESTART", "diagnose_pods"]
+
+UNFIXABLE_BY_RESTART = ("StartupError", "ImagePullError", "ConfigError")
+"""Reasons a restart can't fix (the kubelet keeps retrying the pods anyway)."""
+
+
+def _last_line(text: str) -> str:
+    r"""The worker's own summary of why it stopped, from its termination message.
+
+    The CLI ends a failed run with ``error: ...`` and one ``caused by: ...``
+    line per cause it had to add (see ``headrace.run``); they are kept
+    together, on one line. Other output gives its last line that looks
+    like an error, or its last line.
+
+    >>> _last_line("Traceback ...\nerror: building sink 'f.out'\n"
+    ...            "caused by: ConnectionError: Redis is unreachable\n")
+    "error: building sink 'f.out'; caused by: ConnectionError: Redis is unreachable"
+    >>> _last_line("x\nValueError: bad\nexiting")
+    'ValueError: bad'
+    """
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("error:"):
+            causes = [ln for ln in lines[i + 1 :] if ln.startswith("caused by:")]
+            return "; ".join([lines[i], *causes])
+    for ln in reversed(lines):
+        if "Error" in ln:
+            return ln
+    return lines[-1] if lines else ""
+
+
+_IMAGE_REASONS = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
+
+
+def diagnose_pods(pods: list[PodInfo], image: str = "") -> tuple[str, str] | None:
+    """``(reason, message)`` naming the most telling pod problem, or ``None``.
+
+    >>> p = PodInfo("wc-0", 0, waiting_reason="CrashLoopBackOff", last_exit_code=2,
+    ...             last_message="error: can't import 'app.flows': No module named 'app'")
+    >>> diagnose_pods([p])[0]
+    'StartupError'
+    """
+    found: list[tuple[int, str, str]] = []
+    for p in sorted(pods, key=lambda p: p.ordinal):
+        if p.ready or p.terminating:
+            continue
+        if p.waiting_reason in _IMAGE_REASONS:
+            found.append(
+                (
+                    0,
+                    "ImagePullError",
+                    f"pod {p.name} can't pull image {image!r} ({p.waiting_reason}: "
+                    f"{p.waiting_message}). Check spec.image, spec.imagePullPolicy and "
+                    "spec.imagePullSecrets",
+                )
+            )
+        elif p.waiting_reason in ("CreateContainerConfigError", "CreateContainerError"):
+            found.append(
+                (
+                    1,
+                    "ConfigError",
+                    f"pod {p.name}: {p.waiting_message or p.waiting_reason}. Check that "
+                    "the Secrets and ConfigMaps named in spec.recovery.secretRef, "
+                    "spec.flow.env and spec.flow.envFrom exist",
+                )
+            )
+        elif p.last_exit_code == 2:
+            found.append(
+                (
+                    2,
+                    "StartupError",
+                    f"pod {p.name} exited with code 2: {_last_line(p.last_message)}. "
+                    "Check spec.flow.import and spec.flow.args, and that the image "
+                    "contains the module",
+                )
+            )
+        elif p.last_reason == "OOMKilled":
+            found.append(
+                (
+                    3,
+                    "OOMKilled",
+                    f"pod {p.name} ran out of memory (OOMKilled). Raise "
+                    "spec.resources.limits.memory or lower workersPerProcess",
+                )
+            )
+        elif p.last_exit_code not in (None, 0) and p.restarts > 0:
+            found.append(
+                (
+                    4,
+                    "WorkerCrashed",
+                    f"pod {p.name} exited with code {p.last_exit_code}: "
+                    f"{_last_line(p.last_message) or p.last_reason}. Its peers restart "
+                    "and resume from the last committed epoch",
+                )
+            )
+        elif p.unschedulable:
+            found.append(
+                (
+                    5,
+                    "Unschedulable",
+                    f"pod {p.name} can't be scheduled: {p.unschedulable}. Check "
+                    "spec.resources, spec.nodeSelector, spec.tolerations and "
+                    "spec.affinity",
+                )
+            )
+    if not found:
+        return None
+    _, reason, message = min(found, key=lambda f: f[0])
+    return reason, message

@@ -1,0 +1,268 @@
+"""The transition state machine: a coordinated stop at an epoch barrier, then a start.
+
+Placed in the flow: `reconcile.plan` finds what differs between the spec and
+what the StatefulSet records (`changes`) and walks one `Transition` through
+its stages, recorded in ``status.transition`` so that any later reconcile
+(level-based: it may be another operator process) picks it up::
+
+    running --stop()--> Stopping --(no pods left)--> start() --> Starting
+       ^                                                            |
+       +------------------ arrived() (all pods Ready) <-------------+
+
+`stop` scales the StatefulSet to 0 (every pod gets SIGTERM; the cluster
+finishes its epoch, commits and exits 0); `start` applies the Service and
+the StatefulSet at full size, and the pods resume from the last committed
+epoch. A suspend stops and stays stopped (`suspended`).
+
+>>> [t.value for t in Transition][:4], phase_of(Transition.RESCALE)
+(['deploy', 'rescale', 'upgrade', 'restart'], <Phase.SCALING: 'Scaling'>)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from headrace_operator import manifests as mf
+from headrace_operator.outcome import BUSY_REQUEUE, Ctx
+from headrace_operator.spec import DataflowSpec
+from headrace_operator.status import (
+    ExecutionStatus,
+    Phase,
+    Stage,
+    Transition,
+    TransitionStatus,
+    iso,
+    parse_iso,
+)
+
+__all__ = [
+    "Transition",
+    "arrived",
+    "change_message",
+    "changes",
+    "describe",
+    "elapsed",
+    "gerund",
+    "phase_of",
+    "start",
+    "stop",
+    "stop_finished",
+    "suspended",
+]
+
+_PHASE_OF = {
+    Transition.SUSPEND: Phase.SUSPENDING,
+    Transition.RESCALE: Phase.SCALING,
+    Transition.DEPLOY: Phase.DEPLOYING,
+    Transition.RESUME: Phase.DEPLOYING,
+}
+_GERUND = {
+    Transition.DEPLOY: "Deploying",
+    Transition.RESCALE: "Rescaling",
+    Transition.UPGRADE: "Upgrading",
+    Transition.RESTART: "Restarting",
+    Transition.RESET: "ResettingState",
+    Transition.SUSPEND: "Suspending",
+    Transition.RESUME: "Resuming",
+    Transition.UNHEALTHY_RESTART: "RestartingUnhealthy",
+}
+# The event reason of a stop (deploy and resume start from nothing: never stopped).
+_STOP_REASON = {
+    Transition.SUSPEND: "Suspending",
+    Transition.RESCALE: "Scaling",
+    Transition.UPGRADE: "SpecChanged",
+    Transition.RESTART: "Restarting",
+    Transition.RESET: "ResettingState",
+    Transition.UNHEALTHY_RESTART: "RestartUnhealthy",
+}
+
+
+def phase_of(ttype: Transition) -> Phase:
+    """The Dataflow's phase while ``ttype`` runs.
+
+    >>> phase_of(Transition.SUSPEND), phase_of(Transition.RESTART)
+    (<Phase.SUSPENDING: 'Suspending'>, <Phase.UPGRADING: 'Upgrading'>)
+    """
+    return _PHASE_OF.get(ttype, Phase.UPGRADING)
+
+
+def gerund(ttype: Transition) -> str:
+    """The Ready and Progressing conditions' reason while ``ttype`` runs.
+
+    >>> gerund(Transition.RESCALE)
+    'Rescaling'
+    """
+    return _GERUND[ttype]
+
+
+def describe(tr: TransitionStatus) -> str:
+    """One line on a transition in progress (for the conditions).
+
+    >>> describe(TransitionStatus(Transition.RESCALE, Stage.STOPPING, "", 2, 3, 7))
+    'rescale 2 -> 3 pods: stopping at an epoch barrier'
+    """
+    what = "stopping at an epoch barrier" if tr.stage is Stage.STOPPING else "starting and restoring"
+    return f"{tr.type} {tr.from_replicas} -> {tr.to_replicas} pods: {what}"
+
+
+def elapsed(c: Ctx, tr: TransitionStatus | None) -> float:
+    """Seconds since ``tr`` began (0 when there is none or its start is unknown)."""
+    started = parse_iso(tr.started_at if tr is not None else None)
+    return c.now - (started or c.now)
+
+
+def _execution_id(uid: str, now: float) -> str:
+    return hashlib.sha1(f"{uid}:{now}".encode()).hexdigest()[:12]
+
+
+def changes(spec: DataflowSpec, sts: dict[str, Any], desired_hash: str) -> list[Transition]:
+    """What differs between ``spec`` and what the StatefulSet records, most drastic first.
+
+    >>> from headrace_operator.spec import parse_spec
+    >>> spec = parse_spec({"image": "a", "flow": {"import": "m:f"}, "replicas": 3})
+    >>> sts = {"metadata": {"annotations": {mf.ANN_TEMPLATE_HASH: "h", mf.ANN_REPLICAS: "2"}},
+    ...        "spec": {"replicas": 2}}
+    >>> changes(spec, sts, "h")
+    [<Transition.RESCALE: 'rescale'>]
+    """
+    ann = mf.sts_annotations(sts)
+    out = []
+    if ann.get(mf.ANN_RESET_NONCE, "0") != str(spec.reset_state_nonce):
+        out.append(Transition.RESET)
+    if ann.get(mf.ANN_TEMPLATE_HASH) != desired_hash:
+        out.append(Transition.UPGRADE)
+    deployed_replicas = int(ann.get(mf.ANN_REPLICAS, mf.sts_replicas(sts)) or 0)
+    cur = mf.sts_replicas(sts)
+    if deployed_replicas != spec.replicas or (cur > 0 and cur != deployed_replicas):
+        out.append(Transition.RESCALE)
+    if ann.get(mf.ANN_RESTART_NONCE, "0") != str(spec.restart_nonce):
+        out.append(Transition.RESTART)
+    return out
+
+
+def change_message(ttype: Transition, spec: DataflowSpec, sts: dict[str, Any], gen: int) -> str:
+    """The event message announcing the stop for ``ttype``."""
+    ann = mf.sts_annotations(sts)
+    n = mf.sts_replicas(sts)
+    if ttype is Transition.SUSPEND:
+        return f"suspending: stopping {n} pod(s) at an epoch barrier (state is committed first)"
+    if ttype is Transition.RESCALE:
+        return (
+            f"rescaling {ann.get(mf.ANN_REPLICAS, n)} -> {spec.replicas} pod(s): stopping "
+            "at an epoch barrier, then restarting with the new worker count"
+        )
+    if ttype is Transition.UPGRADE:
+        return (
+            f"spec changed (generation {gen}): stopping {n} pod(s) at an epoch barrier, "
+            f"then starting the new spec (upgradeMode {spec.upgrade_mode})"
+        )
+    if ttype is Transition.RESTART:
+        return f"restartNonce is now {spec.restart_nonce}: restarting {n} pod(s)"
+    return (
+        f"resetStateNonce is now {spec.reset_state_nonce}: stopping {n} pod(s), deleting "
+        "the Redis state, starting fresh"
+    )
+
+
+def stop(c: Ctx, ttype: Transition, from_replicas: int, to_replicas: int, message: str) -> None:
+    """Begin ``ttype``: scale the StatefulSet to 0 and record the transition as Stopping."""
+    store = c.obs.store
+    c.act("scale", replicas=0)
+    c.st.transition = TransitionStatus(
+        type=ttype,
+        stage=Stage.STOPPING,
+        started_at=iso(c.now),
+        from_replicas=from_replicas,
+        to_replicas=to_replicas,
+        epoch_before=store.epoch if store is not None and store.ok else 0,
+    )
+    c.phase = phase_of(ttype)
+    etype = "Warning" if ttype is Transition.UNHEALTHY_RESTART else "Normal"
+    c.event(etype, _STOP_REASON[ttype], message)
+    c.p.requeue = BUSY_REQUEUE
+
+
+def stop_finished(c: Ctx, spec: DataflowSpec, tr: TransitionStatus) -> None:
+    """All pods are gone after a coordinated stop: did it commit a snapshot?"""
+    store = c.obs.store
+    if spec.recovery is None or store is None:
+        return
+    started = parse_iso(tr.started_at) or c.now
+    fresh = store.ok and store.committed_at + 1.0 >= started and store.epoch > tr.epoch_before
+    wants_snapshot = tr.type is Transition.SUSPEND or spec.upgrade_mode == "snapshot"
+    if fresh:
+        c.event(
+            "Normal",
+            "SnapshotCompleted",
+            f"epoch {store.epoch} committed at the stop barrier ({store.epoch_bytes} bytes)",
+        )
+    elif wants_snapshot:
+        c.event(
+            "Warning",
+            "SnapshotFailed",
+            "no new snapshot was committed while stopping (the pods were unhealthy or "
+            f"Redis unreachable): falling back to the last committed epoch "
+            f"{store.epoch if store.ok else '?'}",
+        )
+
+
+def start(
+    c: Ctx, spec: DataflowSpec, owner: mf.Owner, ttype: Transition, from_replicas: int, epoch_before: int
+) -> None:
+    """Apply the Service and the StatefulSet at full size; record the execution (Starting).
+
+    A transition already in status (stopped before) carries on; otherwise
+    ``ttype`` begins here (a deploy, a resume).
+    """
+    obs = c.obs
+    c.act("create_secret", obj=mf.build_mesh_secret(owner))
+    c.act("apply", obj=mf.build_service(spec, owner))
+    c.act("apply", obj=mf.build_statefulset(spec, owner))
+    tr = c.st.transition or TransitionStatus(
+        type=ttype, started_at=iso(c.now), from_replicas=from_replicas, epoch_before=epoch_before
+    )
+    tr.stage = Stage.STARTING
+    tr.to_replicas = spec.replicas
+    c.st.transition = tr
+    c.st.execution = ExecutionStatus(
+        id=_execution_id(obs.uid, c.now),
+        worker_count=spec.replicas * spec.workers_per_process,
+        restarts=0,
+        started_at=iso(c.now),
+    )
+    c.st.deployed_generation = obs.generation
+    c.phase = phase_of(tr.type)
+    store = obs.store
+    fresh_state = tr.type is Transition.RESET or (
+        spec.upgrade_mode == "stateless" and tr.type in (Transition.UPGRADE, Transition.DEPLOY)
+    )
+    if store is not None and store.ok and store.epoch > 0 and not fresh_state:
+        c.event(
+            "Normal",
+            "Restored",
+            f"starting {spec.replicas} pod(s) x {spec.workers_per_process} worker(s) from "
+            f"committed epoch {store.epoch} (written by {store.worker_count} workers)",
+        )
+    c.p.requeue = BUSY_REQUEUE
+
+
+def arrived(c: Ctx, tr: TransitionStatus, n: int) -> None:
+    """All ``n`` pods are Ready after ``tr``: report how long it took, and end it."""
+    took = elapsed(c, tr)
+    c.p.transitions.append((tr.type, took))
+    reason, text = {
+        Transition.RESCALE: ("Scaled", f"rescaled {tr.from_replicas} -> {n} pod(s) in {took:.1f}s"),
+        Transition.DEPLOY: ("Running", f"all {n} pod(s) Ready {took:.1f}s after creation"),
+        Transition.RESUME: ("Resumed", f"resumed: all {n} pod(s) Ready in {took:.1f}s"),
+        Transition.UPGRADE: ("Upgraded", f"upgraded: all {n} pod(s) Ready in {took:.1f}s"),
+    }.get(tr.type, ("Restarted", f"restarted ({tr.type}): all {n} pod(s) Ready in {took:.1f}s"))
+    c.event("Normal", reason, text)
+    c.st.transition = None
+
+
+def suspended(c: Ctx, tr: TransitionStatus, epoch: int) -> None:
+    """A suspend's pods are all gone: report how long the stop took."""
+    took = elapsed(c, tr)
+    c.p.transitions.append((Transition.SUSPEND, took))
+    c.event("Normal", "Suspended", f"all pods stopped in {took:.1f}s; state kept at epoch {epoch}")
