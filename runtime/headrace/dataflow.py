@@ -37,10 +37,8 @@ from typing import (
     Concatenate,
     Generic,
     ParamSpec,
-    Protocol,
     TypeAlias,
     TypeVar,
-    runtime_checkable,
 )
 
 __all__ = [
@@ -277,11 +275,6 @@ class Stream(Generic[X_co]):
 
 KeyedStream: TypeAlias = Stream[tuple[str, X_co]]
 """A stream of ``(key, value)`` 2-tuples whose keys are `str`."""
-
-
-@runtime_checkable
-class _HasStreams(Protocol):
-    __dataclass_fields__: dict[str, Any]
 
 
 class _BuildState(threading.local):

@@ -622,7 +622,6 @@ class SqliteStore(Store):
         self.check = check
         self.last_error_at = 0.0
         self.errors = 0
-        self.last_latency = 0.0
         self._committed = 0  # the epoch this execution committed last (or resumed from)
         if not self.dir.exists():
             msg = (
@@ -842,7 +841,6 @@ class SqliteStore(Store):
     def write_epoch(self, epoch: int, entries: list[Entry]) -> int:
         if not entries:
             return 0
-        t0 = time.monotonic()
         fence = self._fence()
         if len(self.files) == 1:
             self.files[0].write(epoch, entries, fence)
@@ -852,7 +850,6 @@ class SqliteStore(Store):
                 by_file.setdefault(self._index_of(e[0], e[1], e[2]), []).append(e)
             for i, rows in sorted(by_file.items()):
                 self.files[i].write(epoch, rows, fence)
-        self.last_latency = time.monotonic() - t0
         return sum(len(k) + len(v) for _, _, k, v in entries)
 
     def commit(self, epoch: int, epoch_bytes: int) -> None:

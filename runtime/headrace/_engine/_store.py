@@ -363,7 +363,6 @@ class RedisStore(Store):
         )
         self.errors = 0
         self.last_error_at = 0.0
-        self.last_latency = 0.0
         self.on_error: Callable[[BaseException], None] | None = None
         self._committed = 0  # the epoch this execution committed last (or resumed from)
 
@@ -375,11 +374,8 @@ class RedisStore(Store):
         deadline = time.monotonic() + self.retry_for
         delay = 0.1
         while True:
-            t0 = time.monotonic()
             try:
-                result = fn()
-                self.last_latency = time.monotonic() - t0
-                return result
+                return fn()
             except Exception as exc:
                 # A wrong password or a refused write (OOM, ...) stays so: not retried.
                 why = refusal(self.description, what, exc)
