@@ -307,6 +307,33 @@ def _aligned(lo: int, hi: int, wpp: int, partitions: int) -> int | None:
     return None
 
 
+def _limit(
+    current: int, raw: int, why: str, p: Params, lohi: tuple[int, int], wpp: int, partitions: int
+) -> tuple[int, str]:
+    """``raw`` limited by the max scale factors, clamped to the bounds, aligned; and why.
+
+    >>> _limit(4, 30, "need more", Params(), (1, 10), 1, 256)[1]
+    'need more; limited to 20 by the max scale up factor; clamped to 10 by the bounds [1, 10]'
+    """
+    lo, hi = lohi
+    up_limit = _floor(current * (1 + p.max_up))
+    down_limit = _ceil(current * (1 - p.max_down))
+    new = min(max(raw, down_limit), up_limit)
+    if new != raw:
+        why += f"; limited to {new} by the max scale {'up' if raw > new else 'down'} factor"
+    clamped = min(max(new, lo), hi)
+    if clamped != new:
+        why += f"; clamped to {clamped} by the bounds [{lo}, {hi}]"
+    new = clamped
+    if p.align and new != current:
+        upper = min(hi, max(up_limit, new)) if new > current else min(max(current, lo), hi)
+        aligned = _aligned(new, upper, wpp, partitions)
+        if aligned is not None and aligned != new:
+            why += f"; aligned to {aligned} so {partitions} partitions divide evenly"
+            new = aligned
+    return new, why
+
+
 def recommend(
     current: int, stats: WindowStats, p: Params, workers_per_process: int, partitions: int
 ) -> Recommendation:
@@ -365,21 +392,7 @@ def recommend(
     if not lag_growing and above and raw < current:
         raw = current
         why += f"; workers are {u:.0%} busy: not scaling down"
-    up_limit = _floor(current * (1 + p.max_up))
-    down_limit = _ceil(current * (1 - p.max_down))
-    new = min(max(raw, down_limit), up_limit)
-    if new != raw:
-        why += f"; limited to {new} by the max scale {'up' if raw > new else 'down'} factor"
-    clamped = min(max(new, lo), hi)
-    if clamped != new:
-        why += f"; clamped to {clamped} by the bounds [{lo}, {hi}]"
-    new = clamped
-    if p.align and new != current:
-        upper = min(hi, max(up_limit, new)) if new > current else min(max(current, lo), hi)
-        aligned = _aligned(new, upper, workers_per_process, partitions)
-        if aligned is not None and aligned != new:
-            why += f"; aligned to {aligned} so {partitions} partitions divide evenly"
-            new = aligned
+    new, why = _limit(current, raw, why, p, (lo, hi), workers_per_process, partitions)
     return Recommendation(
         new,
         why,
@@ -427,6 +440,21 @@ def _scale_down(
         f"scale-down to {target} delayed until {iso(since + params.scale_down_delay)} "
         f"(scaleDownDelay {params.scale_down_delay:.0f}s; requests merge)"
     )
+    return None
+
+
+def _act(
+    decision: Decision, status: AutoscalerStatus, wanted: int, current: int, params: Params, now: float
+) -> int | None:
+    """Scale up at once, down only after the delays (`_scale_down`); the replicas to apply."""
+    if wanted > current:
+        decision.action = "scale-up"
+        status.pending_scale_down = NULL
+        return wanted
+    if wanted < current:
+        decision.action = "scale-down"
+        return _scale_down(decision, status, wanted, current, params, now)
+    status.pending_scale_down = NULL
     return None
 
 
@@ -481,16 +509,7 @@ def decide(
     decision.arrival_rate = round(rec.arrival_rate, 3)
     decision.true_processing_rate = round(rec.true_rate, 3)
     decision.needed_rate = round(rec.needed_rate, 3)
-    apply: int | None = None
-    if rec.replicas > current:
-        decision.action = "scale-up"
-        status.pending_scale_down = NULL
-        apply = rec.replicas
-    elif rec.replicas < current:
-        decision.action = "scale-down"
-        apply = _scale_down(decision, status, rec.replicas, current, params, now)
-    else:
-        status.pending_scale_down = NULL
+    apply = _act(decision, status, rec.replicas, current, params, now)
     if apply is not None and mode != "apply":
         decision.blocked = "mode is recommend: not applied"
         apply = None

@@ -52,70 +52,65 @@ def diagnose_pods(pods: list[PodInfo], image: str = "") -> tuple[str, str] | Non
     >>> diagnose_pods([p])[0]
     'StartupError'
     """
-    found: list[tuple[int, str, str]] = []
-    for p in sorted(pods, key=lambda p: p.ordinal):
-        if p.ready or p.terminating:
-            continue
-        if p.waiting_reason in _IMAGE_REASONS:
-            found.append(
-                (
-                    0,
-                    "ImagePullError",
-                    f"pod {p.name} can't pull image {image!r} ({p.waiting_reason}: "
-                    f"{p.waiting_message}). Check spec.image, spec.imagePullPolicy and "
-                    "spec.imagePullSecrets",
-                )
-            )
-        elif p.waiting_reason in ("CreateContainerConfigError", "CreateContainerError"):
-            found.append(
-                (
-                    1,
-                    "ConfigError",
-                    f"pod {p.name}: {p.waiting_message or p.waiting_reason}. Check that "
-                    "the Secrets and ConfigMaps named in spec.recovery.secretRef, "
-                    "spec.flow.env and spec.flow.envFrom exist",
-                )
-            )
-        elif p.last_exit_code == 2:
-            found.append(
-                (
-                    2,
-                    "StartupError",
-                    f"pod {p.name} exited with code 2: {_last_line(p.last_message)}. "
-                    "Check spec.flow.import and spec.flow.args, and that the image "
-                    "contains the module",
-                )
-            )
-        elif p.last_reason == "OOMKilled":
-            found.append(
-                (
-                    3,
-                    "OOMKilled",
-                    f"pod {p.name} ran out of memory (OOMKilled). Raise "
-                    "spec.resources.limits.memory or lower workersPerProcess",
-                )
-            )
-        elif p.last_exit_code not in (None, 0) and p.restarts > 0:
-            found.append(
-                (
-                    4,
-                    "WorkerCrashed",
-                    f"pod {p.name} exited with code {p.last_exit_code}: "
-                    f"{_last_line(p.last_message) or p.last_reason}. Its peers restart "
-                    "and resume from the last committed epoch",
-                )
-            )
-        elif p.unschedulable:
-            found.append(
-                (
-                    5,
-                    "Unschedulable",
-                    f"pod {p.name} can't be scheduled: {p.unschedulable}. Check "
-                    "spec.resources, spec.nodeSelector, spec.tolerations and "
-                    "spec.affinity",
-                )
-            )
+    found = [
+        problem
+        for p in sorted(pods, key=lambda p: p.ordinal)
+        if not (p.ready or p.terminating)
+        if (problem := _pod_problem(p, image)) is not None
+    ]
     if not found:
         return None
     _, reason, message = min(found, key=lambda f: f[0])
     return reason, message
+
+
+def _pod_problem(p: PodInfo, image: str) -> tuple[int, str, str] | None:
+    """``(rank, reason, message)`` of one pod that is not Ready; lower ranks tell more."""
+    if p.waiting_reason in _IMAGE_REASONS:
+        return (
+            0,
+            "ImagePullError",
+            f"pod {p.name} can't pull image {image!r} ({p.waiting_reason}: "
+            f"{p.waiting_message}). Check spec.image, spec.imagePullPolicy and "
+            "spec.imagePullSecrets",
+        )
+    if p.waiting_reason in ("CreateContainerConfigError", "CreateContainerError"):
+        return (
+            1,
+            "ConfigError",
+            f"pod {p.name}: {p.waiting_message or p.waiting_reason}. Check that "
+            "the Secrets and ConfigMaps named in spec.recovery.secretRef, "
+            "spec.flow.env and spec.flow.envFrom exist",
+        )
+    if p.last_exit_code == 2:
+        return (
+            2,
+            "StartupError",
+            f"pod {p.name} exited with code 2: {_last_line(p.last_message)}. "
+            "Check spec.flow.import and spec.flow.args, and that the image "
+            "contains the module",
+        )
+    if p.last_reason == "OOMKilled":
+        return (
+            3,
+            "OOMKilled",
+            f"pod {p.name} ran out of memory (OOMKilled). Raise "
+            "spec.resources.limits.memory or lower workersPerProcess",
+        )
+    if p.last_exit_code not in (None, 0) and p.restarts > 0:
+        return (
+            4,
+            "WorkerCrashed",
+            f"pod {p.name} exited with code {p.last_exit_code}: "
+            f"{_last_line(p.last_message) or p.last_reason}. Its peers restart "
+            "and resume from the last committed epoch",
+        )
+    if p.unschedulable:
+        return (
+            5,
+            "Unschedulable",
+            f"pod {p.name} can't be scheduled: {p.unschedulable}. Check "
+            "spec.resources, spec.nodeSelector, spec.tolerations and "
+            "spec.affinity",
+        )
+    return None
