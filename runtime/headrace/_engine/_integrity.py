@@ -136,7 +136,7 @@ def behind_problem(committed: int, expected: int) -> str | None:
     >>> behind_problem(0, 7)
     'the store holds no committed epoch of it (it lost its data, or it is another store)'
     >>> behind_problem(5, 7)
-    'the store\'s latest committed epoch is 5 (it went back to an older copy)'
+    "the store's latest committed epoch is 5 (it went back to an older copy)"
     """
     if committed >= expected:
         return None
