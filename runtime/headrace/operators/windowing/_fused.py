@@ -539,6 +539,11 @@ class _SessionFoldWindows(_KeyWindows):
             accs[cur] = acc
             self.cur_id = cur
             self.cur_hi = limit
+        else:
+            # The last item's session was merged away: cache nothing. The
+            # session cached before this batch may have a new neighbour
+            # closer than its `limit` (an item extending it must then merge).
+            self.cur_id = None
         return self._end_session(maxts, wm0, events)
 
     def _end_session(self, maxts: datetime, wm0: datetime, events: list[Any]) -> tuple[list[Any], bool]:
