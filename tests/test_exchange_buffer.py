@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-import headrace._engine._worker as worker_mod
+import headrace._engine._basics as basics
 import headrace.operators as op
+from headrace._engine import group_owner, key_group
 from headrace.dataflow import Dataflow
 from headrace.inputs import FixedPartitionedSource, StatefulSourcePartition
 from headrace.testing import TestingSink, TestingSource, cluster_main
@@ -34,7 +35,7 @@ def _keys_of_worker_1(n: int) -> list[str]:
     i = 0
     while len(keys) < n:
         k = f"key{i}"
-        if worker_mod.group_owner(worker_mod.key_group(k, 256), 256, 2) == 1:
+        if group_owner(key_group(k, 256), 256, 2) == 1:
             keys.append(k)
         i += 1
     return keys
@@ -106,7 +107,7 @@ class _LockstepSource(_Source):
 
 
 def test_buffered_items_go_out_before_the_worker_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker_mod, "EXCHANGE_FLUSH_SECONDS", 3600.0)
+    monkeypatch.setattr(basics, "EXCHANGE_FLUSH_SECONDS", 3600.0)
     written: list[Any] = []
     src = _LockstepSource(4, written)
     flow = Dataflow("flush_before_wait")
@@ -161,8 +162,8 @@ def test_a_slow_owner_holds_back_the_reader(
     import time
 
     flush, batch, n = 100, 50, 3000
-    monkeypatch.setattr(worker_mod, "INFLIGHT_LIMIT", limit)
-    monkeypatch.setattr(worker_mod, "EXCHANGE_FLUSH_ITEMS", flush)
+    monkeypatch.setattr(basics, "INFLIGHT_LIMIT", limit)
+    monkeypatch.setattr(basics, "EXCHANGE_FLUSH_ITEMS", flush)
     processed = [0]
     lock = threading.Lock()
 
@@ -189,16 +190,16 @@ def test_a_slow_owner_holds_back_the_reader(
 
 def test_flushes_fold_many_batches_into_few_messages(monkeypatch: pytest.MonkeyPatch) -> None:
     """With no time limit, a keyed edge sends one message per `EXCHANGE_FLUSH_ITEMS` items."""
-    monkeypatch.setattr(worker_mod, "EXCHANGE_FLUSH_SECONDS", 3600.0)
-    monkeypatch.setattr(worker_mod, "EXCHANGE_FLUSH_ITEMS", 1000)
+    monkeypatch.setattr(basics, "EXCHANGE_FLUSH_SECONDS", 3600.0)
+    monkeypatch.setattr(basics, "EXCHANGE_FLUSH_ITEMS", 1000)
     sent: Counter[str] = Counter()
-    real_send = worker_mod.Cluster.send
+    real_send = basics.Cluster.send
 
-    def counting_send(self: worker_mod.Cluster, dst: int, msg: tuple[Any, ...]) -> None:
+    def counting_send(self: basics.Cluster, dst: int, msg: tuple[Any, ...]) -> None:
         sent[msg[0]] += 1
         real_send(self, dst, msg)
 
-    monkeypatch.setattr(worker_mod.Cluster, "send", counting_send)
+    monkeypatch.setattr(basics.Cluster, "send", counting_send)
     items = [(KEYS[i % 5], i) for i in range(10_000)]
     out: list[Any] = []
     flow = Dataflow("few_messages")
@@ -207,7 +208,7 @@ def test_flushes_fold_many_batches_into_few_messages(monkeypatch: pytest.MonkeyP
     cluster_main(flow, [], 0, worker_count_per_proc=2)
     assert len(out) == 10_000
     # 1,000 source batches of 10 items, all for worker 1: 10 data messages.
-    assert sent[worker_mod.DATA] == 10, sent
+    assert sent[basics.DATA] == 10, sent
 
 
 def test_a_naive_timestamp_reaching_the_flush_is_an_error_naming_the_step(
@@ -240,7 +241,7 @@ def test_two_keyed_steps_reading_one_stream_keep_their_own_buffers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """One batch feeds two keyed steps: each buffers (and extends) lists of its own."""
-    monkeypatch.setattr(worker_mod, "EXCHANGE_FLUSH_SECONDS", 3600.0)
+    monkeypatch.setattr(basics, "EXCHANGE_FLUSH_SECONDS", 3600.0)
     items = [(KEYS[i % 5], i) for i in range(2000)]
 
     def build() -> tuple[Dataflow, list[Any], list[Any]]:

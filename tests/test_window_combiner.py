@@ -28,9 +28,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import headrace._engine._worker as worker_mod
+import headrace._engine._basics as basics
 import headrace.operators as op
 import headrace.operators.windowing as win
+from headrace._engine import group_owner, key_group
 from headrace.dataflow import Dataflow
 from headrace.operators.windowing._events import _to_us
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
@@ -59,7 +60,7 @@ class Folds:
 @pytest.fixture
 def small_flushes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Send what is buffered for another worker after about one source batch (37 items)."""
-    monkeypatch.setattr(worker_mod, "EXCHANGE_FLUSH_ITEMS", 40)
+    monkeypatch.setattr(basics, "EXCHANGE_FLUSH_ITEMS", 40)
 
 
 def _items(seed: int, n: int = 600, keys: int = 7) -> list[tuple[str, tuple[datetime, int]]]:
@@ -171,12 +172,12 @@ def test_one_flush_folds_values_from_many_source_batches(
     With flushes after about every source batch instead, a window's values
     cross as several partials (the control case: the data can show it).
     """
-    monkeypatch.setattr(worker_mod, "EXCHANGE_FLUSH_SECONDS", 3600.0)
+    monkeypatch.setattr(basics, "EXCHANGE_FLUSH_SECONDS", 3600.0)
     if flush_items is not None:
-        monkeypatch.setattr(worker_mod, "EXCHANGE_FLUSH_ITEMS", flush_items)
+        monkeypatch.setattr(basics, "EXCHANGE_FLUSH_ITEMS", flush_items)
     # In time order per key, so each key's values in a window are one run.
     items = [(f"k{i % 7}", (T0 + timedelta(seconds=i * 0.25), i)) for i in range(600)]
-    assert len(items) < worker_mod.EXCHANGE_FLUSH_ITEMS or flush_items
+    assert len(items) < basics.EXCHANGE_FLUSH_ITEMS or flush_items
     flow, ref = _flow(items, Folds(), wait=timedelta(0), ordered=True, late_out=None)
     run_main(flow)
     folds = Folds()
@@ -185,7 +186,7 @@ def test_one_flush_folds_values_from_many_source_batches(
     assert _by_window(out) == _by_window(ref)
     # The one partition is read by worker 0, so each window owned by worker 1
     # arrives as partial folds; buffered together, as one.
-    owned = {k for k, _ in ref if worker_mod.group_owner(worker_mod.key_group(k, 256), 256, 2)}
+    owned = {k for k, _ in ref if group_owner(key_group(k, 256), 256, 2)}
     assert owned, "no key is owned by worker 1; the test proves nothing"
     if flush_items is None:
         assert folds.merged == []

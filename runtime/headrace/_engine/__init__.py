@@ -13,9 +13,15 @@ Layering (a module imports only from modules above it in this list):
   in declaration order; ``_metrics``: the metric catalogue.
 - ``_store_checks``, ``_integrity``, ``_redis_integrity``, ``_store``,
   ``_sqlite_store``: the recovery stores.
-- ``_execute``: start a process's workers (and its mesh, store and server);
-  ``_worker``: the worker (wiring, exchange, epochs); ``_net``: the TCP
-  mesh between processes; ``_serve``: the HTTP endpoints.
+- ``_basics``: batches, messages, the run's settings, the words of errors
+  from user code; ``_stateful_run``: a stateful step's per-key logic,
+  timers and EOF; ``_exchange``: edges, routers, out-buffers, combiners
+  and credits; ``_wiring``: the plan as one worker's push graph (its
+  docstring follows one item from source to sink); ``_worker``: the
+  worker loop (poll, drain, barriers, epochs, snapshot and commit).
+- ``_net``: the TCP mesh between processes; ``_serve``: the HTTP
+  endpoints; ``_execute``: start a process's workers (and its mesh, store
+  and server).
 
 >>> from headrace._engine import group_owner
 >>> group_owner(5, 8, 2)

@@ -25,12 +25,13 @@ from datetime import timedelta
 from typing import Any
 
 from headrace import __version__
+from headrace._engine._basics import Abort, Cluster, RunConfig
 from headrace._engine._metrics import M
 from headrace._engine._net import PROTOCOL_VERSION, SECRET_ENV, Hello, Mesh
 from headrace._engine._plan import Plan, build_plan
 from headrace._engine._serve import EndpointServer, Readiness
 from headrace._engine._store import HEARTBEAT_SECONDS, FencedError, LostStateError, Meta, Store
-from headrace._engine._worker import Abort, Cluster, RunConfig, Worker
+from headrace._engine._worker import Worker
 from headrace.dataflow import Dataflow
 
 log = logging.getLogger("headrace.run")

@@ -5,7 +5,7 @@ accepts every ``j > i``). Frames are a 4-byte big-endian length followed by
 a pickled list of ``(destination worker, message)`` pairs; a writer thread
 per peer packs whatever is queued into one frame, so many small messages
 cost one syscall. Flow control is end-to-end in the workers (credits, see
-``_worker.INFLIGHT_LIMIT``); the sockets only carry bytes.
+``_basics.INFLIGHT_LIMIT``); the sockets only carry bytes.
 
 The handshake is JSON (nothing a stranger sends is unpickled): the
 acceptor sends a challenge with a random nonce, the dialer its `Hello`, the

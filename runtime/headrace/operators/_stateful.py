@@ -382,7 +382,7 @@ def reduce_final(
     _check_callable(step_id, "reducer", reducer)
     build = _combinable(lambda resume: _ReduceFinalLogic(reducer, resume), reducer)
     # Bytewax first groups the items by key in a `pre_reduce` step, which
-    # is where an item that is not a pair fails there (see `_engine._worker`).
+    # is where an item that is not a pair fails there (see `_engine._basics.not_keyed`).
     build._bytewax_pre_reduce = _current_display_id() + ".pre_reduce"
     with _bytewax_nesting("fold_final", "stateful"):
         return stateful_batch("stateful_batch", up, _unordered(build, reducer))

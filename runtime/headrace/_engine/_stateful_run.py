@@ -1,0 +1,386 @@
+"""The per-key stateful runtime: one `stateful_batch` step on one worker.
+
+`StatefulRun` keeps one `StatefulBatchLogic` per key this worker owns,
+builds it at the key's first item, calls `on_batch` with each key's values
+of an activation (keys in sorted order, as Bytewax), keeps the keys'
+timers (`notify_at`) in a heap and fires them (`on_notify`), calls
+`on_eof` at the end of input, and tracks the keys changed in an epoch so
+that the snapshot writes only those. Its outputs go to ``push`` as
+``(key, value)`` pairs.
+
+The exchange (`_exchange`) routes items here; the wiring (`_wiring`) builds
+it, and the worker loop (`_worker`) fires its timers and snapshots it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import pickle
+import time
+from datetime import datetime
+from typing import Any
+
+from headrace._engine._basics import (
+    Push,
+    batch_len,
+    calling,
+    drop,
+    not_keyed,
+    reject_unkeyed,
+    user_error,
+    utcnow,
+)
+from headrace._engine._hash import key_group
+from headrace._engine._metrics import WorkerMetrics
+from headrace._engine._plan import CoreStep, quoted
+from headrace._engine._store import Entry
+from headrace.errors import BytewaxRuntimeError
+
+# A logic still due after `on_notify` is notified again, at most this many
+# rounds per pass of the worker loop.
+_MAX_TIMER_ROUNDS = 1000
+
+_TIMER_CLASSES: dict[type, bool] = {}
+_EOF_CLASSES: dict[type, bool] = {}
+
+
+def _has_own_eof(logic: Any) -> bool:
+    """Whether a logic's class overrides `on_eof` (else EOF changes nothing)."""
+    cls = type(logic)
+    known = _EOF_CLASSES.get(cls)
+    if known is None:
+        from headrace.operators._core import StatefulBatchLogic
+
+        known = _EOF_CLASSES[cls] = cls.on_eof is not StatefulBatchLogic.on_eof
+    return known
+
+
+def _may_set_timers(logic: Any) -> bool:
+    """Whether a logic's class overrides `notify_at` (else it never sets timers)."""
+    cls = type(logic)
+    known = _TIMER_CLASSES.get(cls)
+    if known is None:
+        from headrace.operators._core import StatefulBatchLogic
+
+        known = _TIMER_CLASSES[cls] = cls.notify_at is not StatefulBatchLogic.notify_at
+    return known
+
+
+class StatefulRun:
+    """A `stateful_batch` step on one worker: per-key logic, timers, EOF."""
+
+    def __init__(
+        self, step: CoreStep, metrics: WorkerMetrics | None, track: bool, trusted: bool = False
+    ) -> None:
+        # `track`: a store snapshots the keys changed in each epoch.
+        # `trusted`: the input stream is proven to carry (str, value) tuples.
+        self.trusted = trusted
+        self.step = step
+        self.step_id = step.step_id
+        self.shown = step.shown  # how errors name the step (Bytewax's id)
+        self.builder = step.conf["builder"]
+        self.logics: dict[str, Any] = {}
+        self.timers: dict[str, datetime] = {}
+        self.heap: list[tuple[datetime, int, str]] = []
+        self._seq = 0
+        self.push: Push = drop
+        self.dirty: set[str] = set()
+        self.track = track
+        # Bytewax handles the keys of an activation in sorted order; a
+        # builder tagged `_unordered` (a reduction whose function can't
+        # print: `_stateful._unordered`) emits nothing per batch, so its
+        # order can't be seen and the sort is skipped.
+        self.ordered = not getattr(self.builder, "_unordered", False)
+        self.activated = False  # handled items since the worker loop last fired timers
+        wm = metrics
+        self.m = None if wm is None else wm.step(self.step_id, "stateful_batch_on_batch_duration_seconds")
+        self.m_notify = (
+            None if wm is None else wm.bind("stateful_batch_on_notify_duration_seconds", self.step_id, wm.wi)
+        )
+        self.m_eof = (
+            None if wm is None else wm.bind("stateful_batch_on_eof_duration_seconds", self.step_id, wm.wi)
+        )
+
+    def restore(self, states: dict[str, bytes]) -> None:
+        """Rebuild the logic of every key from its snapshot."""
+        for key, blob in states.items():
+            try:
+                logic = self.builder(pickle.loads(blob))
+            except Exception as exc:
+                raise user_error(
+                    f"error rebuilding state of key {key!r} in step {self.step_id!r} from its snapshot", exc
+                ) from exc
+            self.logics[key] = logic
+            self._schedule(key, logic)
+
+    def snapshot_entries(self, groups: int) -> list[Entry]:
+        """Pickled state of the keys changed this epoch (tombstones for dropped ones)."""
+        out: list[Entry] = []
+        logics = self.logics
+        for key in self.dirty:
+            logic = logics.get(key)
+            blob = b"" if logic is None else pickle_state(self.shown, key, logic)
+            out.append((self.step_id, key_group(key, groups), key, blob))
+        self.dirty.clear()
+        return out
+
+    def _schedule(self, key: str, logic: Any) -> None:
+        try:
+            at = logic.notify_at()
+        except Exception as exc:
+            raise BytewaxRuntimeError(calling("notify_at", self.shown, key)) from exc
+        if at is None:
+            if key in self.timers:
+                del self.timers[key]
+            return
+        if not isinstance(at, datetime) or at.tzinfo is None:
+            why = f"must return a timezone-aware datetime or None; got {at!r}"
+            if not isinstance(at, datetime):
+                # The words of Bytewax's innermost error, then Headrace's.
+                why = f"{type(at).__name__!r} object cannot be converted to 'PyDateTime': {why}"
+            raise BytewaxRuntimeError(f"{calling('notify_at', self.shown, key)}: {why}") from TypeError(
+                f"`notify_at` {why}"
+            )
+        if self.timers.get(key) != at:
+            self.timers[key] = at
+            self._seq += 1
+            heapq.heappush(self.heap, (at, self._seq, key))
+
+    def _apply(self, key: str, logic: Any, ret: Any, what: str, later: list[str] | None = None) -> list[Any]:
+        try:
+            outs, discard = ret
+        except (TypeError, ValueError) as exc:
+            why = f"`{what}` must return a 2-tuple `(outputs, discard)`; got {ret!r}"
+            raise BytewaxRuntimeError(f"{calling(what, self.shown, key)}: {why}") from TypeError(
+                f"{exc}: {why}"
+            )
+        try:
+            out = [(key, w) for w in outs]
+        except Exception as exc:
+            if isinstance(exc, TypeError) and not hasattr(outs, "__iter__"):
+                why = (
+                    f"`{what}` must return `(outputs, discard)` with an iterable of outputs; "
+                    f"got {type(outs).__name__}"
+                )
+                raise BytewaxRuntimeError(f"{calling(what, self.shown, key)}: {why}") from TypeError(why)
+            raise user_error(f"{calling(what, self.shown, key)} (while iterating its outputs)", exc) from exc
+        if self.track:
+            self.dirty.add(key)
+        if discard:
+            self.logics.pop(key, None)
+            self.timers.pop(key, None)
+        elif later is not None:
+            later.append(key)
+        else:
+            self._schedule(key, logic)
+        return out
+
+    def on_batch(self, batch: list[Any]) -> None:
+        t0 = time.perf_counter()
+        if not self.trusted:
+            self._process(self._group(batch), len(batch), t0)
+            return
+        groups: dict[str, list[Any]] = {}
+        for k, v in batch:
+            vs = groups.get(k)
+            if vs is None:
+                groups[k] = [v]
+            else:
+                vs.append(v)
+        self._process(groups, len(batch), t0)
+
+    def _reject(self, batch: list[Any]) -> None:
+        reject_unkeyed(self.step, batch)
+
+    def deliver(self, payload: Any) -> None:
+        """Items (a list) or values already grouped by key (a dict)."""
+        if payload.__class__ is dict:
+            self._process(payload, batch_len(payload) if self.m is not None else 0, time.perf_counter())
+        else:
+            self.on_batch(payload)
+
+    def deliver_many(self, payloads: list[Any]) -> None:
+        """Every batch of one activation, grouped by key together (as Bytewax does)."""
+        if len(payloads) == 1:
+            self.deliver(payloads[0])
+            return
+        t0 = time.perf_counter()
+        groups: dict[str, list[Any]] = {}
+        n = 0
+        for payload in payloads:
+            if payload.__class__ is not dict:
+                payload = self._group(payload)
+            for k, vs in payload.items():
+                n += len(vs)
+                old = groups.get(k)
+                if old is None:
+                    groups[k] = list(vs)
+                else:
+                    old.extend(vs)
+        self._process(groups, n, t0)
+
+    def _group(self, batch: list[Any]) -> dict[str, list[Any]]:
+        # One C-level pass checks every item is a tuple; unpacking then
+        # checks the length, and each new key is checked to be a str.
+        groups: dict[str, list[Any]] = {}
+        if list(map(type, batch)).count(tuple) != len(batch):
+            self._reject(batch)
+        try:
+            for k, v in batch:
+                vs = groups.get(k)
+                if vs is None:
+                    if k.__class__ is not str:
+                        raise not_keyed(self.step, (k, v))
+                    groups[k] = [v]
+                else:
+                    vs.append(v)
+        except ValueError:
+            self._reject(batch)
+        return groups
+
+    def _process(self, groups: dict[str, list[Any]], n_in: int, t0: float) -> None:
+        out: list[Any] = []
+        extend = out.extend
+        logics = self.logics
+        builder = self.builder
+        dirty = self.dirty if self.track else None
+        # Keys whose `notify_at` is asked after this activation's due timers
+        # fired: as in Bytewax, a timer set by an item fires at the next
+        # activation, after that activation's items.
+        later: list[str] = []
+        pairs: Any = groups.items()
+        if self.ordered and len(groups) > 1:
+            keys = sorted(groups)
+            pairs = zip(keys, map(groups.__getitem__, keys), strict=True)
+        for k, vs in pairs:
+            logic = logics.get(k)
+            if logic is None:
+                try:
+                    logic = builder(None)
+                except Exception as exc:
+                    raise BytewaxRuntimeError(
+                        f"error calling `builder` in step {self.shown} for key {quoted(k)}"
+                    ) from exc
+                logics[k] = logic
+            try:
+                ret = logic.on_batch(vs)
+            except Exception as exc:
+                raise user_error(calling("on_batch", self.shown, k), exc) from exc
+            # The common path of `_apply`, inlined: this runs once per key per batch.
+            if ret.__class__ is tuple and len(ret) == 2 and ret[0].__class__ in (list, tuple):
+                outs, discard = ret
+                if outs:
+                    extend([(k, w) for w in outs])
+                if dirty is not None:
+                    dirty.add(k)
+                if discard:
+                    del logics[k]
+                    self.timers.pop(k, None)
+                elif _may_set_timers(logic):
+                    later.append(k)
+            else:
+                extend(self._apply(k, logic, ret, "on_batch", later))
+        self.activated = True
+        if self.heap:
+            self._notify_due(utcnow(), out, 1)
+        for k in later:
+            logic = logics.get(k)
+            if logic is not None:
+                self._schedule(k, logic)
+        m = self.m
+        if m is not None:
+            dt = time.perf_counter() - t0
+            m.inp.inc(n_in)
+            m.out.inc(len(out))
+            m.dur.observe(dt)
+            m.busy.inc(dt)
+        if out:
+            self.push(out)
+
+    def next_timer(self) -> datetime | None:
+        heap = self.heap
+        while heap:
+            at, _, key = heap[0]
+            if self.timers.get(key) == at:
+                return at
+            heapq.heappop(heap)
+        return None
+
+    def fire_timers(self, now: datetime) -> None:
+        """An activation without items: notify the keys whose time has come."""
+        heap = self.heap
+        if not heap or heap[0][0] > now:
+            return
+        out: list[Any] = []
+        # A logic still due after on_notify is notified again (as Bytewax does),
+        # in rounds; the bound keeps one that is always due from hanging the
+        # worker: the rest waits for the next pass of the worker loop.
+        self._notify_due(now, out, _MAX_TIMER_ROUNDS)
+        if out:
+            self.push(out)
+
+    def _notify_due(self, now: datetime, out: list[Any], rounds: int) -> None:
+        """Call `on_notify` of each key due at ``now``, in key order; outputs go to ``out``."""
+        heap = self.heap
+        if not heap or heap[0][0] > now:
+            return
+        t0 = time.perf_counter()
+        for _round in range(rounds):
+            if not heap or heap[0][0] > now:
+                break
+            due: list[str] = []
+            while heap and heap[0][0] <= now:
+                at, _, key = heapq.heappop(heap)
+                if self.timers.get(key) == at:
+                    del self.timers[key]
+                    due.append(key)
+            due.sort()
+            for key in due:
+                logic = self.logics.get(key)
+                if logic is None:
+                    continue
+                try:
+                    ret = logic.on_notify()
+                except Exception as exc:
+                    raise user_error(calling("on_notify", self.shown, key), exc) from exc
+                out.extend(self._apply(key, logic, ret, "on_notify"))
+        if self.m_notify is not None:
+            self.m_notify.observe(time.perf_counter() - t0)
+
+    def on_eof(self) -> None:
+        """End of input: due timers fire, then every key's `on_eof`, in key order."""
+        out: list[Any] = []
+        self._notify_due(utcnow(), out, 1)
+        t0 = time.perf_counter()
+        logics = self.logics
+        for key in sorted(logics):
+            logic = logics[key]
+            if not _has_own_eof(logic):
+                # The default on_eof emits nothing and keeps the state as it
+                # is: don't re-snapshot every such key in the final epoch.
+                continue
+            try:
+                ret = logic.on_eof()
+            except Exception as exc:
+                raise user_error(calling("on_eof", self.shown, key), exc) from exc
+            out.extend(self._apply(key, logic, ret, "on_eof"))
+        if self.m_eof is not None:
+            self.m_eof.observe(time.perf_counter() - t0)
+        if out:
+            self.push(out)
+
+
+def pickle_state(shown: str, key: str, logic: Any) -> bytes:
+    try:
+        state = logic.snapshot()
+    except Exception as exc:
+        raise user_error(calling("snapshot", shown, key), exc) from exc
+    try:
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        msg = (
+            f"state of key {quoted(key)} in step {shown} is a {type(state).__name__}, which "
+            f"can't be pickled for snapshots ({type(exc).__name__}: {exc}); keep plain "
+            "data (dicts, lists, numbers, dataclasses) in state"
+        )
+        raise BytewaxRuntimeError(msg) from exc
