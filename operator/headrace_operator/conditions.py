@@ -1,4 +1,4 @@
-"""The five conditions of a Dataflow: Ready, Progressing, Degraded, SnapshotHealthy, Autoscaling.
+"""The conditions of a Dataflow: Ready, Progressing, Degraded, SnapshotHealthy, Autoscaling, Finished.
 
 Placed in the flow: at the end of every `reconcile.plan`, `update_conditions`
 derives each condition from what the plan found (its phase, failure,
@@ -31,7 +31,7 @@ __all__ = [
     "update_conditions",
 ]
 
-CONDITION_TYPES = ["Ready", "Progressing", "Degraded", "SnapshotHealthy", "Autoscaling"]
+CONDITION_TYPES = ["Ready", "Progressing", "Degraded", "SnapshotHealthy", "Autoscaling", "Finished"]
 _ORDER = {t: i for i, t in enumerate(CONDITION_TYPES)}
 
 Verdict = tuple[str, str, str]
@@ -120,6 +120,8 @@ def _ready(c: Ctx, n: int, ready_n: int) -> Verdict:
         return "False", *c.failure
     if c.phase is Phase.SUSPENDED:
         return "False", "Suspended", "spec.state is suspended; set it to running to resume"
+    if c.phase is Phase.FINISHED and c.st.stopped is not None:
+        return "False", "Finished", c.st.stopped.message
     if tr is not None:
         return "False", transitions.gerund(tr.type), f"{transitions.describe(tr)}: {ready_n}/{n} pods ready"
     if c.phase is Phase.SUSPENDING:
@@ -182,8 +184,15 @@ def _autoscaling(c: Ctx, spec: DataflowSpec | None) -> Verdict:
     )
 
 
+def _finished(c: Ctx) -> Verdict:
+    stopped = c.st.stopped
+    if c.phase is Phase.FINISHED and stopped is not None:
+        return "True", "Finished", stopped.message
+    return "False", "NotFinished", f"phase {c.phase}"
+
+
 def update_conditions(c: Ctx, spec: DataflowSpec | None) -> None:
-    """Set the five conditions in ``c.st`` from what the plan found."""
+    """Set the conditions in ``c.st`` from what the plan found."""
     n = spec.replicas if spec is not None else 0
     ready_n = c.st.ready_replicas or 0
     verdicts = {
@@ -192,6 +201,7 @@ def update_conditions(c: Ctx, spec: DataflowSpec | None) -> None:
         "Degraded": _degraded(c),
         "SnapshotHealthy": _snapshot_healthy(c, spec),
         "Autoscaling": _autoscaling(c, spec),
+        "Finished": _finished(c),
     }
     conds = list(c.st.conditions or [])
     for ctype, verdict in verdicts.items():

@@ -3,14 +3,16 @@
 Placed in the flow: `reconcile` calls `diagnose_pods` on the observed pods
 (`observation.PodInfo`) while they are not all Ready; the reason names the
 event and the Ready condition, and some reasons (a startup error, an image
-that can't be pulled) mean a restart can't help.
+that can't be pulled) mean a restart can't help. `finished_report` tells a
+worker whose input ended (exit 0 with a ``finished:`` termination message)
+from one that crashed.
 """
 
 from __future__ import annotations
 
 from headrace_operator.observation import PodInfo
 
-__all__ = ["UNFIXABLE_BY_RESTART", "diagnose_pods"]
+__all__ = ["UNFIXABLE_BY_RESTART", "diagnose_pods", "finished_report"]
 
 UNFIXABLE_BY_RESTART = ("StartupError", "ImagePullError", "ConfigError")
 """Reasons a restart can't fix (the kubelet keeps retrying the pods anyway)."""
@@ -114,3 +116,21 @@ def _pod_problem(p: PodInfo, image: str) -> tuple[int, str, str] | None:
             "spec.affinity",
         )
     return None
+
+
+def finished_report(pods: list[PodInfo], replicas: int) -> bool | None:
+    """Whether the workers' input ended: ``None`` if no pod says so, else whether all
+    ``replicas`` pods say so (in their current or last container's termination message).
+
+    A worker stopped on a peer's request also exits 0, but it writes no
+    ``finished:`` line, and the peer that was asked to stop never does: only
+    an end of input has every pod saying so.
+
+    >>> pods = [PodInfo("wc-0", 0, finished=["finished: every input ended"]), PodInfo("wc-1", 1)]
+    >>> finished_report(pods, 2), finished_report(pods[:1], 1), finished_report(pods[1:], 1)
+    (False, True, None)
+    """
+    done = {p.ordinal for p in pods if p.finished and not p.terminating and 0 <= p.ordinal < replicas}
+    if not done:
+        return None
+    return len(done) == replicas

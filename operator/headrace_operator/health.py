@@ -4,7 +4,8 @@ Placed in the flow: while the pods run the desired spec, `reconcile` asks
 `check_health` why the Dataflow is unhealthy (it keeps the bookkeeping in
 ``status.health``), and `restart_unhealthy` then restarts all pods (a
 coordinated stop and start, `transitions.stop`) after a growing delay, or
-gives up after ``restartPolicy.maxRestarts`` in a row.
+gives up after ``restartPolicy.maxRestarts`` in a row: the pods are then
+stopped (`transitions.halt`) until the user acts.
 
 >>> [backoff_delay(n, 10, 300, 2) for n in range(3)]
 [10.0, 20.0, 40.0]
@@ -16,7 +17,7 @@ from headrace_operator import transitions
 from headrace_operator.observation import PodInfo
 from headrace_operator.outcome import Ctx
 from headrace_operator.spec import DataflowSpec
-from headrace_operator.status import HealthStatus, Phase, Transition, iso, parse_iso
+from headrace_operator.status import HealthStatus, StopReason, Transition, iso, parse_iso
 
 __all__ = ["backoff_delay", "check_health", "restart_unhealthy"]
 
@@ -83,17 +84,22 @@ def check_health(c: Ctx, spec: DataflowSpec, pods: list[PodInfo], all_ready: boo
 
 
 def restart_unhealthy(c: Ctx, spec: DataflowSpec, n: int, unhealthy: str) -> bool:
-    """Restart all ``n`` pods when the backoff allows (True: the stop began), or give up."""
+    """Restart all ``n`` pods when the backoff allows, or give up and stop them
+    (True: a stop began)."""
     h = c.st.health or HealthStatus()
     rp = spec.restart_policy
     count = h.consecutive_restarts or 0
     if rp.max_restarts and count >= rp.max_restarts:
-        c.phase = Phase.FAILED
-        c.failure = (
-            "RestartLimit",
-            f"gave up after {count} restart(s): {unhealthy}. Fix the cause, then change spec.restartNonce",
+        store = c.obs.store
+        transitions.halt(
+            c,
+            spec,
+            StopReason.RESTART_LIMIT,
+            f"gave up after {count} restart(s): {unhealthy}. The pods are stopped and the "
+            "state kept: fix the cause, then change spec.restartNonce",
+            epoch=store.epoch if store is not None and store.ok and store.exists else None,
         )
-        return False
+        return True
 
     def delay_of(k: int) -> float:
         b = rp.backoff

@@ -43,7 +43,10 @@ __all__ = [
     "ANN_SPEC",
     "ANN_TEMPLATE_HASH",
     "CLUSTER_PORT",
+    "EXPECT_EPOCH_ENV",
     "MESH_SECRET_KEY",
+    "TERMINATION_LOG",
+    "TERMINATION_LOG_ENV",
     "Owner",
     "build_mesh_secret",
     "build_pod_monitor",
@@ -73,6 +76,16 @@ ANN_GENERATION = "headrace.dev/generation"
 LABEL_DATAFLOW = "headrace.dev/dataflow"
 # Env vars the operator sets; a user's spec.flow.env entry of the same name wins.
 REPLICAS_ENV = "HEADRACE_REPLICAS"
+# The last committed epoch the operator saw (the runtime's --expect-epoch): a
+# store that no longer holds it stops the start with LostStateError.
+EXPECT_EPOCH_ENV = "HEADRACE_EXPECT_EPOCH"
+# Where a worker whose input ended writes its "finished" line (the container's
+# terminationMessagePath), so the operator can tell an end of input from a crash.
+TERMINATION_LOG_ENV = "HEADRACE_TERMINATION_LOG"
+TERMINATION_LOG = "/dev/termination-log"
+# Values that change from one start to the next without changing what runs:
+# left out of the template hash (a change of them is not an upgrade).
+_UNHASHED_ENV = {REPLICAS_ENV, EXPECT_EPOCH_ENV, TERMINATION_LOG_ENV}
 # The workers' shared cluster secret (the runtime's `_net.SECRET_ENV`), and
 # its key in the mesh Secret.
 SECRET_ENV = "HEADRACE_CLUSTER_SECRET"
@@ -165,7 +178,7 @@ def _seconds_str(duration: Duration) -> str:
     return str(int(s)) if s == int(s) else str(s)
 
 
-def _env(spec: DataflowSpec, owner: Owner) -> list[dict[str, Any]]:
+def _env(spec: DataflowSpec, owner: Owner, expect_epoch: int) -> list[dict[str, Any]]:
     o = spec.observability
     svc = f"{owner.name}.{owner.namespace}.svc.{owner.cluster_domain}"
     env: list[dict[str, Any]] = [
@@ -181,6 +194,7 @@ def _env(spec: DataflowSpec, owner: Owner) -> list[dict[str, Any]]:
         {"name": "HEADRACE_STARTUP_TIMEOUT", "value": "120"},
         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": TERMINATION_LOG_ENV, "value": TERMINATION_LOG},
         {"name": "HEADRACE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {
             "name": SECRET_ENV,
@@ -202,6 +216,11 @@ def _env(spec: DataflowSpec, owner: Owner) -> list[dict[str, Any]]:
         env.append({"name": "HEADRACE_EPOCH_INTERVAL", "value": _seconds_str(r.snapshot_interval)})
         if r.backup_interval:
             env.append({"name": "HEADRACE_BACKUP_INTERVAL", "value": _seconds_str(r.backup_interval)})
+        env.append({"name": EXPECT_EPOCH_ENV, "value": str(expect_epoch)})
+        if r.allow_dropped_state:
+            env.append({"name": "HEADRACE_ALLOW_DROPPED_STATE", "value": "1"})
+        if r.allow_evicting_redis:
+            env.append({"name": "HEADRACE_ALLOW_EVICTING_REDIS", "value": "1"})
     if spec.flow.bytewax_compat:
         # Only when asked: other Dataflows' pod templates (and hashes) stay as they were.
         env.append({"name": "HEADRACE_BYTEWAX_COMPAT", "value": "1"})
@@ -212,7 +231,7 @@ def _env(spec: DataflowSpec, owner: Owner) -> list[dict[str, Any]]:
     return [e for e in env if e["name"] not in user] + copy.deepcopy(spec.flow.env)
 
 
-def _container(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
+def _container(spec: DataflowSpec, owner: Owner, expect_epoch: int) -> dict[str, Any]:
     port = spec.observability.metrics_port
     c: dict[str, Any] = {
         "name": CONTAINER,
@@ -220,7 +239,7 @@ def _container(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["python", "-m", "headrace.run"],
         "args": [spec.flow.import_str, *spec.flow.args],
-        "env": _env(spec, owner),
+        "env": _env(spec, owner, expect_epoch),
         "ports": [
             {"name": "cluster", "containerPort": CLUSTER_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": port, "protocol": "TCP"},
@@ -261,10 +280,10 @@ def _container(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
     return c
 
 
-def _pod_template(spec: DataflowSpec, owner: Owner) -> dict[str, Any]:
+def _pod_template(spec: DataflowSpec, owner: Owner, expect_epoch: int = 0) -> dict[str, Any]:
     grace = max(30, int(spec.restart_policy.stop_timeout.seconds))
     pod_spec: dict[str, Any] = {
-        "containers": [_container(spec, owner)],
+        "containers": [_container(spec, owner, expect_epoch)],
         "terminationGracePeriodSeconds": grace,
         # Workers need no Kubernetes API access.
         "automountServiceAccountToken": False,
@@ -369,7 +388,8 @@ def merge_pod_template(template: dict[str, Any], overlay: dict[str, Any]) -> dic
 
 
 def template_hash(template: dict[str, Any]) -> str:
-    """A short hash of a pod template, ignoring the replica count (that is a rescale).
+    """A short hash of a pod template, ignoring the replica count (that is a rescale)
+    and the values that change from one start to the next (the expected epoch).
 
     >>> from headrace_operator.spec import parse_spec
     >>> s1 = parse_spec({"image": "a", "flow": {"import": "m:f"}, "replicas": 1})
@@ -382,19 +402,25 @@ def template_hash(template: dict[str, Any]) -> str:
     t = copy.deepcopy(template)
     t["metadata"].get("annotations", {}).pop(ANN_TEMPLATE_HASH, None)
     for c in t["spec"].get("containers", []):
-        c["env"] = [e for e in c.get("env", []) if e.get("name") != REPLICAS_ENV]
+        c["env"] = [e for e in c.get("env", []) if e.get("name") not in _UNHASHED_ENV]
     blob = json.dumps(t, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def build_statefulset(spec: DataflowSpec, owner: Owner, replicas: int | None = None) -> dict[str, Any]:
+def build_statefulset(
+    spec: DataflowSpec, owner: Owner, replicas: int | None = None, expect_epoch: int = 0
+) -> dict[str, Any]:
     """The worker StatefulSet; ``replicas`` overrides spec.replicas (0 while stopped).
+
+    ``expect_epoch`` is the last committed epoch the operator saw: every pod
+    gets it as ``HEADRACE_EXPECT_EPOCH``, so a recovery store that lost it
+    stops the start instead of starting over (0: no expectation).
 
     Annotations record what is deployed (template hash, spec, replicas,
     nonces) so the operator compares desired and deployed state from the
     cluster alone.
     """
-    template = _pod_template(spec, owner)
+    template = _pod_template(spec, owner, expect_epoch)
     thash = template_hash(template)
     template["metadata"]["annotations"][ANN_TEMPLATE_HASH] = thash
     return {

@@ -21,7 +21,10 @@ from typing import Any
 
 from headrace_operator.autoscaler import WindowStats
 
-__all__ = ["Observation", "PodInfo", "SecretInfo", "StoreInfo"]
+__all__ = ["FINISHED_PREFIX", "Observation", "PodInfo", "SecretInfo", "StoreInfo"]
+
+FINISHED_PREFIX = "finished:"
+"""How a worker whose every input ended starts its termination message (``headrace.run``)."""
 
 
 @dataclass
@@ -77,6 +80,7 @@ class PodInfo:
     unschedulable: str = ""
     terminating: bool = False
     ip: str = ""
+    finished: list[str] = field(default_factory=list)  # "finished: ..." messages of exits 0
 
     @classmethod
     def from_pod(cls, pod: dict[str, Any]) -> PodInfo:
@@ -104,6 +108,10 @@ class PodInfo:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             info.waiting_reason = waiting.get("reason") or ""
             info.waiting_message = waiting.get("message") or ""
+            for state in (cs.get("state"), cs.get("lastState")):
+                done = (state or {}).get("terminated") or {}
+                if done.get("exitCode") == 0 and (done.get("message") or "").startswith(FINISHED_PREFIX):
+                    info.finished.append(done["message"])
             term = (
                 (cs.get("lastState") or {}).get("terminated")
                 or (cs.get("state") or {}).get("terminated")

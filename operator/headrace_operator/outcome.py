@@ -85,7 +85,9 @@ class Ctx:
     """Working state of one `plan` call: the observation, the status being written, the plan.
 
     ``failure`` and ``degraded`` are ``(reason, message)`` for the Ready and
-    Degraded conditions; ``ready`` says all pods run the desired spec.
+    Degraded conditions; ``ready`` says all pods run the desired spec;
+    ``lost`` is ``(reason, message)`` when the recovery store lost state the
+    status recorded as committed.
 
     >>> Ctx(Observation("wc", "ns", "u", 1, {}, 0.0, status={"phase": "Running"})).phase
     <Phase.RUNNING: 'Running'>
@@ -99,6 +101,7 @@ class Ctx:
         self.failure: tuple[str, str] | None = None
         self.degraded: tuple[str, str] | None = None
         self.ready = False
+        self.lost: tuple[str, str] | None = None
         self.phase: Phase = self.st.phase or Phase.PENDING
 
     def event(self, etype: str, reason: str, message: str) -> None:

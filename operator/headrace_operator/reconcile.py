@@ -42,7 +42,7 @@ from headrace_operator import autoscaler as asc
 from headrace_operator import manifests as mf
 from headrace_operator import transitions as tx
 from headrace_operator.conditions import update_conditions
-from headrace_operator.diagnosis import UNFIXABLE_BY_RESTART, diagnose_pods
+from headrace_operator.diagnosis import UNFIXABLE_BY_RESTART, diagnose_pods, finished_report
 from headrace_operator.health import backoff_delay, check_health, restart_unhealthy
 from headrace_operator.observation import Observation, PodInfo, SecretInfo, StoreInfo
 from headrace_operator.outcome import BUSY_REQUEUE, Action, Ctx, Plan
@@ -64,6 +64,7 @@ from headrace_operator.status import (
     PodAssignment,
     SnapshotStatus,
     Stage,
+    StopReason,
     Transition,
     TransitionStatus,
     iso,
@@ -284,6 +285,51 @@ def _pod_monitor(c: Ctx, target: DataflowSpec, owner: mf.Owner, deployed: Datafl
         )
 
 
+def _state_lost(c: Ctx, target: DataflowSpec, owner: mf.Owner) -> Problem | None:
+    """Redis no longer holds the epoch the status recorded as committed: what to tell the user."""
+    store = c.obs.store
+    recorded = tx.recorded_epoch(c)
+    if target.recovery is None or store is None or not store.ok or recorded <= 0:
+        return None
+    if store.exists and store.epoch >= recorded:
+        return None
+    holds = f"holds only epoch {store.epoch}" if store.exists else "holds no state of it"
+    return (
+        StopReason.STATE_LOST.value,
+        f"the recovery store lost this dataflow's state: status recorded committed epoch "
+        f"{recorded}, but Redis under prefix {mf.key_prefix(target, owner)!r} {holds}. Not "
+        "starting, which would silently start over. Restore Redis from a backup holding "
+        "that epoch (the Dataflow then resumes by itself), or change spec.resetStateNonce "
+        "to start from empty state (the sources start from the beginning)",
+    )
+
+
+def _reset_asked(c: Ctx, target: DataflowSpec) -> bool:
+    """A Dataflow kept stopped got a new ``resetStateNonce`` since it stopped."""
+    stopped = c.st.stopped
+    return stopped is not None and stopped.reset_state_nonce != target.reset_state_nonce
+
+
+def _delete_state(c: Ctx, target: DataflowSpec, owner: mf.Owner) -> None:
+    """Delete the Redis state, and forget the epoch the status recorded with it."""
+    c.act("delete_state")
+    c.lost = None
+    if c.st.snapshot is not None:
+        snap = c.st.snapshot
+        snap.epoch = snap.time = snap.bytes = snap.worker_count = snap.duration = None
+    c.event(
+        "Normal",
+        "StateDeleted",
+        f"deleted the Redis state under prefix {mf.key_prefix(target, owner)!r}; starting with empty state",
+    )
+
+
+def _halt_state_lost(c: Ctx, target: DataflowSpec) -> None:
+    assert c.lost is not None
+    tx.halt(c, target, StopReason.STATE_LOST, c.lost[1], epoch=tx.recorded_epoch(c))
+    c.p.requeue = 10.0
+
+
 # ------------------------------------------------------------------ the plan
 
 
@@ -298,6 +344,7 @@ def plan(obs: Observation) -> Plan:
     if target is None:
         return _finish(c, None, owner)
     _check_stored_partitions(c, target, owner)
+    c.lost = _state_lost(c, target, owner)
     secret_problem = _secret_problem(obs)
     _pod_monitor(c, target, owner, deployed)
     if obs.sts is None:
@@ -320,16 +367,16 @@ def _create(c: Ctx, target: DataflowSpec, owner: mf.Owner, secret_problem: Probl
     if secret_problem is not None:
         _waiting_for_secret(c, secret_problem)
     elif target.state == "running":
-        if (
-            target.upgrade_mode == "stateless"
-            and target.recovery is not None
-            and store is not None
-            and store.exists
-        ):
+        reset = _reset_asked(c, target)
+        if c.lost is not None and not reset:
+            _halt_state_lost(c, target)
+            return
+        stateless = target.upgrade_mode == "stateless" and store is not None and store.exists
+        if (reset or stateless) and target.recovery is not None and store is not None:
             if not store.ok:
                 _store_blocked(c, "delete the old state first")
                 return
-            c.act("delete_state")
+            _delete_state(c, target, owner)
         tx.start(c, target, owner, Transition.DEPLOY, 0, _epoch_now(c))
         c.event(
             "Normal",
@@ -362,6 +409,11 @@ def _running(
         ttype = Transition.SUSPEND
     elif changes:
         ttype = changes[0]
+    if want_running and c.lost is not None and Transition.RESET not in changes:
+        _halt_state_lost(c, target)
+        return
+    if ttype is None and _finished(c, target):
+        return
     if ttype is not None and ttype is not Transition.SUSPEND and secret_problem is not None:
         c.degraded = secret_problem
         c.event(
@@ -387,7 +439,8 @@ def _running(
 def _stopped(
     c: Ctx, target: DataflowSpec, owner: mf.Owner, sts: dict[str, Any], secret_problem: Problem | None
 ) -> None:
-    """The StatefulSet is at 0: stopping (wait), stopped (start what the spec says), or suspended."""
+    """The StatefulSet is at 0: stopping (wait), stopped (start what the spec says), suspended,
+    or kept stopped (finished, failed, state lost) until the user acts."""
     want_running = target.state == "running"
     tr = c.st.transition
     if c.obs.pods:
@@ -399,16 +452,26 @@ def _stopped(
         if tr is not None and tr.type is Transition.SUSPEND:
             tx.suspended(c, tr, _epoch_now(c))
         c.st.transition = None
+        c.st.stopped = None
         c.phase = Phase.SUSPENDED
         c.p.requeue = 30.0
+        return
+    changes = _changes(target, owner, sts)
+    reset = _reset_asked(c, target) or Transition.RESET in changes
+    was_stopped = c.st.stopped is not None
+    if _kept_stopped(c, target, changes, reset):
         return
     if secret_problem is not None:
         _waiting_for_secret(c, secret_problem)
         return
+    if c.lost is not None and not reset:
+        _halt_state_lost(c, target)
+        return
     ttype = tr.type if tr is not None else Transition.RESUME
-    changes = _changes(target, owner, sts)
+    if tr is None and was_stopped and changes:
+        ttype = changes[0]  # run again by a change: name it
     need_reset = (
-        Transition.RESET in changes
+        reset
         or ttype is Transition.RESET
         or (Transition.UPGRADE in changes and target.upgrade_mode == "stateless")
     )
@@ -417,25 +480,80 @@ def _stopped(
         if store is None or not store.ok:
             _store_blocked(c, "delete the state before starting")
             return
-        c.act("delete_state")
-        c.event(
-            "Normal",
-            "StateDeleted",
-            f"deleted the Redis state under prefix {mf.key_prefix(target, owner)!r}; "
-            "starting with empty state",
-        )
+        _delete_state(c, target, owner)
     tx.start(c, target, owner, ttype, 0, _epoch_now(c))
     if need_reset:
         c.p.events = [e for e in c.p.events if e[1] != "Restored"]
 
 
+def _kept_stopped(c: Ctx, target: DataflowSpec, changes: list[Transition], reset: bool) -> bool:
+    """A Dataflow kept stopped (``status.stopped``) stays so until the user acts (True).
+
+    A spec change, a new ``restartNonce`` or ``resetStateNonce`` runs it again
+    (the restart backoff starts afresh); lost state that is back (Redis
+    restored) resumes by itself.
+    """
+    stopped = c.st.stopped
+    if stopped is None:
+        return False
+    if stopped.reason is StopReason.STATE_LOST:
+        if c.lost is not None and not reset:
+            c.phase = Phase.FAILED
+            c.failure = (stopped.reason.value, c.lost[1])
+            c.p.requeue = 10.0
+            return True
+        if c.lost is None and not reset:
+            c.event("Normal", "StateFound", "the recovery store holds the recorded state again: resuming")
+    elif not changes and not reset:
+        c.phase = tx.stopped_phase(stopped.reason)
+        if stopped.reason is not StopReason.FINISHED:
+            c.failure = (stopped.reason.value, stopped.message)
+        c.p.requeue = 30.0
+        return True
+    c.st.stopped = None
+    health = c.st.health or HealthStatus()
+    health.consecutive_restarts = 0
+    health.healthy_since = None
+    health.last_restart = None
+    c.st.health = health
+    return False
+
+
+def _finished(c: Ctx, target: DataflowSpec) -> bool:
+    """Every pod's worker reported that its input ended: keep the pods stopped (True)."""
+    report = finished_report(c.obs.pods, target.replicas)
+    if report is None:
+        return False
+    if not report:  # the others are about to say so: look again soon
+        c.p.requeue = 1.0
+        return False
+    store = c.obs.store
+    epoch = store.epoch if store is not None and store.ok and store.exists else None
+    at = f" at epoch {epoch}" if epoch is not None else ""
+    restarts = sum(p.restarts for p in c.obs.pods)
+    tx.halt(
+        c,
+        target,
+        StopReason.FINISHED,
+        f"every input ended{at} ({target.replicas} pod(s) x {target.workers_per_process} "
+        f"worker(s); {restarts} container restart(s)): the pods are stopped and the state kept. Change "
+        "spec.restartNonce (or the spec) to run it again",
+        epoch=epoch,
+    )
+    return True
+
+
 def _still_stopping(c: Ctx, target: DataflowSpec, tr: TransitionStatus | None, want_running: bool) -> None:
     """Scaled to 0 but pods are still terminating: wait; say so when it takes too long."""
     live = c.obs.pods
-    if tr is not None:
+    if c.st.stopped is not None:
+        c.phase = tx.stopped_phase(c.st.stopped.reason)
+        if c.st.stopped.reason is not StopReason.FINISHED:
+            c.failure = (c.st.stopped.reason.value, c.st.stopped.message)
+    elif tr is not None:
         c.phase = tx.phase_of(tr.type)
     else:
-        c.phase = tx.phase_of(Transition.UPGRADE if want_running else Transition.SUSPEND)
+        c.phase = tx.phase_of(Transition.RESTART if want_running else Transition.SUSPEND)
     took = tx.elapsed(c, tr)
     if took > target.restart_policy.stop_timeout.seconds + 60:
         c.event(
@@ -593,8 +711,10 @@ def _placement(c: Ctx, spec: DataflowSpec) -> None:
 def _snapshot_seen(c: Ctx) -> None:
     """The last committed snapshot, as Redis and the workers' metrics tell it."""
     obs, store = c.obs, c.obs.store
-    if store is None or not store.ok or not store.exists:
-        return
+    if store is None or not store.ok or not store.exists or c.lost is not None:
+        return  # lost state: the recorded epoch stays, the witness of what was committed
+    if any(a.kind == "delete_state" for a in c.p.actions):
+        return  # what Redis said is about to go
     snap = c.st.snapshot or SnapshotStatus()
     snap.epoch, snap.bytes, snap.worker_count = store.epoch, store.epoch_bytes, store.worker_count
     if store.committed_at:

@@ -187,6 +187,22 @@ class RecoverySpec:
             "this long (default: keep forever).",
         ),
     )
+    allow_dropped_state: bool = field(
+        default=False,
+        metadata=_m(
+            name="allowDroppedState",
+            doc="Resume even when the store holds state for steps the flow no longer has, "
+            "dropping it (HEADRACE_ALLOW_DROPPED_STATE; as Flink's allowNonRestoredState).",
+        ),
+    )
+    allow_evicting_redis: bool = field(
+        default=False,
+        metadata=_m(
+            name="allowEvictingRedis",
+            doc="Accept a Redis whose maxmemory-policy may evict keys (HEADRACE_ALLOW_EVICTING_REDIS); "
+            "evicted state then stops the run with LostStateError.",
+        ),
+    )
 
 
 @dataclass

@@ -23,7 +23,6 @@ fields.
 from __future__ import annotations
 
 import calendar
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -47,9 +46,12 @@ __all__ = [
     "PodAssignment",
     "SnapshotStatus",
     "Stage",
+    "StopReason",
+    "StoppedStatus",
     "Transition",
     "TransitionStatus",
     "iso",
+    "merge_patch",
     "parse_iso",
 ]
 
@@ -68,6 +70,8 @@ class Phase(StrEnum):
     SCALING = "Scaling"
     SUSPENDING = "Suspending"
     SUSPENDED = "Suspended"
+    RESTARTING = "Restarting"
+    FINISHED = "Finished"
     FAILED = "Failed"
     DELETING = "Deleting"
 
@@ -90,6 +94,18 @@ class Transition(StrEnum):
     SUSPEND = "suspend"
     RESUME = "resume"
     UNHEALTHY_RESTART = "unhealthy-restart"
+
+
+class StopReason(StrEnum):
+    """Why the operator keeps a Dataflow's pods stopped (``status.stopped.reason``).
+
+    >>> StopReason("StateLost") is StopReason.STATE_LOST
+    True
+    """
+
+    FINISHED = "Finished"
+    RESTART_LIMIT = "RestartLimit"
+    STATE_LOST = "StateLost"
 
 
 class Stage(StrEnum):
@@ -316,6 +332,30 @@ class TransitionStatus:
 
 
 @dataclass
+class StoppedStatus:
+    """The pods are kept stopped (StatefulSet at 0, state kept) until the user acts."""
+
+    reason: StopReason = field(
+        default=StopReason.FINISHED,
+        metadata=_m(
+            name="reason",
+            enum=[r.value for r in StopReason],
+            doc="Finished (every input ended), RestartLimit (maxRestarts reached) or StateLost.",
+        ),
+    )
+    message: str = field(default="", metadata=_m(name="message", doc="What happened and the way out."))
+    since: str = field(default="", metadata=_m(name="since", format="date-time", doc="When it stopped."))
+    generation: int = field(
+        default=0, metadata=_m(name="generation", doc="Generation of the spec when it stopped.")
+    )
+    reset_state_nonce: int = field(
+        default=0, metadata=_m(name="resetStateNonce", doc="spec.resetStateNonce when it stopped.")
+    )
+    epoch: int | None = field(default=None, metadata=_m(name="epoch", doc="Last committed epoch."))
+    workers: int | None = field(default=None, metadata=_m(name="workers", doc="Workers of the last run."))
+
+
+@dataclass
 class HealthStatus:
     """Bookkeeping of health checks and restart backoff."""
 
@@ -355,7 +395,7 @@ class DataflowStatus:
         default=None,
         metadata=_m(
             name="conditions",
-            doc="Ready, Progressing, Degraded, SnapshotHealthy, Autoscaling.",
+            doc="Ready, Progressing, Degraded, SnapshotHealthy, Autoscaling, Finished.",
             extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
         ),
     )
@@ -379,6 +419,9 @@ class DataflowStatus:
         default=None, metadata=_m(name="transition", doc="Coordinated stop/start in progress.")
     )
     health: HealthStatus | None = field(default=None, metadata=_m(name="health", doc="Health bookkeeping."))
+    stopped: StoppedStatus | None = field(
+        default=None, metadata=_m(name="stopped", doc="Why the pods are kept stopped, if they are.")
+    )
 
     @classmethod
     def read(cls, data: dict[str, Any] | None) -> DataflowStatus:
@@ -390,14 +433,36 @@ class DataflowStatus:
         return from_json(cls, data or {})
 
     def patch(self, stored: dict[str, Any] | None) -> dict[str, Any]:
-        """The merge patch writing this status over ``stored``: every field set, and
-        ``null`` for each top-level field ``stored`` has and this status cleared.
+        """The JSON merge patch (RFC 7386) turning ``stored`` into this status.
+
+        A merge patch merges objects recursively, so a field this status no
+        longer has is deleted only by an explicit ``null``, at any depth:
+        every field set is written, and ``null`` goes to each field ``stored``
+        has and this status cleared (lists are replaced whole).
 
         >>> DataflowStatus(phase=Phase.SUSPENDED).patch({"phase": "Running", "transition": {}})
         {'phase': 'Suspended', 'transition': None}
+        >>> st = DataflowStatus(health=HealthStatus(consecutive_restarts=2))
+        >>> st.patch({"health": {"consecutiveRestarts": 1, "healthySince": "1970-01-01T00:00:00Z"}})
+        {'health': {'consecutiveRestarts': 2, 'healthySince': None}}
         """
-        out: dict[str, Any] = to_json(self)
-        for f in dataclasses.fields(self):
-            if getattr(self, f.name) is None and f.metadata["json"] in (stored or {}):
-                out[f.metadata["json"]] = None
-        return out
+        return merge_patch(stored or {}, to_json(self))
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch that turns ``old`` into ``new`` (``null`` deletes a key).
+
+    >>> merge_patch({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 1}})
+    {'a': {'b': 1, 'c': None}, 'd': None}
+    """
+    out: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            out[key] = merge_patch(before, value)
+        else:
+            out[key] = value
+    for key in old:
+        if key not in new:
+            out[key] = None
+    return out

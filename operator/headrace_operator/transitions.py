@@ -12,7 +12,9 @@ its stages, recorded in ``status.transition`` so that any later reconcile
 `stop` scales the StatefulSet to 0 (every pod gets SIGTERM; the cluster
 finishes its epoch, commits and exits 0); `start` applies the Service and
 the StatefulSet at full size, and the pods resume from the last committed
-epoch. A suspend stops and stays stopped (`suspended`).
+epoch. A suspend stops and stays stopped (`suspended`); so does a Dataflow whose
+input ended, one that reached ``maxRestarts``, and one whose recovery store
+lost its state (`halt`: ``status.stopped``), until the user acts.
 
 >>> [t.value for t in Transition][:4], phase_of(Transition.RESCALE)
 (['deploy', 'rescale', 'upgrade', 'restart'], <Phase.SCALING: 'Scaling'>)
@@ -30,6 +32,8 @@ from headrace_operator.status import (
     ExecutionStatus,
     Phase,
     Stage,
+    StoppedStatus,
+    StopReason,
     Transition,
     TransitionStatus,
     iso,
@@ -43,11 +47,15 @@ __all__ = [
     "changes",
     "describe",
     "elapsed",
+    "expected_epoch",
     "gerund",
+    "halt",
     "phase_of",
+    "recorded_epoch",
     "start",
     "stop",
     "stop_finished",
+    "stopped_phase",
     "suspended",
 ]
 
@@ -56,6 +64,7 @@ _PHASE_OF = {
     Transition.RESCALE: Phase.SCALING,
     Transition.DEPLOY: Phase.DEPLOYING,
     Transition.RESUME: Phase.DEPLOYING,
+    Transition.UPGRADE: Phase.UPGRADING,
 }
 _GERUND = {
     Transition.DEPLOY: "Deploying",
@@ -81,10 +90,13 @@ _STOP_REASON = {
 def phase_of(ttype: Transition) -> Phase:
     """The Dataflow's phase while ``ttype`` runs.
 
-    >>> phase_of(Transition.SUSPEND), phase_of(Transition.RESTART)
-    (<Phase.SUSPENDING: 'Suspending'>, <Phase.UPGRADING: 'Upgrading'>)
+    Only a spec change is `Phase.UPGRADING`; a restart (a nonce, a crash loop,
+    a state reset) is `Phase.RESTARTING`.
+
+    >>> phase_of(Transition.UPGRADE), phase_of(Transition.RESTART)
+    (<Phase.UPGRADING: 'Upgrading'>, <Phase.RESTARTING: 'Restarting'>)
     """
-    return _PHASE_OF.get(ttype, Phase.UPGRADING)
+    return _PHASE_OF.get(ttype, Phase.RESTARTING)
 
 
 def gerund(ttype: Transition) -> str:
@@ -216,15 +228,24 @@ def start(
     ``ttype`` begins here (a deploy, a resume).
     """
     obs = c.obs
-    c.act("create_secret", obj=mf.build_mesh_secret(owner))
-    c.act("apply", obj=mf.build_service(spec, owner))
-    c.act("apply", obj=mf.build_statefulset(spec, owner))
+    store = obs.store
+    deleting = any(a.kind == "delete_state" for a in c.p.actions)
     tr = c.st.transition or TransitionStatus(
         type=ttype, started_at=iso(c.now), from_replicas=from_replicas, epoch_before=epoch_before
     )
+    fresh_state = (
+        deleting
+        or tr.type is Transition.RESET
+        or (spec.upgrade_mode == "stateless" and tr.type in (Transition.UPGRADE, Transition.DEPLOY))
+    )
+    c.act("create_secret", obj=mf.build_mesh_secret(owner))
+    c.act("apply", obj=mf.build_service(spec, owner))
+    expect = 0 if fresh_state else expected_epoch(c)
+    c.act("apply", obj=mf.build_statefulset(spec, owner, expect_epoch=expect))
     tr.stage = Stage.STARTING
     tr.to_replicas = spec.replicas
     c.st.transition = tr
+    c.st.stopped = None
     c.st.execution = ExecutionStatus(
         id=_execution_id(obs.uid, c.now),
         worker_count=spec.replicas * spec.workers_per_process,
@@ -232,11 +253,11 @@ def start(
         started_at=iso(c.now),
     )
     c.st.deployed_generation = obs.generation
+    if c.st.health is not None:
+        # New pods count their restarts from 0: so does the crash-loop window.
+        c.st.health.window_start = iso(c.now)
+        c.st.health.restarts_at_window_start = 0
     c.phase = phase_of(tr.type)
-    store = obs.store
-    fresh_state = tr.type is Transition.RESET or (
-        spec.upgrade_mode == "stateless" and tr.type in (Transition.UPGRADE, Transition.DEPLOY)
-    )
     if store is not None and store.ok and store.epoch > 0 and not fresh_state:
         c.event(
             "Normal",
@@ -245,6 +266,23 @@ def start(
             f"committed epoch {store.epoch} (written by {store.worker_count} workers)",
         )
     c.p.requeue = BUSY_REQUEUE
+
+
+def recorded_epoch(c: Ctx) -> int:
+    """The last committed epoch the status recorded (``status.snapshot.epoch``; 0 if none)."""
+    snap = c.st.snapshot
+    return snap.epoch or 0 if snap is not None else 0
+
+
+def expected_epoch(c: Ctx) -> int:
+    """The epoch every started pod must find committed (``HEADRACE_EXPECT_EPOCH``).
+
+    What the status recorded, or what Redis says now if that is later (it is
+    what this reconcile records).
+    """
+    store = c.obs.store
+    now = store.epoch if store is not None and store.ok and store.exists else 0
+    return max(recorded_epoch(c), now)
 
 
 def arrived(c: Ctx, tr: TransitionStatus, n: int) -> None:
@@ -266,3 +304,48 @@ def suspended(c: Ctx, tr: TransitionStatus, epoch: int) -> None:
     took = elapsed(c, tr)
     c.p.transitions.append((Transition.SUSPEND, took))
     c.event("Normal", "Suspended", f"all pods stopped in {took:.1f}s; state kept at epoch {epoch}")
+
+
+def halt(
+    c: Ctx,
+    spec: DataflowSpec,
+    reason: StopReason,
+    message: str,
+    epoch: int | None = None,
+) -> None:
+    """Stop the pods and keep them stopped (StatefulSet at 0, state kept) until the user acts.
+
+    Phase `Phase.FINISHED` for a finished input, `Phase.FAILED` otherwise;
+    ``status.stopped`` records why, and the event is posted when it begins.
+    A spec change or a new ``restartNonce`` (``resetStateNonce`` for lost
+    state) runs the Dataflow again.
+    """
+    sts = c.obs.sts
+    if sts is not None and mf.sts_replicas(sts) > 0:
+        c.act("scale", replicas=0)
+    prev = c.st.stopped
+    again = prev is not None and prev.reason is reason
+    c.st.stopped = StoppedStatus(
+        reason=reason,
+        message=message,
+        since=prev.since if prev is not None and again else iso(c.now),
+        generation=c.obs.generation,
+        reset_state_nonce=spec.reset_state_nonce,
+        epoch=epoch,
+        workers=spec.replicas * spec.workers_per_process,
+    )
+    c.st.transition = None
+    c.phase = stopped_phase(reason)
+    if reason is not StopReason.FINISHED:
+        c.failure = (reason.value, message)
+    if not again:
+        c.event("Normal" if reason is StopReason.FINISHED else "Warning", reason.value, message)
+
+
+def stopped_phase(reason: StopReason) -> Phase:
+    """The phase of a Dataflow kept stopped for ``reason``.
+
+    >>> stopped_phase(StopReason.FINISHED), stopped_phase(StopReason.STATE_LOST)
+    (<Phase.FINISHED: 'Finished'>, <Phase.FAILED: 'Failed'>)
+    """
+    return Phase.FINISHED if reason is StopReason.FINISHED else Phase.FAILED

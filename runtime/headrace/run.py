@@ -702,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = _install_signal_handlers(received)
     try:
         code = _run(args, flow, addresses, proc_id, epoch, recovery)
+        if code == 0 and not received:
+            _report_finished(_env("TERMINATION_LOG"))
         if code == 0 and signal.SIGINT in received:
             # Stopped cleanly, but because of Ctrl-C: say so, as shells expect.
             return INTERRUPTED
@@ -709,6 +711,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _report_finished(path: str | None) -> None:
+    """Every input ended: say so in ``path`` (a pod's termination message).
+
+    The Kubernetes operator sets ``HEADRACE_TERMINATION_LOG`` to the
+    container's termination message file, and tells a dataflow that finished
+    from one that crashed or was stopped by this line.
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("r") as f:
+    ...     _report_finished(f.name)
+    ...     f.read().strip()
+    'finished: every input ended'
+    """
+    if not path:
+        return
+    try:
+        Path(path).write_text("finished: every input ended\n")
+    except OSError as exc:
+        log.warning("can't write the termination message to %s: %s", path, exc)
 
 
 def _run(

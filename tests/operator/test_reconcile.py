@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from typing import Any
 
 from headrace_operator import manifests as mf
 from headrace_operator.autoscaler import WindowStats
-from headrace_operator.conditions import get_condition
-from headrace_operator.crd import openapi_schema, undeclared
-from headrace_operator.observation import PodInfo
 from headrace_operator.reconcile import (
     LAST_APPLIED,
-    Observation,
-    Plan,
     SecretInfo,
     StoreInfo,
     backoff_delay,
@@ -29,149 +23,7 @@ from headrace_operator.reconcile import (
     plan_delete,
     pruned_fields,
 )
-
-BASE = {
-    "image": "app:1",
-    "flow": {"import": "app.flows:wc"},
-    "replicas": 2,
-    "recovery": {"url": "redis://redis:6379/0", "snapshotInterval": "5s"},
-}
-STATUS_SCHEMA = openapi_schema()["properties"]["status"]
-
-
-def _merge(status: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(status)
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-_RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
-
-
-def format_problems(schema: dict[str, Any], obj: Any, path: str = ".status") -> list[str]:
-    """Values the API server's format and enum checks would reject (None = field removed)."""
-    out: list[str] = []
-    if obj is None:
-        return out
-    if schema.get("format") == "date-time" and not _RFC3339.match(str(obj)):
-        out.append(f"{path}: {obj!r} is not a date-time")
-    if "enum" in schema and obj not in schema["enum"]:
-        out.append(f"{path}: {obj!r} not in {schema['enum']}")
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            sub = (schema.get("properties") or {}).get(k)
-            if sub is not None:
-                out += format_problems(sub, v, f"{path}.{k}")
-    if isinstance(obj, list) and isinstance(schema.get("items"), dict):
-        for i, v in enumerate(obj):
-            out += format_problems(schema["items"], v, f"{path}[{i}]")
-    return out
-
-
-class World:
-    """A Dataflow, its StatefulSet, pods and Redis, advanced one plan at a time."""
-
-    def __init__(self, spec: dict[str, Any] | None = None, now: float = 1_000_000.0) -> None:
-        self.spec = copy.deepcopy(BASE if spec is None else spec)
-        self.generation = 1
-        self.status: dict[str, Any] = {}
-        self.annotations: dict[str, str] = {}
-        self.sts: dict[str, Any] | None = None
-        self.pods: list[PodInfo] = []
-        self.store = StoreInfo(ok=True, exists=False)
-        self.secret: SecretInfo | None = None
-        self.metrics: WindowStats | None = None
-        self.now = now
-        self.events: list[tuple[str, str, str]] = []
-        self.applied: list[str] = []
-        self.last: Plan | None = None
-
-    def edit(self, **changes: Any) -> None:
-        self.spec.update(changes)
-        self.generation += 1
-
-    def observe(self) -> Observation:
-        return Observation(
-            name="wc",
-            namespace="prod",
-            uid="uid-1",
-            generation=self.generation,
-            spec=copy.deepcopy(self.spec),
-            now=self.now,
-            status=copy.deepcopy(self.status),
-            annotations=dict(self.annotations),
-            sts=copy.deepcopy(self.sts),
-            pods=copy.deepcopy(self.pods),
-            secret=self.secret,
-            store=self.store,
-            metrics=self.metrics,
-        )
-
-    def step(self, dt: float = 1.0) -> Plan:
-        self.now += dt
-        p = plan(self.observe())
-        self.last = p
-        assert undeclared(STATUS_SCHEMA, p.status, ".status") == []
-        assert format_problems(STATUS_SCHEMA, p.status) == []
-        for a in p.actions:
-            self.applied.append(a.describe())
-            if a.kind == "apply" and a.obj is not None and a.obj["kind"] == "StatefulSet":
-                self.sts = copy.deepcopy(a.obj)
-            elif a.kind == "scale":
-                assert self.sts is not None
-                self.sts["spec"]["replicas"] = a.replicas
-                for pod in self.pods:
-                    pod.terminating = True
-                    pod.ready = False
-            elif a.kind == "patch_replicas":
-                self.edit(replicas=a.replicas)
-            elif a.kind == "delete_state":
-                self.store = StoreInfo(ok=True, exists=False)
-        self.status = _merge(self.status, p.status)
-        self.events += p.events
-        return p
-
-    def kubelet(self, ready: bool = True) -> None:
-        """The StatefulSet controller and kubelet: terminating pods go, missing pods come."""
-        self.pods = [p for p in self.pods if not p.terminating]
-        want = int(self.sts["spec"]["replicas"]) if self.sts else 0
-        have = {p.ordinal for p in self.pods}
-        for i in range(want):
-            if i not in have:
-                self.pods.append(PodInfo(f"wc-{i}", i, phase="Running", ip=f"10.0.0.{i}"))
-        for p in self.pods:
-            p.ready = ready
-
-    def commit(self, epoch: int) -> None:
-        self.store = StoreInfo(
-            ok=True,
-            exists=True,
-            epoch=epoch,
-            committed_at=self.now,
-            worker_count=len(self.pods),
-            key_groups=256,
-            epoch_bytes=100,
-        )
-
-    def reasons(self) -> list[str]:
-        return [r for _t, r, _m in self.events]
-
-    def cond(self, ctype: str) -> dict[str, Any]:
-        c = get_condition(self.status.get("conditions", []), ctype)
-        assert c is not None
-        return c
-
-    def run_until_running(self) -> None:
-        for _ in range(10):
-            self.step()
-            self.kubelet()
-            if self.status.get("phase") == "Running":
-                return
-        raise AssertionError(f"never Running: {self.status}")
+from tests.operator.world import BASE, STATUS_SCHEMA, World, format_problems
 
 
 def test_create_deploys_statefulset_and_service_then_runs() -> None:
