@@ -145,8 +145,12 @@ class Kube:
             self._pm_checked = now
         return self._pm_supported
 
-    def apply(self, obj: dict[str, Any]) -> None:
-        """Server-side apply ``obj`` (create or update the fields the operator owns)."""
+    def apply(self, obj: dict[str, Any], dry_run: bool = False) -> None:
+        """Server-side apply ``obj`` (create or update the fields the operator owns).
+
+        ``dry_run``: the API server checks it (admission, validation) and
+        stores nothing.
+        """
         res = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
         self.dynamic.server_side_apply(
             res,
@@ -154,6 +158,7 @@ class Kube:
             namespace=obj["metadata"]["namespace"],
             field_manager=FIELD_MANAGER,
             force_conflicts=True,
+            dry_run="All" if dry_run else None,
         )
 
     def delete(self, obj: dict[str, Any]) -> None:
@@ -242,6 +247,28 @@ class Stores:
         return n
 
 
+def api_message(exc: BaseException) -> str:
+    """What the API server (or Redis) said, without the HTTP wrapping.
+
+    >>> from kubernetes.client.exceptions import ApiException
+    >>> e = ApiException(status=422, reason="Unprocessable Entity")
+    >>> e.body = '{"message": "StatefulSet.apps \\"wc\\" is invalid: spec.x: Required value"}'
+    >>> api_message(e)
+    'StatefulSet.apps "wc" is invalid: spec.x: Required value'
+    """
+    body = getattr(exc, "body", None)
+    if body:
+        try:
+            message = json.loads(body).get("message")
+        except (ValueError, AttributeError):
+            message = None
+        if isinstance(message, str) and message:
+            return message[:900]
+    if getattr(exc, "status", None) is not None:
+        return f"{getattr(exc, 'status', '')} {getattr(exc, 'reason', '')}".strip()
+    return _short(exc)
+
+
 def _short(exc: BaseException) -> str:
     """The root cause in one line (the store's own message is written for workers)."""
     while exc.__cause__ is not None:
@@ -288,6 +315,8 @@ def apply_actions(
         log.info("%s/%s: %s", namespace, name, a.describe())
         if a.kind == "apply" and a.obj is not None:
             kube.apply(a.obj)
+        elif a.kind == "dry_run" and a.obj is not None:
+            kube.apply(a.obj, dry_run=True)
         elif a.kind == "delete" and a.obj is not None:
             kube.delete(a.obj)
         elif a.kind == "create_secret" and a.obj is not None:

@@ -31,7 +31,7 @@ from headrace_operator.crd import GROUP, PLURAL, VERSION
 from headrace_operator.events import EventDeduper
 from headrace_operator.metrics import EndpointServer, WatchMonitor, forget_dataflow, metric
 from headrace_operator.observation import Observation
-from headrace_operator.reconcile import Plan, deployed_spec, plan, plan_delete
+from headrace_operator.reconcile import Plan, apply_failed, deployed_spec, plan, plan_delete
 from headrace_operator.spec import DataflowSpec, SpecError, parse_spec
 from headrace_operator.status import PHASES, DataflowStatus, Phase
 
@@ -278,12 +278,12 @@ def reconcile_once(namespace: str, name: str, uid: str, force: bool) -> Plan | N
             if spec is not None:
                 _metrics_window(uid, spec, obs)
             p = plan(obs)
-            _kube.apply_actions(kube, STATE.stores, namespace, name, p.actions, url, prefix)
+            p, applied = _apply(kube, obs, p, url, prefix)
             kube.patch_status(namespace, name, p.status)
             _post_events(obj, p)
             _record(namespace, name, p, obs)
             STATE.next_due[uid] = time.time() + p.requeue
-            metric("headrace_operator_reconcile_total").labels("ok").inc()
+            metric("headrace_operator_reconcile_total").labels("ok" if applied else "error").inc()
             return p
         except Exception:
             metric("headrace_operator_reconcile_total").labels("error").inc()
@@ -294,6 +294,20 @@ def reconcile_once(namespace: str, name: str, uid: str, force: bool) -> Plan | N
             metric("headrace_operator_reconcile_duration_seconds").observe(time.monotonic() - t0)
             STATE.monitor.reconciled(time.time())
             metric("headrace_operator_last_reconcile_timestamp_seconds").set(time.time())
+
+
+def _apply(kube: _kube.Kube, obs: Observation, p: Plan, url: str | None, prefix: str) -> tuple[Plan, bool]:
+    """Apply the plan's actions: ``(p, True)``, or if one fails, the plan that reports it
+    (`apply_failed`) and False."""
+    for i, action in enumerate(p.actions):
+        try:
+            _kube.apply_actions(kube, STATE.stores, obs.namespace, obs.name, [action], url, prefix)
+        except Exception as exc:  # reported in status and as an event, within this reconcile
+            log.warning("%s/%s: %s failed: %s", obs.namespace, obs.name, action.describe(), exc)
+            failed = apply_failed(obs, action, _kube.api_message(exc))
+            failed.actions = p.actions[:i]
+            return failed, False
+    return p, True
 
 
 def _post_events(obj: dict[str, Any], p: Plan) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from headrace_operator.crd import GROUP, KIND, VERSION
-from headrace_operator.spec import DataflowSpec, Duration, to_json
+from headrace_operator.spec import CLUSTER_PORT, DataflowSpec, Duration, to_json
 
 __all__ = [
     "ANN_GENERATION",
@@ -63,7 +63,6 @@ __all__ = [
     "template_hash",
 ]
 
-CLUSTER_PORT = 2101
 CONTAINER = "worker"
 RUN_AS_USER = 10001
 

@@ -30,9 +30,10 @@ BUSY_REQUEUE = 2.0
 
 @dataclass
 class Action:
-    """One change to make: ``apply`` a manifest, ``create_secret`` unless it exists (with a
-    random value), ``scale`` the StatefulSet, ``delete`` an object, ``delete_state`` /
-    ``expire_state`` in Redis, ``patch_replicas`` of the Dataflow.
+    """One change to make: ``apply`` a manifest (``dry_run``: have the API server check it
+    and store nothing), ``create_secret`` unless it exists (with a random value), ``scale``
+    the StatefulSet, ``delete`` an object, ``delete_state`` / ``expire_state`` in Redis,
+    ``patch_replicas`` of the Dataflow.
 
     >>> Action("scale", replicas=0).describe()
     'scale StatefulSet to 0'
@@ -53,6 +54,8 @@ class Action:
             reps = self.obj.get("spec", {}).get("replicas")
             extra = f" replicas={reps}" if self.obj.get("kind") == "StatefulSet" else ""
             return f"apply {self.obj['kind']} {self.obj['metadata']['name']}{extra}"
+        if self.kind == "dry_run" and self.obj is not None:
+            return f"check {self.obj['kind']} {self.obj['metadata']['name']} (server-side dry run)"
         if self.kind == "scale":
             return f"scale StatefulSet to {self.replicas}"
         if self.kind == "patch_replicas":

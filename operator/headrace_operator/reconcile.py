@@ -78,6 +78,7 @@ __all__ = [
     "Plan",
     "SecretInfo",
     "StoreInfo",
+    "apply_failed",
     "backoff_delay",
     "deployed_spec",
     "name_problems",
@@ -428,6 +429,11 @@ def _running(
     cur = mf.sts_replicas(sts)
     deployed_n = int(mf.sts_annotations(sts).get(mf.ANN_REPLICAS, cur) or cur)
     to_replicas = target.replicas if want_running else 0
+    if want_running:
+        # What will be applied after the stop is checked first: a spec the API
+        # server refuses never takes down running pods (see `apply_failed`).
+        c.act("dry_run", obj=mf.build_service(target, owner))
+        c.act("dry_run", obj=mf.build_statefulset(target, owner, expect_epoch=tx.expected_epoch(c)))
     tx.stop(c, ttype, deployed_n, to_replicas, tx.change_message(ttype, target, sts, c.obs.generation))
     # A change the user asked for starts the restart backoff afresh.
     health = c.st.health or HealthStatus()
@@ -768,6 +774,53 @@ def _finish(c: Ctx, spec: DataflowSpec | None, owner: mf.Owner) -> Plan:
     update_conditions(c, spec)
     _last_error(c)
     c.p.status = c.st.patch(c.obs.status)
+    return c.p
+
+
+# ------------------------------------------------------------------ when applying fails
+
+
+def apply_failed(obs: Observation, action: Action, message: str) -> Plan:
+    """The plan after applying ``action`` failed with ``message`` (the API server's, or
+    Redis's): the status and event that say so; nothing to apply.
+
+    The actions before it were applied; those after it were not, and a stop
+    is always preceded by a server-side dry run of what starts after it, so
+    a refused spec leaves running pods running. The reconcile after the next
+    edit tries again.
+
+    >>> obs = Observation(name="wc", namespace="ns", uid="u", generation=2,
+    ...                   spec={"image": "a", "flow": {"import": "m:f"}}, now=0.0)
+    >>> p = apply_failed(obs, Action("apply", obj={"kind": "StatefulSet", "metadata": {"name": "wc"}}),
+    ...                  'StatefulSet.apps "wc" is invalid: spec...image: Required value')
+    >>> p.status["phase"], p.events[0][1]
+    ('Failed', 'ApplyFailed')
+    """
+    c = Ctx(obs)
+    running = obs.sts is not None and mf.sts_replicas(obs.sts) > 0 and bool(obs.pods)
+    what = action.describe()
+    text = f"{what} failed: {message}. Fix the spec and apply it again" + (
+        "; the running pods keep running the last spec" if running else ""
+    )
+    c.event("Warning", "ApplyFailed", text)
+    c.degraded = ("ApplyFailed", text)
+    if not running:
+        c.phase = Phase.FAILED
+        c.failure = ("ApplyFailed", text)
+    elif c.phase is Phase.PENDING:
+        c.phase = Phase.RUNNING
+    c.p.requeue = 10.0
+    spec: DataflowSpec | None
+    try:
+        spec = parse_spec(obs.spec)
+    except SpecError:
+        spec = deployed_spec(obs.sts)
+    c.ready = running and c.phase is Phase.RUNNING and c.st.transition is None
+    c.st.observed_generation = obs.generation
+    c.st.phase = c.phase
+    update_conditions(c, spec)
+    _last_error(c)
+    c.p.status = c.st.patch(obs.status)
     return c.p
 
 

@@ -40,6 +40,7 @@ from headrace_operator.schema import meta as _m
 
 __all__ = [
     "CEL_RULES",
+    "CLUSTER_PORT",
     "DURATION_PATTERN",
     "AutoscalerSpec",
     "DataflowSpec",
@@ -57,6 +58,8 @@ Raw = dict[str, Any]
 """A Kubernetes-native structure passed through as is (``x-kubernetes-preserve-unknown-fields``)."""
 
 # A module path, optionally ':attr' or ':factory(args)', or a file path with ':attr'.
+CLUSTER_PORT = 2101
+"""The port the workers of a Dataflow talk to each other on (the metrics port must differ)."""
 _IMPORT_RE = re.compile(r"^[A-Za-z_./][\w./-]*(:[A-Za-z_]\w*(\(.*\))?)?$")
 _ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 
@@ -636,6 +639,11 @@ CEL_RULES: list[tuple[str, str, str]] = [
         "has(self.url) != has(self.secretRef)",
         "set exactly one of recovery.url and recovery.secretRef",
     ),
+    (
+        "spec.observability",
+        f"!has(self.metricsPort) || self.metricsPort != {CLUSTER_PORT}",
+        f"observability.metricsPort may not be {CLUSTER_PORT}: the workers' cluster port",
+    ),
 ]
 
 
@@ -715,6 +723,13 @@ def validate(spec: DataflowSpec) -> Problems:
         name = env.get("name") if isinstance(env, dict) else None
         if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
             p.append((f"spec.flow.env[{i}].name", f"{name!r} is not a valid environment variable name"))
+    if spec.observability.metrics_port == CLUSTER_PORT:
+        p.append(
+            (
+                "spec.observability.metricsPort",
+                f"may not be {CLUSTER_PORT}: the workers' cluster port; choose another (default 3030)",
+            )
+        )
     b = spec.restart_policy.backoff
     if b.initial_delay.seconds > b.max_delay.seconds:
         p.append(("spec.restartPolicy.backoff", "initialDelay must not be longer than maxDelay"))

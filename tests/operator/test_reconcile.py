@@ -25,6 +25,8 @@ from headrace_operator.reconcile import (
 )
 from tests.operator.world import BASE, STATUS_SCHEMA, World, format_problems
 
+STOP = ["dry_run", "dry_run", "scale"]  # check what starts after the stop, then stop
+
 
 def test_create_deploys_statefulset_and_service_then_runs() -> None:
     w = World()
@@ -78,7 +80,7 @@ def test_rescale_is_a_coordinated_stop_then_start_with_the_new_count() -> None:
     w.commit(7)
     w.edit(replicas=3)
     p = w.step()
-    assert [a.kind for a in p.actions] == ["scale"] and p.actions[0].replicas == 0
+    assert [a.kind for a in p.actions] == STOP and p.actions[-1].replicas == 0
     assert w.status["phase"] == "Scaling"
     assert w.status["transition"]["type"] == "rescale"
     assert w.status["transition"]["stage"] == "Stopping"
@@ -110,7 +112,7 @@ def test_scale_to_the_same_count_via_statefulset_tampering_is_repaired() -> None
     assert w.sts is not None
     w.sts["spec"]["replicas"] = 1  # someone edited the StatefulSet directly
     p = w.step()
-    assert [a.kind for a in p.actions] == ["scale"]
+    assert [a.kind for a in p.actions] == STOP
 
 
 def test_upgrade_last_state_keeps_redis_state() -> None:
@@ -178,7 +180,7 @@ def test_restart_nonce_restarts_without_touching_state() -> None:
     w.run_until_running()
     w.edit(restartNonce=5)
     p = w.step()
-    assert [a.kind for a in p.actions] == ["scale"]
+    assert [a.kind for a in p.actions] == STOP
     assert "Restarting" in w.reasons()
     w.kubelet()
     p = w.step()
@@ -313,7 +315,7 @@ def test_bad_import_in_the_pod_is_a_failed_phase_with_the_error() -> None:
     # Fixing the spec starts an upgrade.
     w.edit(flow={"import": "app2.flows:wc"})
     p = w.step()
-    assert [a.kind for a in p.actions] == ["scale"]
+    assert [a.kind for a in p.actions] == STOP
 
 
 def test_unreachable_redis_shows_in_conditions() -> None:
@@ -424,7 +426,7 @@ def test_autoscaler_apply_patches_replicas_then_rescales() -> None:
     assert w.status["autoscaler"]["lastEvaluation"]["applied"] is True
     assert any(r == "ScalingReport" for _t, r, _m in w.events)
     p = w.step()
-    assert [a.kind for a in p.actions] == ["scale"]
+    assert [a.kind for a in p.actions] == STOP
     assert w.status["phase"] == "Scaling"
 
 

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from typing import Any
 
 from headrace_operator.autoscaler import WindowStats
 from headrace_operator.conditions import get_condition
 from headrace_operator.crd import openapi_schema, undeclared
 from headrace_operator.observation import PodInfo
-from headrace_operator.reconcile import Observation, Plan, SecretInfo, StoreInfo, plan
+from headrace_operator.reconcile import (
+    Action,
+    Observation,
+    Plan,
+    SecretInfo,
+    StoreInfo,
+    apply_failed,
+    plan,
+)
 
 BASE = {
     "image": "app:1",
@@ -84,6 +93,7 @@ class World:
         self.events: list[tuple[str, str, str]] = []
         self.applied: list[str] = []
         self.last: Plan | None = None
+        self.refuse: Callable[[Action], str | None] = lambda _a: None
 
     def edit(self, **changes: Any) -> None:
         self.spec.update(changes)
@@ -108,7 +118,16 @@ class World:
 
     def step(self, dt: float = 1.0) -> Plan:
         self.now += dt
-        p = plan(self.observe())
+        obs = self.observe()
+        p = plan(obs)
+        for i, a in enumerate(p.actions):
+            # The API server refuses what `refuse` says (as `handlers._apply` meets it).
+            message = self.refuse(a)
+            if message is not None:
+                failed = apply_failed(obs, a, message)
+                failed.actions = p.actions[:i]
+                p = failed
+                break
         self.last = p
         assert undeclared(STATUS_SCHEMA, p.status, ".status") == []
         assert format_problems(STATUS_SCHEMA, p.status) == []
