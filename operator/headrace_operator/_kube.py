@@ -252,9 +252,9 @@ def api_message(exc: BaseException) -> str:
 
     >>> from kubernetes.client.exceptions import ApiException
     >>> e = ApiException(status=422, reason="Unprocessable Entity")
-    >>> e.body = '{"message": "StatefulSet.apps \\"wc\\" is invalid: spec.x: Required value"}'
+    >>> e.body = '{"message": "StatefulSet.apps wc is invalid: spec.x: Required value"}'
     >>> api_message(e)
-    'StatefulSet.apps "wc" is invalid: spec.x: Required value'
+    'StatefulSet.apps wc is invalid: spec.x: Required value'
     """
     body = getattr(exc, "body", None)
     if body:
