@@ -226,6 +226,11 @@ class DynamicSource(Source[X]):
 
 
 def _utc_now() -> datetime:
+    """The current time in UTC: the runtime's one clock (sources, timers, operators' defaults).
+
+    >>> _utc_now().tzinfo
+    datetime.timezone.utc
+    """
     return datetime.now(UTC)
 
 

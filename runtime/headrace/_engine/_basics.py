@@ -20,12 +20,13 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from headrace._engine._hash import DEFAULT_KEY_GROUPS
 from headrace._engine._plan import CoreStep, quoted
 from headrace.errors import BytewaxRuntimeError
+from headrace.inputs import _utc_now
 
 if TYPE_CHECKING:
     from headrace._engine._store import Store
@@ -61,13 +62,8 @@ class Abort(Exception):
     """Raised inside a worker when the run must stop at once."""
 
 
-def utcnow() -> datetime:
-    """The current time, timezone-aware in UTC (timers and wake-ups compare against it).
-
-    >>> utcnow().tzinfo
-    datetime.timezone.utc
-    """
-    return datetime.now(UTC)
+# The current time in UTC: timers and wake-ups compare against it.
+utcnow = _utc_now
 
 
 def batch_len(payload: Any) -> int:

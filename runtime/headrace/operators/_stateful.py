@@ -9,10 +9,11 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 from headrace.dataflow import Stream, _bytewax_nesting, _current_display_id, f_repr, operator
+from headrace.inputs import _utc_now
 from headrace.operators._core import (
     StatefulBatchLogic,
     _check_callable,
@@ -20,7 +21,7 @@ from headrace.operators._core import (
     merge,
     stateful_batch,
 )
-from headrace.operators._stateless import key_on, map, map_value
+from headrace.operators._stateless import _identity, key_on, map, map_value
 
 V = TypeVar("V")
 W = TypeVar("W")
@@ -410,15 +411,6 @@ def count_final(step_id: str, up: Stream[X], key: Callable[[X], str]) -> Stream[
     return reduce_final("sum", keyed, _add)
 
 
-def _identity(x: X) -> X:
-    """Return ``x`` unchanged (the default ``by`` and `EventClock`'s ``to_system_utc``).
-
-    >>> _identity(3)
-    3
-    """
-    return x
-
-
 @operator
 def max_final(
     step_id: str, up: Stream[tuple[str, V]], by: Callable[[V], Any] = _identity
@@ -451,10 +443,6 @@ def min_final(
     [('a', 1)]
     """
     return reduce_final("reduce_final", up, lambda a, b: b if by(b) < by(a) else a)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class _CollectLogic(StatefulBatchLogic[V, list[V], Any]):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from headrace.dataflow import Stream, _bytewax_nesting, f_repr, operator
+from headrace.inputs import _utc_now
 from headrace.operators._core import (
     _check_callable,
     _fusable,
@@ -129,6 +130,12 @@ _flatten_item._headrace_flatten = True  # type: ignore[attr-defined]
 
 
 def _identity(x: X) -> X:
+    """Return ``x`` unchanged (`key_rm`'s mapper, the default ``by`` of `max_final` and
+    `min_final`, and `EventClock`'s ``to_system_utc``).
+
+    >>> _identity(3)
+    3
+    """
     return x
 
 
@@ -365,10 +372,6 @@ RuntimeError: `raises` step 'd.never' got an item: 1
     output("output", up, _RaisesSink(up._scope.parent_id))
 
 
-def _get_system_utc() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass
 class TTLCache(Generic[DK, DV]):
     """A cache of ``v_getter(key)`` results that expire after ``ttl``.
@@ -425,7 +428,7 @@ def enrich_cached(
     getter: Callable[[DK], DV],
     mapper: Callable[[TTLCache[DK, DV], X], Y],
     ttl: timedelta = timedelta.max,
-    _now_getter: Callable[[], datetime] = _get_system_utc,
+    _now_getter: Callable[[], datetime] = _utc_now,
 ) -> Stream[Y]:
     """Enrich items with slowly-changing data from ``getter``, cached per key.
 
