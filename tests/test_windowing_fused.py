@@ -69,7 +69,11 @@ T_NEAR_MIN = UTC_MIN + timedelta(days=1)
 DAY_MS = 86_400_000
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 
-LOGIC_SEEDS = range(400)
+# The first seeds run in the one-minute loop, the rest with the slow tests.
+LOGIC_SEEDS = [
+    pytest.param(range(50), id="seeds0-49"),
+    pytest.param(range(50, 400), id="seeds50-399", marks=pytest.mark.slow),
+]
 FLOW_SEEDS = range(12)
 CLUSTER_SEEDS = range(6)
 
@@ -331,9 +335,10 @@ def _run_case(case: Case) -> None:
     assert f_drop == g_drop, case.what
 
 
+@pytest.mark.parametrize("seeds", LOGIC_SEEDS)
 @pytest.mark.parametrize("kind", ["tumbling", "sliding", "session"])
-def test_fused_logic_matches_the_general_engine(kind: str) -> None:
-    for seed in LOGIC_SEEDS:
+def test_fused_logic_matches_the_general_engine(kind: str, seeds: range) -> None:
+    for seed in seeds:
         _run_case(Case(seed, kind))
 
 
