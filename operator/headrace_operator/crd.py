@@ -93,6 +93,18 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {
+        "name": "Generation",
+        "type": "integer",
+        "jsonPath": ".metadata.generation",
+        "description": "Spec generation.",
+    },
+    {
+        "name": "Observed",
+        "type": "integer",
+        "jsonPath": ".status.observedGeneration",
+        "description": "Generation the operator last reconciled: behind Generation until it sees the edit.",
+    },
+    {
         "name": "Message",
         "type": "string",
         "priority": 1,

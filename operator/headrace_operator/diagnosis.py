@@ -103,7 +103,7 @@ def _pod_problem(p: PodInfo, image: str) -> tuple[int, str, str] | None:
         return (
             4,
             "WorkerCrashed",
-            f"pod {p.name} exited with code {p.last_exit_code}: "
+            f"pod {p.name} exited with code {p.last_exit_code} (restart {p.restarts}): "
             f"{_last_line(p.last_message) or p.last_reason}. Its peers restart "
             "and resume from the last committed epoch",
         )

@@ -40,6 +40,8 @@ __all__ = ["STATE", "TIMER_INTERVAL", "reconcile_once", "worker_service_account"
 log = logging.getLogger("headrace.operator")
 
 TIMER_INTERVAL = config.load().timer_interval
+POD_LOOK_INTERVAL = 1.0
+"""A pod's change makes its Dataflow looked at now, at most once per this many seconds."""
 
 
 @dataclass
@@ -53,6 +55,8 @@ class _State:
     monitor: WatchMonitor = field(default_factory=WatchMonitor)
     locks: dict[str, threading.Lock] = field(default_factory=dict)
     next_due: dict[str, float] = field(default_factory=dict)
+    last_look: dict[str, float] = field(default_factory=dict)  # uid -> when reconcile_once last ran
+    uids: dict[tuple[str, str], str] = field(default_factory=dict)  # (namespace, name) -> uid
     samples: dict[str, collections.deque[asc.Sample]] = field(default_factory=dict)
     sample_execution: dict[str, str] = field(default_factory=dict)
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -141,10 +145,31 @@ def watched(event: Any, body: kopf.Body, **_: Any) -> None:
         STATE.monitor.forget(uid)
         STATE.dedup.forget(f"{meta.get('namespace')}/{meta.get('name')}")
         STATE.phases.pop((meta.get("namespace", ""), meta.get("name", "")), None)
+        STATE.uids.pop((meta.get("namespace", ""), meta.get("name", "")), None)
         _count_phases()
         forget_dataflow(meta.get("namespace", ""), meta.get("name", ""))
     else:
         STATE.monitor.seen(uid, meta.get("resourceVersion", ""), time.time())
+        STATE.uids[(meta.get("namespace", ""), meta.get("name", ""))] = uid
+
+
+@kopf.on.event("", "v1", "pods", labels={mf.LABEL_DATAFLOW: kopf.PRESENT})
+def pod_changed(event: Any, body: kopf.Body, **_: Any) -> None:
+    """A worker pod changed (started, became Ready, exited, went): look at its Dataflow now.
+
+    Only when the Dataflow's last look is at least `POD_LOOK_INTERVAL` old;
+    otherwise the next timer tick (due by then) looks.
+    """
+    meta = body.get("metadata") or {}
+    ns, name = meta.get("namespace", ""), (meta.get("labels") or {}).get(mf.LABEL_DATAFLOW, "")
+    uid = STATE.uids.get((ns, name))
+    if not uid:
+        return
+    now = time.time()
+    if now - STATE.last_look.get(uid, 0.0) < POD_LOOK_INTERVAL:
+        STATE.next_due[uid] = min(STATE.next_due.get(uid, now), STATE.last_look[uid] + POD_LOOK_INTERVAL)
+        return
+    reconcile_once(ns, name, uid, force=True)
 
 
 # ------------------------------------------------------------------ reconcile
@@ -186,6 +211,7 @@ def deleted(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None
         raise kopf.TemporaryError(f"waiting for {name}'s pods to stop", delay=p.requeue)
     STATE.samples.pop(uid, None)
     STATE.next_due.pop(uid, None)
+    STATE.last_look.pop(uid, None)
     with STATE.guard:
         STATE.locks.pop(uid, None)
 
@@ -265,9 +291,11 @@ def reconcile_once(namespace: str, name: str, uid: str, force: bool) -> Plan | N
     """Observe, plan, apply, record, for one Dataflow."""
     kube = _need_kube()
     now = time.time()
-    if not force and now < STATE.next_due.get(uid, 0.0):
+    # Half a tick early is on time: a look due every tick must not wait for two.
+    if not force and now < STATE.next_due.get(uid, 0.0) - STATE.settings.timer_interval / 2:
         return None
     t0 = time.monotonic()
+    STATE.last_look[uid] = now
     with STATE.lock(uid):
         try:
             obj = kube.dataflow(namespace, name)

@@ -52,6 +52,28 @@ def test_event_dedup_is_per_object_and_message() -> None:
     assert d.allow("ns/a", "Warning", "R", "m", 1802)
 
 
+def test_event_dedup_by_key_with_resend_intervals() -> None:
+    d = EventDeduper()
+    report = "scale-up 2 -> 3 (not applied: recommend mode): utilisation {}%"
+    # A recommendation evaluated every 30 s for an hour: two events, not 120.
+    posted = [
+        t for t in range(0, 3600, 30) if d.allow("ns/a", "Normal", "ScalingReport", report.format(t), t)
+    ]
+    assert posted == [0, 1800]
+    # ... unless it changes.
+    assert d.allow("ns/a", "Normal", "ScalingReport", "scale-up 2 -> 4 (not applied: x): y", 1830)
+    # A transition's completion is always posted, identical text or not.
+    assert all(
+        d.allow("ns/a", "Normal", "Upgraded", "upgraded: all 2 pod(s) Ready in 5.0s", t) for t in (0, 1)
+    )
+    # A warning that lasts comes again after 10 minutes; a new crash at once.
+    crash = "pod wc-1 exited with code 1 (restart {}): boom"
+    assert d.allow("ns/a", "Warning", "WorkerCrashed", crash.format(1), 0)
+    assert not d.allow("ns/a", "Warning", "WorkerCrashed", crash.format(1), 599)
+    assert d.allow("ns/a", "Warning", "WorkerCrashed", crash.format(1), 600)
+    assert d.allow("ns/a", "Warning", "WorkerCrashed", crash.format(2), 601)
+
+
 def _pod(name: str, **status: Any) -> dict[str, Any]:
     return {"metadata": {"name": name}, "status": status}
 
