@@ -55,10 +55,9 @@ from headrace.operators._stateful import (
     JoinEmitMode,
     JoinInsertMode,
     _check_join_modes,
-    _identity,
     join,
 )
-from headrace.operators._stateless import key_on, map_value
+from headrace.operators._stateless import _identity, key_on, map_value
 from headrace.operators.windowing._clocks import (
     UTC_MAX,
     UTC_MIN,

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-from headrace.operators._stateful import _identity
+from headrace.operators._stateless import _identity
 from headrace.operators.windowing._rules import (
     UTC_MAX,
     UTC_MIN,
@@ -46,6 +46,9 @@ ZERO_TD: timedelta = timedelta(seconds=0)
 
 def _get_system_utc() -> datetime:
     """The current system time in UTC (`EventClock`'s default ``now_getter``).
+
+    The same clock as `headrace.inputs._utc_now`, under the name Bytewax
+    gives this default (a clock's repr shows it).
 
     >>> _get_system_utc().tzinfo is not None
     True
