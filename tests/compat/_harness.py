@@ -271,6 +271,11 @@ def expected_steps(path: Path) -> list[Step]:
     if cached.exists() and not os.environ.get("HEADRACE_COMPAT_REFRESH"):
         return [Step(**s) for s in json.loads(cached.read_text())]
     steps = run_program(path, "bytewax")
+    if any(s.returncode == -999 for s in steps):
+        # Bytewax itself hung (seen once, in cli_keyboard_interrupt, on a
+        # fresh machine under heavy load, never here in 5 direct runs): a hang of
+        # the reference is not the behaviour to compare with, so run it once more.
+        steps = run_program(path, "bytewax")
     if all(s.returncode != -999 for s in steps):
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
