@@ -1,4 +1,9 @@
-"""The exceptions Headrace raises; messages name the step and the fix.
+"""The exceptions Headrace raises, and what a step's error policy makes of a failed item.
+
+Exceptions: messages name the step and the fix. `DeadLetter` is the record
+an operator called with ``on_error="dead_letter"`` emits for an item its user
+function failed on (see `headrace.operators.dead_letters`); `ErrorPolicy`
+names the policies.
 
 >>> issubclass(BytewaxRuntimeError, RuntimeError)
 True
@@ -6,7 +11,48 @@ True
 
 from __future__ import annotations
 
-__all__ = ["BytewaxRuntimeError", "HeadraceError", "HeadraceRuntimeError", "ImportStringError"]
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "BytewaxRuntimeError",
+    "DeadLetter",
+    "ErrorPolicy",
+    "HeadraceError",
+    "HeadraceRuntimeError",
+    "ImportStringError",
+]
+
+ErrorPolicy = Literal["fail", "skip", "dead_letter"]
+"""What a step does when its user function raises on an item.
+
+``"fail"`` (the default) stops the run with Bytewax's error; ``"skip"``
+drops the item, counts it and logs it at a bounded rate; ``"dead_letter"``
+also counts it and emits a `DeadLetter` on the flow's dead-letter stream.
+"""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An item a step's user function raised on, as sent to the dead-letter stream.
+
+    ``step_id`` is the operator's full id, ``key`` the item's key for keyed
+    steps (else ``None``), ``exc_type`` the exception's qualified class name,
+    ``traceback`` its last frames as text, and ``epoch`` the epoch in which
+    the item failed (dead letters are part of that epoch, as any output).
+
+    >>> dl = DeadLetter("f.parse", "x", None, "ValueError", "bad", "...", 1)
+    >>> dl.step_id, dl.item, dl.exc_type, dl.epoch
+    ('f.parse', 'x', 'ValueError', 1)
+    """
+
+    step_id: str
+    item: Any
+    key: str | None
+    exc_type: str
+    message: str
+    traceback: str
+    epoch: int
 
 
 class HeadraceError(Exception):

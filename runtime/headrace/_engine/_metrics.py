@@ -73,6 +73,11 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("step_id", "worker_index"),
         "Time inside a step's user callbacks.",
     ),
+    "headrace_step_errors_total": (
+        "counter",
+        ("step_id", "policy"),
+        "Items a step's user function raised on, handled by its error policy (skip, dead_letter).",
+    ),
     "headrace_worker_busy_seconds_total": (
         "counter",
         ("worker_index",),

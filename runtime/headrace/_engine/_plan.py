@@ -129,6 +129,18 @@ def _build_error(reason: str) -> NoReturn:
     raise BytewaxRuntimeError(f"error building production dataflow: {reason}") from ValueError(reason)
 
 
+def _check_dead_letters_read(steps: list[CoreStep]) -> None:
+    """Fail the build if a step sends dead letters (``on_error="dead_letter"``) that nothing reads."""
+    read = {inp for s in steps for inp in s.inputs}
+    for s in steps:
+        owner = getattr(s.conf.get("predicate"), "_headrace_dead_letters", None)
+        if owner is not None and s.outputs["trues"] not in read:
+            _build_error(
+                f'step {owner!r} has `on_error="dead_letter"` but no `dead_letters` step reads '
+                "its dead letters; declare `op.dead_letters(...)` after it and send that to an output"
+            )
+
+
 def build_plan(flow: Dataflow) -> Plan:
     """Flatten and validate ``flow``; raise `BytewaxRuntimeError` saying what to add.
 
@@ -167,6 +179,7 @@ Dataflow needs to contain at least one input step; add with `headrace.operators.
             "`headrace.operators.output` or `headrace.operators.inspect` (dataflow "
             f"{flow.flow_id!r} has none, so nothing would run; e.g. output to `StdOutSink()`)"
         )
+    _check_dead_letters_read(steps)
     plan = Plan(flow.flow_id, _prune(steps))
     for s in plan.steps:
         for out in s.outputs.values():

@@ -38,6 +38,7 @@ from headrace.operators._core import (
     redistribute,
     stateful_batch,
 )
+from headrace.operators._dead_letters import dead_letters
 from headrace.operators._stateful import (
     JoinEmitMode,
     JoinInsertMode,
@@ -90,6 +91,7 @@ __all__ = [
     "branch",
     "collect",
     "count_final",
+    "dead_letters",
     "enrich_cached",
     "f_repr",
     "filter",

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 from headrace.dataflow import Stream, _bytewax_nesting, _current_display_id, f_repr, operator
+from headrace.errors import ErrorPolicy
 from headrace.inputs import _utc_now
 from headrace.operators._core import (
     StatefulBatchLogic,
@@ -21,6 +22,7 @@ from headrace.operators._core import (
     merge,
     stateful_batch,
 )
+from headrace.operators._dead_letters import Reporter, check_policy, split_failures
 from headrace.operators._stateless import _identity, key_on, map, map_value
 
 V = TypeVar("V")
@@ -128,13 +130,45 @@ class _ItemShim(StatefulBatchLogic[V, W, S]):
         return self.logic.snapshot()
 
 
+class _GuardedItemShim(_ItemShim[V, W, S]):
+    """`_ItemShim` under an error policy: a value whose ``on_item`` raises is reported, not fatal."""
+
+    __slots__ = ("reporter",)
+
+    def __init__(
+        self, builder: Callable[[S | None], StatefulLogic[V, W, S]], reporter: Reporter, resume: S | None
+    ):
+        super().__init__(builder, resume)
+        self.reporter = reporter
+
+    def on_batch(self, values: list[V]) -> tuple[Iterable[W], bool]:
+        out: list[Any] = []
+        for v in values:
+            if self.logic is None:
+                self.logic = self.builder(None)
+            try:
+                ws, discard = self.logic.on_item(v)
+                out.extend(ws)
+            except Exception as exc:
+                out.extend(self.reporter.failed(v, exc))
+                continue
+            if discard:
+                self.logic = None
+        return out, self.logic is None
+
+
 @operator
 def stateful(
     step_id: str,
     up: Stream[tuple[str, V]],
     builder: Callable[[S | None], StatefulLogic[V, W, S]],
+    *,
+    on_error: ErrorPolicy = "fail",
 ) -> Stream[tuple[str, W]]:
     """Run per-key `StatefulLogic` with timers, EOF handling and snapshots.
+
+    ``on_error`` applies to ``on_item`` (as for `map`; the dead letter has
+    the key); a failing ``on_notify``, ``on_eof`` or builder stops the run.
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -149,7 +183,12 @@ def stateful(
     [('a', 1), ('a', 3)]
     """
     _check_callable(step_id, "builder", builder)
-    return stateful_batch("stateful_batch", up, lambda resume: _ItemShim(builder, resume))
+    policy = check_policy(up._scope.parent_id, on_error)
+    if policy == "fail":
+        return stateful_batch("stateful_batch", up, lambda resume: _ItemShim(builder, resume))
+    reporter = Reporter(up._scope.parent_id, policy)
+    out = stateful_batch("stateful_batch", up, lambda resume: _GuardedItemShim(builder, reporter, resume))
+    return split_failures(out, keyed=True) if policy == "dead_letter" else out
 
 
 def _bad_tuple(mapper: Callable[..., Any], step_id: str, ret: Any, what: str) -> TypeError:
@@ -192,16 +231,69 @@ class _MapLogic(StatefulBatchLogic[V, W, S]):
         return self.state  # type: ignore[return-value]
 
 
+class _GuardedMapLogic(_MapLogic[V, W, S]):
+    """`_MapLogic` under an error policy: a value the mapper raises on leaves the state as it was."""
+
+    __slots__ = ("reporter",)
+
+    def __init__(
+        self,
+        mapper: Callable[[S | None, V], Any],
+        step_id: str,
+        flat: bool,
+        reporter: Reporter,
+        state: S | None,
+    ) -> None:
+        super().__init__(mapper, step_id, flat, state)
+        self.reporter = reporter
+
+    def on_batch(self, values: list[V]) -> tuple[Iterable[W], bool]:
+        mapper = self.mapper
+        state = self.state
+        out: list[Any] = []
+        flat = self.flat
+        for v in values:
+            try:
+                ret = mapper(state, v)
+                try:
+                    new_state, w = ret
+                except (TypeError, ValueError) as exc:
+                    what = "emit_values" if flat else "emit_value"
+                    raise _bad_tuple(mapper, self.step_id, ret, what) from exc
+                ws = list(w) if flat else [w]
+            except Exception as exc:
+                out.extend(self.reporter.failed(v, exc))
+                continue
+            state = new_state
+            out.extend(ws)
+        self.state = state
+        return out, state is None
+
+
+def _map_logic(
+    mapper: Callable[..., Any], step_id: str, flat: bool, on_error: object
+) -> tuple[Callable[[Any], StatefulBatchLogic[Any, Any, Any]], str]:
+    """`stateful_map`'s (``flat``: `stateful_flat_map`'s) logic builder under ``on_error``; the policy."""
+    policy = check_policy(step_id, on_error)
+    if policy == "fail":
+        return lambda resume: _MapLogic(mapper, step_id, flat, resume), policy
+    reporter = Reporter(step_id, policy)
+    return lambda resume: _GuardedMapLogic(mapper, step_id, flat, reporter, resume), policy
+
+
 @operator
 def stateful_map(
     step_id: str,
     up: Stream[tuple[str, V]],
     mapper: Callable[[S | None, V], tuple[S | None, W]],
+    *,
+    on_error: ErrorPolicy = "fail",
 ) -> Stream[tuple[str, W]]:
     """Per-key map with state: ``mapper(state, value) -> (new_state, out)``.
 
     ``state`` is ``None`` for a new key; returning ``None`` as the new state
-    forgets the key.
+    forgets the key. ``on_error``: as for `map`; a value the mapper raises
+    on leaves the key's state as it was, and its dead letter has the key.
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -217,8 +309,10 @@ def stateful_map(
     """
     _check_callable(step_id, "mapper", mapper)
     full = up._scope.parent_id
+    builder, policy = _map_logic(mapper, full, False, on_error)
     with _bytewax_nesting("stateful_flat_map", "stateful"):
-        return stateful_batch("stateful_batch", up, lambda resume: _MapLogic(mapper, full, False, resume))
+        out = stateful_batch("stateful_batch", up, builder)
+    return split_failures(out, keyed=True) if policy == "dead_letter" else out
 
 
 @operator
@@ -226,8 +320,13 @@ def stateful_flat_map(
     step_id: str,
     up: Stream[tuple[str, V]],
     mapper: Callable[[S | None, V], tuple[S | None, Iterable[W]]],
+    *,
+    on_error: ErrorPolicy = "fail",
 ) -> Stream[tuple[str, W]]:
     """Like `stateful_map`, but the mapper emits an iterable of outputs.
+
+    ``on_error``: as for `stateful_map` (an error while iterating the
+    outputs is the value's too; none of them is kept).
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -244,8 +343,10 @@ def stateful_flat_map(
     """
     _check_callable(step_id, "mapper", mapper)
     full = up._scope.parent_id
+    builder, policy = _map_logic(mapper, full, True, on_error)
     with _bytewax_nesting("stateful"):
-        return stateful_batch("stateful_batch", up, lambda resume: _MapLogic(mapper, full, True, resume))
+        out = stateful_batch("stateful_batch", up, builder)
+    return split_failures(out, keyed=True) if policy == "dead_letter" else out
 
 
 _PLAIN_TYPES = frozenset({list, dict, set, tuple, int, float, str, frozenset, bytes})

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from headrace.dataflow import Stream, _bytewax_nesting, f_repr, operator
+from headrace.errors import ErrorPolicy
 from headrace.inputs import _utc_now
 from headrace.operators._core import (
     _check_callable,
@@ -16,6 +17,7 @@ from headrace.operators._core import (
     flat_map_batch,
     inspect_debug,
 )
+from headrace.operators._dead_letters import check_policy, guarded_stateless
 from headrace.outputs import DynamicSink, StatelessSinkPartition
 
 X = TypeVar("X")
@@ -27,8 +29,23 @@ DV = TypeVar("DV")
 
 
 @operator
-def map(step_id: str, up: Stream[X], mapper: Callable[[X], Y]) -> Stream[Y]:
+def map(
+    step_id: str, up: Stream[X], mapper: Callable[[X], Y], *, on_error: ErrorPolicy = "fail"
+) -> Stream[Y]:
     """Transform each item one-to-one.
+
+    ``on_error`` says what an item ``mapper`` raises on does: ``"fail"``
+    stops the run (Bytewax's behaviour), ``"skip"`` drops it (counted and
+    logged), ``"dead_letter"`` sends it to `dead_letters`:
+
+    >>> import headrace.operators as op
+    >>> from headrace.dataflow import Dataflow
+    >>> from headrace.testing import TestingSource, TestingSink, run_main
+    >>> flow = Dataflow("d"); out = []
+    >>> s = op.map("inv", op.input("i", flow, TestingSource([1, 0, 4])), lambda x: 8 // x,
+    ...            on_error="skip")
+    >>> op.output("o", s, TestingSink(out)); run_main(flow); out
+    [8, 2]
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -40,12 +57,19 @@ def map(step_id: str, up: Stream[X], mapper: Callable[[X], Y]) -> Stream[Y]:
     ['1', '2']
     """
     _check_callable(step_id, "mapper", mapper)
+    if check_policy(up._scope.parent_id, on_error) != "fail":
+        return guarded_stateless(up, "map", mapper, on_error)
     return flat_map_batch("flat_map_batch", up, _fusable("map", mapper, lambda xs: [mapper(x) for x in xs]))
 
 
 @operator
-def filter(step_id: str, up: Stream[X], predicate: Callable[[X], bool]) -> Stream[X]:
+def filter(
+    step_id: str, up: Stream[X], predicate: Callable[[X], bool], *, on_error: ErrorPolicy = "fail"
+) -> Stream[X]:
     """Keep only the items for which ``predicate`` is true.
+
+    ``on_error``: as for `map` (an item ``predicate`` raises on is dropped
+    with ``"skip"``, sent to `dead_letters` with ``"dead_letter"``).
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -56,6 +80,8 @@ def filter(step_id: str, up: Stream[X], predicate: Callable[[X], bool]) -> Strea
     [1, 3]
     """
     _check_callable(step_id, "predicate", predicate)
+    if check_policy(up._scope.parent_id, on_error) != "fail":
+        return guarded_stateless(up, "filter", predicate, on_error)
     with _bytewax_nesting("flat_map"):
         return flat_map_batch(
             "flat_map_batch",
@@ -65,8 +91,12 @@ def filter(step_id: str, up: Stream[X], predicate: Callable[[X], bool]) -> Strea
 
 
 @operator
-def filter_map(step_id: str, up: Stream[X], mapper: Callable[[X], Y | None]) -> Stream[Y]:
+def filter_map(
+    step_id: str, up: Stream[X], mapper: Callable[[X], Y | None], *, on_error: ErrorPolicy = "fail"
+) -> Stream[Y]:
     """Transform each item, dropping those mapped to ``None``.
+
+    ``on_error``: as for `map`.
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -78,6 +108,8 @@ def filter_map(step_id: str, up: Stream[X], mapper: Callable[[X], Y | None]) -> 
     [1, 3]
     """
     _check_callable(step_id, "mapper", mapper)
+    if check_policy(up._scope.parent_id, on_error) != "fail":
+        return guarded_stateless(up, "filter_map", mapper, on_error)
 
     def batch_fn(xs: list[X]) -> list[Y]:
         return [y for y in (mapper(x) for x in xs) if y is not None]
@@ -87,8 +119,13 @@ def filter_map(step_id: str, up: Stream[X], mapper: Callable[[X], Y | None]) -> 
 
 
 @operator
-def flat_map(step_id: str, up: Stream[X], mapper: Callable[[X], Iterable[Y]]) -> Stream[Y]:
+def flat_map(
+    step_id: str, up: Stream[X], mapper: Callable[[X], Iterable[Y]], *, on_error: ErrorPolicy = "fail"
+) -> Stream[Y]:
     """Transform each item into any number of items.
+
+    ``on_error``: as for `map`; an error while iterating what ``mapper``
+    returned counts as the item's (none of its outputs is kept).
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -99,6 +136,8 @@ def flat_map(step_id: str, up: Stream[X], mapper: Callable[[X], Iterable[Y]]) ->
     ['a', 'b', 'c']
     """
     _check_callable(step_id, "mapper", mapper)
+    if check_policy(up._scope.parent_id, on_error) != "fail":
+        return guarded_stateless(up, "flat_map", mapper, on_error)
     return flat_map_batch(
         "flat_map_batch",
         up,

@@ -1,0 +1,387 @@
+"""Error policies (``on_error=``) of each operator family, and the dead-letter stream.
+
+Every test runs real dataflows and compares exact outputs: the items that
+passed, the `DeadLetter` records, the error counter, the log lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import headrace.operators as op
+from headrace._engine._metrics import M
+from headrace.dataflow import Dataflow, Stream
+from headrace.errors import BytewaxRuntimeError, DeadLetter
+from headrace.operators import _dead_letters
+from headrace.recovery import RecoveryConfig, init_db_dir
+from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
+
+ZERO = timedelta(0)
+
+
+def _errors(step_id: str, policy: str) -> float:
+    for fam in M["headrace_step_errors_total"].collect():
+        for s in fam.samples:
+            if s.name.endswith("_total") and s.labels == {"step_id": step_id, "policy": policy}:
+                return float(s.value)
+    return 0.0
+
+
+def _dl(d: DeadLetter) -> tuple[Any, ...]:
+    return (d.step_id, d.item, d.key, d.exc_type, d.message, d.epoch)
+
+
+def _run(
+    build: Any, items: list[Any], policy: str, flow_id: str = "dl"
+) -> tuple[list[Any], list[tuple[Any, ...]]]:
+    flow = Dataflow(flow_id)
+    out: list[Any] = []
+    bad: list[DeadLetter] = []
+    s = build(op.input("inp", flow, TestingSource(items)), policy)
+    op.output("out", s, TestingSink(out))
+    if policy == "dead_letter":
+        op.output("dead", op.dead_letters("dead_letters", flow), TestingSink(bad))
+    run_main(flow)
+    return out, [_dl(d) for d in bad]
+
+
+# ------------------------------------------------------------ stateless
+
+
+def _inv(x: int) -> int:
+    return 12 // x
+
+
+STATELESS: dict[str, tuple[Any, list[Any], list[Any], list[tuple[Any, ...]]]] = {
+    "map": (
+        lambda up, p: op.map("m", up, _inv, on_error=p),
+        [1, 0, 4],
+        [12, 3],
+        [("dl.m", 0, None, "ZeroDivisionError", "integer division or modulo by zero", 1)],
+    ),
+    "filter": (
+        lambda up, p: op.filter("f", up, lambda x: _inv(x) > 3, on_error=p),
+        [1, 0, 4],
+        [1],
+        [("dl.f", 0, None, "ZeroDivisionError", "integer division or modulo by zero", 1)],
+    ),
+    "filter_map": (
+        lambda up, p: op.filter_map("fm", up, lambda x: _inv(x) if x != 4 else None, on_error=p),
+        [1, 0, 4, 6],
+        [12, 2],
+        [("dl.fm", 0, None, "ZeroDivisionError", "integer division or modulo by zero", 1)],
+    ),
+    "flat_map": (
+        lambda up, p: op.flat_map("fl", up, lambda x: (_inv(y) for y in range(x, -1, -1)), on_error=p),
+        [0, 2],
+        [],
+        [
+            ("dl.fl", 0, None, "ZeroDivisionError", "integer division or modulo by zero", 1),
+            ("dl.fl", 2, None, "ZeroDivisionError", "integer division or modulo by zero", 1),
+        ],
+    ),
+    "flat_map_not_iterable": (
+        lambda up, p: op.flat_map("fl", up, lambda x: [x] if x else None, on_error=p),
+        [1, 0, 2],
+        [1, 2],
+        [("dl.fl", 0, None, "TypeError", "'NoneType' object is not iterable", 1)],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATELESS))
+def test_stateless_skip_drops_and_counts(name: str) -> None:
+    build, items, good, dead = STATELESS[name]
+    before = _errors(dead[0][0], "skip")
+    out, bad = _run(build, items, "skip")
+    assert out == good
+    assert bad == []
+    assert _errors(dead[0][0], "skip") - before == len(dead)
+
+
+@pytest.mark.parametrize("name", sorted(STATELESS))
+def test_stateless_dead_letter_sends_each_failed_item(name: str) -> None:
+    build, items, good, dead = STATELESS[name]
+    before = _errors(dead[0][0], "dead_letter")
+    out, bad = _run(build, items, "dead_letter")
+    assert out == good
+    assert bad == dead
+    assert _errors(dead[0][0], "dead_letter") - before == len(dead)
+
+
+def test_fail_is_the_default_with_bytewax_words() -> None:
+    flow = Dataflow("dl")
+    s = op.map("m", op.input("inp", flow, TestingSource([1, 0])), _inv, on_error="fail")
+    op.output("out", s, TestingSink([]))
+    with pytest.raises(BytewaxRuntimeError) as info:
+        run_main(flow)
+    assert str(info.value) == (
+        'error calling `mapper` in step "dl.m.flat_map_batch" on item 0: '
+        "ZeroDivisionError: integer division or modulo by zero"
+    )
+    # "fail" builds exactly the steps of a call without `on_error`.
+    plain = Dataflow("dl")
+    op.map("m", op.input("inp", plain, TestingSource([1])), _inv)
+    assert [s.step_id for s in flow.substeps[1].substeps] == [s.step_id for s in plain.substeps[1].substeps]
+
+
+def test_a_fused_chain_applies_each_steps_policy() -> None:
+    flow = Dataflow("dl")
+    out: list[Any] = []
+    bad: list[DeadLetter] = []
+    s = op.input("inp", flow, TestingSource(["6", "x", "0", "3", "-1"]))
+    s = op.map("parse", s, int, on_error="skip")
+    s = op.map("inv", s, _inv, on_error="dead_letter")
+    s = op.filter("even", s, lambda x: x % 2 == 0)
+    s = op.map("neg", s, lambda x: x if x > 0 else int("neg"), on_error="dead_letter")
+    op.output("out", s, TestingSink(out))
+    op.output("dead", op.dead_letters("dead_letters", flow), TestingSink(bad))
+    run_main(flow)
+    assert out == [2, 4]
+    assert [_dl(d) for d in bad] == [
+        ("dl.inv", 0, None, "ZeroDivisionError", "integer division or modulo by zero", 1),
+        ("dl.neg", -12, None, "ValueError", "invalid literal for int() with base 10: 'neg'", 1),
+    ]
+    assert bad[1].traceback.startswith("Traceback (most recent call last):\n")
+    assert bad[1].traceback.endswith("ValueError: invalid literal for int() with base 10: 'neg'\n")
+
+
+def test_unfused_runs_the_same() -> None:
+    from headrace._engine import execute
+
+    flow = Dataflow("dl")
+    out: list[Any] = []
+    bad: list[DeadLetter] = []
+    s = op.map("inv", op.input("inp", flow, TestingSource([3, 0, 6])), _inv, on_error="dead_letter")
+    op.output("out", s, TestingSink(out))
+    op.output("dead", op.dead_letters("dead_letters", flow), TestingSink(bad))
+    execute(flow, fuse=False)
+    assert out == [4, 2]
+    assert [(d.item, d.epoch) for d in bad] == [(0, 1)]
+
+
+# ------------------------------------------------------------ stateful
+
+
+def _running(state: int | None, v: int) -> tuple[int, int]:
+    state = (state or 0) + 12 // v
+    return state, state
+
+
+STATEFUL: dict[str, tuple[Any, list[Any], list[Any], list[tuple[Any, ...]]]] = {
+    "stateful_map": (
+        lambda up, p: op.stateful_map("s", up, _running, on_error=p),
+        [("a", 1), ("a", 0), ("b", 0), ("b", 4), ("a", 6)],
+        [("a", 12), ("b", 3), ("a", 14)],
+        [
+            ("dl.s", 0, "a", "ZeroDivisionError", "integer division or modulo by zero", 1),
+            ("dl.s", 0, "b", "ZeroDivisionError", "integer division or modulo by zero", 1),
+        ],
+    ),
+    "stateful_map_bad_return": (
+        lambda up, p: op.stateful_map("s", up, lambda st, v: (v, v) if v else v, on_error=p),
+        [("a", 1), ("a", 0), ("a", 2)],
+        [("a", 1), ("a", 2)],
+        [("dl.s", 0, "a", "TypeError", "", 1)],  # the message: see the test
+    ),
+    "stateful_flat_map": (
+        lambda up, p: op.stateful_flat_map("s", up, lambda st, v: (v, [12 // v, v]), on_error=p),
+        [("a", 3), ("b", 0), ("a", 4)],
+        [("a", 4), ("a", 3), ("a", 3), ("a", 4)],
+        [("dl.s", 0, "b", "ZeroDivisionError", "integer division or modulo by zero", 1)],
+    ),
+}
+
+
+class _Sum(op.StatefulLogic[int, int, int]):
+    def __init__(self, state: int | None) -> None:
+        self.total = state or 0
+
+    def on_item(self, value: int) -> tuple[list[int], bool]:
+        self.total += 12 // value
+        return [self.total], False
+
+    def snapshot(self) -> int:
+        return self.total
+
+
+STATEFUL["stateful"] = (
+    lambda up, p: op.stateful("s", up, _Sum, on_error=p),
+    [("a", 6), ("a", 0), ("a", 3)],
+    [("a", 2), ("a", 6)],
+    [("dl.s", 0, "a", "ZeroDivisionError", "integer division or modulo by zero", 1)],
+)
+
+
+def _same(bad: list[tuple[Any, ...]], dead: list[tuple[Any, ...]]) -> bool:
+    # A message of "" stands for one naming the mapper and its line (checked apart).
+    return len(bad) == len(dead) and all(
+        b[:4] == d[:4] and b[5] == d[5] and (b[4] == d[4] or d[4] == "")
+        for b, d in zip(bad, dead, strict=True)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_stateful_skip_keeps_the_state_and_counts(name: str) -> None:
+    build, items, good, dead = STATEFUL[name]
+    before = _errors("dl.s", "skip")
+    out, bad = _run(build, items, "skip")
+    assert out == good
+    assert bad == []
+    assert _errors("dl.s", "skip") - before == len(dead)
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_stateful_dead_letter_has_the_key(name: str) -> None:
+    build, items, good, dead = STATEFUL[name]
+    out, bad = _run(build, items, "dead_letter")
+    assert out == good
+    assert _same(bad, dead), bad
+    if name == "stateful_map_bad_return":
+        assert bad[0][4].endswith(
+            "in step 'dl.s' must be a 2-tuple of `(updated_state, emit_value)`; got a <class 'int'> instead"
+        )
+
+
+def test_stateful_state_survives_in_recovery_under_skip(tmp_path: Path) -> None:
+    # A failed value leaves the key's state as it was, also across a resume.
+    init_db_dir(tmp_path, 1)
+    config = RecoveryConfig(str(tmp_path))
+    items = [("a", 1), ("a", 0), TestingSource.ABORT(), ("a", 6)]
+
+    def build() -> tuple[Dataflow, list[Any]]:
+        flow = Dataflow("dl_resume")
+        out: list[Any] = []
+        s = op.stateful_map("s", op.input("inp", flow, TestingSource(items)), _running, on_error="skip")
+        op.output("out", s, TestingSink(out))
+        return flow, out
+
+    flow, out = build()
+    run_main(flow, epoch_interval=ZERO, recovery_config=config)
+    assert out == [("a", 12)]
+    flow, out = build()
+    run_main(flow, epoch_interval=ZERO, recovery_config=config)
+    assert out == [("a", 14)]
+
+
+# ------------------------------------------------------------ recovery and workers
+
+
+def test_dead_letters_are_part_of_their_epoch_across_a_resume(tmp_path: Path) -> None:
+    init_db_dir(tmp_path, 1)
+    config = RecoveryConfig(str(tmp_path))
+    items = ["1", "x", "2", TestingSource.ABORT(), "y", "3"]
+
+    def build() -> tuple[Dataflow, list[Any], list[DeadLetter]]:
+        flow = Dataflow("dl_epochs")
+        out: list[Any] = []
+        bad: list[DeadLetter] = []
+        s = op.map("parse", op.input("inp", flow, TestingSource(items)), int, on_error="dead_letter")
+        op.output("out", s, TestingSink(out))
+        op.output("dead", op.dead_letters("dead_letters", flow), TestingSink(bad))
+        return flow, out, bad
+
+    flow, out, bad = build()
+    run_main(flow, epoch_interval=ZERO, recovery_config=config)
+    assert out == [1, 2]
+    assert [(d.item, d.epoch) for d in bad] == [("x", 2)]
+    flow, out, bad = build()
+    run_main(flow, epoch_interval=ZERO, recovery_config=config)
+    assert out == [3]
+    assert [d.item for d in bad] == ["y"]
+    assert bad[0].epoch > 3
+
+
+def test_two_workers_each_send_their_dead_letters() -> None:
+    from tests.servers import free_port
+
+    flow = Dataflow("dl_two")
+    out: list[Any] = []
+    bad: list[DeadLetter] = []
+    items = [("k" + str(i % 5), i % 4) for i in range(40)]
+    s = op.input("inp", flow, TestingSource(items))
+    s = op.stateful_map("s", s, _running, on_error="dead_letter")
+    op.output("out", s, TestingSink(out))
+    op.output("dead", op.dead_letters("dead_letters", flow), TestingSink(bad))
+    cluster_main(flow, [f"127.0.0.1:{free_port()}"], 0, worker_count_per_proc=2)
+    assert len(out) == 30
+    assert sorted((d.key, d.item) for d in bad) == sorted((f"k{i % 5}", 0) for i in range(0, 40, 4))
+
+
+def test_dead_letter_records_pickle() -> None:
+    d = DeadLetter("f.m", {"x": 1}, "k", "ValueError", "bad", "tb", 3)
+    assert pickle.loads(pickle.dumps(d)) == d
+    f = _dead_letters._Failure("f.m", 1, ValueError("bad"))
+    assert pickle.loads(pickle.dumps(f)).record() == f.record()
+
+
+# ------------------------------------------------------------ building
+
+
+def test_dead_letters_nobody_reads_fail_the_build() -> None:
+    flow = Dataflow("dl")
+    s = op.map("m", op.input("inp", flow, TestingSource([1])), _inv, on_error="dead_letter")
+    op.output("out", s, TestingSink([]))
+    with pytest.raises(BytewaxRuntimeError) as info:
+        run_main(flow)
+    assert str(info.value) == (
+        "error building production dataflow: step 'dl.m' has `on_error=\"dead_letter\"` but no "
+        "`dead_letters` step reads its dead letters; declare `op.dead_letters(...)` after it and "
+        "send that to an output"
+    )
+
+
+def test_dead_letters_before_any_step_is_an_error() -> None:
+    flow = Dataflow("dl")
+    op.input("inp", flow, TestingSource([1]))
+    with pytest.raises(ValueError, match='no step declared before it has `on_error="dead_letter"`'):
+        op.dead_letters("dead_letters", flow)
+
+
+def test_an_unknown_policy_is_refused() -> None:
+    flow = Dataflow("dl")
+    s = op.input("inp", flow, TestingSource([1]))
+    with pytest.raises(ValueError) as info:
+        op.map("m", s, _inv, on_error="ignore")  # type: ignore[arg-type]
+    assert str(info.value) == "step 'dl.m': `on_error` must be 'fail', 'skip' or 'dead_letter'; got 'ignore'"
+
+
+def test_on_error_is_keyword_only() -> None:
+    s: Stream[Any] = op.input("inp", Dataflow("dl"), TestingSource([1]))
+    with pytest.raises(TypeError, match="operator 'map' called incorrectly"):
+        op.map("m", s, _inv, "skip")  # type: ignore[misc]
+
+
+# ------------------------------------------------------------ logging
+
+
+def test_skip_logs_at_most_once_per_interval_with_the_count(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.WARNING, logger="headrace.operators")
+    monkeypatch.setattr(_dead_letters, "LOG_EVERY_SECONDS", 3600.0)
+    out, _ = _run(lambda up, p: op.map("m", up, _inv, on_error=p), [0] * 25 + [3], "skip", "dl_log")
+    assert out == [4]
+    assert [r.getMessage() for r in caplog.records] == [
+        "step 'dl_log.m' skipped an item: ZeroDivisionError: integer division or modulo by zero; item: 0"
+    ]
+
+
+def test_the_next_log_line_counts_those_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="headrace.operators")
+    r = _dead_letters.Reporter("dl_log.n", "dead_letter")
+    for i in range(5):
+        r.failed(i, KeyError(i))
+    r._next_log = 0.0  # the interval has passed
+    r.failed("x" * 300, KeyError("last"))
+    assert [rec.getMessage() for rec in caplog.records] == [
+        "step 'dl_log.n' sent an item to the dead letters: KeyError: 0; item: 0",
+        "step 'dl_log.n' sent an item to the dead letters (4 more since the last report): "
+        f"KeyError: 'last'; item: '{'x' * 199}...",
+    ]
