@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import pickle
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import headrace.operators as op
+import headrace.operators.windowing as win
 from headrace._engine._metrics import M
 from headrace.dataflow import Dataflow, Stream
 from headrace.errors import BytewaxRuntimeError, DeadLetter
@@ -385,3 +386,77 @@ def test_the_next_log_line_counts_those_not_logged(caplog: pytest.LogCaptureFixt
         "step 'dl_log.n' sent an item to the dead letters (4 more since the last report): "
         f"KeyError: 'last'; item: '{'x' * 199}...",
     ]
+
+
+# ------------------------------------------------------------ windows
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+WINDOW_ITEMS = [("k", (T0 + timedelta(seconds=s), v)) for s, v in ((1, 1), (2, 0), (3, 4), (12, 0), (13, 6))]
+
+
+def _fold(wait: timedelta, policy: str, reduce: bool = False) -> tuple[list[Any], list[tuple[Any, ...]]]:
+    clock = win.EventClock(lambda v: v[0], wait_for_system_duration=wait)
+    windower = win.TumblingWindower(timedelta(seconds=10), T0)
+
+    def build(up: Stream[Any], p: str) -> Stream[Any]:
+        if reduce:
+            r = win.reduce_window(
+                "w", up, clock, windower, lambda a, b: (b[0], a[1] + 12 // b[1]), on_error=p
+            )
+            return op.map_value("sums", r.down, lambda iv: (iv[0], iv[1][1]))
+        return win.fold_window(
+            "w", up, clock, windower, lambda: 0, lambda a, v: a + 12 // v[1], lambda a, b: a + b, on_error=p
+        ).down
+
+    out, bad = _run(build, WINDOW_ITEMS, policy)
+    return out, [(step, item[1], key, exc, epoch) for step, item, key, exc, _msg, epoch in bad]
+
+
+# wait 0: the fused tumbling loop; wait 5 s: the general engine (values wait for the watermark).
+@pytest.mark.parametrize("wait", [ZERO, timedelta(seconds=5)])
+def test_fold_window_policies(wait: timedelta) -> None:
+    before = _errors("dl.w", "skip")
+    assert _fold(wait, "skip") == ([("k", (0, 15)), ("k", (1, 2))], [])
+    assert _errors("dl.w", "skip") - before == 2
+    out, bad = _fold(wait, "dead_letter")
+    assert out == [("k", (0, 15)), ("k", (1, 2))]
+    assert bad == [("dl.w", 0, "k", "ZeroDivisionError", 1)] * 2
+
+
+def test_reduce_window_policies() -> None:
+    # The first value starts the window; 12 // 0 fails for the others.
+    assert _fold(ZERO, "skip", reduce=True) == ([("k", (0, 4)), ("k", (1, 2))], [])
+    out, bad = _fold(ZERO, "dead_letter", reduce=True)
+    assert out == [("k", (0, 4)), ("k", (1, 2))]
+    assert bad == [("dl.w", 0, "k", "ZeroDivisionError", 1)]
+
+
+def test_fold_window_dead_letters_on_two_workers() -> None:
+    from tests.servers import free_port
+
+    flow = Dataflow("dl_win2")
+    out: list[Any] = []
+    bad: list[DeadLetter] = []
+    items = [(f"k{i % 3}", (T0 + timedelta(seconds=i), i % 4)) for i in range(30)]
+    clock = win.EventClock(lambda v: v[0], wait_for_system_duration=ZERO)
+    w = win.fold_window(
+        "w",
+        op.input("inp", flow, TestingSource(items)),
+        clock,
+        win.TumblingWindower(timedelta(seconds=10), T0),
+        lambda: 0,
+        lambda a, v: a + 12 // v[1],
+        lambda a, b: a + b,
+        on_error="dead_letter",
+    )
+    op.output("out", w.down, TestingSink(out))
+    op.output("dead", op.dead_letters("dead_letters", flow), TestingSink(bad))
+    cluster_main(flow, [f"127.0.0.1:{free_port()}"], 0, worker_count_per_proc=2)
+    expected: dict[tuple[str, int], int] = {}
+    for key, (ts, v) in items:
+        wid = (ts - T0) // timedelta(seconds=10)
+        expected.setdefault((key, wid), 0)
+        if v:
+            expected[(key, wid)] += 12 // v
+    assert sorted(out) == sorted((k, (wid, n)) for (k, wid), n in expected.items())
+    assert sorted((d.key, d.item[1]) for d in bad) == sorted((f"k{i % 3}", 0) for i in range(0, 30, 4))

@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, get_args
 
 from headrace.dataflow import _BUILD, Dataflow, Stream, operator
@@ -222,12 +222,14 @@ def guarded_stateless(up: Stream[Any], kind: str, fn: Callable[..., Any], policy
     return split_failures(out, keyed=False) if policy == "dead_letter" else out
 
 
-def split_failures(stream: Stream[X], keyed: bool) -> Stream[X]:
+def split_failures(stream: Stream[X], keyed: bool, step: str | None = None) -> Stream[X]:
     """Split ``_Failure`` markers (or ``(key, marker)`` pairs) off ``stream`` into the flow's dead letters.
 
-    Call it inside an operator's body; returns the items that did not fail.
+    Call it inside an operator's body (``step``: the operator whose
+    failures they are, by default that one); returns the items that did
+    not fail.
     """
-    step = stream._scope.parent_id
+    step = step or stream._scope.parent_id
     if keyed:
 
         def is_failure(x: Any) -> bool:
@@ -290,3 +292,99 @@ def dead_letters(step_id: str, flow: Dataflow) -> Stream[DeadLetter]:
     failures = merge("merge", *(Stream(sid, scope) for sid in ids))
     stamped = inspect_debug("epoch", failures, _stamp)
     return flat_map_batch("record", stamped, _records)
+
+
+# Failures of user functions that have no output of their own (a window's
+# folder returns an accumulator), per worker thread, until the step's logic
+# call that made them returns and `_DrainingLogic` emits them.
+_PENDING = threading.local()
+
+
+def _pending() -> list[_Failure]:
+    pending: list[_Failure] | None = getattr(_PENDING, "failures", None)
+    if pending is None:
+        pending = _PENDING.failures = []
+    return pending
+
+
+class GuardedFolder:
+    """A folder (``folder(acc, value) -> acc``) under an error policy: a value it raises on leaves ``acc``.
+
+    Under ``dead_letter`` the failure waits on this thread until the step's
+    logic call returns (see `DrainingBuilder`).
+
+    >>> f = GuardedFolder(lambda acc, v: acc + 12 // v, Reporter("doc.w", "skip"))
+    >>> f(f(f(0, 1), 0), 6)
+    14
+    """
+
+    __slots__ = ("folder", "reporter")
+
+    def __init__(self, folder: Callable[[Any, Any], Any], reporter: Reporter) -> None:
+        self.folder = folder
+        self.reporter = reporter
+
+    def __call__(self, acc: Any, value: Any) -> Any:
+        try:
+            return self.folder(acc, value)
+        except Exception as exc:
+            failures = self.reporter.failed(value, exc)
+            if failures:
+                _pending().extend(failures)
+            return acc
+
+
+class _DrainingLogic:
+    """A stateful step's per-key logic that also emits the failures its calls left pending."""
+
+    __slots__ = ("event", "inner")
+
+    def __init__(self, inner: Any, event: Callable[[_Failure], Any]) -> None:
+        self.inner = inner
+        self.event = event
+
+    def _drain(self, ret: tuple[Iterable[Any], bool]) -> tuple[Iterable[Any], bool]:
+        pending = _pending()
+        if not pending:
+            return ret
+        out, discard = ret
+        out = [*out, *(self.event(f) for f in pending)]
+        pending.clear()
+        return out, discard
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        return self._drain(self.inner.on_batch(values))
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        return self._drain(self.inner.on_notify())
+
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        return self._drain(self.inner.on_eof())
+
+    def notify_at(self) -> Any:
+        return self.inner.notify_at()
+
+    def snapshot(self) -> Any:
+        return self.inner.snapshot()
+
+
+class DrainingBuilder:
+    """A `stateful_batch` builder whose logic emits ``event(failure)`` for each pending failure.
+
+    It offers the engine no combiner: values are folded on the worker that
+    owns their key, inside a logic call, so each failure leaves in that
+    call's output, in its epoch.
+
+    >>> b = DrainingBuilder(lambda resume: None, lambda f: f)
+    >>> hasattr(b, "precombiner")
+    False
+    """
+
+    __slots__ = ("builder", "event")
+
+    def __init__(self, builder: Callable[[Any], Any], event: Callable[[_Failure], Any]) -> None:
+        self.builder = builder
+        self.event = event
+
+    def __call__(self, resume: Any) -> _DrainingLogic:
+        return _DrainingLogic(self.builder(resume), self.event)

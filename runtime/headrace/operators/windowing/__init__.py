@@ -44,12 +44,20 @@ from functools import partial
 from typing import Any, TypeVar
 
 from headrace.dataflow import KeyedStream, Stream, _bytewax_nesting, operator
+from headrace.errors import ErrorPolicy
 from headrace.operators._core import (
     StatefulBatchLogic,
     _check_callable,
     flat_map_batch,
     merge,
     stateful_batch,
+)
+from headrace.operators._dead_letters import (
+    DrainingBuilder,
+    GuardedFolder,
+    Reporter,
+    check_policy,
+    split_failures,
 )
 from headrace.operators._stateful import (
     JoinEmitMode,
@@ -67,7 +75,13 @@ from headrace.operators.windowing._clocks import (
     EventClock,
     SystemClock,
 )
-from headrace.operators.windowing._events import _unwrap_down, _unwrap_late, _unwrap_meta
+from headrace.operators.windowing._events import (
+    _failed_event,
+    _unwrap_down,
+    _unwrap_failed,
+    _unwrap_late,
+    _unwrap_meta,
+)
 from headrace.operators.windowing._logic import (
     WindowLogic,
     WindowOut,
@@ -189,7 +203,10 @@ def window(
     _check_window_args(full, clock, windower)
     _check_callable(full, "builder", builder)
     spec = _WindowSpec(full, clock, windower, builder, ordered)
-    events = stateful_batch("stateful_batch", up, spec)
+    folder = getattr(builder, "folder", None)
+    dead = isinstance(folder, GuardedFolder) and folder.reporter.policy == "dead_letter"
+    # A fold whose failures go to the dead letters emits them as events of the owner's logic.
+    events = stateful_batch("stateful_batch", up, DrainingBuilder(spec, _failed_event) if dead else spec)
     # Bytewax's unwraps are `filter_map_value`s (-> flat_map_value -> flat_map).
     with _bytewax_nesting("unwrap_down", "flat_map_value", "flat_map", step_name="flat_map_batch"):
         down = flat_map_batch("unwrap_down", events, _unwrap_down)
@@ -198,6 +215,9 @@ def window(
     with _bytewax_nesting("unwrap_meta", "flat_map_value", "flat_map", step_name="flat_map_batch"):
         meta = flat_map_batch("unwrap_meta", events, _unwrap_meta)
     spec.late_stream = late.stream_id
+    if isinstance(folder, GuardedFolder) and dead:
+        failed = flat_map_batch("unwrap_dead_letters", events, _unwrap_failed)
+        split_failures(failed, keyed=True, step=folder.reporter.step_id)
     return WindowOut(down, late, meta)
 
 
@@ -211,13 +231,18 @@ def fold_window(
     folder: Callable[[S, V], S],
     merger: Callable[[S, S], S],
     ordered: bool = True,
+    *,
+    on_error: ErrorPolicy = "fail",
 ) -> WindowOut[V, S]:
     """Fold each window's values into an accumulator; emit it when the window closes.
 
     ``builder()`` makes a window's empty accumulator, ``folder(acc, value)``
     adds a value (in timestamp order if ``ordered``), and
     ``merger(acc, original_acc)`` combines two windows that merge (session
-    windows only).
+    windows only). ``on_error`` applies to ``folder``, as for
+    `headrace.operators.map`: a value it raises on leaves the accumulator
+    as it was (and its dead letter has the key). With ``"dead_letter"``
+    values are folded on the worker that owns their key (no combiner).
 
     >>> from datetime import datetime, timedelta, timezone
     >>> from headrace.dataflow import Dataflow
@@ -238,6 +263,9 @@ def fold_window(
     _check_callable(full, "builder", builder)
     _check_callable(full, "folder", folder)
     _check_callable(full, "merger", merger)
+    policy = check_policy(full, on_error)
+    if policy != "fail":
+        folder = GuardedFolder(folder, Reporter(full, policy))
     return window("window", up, clock, windower, _FoldBuilder(builder, folder, merger), ordered)
 
 
@@ -397,8 +425,13 @@ def reduce_window(
     clock: Clock[V, Any],
     windower: Windower[Any],
     reducer: Callable[[V, V], V],
+    *,
+    on_error: ErrorPolicy = "fail",
 ) -> WindowOut[V, V]:
     """Combine each window's values pairwise with ``reducer`` (in arrival order).
+
+    ``on_error``: as for `fold_window` (a value ``reducer`` raises on is
+    left out of its window).
 
     >>> from datetime import datetime, timedelta, timezone
     >>> from headrace.dataflow import Dataflow
@@ -418,9 +451,12 @@ def reduce_window(
     """
     _check_window_args(up._scope.parent_id, clock, windower)
     _check_callable(up._scope.parent_id, "reducer", reducer)
-    return fold_window(
-        "fold_window", up, clock, windower, _none, _ReduceFolder(reducer), reducer, ordered=False
-    )
+    policy = check_policy(up._scope.parent_id, on_error)
+    folder: Callable[[Any, Any], Any] = _ReduceFolder(reducer)
+    if policy != "fail":
+        # The failure is this step's: guard here, with this step's id.
+        folder = GuardedFolder(folder, Reporter(up._scope.parent_id, policy))
+    return fold_window("fold_window", up, clock, windower, _none, folder, reducer, ordered=False)
 
 
 @operator

@@ -2,7 +2,8 @@
 
 A key's logic (`_engine._KeyWindows` or a fused one from `_fused`) turns a
 batch of values into *events*: ``(window_id, value)`` down, ``(window_id,
-metadata)`` and ``(window_id, value, _LATE)``. `window` splits them into its
+metadata)`` and ``(window_id, value, _LATE)`` (and ``(0, failure,
+_FAILED)`` for a value a folder raised on, under ``on_error="dead_letter"``). `window` splits them into its
 three streams with `_unwrap_down`, `_unwrap_late` and `_unwrap_meta`. On a
 multi-worker run a key's logic may instead receive `_Runs`: values another
 worker pre-folded (`_combiner`), with timestamps as integer microseconds
@@ -59,6 +60,18 @@ def _unwrap_meta(batch: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         for kv in batch
         if kv[1][-1] is _META or (len(kv[1]) == 2 and kv[1][1].__class__ is _WM)
     ]
+
+
+# A value a guarded folder raised on (``on_error="dead_letter"``): ``(0, failure, _FAILED)``.
+_FAILED: Any = object()
+
+
+def _failed_event(failure: Any) -> tuple[Any, ...]:
+    return (0, failure, _FAILED)
+
+
+def _unwrap_failed(batch: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+    return [(kv[0], kv[1][1]) for kv in batch if kv[1][-1] is _FAILED]
 
 
 # Pure: the engine skips an unwrap step whose stream nothing reads.
