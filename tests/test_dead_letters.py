@@ -460,3 +460,76 @@ def test_fold_window_dead_letters_on_two_workers() -> None:
             expected[(key, wid)] += 12 // v
     assert sorted(out) == sorted((k, (wid, n)) for (k, wid), n in expected.items())
     assert sorted((d.key, d.item[1]) for d in bad) == sorted((f"k{i % 3}", 0) for i in range(0, 30, 4))
+
+
+# ------------------------------------------------------------ Kafka deserializers
+
+
+def _kafka(policy: str | None, which: str) -> tuple[list[Any], list[Any], list[tuple[Any, ...]]]:
+    from confluent_kafka.serialization import StringDeserializer
+
+    from headrace.connectors.kafka import KafkaSourceMessage
+    from headrace.connectors.kafka import operators as kop
+
+    msgs = [
+        KafkaSourceMessage(b"a", b"1", topic="t", partition=0, offset=7),
+        KafkaSourceMessage(b"\xff", b"\xff", topic="t", partition=1, offset=8),
+        KafkaSourceMessage(b"c", b"3", topic="t", partition=0, offset=9),
+    ]
+    flow = Dataflow("dl_kafka")
+    oks: list[Any] = []
+    errs: list[Any] = []
+    bad: list[DeadLetter] = []
+    up = op.input("inp", flow, TestingSource(msgs))
+    kw: dict[str, Any] = {} if policy is None else {"on_error": policy}
+    if which == "deserialize":
+        out = kop.deserialize(
+            "de", up, key_deserializer=StringDeserializer(), val_deserializer=StringDeserializer(), **kw
+        )
+    else:
+        out = getattr(kop, which)("de", up, StringDeserializer(), **kw)
+    op.output("oks", op.map("kv", out.oks, lambda m: (m.key, m.value)), TestingSink(oks))
+    op.output("errs", out.errs, TestingSink(errs))
+    if policy == "dead_letter":
+        op.output("dead", op.dead_letters("dead_letters", flow), TestingSink(bad))
+    run_main(flow)
+    return oks, errs, [(d.step_id, d.item.offset, d.exc_type, d.message, d.epoch) for d in bad]
+
+
+@pytest.mark.parametrize("which", ["deserialize", "deserialize_key", "deserialize_value"])
+def test_kafka_deserializers_policies(which: str) -> None:
+    field = "value" if which == "deserialize_value" else "key"
+    ok = {
+        "deserialize": [("a", "1"), ("c", "3")],
+        "deserialize_key": [("a", b"1"), ("c", b"3")],
+        "deserialize_value": [(b"a", "1"), (b"c", "3")],
+    }[which]
+    oks, errs, bad = _kafka(None, which)
+    assert (oks, [e.msg.offset for e in errs], bad) == (ok, [8], [])
+    assert _kafka("skip", which) == (ok, [], [])
+    oks, errs, bad = _kafka("dead_letter", which)
+    assert (oks, errs) == (ok, [])
+    assert bad == [
+        (
+            "dl_kafka.de",
+            8,
+            "ValueError",
+            f"step 'de': can't deserialize the {field} of the message at topic 't' partition 1 "
+            "offset 8: SerializationError: 'utf-8' codec can't decode byte 0xff in position 0: "
+            "invalid start byte",
+            1,
+        )
+    ]
+    with pytest.raises(BytewaxRuntimeError, match=f"can't deserialize the {field} of the message"):
+        _kafka("fail", which)
+
+
+def test_kafka_on_error_and_raise_on_errors_exclude_each_other() -> None:
+    from confluent_kafka.serialization import StringDeserializer
+
+    from headrace.connectors.kafka import operators as kop
+
+    up = op.input("inp", Dataflow("dl_kafka"), TestingSource([]))
+    with pytest.raises(ValueError) as info:
+        kop.deserialize_value("de", up, StringDeserializer(), raise_on_errors=True, on_error="skip")
+    assert str(info.value) == "step 'dl_kafka.de': give `raise_on_errors` or `on_error`, not both"

@@ -11,7 +11,11 @@ Import them as ``kop``:
 `input` and the ``deserialize*`` operators return `KafkaOpOut`: ``oks`` (the
 messages) and ``errs`` (`KafkaError` items, which say the topic, partition
 and offset of the message they are about). Route ``errs`` somewhere, or
-stop the dataflow on the first one with ``op.raises``.
+stop the dataflow on the first one with ``op.raises``. The ``deserialize*``
+operators also take the operators' ``on_error=`` policy: ``"skip"`` drops a
+message that fails (counted and logged), ``"dead_letter"`` sends it to
+`headrace.operators.dead_letters` (``errs`` then stays empty), ``"fail"``
+stops the run, naming the message's offset.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from headrace.connectors.kafka import (
     KafkaSourceMessage,
 )
 from headrace.dataflow import Dataflow, Stream, operator
+from headrace.errors import ErrorPolicy
+from headrace.operators._dead_letters import check_policy, guarded_stateless
 
 __all__ = [
     "KafkaOpOut",
@@ -153,6 +159,26 @@ def _fail(step_id: str, what: str, msg: Any, exc: Exception) -> ValueError:
     )
 
 
+def _policy(step_id: str, on_error: object, raise_on_errors: bool) -> str | None:
+    """The error policy of a ``deserialize*`` step: None for Bytewax's (``errs`` or raise)."""
+    if on_error is None:
+        return None
+    if raise_on_errors:
+        msg = f"step {step_id!r}: give `raise_on_errors` or `on_error`, not both"
+        raise ValueError(msg)
+    return check_policy(step_id, on_error)
+
+
+def _deserialized(
+    up: Stream[Any], mapper: Any, policy: str | None, split: str = "split_err"
+) -> KafkaOpOut[KafkaSourceMessage[Any, Any], KafkaError[Any, Any]]:
+    """``mapper`` over ``up`` (under ``policy``: skip or dead letters), split into messages and errors."""
+    if policy is None or policy == "fail":
+        return op.map("map", up, mapper).then(_kafka_error_split, split)
+    # Guarded in this operator's own scope: its failures are this step's.
+    return guarded_stateless(up, "map", mapper, policy).then(_kafka_error_split, split)
+
+
 @operator
 def deserialize_key(
     step_id: str,
@@ -160,8 +186,11 @@ def deserialize_key(
     deserializer: Deserializer,
     *,
     raise_on_errors: bool = False,
+    on_error: ErrorPolicy | None = None,
 ) -> KafkaOpOut[KafkaSourceMessage[Any, Any], KafkaError[Any, Any]]:
     """Deserialize keys; a key that fails goes to ``errs`` (or raises, with its offset).
+
+    ``on_error`` (instead of ``raise_on_errors``): see the module's docstring.
 
     >>> from confluent_kafka.serialization import StringDeserializer
     >>> from headrace.dataflow import Dataflow
@@ -169,16 +198,19 @@ def deserialize_key(
     >>> keys = deserialize_key("key", msgs.oks, StringDeserializer())
     """
 
+    policy = _policy(up._scope.parent_id, on_error, raise_on_errors)
+    raises = raise_on_errors or policy is not None
+
     def mapper(msg: KafkaSourceMessage[Any, Any]) -> Any:
         try:
             key = deserializer(msg.key, _ctx(msg.topic, MessageField.KEY))
         except Exception as exc:
-            if raise_on_errors:
+            if raises:
                 raise _fail(step_id, "key", msg, exc) from exc
             return KafkaError(ConfluentKafkaError(_KEY_ERR, str(exc)), msg)
         return msg._with_key(key)
 
-    return op.map("map", up, mapper).then(_kafka_error_split, "split")
+    return _deserialized(up, mapper, policy, "split")
 
 
 @operator
@@ -188,8 +220,11 @@ def deserialize_value(
     deserializer: Deserializer,
     *,
     raise_on_errors: bool = False,
+    on_error: ErrorPolicy | None = None,
 ) -> KafkaOpOut[KafkaSourceMessage[Any, Any], KafkaError[Any, Any]]:
     """Deserialize values; a value that fails goes to ``errs`` (or raises, with its offset).
+
+    ``on_error`` (instead of ``raise_on_errors``): see the module's docstring.
 
     >>> from confluent_kafka.serialization import StringDeserializer
     >>> from headrace.dataflow import Dataflow
@@ -197,16 +232,19 @@ def deserialize_value(
     >>> vals = deserialize_value("val", msgs.oks, StringDeserializer())
     """
 
+    policy = _policy(up._scope.parent_id, on_error, raise_on_errors)
+    raises = raise_on_errors or policy is not None
+
     def mapper(msg: KafkaSourceMessage[Any, Any]) -> Any:
         try:
             value = deserializer(msg.value, _ctx(msg.topic, MessageField.VALUE))
         except Exception as exc:
-            if raise_on_errors:
+            if raises:
                 raise _fail(step_id, "value", msg, exc) from exc
             return KafkaError(ConfluentKafkaError(_VAL_ERR, str(exc)), msg)
         return msg._with_value(value)
 
-    return op.map("map", up, mapper).then(_kafka_error_split, "split_err")
+    return _deserialized(up, mapper, policy)
 
 
 @operator
@@ -217,8 +255,11 @@ def deserialize(
     key_deserializer: Deserializer,
     val_deserializer: Deserializer,
     raise_on_errors: bool = False,
+    on_error: ErrorPolicy | None = None,
 ) -> KafkaOpOut[KafkaSourceMessage[Any, Any], KafkaError[Any, Any]]:
     """Deserialize keys and values; the error keeps the original message.
+
+    ``on_error`` (instead of ``raise_on_errors``): see the module's docstring.
 
     >>> from confluent_kafka.serialization import StringDeserializer
     >>> from headrace.dataflow import Dataflow
@@ -227,22 +268,25 @@ def deserialize(
     ...                   val_deserializer=StringDeserializer())
     """
 
+    policy = _policy(up._scope.parent_id, on_error, raise_on_errors)
+    raises = raise_on_errors or policy is not None
+
     def mapper(msg: KafkaSourceMessage[Any, Any]) -> Any:
         try:
             key = key_deserializer(msg.key, _ctx(msg.topic, MessageField.KEY))
         except Exception as exc:
-            if raise_on_errors:
+            if raises:
                 raise _fail(step_id, "key", msg, exc) from exc
             return KafkaError(ConfluentKafkaError(_KEY_ERR, str(exc)), msg)
         try:
             value = val_deserializer(msg.value, _ctx(msg.topic, MessageField.VALUE))
         except Exception as exc:
-            if raise_on_errors:
+            if raises:
                 raise _fail(step_id, "value", msg, exc) from exc
             return KafkaError(ConfluentKafkaError(_VAL_ERR, str(exc)), msg)
         return msg._with_key_and_value(key, value)
 
-    return op.map("map", up, mapper).then(_kafka_error_split, "split_err")
+    return _deserialized(up, mapper, policy)
 
 
 @operator
