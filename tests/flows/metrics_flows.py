@@ -7,6 +7,7 @@ HR_PARTS * HR_PER_TICK / HR_TICK items per second.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import UTC, datetime, timedelta
 
@@ -65,10 +66,16 @@ def _count_user(x: int) -> int:
     return x
 
 
+async def _lookup(x: int) -> int:
+    await asyncio.sleep(0)
+    return x
+
+
 def paced() -> Dataflow:
     flow = Dataflow("paced")
     s = op.input("inp", flow, PacedSource())
     s = op.map("user", s, _count_user)
+    s = op.map_async("lookup", s, _lookup, concurrency=10, timeout=timedelta(seconds=30))
     keyed = op.key_on("key", s, lambda x: str(x % 10))
     summed = op.stateful_map("sum", keyed, lambda st, v: ((st or 0) + v,) * 2)
     op.output("out", summed, _DiscardSink())

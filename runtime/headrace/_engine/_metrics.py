@@ -63,6 +63,21 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("step_id", "worker_index"),
         "Time in a stateful step's on_eof calls.",
     ),
+    "headrace_async_inflight_calls": (
+        "gauge",
+        ("step_id", "worker_index"),
+        "Calls of a map_async step in flight (submitted, not yet emitted).",
+    ),
+    "headrace_async_call_duration_seconds": (
+        "histogram",
+        ("step_id", "worker_index"),
+        "Time from the start of a map_async call to its result.",
+    ),
+    "headrace_async_timeouts_total": (
+        "counter",
+        ("step_id", "worker_index"),
+        "Calls of a map_async step that ran longer than its timeout.",
+    ),
     "snapshot_duration_seconds": (
         "histogram",
         ("worker_index",),

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from headrace._engine._async_run import WAKE, AsyncLoop, AsyncRun
 from headrace._engine._basics import Push, RunConfig, batch_len, drop, not_keyed, user_error, utcnow
 from headrace._engine._exchange import Edge, Exchange
 from headrace._engine._fuse import EpochRef, Stage, compile_chain, compile_grouping_chain
@@ -145,6 +146,9 @@ class Wiring:
         self.exchange = exchange
         self.sources: list[SourceRun] = []
         self.stateful: list[StatefulRun] = []
+        # `map_async` steps, and the event loop they share (see `_async_run`).
+        self.async_runs: list[AsyncRun] = []
+        self.async_loop = AsyncLoop(f"headrace-async-{index}")
         self.edges: list[Edge] = []
         self.edge_of_step: dict[str, Edge] = {}
         # What to close at the end, in the order built (closed in reverse).
@@ -275,6 +279,8 @@ class Wiring:
         if step.step_id in self.edge_of_step:
             edge = self.edge_of_step[step.step_id]
             return lambda batches: edge.route_many(batches)
+        if step.kind == "map_async":
+            return self._async(step)
         if step.kind == "branch":
             push = self._branch(step)
         elif step.kind == "output":
@@ -376,6 +382,20 @@ class Wiring:
                 downstream(batch)
 
         return run
+
+    def _async(self, step: CoreStep) -> Callable[[list[Any]], None]:
+        inbox = self.exchange.cluster.inboxes[self.index]
+        run = AsyncRun(
+            step, self.async_loop, lambda: inbox.put((WAKE,)), self.exchange.cluster.abort, self.metrics
+        )
+        run.push = self.push_for(step.outputs["down"])
+        self.async_runs.append(run)
+
+        def each(batches: list[Any]) -> None:
+            for batch in batches:
+                run.on_batch(batch)
+
+        return each
 
     def _branch(self, step: CoreStep) -> Push:
         pred = step.conf["predicate"]

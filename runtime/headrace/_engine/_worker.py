@@ -32,6 +32,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+from headrace._engine._async_run import WAKE
 from headrace._engine._basics import (
     ACK,
     BARRIER,
@@ -105,6 +106,8 @@ class Worker:
         )
         self.sources: list[SourceRun] = wiring.sources
         self.stateful = wiring.stateful
+        self.async_runs = wiring.async_runs
+        self._async_loop = wiring.async_loop
         self.edges: list[Edge] = wiring.edges
         self.control: Edge = wiring.control
         self._edge_of_step = wiring.edge_of_step
@@ -210,6 +213,10 @@ class Worker:
             return
         if kind == STOP:
             raise Abort()
+        if kind == WAKE:  # `map_async` calls finished: emit their results
+            for run in self.async_runs:
+                run.collect()
+            return
         _, eid, sender, epoch, payload = msg
         if epoch > self.epoch:
             self._held.append(msg)
@@ -321,6 +328,12 @@ class Worker:
 
     def _send_barriers(self) -> None:
         """Send this epoch's barrier on every edge whose upstream is complete."""
+        if self.async_runs:
+            # Every `map_async` call of the epoch finishes first: its result
+            # goes out before the barrier (a snapshot holds no half-done work).
+            for run in self.async_runs:
+                run.finish()
+            self.ready.run()
         # Buffered items go first: a barrier must follow its edge's data.
         self.exchange.flush()
         for edge in self.edges:
@@ -529,6 +542,7 @@ class Worker:
             self._close_all()
 
     def _close_all(self) -> None:
+        self._async_loop.close()
         if self.metrics is not None:
             self._account_busy(final=True)
             self.metrics.busy.pending = None

@@ -25,6 +25,7 @@ Import as ``import headrace.operators as op``. Windowing lives in
 
 from headrace.dataflow import Dataflow, KeyedStream, Stream, f_repr, operator
 from headrace.inputs import Source
+from headrace.operators._async import map_async, map_value_async
 from headrace.operators._core import (
     BranchOut,
     StatefulBatchLogic,
@@ -110,7 +111,9 @@ __all__ = [
     "key_on",
     "key_rm",
     "map",
+    "map_async",
     "map_value",
+    "map_value_async",
     "max_final",
     "merge",
     "min_final",
