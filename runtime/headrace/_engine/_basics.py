@@ -3,8 +3,8 @@
 A *batch* is a list of items, or ``{key: [values]}`` from a fused chain
 that grouped them (`batch_len` counts either); a step takes batches
 through a `Push`. Workers talk in *messages* (`DATA`, `BARRIER`, `STOP`,
-`ACK` tuples) through the `Cluster`, which holds each local worker's inbox
-and the route to other processes. `RunConfig` holds the settings of a
+`ACK`, `COMMITTED` tuples) through the `Cluster`, which holds each local
+worker's inbox and the route to other processes. `RunConfig` holds the settings of a
 run, with the exchange's defaults.
 
 When user code fails, the engine raises `BytewaxRuntimeError` in
@@ -39,6 +39,9 @@ DATA = 0
 BARRIER = 1
 STOP = 2
 ACK = 3
+# Worker 0 to the others: `(COMMITTED, epoch)` once the store committed the
+# epoch; sent only for sinks that commit with the epochs (`_wiring.EpochSink`).
+COMMITTED = 5  # (4 is `_async_run.WAKE`)
 
 # Barrier flags.
 F_EOF = 1

@@ -58,6 +58,42 @@ from headrace.operators._core import FUSABLE_KINDS
 from headrace.outputs import DynamicSink, FixedPartitionedSink
 
 
+class EpochSink:
+    """The internal protocol of a `DynamicSink` whose output commits with the epochs.
+
+    A sink with ``commits_with_epochs = True`` (the Kafka sink with
+    ``exactly_once=True``) needs recovery, and its worker's partition gets
+    three calls besides ``write_batch`` and ``close``:
+
+    - ``resume(states)``, once, right after ``build``: the snapshots of
+      the slots this worker owns (see `Wiring._resume_epoch_sink`), by
+      slot name; empty on a first run;
+    - ``snapshot()`` at the end of each epoch, stored as the state of the
+      slot ``worker-{index}`` in that epoch;
+    - ``epoch_committed(epoch)`` once the store committed ``epoch``, on
+      every worker (`_worker.Worker.after_epoch`), before the partition's
+      next ``snapshot()``, and before ``close()`` after the last epoch.
+    """
+
+    commits_with_epochs = True
+
+
+def commits_with_epochs(sink: Any) -> bool:
+    """Whether ``sink`` follows the `EpochSink` protocol.
+
+    >>> commits_with_epochs(EpochSink()), commits_with_epochs(object())
+    (True, False)
+    """
+    return getattr(sink, "commits_with_epochs", False) is True
+
+
+class _FinishedSlot:
+    """The stand-in of a slot a resumed `EpochSink` partition finished: snapshots ``None``."""
+
+    def snapshot(self) -> None:
+        return None
+
+
 class SourceRun:
     """One source partition on this worker, and where its batches go."""
 
@@ -158,6 +194,8 @@ class Wiring:
         # the resume state of this worker's partitions not built yet.
         self.sink_parts: list[tuple[str, str, Any]] = []
         self.unbuilt_sink_parts: dict[str, dict[str, Any]] = {}
+        # `epoch_committed` of the partitions of `EpochSink`s, in step order.
+        self.commit_hooks: list[tuple[str, Callable[[int], None]]] = []
         # Steps run in declaration order, each with all its pending batches
         # (`_sched.Ready`); a step's position is its index in the plan.
         self._pos = {st.step_id: i for i, st in enumerate(plan.steps)}
@@ -429,12 +467,47 @@ class Wiring:
 
     def _build_dynamic_sink_part(self, step: CoreStep) -> None:
         sink: DynamicSink[Any] = step.conf["sink"]
+        epochs = commits_with_epochs(sink)
+        if epochs and self.config.store is None:
+            msg = (
+                f"the sink in step {step.step_id!r} commits its output with the recovery "
+                "store's epochs (exactly-once output), and this run has no recovery "
+                "configured: configure recovery (-r, RecoveryConfig) or turn exactly-once off"
+            )
+            raise BytewaxRuntimeError(msg)
         try:
             part = sink.build(step.step_id, self.index, self.count)
         except Exception as exc:
             raise BytewaxRuntimeError(f"error building sink in step {step.step_id!r}") from exc
         self.closers.append((step.step_id, part.close))
         self._dyn_sink_parts[step.step_id] = part
+        if epochs:
+            self._resume_epoch_sink(step, part)
+
+    def _resume_epoch_sink(self, step: CoreStep, part: Any) -> None:
+        """Hand an `EpochSink` partition the states of the slots it owns now.
+
+        Its own slot is ``worker-{index}``; a slot of a worker that no
+        longer exists (``worker-{j}``, ``j >= count``) belongs to worker
+        ``j % count``, whose partition finishes it in ``resume`` and from
+        then on snapshots ``None`` for it, so the store forgets it.
+        """
+        own = f"worker-{self.index}"
+        states: dict[str, Any] = {}
+        for name, state in self._resume_parts(step.step_id).items():
+            slot = name.removeprefix("worker-")
+            if slot.isdigit() and int(slot) % self.count == self.index:
+                states[name] = state
+        try:
+            part.resume(states)
+        except Exception as exc:
+            raise user_error(f"error resuming the sink in step {step.shown}", exc) from exc
+        self.sink_parts.append((step.step_id, own, part))
+        for name in sorted(states):
+            if name != own:
+                self.sink_parts.append((step.step_id, name, _FinishedSlot()))
+        self.sink_parts.sort(key=lambda e: (self._pos[e[0]], e[1]))
+        self.commit_hooks.append((step.step_id, part.epoch_committed))
 
     def _dynamic_sink(self, step: CoreStep) -> Push:
         step_id = step.step_id

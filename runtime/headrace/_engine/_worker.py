@@ -21,6 +21,11 @@
   control edge) a worker writes the state changed in the epoch to the
   store; once that edge aligns, every worker has written, and worker 0
   commits the epoch.
+- After the commit: sink partitions that commit their output with the
+  epochs (`_wiring.EpochSink`, e.g. exactly-once Kafka) hear of it on
+  every worker: worker 0 calls them and sends `COMMITTED` to the others.
+  A worker holds its control barrier of epoch e+1 until it heard that e
+  committed, and waits for the last epoch's commit before closing them.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from headrace._engine._async_run import WAKE
 from headrace._engine._basics import (
     ACK,
     BARRIER,
+    COMMITTED,
     DATA,
     F_EOF,
     F_STOP,
@@ -114,6 +120,9 @@ class Worker:
         self._closers = wiring.closers
         self._sink_parts = wiring.sink_parts
         self._unbuilt_sink_parts = wiring.unbuilt_sink_parts
+        self._commit_hooks = wiring.commit_hooks
+        # The last epoch the commit hooks were called for.
+        self._committed = config.resume_epoch
 
     @property
     def epoch(self) -> int:
@@ -216,6 +225,9 @@ class Worker:
         if kind == WAKE:  # `map_async` calls finished: emit their results
             for run in self.async_runs:
                 run.collect()
+            return
+        if kind == COMMITTED:
+            self._epoch_committed(msg[1])
             return
         _, eid, sender, epoch, payload = msg
         if epoch > self.epoch:
@@ -346,6 +358,8 @@ class Worker:
             )
             flags = F_EOF if eof else 0
             if edge is self.control:
+                if self._commit_hooks and self._committed < self.epoch - 1:
+                    continue  # until the previous epoch's commit is heard of
                 self.before_commit_barrier()
                 if self.cluster.stop_requested.is_set():
                     flags |= F_STOP
@@ -425,9 +439,31 @@ class Worker:
         store.commit(self.epoch, self.snapshot_bytes)
         if self.metrics is not None:
             M["headrace_epoch_committed"].set(self.epoch)
+        if self._commit_hooks:
+            for dst in range(1, self.count):
+                self.cluster.send(dst, (COMMITTED, self.epoch))
+            self._epoch_committed(self.epoch)
         every = self.config.compact_every
         if every and self.epoch % every == 0:
             store.compact(self.epoch - self.config.keep_epochs)
+
+    def _epoch_committed(self, epoch: int) -> None:
+        """The store committed ``epoch``: tell the sink partitions that wait for it."""
+        self._committed = epoch
+        for step_id, hook in self._commit_hooks:
+            try:
+                hook(epoch)
+            except Exception as exc:
+                raise user_error(
+                    f"error committing the output of epoch {epoch} in step {step_id!r}", exc
+                ) from exc
+
+    def _await_last_commit(self) -> None:
+        """After the last epoch: wait until worker 0 says it committed."""
+        while self._committed < self.epoch:
+            if self.cluster.abort.is_set():
+                raise Abort()
+            self._drain(_MAX_SLEEP)
 
     def _epoch_complete(self) -> bool:
         return self.control.aligned
@@ -528,6 +564,8 @@ class Worker:
                     else:
                         self._idle_drain(self._next_wake(closing, deadline))
                 self.after_epoch()
+                if self._commit_hooks and (self.control.eof or self.control.stop_votes):
+                    self._await_last_commit()
                 if epoch_span is not None:
                     self._end_epoch_span(epoch_span)
                 if self.metrics is not None:
