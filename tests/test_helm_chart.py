@@ -125,7 +125,7 @@ NAMESPACED_RULES = (
     | _triples("headrace.dev", ["dataflows/status", "dataflows/scale"], ["get", "patch", "update"])
     | _triples("apps", ["statefulsets"], CRUD)
     | _triples("", ["services"], CRUD)
-    | _triples("", ["pods"], ["get", "list", "watch", "delete"])
+    | _triples("", ["pods"], ["get", "list", "watch", "create", "delete"])
     | _triples("", ["events"], ["create", "patch"])
     | _triples("events.k8s.io", ["events"], ["create", "patch"])
     | _triples("", ["secrets"], ["get", "create"])

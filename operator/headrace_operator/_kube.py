@@ -161,6 +161,11 @@ class Kube:
             dry_run="All" if dry_run else None,
         )
 
+    def check_create(self, obj: dict[str, Any]) -> None:
+        """Have the API server check the creation of ``obj`` (``dryRun=All``: nothing is stored)."""
+        res = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        self.dynamic.create(res, body=obj, namespace=obj["metadata"]["namespace"], dry_run="All")
+
     def delete(self, obj: dict[str, Any]) -> None:
         """Delete ``obj`` if it exists."""
         from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
@@ -315,6 +320,8 @@ def apply_actions(
         log.info("%s/%s: %s", namespace, name, a.describe())
         if a.kind == "apply" and a.obj is not None:
             kube.apply(a.obj)
+        elif a.kind == "dry_run" and a.obj is not None and a.obj["kind"] == "Pod":
+            kube.check_create(a.obj)
         elif a.kind == "dry_run" and a.obj is not None:
             kube.apply(a.obj, dry_run=True)
         elif a.kind == "delete" and a.obj is not None:

@@ -49,6 +49,7 @@ __all__ = [
     "TERMINATION_LOG",
     "TERMINATION_LOG_ENV",
     "Owner",
+    "build_check_pod",
     "build_mesh_secret",
     "build_pod_monitor",
     "build_service",
@@ -449,6 +450,33 @@ def build_statefulset(
             "selector": {"matchLabels": selector(owner.name)},
             "template": template,
         },
+    }
+
+
+def build_check_pod(sts: dict[str, Any]) -> dict[str, Any]:
+    """A pod of the StatefulSet's template, for a server-side dry run only.
+
+    The API server accepts a StatefulSet whose template it would refuse as a
+    pod (a container without an image, say); its pods would then never be
+    created. The operator checks one with ``dryRun=All`` first.
+
+    >>> from headrace_operator.spec import parse_spec
+    >>> sts = build_statefulset(parse_spec({"image": "i", "flow": {"import": "m:f"}}), Owner("wc", "ns", "u"))
+    >>> pod = build_check_pod(sts)
+    >>> pod["kind"], pod["metadata"]["generateName"], pod["spec"]["containers"][0]["name"]
+    ('Pod', 'wc-check-', 'worker')
+    """
+    meta = sts["metadata"]
+    template = copy.deepcopy(sts["spec"]["template"])
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            **template.get("metadata", {}),
+            "generateName": f"{meta['name']}-check-",
+            "namespace": meta["namespace"],
+        },
+        "spec": template["spec"],
     }
 
 

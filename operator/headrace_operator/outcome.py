@@ -55,7 +55,9 @@ class Action:
             extra = f" replicas={reps}" if self.obj.get("kind") == "StatefulSet" else ""
             return f"apply {self.obj['kind']} {self.obj['metadata']['name']}{extra}"
         if self.kind == "dry_run" and self.obj is not None:
-            return f"check {self.obj['kind']} {self.obj['metadata']['name']} (server-side dry run)"
+            meta = self.obj["metadata"]
+            name = meta.get("name") or f"{meta.get('generateName', '')}*"
+            return f"check {self.obj['kind']} {name} (server-side dry run)"
         if self.kind == "scale":
             return f"scale StatefulSet to {self.replicas}"
         if self.kind == "patch_replicas":

@@ -29,7 +29,7 @@ The transitions themselves (stop at a barrier, start, arrive) are in
 ...                   now=1000.0)
 >>> p = plan(obs)
 >>> [a.kind for a in p.actions], p.status["phase"]
-(['create_secret', 'apply', 'apply'], 'Deploying')
+(['dry_run', 'create_secret', 'apply', 'apply'], 'Deploying')
 """
 
 from __future__ import annotations
@@ -432,8 +432,10 @@ def _running(
     if want_running:
         # What will be applied after the stop is checked first: a spec the API
         # server refuses never takes down running pods (see `apply_failed`).
+        sts_next = mf.build_statefulset(target, owner, expect_epoch=tx.expected_epoch(c))
         c.act("dry_run", obj=mf.build_service(target, owner))
-        c.act("dry_run", obj=mf.build_statefulset(target, owner, expect_epoch=tx.expected_epoch(c)))
+        c.act("dry_run", obj=sts_next)
+        c.act("dry_run", obj=mf.build_check_pod(sts_next))
     tx.stop(c, ttype, deployed_n, to_replicas, tx.change_message(ttype, target, sts, c.obs.generation))
     # A change the user asked for starts the restart backoff afresh.
     health = c.st.health or HealthStatus()

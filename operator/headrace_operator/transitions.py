@@ -26,7 +26,7 @@ import hashlib
 from typing import Any
 
 from headrace_operator import manifests as mf
-from headrace_operator.outcome import BUSY_REQUEUE, Ctx
+from headrace_operator.outcome import BUSY_REQUEUE, Action, Ctx
 from headrace_operator.spec import DataflowSpec
 from headrace_operator.status import (
     ExecutionStatus,
@@ -238,10 +238,14 @@ def start(
         or tr.type is Transition.RESET
         or (spec.upgrade_mode == "stateless" and tr.type in (Transition.UPGRADE, Transition.DEPLOY))
     )
+    expect = 0 if fresh_state else expected_epoch(c)
+    sts = mf.build_statefulset(spec, owner, expect_epoch=expect)
+    # The API server accepts a template it would refuse as a pod: check one
+    # first, before anything else of this plan (a state reset included).
+    c.p.actions.insert(0, Action("dry_run", obj=mf.build_check_pod(sts)))
     c.act("create_secret", obj=mf.build_mesh_secret(owner))
     c.act("apply", obj=mf.build_service(spec, owner))
-    expect = 0 if fresh_state else expected_epoch(c)
-    c.act("apply", obj=mf.build_statefulset(spec, owner, expect_epoch=expect))
+    c.act("apply", obj=sts)
     tr.stage = Stage.STARTING
     tr.to_replicas = spec.replicas
     c.st.transition = tr

@@ -37,8 +37,12 @@ def test_a_refused_statefulset_at_creation_is_a_failed_phase_with_the_servers_wo
     assert w.status["lastError"]["reason"] == "ApplyFailed"
     assert w.status["observedGeneration"] == 1
     assert w.events == [("Warning", "ApplyFailed", ready["message"])]
-    # The Secret and the Service went before the refused StatefulSet.
-    assert w.applied == ["create Secret wc-mesh unless it exists", "apply Service wc"]
+    # The pod check, the Secret and the Service went before the refused StatefulSet.
+    assert w.applied == [
+        "check Pod wc-check-* (server-side dry run)",
+        "create Secret wc-mesh unless it exists",
+        "apply Service wc",
+    ]
     # Fixed: the next reconcile creates it.
     w.refuse = lambda _a: None
     w.edit(resources={"limits": {"memory": "1Gi"}})
@@ -75,6 +79,25 @@ def test_a_refused_upgrade_is_checked_before_anything_stops() -> None:
     w.step()
     assert w.applied[-1] == "scale StatefulSet to 0"
     assert w.status["phase"] == "Upgrading"
+
+
+def test_a_pod_the_server_refuses_is_reported_before_the_statefulset_exists() -> None:
+    w = World({**BASE, "podTemplate": {"spec": {"containers": [{"name": "sidecar"}]}}})
+
+    def refuse_pods(a: Action) -> str | None:
+        if a.kind == "dry_run" and a.obj is not None and a.obj["kind"] == "Pod":
+            return 'Pod "wc-check-x" is invalid: spec.containers[1].image: Required value'
+        return None
+
+    w.refuse = refuse_pods
+    w.step()
+    assert w.applied == []
+    assert w.sts is None
+    assert w.status["phase"] == "Failed"
+    assert w.cond("Ready")["message"] == (
+        'check Pod wc-check-* (server-side dry run) failed: Pod "wc-check-x" is invalid: '
+        "spec.containers[1].image: Required value. Fix the spec and apply it again"
+    )
 
 
 def test_a_suspend_needs_no_dry_run() -> None:

@@ -25,18 +25,22 @@ from headrace_operator.reconcile import (
 )
 from tests.operator.world import BASE, STATUS_SCHEMA, World, format_problems
 
-STOP = ["dry_run", "dry_run", "scale"]  # check what starts after the stop, then stop
+STOP = ["dry_run", "dry_run", "dry_run", "scale"]  # check what starts after the stop, then stop
 
 
 def test_create_deploys_statefulset_and_service_then_runs() -> None:
     w = World()
     p = w.step()
     kinds = [a.obj["kind"] for a in p.actions if a.obj]
-    assert kinds == ["Secret", "Service", "StatefulSet"]
-    # The mesh Secret comes first (the pods need it to start), created, not applied.
-    assert p.actions[0].kind == "create_secret"
-    assert p.actions[0].describe() == "create Secret wc-mesh unless it exists"
-    env = p.actions[2].obj["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert kinds == ["Pod", "Secret", "Service", "StatefulSet"]
+    # A pod of the template is checked first (server-side dry run): the API
+    # server accepts a StatefulSet whose pods it would refuse.
+    assert p.actions[0].describe() == "check Pod wc-check-* (server-side dry run)"
+    assert p.actions[0].obj["spec"] == p.actions[3].obj["spec"]["template"]["spec"]
+    # The mesh Secret comes next (the pods need it to start), created, not applied.
+    assert p.actions[1].kind == "create_secret"
+    assert p.actions[1].describe() == "create Secret wc-mesh unless it exists"
+    env = p.actions[3].obj["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {
         "name": "HEADRACE_CLUSTER_SECRET",
         "valueFrom": {"secretKeyRef": {"name": "wc-mesh", "key": "secret"}},

@@ -113,7 +113,9 @@ write access to anything it does not own.
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "delete"]
+  # create: only as a server-side dry run (dryRun=All), to check a pod template
+  # before the StatefulSet uses it; the StatefulSet controller makes the pods.
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
