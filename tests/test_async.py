@@ -103,7 +103,7 @@ def test_map_value_async_needs_keyed_items(flow: Dataflow) -> None:
     with pytest.raises(RuntimeError) as info:
         run_main(flow)
     assert str(info.value) == (
-        'step "test.u" requires `(key, value)` 2-tuple from upstream for routing; got a `int` '
+        'step "test.u.map_async" requires `(key, value)` 2-tuple from upstream for routing; got a `int` '
         "instead: 5; use `key_on` or `map` to make (str, value) pairs"
     )
 
@@ -120,7 +120,8 @@ def test_an_exception_fails_the_run_naming_step_and_item(flow: Dataflow) -> None
     with pytest.raises(RuntimeError) as info:
         run_main(flow)
     assert (
-        str(info.value) == 'error calling `mapper` in step "test.lookup" on item 2: ValueError: no such user'
+        str(info.value)
+        == 'error calling `mapper` in step "test.lookup.map_async" on item 2: ValueError: no such user'
     )
     assert isinstance(info.value.__cause__, ValueError)
 
@@ -135,9 +136,41 @@ def test_a_timeout_fails_the_run_naming_step_and_item(flow: Dataflow) -> None:
     with pytest.raises(RuntimeError) as info:
         run_main(flow)
     assert str(info.value) == (
-        'error calling `mapper` in step "test.lookup" on item 2: TimeoutError: '
+        'error calling `mapper` in step "test.lookup.map_async" on item 2: TimeoutError: '
         "the call did not finish within 0.05s (the step's `timeout`)"
     )
+
+
+def test_skip_drops_failed_calls_and_keeps_the_order(flow: Dataflow) -> None:
+    async def fn(x: int) -> int:
+        await asyncio.sleep(0)
+        return 12 // x
+
+    s = op.input("inp", flow, TestingSource([1, 0, 3, 0, 4], batch_size=5))
+    out: list[Any] = []
+    op.output("out", op.map_async("inv", s, fn, on_error="skip"), TestingSink(out))
+    run_main(flow)
+    assert out == [12, 4, 3]
+
+
+def test_dead_letters_of_calls_and_timeouts(run_op: Any) -> None:
+    async def fn(v: int) -> int:
+        await asyncio.sleep(3600 if v == 7 else 0)
+        return 12 // v
+
+    flow = Dataflow("test")
+    s = op.input("inp", flow, TestingSource([("a", 1), ("b", 0), ("c", 7), ("d", 6)]))
+    out: list[Any] = []
+    bad: list[Any] = []
+    looked = op.map_value_async("inv", s, fn, timeout=timedelta(milliseconds=50), on_error="dead_letter")
+    op.output("out", looked, TestingSink(out))
+    op.output("dl", op.dead_letters("errors", flow), TestingSink(bad))
+    run_main(flow)
+    assert out == [("a", 12), ("d", 2)]
+    assert [(d.step_id, d.key, d.item, d.exc_type, d.message) for d in bad] == [
+        ("test.inv", "b", 0, "ZeroDivisionError", "integer division or modulo by zero"),
+        ("test.inv", "c", 7, "TimeoutError", "the call did not finish within 0.05s (the step's `timeout`)"),
+    ]
 
 
 def test_a_function_that_is_not_async_fails_with_a_hint(flow: Dataflow) -> None:
@@ -146,7 +179,7 @@ def test_a_function_that_is_not_async_fails_with_a_hint(flow: Dataflow) -> None:
     with pytest.raises(RuntimeError) as info:
         run_main(flow)
     assert str(info.value) == (
-        'error calling `mapper` in step "test.a" on item 1: TypeError: `mapper` must be an '
+        'error calling `mapper` in step "test.a.map_async" on item 1: TypeError: `mapper` must be an '
         "`async def` function (return an awaitable); got int"
     )
 

@@ -48,6 +48,9 @@ from headrace.errors import BytewaxRuntimeError
 # worker's other message kinds are in `_basics`).
 WAKE = 4
 
+# A failed call's place in the output when its item is skipped.
+_SKIP = object()
+
 # How long a blocked wait sleeps before checking whether the run aborted.
 _WAIT_SLICE = 0.05
 
@@ -116,7 +119,8 @@ class AsyncRun:
         timeout = conf["timeout"]
         self.timeout: float | None = None if timeout is None else timeout.total_seconds()
         self.ordered: bool = conf["ordered"]
-        self.by_value: bool = conf.get("by_value", False)
+        self.by_value: bool = conf["by_value"]
+        self.reporter: Any = conf["reporter"]  # `_dead_letters.Reporter`, or None: fail
         self.loop = loop
         self.wake = wake
         self.abort = abort
@@ -220,19 +224,21 @@ class AsyncRun:
             if m_lat is not None:
                 m_lat.observe(took)
             if not ok:
-                self._fail(items[seq], value)
+                value = self._failed(items[seq], value)
             if self.ordered:
                 self._results[seq] = value
             else:
                 x = items.pop(seq)
-                out.append((x[0], value) if self.by_value else value)
+                if value is not _SKIP:
+                    out.append((x[0], value) if self.by_value else value)
         if self.ordered:
             results = self._results
             head = self._head
             while head in results:
                 value = results.pop(head)
                 x = items.pop(head)
-                out.append((x[0], value) if self.by_value else value)
+                if value is not _SKIP:
+                    out.append((x[0], value) if self.by_value else value)
                 head += 1
             self._head = head
         if out:
@@ -240,13 +246,17 @@ class AsyncRun:
                 self.m_out.inc(len(out))
             self.push(out)
 
-    def _fail(self, item: Any, exc: BaseException) -> None:
+    def _failed(self, item: Any, exc: BaseException) -> Any:
+        """What a failed call emits under the step's policy (`_SKIP`: nothing); or fail the run."""
         if isinstance(exc, TimeoutError):
             if self.m_timeouts is not None:
                 self.m_timeouts.inc()
             why = TimeoutError(f"the call did not finish within {self.timeout}s (the step's `timeout`)")
             why.__cause__ = exc
             exc = why
+        if self.reporter is not None and isinstance(exc, Exception):
+            marks = self.reporter.failed(item[1] if self.by_value else item, exc)
+            return marks[0] if marks else _SKIP
         msg = f"error calling `mapper` in step {self.shown} on item {item!r}: {type(exc).__name__}: {exc}"
         raise BytewaxRuntimeError(msg) from exc
 
