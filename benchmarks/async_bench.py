@@ -198,9 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"service latency {args.latency * 1000:.0f} ms, concurrency {args.concurrency}")
     for r in (sync, asyn):
         ok = "ok" if r["correct"] else "WRONG OUTPUT"
-        print(
-            f"  {r['kind']:<5} {r['items']:>6} items in {r['seconds']:>6.2f} s: {r['items_per_s']:>8.1f}/s ({ok})"
-        )
+        rate = f"{r['items_per_s']:>8.1f}/s"
+        print(f"  {r['kind']:<5} {r['items']:>6} items in {r['seconds']:>6.2f} s: {rate} ({ok})")
     print(
         f"  speedup {speedup:.1f}x (target >= {TARGET:.0f}x); async at "
         f"{100 * result['async_share_of_ceiling']:.0f}% of concurrency/latency = {ceiling:.0f}/s"
