@@ -122,9 +122,10 @@ def finished_report(pods: list[PodInfo], replicas: int) -> bool | None:
     """Whether the workers' input ended: ``None`` if no pod says so, else whether all
     ``replicas`` pods say so (in their current or last container's termination message).
 
-    A worker stopped on a peer's request also exits 0, but it writes no
-    ``finished:`` line, and the peer that was asked to stop never does: only
-    an end of input has every pod saying so.
+    A worker that received SIGTERM exits 0 without that line; its peers, which
+    stop on its request, may write it (they can't tell), but the pod that was
+    asked to stop never does, or is a new pod: only an end of input has every
+    pod saying so.
 
     >>> pods = [PodInfo("wc-0", 0, finished=["finished: every input ended"]), PodInfo("wc-1", 1)]
     >>> finished_report(pods, 2), finished_report(pods[:1], 1), finished_report(pods[1:], 1)

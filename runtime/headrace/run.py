@@ -716,9 +716,10 @@ def main(argv: list[str] | None = None) -> int:
 def _report_finished(path: str | None) -> None:
     """Every input ended: say so in ``path`` (a pod's termination message).
 
-    The Kubernetes operator sets ``HEADRACE_TERMINATION_LOG`` to the
-    container's termination message file, and tells a dataflow that finished
-    from one that crashed or was stopped by this line.
+    Written when the run ended with exit 0 and no signal reached this
+    process. The Kubernetes operator sets ``HEADRACE_TERMINATION_LOG`` to the
+    container's termination message file, and calls a dataflow finished
+    when every pod says so (a pod asked to stop, by SIGTERM, never does).
 
     >>> import tempfile
     >>> with tempfile.NamedTemporaryFile("r") as f:
