@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 import headrace.operators as op
-from headrace._engine._net import PROTOCOL_VERSION, ClusterError, Hello, Mesh, parse_address
+from headrace._engine._net import Mesh
+from headrace._engine._net_protocol import PROTOCOL_VERSION, ClusterError, Hello, parse_address
 from headrace.dataflow import Dataflow
 from headrace.run import _ordinal_from_hostname, _parser, _resolve_addresses
 from headrace.testing import TestingSink, TestingSource

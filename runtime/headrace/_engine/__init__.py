@@ -12,16 +12,16 @@ Layering (a module imports only from modules above it in this list):
   ``_fuse``: stateless chains compiled to one loop; ``_sched``: steps run
   in declaration order; ``_metrics``: the metric catalogue.
 - ``_store_checks``, ``_integrity``, ``_redis_integrity``, ``_store``,
-  ``_sqlite_store``: the recovery stores.
+  ``_sqlite_parts``, ``_sqlite_store``: the recovery stores.
 - ``_basics``: batches, messages, the run's settings, the words of errors
   from user code; ``_stateful_run``: a stateful step's per-key logic,
   timers and EOF; ``_exchange``: edges, routers, out-buffers, combiners
   and credits; ``_wiring``: the plan as one worker's push graph (its
   docstring follows one item from source to sink); ``_worker``: the
   worker loop (poll, drain, barriers, epochs, snapshot and commit).
-- ``_net``: the TCP mesh between processes; ``_serve``: the HTTP
-  endpoints; ``_execute``: start a process's workers (and its mesh, store
-  and server).
+- ``_net_protocol``: the mesh's handshake and frames; ``_net``: the TCP
+  mesh between processes; ``_serve``: the HTTP endpoints; ``_execute``:
+  start a process's workers (and its mesh, store and server).
 
 >>> from headrace._engine import group_owner
 >>> group_owner(5, 8, 2)
@@ -75,18 +75,18 @@ _FACE = {
         ],
         "_store",
     ),
-    "init_parts": "_sqlite_store",
+    "init_parts": "_sqlite_parts",
     "check_location": "_store_checks",
     "REDIS_SCHEMES": "_store_checks",
-    "SECRET_ENV": "_net",
+    "SECRET_ENV": "_net_protocol",
     **dict.fromkeys(["group_owner", "key_group", "part_owner", "DEFAULT_KEY_GROUPS"], "_hash"),
 }
 
 if TYPE_CHECKING:
     from headrace._engine._execute import execute, execute_cluster, request_stop
     from headrace._engine._hash import DEFAULT_KEY_GROUPS, group_owner, key_group, part_owner
-    from headrace._engine._net import SECRET_ENV
-    from headrace._engine._sqlite_store import init_parts
+    from headrace._engine._net_protocol import SECRET_ENV
+    from headrace._engine._sqlite_parts import init_parts
     from headrace._engine._store import (
         FencedError,
         InconsistentPartitionsError,

@@ -27,7 +27,8 @@ from typing import Any
 from headrace import __version__
 from headrace._engine._basics import Abort, Cluster, RunConfig
 from headrace._engine._metrics import M
-from headrace._engine._net import PROTOCOL_VERSION, SECRET_ENV, Hello, Mesh
+from headrace._engine._net import Mesh
+from headrace._engine._net_protocol import PROTOCOL_VERSION, SECRET_ENV, Hello
 from headrace._engine._plan import Plan, build_plan
 from headrace._engine._serve import EndpointServer, Readiness
 from headrace._engine._store import HEARTBEAT_SECONDS, FencedError, LostStateError, Meta, Store
