@@ -532,8 +532,9 @@ def _finished(c: Ctx, target: DataflowSpec) -> bool:
     report = finished_report(c.obs.pods, target.replicas)
     if report is None:
         return False
-    if not report:  # the others are about to say so: look again soon
-        c.p.requeue = 1.0
+    if not report:
+        # The others say so in a moment (their pods change: looked at then), or
+        # this is a peer's stale line after a pod was asked to stop.
         return False
     store = c.obs.store
     epoch = store.epoch if store is not None and store.ok and store.exists else None
