@@ -74,7 +74,8 @@ async def _lookup(x: int) -> int:
 def paced() -> Dataflow:
     flow = Dataflow("paced")
     s = op.input("inp", flow, PacedSource())
-    s = op.map("user", s, _count_user)
+    # A step with an error policy, so the errors series exists (at 0) for the dashboards' test.
+    s = op.map("user", s, _count_user, on_error="skip")
     s = op.map_async("lookup", s, _lookup, concurrency=10, timeout=timedelta(seconds=30))
     keyed = op.key_on("key", s, lambda x: str(x % 10))
     summed = op.stateful_map("sum", keyed, lambda st, v: ((st or 0) + v,) * 2)

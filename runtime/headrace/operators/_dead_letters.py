@@ -127,14 +127,13 @@ class Reporter:
         self._lock = threading.Lock()
         self._next_log = 0.0
         self._unlogged = 0
-        self._counter: Any = None
+        # The series exists (at 0) from the start: a first failure is then an increase.
+        from headrace._engine._metrics import M
+
+        self._counter = M["headrace_step_errors_total"].labels(step_id, policy)
 
     def failed(self, item: Any, exc: BaseException) -> tuple[_Failure, ...]:
         """Count and maybe log the failure of ``item``; what the step emits instead of it."""
-        if self._counter is None:
-            from headrace._engine._metrics import M
-
-            self._counter = M["headrace_step_errors_total"].labels(self.step_id, self.policy)
         self._counter.inc()
         now = time.monotonic()
         with self._lock:
