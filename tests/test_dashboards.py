@@ -425,7 +425,7 @@ def test_alert_rules_and_their_templates_are_valid(tmp_path: Path) -> None:
         [_promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "5 rules found" in proc.stdout
+    assert "6 rules found" in proc.stdout
 
 
 # ------------------------------------------------------------------ a real Prometheus

@@ -32,7 +32,7 @@ NAMESPACE = "headrace-system"
 FULLNAME = "hr-headrace"
 PROMETHEUS_API = ("--api-versions", "monitoring.coreos.com/v1")
 MONITORING_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
-ALERTS = {"DataflowNotReady", "SnapshotStale", "LagGrowing", "OperatorDown", "ReconcileErrors"}
+ALERTS = {"DataflowNotReady", "SnapshotStale", "LagGrowing", "StepErrors", "OperatorDown", "ReconcileErrors"}
 pytestmark = pytest.mark.tools("helm")
 
 
@@ -461,7 +461,7 @@ def test_servicemonitor_scrapes_the_operator_service_keeping_its_labels(tmp_path
     assert sm["metadata"]["labels"]["release"] == "kps"
 
 
-def test_prometheus_rule_has_the_five_alerts(tmp_path: Path) -> None:
+def test_prometheus_rule_has_the_six_alerts(tmp_path: Path) -> None:
     rule = one(render(tmp_path, None, *PROMETHEUS_API), "PrometheusRule")
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
     assert set(alerts) == ALERTS
