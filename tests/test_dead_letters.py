@@ -533,3 +533,33 @@ def test_kafka_on_error_and_raise_on_errors_exclude_each_other() -> None:
     with pytest.raises(ValueError) as info:
         kop.deserialize_value("de", up, StringDeserializer(), raise_on_errors=True, on_error="skip")
     assert str(info.value) == "step 'dl_kafka.de': give `raise_on_errors` or `on_error`, not both"
+
+
+VALUE_KINDS: dict[str, tuple[Any, list[Any]]] = {
+    "map_value": (lambda up, p: op.map_value("v", up, _inv, on_error=p), [("a", 12), ("b", 6)]),
+    "filter_value": (
+        lambda up, p: op.filter_value("v", up, lambda v: _inv(v) > 1, on_error=p),
+        [("a", 1), ("b", 2)],
+    ),
+    "filter_map_value": (
+        lambda up, p: op.filter_map_value("v", up, lambda v: _inv(v) if v != 1 else None, on_error=p),
+        [("b", 6)],
+    ),
+    "flat_map_value": (
+        lambda up, p: op.flat_map_value("v", up, lambda v: [v, _inv(v)], on_error=p),
+        [("a", 1), ("a", 12), ("b", 2), ("b", 6)],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_KINDS))
+def test_value_operators_policies_keep_the_key(name: str) -> None:
+    build, good = VALUE_KINDS[name]
+    items = [("a", 1), ("z", 0), ("b", 2), 5]
+    assert _run(build, items, "skip") == (good, [])
+    out, bad = _run(build, items, "dead_letter")
+    assert out == good
+    assert bad == [
+        ("dl.v", 0, "z", "ZeroDivisionError", "integer division or modulo by zero", 1),
+        ("dl.v", 5, None, "TypeError", "cannot unpack non-iterable int object", 1),
+    ]

@@ -89,10 +89,10 @@ message='division by zero', traceback='ZeroDivisionError: division by zero\\n', 
 
     __slots__ = ("epoch", "exc_type", "item", "key", "message", "step_id", "traceback")
 
-    def __init__(self, step_id: str, item: Any, exc: BaseException) -> None:
+    def __init__(self, step_id: str, item: Any, exc: BaseException, key: str | None = None) -> None:
         self.step_id = step_id
         self.item = item
-        self.key: str | None = None
+        self.key = key
         self.exc_type = _type_name(exc)
         self.message = str(exc)
         self.traceback = "".join(
@@ -132,8 +132,8 @@ class Reporter:
 
         self._counter = M["headrace_step_errors_total"].labels(step_id, policy)
 
-    def failed(self, item: Any, exc: BaseException) -> tuple[_Failure, ...]:
-        """Count and maybe log the failure of ``item``; what the step emits instead of it."""
+    def failed(self, item: Any, exc: BaseException, key: str | None = None) -> tuple[_Failure, ...]:
+        """Count and maybe log the failure of ``item`` (of ``key``); what the step emits instead of it."""
         self._counter.inc()
         now = time.monotonic()
         with self._lock:
@@ -154,7 +154,7 @@ class Reporter:
             )
         if self.policy == "skip":
             return ()
-        return (_Failure(self.step_id, item, exc),)
+        return (_Failure(self.step_id, item, exc, key),)
 
 
 def guard(kind: str, fn: Callable[..., Any], reporter: Reporter) -> Callable[[Any], tuple[Any, ...]]:
@@ -202,8 +202,47 @@ def guard(kind: str, fn: Callable[..., Any], reporter: Reporter) -> Callable[[An
             except Exception as exc:
                 return failed(x, exc)
 
+    elif kind in _VALUE_KINDS:
+        return _guard_value(kind, fn, failed)
     else:  # pragma: no cover - a bug in an operator
         raise AssertionError(kind)
+    return guarded
+
+
+_VALUE_KINDS = frozenset({"map_value", "filter_value", "filter_map_value", "flat_map_value"})
+
+
+def _guard_value(
+    kind: str, fn: Callable[..., Any], failed: Callable[..., tuple[Any, ...]]
+) -> Callable[[Any], tuple[Any, ...]]:
+    """`guard` for the ``*_value`` stages: ``fn`` gets the value; a failure keeps the key.
+
+    An item that is not a ``(key, value)`` pair fails as a whole (no key).
+
+    >>> g = _guard_value("map_value", lambda v: 12 // v, Reporter("doc.mv", "dead_letter").failed)
+    >>> [y for kv in [("a", 3), ("b", 0), 7] for y in g(kv)][0]
+    ('a', 4)
+    >>> [(f.item, f.key, f.exc_type) for kv in [("b", 0), 7] for f in g(kv)]
+    [(0, 'b', 'ZeroDivisionError'), (7, None, 'TypeError')]
+    """
+
+    def guarded(kv: Any) -> tuple[Any, ...]:
+        try:
+            k, v = kv
+        except Exception as exc:
+            return failed(kv, exc)
+        try:
+            if kind == "map_value":
+                return ((k, fn(v)),)
+            if kind == "filter_value":
+                return ((k, v),) if fn(v) else ()
+            if kind == "filter_map_value":
+                w = fn(v)
+                return () if w is None else ((k, w),)
+            return tuple((k, w) for w in fn(v))
+        except Exception as exc:
+            return failed(v, exc, k)
+
     return guarded
 
 

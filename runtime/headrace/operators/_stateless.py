@@ -179,8 +179,12 @@ def _identity(x: X) -> X:
 
 
 @operator
-def map_value(step_id: str, up: Stream[tuple[str, V]], mapper: Callable[[V], W]) -> Stream[tuple[str, W]]:
+def map_value(
+    step_id: str, up: Stream[tuple[str, V]], mapper: Callable[[V], W], *, on_error: ErrorPolicy = "fail"
+) -> Stream[tuple[str, W]]:
     """Transform the value of each ``(key, value)`` item.
+
+    ``on_error``: as for `map`; a dead letter has the key, and the value as its item.
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -191,6 +195,8 @@ def map_value(step_id: str, up: Stream[tuple[str, V]], mapper: Callable[[V], W])
     [('a', 2)]
     """
     _check_callable(step_id, "mapper", mapper)
+    if check_policy(up._scope.parent_id, on_error) != "fail":
+        return guarded_stateless(up, "map_value", mapper, on_error)
     with _bytewax_nesting("map"):
         return flat_map_batch(
             "flat_map_batch",
@@ -201,9 +207,11 @@ def map_value(step_id: str, up: Stream[tuple[str, V]], mapper: Callable[[V], W])
 
 @operator
 def filter_value(
-    step_id: str, up: Stream[tuple[str, V]], predicate: Callable[[V], bool]
+    step_id: str, up: Stream[tuple[str, V]], predicate: Callable[[V], bool], *, on_error: ErrorPolicy = "fail"
 ) -> Stream[tuple[str, V]]:
     """Keep the ``(key, value)`` items whose value passes ``predicate``.
+
+    ``on_error``: as for `map`; a dead letter has the key, and the value as its item.
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -214,6 +222,8 @@ def filter_value(
     [('a', 1)]
     """
     _check_callable(step_id, "predicate", predicate)
+    if check_policy(up._scope.parent_id, on_error) != "fail":
+        return guarded_stateless(up, "filter_value", predicate, on_error)
     with _bytewax_nesting("filter", "flat_map"):
         return flat_map_batch(
             "flat_map_batch",
@@ -224,9 +234,15 @@ def filter_value(
 
 @operator
 def filter_map_value(
-    step_id: str, up: Stream[tuple[str, V]], mapper: Callable[[V], W | None]
+    step_id: str,
+    up: Stream[tuple[str, V]],
+    mapper: Callable[[V], W | None],
+    *,
+    on_error: ErrorPolicy = "fail",
 ) -> Stream[tuple[str, W]]:
     """Transform values, dropping items whose new value is ``None``.
+
+    ``on_error``: as for `map`; a dead letter has the key, and the value as its item.
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -238,6 +254,8 @@ def filter_map_value(
     [('a', 1)]
     """
     _check_callable(step_id, "mapper", mapper)
+    if check_policy(up._scope.parent_id, on_error) != "fail":
+        return guarded_stateless(up, "filter_map_value", mapper, on_error)
 
     def batch_fn(xs: list[tuple[str, V]]) -> list[tuple[str, W]]:
         return [(k, w) for k, v in xs for w in (mapper(v),) if w is not None]
@@ -248,9 +266,15 @@ def filter_map_value(
 
 @operator
 def flat_map_value(
-    step_id: str, up: Stream[tuple[str, V]], mapper: Callable[[V], Iterable[W]]
+    step_id: str,
+    up: Stream[tuple[str, V]],
+    mapper: Callable[[V], Iterable[W]],
+    *,
+    on_error: ErrorPolicy = "fail",
 ) -> Stream[tuple[str, W]]:
     """Transform each value into any number of values under the same key.
+
+    ``on_error``: as for `map`; a dead letter has the key, and the value as its item.
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -261,6 +285,8 @@ def flat_map_value(
     [('a', 'x'), ('a', 'y')]
     """
     _check_callable(step_id, "mapper", mapper)
+    if check_policy(up._scope.parent_id, on_error) != "fail":
+        return guarded_stateless(up, "flat_map_value", mapper, on_error)
 
     def batch_fn(xs: list[tuple[str, V]]) -> list[tuple[str, W]]:
         return [(k, w) for k, v in xs for w in mapper(v)]
