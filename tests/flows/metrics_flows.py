@@ -78,6 +78,6 @@ def paced() -> Dataflow:
     s = op.map("user", s, _count_user, on_error="skip")
     s = op.map_async("lookup", s, _lookup, concurrency=10, timeout=timedelta(seconds=30))
     keyed = op.key_on("key", s, lambda x: str(x % 10))
-    summed = op.stateful_map("sum", keyed, lambda st, v: ((st or 0) + v,) * 2)
+    summed = op.stateful_map("sum", keyed, lambda st, v: ((st or 0) + v,) * 2, ttl=timedelta(hours=1))
     op.output("out", summed, _DiscardSink())
     return flow

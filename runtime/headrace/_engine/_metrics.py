@@ -63,6 +63,11 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("step_id", "worker_index"),
         "Time in a stateful step's on_eof calls.",
     ),
+    "headrace_state_expired_keys_total": (
+        "counter",
+        ("step_id", "worker_index"),
+        "Keys of a stateful step with a ttl dropped because they were not updated for that long.",
+    ),
     "headrace_async_inflight_calls": (
         "gauge",
         ("step_id", "worker_index"),

@@ -8,6 +8,13 @@ timers (`notify_at`) in a heap and fires them (`on_notify`), calls
 that the snapshot writes only those. Its outputs go to ``push`` as
 ``(key, value)`` pairs.
 
+With a time to live (``ttl``, `stateful_batch`'s keyword), the step also
+keeps each key's last update (processing time: the wall clock when the
+key's items were handled) in update order; a key not updated for ``ttl`` is
+dropped, without output, before the step's next activation, timer pass,
+end of input or snapshot, and a tombstone deletes it from the store. Its
+snapshot then carries the update time, so a resumed key expires on time.
+
 The exchange (`_exchange`) routes items here; the wiring (`_wiring`) builds
 it, and the worker loop (`_worker`) fires its timers and snapshots it.
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 import heapq
 import pickle
 import time
+from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +47,19 @@ from headrace.errors import BytewaxRuntimeError
 # A logic still due after `on_notify` is notified again, at most this many
 # rounds per pass of the worker loop.
 _MAX_TIMER_ROUNDS = 1000
+
+# A key's snapshot under a ttl: ``(_TTL_TAG, updated_at, state)``.
+_TTL_TAG = "headrace.ttl.v1"
+
+
+def _clock() -> float:
+    """Seconds since the Unix epoch: when keys were updated, for ``ttl`` (tests replace it).
+
+    >>> _clock() > 1.7e9
+    True
+    """
+    return time.time()
+
 
 _TIMER_CLASSES: dict[type, bool] = {}
 _EOF_CLASSES: dict[type, bool] = {}
@@ -100,23 +121,87 @@ class StatefulRun:
         self.m_eof = (
             None if wm is None else wm.bind("stateful_batch_on_eof_duration_seconds", self.step_id, wm.wi)
         )
+        ttl = step.conf.get("ttl")
+        # Seconds a key lives without an update (None: forever), and each
+        # key's last update, oldest first.
+        self.ttl: float | None = None if ttl is None else ttl.total_seconds()
+        self.updated: OrderedDict[str, float] = OrderedDict()
+        self.m_expired = (
+            None
+            if wm is None or ttl is None
+            else wm.bind("headrace_state_expired_keys_total", self.step_id, wm.wi)
+        )
 
     def restore(self, states: dict[str, bytes]) -> None:
         """Rebuild the logic of every key from its snapshot."""
+        stamps: list[tuple[float, str]] = []
         for key, blob in states.items():
             try:
-                logic = self.builder(pickle.loads(blob))
+                state = pickle.loads(blob)
+                if state.__class__ is tuple and len(state) == 3 and state[0] == _TTL_TAG:
+                    # Written under a ttl: keep the key's last update.
+                    _, at, state = state
+                    stamps.append((at, key))
+                elif self.ttl is not None:
+                    stamps.append((_clock(), key))  # the ttl is new: the key's time starts now
+                logic = self.builder(state)
             except Exception as exc:
                 raise user_error(
                     f"error rebuilding state of key {key!r} in step {self.step_id!r} from its snapshot", exc
                 ) from exc
             self.logics[key] = logic
             self._schedule(key, logic)
+        if self.ttl is not None:
+            stamps.sort()
+            updated = self.updated
+            for at, key in stamps:
+                updated[key] = at
+            self._expire(_clock())
+
+    def _touch(self, keys: Any) -> None:
+        """``keys`` were updated now: each moves to the young end (or leaves, if discarded)."""
+        now = _clock()
+        updated = self.updated
+        logics = self.logics
+        for k in keys:
+            if k in logics:
+                updated[k] = now
+                updated.move_to_end(k)
+            else:
+                updated.pop(k, None)
+
+    def _expire(self, now: float) -> None:
+        """Drop every key not updated for ``ttl`` seconds (their tombstones go in the snapshot)."""
+        updated = self.updated
+        assert self.ttl is not None
+        cutoff = now - self.ttl
+        n = 0
+        while updated:
+            key, at = next(iter(updated.items()))
+            if at > cutoff:
+                break
+            del updated[key]
+            if self.logics.pop(key, None) is not None:
+                self.timers.pop(key, None)
+                if self.track:
+                    self.dirty.add(key)
+                n += 1
+        if n and self.m_expired is not None:
+            self.m_expired.inc(n)
 
     def snapshot_entries(self, groups: int) -> list[Entry]:
         """Pickled state of the keys changed this epoch (tombstones for dropped ones)."""
         out: list[Entry] = []
         logics = self.logics
+        if self.ttl is not None:
+            self._expire(_clock())
+            updated = self.updated
+            for key in self.dirty:
+                logic = logics.get(key)
+                blob = b"" if logic is None else pickle_state(self.shown, key, logic, updated.get(key))
+                out.append((self.step_id, key_group(key, groups), key, blob))
+            self.dirty.clear()
+            return out
         for key in self.dirty:
             logic = logics.get(key)
             blob = b"" if logic is None else pickle_state(self.shown, key, logic)
@@ -239,6 +324,8 @@ class StatefulRun:
         return groups
 
     def _process(self, groups: dict[str, list[Any]], n_in: int, t0: float) -> None:
+        if self.ttl is not None:
+            self._expire(_clock())
         out: list[Any] = []
         extend = out.extend
         logics = self.logics
@@ -281,6 +368,8 @@ class StatefulRun:
             else:
                 extend(self._apply(k, logic, ret, "on_batch", later))
         self.activated = True
+        if self.ttl is not None:
+            self._touch(groups)
         if self.heap:
             self._notify_due(utcnow(), out, 1)
         for k in later:
@@ -308,6 +397,8 @@ class StatefulRun:
 
     def fire_timers(self, now: datetime) -> None:
         """An activation without items: notify the keys whose time has come."""
+        if self.ttl is not None:
+            self._expire(_clock())
         heap = self.heap
         if not heap or heap[0][0] > now:
             return
@@ -349,6 +440,8 @@ class StatefulRun:
 
     def on_eof(self) -> None:
         """End of input: due timers fire, then every key's `on_eof`, in key order."""
+        if self.ttl is not None:
+            self._expire(_clock())
         out: list[Any] = []
         self._notify_due(utcnow(), out, 1)
         t0 = time.perf_counter()
@@ -370,16 +463,28 @@ class StatefulRun:
             self.push(out)
 
 
-def pickle_state(shown: str, key: str, logic: Any) -> bytes:
+def pickle_state(shown: str, key: str, logic: Any, updated_at: float | None = None) -> bytes:
+    """The snapshot of one key's logic (with its last update, under a ttl).
+
+    >>> class L:
+    ...     def snapshot(self): return 3
+    >>> pickle.loads(pickle_state('"f.s"', "k", L()))
+    3
+    >>> pickle.loads(pickle_state('"f.s"', "k", L(), 1.5))
+    ('headrace.ttl.v1', 1.5, 3)
+    """
     try:
         state = logic.snapshot()
     except Exception as exc:
         raise user_error(calling("snapshot", shown, key), exc) from exc
+    kind = type(state).__name__
+    if updated_at is not None:
+        state = (_TTL_TAG, updated_at, state)
     try:
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         msg = (
-            f"state of key {quoted(key)} in step {shown} is a {type(state).__name__}, which "
+            f"state of key {quoted(key)} in step {shown} is a {kind}, which "
             f"can't be pickled for snapshots ({type(exc).__name__}: {exc}); keep plain "
             "data (dicts, lists, numbers, dataclasses) in state"
         )

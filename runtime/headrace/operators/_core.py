@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from headrace.dataflow import Dataflow, Stream, _core_step, f_repr, operator
@@ -328,11 +329,18 @@ def stateful_batch(
     step_id: str,
     up: Stream[tuple[str, V]],
     builder: Callable[[S | None], StatefulBatchLogic[V, W, S]],
+    *,
+    ttl: timedelta | None = None,
 ) -> Stream[tuple[str, W]]:
     """The core stateful operator: per-key logic over batches of values.
 
     Items must be ``(key, value)`` with a `str` key. ``builder(resume_state)``
     builds the logic for a key (``None`` for a new key).
+
+    ``ttl`` (Headrace's own): a key that gets no value for that long
+    (processing time) is dropped, logic, timers and stored state, without
+    output; its next value starts it anew. The other stateful operators
+    pass their ``ttl`` here.
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -347,7 +355,12 @@ def stateful_batch(
     [('a', 2)]
     """
     _check_callable(step_id, "builder", builder)
-    return _core_step("stateful_batch", {"builder": builder})[0]
+    if ttl is None:
+        return _core_step("stateful_batch", {"builder": builder})[0]
+    if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
+        msg = f"step {step_id!r}: `ttl` must be a positive timedelta or None; got {ttl!r}"
+        raise ValueError(msg)
+    return _core_step("stateful_batch", {"builder": builder, "ttl": ttl})[0]
 
 
 @operator(_core=True)

@@ -164,8 +164,11 @@ def stateful(
     builder: Callable[[S | None], StatefulLogic[V, W, S]],
     *,
     on_error: ErrorPolicy = "fail",
+    ttl: timedelta | None = None,
 ) -> Stream[tuple[str, W]]:
     """Run per-key `StatefulLogic` with timers, EOF handling and snapshots.
+
+    ``ttl``: a key that gets no value for that long is dropped (see `stateful_batch`).
 
     ``on_error`` applies to ``on_item`` (as for `map`; the dead letter has
     the key); a failing ``on_notify``, ``on_eof`` or builder stops the run.
@@ -185,9 +188,11 @@ def stateful(
     _check_callable(step_id, "builder", builder)
     policy = check_policy(up._scope.parent_id, on_error)
     if policy == "fail":
-        return stateful_batch("stateful_batch", up, lambda resume: _ItemShim(builder, resume))
+        return stateful_batch("stateful_batch", up, lambda resume: _ItemShim(builder, resume), ttl=ttl)
     reporter = Reporter(up._scope.parent_id, policy)
-    out = stateful_batch("stateful_batch", up, lambda resume: _GuardedItemShim(builder, reporter, resume))
+    out = stateful_batch(
+        "stateful_batch", up, lambda resume: _GuardedItemShim(builder, reporter, resume), ttl=ttl
+    )
     return split_failures(out, keyed=True) if policy == "dead_letter" else out
 
 
@@ -288,12 +293,15 @@ def stateful_map(
     mapper: Callable[[S | None, V], tuple[S | None, W]],
     *,
     on_error: ErrorPolicy = "fail",
+    ttl: timedelta | None = None,
 ) -> Stream[tuple[str, W]]:
     """Per-key map with state: ``mapper(state, value) -> (new_state, out)``.
 
     ``state`` is ``None`` for a new key; returning ``None`` as the new state
     forgets the key. ``on_error``: as for `map`; a value the mapper raises
     on leaves the key's state as it was, and its dead letter has the key.
+    ``ttl``: a key that gets no value for that long is forgotten too (see
+    `stateful_batch`); its next value sees ``None``.
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -311,7 +319,7 @@ def stateful_map(
     full = up._scope.parent_id
     builder, policy = _map_logic(mapper, full, False, on_error)
     with _bytewax_nesting("stateful_flat_map", "stateful"):
-        out = stateful_batch("stateful_batch", up, builder)
+        out = stateful_batch("stateful_batch", up, builder, ttl=ttl)
     return split_failures(out, keyed=True) if policy == "dead_letter" else out
 
 
@@ -322,6 +330,7 @@ def stateful_flat_map(
     mapper: Callable[[S | None, V], tuple[S | None, Iterable[W]]],
     *,
     on_error: ErrorPolicy = "fail",
+    ttl: timedelta | None = None,
 ) -> Stream[tuple[str, W]]:
     """Like `stateful_map`, but the mapper emits an iterable of outputs.
 
@@ -345,7 +354,7 @@ def stateful_flat_map(
     full = up._scope.parent_id
     builder, policy = _map_logic(mapper, full, True, on_error)
     with _bytewax_nesting("stateful"):
-        out = stateful_batch("stateful_batch", up, builder)
+        out = stateful_batch("stateful_batch", up, builder, ttl=ttl)
     return split_failures(out, keyed=True) if policy == "dead_letter" else out
 
 
@@ -420,8 +429,13 @@ def fold_final(
     up: Stream[tuple[str, V]],
     builder: Callable[[], S],
     folder: Callable[[S, V], S],
+    *,
+    ttl: timedelta | None = None,
 ) -> Stream[tuple[str, S]]:
     """Fold each key's values into an accumulator; emit it at end of input.
+
+    ``ttl``: a key that gets no value for that long is dropped, its
+    accumulator unemitted (see `stateful_batch`).
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -439,7 +453,7 @@ def fold_final(
         return _FoldFinalLogic(folder, builder() if resume is None else resume)
 
     with _bytewax_nesting("stateful"):
-        return stateful_batch("stateful_batch", up, _unordered(build, builder, folder))
+        return stateful_batch("stateful_batch", up, _unordered(build, builder, folder), ttl=ttl)
 
 
 class _ReduceFinalLogic(StatefulBatchLogic[V, V, V]):
@@ -468,9 +482,11 @@ class _ReduceFinalLogic(StatefulBatchLogic[V, V, V]):
 
 @operator
 def reduce_final(
-    step_id: str, up: Stream[tuple[str, V]], reducer: Callable[[V, V], V]
+    step_id: str, up: Stream[tuple[str, V]], reducer: Callable[[V, V], V], *, ttl: timedelta | None = None
 ) -> Stream[tuple[str, V]]:
     """Combine each key's values pairwise; emit the result at end of input.
+
+    ``ttl``: as for `fold_final`.
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -487,7 +503,7 @@ def reduce_final(
     # is where an item that is not a pair fails there (see `_engine._basics.not_keyed`).
     build._bytewax_pre_reduce = _current_display_id() + ".pre_reduce"
     with _bytewax_nesting("fold_final", "stateful"):
-        return stateful_batch("stateful_batch", up, _unordered(build, reducer))
+        return stateful_batch("stateful_batch", up, _unordered(build, reducer), ttl=ttl)
 
 
 def _add(a: int, b: int) -> int:
@@ -495,8 +511,12 @@ def _add(a: int, b: int) -> int:
 
 
 @operator
-def count_final(step_id: str, up: Stream[X], key: Callable[[X], str]) -> Stream[tuple[str, int]]:
+def count_final(
+    step_id: str, up: Stream[X], key: Callable[[X], str], *, ttl: timedelta | None = None
+) -> Stream[tuple[str, int]]:
     """Count items per ``key(item)``; emit the counts at end of input.
+
+    ``ttl``: as for `fold_final`.
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -509,14 +529,20 @@ def count_final(step_id: str, up: Stream[X], key: Callable[[X], str]) -> Stream[
     """
     _check_callable(step_id, "key", key)
     keyed = map("init_count", up, lambda x: (key(x), 1))
-    return reduce_final("sum", keyed, _add)
+    return reduce_final("sum", keyed, _add, ttl=ttl)
 
 
 @operator
 def max_final(
-    step_id: str, up: Stream[tuple[str, V]], by: Callable[[V], Any] = _identity
+    step_id: str,
+    up: Stream[tuple[str, V]],
+    by: Callable[[V], Any] = _identity,
+    *,
+    ttl: timedelta | None = None,
 ) -> Stream[tuple[str, V]]:
     """Emit each key's maximum value (by ``by``) at end of input.
+
+    ``ttl``: as for `fold_final`.
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -526,14 +552,20 @@ def max_final(
     >>> op.output("o", op.max_final("m", s), TestingSink(out)); run_main(flow); out
     [('a', 7)]
     """
-    return reduce_final("reduce_final", up, lambda a, b: b if by(b) > by(a) else a)
+    return reduce_final("reduce_final", up, lambda a, b: b if by(b) > by(a) else a, ttl=ttl)
 
 
 @operator
 def min_final(
-    step_id: str, up: Stream[tuple[str, V]], by: Callable[[V], Any] = _identity
+    step_id: str,
+    up: Stream[tuple[str, V]],
+    by: Callable[[V], Any] = _identity,
+    *,
+    ttl: timedelta | None = None,
 ) -> Stream[tuple[str, V]]:
     """Emit each key's minimum value (by ``by``) at end of input.
+
+    ``ttl``: as for `fold_final`.
 
     >>> import headrace.operators as op
     >>> from headrace.dataflow import Dataflow
@@ -543,7 +575,7 @@ def min_final(
     >>> op.output("o", op.min_final("m", s), TestingSink(out)); run_main(flow); out
     [('a', 1)]
     """
-    return reduce_final("reduce_final", up, lambda a, b: b if by(b) < by(a) else a)
+    return reduce_final("reduce_final", up, lambda a, b: b if by(b) < by(a) else a, ttl=ttl)
 
 
 class _CollectLogic(StatefulBatchLogic[V, list[V], Any]):
@@ -713,8 +745,13 @@ def join(
     *sides: Stream[tuple[str, Any]],
     insert_mode: JoinInsertMode = "last",
     emit_mode: JoinEmitMode = "complete",
+    ttl: timedelta | None = None,
 ) -> Stream[tuple[str, tuple[Any, ...]]]:
     """Join keyed streams on their keys, one slot per side.
+
+    ``ttl``: a key that gets no value on any side for that long is dropped
+    with its slots (see `stateful_batch`), e.g. a half-joined key whose
+    other side never comes.
 
     ``insert_mode``: ``last`` (keep the newest value per side), ``first``
     (keep the first), ``product`` (keep all; emit every combination).
@@ -744,6 +781,7 @@ def join(
             "join",
             merged,
             lambda resume: _JoinLogic(n, insert_mode, emit_mode, resume),
+            ttl=ttl,
         )
 
 
