@@ -134,7 +134,7 @@ def test_every_public_name_is_there() -> None:
         "raise_on_errors",
     ]
     assert inspect.signature(KafkaSource).parameters["starting_offset"].default == (OFFSET_BEGINNING)
-    assert list(inspect.signature(KafkaSink).parameters) == ["brokers", "topic", "add_config"]
+    assert list(inspect.signature(KafkaSink).parameters) == ["brokers", "topic", "add_config", "exactly_once"]
 
 
 def test_arguments_are_checked_up_front() -> None:

@@ -11,10 +11,14 @@ the next offset to read, so a resumed (or rescaled) dataflow continues at
 exactly the committed epoch's offsets. No consumer group is used and no
 offset is committed to Kafka.
 
-The sink is **at-least-once** across crashes: a batch is acknowledged by the
-brokers before the epoch that wrote it can commit, and a resumed dataflow
-writes again what came after the last commit. Give messages a key that
-identifies them (see docs/connectors.md) so that consumers can drop repeats.
+The sink is **at-least-once** across crashes by default: a batch is
+acknowledged by the brokers before the epoch that wrote it can commit, and a
+resumed dataflow writes again what came after the last commit. Give messages
+a key that identifies them (see docs/connectors.md) so that consumers can drop
+repeats. With ``exactly_once=True`` (needs recovery) each worker writes an
+epoch's messages in one Kafka transaction, committed after the epoch is
+committed in the recovery store: a ``read_committed`` consumer sees every
+message once, across crashes and rescaling (see `_eos`).
 
 >>> import headrace.operators as op
 >>> from headrace.dataflow import Dataflow
@@ -43,6 +47,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
     ) from _exc
 
 from headrace.connectors.kafka import _client
+from headrace.connectors.kafka._eos import ExactlyOnceSinkPartition
 from headrace.connectors.kafka._messages import (
     K2,
     V2,
@@ -215,15 +220,25 @@ class KafkaSource(FixedPartitionedSource[Any, int]):
 class KafkaSink(DynamicSink[KafkaSinkMessage[Any, Any]]):
     """Write `KafkaSinkMessage` items to a topic; one producer per worker.
 
-    ``topic=None`` means every message names its own topic. At-least-once:
-    each batch is acknowledged before it counts as written, and after a
-    crash the messages since the last committed epoch are written again.
-    ``add_config`` takes librdkafka producer settings (the default
-    ``message.timeout.ms`` here is 60 s).
+    ``topic=None`` means every message names its own topic. By default
+    at-least-once: each batch is acknowledged before it counts as written,
+    and after a crash the messages since the last committed epoch are
+    written again. ``add_config`` takes librdkafka producer settings (the
+    default ``message.timeout.ms`` here is 60 s).
+
+    ``exactly_once=True`` writes each worker's epoch in a Kafka transaction
+    committed right after the epoch's snapshot (consumers must read with
+    ``isolation.level=read_committed``; they see an epoch's output once it
+    is committed). It needs recovery and a ``topic`` (its partition 0
+    holds the commit markers); ``add_config={"transactional.id": P}``
+    sets the transactional ids' prefix (default ``headrace-eos.{step_id}``),
+    which must be unique among the dataflows writing to the cluster.
 
     >>> sink = KafkaSink(["localhost:9092"], "out-topic", add_config={"linger.ms": 20})
-    >>> sink.topic
-    'out-topic'
+    >>> sink.topic, sink.commits_with_epochs
+    ('out-topic', False)
+    >>> KafkaSink(["localhost:9092"], "out-topic", exactly_once=True).commits_with_epochs
+    True
     """
 
     def __init__(
@@ -231,12 +246,24 @@ class KafkaSink(DynamicSink[KafkaSinkMessage[Any, Any]]):
         brokers: Iterable[str],
         topic: str | None,
         add_config: dict[str, Any] | None = None,
+        *,
+        exactly_once: bool = False,
     ) -> None:
         self._brokers = _client.brokers_str("KafkaSink", brokers)
         self.topic = topic
         self._add_config = dict(add_config or {})
+        if exactly_once and topic is None:
+            msg = (
+                "KafkaSink: exactly_once=True needs a topic (its partition 0 holds the "
+                "transactions' commit markers); messages may still name other topics"
+            )
+            raise ValueError(msg)
+        # Read by the engine: an exactly-once sink commits with the epochs.
+        self.commits_with_epochs = bool(exactly_once)
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> KafkaSinkPartition:
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> KafkaSinkPartition | ExactlyOnceSinkPartition:
         """Start this worker's producer; checks the brokers answer and the topic exists.
 
         >>> KafkaSink(["127.0.0.1:1"], "t", add_config={"socket.timeout.ms": 500}
@@ -248,7 +275,13 @@ class KafkaSink(DynamicSink[KafkaSinkMessage[Any, Any]]):
         config = _client.base_config(self._brokers, None)
         config["message.timeout.ms"] = _DEFAULT_MESSAGE_TIMEOUT_MS
         config.update(self._add_config)
-        part = KafkaSinkPartition(step_id, config, self.topic)
+        part: KafkaSinkPartition | ExactlyOnceSinkPartition
+        if self.commits_with_epochs:
+            assert self.topic is not None
+            prefix = str(config.pop("transactional.id", f"headrace-eos.{step_id}"))
+            part = ExactlyOnceSinkPartition(step_id, config, self.topic, prefix, worker_index)
+        else:
+            part = KafkaSinkPartition(step_id, config, self.topic)
         if self.topic is not None:
             try:
                 _client.check_topics(

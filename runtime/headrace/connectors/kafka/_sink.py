@@ -76,33 +76,53 @@ class KafkaSinkPartition(StatelessSinkPartition[KafkaSinkMessage[Any, Any]]):
             self._raise_failures(remaining)
 
     def _not_a_message(self, item: Any) -> TypeError:
-        hint = (
-            "call .to_sink() on it, or use kafka operators.output, which converts"
-            if isinstance(item, KafkaSourceMessage)
-            else "wrap it: KafkaSinkMessage(key, value)"
-        )
-        msg = (
-            f"step {self._step_id!r}: KafkaSink takes KafkaSinkMessage items; got "
-            f"{type(item).__name__} {item!r}; {hint}"
-        )
-        return TypeError(msg)
+        return not_a_message(self._step_id, item)
 
     def _raise_failures(self, remaining: int) -> None:
         failed, self._failed = self._failed, []
-        if failed:
-            err, m = failed[0]
-            code = err.code() if isinstance(err, ConfluentKafkaError) else None
-            msg = (
-                f"step {self._step_id!r}: Kafka did not accept {len(failed)} message(s); the "
-                f"first, to topic {m.topic()!r} partition {m.partition()}, failed with: "
-                f"{err.str() if code is not None else err}"
-            )
-        else:
-            msg = (
-                f"step {self._step_id!r}: {remaining} message(s) were still not acknowledged "
-                f"after {self._flush_timeout:g} s; are the brokers up?"
-            )
-        raise RuntimeError(msg)
+        raise failures_error(self._step_id, failed, remaining, self._flush_timeout)
 
     def close(self) -> None:
         self._producer.flush(self._flush_timeout)
+
+
+def not_a_message(step_id: str, item: Any) -> TypeError:
+    """The error for an item that is not a `KafkaSinkMessage`.
+
+    >>> print(not_a_message("s", 3))
+    step 's': KafkaSink takes KafkaSinkMessage items; got int 3; wrap it: KafkaSinkMessage(key, value)
+    """
+    hint = (
+        "call .to_sink() on it, or use kafka operators.output, which converts"
+        if isinstance(item, KafkaSourceMessage)
+        else "wrap it: KafkaSinkMessage(key, value)"
+    )
+    msg = (
+        f"step {step_id!r}: KafkaSink takes KafkaSinkMessage items; got "
+        f"{type(item).__name__} {item!r}; {hint}"
+    )
+    return TypeError(msg)
+
+
+def failures_error(
+    step_id: str, failed: list[tuple[Any, Any]], remaining: int, timeout: float
+) -> RuntimeError:
+    """The error for messages the brokers refused (``failed``) or never acknowledged.
+
+    >>> print(failures_error("s", [], 2, 65.0))
+    step 's': 2 message(s) were still not acknowledged after 65 s; are the brokers up?
+    """
+    if failed:
+        err, m = failed[0]
+        code = err.code() if isinstance(err, ConfluentKafkaError) else None
+        msg = (
+            f"step {step_id!r}: Kafka did not accept {len(failed)} message(s); the "
+            f"first, to topic {m.topic()!r} partition {m.partition()}, failed with: "
+            f"{err.str() if code is not None else err}"
+        )
+    else:
+        msg = (
+            f"step {step_id!r}: {remaining} message(s) were still not acknowledged "
+            f"after {timeout:g} s; are the brokers up?"
+        )
+    return RuntimeError(msg)

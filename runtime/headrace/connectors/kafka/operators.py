@@ -142,14 +142,17 @@ def output(
     brokers: list[str],
     topic: str,
     add_config: dict[str, Any] | None = None,
+    exactly_once: bool = False,
 ) -> None:
-    """Write messages to Kafka (see `KafkaSink`); source messages are converted.
+    """Write messages to Kafka (see `KafkaSink`, also for ``exactly_once``); source messages are converted.
 
     >>> from headrace.dataflow import Dataflow
     >>> msgs = input("in", Dataflow("f"), brokers=["localhost:9092"], topics=["t"])
     >>> output("out", msgs.oks, brokers=["localhost:9092"], topic="copy")
     """
-    _to_sink("to_sink", up).then(op.output, "kafka_output", KafkaSink(brokers, topic, add_config))
+    _to_sink("to_sink", up).then(
+        op.output, "kafka_output", KafkaSink(brokers, topic, add_config, exactly_once=exactly_once)
+    )
 
 
 def _fail(step_id: str, what: str, msg: Any, exc: Exception) -> ValueError:

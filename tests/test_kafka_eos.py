@@ -1,0 +1,306 @@
+"""Exactly-once Kafka output against a real broker, under kill -9 and rescaling.
+
+A ``read_committed`` checker reads the output topic to its end and counts
+every message: each input message must come out exactly once. Runs use
+the real runner (``python -m headrace.run -p N``) on a real redis-server,
+and a random worker process is killed with SIGKILL at a random moment.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("confluent_kafka", reason="the kafka extra is not installed")
+
+from confluent_kafka import Consumer, TopicPartition
+
+import headrace.operators as op
+from headrace.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
+from headrace.connectors.kafka import operators as kop
+from headrace.dataflow import Dataflow
+from headrace.errors import BytewaxRuntimeError
+from headrace.recovery import RecoveryConfig, init_db_dir
+from headrace.testing import TestingSource, run_main
+from tests.kafka_broker import KafkaBroker, session_broker
+from tests.procs import children
+from tests.servers import RedisServer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """One real broker for the whole module; each test makes its own topics."""
+    yield from session_broker(tmp_path_factory)
+
+
+def read_committed(b: KafkaBroker, topic: str, timeout: float = 60.0) -> collections.Counter[tuple[Any, Any]]:
+    """Every committed message of ``topic``, counted by (key, value).
+
+    Reads each partition to its end: past the last transaction marker, so
+    the end is reached only once no transaction is open.
+    """
+    c = Consumer(
+        {
+            "bootstrap.servers": b.bootstrap,
+            "group.id": "eos-checker",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        tps = [TopicPartition(topic, p, 0) for p in parts]
+        c.assign(tps)
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        got: collections.Counter[tuple[Any, Any]] = collections.Counter()
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in c.consume(1000, 0.2):
+                if m.error() is None:
+                    got[(m.key(), m.value())] += 1
+            pos = {
+                tp.partition: max(0, tp.offset)
+                for tp in c.position([TopicPartition(topic, p) for p in parts])
+            }
+            if all(pos[p] >= ends[p] for p in parts):
+                return got
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"read {sum(got.values())} messages of {topic}; at {pos}, ends {ends}")
+    finally:
+        c.close()
+
+
+def written(b: KafkaBroker, topic: str) -> int:
+    """Messages in ``topic``, aborted ones included (``read_uncommitted``)."""
+    c = Consumer(
+        {
+            "bootstrap.servers": b.bootstrap,
+            "group.id": "eos-checker",
+            "enable.auto.commit": False,
+            "isolation.level": "read_uncommitted",
+        }
+    )
+    try:
+        parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        n = 0
+        while True:
+            n += sum(1 for m in c.consume(1000, 0.2) if m.error() is None)
+            pos = {
+                tp.partition: max(0, tp.offset)
+                for tp in c.position([TopicPartition(topic, p) for p in parts])
+            }
+            if all(pos[p] >= ends[p] for p in parts):
+                return n
+    finally:
+        c.close()
+
+
+def _sent(b: KafkaBroker, topic: str, n: int) -> list[tuple[bytes, bytes]]:
+    sent = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(n)]
+    b.produce(topic, sent)
+    return sent
+
+
+def _upper(sent: list[tuple[bytes, bytes]]) -> collections.Counter[tuple[Any, Any]]:
+    return collections.Counter((k, v.upper()) for k, v in sent)
+
+
+def _flow(b: KafkaBroker, src: str, dst: str, **sink: Any) -> Dataflow:
+    flow = Dataflow("eos_local")
+    msgs = op.input("in", flow, KafkaSource(b.brokers, [src], tail=False))
+    out = op.map("upper", msgs, lambda m: KafkaSinkMessage(m.key, m.value.upper()))
+    op.output("out", out, KafkaSink(b.brokers, dst, **sink))
+    return flow
+
+
+# ------------------------------------------------------------------ one process
+
+
+def test_refused_without_recovery_or_topic() -> None:
+    flow = Dataflow("eos_refused")
+    msgs = op.input("in", flow, TestingSource([KafkaSinkMessage(b"k", b"v")]))
+    op.output("out", msgs, KafkaSink(["127.0.0.1:1"], "t", exactly_once=True))
+    with pytest.raises(BytewaxRuntimeError, match="no recovery configured") as info:
+        run_main(flow)
+    assert "configure recovery (-r, RecoveryConfig) or turn exactly-once off" in str(info.value)
+    with pytest.raises(ValueError, match="exactly_once=True needs a topic"):
+        KafkaSink(["127.0.0.1:1"], None, exactly_once=True)
+
+
+def test_exactly_once_run_commits_each_epoch_with_its_marker(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    b = kafka_broker
+    src, dst = b.create_topic(partitions=3), b.create_topic(partitions=3)
+    sent = _sent(b, src, 500)
+    init_db_dir(tmp_path, 1)
+    prefix = f"eos-test-{dst}"
+    flow = _flow(b, src, dst, add_config={"transactional.id": prefix}, exactly_once=True)
+    rc = RecoveryConfig(str(tmp_path))
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=rc)
+    assert read_committed(b, dst) == _upper(sent)
+    # The marker: the last committed epoch's sequence number, in the slot's own group.
+    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": f"{prefix}.worker-0"})
+    (tp,) = c.committed([TopicPartition(dst, 0)], 10)
+    c.close()
+    assert tp.offset >= 1
+    # Running again resumes at the end: nothing replayed, nothing new.
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=rc)
+    assert read_committed(b, dst) == _upper(sent)
+
+
+def test_default_stays_at_least_once(kafka_broker: KafkaBroker) -> None:
+    b = kafka_broker
+    src, dst = b.create_topic(partitions=3), b.create_topic(partitions=3)
+    sent = _sent(b, src, 200)
+    sink = KafkaSink(b.brokers, dst)
+    assert sink.commits_with_epochs is False
+    flow = Dataflow("alo_local")
+    msgs = op.input("in", flow, KafkaSource(b.brokers, [src], tail=False))
+    out = op.map("upper", msgs, lambda m: KafkaSinkMessage(m.key, m.value.upper()))
+    op.output("out", out, sink)
+    run_main(flow)  # no recovery needed
+    # No transactions: plain messages, visible to any consumer.
+    assert read_committed(b, dst) == _upper(sent)
+
+
+def test_kafka_operators_output_takes_exactly_once(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
+    b = kafka_broker
+    src, dst = b.create_topic(partitions=2), b.create_topic(partitions=2)
+    sent = _sent(b, src, 100)
+    init_db_dir(tmp_path, 1)
+    flow = Dataflow("eos_kop")
+    kinp = kop.input("in", flow, brokers=b.brokers, topics=[src], tail=False)
+    kop.output("out", kinp.oks, brokers=b.brokers, topic=dst, exactly_once=True)
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(str(tmp_path)))
+    assert read_committed(b, dst) == collections.Counter(sent)
+
+
+# ------------------------------------------------------------------ kill -9 and rescaling
+
+
+def _launch(b: KafkaBroker, procs: int, redis: RedisServer, env: dict[str, str]) -> subprocess.Popen[str]:
+    full = dict(os.environ)
+    full.update({"HR_BROKERS": b.bootstrap, "PYTHONPATH": f"{ROOT / 'runtime'}{os.pathsep}{ROOT}"})
+    full.update(env)
+    args = ["-p", str(procs), "-r", redis.url, "--epoch-interval", "0.1", "--metrics-port", "0"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "headrace.run", "tests.flows.kafka_eos_flows:copy_upper()", *args],
+        cwd=ROOT,
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _kill_at_random(p: subprocess.Popen[str], rng: random.Random, lo: float, hi: float) -> bool:
+    """Kill -9 a random worker process of ``p`` after a random delay; whether one was killed."""
+    deadline = time.monotonic() + rng.uniform(lo, hi)
+    while time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.01)
+    kids = children(p)
+    if p.poll() is not None or not kids:
+        return False
+    os.kill(rng.choice(kids), signal.SIGKILL)
+    return True
+
+
+def _run_with_kills(
+    b: KafkaBroker,
+    redis: RedisServer,
+    env: dict[str, str],
+    plan: list[int],
+    rng: random.Random,
+    window: tuple[float, float] = (2.5, 8.0),
+) -> tuple[int, list[int]]:
+    """One launch per entry of ``plan`` (its process count), each killed at a random moment
+    (but the last, run to the end); returns the number of kills that landed, and
+    how many messages were committed after each killed launch."""
+    kills = 0
+    progress: list[int] = []
+    for i, procs in enumerate(plan):
+        p = _launch(b, procs, redis, env)
+        last = i == len(plan) - 1
+        # A run here starts writing some 4 s after its launch: most kills land mid-output.
+        if not last and _kill_at_random(p, rng, *window):
+            kills += 1
+        _, err = p.communicate(timeout=180)
+        if last:
+            assert p.returncode == 0, err[-3000:]
+        elif p.returncode != 0:
+            assert "lost process" in err or "failed" in err or p.returncode in (-9, 247), (
+                p.returncode,
+                err[-3000:],
+            )
+        if not last:
+            progress.append(sum(read_committed(b, env["HR_OUT"]).values()))
+    return kills, progress
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_kill_9_at_random_moments_exactly_once(kafka_broker: KafkaBroker, redis_server: RedisServer) -> None:
+    b = kafka_broker
+    src, dst = b.create_topic(partitions=3), b.create_topic(partitions=3)
+    sent = _sent(b, src, 15_000)
+    rng = random.Random(22)
+    env = {"HR_IN": src, "HR_OUT": dst, "HR_SLOW": "0.05", "HR_TXN": f"eos-kill-{dst}"}
+    kills, progress = _run_with_kills(b, redis_server, env, [2] * 21, rng)
+    assert kills >= 20
+    # The kills landed mid-run: output grew across them, and some of what the
+    # killed runs had written is in Kafka only as aborted transactions.
+    assert progress == sorted(progress)
+    assert sum(0 < n < len(sent) for n in progress) >= 10, progress
+    assert written(b, dst) > len(sent)
+    assert read_committed(b, dst) == _upper(sent)
+
+
+def _kill_after_output(
+    b: KafkaBroker, p: subprocess.Popen[str], topic: str, n: int, rng: random.Random
+) -> None:
+    """Kill -9 a random worker process of ``p`` once ``topic`` holds ``n`` committed messages."""
+    while p.poll() is None and sum(read_committed(b, topic).values()) < n:
+        time.sleep(0.2)
+    kids = children(p)
+    assert p.poll() is None and kids, "the run ended before the kill"
+    os.kill(rng.choice(kids), signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_rescale_2_to_3_to_1_with_kills_exactly_once(
+    kafka_broker: KafkaBroker, redis_server: RedisServer
+) -> None:
+    b = kafka_broker
+    src, dst = b.create_topic(partitions=3), b.create_topic(partitions=3)
+    sent = _sent(b, src, 6000)
+    rng = random.Random(7)
+    env = {"HR_IN": src, "HR_OUT": dst, "HR_SLOW": "0.05", "HR_TXN": f"eos-rescale-{dst}"}
+    # 2 processes, killed mid-output; 3 processes, killed mid-output; 1 process to the end.
+    done = 0
+    for procs in (2, 3, 1):
+        p = _launch(b, procs, redis_server, env)
+        if procs != 1:
+            _kill_after_output(b, p, dst, done + rng.randrange(300, 1500), rng)
+        _, err = p.communicate(timeout=180)
+        if procs == 1:
+            assert p.returncode == 0, err[-3000:]
+        done = sum(read_committed(b, dst).values())
+    assert written(b, dst) > len(sent)  # the kills aborted open transactions
+    assert read_committed(b, dst) == _upper(sent)
