@@ -440,14 +440,20 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def _wait(url: str, timeout: float) -> None:
+    # Prometheus answers /-/ready with 503 "Service Unavailable" until its
+    # storage is open: only a 200 means it is up.
     deadline = time.monotonic() + timeout
+    last = "no answer"
     while time.monotonic() < deadline:
         try:
-            _get(url)
-            return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"{url} never came up")
+            code, body = _get(url)
+            if code == 200:
+                return
+            last = f"{code} {body.strip()[:80]}"
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.2)
+    pytest.fail(f"{url} never came up (last answer: {last})")
 
 
 def _consecutive_ports() -> int:
