@@ -35,7 +35,6 @@ ALWAYS = frozenset(
         "Suspended",
         "Finished",
         "StateDeleted",
-        "StateFound",
         "SnapshotCompleted",
     }
 )

@@ -300,8 +300,8 @@ def _state_lost(c: Ctx, target: DataflowSpec, owner: mf.Owner) -> Problem | None
         f"the recovery store lost this dataflow's state: status recorded committed epoch "
         f"{recorded}, but Redis under prefix {mf.key_prefix(target, owner)!r} {holds}. Not "
         "starting, which would silently start over. Restore Redis from a backup holding "
-        "that epoch (the Dataflow then resumes by itself), or change spec.resetStateNonce "
-        "to start from empty state (the sources start from the beginning)",
+        "that epoch and change spec.restartNonce, or change spec.resetStateNonce to start "
+        "from empty state (the sources start from the beginning)",
     )
 
 
@@ -498,25 +498,19 @@ def _kept_stopped(c: Ctx, target: DataflowSpec, changes: list[Transition], reset
     """A Dataflow kept stopped (``status.stopped``) stays so until the user acts (True).
 
     A spec change, a new ``restartNonce`` or ``resetStateNonce`` runs it again
-    (the restart backoff starts afresh); lost state that is back (Redis
-    restored) resumes by itself.
+    (the restart backoff starts afresh). Lost state does not count as found
+    by itself when Redis holds an epoch again: a worker still running when
+    the keys went may have written some back. After restoring Redis, the
+    user says so with a ``restartNonce``, and the start checks it again.
     """
     stopped = c.st.stopped
     if stopped is None:
         return False
-    if stopped.reason is StopReason.STATE_LOST:
-        if c.lost is not None and not reset:
-            c.phase = Phase.FAILED
-            c.failure = (stopped.reason.value, c.lost[1])
-            c.p.requeue = 10.0
-            return True
-        if c.lost is None and not reset:
-            c.event("Normal", "StateFound", "the recovery store holds the recorded state again: resuming")
-    elif not changes and not reset:
+    if not changes and not reset:
         c.phase = tx.stopped_phase(stopped.reason)
         if stopped.reason is not StopReason.FINISHED:
-            c.failure = (stopped.reason.value, stopped.message)
-        c.p.requeue = 30.0
+            c.failure = (stopped.reason.value, c.lost[1] if c.lost is not None else stopped.message)
+        c.p.requeue = 10.0 if stopped.reason is StopReason.STATE_LOST else 30.0
         return True
     c.st.stopped = None
     health = c.st.health or HealthStatus()

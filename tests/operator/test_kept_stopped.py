@@ -144,7 +144,7 @@ def test_redis_emptied_under_a_running_dataflow_stops_it_as_state_lost() -> None
     assert w.reasons().count("StateLost") == 1
 
 
-def test_state_lost_resumes_by_itself_when_redis_is_restored() -> None:
+def test_state_lost_waits_for_the_user_after_redis_is_restored() -> None:
     w = _running_at(12)
     w.store = StoreInfo(ok=True, exists=True, epoch=5, committed_at=w.now)  # an older copy
     w.step()
@@ -152,14 +152,32 @@ def test_state_lost_resumes_by_itself_when_redis_is_restored() -> None:
     _stop_all(w)
     w.step()
     assert w.status["phase"] == "Failed"
-    w.commit(12)  # restored from a backup holding the recorded epoch
+    # Redis holds the epoch again (restored, or written back by a worker that
+    # still ran when the keys went): not trusted by itself.
+    w.commit(14)
     w.step()
-    assert "StateFound" in w.reasons()
-    assert _env(w)[mf.EXPECT_EPOCH_ENV] == "12"
+    assert w.last is not None and w.last.actions == []
+    assert w.status["phase"] == "Failed" and w.cond("Ready")["reason"] == "StateLost"
+    # The user restored it and says so: the start checks it again, and expects it.
+    w.edit(restartNonce=1)
+    w.step()
+    assert "apply" in _kinds(w)
+    assert _env(w)[mf.EXPECT_EPOCH_ENV] == "14"
     assert "stopped" not in w.status
     w.kubelet()
     w.step()
     assert w.status["phase"] == "Running"
+
+
+def test_a_restart_nonce_over_a_store_still_lost_stays_stopped() -> None:
+    w = _running_at(12)
+    w.store = StoreInfo(ok=True, exists=False)
+    w.step()
+    _stop_all(w)
+    w.edit(restartNonce=1)
+    w.step()
+    assert "apply" not in _kinds(w)
+    assert w.status["phase"] == "Failed" and w.status["stopped"]["reason"] == "StateLost"
 
 
 def test_state_lost_and_reset_state_nonce_starts_from_empty_state() -> None:
