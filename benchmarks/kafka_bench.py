@@ -1,4 +1,4 @@
-"""Kafka -> map -> Kafka: Headrace vs Bytewax 0.21.1 vs a bare confluent-kafka loop.
+"""Kafka -> map -> Kafka: Headrace vs Bytewax 0.21.1 vs Quix Streams vs a bare confluent-kafka loop.
 
 One real broker (Apache Kafka's jars from Maven Central, see
 tests/kafka_broker.py) serves every run. Each system runs as its own
@@ -17,6 +17,14 @@ process with one worker:
 
 The floor is a plain consume / produce / poll loop with confluent-kafka in
 Python: what any Python pipeline on this client costs at least.
+
+Exactly-once: ``headrace-eos`` is the same pipeline with
+``KafkaSink(..., exactly_once=True)`` and a SQLite recovery directory;
+``quix`` and ``quix-eos`` are Quix Streams (3.28.1, from PyPI, in a venv
+made once under ~/.cache/headrace-kafka/quix-venv) with
+``processing_guarantee`` at-least-once and exactly-once. Headrace's epoch
+and Quix's commit interval are both ``--commit-interval`` seconds. These
+three are timed for throughput only.
 
 Bytewax runs from benchmarks/.bytewax-venv when it has bytewax 0.21.1 and
 confluent-kafka, else from a venv made once under
@@ -60,6 +68,52 @@ print("ready", flush=True)
 t0 = time.perf_counter()
 run_main(flow)
 print(json.dumps({{"seconds": time.perf_counter() - t0}}), flush=True)
+"""
+
+PIPELINE_EOS = """
+import json, os, sys, tempfile, time
+from datetime import timedelta
+from headrace.dataflow import Dataflow
+import headrace.operators as op
+from headrace.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
+from headrace.recovery import RecoveryConfig, init_db_dir
+from headrace.testing import run_main
+
+brokers = [os.environ["B_BROKERS"]]
+flow = Dataflow("bench_eos")
+s = op.input("in", flow, KafkaSource(brokers, [os.environ["B_IN"]], tail=os.environ["B_TAIL"] == "1"))
+s = op.map("upper", s, lambda m: KafkaSinkMessage(m.key, m.value.upper()))
+config = {"transactional.id": "bench-" + os.environ["B_OUT"]}
+op.output("out", s, KafkaSink(brokers, os.environ["B_OUT"], config, exactly_once=True))
+rec = tempfile.mkdtemp(prefix="bench-eos-")
+init_db_dir(rec, 1)
+interval = timedelta(seconds=float(os.environ["B_COMMIT"]))
+print("ready", flush=True)
+t0 = time.perf_counter()
+run_main(flow, epoch_interval=interval, recovery_config=RecoveryConfig(rec))
+print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
+"""
+
+QUIX = """
+import json, os, time
+from quixstreams import Application
+
+print("ready", flush=True)
+t0 = time.perf_counter()
+app = Application(
+    broker_address=os.environ["B_BROKERS"],
+    consumer_group="bench-" + os.environ["B_OUT"],
+    auto_offset_reset="earliest",
+    commit_interval=float(os.environ["B_COMMIT"]),
+    processing_guarantee=os.environ["B_GUARANTEE"],
+)
+src = app.topic(os.environ["B_IN"], key_deserializer="bytes", value_deserializer="bytes")
+out = app.topic(os.environ["B_OUT"], key_serializer="bytes", value_serializer="bytes")
+sdf = app.dataframe(src)
+sdf = sdf.apply(lambda v: v.upper())
+sdf.to_topic(out)
+app.run(count=int(os.environ["B_COUNT"]), collect=False)
+print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
 """
 
 FLOOR = """
@@ -116,6 +170,18 @@ def bytewax_python() -> str:
     return str(py)
 
 
+def quix_python() -> str:
+    """A Python with quixstreams 3.28.1, made once if needed."""
+    check = "import quixstreams, importlib.metadata as m; assert m.version('quixstreams') == '3.28.1'"
+    venv = cache_dir().parent / "quix-venv"
+    py = venv / "bin" / "python"
+    if not py.exists() or subprocess.run([str(py), "-c", check], capture_output=True).returncode != 0:
+        print(f"making {venv} (quixstreams==3.28.1) ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "quixstreams==3.28.1"], check=True)
+    return str(py)
+
+
 def _preload(b: KafkaBroker, topic: str, n: int, size: int) -> None:
     p = b.producer(**{"linger.ms": 20, "batch.num.messages": 10000})
     body = b"x" * max(0, size - 12)
@@ -132,12 +198,21 @@ def _preload(b: KafkaBroker, topic: str, n: int, size: int) -> None:
 def _command(system: str, bw_python: str) -> list[str]:
     if system == "headrace":
         return [sys.executable, "-c", PIPELINE.format(pkg="headrace")]
+    if system == "headrace-eos":
+        return [sys.executable, "-c", PIPELINE_EOS]
+    if system in ("quix", "quix-eos"):
+        return [quix_python(), "-c", QUIX]
     if system == "bytewax":
         return [bw_python, "-c", PIPELINE.format(pkg="bytewax")]
     return [sys.executable, "-c", FLOOR]
 
 
-def _env(b: KafkaBroker, src: str, dst: str, tail: bool) -> dict[str, str]:
+# Seconds between commits (Headrace's epoch, Quix's commit interval) for
+# the exactly-once systems and Quix.
+COMMIT_INTERVAL = 1.0
+
+
+def _env(b: KafkaBroker, src: str, dst: str, tail: bool, system: str = "", n: int = 0) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
@@ -145,7 +220,10 @@ def _env(b: KafkaBroker, src: str, dst: str, tail: bool) -> dict[str, str]:
             "B_IN": src,
             "B_OUT": dst,
             "B_TAIL": "1" if tail else "0",
-            "PYTHONPATH": str(ROOT),
+            "B_COMMIT": str(COMMIT_INTERVAL),
+            "B_COUNT": str(n),
+            "B_GUARANTEE": "exactly-once" if system == "quix-eos" else "at-least-once",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "runtime"), str(ROOT)]),
             "HEADRACE_METRICS_PORT": "0",
         }
     )
@@ -156,15 +234,24 @@ def throughput(b: KafkaBroker, system: str, bw_python: str, n: int, size: int) -
     src, dst = b.create_topic(partitions=3), b.create_topic(partitions=3)
     _preload(b, src, n, size)
     proc = subprocess.run(
-        _command(system, bw_python), env=_env(b, src, dst, False), capture_output=True, text=True, timeout=900
+        _command(system, bw_python),
+        env=_env(b, src, dst, False, system, n),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{system} failed:\n{proc.stderr[-3000:]}")
     seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+    # Transactional output holds a commit marker per partition and transaction.
     got = sum(b.end_offsets(dst).values())
     if got < n:
         raise RuntimeError(f"{system} wrote {got} of {n} messages")
     return n / seconds
+
+
+# Systems also timed for latency (exactly-once output is visible once per commit).
+LATENCY_SYSTEMS = ("floor", "headrace", "bytewax")
 
 
 def latency(b: KafkaBroker, system: str, bw_python: str, rate: int, seconds: float) -> dict[str, float]:
@@ -252,9 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=100, help="value bytes")
     ap.add_argument("--rate", type=int, default=5000, help="latency run: messages/s")
     ap.add_argument("--seconds", type=float, default=6.0, help="latency run length")
-    ap.add_argument("--systems", default="floor,headrace,bytewax")
+    ap.add_argument("--systems", default="floor,headrace,bytewax,headrace-eos,quix,quix-eos")
+    ap.add_argument("--commit-interval", type=float, default=1.0, help="seconds per epoch / Quix commit")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
+    global COMMIT_INTERVAL
+    COMMIT_INTERVAL = args.commit_interval
     systems = args.systems.split(",")
     bw_python = bytewax_python() if "bytewax" in systems else ""
     results: dict[str, Any] = {
@@ -277,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         for system in systems:
             mps = max(rates[system])
             med = statistics.median(rates[system])
+            if system not in LATENCY_SYSTEMS:
+                results[system] = {"msgs_per_s": round(mps), "msgs_per_s_median": round(med)}
+                print(f"{system:12s} {mps:10,.0f} msg/s (median {med:,.0f})", flush=True)
+                continue
             lat = latency(b, system, bw_python, args.rate, args.seconds)
             results[system] = {
                 "msgs_per_s": round(mps),
@@ -299,6 +393,15 @@ def main(argv: list[str] | None = None) -> int:
             results["headrace"]["msgs_per_s"] / results["floor"]["msgs_per_s"], 2
         )
         print(f"Headrace / floor throughput: {results['headrace_vs_floor']:.0%} (target >= 70%)")
+    for a, b_, name, target in [
+        ("headrace-eos", "headrace", "headrace_eos_vs_alo", ">= 0.8x"),
+        ("headrace-eos", "quix-eos", "headrace_eos_vs_quix_eos", ">= 3x"),
+        ("headrace", "quix", "headrace_vs_quix", ""),
+    ]:
+        if a in results and b_ in results:
+            results[name] = round(results[a]["msgs_per_s"] / results[b_]["msgs_per_s"], 2)
+            print(f"{a} / {b_} throughput: {results[name]:.2f}x" + (f" (target {target})" if target else ""))
+    results["commit_interval_s"] = COMMIT_INTERVAL
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
