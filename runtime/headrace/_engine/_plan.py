@@ -133,8 +133,8 @@ def _check_dead_letters_read(steps: list[CoreStep]) -> None:
     """Fail the build if a step sends dead letters (``on_error="dead_letter"``) that nothing reads."""
     read = {inp for s in steps for inp in s.inputs}
     for s in steps:
-        owner = getattr(s.conf.get("predicate"), "_headrace_dead_letters", None)
-        if owner is not None and s.outputs["trues"] not in read:
+        owner = getattr(s.conf.get("mapper"), "_headrace_dead_letters", None)
+        if owner is not None and s.outputs["down"] not in read:
             _build_error(
                 f'step {owner!r} has `on_error="dead_letter"` but no `dead_letters` step reads '
                 "its dead letters; declare `op.dead_letters(...)` after it and send that to an output"

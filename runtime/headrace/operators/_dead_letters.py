@@ -12,9 +12,9 @@ A wrapped function catches the exception of one item, counts it
 (``headrace_step_errors_total{step_id,policy}``), logs it at most once per
 step every `LOG_EVERY_SECONDS` (with the count of failures not logged), and
 then either drops the item (``skip``) or puts a `_Failure` marker in the
-step's own output in its place (``dead_letter``). A ``branch`` right after
-the step splits the markers off into the step's dead-letter stream, which is
-registered on the dataflow; `dead_letters` merges every dead-letter stream
+step's own output in its place (``dead_letter``). A split right after the
+step (`split_failures`) takes the markers off into the step's dead-letter
+stream, which is registered on the dataflow; `dead_letters` merges every dead-letter stream
 of the flow declared before it, stamps each marker with the epoch it was
 made in and turns it into a `headrace.errors.DeadLetter`. The dead letters
 are therefore an ordinary stream of the epoch: they reach the sink the user
@@ -24,6 +24,7 @@ sends them to exactly as durably as the flow's other output.
 from __future__ import annotations
 
 import logging
+import operator as operator_
 import threading
 import time
 import traceback
@@ -33,7 +34,7 @@ from typing import Any, TypeVar, get_args
 
 from headrace.dataflow import _BUILD, Dataflow, Stream, operator
 from headrace.errors import DeadLetter, ErrorPolicy
-from headrace.operators._core import _fusable, branch, flat_map_batch, inspect_debug, merge
+from headrace.operators._core import _fusable, flat_map_batch, inspect_debug, merge
 
 X = TypeVar("X")
 
@@ -265,24 +266,41 @@ def split_failures(stream: Stream[X], keyed: bool, step: str | None = None) -> S
 
     Call it inside an operator's body (``step``: the operator whose
     failures they are, by default that one); returns the items that did
-    not fail.
+    not fail. Two steps read ``stream``: the dead letters' (declared first,
+    so it reads each batch first) and the passing items'. Each scans a
+    batch for a failure in C (``_Failure in map(type, ...)``); a batch
+    without one passes on as it is, with no loop in Python.
     """
     step = step or stream._scope.parent_id
+    kinds: Callable[[list[Any]], Any]
     if keyed:
+        second = operator_.itemgetter(1)
 
-        def is_failure(x: Any) -> bool:
-            return x[1].__class__ is _Failure
+        def kinds(xs: list[Any]) -> Any:
+            return map(type, map(second, xs))
+
+        def failed(xs: list[Any]) -> list[Any]:
+            return [x for x in xs if x[1].__class__ is _Failure] if _Failure in kinds(xs) else []
+
+        def passed(xs: list[Any]) -> list[Any]:
+            return [x for x in xs if x[1].__class__ is not _Failure] if _Failure in kinds(xs) else xs
 
     else:
 
-        def is_failure(x: Any) -> bool:
-            return x.__class__ is _Failure
+        def kinds(xs: list[Any]) -> Any:
+            return map(type, xs)
+
+        def failed(xs: list[Any]) -> list[Any]:
+            return [x for x in xs if x.__class__ is _Failure] if _Failure in kinds(xs) else []
+
+        def passed(xs: list[Any]) -> list[Any]:
+            return [x for x in xs if x.__class__ is not _Failure] if _Failure in kinds(xs) else xs
 
     # Read by the planner: a dead-letter stream nobody reads is a build error.
-    is_failure._headrace_dead_letters = step  # type: ignore[attr-defined]
-    b = branch("dead_letter_split", stream, is_failure)
-    _REGISTRY.setdefault(stream.flow(), []).append(b.trues.stream_id)
-    return b.falses
+    failed._headrace_dead_letters = step  # type: ignore[attr-defined]
+    dead = flat_map_batch("dead_letter_split", stream, failed)
+    _REGISTRY.setdefault(stream.flow(), []).append(dead.stream_id)
+    return flat_map_batch("dead_letter_pass", stream, passed)
 
 
 def _stamp(_step_id: str, item: Any, epoch: int, _worker: int) -> None:
