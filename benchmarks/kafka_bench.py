@@ -1,7 +1,7 @@
 """Kafka -> map -> Kafka: Headrace vs Bytewax 0.21.1 vs Quix Streams vs a bare confluent-kafka loop.
 
 One real broker (Apache Kafka's jars from Maven Central, see
-tests/kafka_broker.py) serves every run. Each system runs as its own
+tests/support/kafka_broker.py) serves every run. Each system runs as its own
 process with one worker:
 
 - **throughput**: N messages are preloaded into a 3-partition topic; the
@@ -49,7 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.kafka_broker import KafkaBroker, cache_dir, running_broker  # noqa: E402
+from tests.support.kafka_broker import KafkaBroker, cache_dir, running_broker  # noqa: E402
 
 PIPELINE = """
 import json, os, sys, time

@@ -1,7 +1,10 @@
 """Shared fixtures for the core test suite: build, run and inspect small dataflows.
 
 Helpers are handed out as fixtures (not imported) so test modules stay
-independent of how pytest puts ``tests/`` on the import path.
+independent of how pytest puts ``tests/`` on the import path; the fixtures
+shared with servers and stores come from `tests.support.fixtures`, and
+plain helper functions are imported from `tests.support` (never from
+another test module).
 """
 
 from __future__ import annotations
@@ -100,28 +103,28 @@ def run_op(entry_point: EntryPoint) -> RunOp:
     return run
 
 
-# Real-server fixtures shared by the suite (see tests/servers.py).
-from tests.servers import redis_server  # noqa: E402, F401
+# The fixtures test modules share (servers, store locations): tests/support/fixtures.py.
+pytest_plugins = ["tests.support.fixtures"]
 
 # ------------------------------------------------------------------ tools
 # The programs some tests run (redis-server, java and Kafka's jars, helm,
 # prometheus, promtool) are found or provisioned once, after collection and
 # before the first test, so a first run's builds count against no test's
 # timeout. Tests declare them with @pytest.mark.tools(...) or get them from
-# the fixtures in tests/_tools.FIXTURE_TOOLS. See tests/_tools.py.
+# the fixtures in tests/support/_tools.FIXTURE_TOOLS. See tests/support/_tools.py.
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "tools(*names): programs the test runs, provisioned before the session "
-        "(names from tests/_tools.TOOLS)",
+        "(names from tests/support/_tools.TOOLS)",
     )
 
 
 def tools_needed(items: Iterable[pytest.Item]) -> set[str]:
     """The tools that ``items`` declare by marker or use through a fixture."""
-    from tests._tools import FIXTURE_TOOLS
+    from tests.support._tools import FIXTURE_TOOLS
 
     needed: set[str] = set()
     for item in items:
@@ -138,7 +141,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     needed = tools_needed(session.items)
     if not needed:
         return
-    from tests import _tools
+    from tests.support import _tools
 
     terminal = session.config.pluginmanager.get_plugin("terminalreporter")
     capture = session.config.pluginmanager.get_plugin("capturemanager")

@@ -21,9 +21,9 @@ import headrace.operators as op
 from headrace.dataflow import Dataflow
 from headrace.recovery import RecoveryConfig
 from headrace.testing import TestingSink, TestingSource, run_main
-from tests.procs import children, lines_in, wait_for_output
-from tests.servers import RedisServer
-from tests.test_recovery import _check_output, _write_input
+from tests.support.procs import children, lines_in, wait_for_output
+from tests.support.runs import check_output, write_input
+from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -236,7 +236,7 @@ def _launch(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
             sys.executable,
             "-m",
             "headrace.run",
-            "tests.flows.async_flows:async_counts()",
+            "tests.support.flows.async_flows:async_counts()",
             *args,
             "--metrics-port",
             "0",
@@ -259,7 +259,7 @@ def test_kill_9_with_calls_in_flight_is_exactly_once(
     a worker killed while calls are in flight loses and duplicates nothing."""
     import random
 
-    counts = _write_input(tmp_path / "in", files=4, lines=500)
+    counts = write_input(tmp_path / "in", files=4, lines=500)
     env = dict(os.environ)
     env.update(
         {
@@ -287,4 +287,4 @@ def test_kill_9_with_calls_in_flight_is_exactly_once(
     else:
         pytest.fail("the dataflow never completed")
     assert kills >= 1
-    _check_output(tmp_path / "out", counts)
+    check_output(tmp_path / "out", counts)

@@ -26,10 +26,10 @@ from headrace._engine._net_protocol import PROTOCOL_VERSION, ClusterError, Hello
 from headrace.dataflow import Dataflow
 from headrace.run import _ordinal_from_hostname, _parser, _resolve_addresses
 from headrace.testing import TestingSink, TestingSource
-from tests.servers import cluster_in_threads, free_ports
+from tests.support.servers import cluster_in_threads, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOW = "tests.flows.cluster_flows:wordcount()"
+FLOW = "tests.support.flows.cluster_flows:wordcount()"
 
 
 def _env(out: Path, **extra: str) -> dict[str, str]:
@@ -121,7 +121,7 @@ def test_kill_9_one_process_stops_the_others_naming_it(tmp_path: Path, secret: s
 
 @pytest.mark.timeout(60)
 def test_mismatched_dataflows_refuse_to_connect(tmp_path: Path) -> None:
-    procs, _ = _manual(tmp_path, 2, flows=[FLOW, "tests.flows.cluster_flows:other()"], HR_DELAY="0.1")
+    procs, _ = _manual(tmp_path, 2, flows=[FLOW, "tests.support.flows.cluster_flows:other()"], HR_DELAY="0.1")
     errs = []
     for p in procs:
         _, err = p.communicate(timeout=50)

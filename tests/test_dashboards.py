@@ -27,9 +27,9 @@ import yaml
 
 from headrace._engine._metrics import CATALOGUE
 from headrace._engine._metrics import exported_names as worker_exported_names
-from tests import _tools as tools
-from tests.servers import free_port
-from tests.test_helm_chart import CHART, PROMETHEUS_API, one, render
+from tests.support import _tools as tools
+from tests.support.helm import CHART, PROMETHEUS_API, one, render
+from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
@@ -515,7 +515,7 @@ def test_worker_queries_return_data_from_a_real_prometheus(tmp_path: Path) -> No
             sys.executable,
             "-m",
             "headrace.run",
-            "tests.flows.metrics_flows:paced()",
+            "tests.support.flows.metrics_flows:paced()",
             "-p",
             "2",
             "-r",

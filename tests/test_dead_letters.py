@@ -300,7 +300,7 @@ def test_dead_letters_are_part_of_their_epoch_across_a_resume(tmp_path: Path) ->
 
 
 def test_two_workers_each_send_their_dead_letters() -> None:
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     flow = Dataflow("dl_two")
     out: list[Any] = []
@@ -432,7 +432,7 @@ def test_reduce_window_policies() -> None:
 
 
 def test_fold_window_dead_letters_on_two_workers() -> None:
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     flow = Dataflow("dl_win2")
     out: list[Any] = []

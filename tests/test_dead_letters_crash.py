@@ -1,6 +1,6 @@
 """Dead letters are exactly once across kill -9: a real 2-process run, killed, restarted.
 
-`poisoned_counts` is the crash tests' running word count (tests/flows/
+`poisoned_counts` is the crash tests' running word count (tests/support/flows/
 recovery_flows.py) with poison: a word ``x<n>`` fails a stateless map, a
 word ``bad<n>`` fails the stateful count; both go to the dead letters,
 written through a `DirSink` like the counts. Every count line and every
@@ -25,7 +25,7 @@ from headrace.connectors.files import DirSink, DirSource
 from headrace.dataflow import Dataflow
 from headrace.errors import DeadLetter
 from headrace.recovery import init_db_dir
-from tests.procs import children, lines_in, wait_for_output
+from tests.support.procs import children, lines_in, wait_for_output
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from headrace.connectors.kafka import operators as kop
 from headrace.dataflow import Dataflow
 from headrace.errors import DeadLetter
 from headrace.testing import run_main
-from tests.kafka_broker import KafkaBroker, session_broker
+from tests.support.kafka_broker import KafkaBroker, session_broker
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import headrace.operators.windowing as win
 from headrace.dataflow import Dataflow
 from headrace.outputs import FixedPartitionedSink, StatefulSinkPartition
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
-from tests.servers import cluster_in_threads
+from tests.support.servers import cluster_in_threads
 
 ZERO = timedelta(0)
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from tests.kafka_broker import KafkaBroker
+    from tests.support.kafka_broker import KafkaBroker
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -228,7 +228,7 @@ def test_k8s_app_wordcount_stops_at_its_gate_until_the_gate_opens(tmp_path: Path
 @pytest.fixture(scope="module")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """A real broker for the app's Kafka flow."""
-    from tests.kafka_broker import session_broker
+    from tests.support.kafka_broker import session_broker
 
     yield from session_broker(tmp_path_factory)
 

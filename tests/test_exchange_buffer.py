@@ -25,7 +25,7 @@ from headrace._engine import group_owner, key_group
 from headrace.dataflow import Dataflow
 from headrace.inputs import FixedPartitionedSource, StatefulSourcePartition
 from headrace.testing import TestingSink, TestingSource, cluster_main
-from tests.servers import cluster_in_threads
+from tests.support.servers import cluster_in_threads
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,32 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from headrace._engine._store import FencedError, Store, open_store
-from headrace.recovery import init_db_dir
-from tests.procs import children, wait_for_output
-from tests.servers import RedisServer
-from tests.test_recovery import ROOT, _check_output, _env, _write_input
-
-FLOW = "tests.flows.recovery_flows:running_counts()"
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        init_db_dir(tmp_path / "state", 3)
-        return str(tmp_path / "state")
-    return str(request.getfixturevalue("redis_server").url)
-
-
-def _store(location: str) -> Store:
-    return open_store(location, "flow", retry_for=2.0)
-
+from headrace._engine._store import FencedError, open_store
+from tests.support.procs import children, wait_for_output
+from tests.support.runs import RECOVERY_FLOW as FLOW
+from tests.support.runs import ROOT, check_output, launch, run_env, write_input
+from tests.support.servers import RedisServer
+from tests.support.stores import store_at
 
 # ------------------------------------------------------------ the stores
 
 
 def test_a_fenced_execution_can_neither_write_nor_commit(location: str) -> None:
-    old, new = _store(location), _store(location)
+    old, new = store_at(location), store_at(location)
     old.start_execution(1, 4)
     old.write_epoch(1, [("st", 0, "k", b"old-1")])
     old.commit(1, 1)
@@ -68,7 +54,7 @@ def test_a_fenced_execution_can_neither_write_nor_commit(location: str) -> None:
 
 
 def test_a_start_waits_for_a_live_owner_to_stop_then_owns_the_store(location: str) -> None:
-    old, new = _store(location), _store(location)
+    old, new = store_at(location), store_at(location)
     old.start_execution(1, 4)  # holds the lease: a live run
     done: list[str] = []
     t = threading.Thread(target=lambda: done.append(new.start_execution(1, 4).execution_id))
@@ -86,13 +72,13 @@ def test_a_start_waits_for_a_live_owner_to_stop_then_owns_the_store(location: st
 
 
 def test_a_second_process_joins_only_the_current_execution(location: str) -> None:
-    first, other, later = _store(location), _store(location), _store(location)
+    first, other, later = store_at(location), store_at(location), store_at(location)
     first.start_execution(2, 4)
     other.join_execution(first.execution_id)
     other.write_epoch(1, [("st", 1, "k", b"v")])
     first.release()
     later.start_execution(2, 4)
-    joiner = _store(location)
+    joiner = store_at(location)
     with pytest.raises(FencedError, match="stops without starting this process"):
         joiner.join_execution(first.execution_id)
     with pytest.raises(FencedError):
@@ -113,31 +99,20 @@ def _free_addresses(n: int) -> str:
             s.close()
 
 
-def _launch(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "headrace.run", FLOW, *args, "--metrics-port", "0"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 @pytest.mark.timeout(300)
 def test_restart_while_the_old_workers_still_run_takes_over_exactly_once(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     """What a supervisor does after the -p parent died and its workers lived on."""
-    counts = _write_input(tmp_path / "in")
-    env = _env(tmp_path, HR_SLOW="0.04")
+    counts = write_input(tmp_path / "in")
+    env = run_env(tmp_path, HR_SLOW="0.04")
     store = ["-r", redis_server.url, "--epoch-interval", "0.1"]
     addrs = _free_addresses(2)
     # The orphans: a cluster's two workers with no parent watching them.
-    old = [_launch([*store, "-i", str(i), "-a", addrs], env) for i in range(2)]
+    old = [launch([*store, "-i", str(i), "-a", addrs], env) for i in range(2)]
     wait_for_output(old[0], tmp_path / "out", 300)
     assert all(p.poll() is None for p in old), "the old cluster ended before the restart"
-    new = _launch(["-p", "2", *store], env)
+    new = launch(["-p", "2", *store], env)
     _, err = new.communicate(timeout=240)
     assert new.returncode == 0, err[-3000:]
     errs = [p.communicate(timeout=60)[1] for p in old]
@@ -145,32 +120,32 @@ def test_restart_while_the_old_workers_still_run_takes_over_exactly_once(
     assert "was fenced off" in errs[0] and "by execution" in errs[0], errs[0][-2000:]
     assert "FencedError" in errs[1] or "was fenced off" in errs[1], errs[1][-2000:]
     assert "takes over" in err, err[-2000:]
-    _check_output(tmp_path / "out", counts)
+    check_output(tmp_path / "out", counts)
 
 
 @pytest.mark.timeout(300)
 def test_two_starts_at_once_one_takes_over_the_other_stops(tmp_path: Path, redis_server: RedisServer) -> None:
-    counts = _write_input(tmp_path / "in")
-    env = _env(tmp_path, HR_SLOW="0.02")
+    counts = write_input(tmp_path / "in")
+    env = run_env(tmp_path, HR_SLOW="0.02")
     args = ["-p", "2", "-r", redis_server.url, "--epoch-interval", "0.1"]
-    runs = [_launch(args, env), _launch(args, env)]
+    runs = [launch(args, env), launch(args, env)]
     results = [(p.communicate(timeout=240)[1], p.returncode) for p in runs]
     codes = sorted(rc for _, rc in results)
     assert codes == [0, 1], [err[-2000:] for err, _ in results]
     fenced = next(err for err, rc in results if rc == 1)
     assert "was fenced off" in fenced, fenced[-2000:]
-    _check_output(tmp_path / "out", counts)
+    check_output(tmp_path / "out", counts)
 
 
 @pytest.mark.timeout(120)
 def test_a_fenced_process_waiting_for_its_peers_stops_and_says_why(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    _write_input(tmp_path / "in", files=1, lines=10)
-    env = _env(tmp_path)
+    write_input(tmp_path / "in", files=1, lines=10)
+    env = run_env(tmp_path)
     addrs = _free_addresses(2)
     # Process 0 starts the execution, then waits for a process 1 that never comes...
-    p0 = _launch(["-r", redis_server.url, "-i", "0", "-a", addrs, "--startup-timeout", "4"], env)
+    p0 = launch(["-r", redis_server.url, "-i", "0", "-a", addrs, "--startup-timeout", "4"], env)
     store = open_store(redis_server.url, "recovery_wc")
     while store.owner() == "":
         time.sleep(0.02)
@@ -187,8 +162,8 @@ def test_a_fenced_process_waiting_for_its_peers_stops_and_says_why(
 
 @pytest.mark.timeout(120)
 def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
-    _write_input(tmp_path / "in", lines=8000)
-    env = _env(tmp_path, HR_SLOW="1")  # minutes of input: they can't just finish it
+    write_input(tmp_path / "in", lines=8000)
+    env = run_env(tmp_path, HR_SLOW="1")  # minutes of input: they can't just finish it
     with (tmp_path / "log").open("w") as log:  # not a pipe the workers would keep open
         p = subprocess.Popen(
             [
@@ -234,13 +209,13 @@ def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
 @pytest.mark.timeout(180)
 def test_every_process_logs_the_epoch_it_resumes_from(tmp_path: Path, redis_server: RedisServer) -> None:
     """Process 0 decides the epoch; the others, told in the handshake, log it too (pods' logs)."""
-    _write_input(tmp_path / "in")
-    env = _env(tmp_path)
+    write_input(tmp_path / "in")
+    env = run_env(tmp_path)
     store = ["-r", redis_server.url, "--epoch-interval", "0.1", "--log-level", "info"]
 
     def cluster() -> list[str]:
         addrs = _free_addresses(2)
-        procs = [_launch([*store, "-i", str(i), "-a", addrs], env) for i in range(2)]
+        procs = [launch([*store, "-i", str(i), "-a", addrs], env) for i in range(2)]
         done = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in done]
         return [err for _, err in done]

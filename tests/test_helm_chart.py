@@ -3,7 +3,7 @@ and check what comes out (kinds, labels, security, RBAC, monitoring objects,
 dashboards, schema, examples), plus static checks of the Dockerfile.
 
 Needs the `helm` binary: $HELM, `helm` on $PATH or in ~/go/bin, else the test
-session builds it once at the pinned version (`tests._tools`).
+session builds it once at the pinned version (`tests.support._tools`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import importlib.util
 import json
 import re
 import shutil
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,52 +21,27 @@ import jsonschema
 import pytest
 import yaml
 
-from tests import _tools as tools
+from tests.support.helm import (
+    CHART,
+    FULLNAME,
+    NAMESPACE,
+    PROMETHEUS_API,
+    RELEASE,
+    ROOT,
+    by_kind,
+    helm,
+    one,
+    render,
+    values_args,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT / "helm" / "headrace"
 APP = ROOT / "examples" / "k8s" / "app"
-RELEASE = "hr"
-NAMESPACE = "headrace-system"
-FULLNAME = "hr-headrace"
-PROMETHEUS_API = ("--api-versions", "monitoring.coreos.com/v1")
 MONITORING_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 ALERTS = {"DataflowNotReady", "SnapshotStale", "LagGrowing", "StepErrors", "OperatorDown", "ReconcileErrors"}
 pytestmark = pytest.mark.tools("helm")
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def helm_bin() -> str:
-    """The helm binary (`tests._tools.helm`); the test fails (not skips) without it."""
-    return tools.need("helm")
-
-
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run helm; on failure show its stderr."""
-    proc = subprocess.run([helm_bin(), *args], capture_output=True, text=True, timeout=120, check=False)
-    if check and proc.returncode != 0:
-        pytest.fail(f"helm {' '.join(args)} failed:\n{proc.stderr}\n{proc.stdout[-2000:]}")
-    return proc
-
-
-def _values_args(values: dict[str, Any] | None, tmp: Path) -> list[str]:
-    if not values:
-        return []
-    path = tmp / f"values-{abs(hash(json.dumps(values, sort_keys=True)))}.yaml"
-    path.write_text(json.dumps(values))  # JSON is YAML
-    return ["--values", str(path)]
-
-
-def render(
-    tmp: Path, values: dict[str, Any] | None = None, *args: str, chart: Path = CHART
-) -> list[dict[str, Any]]:
-    """`helm template` the chart and return its objects."""
-    out = helm(
-        "template", RELEASE, str(chart), "--namespace", NAMESPACE, *_values_args(values, tmp), *args
-    ).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
 
 
 def render_notes(tmp: Path, values: dict[str, Any] | None = None, *args: str) -> str:
@@ -88,20 +62,10 @@ def render_notes(tmp: Path, values: dict[str, Any] | None = None, *args: str) ->
         NAMESPACE,
         "--show-only",
         "templates/zz-notes.yaml",
-        *_values_args(values, tmp),
+        *values_args(values, tmp),
         *args,
     ).stdout
     return str(yaml.safe_load(out)["notes"])
-
-
-def by_kind(objs: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [o for o in objs if o["kind"] == kind]
-
-
-def one(objs: Iterable[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [o for o in by_kind(objs, kind) if name is None or o["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
-    return found[0]
 
 
 def rules_of(role: dict[str, Any]) -> set[tuple[str, str, str]]:
@@ -204,7 +168,7 @@ NON_DEFAULT = {
 
 def test_lint_with_default_and_non_default_values(tmp_path: Path) -> None:
     helm("lint", "--strict", str(CHART))
-    helm("lint", "--strict", str(CHART), *_values_args(NON_DEFAULT, tmp_path))
+    helm("lint", "--strict", str(CHART), *values_args(NON_DEFAULT, tmp_path))
 
 
 # ------------------------------------------------------------------ default render
@@ -577,7 +541,7 @@ def test_notes_tell_what_to_do_next(tmp_path: Path) -> None:
     ],
 )
 def test_schema_rejects_bad_values(tmp_path: Path, values: dict[str, Any], message: str) -> None:
-    proc = helm("template", RELEASE, str(CHART), *_values_args(values, tmp_path), check=False)
+    proc = helm("template", RELEASE, str(CHART), *values_args(values, tmp_path), check=False)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
 

@@ -14,32 +14,21 @@ import pytest
 import redis
 
 import headrace.operators as op
-from headrace._engine._store import Store, open_store
+from headrace._engine._store import open_store
 from headrace.dataflow import Dataflow
 from headrace.recovery import LostStateError, RecoveryConfig, StateMismatchError, init_db_dir
 from headrace.testing import TestingSink, TestingSource, run_main
-from tests.procs import wait_for_output
-from tests.servers import RedisServer
-from tests.test_recovery import _check_output, _env, _launch, _run_cli, _write_input
+from tests.support.procs import wait_for_output
+from tests.support.runs import check_output, launch, run_cli, run_env, write_input
+from tests.support.servers import RedisServer
+from tests.support.stores import store_at
 
 ZERO = timedelta(0)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        init_db_dir(tmp_path / "state", 3)
-        return str(tmp_path / "state")
-    return str(request.getfixturevalue("redis_server").url)
-
-
-def _store(location: str) -> Store:
-    return open_store(location, "flow", retry_for=2.0)
-
-
 def _committed(location: str, compact: bool = False) -> None:
     """Three committed epochs of a stateful step and a source's positions."""
-    s = _store(location)
+    s = store_at(location)
     s.start_execution(1, 4)
     for e in (1, 2, 3):
         s.write_epoch(
@@ -82,7 +71,7 @@ def test_a_deleted_delta_of_a_committed_epoch_stops_the_resume(location: str, st
     _committed(location)
     _delete(location, step, epoch)
     with pytest.raises(LostStateError) as err:
-        _store(location).start_execution(1, 4)
+        store_at(location).start_execution(1, 4)
     msg = str(err.value)
     assert "Recovery state lost in" in msg and f"epoch {epoch}" in msg
     assert f"step {step!r}" in msg and "committed epoch 3" in msg
@@ -94,16 +83,16 @@ def test_a_deleted_base_stops_the_resume(location: str, step: str) -> None:
     _committed(location, compact=True)
     _delete(location, step, None)
     with pytest.raises(LostStateError, match=f"compacted base.*{step!r}|{step!r}.*base"):
-        _store(location).start_execution(1, 4)
+        store_at(location).start_execution(1, 4)
 
 
 def test_the_explicit_reset_starts_over(location: str) -> None:
     _committed(location)
     _delete(location, "count", 2)
     with pytest.raises(LostStateError):
-        _store(location).start_execution(1, 4)
-    _store(location).delete_all()
-    s = _store(location)
+        store_at(location).start_execution(1, 4)
+    store_at(location).delete_all()
+    s = store_at(location)
     assert s.start_execution(1, 4).committed_epoch == 0 and s.first_run
 
 
@@ -115,7 +104,7 @@ def test_a_deleted_redis_meta_with_other_keys_left_is_not_a_first_run(
     r.delete("hr{flow}:meta")
     for _ in range(2):  # and it stays an error: the failed start erased no evidence
         with pytest.raises(LostStateError, match=r"meta record .* is gone.*hr\{flow\}:"):
-            _store(redis_server.url).start_execution(1, 4)
+            store_at(redis_server.url).start_execution(1, 4)
 
 
 def test_deleted_sqlite_meta_records_are_not_a_first_run(tmp_path: Path) -> None:
@@ -125,13 +114,13 @@ def test_deleted_sqlite_meta_records_are_not_a_first_run(tmp_path: Path) -> None
     with sqlite3.connect(tmp_path / "state" / "part-1.sqlite3") as c:
         c.execute("DELETE FROM hr_meta")
     with pytest.raises(LostStateError, match=r"part-1\.sqlite3 has no meta record of flow 'flow'"):
-        _store(loc).start_execution(1, 4)
+        store_at(loc).start_execution(1, 4)
 
 
 def test_redis_emptied_under_a_running_execution_fails_its_next_commit(
     redis_server: RedisServer,
 ) -> None:
-    s = _store(redis_server.url)
+    s = store_at(redis_server.url)
     s.start_execution(1, 4)
     s.write_epoch(1, [("count", 1, "a", b"1")])
     s.commit(1, 1)
@@ -146,7 +135,7 @@ def test_redis_emptied_under_a_running_execution_fails_its_next_commit(
 def test_a_key_evicted_under_a_running_execution_fails_its_next_commit(
     redis_server: RedisServer,
 ) -> None:
-    s = _store(redis_server.url)
+    s = store_at(redis_server.url)
     s.start_execution(1, 4)
     s.write_epoch(1, [("count", 1, "a", b"1"), ("lines", "p", "part-0", b"7")])
     s.commit(1, 1)
@@ -157,7 +146,7 @@ def test_a_key_evicted_under_a_running_execution_fails_its_next_commit(
 
 
 def test_a_store_restored_to_an_older_epoch_fails_the_next_commit(location: str) -> None:
-    s = _store(location)
+    s = store_at(location)
     s.start_execution(1, 4)
     s.write_epoch(1, [("count", 1, "a", b"1")])
     s.commit(1, 1)
@@ -179,12 +168,12 @@ def test_state_of_an_older_headrace_gets_a_manifest_at_its_next_start(
     _committed(redis_server.url)
     r = redis.Redis.from_url(redis_server.url)
     r.hdel("hr{flow}:meta", "manifest", "n:1", "f:1", "n:2", "f:2", "n:3", "f:3")
-    s = _store(redis_server.url)
+    s = store_at(redis_server.url)
     assert s.start_execution(1, 4).committed_epoch == 3  # counted, not refused
     s.release()
     r.delete("hr{flow}:d:2:count:1")
     with pytest.raises(LostStateError, match="epoch 2"):
-        _store(redis_server.url).start_execution(1, 4)
+        store_at(redis_server.url).start_execution(1, 4)
 
 
 # ------------------------------------------------------------ Redis settings
@@ -198,38 +187,38 @@ def _set(server: RedisServer, **config: str) -> None:
 
 @pytest.mark.timeout(120)
 def test_an_evicting_redis_is_refused_unless_allowed(tmp_path: Path, redis_server: RedisServer) -> None:
-    _write_input(tmp_path / "in", files=1, lines=20)
+    write_input(tmp_path / "in", files=1, lines=20)
     _set(redis_server, maxmemory_policy="allkeys-lru")
-    env = _env(tmp_path)
-    res = _run_cli(["-r", redis_server.url, "-s", "0.1"], env)
+    env = run_env(tmp_path)
+    res = run_cli(["-r", redis_server.url, "-s", "0.1"], env)
     assert res.returncode == 1
     assert "has maxmemory-policy allkeys-lru" in res.stderr
     assert "--allow-evicting-redis" in res.stderr and "noeviction" in res.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     env["HEADRACE_ALLOW_EVICTING_REDIS"] = "1"
-    res = _run_cli(["-r", redis_server.url, "-s", "0.1"], env)
+    res = run_cli(["-r", redis_server.url, "-s", "0.1"], env)
     assert res.returncode == 0, res.stderr[-2000:]
 
 
 @pytest.mark.timeout(120)
 def test_no_persistence_warns_once_and_a_first_run_says_so(tmp_path: Path, redis_server: RedisServer) -> None:
-    counts = _write_input(tmp_path / "in", files=2, lines=50)
+    counts = write_input(tmp_path / "in", files=2, lines=50)
     _set(redis_server, save="", appendonly="no")
-    res = _run_cli(["-p", "2", "-r", redis_server.url, "-s", "0.1"], _env(tmp_path))
+    res = run_cli(["-p", "2", "-r", redis_server.url, "-s", "0.1"], run_env(tmp_path))
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stderr.count("has no persistence") == 1, res.stderr
     assert res.stderr.count("first run of dataflow 'recovery_wc'") == 1, res.stderr
-    _check_output(tmp_path / "out", counts)
+    check_output(tmp_path / "out", counts)
     # A resume is not a first run.
-    res = _run_cli(["-r", redis_server.url, "-s", "0.1"], _env(tmp_path))
+    res = run_cli(["-r", redis_server.url, "-s", "0.1"], run_env(tmp_path))
     assert res.returncode == 0 and "first run" not in res.stderr
 
 
 @pytest.mark.timeout(120)
 def test_a_first_run_on_a_directory_says_so(tmp_path: Path) -> None:
-    _write_input(tmp_path / "in", files=1, lines=10)
+    write_input(tmp_path / "in", files=1, lines=10)
     init_db_dir(tmp_path / "state", 2)
-    res = _run_cli(["-r", str(tmp_path / "state"), "-s", "0.1"], _env(tmp_path))
+    res = run_cli(["-r", str(tmp_path / "state"), "-s", "0.1"], run_env(tmp_path))
     assert res.returncode == 0, res.stderr
     assert res.stderr.count("first run of dataflow 'recovery_wc'") == 1
 
@@ -241,10 +230,10 @@ def test_a_first_run_on_a_directory_says_so(tmp_path: Path) -> None:
 def test_redis_flushed_mid_run_stops_the_run_and_the_resume_is_refused_until_reset(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    counts = _write_input(tmp_path / "in", files=2, lines=500)
-    env = _env(tmp_path, HR_SLOW="0.02")
+    counts = write_input(tmp_path / "in", files=2, lines=500)
+    env = run_env(tmp_path, HR_SLOW="0.02")
     args = ["-p", "2", "-r", redis_server.url, "--epoch-interval", "0.1"]
-    p = _launch(args, env)
+    p = launch(args, env)
     wait_for_output(p, tmp_path / "out", 200)
     assert p.poll() is None, "the run ended before the fault"
     redis.Redis.from_url(redis_server.url).flushall()
@@ -252,13 +241,13 @@ def test_redis_flushed_mid_run_stops_the_run_and_the_resume_is_refused_until_res
     assert p.returncode == 1
     assert "Recovery state lost" in err and "finds no meta record any more" in err, err[-3000:]
     # A restart that saw the dataflow commit says so, and an empty Redis is refused.
-    r = _run_cli(["-r", redis_server.url, "-s", "0.1", "--expect-epoch", "1"], env)
+    r = run_cli(["-r", redis_server.url, "-s", "0.1", "--expect-epoch", "1"], env)
     assert r.returncode == 1
     assert "LostStateError: Recovery state lost" in r.stderr
     assert "the store holds no committed epoch of it" in r.stderr
     assert not (tmp_path / "out").exists() or "python -m headrace.recovery delete" in r.stderr
     # Without it, Redis alone can't tell an emptied store from a new one: a first run.
-    r = _run_cli(["-r", redis_server.url, "-s", "0.1"], env)
+    r = run_cli(["-r", redis_server.url, "-s", "0.1"], env)
     assert r.returncode == 0
     assert "first run" in r.stderr
     del counts
@@ -269,9 +258,9 @@ def test_redis_flushed_mid_run_stops_the_run_and_the_resume_is_refused_until_res
 def test_deleted_state_of_a_real_run_is_named_at_resume(
     tmp_path: Path, redis_server: RedisServer, step: str
 ) -> None:
-    _write_input(tmp_path / "in", files=2, lines=100)
-    env = _env(tmp_path)
-    res = _run_cli(["-r", redis_server.url, "-s", "0.05"], env)
+    write_input(tmp_path / "in", files=2, lines=100)
+    env = run_env(tmp_path)
+    res = run_cli(["-r", redis_server.url, "-s", "0.05"], env)
     assert res.returncode == 0, res.stderr[-2000:]
     r = redis.Redis.from_url(redis_server.url)
     keys = [
@@ -281,7 +270,7 @@ def test_deleted_state_of_a_real_run_is_named_at_resume(
     ]
     assert keys
     r.delete(*keys)
-    res = _run_cli(["-r", redis_server.url, "-s", "0.05"], env)
+    res = run_cli(["-r", redis_server.url, "-s", "0.05"], env)
     assert res.returncode == 1
     assert "LostStateError: Recovery state lost" in res.stderr
     assert keys[0].decode() in res.stderr or f"step {step!r}" in res.stderr
@@ -330,7 +319,7 @@ def test_a_renamed_stateful_step_is_refused_naming_it_then_allowed(location: str
         recovery_config=RecoveryConfig(location, allow_dropped_state=True),
     )
     assert out == []  # input ended: nothing more to read
-    assert _store(location).summary() == {} or "f.sum" not in open_store(location, "f").summary()
+    assert store_at(location).summary() == {} or "f.sum" not in open_store(location, "f").summary()
 
 
 def _committed_epoch(location: str, prefix: str = "f") -> int:
@@ -424,16 +413,16 @@ def test_another_flows_prefix_is_refused(location: str) -> None:
 def test_cli_renamed_step_refused_then_allowed_with_exact_output(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    counts = _write_input(tmp_path / "in", files=2, lines=100)
-    env = _env(tmp_path)
-    res = _run_cli(["-r", redis_server.url, "-s", "0.05"], env)
+    counts = write_input(tmp_path / "in", files=2, lines=100)
+    env = run_env(tmp_path)
+    res = run_cli(["-r", redis_server.url, "-s", "0.05"], env)
     assert res.returncode == 0, res.stderr[-2000:]
-    _check_output(tmp_path / "out", counts)
+    check_output(tmp_path / "out", counts)
     # The same store under a flow whose stateful step has another id.
     env_renamed = {**env, "HR_COUNT_STEP": "counter"}
-    res = _run_cli(["-r", redis_server.url, "-s", "0.05"], env_renamed)
+    res = run_cli(["-r", redis_server.url, "-s", "0.05"], env_renamed)
     assert res.returncode == 1
     assert "StateMismatchError" in res.stderr and "'recovery_wc.count.stateful_batch'" in res.stderr
-    res = _run_cli(["-r", redis_server.url, "-s", "0.05", "--allow-dropped-state"], env_renamed)
+    res = run_cli(["-r", redis_server.url, "-s", "0.05", "--allow-dropped-state"], env_renamed)
     assert res.returncode == 0, res.stderr[-2000:]
-    _check_output(tmp_path / "out", counts)  # input was done: nothing repeated, nothing lost
+    check_output(tmp_path / "out", counts)  # input was done: nothing repeated, nothing lost

@@ -53,9 +53,9 @@ from headrace.connectors.kafka import (
 from headrace.connectors.kafka import operators as kop
 from headrace.dataflow import Dataflow
 from headrace.testing import TestingSink, run_main
-from tests.kafka_broker import KafkaBroker, session_broker
-from tests.procs import children, lines_in, wait_for_output
-from tests.servers import RedisServer, free_port
+from tests.support.kafka_broker import KafkaBroker, session_broker
+from tests.support.procs import children, lines_in, wait_for_output
+from tests.support.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ZERO = timedelta(0)
@@ -510,7 +510,7 @@ def _env(broker: KafkaBroker, **extra: str) -> dict[str, str]:
 
 def _launch(flow: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "headrace.run", f"tests.flows.kafka_flows:{flow}", *args],
+        [sys.executable, "-m", "headrace.run", f"tests.support.flows.kafka_flows:{flow}", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

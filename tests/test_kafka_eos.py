@@ -33,9 +33,9 @@ from headrace.dataflow import Dataflow
 from headrace.errors import BytewaxRuntimeError
 from headrace.recovery import RecoveryConfig, init_db_dir
 from headrace.testing import TestingSource, run_main
-from tests.kafka_broker import KafkaBroker, session_broker
-from tests.procs import children
-from tests.servers import RedisServer
+from tests.support.kafka_broker import KafkaBroker, session_broker
+from tests.support.procs import children
+from tests.support.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,7 +200,7 @@ def _launch(b: KafkaBroker, procs: int, redis: RedisServer, env: dict[str, str])
     full.update(env)
     args = ["-p", str(procs), "-r", redis.url, "--epoch-interval", "0.1", "--metrics-port", "0"]
     return subprocess.Popen(
-        [sys.executable, "-m", "headrace.run", "tests.flows.kafka_eos_flows:copy_upper()", *args],
+        [sys.executable, "-m", "headrace.run", "tests.support.flows.kafka_eos_flows:copy_upper()", *args],
         cwd=ROOT,
         env=full,
         stdout=subprocess.PIPE,

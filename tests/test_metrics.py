@@ -26,9 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from headrace._engine import execute, request_stop
 from headrace._engine._metrics import _BUCKETS, CATALOGUE, exported_names
 from headrace.errors import HeadraceRuntimeError
-from tests import _tools as tools
-from tests.flows.metrics_flows import paced
-from tests.servers import free_port
+from tests.support import _tools as tools
+from tests.support.flows.metrics_flows import paced
+from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -246,7 +246,7 @@ def test_real_prometheus_scrapes_a_two_process_cluster(tmp_path: Path) -> None:
                 sys.executable,
                 "-m",
                 "headrace.run",
-                "tests.flows.metrics_flows:paced()",
+                "tests.support.flows.metrics_flows:paced()",
                 "-p",
                 "2",
                 "--metrics-port",
@@ -430,7 +430,7 @@ def test_worker_series_scraped_while_written_are_consistent() -> None:
 
 # --- two runs on one machine ---------------------------------------------------
 
-_TINY = "tests.flows.import_targets:make(3, prefix='t')"
+_TINY = "tests.support.flows.import_targets:make(3, prefix='t')"
 _MOVED = (
     r"^headrace: metrics port {port} on 127\.0\.0\.1 is in use \(another run\?\); "
     r"serving /metrics on 127\.0\.0\.1:(\d+) instead$"
@@ -500,7 +500,7 @@ def test_the_moved_endpoint_serves_on_loopback(tmp_path: Path) -> None:
                 sys.executable,
                 "-m",
                 "headrace.run",
-                "tests.flows.metrics_flows:paced()",
+                "tests.support.flows.metrics_flows:paced()",
                 "--metrics-port",
                 str(port),
                 "--metrics-port-fallback",

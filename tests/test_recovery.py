@@ -6,7 +6,6 @@ SQLite file; crash tests kill real worker processes with SIGKILL.
 
 from __future__ import annotations
 
-import collections
 import os
 import random
 import signal
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 import headrace.operators as op
-from headrace._engine._store import PARTS, Entry, RecoveryStoreError, Store, open_store
+from headrace._engine._store import PARTS, Entry, RecoveryStoreError, open_store
 from headrace.dataflow import Dataflow
 from headrace.recovery import (
     InconsistentPartitionsError,
@@ -31,31 +30,19 @@ from headrace.recovery import (
 )
 from headrace.recovery import main as recovery_main
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
-from tests.procs import children, lines_in, wait_for_output
-from tests.servers import RedisServer
+from tests.support.procs import children, lines_in, wait_for_output
+from tests.support.runs import check_output, launch, run_cli, run_env, write_input
+from tests.support.servers import RedisServer
+from tests.support.stores import store_at
 
-ROOT = Path(__file__).resolve().parents[1]
 ZERO = timedelta(0)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        init_db_dir(tmp_path / "state", 3)
-        return str(tmp_path / "state")
-    server = request.getfixturevalue("redis_server")
-    return str(server.url)
 
 
 # ------------------------------------------------------------ store suite
 
 
-def _store(location: str, prefix: str = "flow") -> Store:
-    return open_store(location, prefix, retry_for=2.0)
-
-
 def test_store_roundtrip_and_merge(location: str) -> None:
-    s = _store(location)
+    s = store_at(location)
     assert s.load_meta() is None
     meta = s.start_execution(worker_count=2, key_groups=8)
     assert (meta.committed_epoch, meta.worker_count, meta.key_groups) == (0, 2, 8)
@@ -71,7 +58,7 @@ def test_store_roundtrip_and_merge(location: str) -> None:
 
 
 def test_store_ignores_and_drops_uncommitted_epochs(location: str) -> None:
-    s = _store(location)
+    s = store_at(location)
     s.start_execution(1, 4)
     s.write_epoch(1, [("st", 0, "k", b"committed")])
     s.commit(1, 1)
@@ -87,7 +74,7 @@ def test_store_ignores_and_drops_uncommitted_epochs(location: str) -> None:
 
 
 def test_store_compaction_keeps_state(location: str) -> None:
-    s = _store(location)
+    s = store_at(location)
     s.start_execution(1, 4)
     rng = random.Random(7)
     expected: dict[str, bytes] = {}
@@ -111,7 +98,7 @@ def test_store_compaction_keeps_state(location: str) -> None:
 
 
 def test_store_prefixes_are_isolated_and_delete_all(location: str) -> None:
-    a, b = _store(location, "a"), _store(location, "b")
+    a, b = store_at(location, "a"), store_at(location, "b")
     a.start_execution(1, 2)
     b.start_execution(1, 2)
     a.write_epoch(1, [("st", 0, "x", b"1")])
@@ -232,69 +219,18 @@ def test_admin_cli_show_and_delete(location: str, capsys: pytest.CaptureFixture[
 # ------------------------------------------------------------ multi-process crashes
 
 
-def _write_input(d: Path, files: int = 4, lines: int = 1000) -> dict[str, int]:
-    d.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(1)
-    counts: collections.Counter[str] = collections.Counter()
-    for f in range(files):
-        rows = []
-        for _ in range(lines):
-            words = [f"w{rng.randrange(60)}" for _ in range(rng.randrange(1, 6))]
-            counts.update(words)
-            rows.append(" ".join(words))
-        (d / f"in-{f}.txt").write_text("\n".join(rows) + "\n")
-    return dict(counts)
-
-
-def _check_output(out_dir: Path, counts: dict[str, int]) -> None:
-    seen: dict[str, list[int]] = collections.defaultdict(list)
-    for f in out_dir.iterdir():
-        for line in f.read_text().splitlines():
-            word, n = line.split()
-            seen[word].append(int(n))
-    assert set(seen) == set(counts)
-    for word, ns in seen.items():
-        assert ns == list(range(1, counts[word] + 1)), f"{word}: {ns[:20]}..."
-
-
-def _launch(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "headrace.run",
-            "tests.flows.recovery_flows:running_counts()",
-            *args,
-            "--metrics-port",
-            "0",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"HR_IN": str(tmp_path / "in"), "HR_OUT": str(tmp_path / "out"), "PYTHONPATH": str(ROOT)})
-    env.update(extra)
-    return env
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
     tmp_path: Path, redis_server: RedisServer, seed: int
 ) -> None:
-    counts = _write_input(tmp_path / "in")
-    env = _env(tmp_path, HR_SLOW="0.03")
+    counts = write_input(tmp_path / "in")
+    env = run_env(tmp_path, HR_SLOW="0.03")
     rng = random.Random(seed)
     args = ["-p", "2", "-r", redis_server.url, "--epoch-interval", "0.1"]
     kills = 0
     for _attempt in range(6):
-        p = _launch(args, env)
+        p = launch(args, env)
         if kills < 2:
             # Mid-run: once this attempt has written some output, not at a guessed time.
             wait_for_output(p, tmp_path / "out", lines_in(tmp_path / "out") + rng.randrange(20, 200))
@@ -309,32 +245,32 @@ def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
     else:
         pytest.fail("the dataflow never completed")
     assert kills >= 1
-    _check_output(tmp_path / "out", counts)
+    check_output(tmp_path / "out", counts)
 
 
 @pytest.mark.timeout(300)
 def test_rescale_2_3_1_processes_across_restarts(tmp_path: Path, redis_server: RedisServer) -> None:
-    counts = _write_input(tmp_path / "in")
-    env = _env(tmp_path, HR_SLOW="0.02")
+    counts = write_input(tmp_path / "in")
+    env = run_env(tmp_path, HR_SLOW="0.02")
     for procs in ("2", "3"):
-        p = _launch(["-p", procs, "-r", redis_server.url, "--epoch-interval", "0.1"], env)
+        p = launch(["-p", procs, "-r", redis_server.url, "--epoch-interval", "0.1"], env)
         wait_for_output(p, tmp_path / "out", lines_in(tmp_path / "out") + 100)
         assert p.poll() is None, "the run ended before it could be rescaled"
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err[-2000:]
-    p = _launch(["-p", "1", "-r", redis_server.url, "--epoch-interval", "0.1"], env)
+    p = launch(["-p", "1", "-r", redis_server.url, "--epoch-interval", "0.1"], env)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err[-2000:]
-    _check_output(tmp_path / "out", counts)
+    check_output(tmp_path / "out", counts)
 
 
 @pytest.mark.timeout(300)
 def test_redis_outage_stops_with_clear_error_then_resumes(tmp_path: Path, redis_server: RedisServer) -> None:
-    counts = _write_input(tmp_path / "in")
-    env = _env(tmp_path, HR_SLOW="0.02")
+    counts = write_input(tmp_path / "in")
+    env = run_env(tmp_path, HR_SLOW="0.02")
     args = ["-r", redis_server.url, "--epoch-interval", "0.1", "--recovery-retry", "3"]
-    p = _launch(args, env)
+    p = launch(args, env)
     store = open_store(redis_server.url, "recovery_wc")
     deadline = time.monotonic() + 60
     while p.poll() is None and time.monotonic() < deadline:
@@ -352,14 +288,14 @@ def test_redis_outage_stops_with_clear_error_then_resumes(tmp_path: Path, redis_
     redis_server.start()
     committed = open_store(redis_server.url, "recovery_wc").load_meta()
     assert committed is not None and committed.committed_epoch > 0
-    p = _launch(args, env)
+    p = launch(args, env)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err[-2000:]
-    _check_output(tmp_path / "out", counts)
+    check_output(tmp_path / "out", counts)
 
 
 def test_unreachable_redis_fails_fast_with_named_url(tmp_path: Path) -> None:
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     flow = _sum_flow([("a", 1)], [])
@@ -676,39 +612,20 @@ def test_legacy_single_file_layout_still_resumes(tmp_path: Path) -> None:
         run_main(_sum_flow(items, [], "other"), recovery_config=config)
 
 
-def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "headrace.run",
-            "tests.flows.recovery_flows:running_counts()",
-            *args,
-            "--metrics-port",
-            "0",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.mark.timeout(300)
 def test_cli_without_parts_fails_on_every_process(tmp_path: Path) -> None:
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
-    _write_input(tmp_path / "in", files=1, lines=10)
-    env = _env(tmp_path)
+    write_input(tmp_path / "in", files=1, lines=10)
+    env = run_env(tmp_path)
     (tmp_path / "empty").mkdir()
     for procs in ("1", "2"):
-        res = _run_cli(["-p", procs, "-r", str(tmp_path / "empty"), "-s", "0.1"], env)
+        res = run_cli(["-p", procs, "-r", str(tmp_path / "empty"), "-s", "0.1"], env)
         assert res.returncode != 0
         assert "NoPartitionsError: No recovery partitions found on any worker" in res.stderr
     # Process 1 alone (process 0 never started) fails at once, not at the startup timeout.
     addrs = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
-    res = _run_cli(
+    res = run_cli(
         ["-i", "1", "-a", addrs, "-r", str(tmp_path / "empty"), "-s", "0.1", "--startup-timeout", "600"], env
     )
     assert res.returncode == 1
@@ -719,14 +636,14 @@ def test_cli_without_parts_fails_on_every_process(tmp_path: Path) -> None:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("seed", [1, 2])
 def test_kill_9_of_a_2_process_run_on_3_parts_is_exactly_once(tmp_path: Path, seed: int) -> None:
-    counts = _write_input(tmp_path / "in")
-    env = _env(tmp_path, HR_SLOW="0.03")
+    counts = write_input(tmp_path / "in")
+    env = run_env(tmp_path, HR_SLOW="0.03")
     init_db_dir(tmp_path / "state", 3)
     rng = random.Random(seed)
     args = ["-p", "2", "-r", str(tmp_path / "state"), "--epoch-interval", "0.1"]
     kills = 0
     for _attempt in range(6):
-        p = _launch(args, env)
+        p = launch(args, env)
         if kills < 2:
             wait_for_output(p, tmp_path / "out", lines_in(tmp_path / "out") + rng.randrange(20, 200))
             kids = children(p)
@@ -740,6 +657,6 @@ def test_kill_9_of_a_2_process_run_on_3_parts_is_exactly_once(tmp_path: Path, se
     else:
         pytest.fail("the dataflow never completed")
     assert kills >= 1
-    _check_output(tmp_path / "out", counts)
+    check_output(tmp_path / "out", counts)
     parts = _parts(tmp_path / "state", "recovery_wc")
     assert len({p["committed_epoch"] for p in parts}) == 1

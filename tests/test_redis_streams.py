@@ -29,8 +29,8 @@ from headrace._engine._store import PARTS, open_store
 from headrace.connectors.redis import RedisStreamEntry, RedisStreamSink, RedisStreamSource
 from headrace.dataflow import Dataflow
 from headrace.testing import TestingSink, TestingSource, run_main
-from tests.procs import children, lines_in, wait_for_output
-from tests.servers import RedisServer, free_port
+from tests.support.procs import children, lines_in, wait_for_output
+from tests.support.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ZERO = timedelta(0)
@@ -345,7 +345,13 @@ def test_kill_9_mid_run_resumes_at_committed_entries(redis_server: RedisServer, 
     kills = 0
     for _attempt in range(6):
         p = subprocess.Popen(
-            [sys.executable, "-m", "headrace.run", "tests.flows.redis_stream_flows:running_counts()", *args],
+            [
+                sys.executable,
+                "-m",
+                "headrace.run",
+                "tests.support.flows.redis_stream_flows:running_counts()",
+                *args,
+            ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

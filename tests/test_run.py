@@ -14,14 +14,14 @@ from headrace.errors import ImportStringError
 from headrace.run import _parser, cli_main, main
 
 ROOT = Path(__file__).resolve().parents[1]
-MOD = "tests.flows.import_targets"
+MOD = "tests.support.flows.import_targets"
 
 
 def test_import_string_forms() -> None:
     assert locate_dataflow(MOD).flow_id == "made_3"  # module: attribute `flow`
     assert locate_dataflow(f"{MOD}:other_flow").flow_id == "made_1"
     assert locate_dataflow(f'{MOD}:make(2, prefix="y")').flow_id == "made_2"
-    path = ROOT / "tests" / "flows" / "import_targets.py"
+    path = ROOT / "tests" / "support" / "flows" / "import_targets.py"
     assert locate_dataflow(f"{path}:other_flow").flow_id == "made_1"
     assert isinstance(locate_dataflow(str(path)), Dataflow)
 
@@ -38,7 +38,7 @@ def test_import_string_forms() -> None:
         (f"{MOD}:make(", "Failed to parse 'make(' as an attribute name or function call"),
         (f"{MOD}:make(len)", "Failed to parse arguments as literal values: 'make(len)'"),
         (f"{MOD}:flow()", "is not callable"),
-        ("tests/flows/nope.py:flow", "no such file"),
+        ("tests/support/flows/nope.py:flow", "no such file"),
     ],
 )
 def test_bad_import_strings_say_what_was_tried(import_str: str, message: str) -> None:
@@ -130,7 +130,7 @@ def test_cli_error_ends_with_the_causes_the_message_does_not_quote(tmp_path: Pat
 
 
 def test_main_and_cli_main_in_process() -> None:
-    from tests.flows import import_targets
+    from tests.support.flows import import_targets
 
     import_targets.OUT.clear()
     assert main([f'{MOD}:make(2, prefix="m")', "--metrics-port", "0"]) == 0
@@ -173,7 +173,7 @@ def test_exchange_flush_flag_env_and_errors(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_cli_runs_with_no_exchange_flush_delay() -> None:
-    from tests.flows import import_targets
+    from tests.support.flows import import_targets
 
     import_targets.OUT.clear()
     argv = [f'{MOD}:make(6, prefix="x")', "-w", "2", "--exchange-flush-ms", "0", "--metrics-port", "0"]

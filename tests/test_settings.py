@@ -25,9 +25,9 @@ from headrace.dataflow import Dataflow
 from headrace.recovery import RecoveryConfig, init_db_dir
 from headrace.run import _strip_options
 from headrace.testing import TestingSink, TestingSource, run_main
-from tests.procs import children, wait_for_output
-from tests.servers import RedisServer
-from tests.test_recovery import _check_output
+from tests.support.procs import children, wait_for_output
+from tests.support.runs import check_output
+from tests.support.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["headrace.run", "headrace.testing"]
@@ -298,7 +298,7 @@ def test_workers_of_a_local_cluster_get_secrets_through_the_environment(
             sys.executable,
             "-m",
             "headrace.run",
-            "tests.flows.recovery_flows:running_counts()",
+            "tests.support.flows.recovery_flows:running_counts()",
             "-p",
             "2",
             "-r",
@@ -336,7 +336,7 @@ def test_workers_of_a_local_cluster_get_secrets_through_the_environment(
             p.communicate()
     assert p.returncode == 0, err[-3000:]
     assert password not in err
-    _check_output(tmp_path / "out", counts)
+    check_output(tmp_path / "out", counts)
     # ... and the state went to the password-protected Redis.
     meta = open_store(redis_with_password.url, "recovery_wc").load_meta()
     assert meta is not None and meta.committed_epoch > 0 and meta.worker_count == 2

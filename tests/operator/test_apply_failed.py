@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from headrace_operator.outcome import Action
 from headrace_operator.spec import CEL_RULES, SpecError, parse_spec
-from tests.operator.world import BASE, World
+from tests.support.kube_world import BASE, World
 
 REFUSED = (
     'StatefulSet.apps "wc" is invalid: spec.template.spec.containers[0].resources.limits[memory]: '

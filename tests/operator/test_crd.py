@@ -135,7 +135,7 @@ def test_resource_names_subresources_and_columns() -> None:
 
 
 def test_crd_deserializes_into_the_kubernetes_model() -> None:
-    from tests.operator.test_manifests import strict_model
+    from tests.support.kube_models import strict_model
 
     strict_model(crd.build_crd(), "V1CustomResourceDefinition")
 

@@ -12,7 +12,7 @@ from typing import Any
 from headrace_operator import manifests as mf
 from headrace_operator.observation import PodInfo
 from headrace_operator.reconcile import StoreInfo
-from tests.operator.world import BASE, World
+from tests.support.kube_world import BASE, World
 
 
 def _env(w: World) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from headrace._engine._serve import EndpointServer, Readiness
 from headrace_operator import _kube
 from headrace_operator.autoscaler import parse_metrics
 from headrace_operator.observation import PodInfo
-from tests.servers import RedisServer, free_port
+from tests.support.servers import RedisServer, free_port
 
 
 def _commit_some_state(url: str, prefix: str) -> None:

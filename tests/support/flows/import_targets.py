@@ -10,7 +10,7 @@ OUT: list[object] = []
 
 
 def make(n: int = 3, prefix: str = "x") -> Dataflow:
-    """A factory: `tests.flows.import_targets:make(2, prefix="y")`."""
+    """A factory: `tests.support.flows.import_targets:make(2, prefix="y")`."""
     flow = Dataflow(f"made_{n}")
     s = op.input("inp", flow, TestingSource([f"{prefix}{i}" for i in range(n)]))
     op.output("out", s, TestingSink(OUT))

