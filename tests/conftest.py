@@ -191,13 +191,13 @@ TOOL_MARKS: dict[str, tuple[str, ...]] = {
 }
 SLOW_MODULES: frozenset[str] = frozenset(
     {
-        "tests/test_cluster.py",  # clusters of processes over TCP, kill -9, SIGTERM
-        "tests/test_recovery.py",  # kill -9 and restart, rescale across restarts
-        "tests/test_fencing.py",  # a restart while the old workers still run
-        "tests/test_integrity.py",  # state deleted under real runs
+        "tests/engine/test_cluster.py",  # clusters of processes over TCP, kill -9, SIGTERM
+        "tests/engine/test_recovery.py",  # kill -9 and restart, rescale across restarts
+        "tests/engine/test_fencing.py",  # a restart while the old workers still run
+        "tests/engine/test_integrity.py",  # state deleted under real runs
         "tests/compat/test_compat.py",  # every Bytewax program run as a process
-        "tests/test_bytewax_alias.py",  # Bytewax programs run through the CLI
-        "tests/test_windowing_semantics.py",  # property tests on every entry point
+        "tests/api/test_bytewax_alias.py",  # Bytewax programs run through the CLI
+        "tests/windowing/test_semantics.py",  # property tests on every entry point
     }
 )
 """Test modules (paths from the repository root) whose every test is slow."""
@@ -208,7 +208,7 @@ def markers_for(item: pytest.Item) -> set[str]:
 
     >>> class Item:  # the parts of a pytest.Item this reads
     ...     fixturenames = ["tmp_path", "kafka_broker"]
-    ...     nodeid = "tests/test_kafka.py::test_x"
+    ...     nodeid = "tests/connectors/test_kafka.py::test_x"
     ...     def iter_markers(self, name): return iter(())
     >>> sorted(markers_for(Item()))
     ['kafka', 'slow']

@@ -1,4 +1,4 @@
-"""A dataflow for the kill -9 test of `map_async` (tests/test_async.py).
+"""A dataflow for the kill -9 test of `map_async` (tests/operators/test_async.py).
 
 Reads every file in HR_IN (one partition per file), passes each word
 through `map_async` (an ``asyncio.sleep`` of HR_DELAY seconds, 50 calls in

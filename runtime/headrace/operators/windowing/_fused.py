@@ -11,7 +11,7 @@ batch: no per-item method dispatch, no intermediate lists, and the window
 of an item is found by comparing its timestamp against the cached bounds of
 the previous item's window (the id arithmetic runs once per window).
 
-The results are those of the general engine (tests/test_windowing_fused.py
+The results are those of the general engine (tests/windowing/test_fused.py
 checks it on random streams). For speed the loops inline the reference
 rules of `_rules` and the event clock's methods; each inlined copy says
 which function it inlines. Values another worker pre-folded (`_Runs`, see

@@ -11,7 +11,7 @@ Who uses them: the event clock's logic (`_clocks._EventClockLogic`) and the
 general per-key engine (`_engine._KeyWindows`) call these functions. The
 fused loops (`_fused`) and the combiner (`_combiner`) inline them, since
 they run once per item; each inlined copy carries a comment naming the
-function it inlines, and ``tests/test_windowing_fused.py`` checks the fused
+function it inlines, and ``tests/windowing/test_fused.py`` checks the fused
 loops against the general engine on random streams.
 
 The composition the inlined copies write out: within a batch whose

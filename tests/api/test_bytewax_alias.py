@@ -16,7 +16,7 @@ from headrace import _bytewax_alias
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 PROGRAM = textwrap.dedent("""
     import bytewax.operators as op

@@ -37,7 +37,7 @@ from tests.support.kafka_broker import KafkaBroker, session_broker
 from tests.support.procs import children
 from tests.support.servers import RedisServer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")

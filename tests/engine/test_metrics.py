@@ -30,7 +30,7 @@ from tests.support import _tools as tools
 from tests.support.flows.metrics_flows import paced
 from tests.support.servers import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _get(url: str, timeout: float = 5) -> tuple[int, str]:

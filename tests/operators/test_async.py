@@ -27,7 +27,7 @@ from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ZERO = timedelta(0)
 
 

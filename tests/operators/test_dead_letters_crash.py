@@ -27,7 +27,7 @@ from headrace.errors import DeadLetter
 from headrace.recovery import init_db_dir
 from tests.support.procs import children, lines_in, wait_for_output
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _slow(batch: list[str]) -> list[str]:
@@ -53,7 +53,10 @@ def _dead_line(d: DeadLetter) -> tuple[str, str]:
 
 
 def poisoned_counts() -> Dataflow:
-    """The flow the processes run (``-m headrace.run tests.test_dead_letters_crash:poisoned_counts()``)."""
+    """The flow the processes run.
+
+    ``python -m headrace.run tests.operators.test_dead_letters_crash:poisoned_counts()``
+    """
     flow = Dataflow("dl_crash")
     lines = op.input("lines", flow, DirSource(Path(os.environ["HR_IN"]), batch_size=20))
     lines = op.flat_map_batch("slow", lines, _slow)
@@ -116,7 +119,7 @@ def test_poison_items_reach_the_dead_letters_exactly_once_across_kill_9(tmp_path
         sys.executable,
         "-m",
         "headrace.run",
-        "tests.test_dead_letters_crash:poisoned_counts()",
+        "tests.operators.test_dead_letters_crash:poisoned_counts()",
         "-p",
         "2",
         "-r",

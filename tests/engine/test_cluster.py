@@ -28,7 +28,7 @@ from headrace.run import _ordinal_from_hostname, _parser, _resolve_addresses
 from headrace.testing import TestingSink, TestingSource
 from tests.support.servers import cluster_in_threads, free_ports
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLOW = "tests.support.flows.cluster_flows:wordcount()"
 
 

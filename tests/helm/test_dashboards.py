@@ -31,7 +31,7 @@ from tests.support import _tools as tools
 from tests.support.helm import CHART, PROMETHEUS_API, one, render
 from tests.support.servers import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 SCRAPE_SERIES = {"up"}
 pytestmark = pytest.mark.tools("helm", "promtool", "prometheus")

@@ -29,7 +29,7 @@ from tests.support.procs import children, wait_for_output
 from tests.support.runs import check_output
 from tests.support.servers import RedisServer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULES = ["headrace.run", "headrace.testing"]
 
 

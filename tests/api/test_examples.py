@@ -20,7 +20,7 @@ import pytest
 if TYPE_CHECKING:
     from tests.support.kafka_broker import KafkaBroker
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 HAS_RUNNER = (ROOT / "runtime" / "headrace" / "run.py").exists()
 

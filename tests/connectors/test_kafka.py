@@ -57,7 +57,7 @@ from tests.support.kafka_broker import KafkaBroker, session_broker
 from tests.support.procs import children, lines_in, wait_for_output
 from tests.support.servers import RedisServer, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ZERO = timedelta(0)
 
 

@@ -13,7 +13,7 @@ from headrace.dataflow import Dataflow
 from headrace.errors import ImportStringError
 from headrace.run import _parser, cli_main, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MOD = "tests.support.flows.import_targets"
 
 
