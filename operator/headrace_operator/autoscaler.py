@@ -111,6 +111,7 @@ class PodSample:
     lag: dict[tuple[str, str], float] = field(default_factory=dict)  # (step, partition) -> items
     snapshot_sum: float = 0.0
     snapshot_count: float = 0.0
+    errors: dict[tuple[str, str], float] = field(default_factory=dict)  # (step, policy) -> items
 
 
 @dataclass
@@ -136,6 +137,14 @@ def parse_metrics(text: str) -> PodSample:
     >>> s = parse_metrics(text)
     >>> s.busy, s.inputs, s.lag
     ({'0': 12.5}, {('f.inp', '0'): 300.0}, {('f.inp', 'p0'): 40.0})
+
+    It also picks the item errors of steps with an error policy, summed over
+    the pod's workers (`step_errors`):
+
+    >>> parse_metrics('''headrace_step_errors_total{step_id="f.parse",policy="skip",worker_index="0"} 2
+    ... headrace_step_errors_total{step_id="f.parse",policy="skip",worker_index="1"} 1
+    ... ''').errors
+    {('f.parse', 'skip'): 3.0}
     """
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -163,6 +172,9 @@ def parse_metrics(text: str) -> PodSample:
                 out.snapshot_sum += value
             elif name == "snapshot_duration_seconds_count":
                 out.snapshot_count += value
+            elif name == "headrace_step_errors_total":
+                key = (lab.get("step_id", ""), lab.get("policy", ""))
+                out.errors[key] = out.errors.get(key, 0.0) + value
     out.inputs = {k: v for k, v in outs.items() if k[0] in input_steps}
     return out
 

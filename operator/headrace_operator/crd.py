@@ -105,6 +105,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Generation the operator last reconciled: behind Generation until it sees the edit.",
     },
     {
+        "name": "Errors",
+        "type": "integer",
+        "priority": 1,
+        "jsonPath": ".status.errorCount",
+        "description": "Items the steps' error policies (skip, dead_letter) handled, as scraped.",
+    },
+    {
         "name": "Message",
         "type": "string",
         "priority": 1,

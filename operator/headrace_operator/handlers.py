@@ -22,7 +22,7 @@ from typing import Any
 
 import kopf
 
-from headrace_operator import _kube, config
+from headrace_operator import _kube, config, step_errors
 from headrace_operator import autoscaler as asc
 from headrace_operator import manifests as mf
 from headrace_operator.conditions import find_condition
@@ -59,6 +59,9 @@ class _State:
     uids: dict[tuple[str, str], str] = field(default_factory=dict)  # (namespace, name) -> uid
     samples: dict[str, collections.deque[asc.Sample]] = field(default_factory=dict)
     sample_execution: dict[str, str] = field(default_factory=dict)
+    # uid -> pod -> its last scraped error counters
+    error_counters: dict[str, dict[str, step_errors.Counters]] = field(default_factory=dict)
+    errors_scraped: dict[str, float] = field(default_factory=dict)  # uid -> when
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
     server: EndpointServer | None = None
     stop: threading.Event = field(default_factory=threading.Event)
@@ -210,6 +213,8 @@ def deleted(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None
     if not p.done:
         raise kopf.TemporaryError(f"waiting for {name}'s pods to stop", delay=p.requeue)
     STATE.samples.pop(uid, None)
+    STATE.error_counters.pop(uid, None)
+    STATE.errors_scraped.pop(uid, None)
     STATE.next_due.pop(uid, None)
     STATE.last_look.pop(uid, None)
     with STATE.guard:
@@ -287,6 +292,28 @@ def _metrics_window(uid: str, spec: DataflowSpec, obs: Observation) -> None:
     obs.metrics = asc.aggregate(buf, window, obs.now)
 
 
+def _step_errors(uid: str, spec: DataflowSpec, obs: Observation) -> None:
+    """What the workers' item error counters grew by since the last scrape (`step_errors`)."""
+    status = DataflowStatus.read(obs.status)
+    if status.phase is not Phase.RUNNING:
+        return
+    buf = STATE.samples.get(uid)
+    if buf and buf[-1].t >= obs.now:
+        sample = buf[-1]  # the autoscaler scraped in this reconcile
+    elif obs.now - STATE.errors_scraped.get(uid, 0.0) >= step_errors.PERIOD:
+        sample = _kube.scrape(obs.pods, spec.observability.metrics_port)
+    else:
+        return
+    STATE.errors_scraped[uid] = obs.now
+    restarts = {p.name: p.restarts for p in obs.pods}
+    now = {pod: (restarts.get(pod, 0), s.errors) for pod, s in sample.pods.items()}
+    before = STATE.error_counters.get(uid)
+    if before is None and status.errors:
+        before = now  # a new operator: what status holds is counted up to about here
+    obs.step_errors = step_errors.increase(before or {}, now)
+    STATE.error_counters[uid] = step_errors.remember(before or {}, now)
+
+
 def reconcile_once(namespace: str, name: str, uid: str, force: bool) -> Plan | None:
     """Observe, plan, apply, record, for one Dataflow."""
     kube = _need_kube()
@@ -305,6 +332,7 @@ def reconcile_once(namespace: str, name: str, uid: str, force: bool) -> Plan | N
             spec = _target_spec(obj, obs.sts)
             if spec is not None:
                 _metrics_window(uid, spec, obs)
+                _step_errors(uid, spec, obs)
             p = plan(obs)
             p, applied = _apply(kube, obs, p, url, prefix)
             kube.patch_status(namespace, name, p.status)

@@ -2,7 +2,8 @@
 
 Placed in the flow: the handlers gather an `Observation` (through `_kube`:
 the Dataflow, its StatefulSet and pods, the recovery Secret, what Redis
-says, the autoscaler's window of worker metrics); `plan` decides from it
+says, the autoscaler's window of worker metrics, what the workers' item
+error counters grew by); `plan` decides from it
 alone. The Dataflow's spec and status stay the API's JSON here: `plan`
 parses the spec (`spec.parse_spec`) and reads the status
 (`status.DataflowStatus.read`) itself, so what it was given is what a test
@@ -141,6 +142,7 @@ class Observation:
     secret: SecretInfo | None = None
     store: StoreInfo | None = None
     metrics: WindowStats | None = None
+    step_errors: dict[tuple[str, str], float] | None = None  # (step, policy) -> grown since the last scrape
     cluster_domain: str = "cluster.local"
     pod_monitor_supported: bool = True
     worker_service_account: str = ""

@@ -40,6 +40,7 @@ from typing import Any
 
 from headrace_operator import autoscaler as asc
 from headrace_operator import manifests as mf
+from headrace_operator import step_errors
 from headrace_operator import transitions as tx
 from headrace_operator.conditions import update_conditions
 from headrace_operator.diagnosis import UNFIXABLE_BY_RESTART, diagnose_pods, finished_report
@@ -767,6 +768,7 @@ def _finish(c: Ctx, spec: DataflowSpec | None, owner: mf.Owner) -> Plan:
     if spec is not None:
         _placement(c, spec)
     _snapshot_seen(c)
+    step_errors.record(c.st, c.obs.step_errors, c.now)
     _repair_mesh_secret(c, owner)
     update_conditions(c, spec)
     _last_error(c)

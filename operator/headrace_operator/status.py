@@ -46,6 +46,7 @@ __all__ = [
     "PodAssignment",
     "SnapshotStatus",
     "Stage",
+    "StepErrors",
     "StopReason",
     "StoppedStatus",
     "Transition",
@@ -381,6 +382,18 @@ class HealthStatus:
 
 
 @dataclass
+class StepErrors:
+    """Items one step's user function raised on that its error policy handled."""
+
+    step_id: str = field(default="", metadata=_m(name="stepId", doc="The step's id."))
+    policy: str = field(default="", metadata=_m(name="policy", doc="Its error policy: skip or dead_letter."))
+    count: int = field(default=0, metadata=_m(name="count", doc="Items, over the Dataflow's life."))
+    last_seen: str | None = field(
+        default=None, metadata=_m(name="lastSeen", format="date-time", doc="When the count last grew.")
+    )
+
+
+@dataclass
 class DataflowStatus:
     """What the operator observed and did."""
 
@@ -421,6 +434,16 @@ class DataflowStatus:
     health: HealthStatus | None = field(default=None, metadata=_m(name="health", doc="Health bookkeeping."))
     stopped: StoppedStatus | None = field(
         default=None, metadata=_m(name="stopped", doc="Why the pods are kept stopped, if they are.")
+    )
+    errors: list[StepErrors] | None = field(
+        default=None,
+        metadata=_m(
+            name="errors",
+            doc="Item errors per step and error policy (on_error skip or dead_letter), as scraped.",
+        ),
+    )
+    error_count: int | None = field(
+        default=None, metadata=_m(name="errorCount", doc="Item errors of all steps (the sum of errors).")
     )
 
     @classmethod

@@ -26,6 +26,7 @@ LAYERS = [
     "crd",
     "manifests",
     "autoscaler",
+    "step_errors",
     "observation",
     "diagnosis",
     "outcome",

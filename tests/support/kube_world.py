@@ -89,6 +89,7 @@ class World:
         self.store = StoreInfo(ok=True, exists=False)
         self.secret: SecretInfo | None = None
         self.metrics: WindowStats | None = None
+        self.step_errors: dict[tuple[str, str], float] | None = None  # grown since the last scrape
         self.now = now
         self.events: list[tuple[str, str, str]] = []
         self.applied: list[str] = []
@@ -114,6 +115,7 @@ class World:
             secret=self.secret,
             store=self.store,
             metrics=self.metrics,
+            step_errors=self.step_errors,
         )
 
     def step(self, dt: float = 1.0) -> Plan:
