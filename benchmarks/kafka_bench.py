@@ -21,7 +21,7 @@ Python: what any Python pipeline on this client costs at least.
 Exactly-once: ``headrace-eos`` is the same pipeline with
 ``KafkaSink(..., exactly_once=True)`` and a SQLite recovery directory;
 ``quix`` and ``quix-eos`` are Quix Streams (3.28.1, from PyPI, in a venv
-made once under ~/.cache/headrace-kafka/quix-venv) with
+made once next to the bytewax venv, ``quix-venv``) with
 ``processing_guarantee`` at-least-once and exactly-once. Headrace's epoch
 and Quix's commit interval are both ``--commit-interval`` seconds. These
 three are timed for throughput only.

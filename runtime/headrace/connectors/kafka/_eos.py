@@ -68,7 +68,7 @@ from headrace.connectors.kafka._messages import KafkaSinkMessage
 from headrace.connectors.kafka._sink import failures_error, not_a_message
 from headrace.outputs import StatelessSinkPartition
 
-# A message as kept in the write-ahead copy (cheap to pickle):
+# A message as kept in the write-ahead copy (cheap to marshal):
 # (topic, value, key, partition, timestamp, headers).
 Row = tuple[str, Any, Any, int, int, Any]
 
