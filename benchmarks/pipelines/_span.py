@@ -237,7 +237,7 @@ def _capture_before_forget() -> None:
     if ENGINE != "headrace":
         return
     try:
-        from headrace._engine._metrics import WorkerMetrics
+        from headrace._metrics import WorkerMetrics
     except ImportError:
         return
     original = getattr(WorkerMetrics, "forget", None)

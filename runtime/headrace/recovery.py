@@ -50,6 +50,7 @@ from pathlib import Path
 
 from headrace._engine import (
     REDIS_SCHEMES,
+    FencedError,
     InconsistentPartitionsError,
     LostStateError,
     Meta,
@@ -63,6 +64,7 @@ from headrace._engine import (
 )
 
 __all__ = [
+    "FencedError",
     "InconsistentPartitionsError",
     "LostStateError",
     "MissingPartitionsError",

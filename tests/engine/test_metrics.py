@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from headrace._engine import execute, request_stop
-from headrace._engine._metrics import _BUCKETS, CATALOGUE, exported_names
+from headrace._metrics import _BUCKETS, CATALOGUE, exported_names
 from headrace.errors import HeadraceRuntimeError
 from tests.support import _tools as tools
 from tests.support.flows.metrics_flows import paced
@@ -369,7 +369,7 @@ def test_worker_series_expose_what_prometheus_client_exposes(obs: list[tuple[str
     same text for the same observations (values on a bucket's bound included)."""
     from prometheus_client import CollectorRegistry, Counter, Histogram
 
-    from headrace._engine._metrics import WorkerFamily
+    from headrace._metrics import WorkerFamily
 
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     labels = ("step_id", "worker_index")
@@ -396,7 +396,7 @@ def test_worker_series_scraped_while_written_are_consistent() -> None:
     cumulative buckets never decrease) and counters that never go back."""
     from prometheus_client import CollectorRegistry
 
-    from headrace._engine._metrics import WorkerFamily
+    from headrace._metrics import WorkerFamily
 
     reg = CollectorRegistry()
     hist = WorkerFamily("histogram", "h_seconds", "doc", ("worker_index",), reg)

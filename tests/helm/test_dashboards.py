@@ -2,7 +2,7 @@
 PromQL that Prometheus parses, metric names that Headrace really exports, and
 worker queries that return data from a real Prometheus scraping real workers.
 
-Metric names come from the runtime's catalogue (``headrace._engine._metrics``)
+Metric names come from the runtime's catalogue (``headrace._metrics``)
 and the operator's (``headrace_operator.metrics.OPERATOR_CATALOGUE``). The one
 other series allowed is ``up``, which Prometheus itself writes per target.
 """
@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from headrace._engine._metrics import CATALOGUE
-from headrace._engine._metrics import exported_names as worker_exported_names
+from headrace._metrics import CATALOGUE
+from headrace._metrics import exported_names as worker_exported_names
 from tests.support import _tools as tools
 from tests.support.helm import CHART, PROMETHEUS_API, one, render
 from tests.support.servers import free_port

@@ -16,7 +16,7 @@ import pytest
 
 import headrace.operators as op
 import headrace.operators.windowing as win
-from headrace._engine._metrics import M
+from headrace._metrics import M
 from headrace.dataflow import Dataflow, Stream
 from headrace.errors import BytewaxRuntimeError, DeadLetter
 from headrace.operators import _dead_letters

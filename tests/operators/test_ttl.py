@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import headrace.operators as op
-from headrace._engine._metrics import M
 from headrace._engine._store import open_store
+from headrace._metrics import M
 from headrace.dataflow import Dataflow, Stream
 from headrace.recovery import RecoveryConfig, init_db_dir
 from headrace.testing import TestingSink, TestingSource, run_main

@@ -6,16 +6,20 @@ headrace._engine import execute, open_store``. The names are loaded on
 first use (module ``__getattr__``), so importing one engine module, or the
 operator importing `group_owner`, does not import the whole engine.
 
-Layering (a module imports only from modules above it in this list):
+Layering (a module imports only from modules above it in this list; the
+`layers` contract in pyproject.toml checks it):
 
 - ``_hash``: key groups and owners; ``_plan``: the flow as core steps;
   ``_fuse``: stateless chains compiled to one loop; ``_sched``: steps run
-  in declaration order; ``_metrics``: the metric catalogue.
-- ``_store_checks``, ``_integrity``, ``_redis_integrity``, ``_store``,
-  ``_sqlite_parts``, ``_sqlite_store``: the recovery stores.
+  in declaration order. (The metric catalogue, `headrace._metrics`, is a
+  leaf below the engine: the operators' error policies record there too.)
+- ``_store_checks``, ``_integrity``, ``_store_base`` (the interface),
+  ``_redis_integrity``, ``_sqlite_parts``, ``_sqlite_store``, ``_store``
+  (Redis, and ``open_store``): the recovery stores.
 - ``_basics``: batches, messages, the run's settings, the words of errors
   from user code; ``_stateful_run``: a stateful step's per-key logic,
-  timers and EOF; ``_exchange``: edges, routers, out-buffers, combiners
+  timers and EOF; ``_async_run``: a ``map_async`` step and the worker's
+  event loop; ``_exchange``: edges, routers, out-buffers, combiners
   and credits; ``_wiring``: the plan as one worker's push graph (its
   docstring follows one item from source to sink); ``_worker``: the
   worker loop (poll, drain, barriers, epochs, snapshot and commit).
@@ -60,9 +64,9 @@ __all__ = [
 # The module (below this package) that defines each name of the face.
 _FACE = {
     **dict.fromkeys(["execute", "execute_cluster", "request_stop"], "_execute"),
+    "open_store": "_store",
     **dict.fromkeys(
         [
-            "open_store",
             "Store",
             "Meta",
             "RecoveryStoreError",
@@ -73,7 +77,7 @@ _FACE = {
             "MissingPartitionsError",
             "InconsistentPartitionsError",
         ],
-        "_store",
+        "_store_base",
     ),
     "init_parts": "_sqlite_parts",
     "check_location": "_store_checks",
@@ -87,7 +91,8 @@ if TYPE_CHECKING:
     from headrace._engine._hash import DEFAULT_KEY_GROUPS, group_owner, key_group, part_owner
     from headrace._engine._net_protocol import SECRET_ENV
     from headrace._engine._sqlite_parts import init_parts
-    from headrace._engine._store import (
+    from headrace._engine._store import open_store
+    from headrace._engine._store_base import (
         FencedError,
         InconsistentPartitionsError,
         LostStateError,
@@ -97,7 +102,6 @@ if TYPE_CHECKING:
         RecoveryStoreError,
         StateMismatchError,
         Store,
-        open_store,
     )
     from headrace._engine._store_checks import REDIS_SCHEMES, check_location
 

@@ -40,8 +40,8 @@ from collections.abc import Callable
 from typing import Any
 
 from headrace._engine._basics import Abort, Push, drop, not_keyed
-from headrace._engine._metrics import WorkerMetrics
 from headrace._engine._plan import CoreStep
+from headrace._metrics import WorkerMetrics
 from headrace.errors import BytewaxRuntimeError
 
 # The inbox message a worker's event loop sends when calls finished (the

@@ -29,7 +29,7 @@ from headrace.errors import BytewaxRuntimeError
 from headrace.inputs import _utc_now
 
 if TYPE_CHECKING:
-    from headrace._engine._store import Store
+    from headrace._engine._store_base import Store
 
 # A batch is a list of items, or {key: [values]} from a chain that grouped.
 Push = Callable[[Any], None]

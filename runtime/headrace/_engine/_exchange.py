@@ -43,8 +43,8 @@ from headrace._engine._basics import (
 )
 from headrace._engine._fuse import EpochRef
 from headrace._engine._hash import group_owner, key_group
-from headrace._engine._metrics import WorkerMetrics
 from headrace._engine._plan import CoreStep
+from headrace._metrics import WorkerMetrics
 
 
 @dataclass

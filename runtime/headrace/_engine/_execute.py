@@ -26,13 +26,13 @@ from typing import Any
 
 from headrace import __version__
 from headrace._engine._basics import Abort, Cluster, RunConfig
-from headrace._engine._metrics import M
 from headrace._engine._net import Mesh
 from headrace._engine._net_protocol import PROTOCOL_VERSION, SECRET_ENV, Hello
 from headrace._engine._plan import Plan, build_plan
 from headrace._engine._serve import EndpointServer, Readiness
-from headrace._engine._store import HEARTBEAT_SECONDS, FencedError, LostStateError, Meta, Store
+from headrace._engine._store_base import HEARTBEAT_SECONDS, FencedError, LostStateError, Meta, Store
 from headrace._engine._worker import Worker
+from headrace._metrics import M
 from headrace.dataflow import Dataflow
 
 log = logging.getLogger("headrace.run")
@@ -155,7 +155,7 @@ class _Lease:
 
     >>> import tempfile
     >>> from headrace.recovery import init_db_dir
-    >>> from headrace._engine._store import open_store
+    >>> from headrace._engine import open_store
     >>> d = tempfile.mkdtemp(); init_db_dir(d, 1)
     >>> old, new = open_store(d, "f"), open_store(d, "f")
     >>> _ = old.start_execution(1, 8); lease = _Lease(old, print)
@@ -164,7 +164,7 @@ class _Lease:
     >>> old.commit(1, 0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    headrace._engine._store.FencedError: execution ... was fenced off SQLite store ...
+    headrace.recovery.FencedError: execution ... was fenced off SQLite store ...
     """
 
     def __init__(self, store: Store, on_fenced: Any) -> None:

@@ -50,7 +50,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from headrace._engine._metrics import M
 from headrace._engine._net_protocol import (
     _BYE,
     _FAIL,
@@ -75,6 +74,7 @@ from headrace._engine._net_protocol import (
     _send_json,
     parse_address,
 )
+from headrace._metrics import M
 
 log = logging.getLogger("headrace.net")
 

@@ -70,7 +70,7 @@ def meta_fields(store: RedisStore) -> dict[str, str]:
 
 def hint(store: RedisStore) -> str:
     """The explicit reset for this store."""
-    from headrace._engine._store import _safe_url
+    from headrace._engine._store_base import _safe_url
 
     return reset_hint(_safe_url(store.url), store.prefix)
 
@@ -183,7 +183,7 @@ def layers(store: RedisStore, fields: dict[str, str], upto: int) -> list[Layer]:
 
 def verify(store: RedisStore, upto: int, when: str, fields: dict[str, str] | None = None) -> None:
     """Raise `LostStateError` if anything the manifest recorded up to ``upto`` is gone."""
-    from headrace._engine._store import LostStateError
+    from headrace._engine._store_base import LostStateError
 
     fields = meta_fields(store) if fields is None else fields
     if not fields.get("execution_id"):
@@ -308,7 +308,7 @@ def server_config(store: RedisStore) -> dict[str, str]:
 
 def check_server(store: RedisStore, allow_evicting: bool) -> None:
     """Refuse an evicting ``maxmemory-policy``; warn when Redis persists nothing."""
-    from headrace._engine._store import RecoveryStoreError
+    from headrace._engine._store_base import RecoveryStoreError
 
     error, warning = redis_config_problems(store.description, server_config(store), allow_evicting)
     if error is not None:

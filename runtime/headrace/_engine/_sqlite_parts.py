@@ -43,7 +43,7 @@ from typing import Any
 
 from headrace._engine import _integrity as ig
 from headrace._engine._integrity import MANIFEST_FIELD, Layer
-from headrace._engine._store import (
+from headrace._engine._store_base import (
     Entry,
     FencedError,
     InconsistentPartitionsError,

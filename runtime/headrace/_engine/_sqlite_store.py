@@ -57,7 +57,7 @@ from headrace._engine._sqlite_parts import (
     part_name,
     scan_parts,
 )
-from headrace._engine._store import (
+from headrace._engine._store_base import (
     HEARTBEAT_SECONDS,
     LEASE_SECONDS,
     PARTS,

@@ -39,9 +39,9 @@ from headrace._engine._basics import (
     utcnow,
 )
 from headrace._engine._hash import key_group
-from headrace._engine._metrics import WorkerMetrics
 from headrace._engine._plan import CoreStep, quoted
-from headrace._engine._store import Entry
+from headrace._engine._store_base import Entry
+from headrace._metrics import WorkerMetrics
 from headrace.errors import BytewaxRuntimeError
 
 # A logic still due after `on_notify` is notified again, at most this many

@@ -42,11 +42,11 @@ from headrace._engine._basics import Push, RunConfig, batch_len, drop, not_keyed
 from headrace._engine._exchange import Edge, Exchange
 from headrace._engine._fuse import EpochRef, Stage, compile_chain, compile_grouping_chain
 from headrace._engine._hash import group_owner, part_owner
-from headrace._engine._metrics import StepMetrics, WorkerMetrics
 from headrace._engine._plan import CoreStep, Plan, quoted
 from headrace._engine._sched import Ready
 from headrace._engine._stateful_run import StatefulRun
-from headrace._engine._store import PARTS
+from headrace._engine._store_base import PARTS
+from headrace._metrics import StepMetrics, WorkerMetrics
 from headrace.errors import BytewaxRuntimeError
 from headrace.inputs import (
     DynamicSource,

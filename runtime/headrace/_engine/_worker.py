@@ -57,11 +57,11 @@ from headrace._engine._basics import (
 )
 from headrace._engine._exchange import Edge, Exchange
 from headrace._engine._fuse import EpochRef
-from headrace._engine._metrics import M, WorkerMetrics
 from headrace._engine._plan import Plan, quoted
 from headrace._engine._sched import Ready
-from headrace._engine._store import PARTS, Entry
+from headrace._engine._store_base import PARTS, Entry
 from headrace._engine._wiring import SourceRun, Wiring, engine_tracer
+from headrace._metrics import M, WorkerMetrics
 from headrace.errors import BytewaxRuntimeError
 from headrace.inputs import AbortExecution
 

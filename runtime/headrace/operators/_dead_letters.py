@@ -129,7 +129,7 @@ class Reporter:
         self._next_log = 0.0
         self._unlogged = 0
         # The series exists (at 0) from the start: a first failure is then an increase.
-        from headrace._engine._metrics import M
+        from headrace._metrics import M
 
         self._counter = M["headrace_step_errors_total"].labels(step_id, policy)
 

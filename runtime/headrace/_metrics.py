@@ -4,6 +4,12 @@ Metrics live in prometheus-client's default registry, so metrics a user
 registers show on the same endpoint. Every series a worker writes carries
 its own ``worker_index`` label, so workers of one process never share (and
 clobber) a series. Values are recorded per batch, never per item.
+
+Where this sits: a leaf below both the engine (`headrace._engine`: workers,
+stores and the mesh record here) and the operators (the error policies of
+`headrace.operators._dead_letters` count failed items here). It imports
+nothing of Headrace, so both layers use it without an import cycle (the
+import-linter contracts in pyproject.toml check that).
 """
 
 from __future__ import annotations
