@@ -676,6 +676,63 @@ def test_5_autoscaler(stack: Stack) -> None:
     # "load" keeps running (without its CPU work) until the dashboards are checked (step 7).
 
 
+def test_5b_recommend_mode_event_counts(stack: Stack) -> None:
+    """Recommend mode, 10 s evaluations, steady load -> one ScalingReport per recommendation."""
+    k, ns = stack.kube, stack.ns
+    k.kubectl("exec", "-n", ns, "reader", "--", "sh", "-c", "echo on > /out/rec.on")
+    df = stack.sensors(
+        "rec",
+        1,
+        flow={
+            "import": "flows:sensors",
+            "env": [
+                {"name": "SENSORS_PARTS", "value": "2"},
+                {"name": "SENSORS_RATE", "value": "20"},
+                {"name": "SENSORS_WORK_MS", "value": "20"},
+                {"name": "SENSORS_WORK_WHILE", "value": "/out/rec.on"},
+                {"name": "SENSORS_REPORT_EVERY", "value": "500"},
+            ],
+        },
+        autoscaler={
+            # About 80 % busy on one worker: scale up, to at most 2, every evaluation.
+            "mode": "recommend",
+            "minReplicas": 1,
+            "maxReplicas": 2,
+            "targetUtilization": 0.5,
+            "utilizationBoundary": 0.1,
+            "metricsWindow": "20s",
+            "evaluationInterval": "10s",
+            "stabilizationWindow": "0s",
+        },
+        podTemplate=_out_volume(),
+    )
+    stack.apply(df)
+    stack.wait_running("rec", 1)
+    evaluations: dict[str, str] = {}  # time -> action
+
+    def enough() -> bool:
+        ev = (stack.status("rec").get("autoscaler") or {}).get("lastEvaluation") or {}
+        if ev.get("time"):
+            evaluations[ev["time"]] = ev.get("action", "")
+        return sum(a == "scale-up" for a in evaluations.values()) >= 5
+
+    wait_for("five scale-up recommendations", enough, 300, 2)
+    k.kubectl("exec", "-n", ns, "reader", "--", "rm", "-f", "/out/rec.on")
+    reports = [e for e in stack.events("rec") if e["reason"] == "ScalingReport"]
+    per_subject: collections.Counter[str] = collections.Counter()
+    for e in reports:
+        per_subject[e["message"].split(" (", 1)[0]] += int(e.get("count") or 1)
+    log(f"rec: {len(evaluations)} evaluations {sorted(evaluations.items())}; reports {dict(per_subject)}")
+    # Posted when the recommendation is new, then not again for 30 minutes.
+    assert per_subject and set(per_subject.values()) == {1}, (per_subject, evaluations)
+    assert "scale-up 1 -> 2" in per_subject, per_subject
+    # Recommend mode never touches the spec.
+    assert stack.df("rec")["spec"]["replicas"] == 1
+    # A transition's completion is posted each time: the Dataflow was deployed once.
+    assert [e["reason"] for e in stack.events("rec")].count("Running") == 1
+    k.kubectl("delete", "dataflow", "rec", "-n", ns, "--wait=false")
+
+
 def test_6_suspend_resume_and_invalid_edits(stack: Stack) -> None:
     """Suspend, resume -> state preserved; invalid edits rejected or reported; the last valid spec runs."""
     k, ns = stack.kube, stack.ns
