@@ -250,3 +250,21 @@ def test_a_ttl_added_to_stored_state_starts_the_keys_clocks_at_the_resume(
     # The key's time starts at the resume (1000), not at its last update (0): it lives on.
     assert out1 == [("a", 1)]
     assert out2 == [("a", 2), ("a", 3)]
+
+
+def test_a_ttl_removed_keeps_the_stored_keys(tmp_path: Path, clock: Clock) -> None:
+    init_db_dir(tmp_path, 1)
+    config = RecoveryConfig(tmp_path)
+    items = [("a", 0, 0), TestingSource.ABORT(), ("a", 0, 1000)]
+
+    def build(out: list[Any], ttl: timedelta | None) -> Dataflow:
+        flow = Dataflow("ttl_removed")
+        s = clock.timed(op.input("inp", flow, TestingSource(items)))
+        op.output("out", op.stateful_map("c", s, _count, ttl=ttl), TestingSink(out))
+        return flow
+
+    out1: list[Any] = []
+    run_main(build(out1, TTL), epoch_interval=ZERO, recovery_config=config)
+    out2: list[Any] = []
+    run_main(build(out2, None), epoch_interval=ZERO, recovery_config=config)
+    assert (out1, out2) == ([("a", 1)], [("a", 2)])
