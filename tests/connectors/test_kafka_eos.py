@@ -263,19 +263,30 @@ def _run_with_kills(
     env: dict[str, str],
     plan: list[int],
     rng: random.Random,
-    window: tuple[float, float] = (2.5, 8.0),
 ) -> tuple[int, list[int]]:
-    """One launch per entry of ``plan`` (its process count), each killed at a random moment
-    (but the last, run to the end); returns the number of kills that landed, and
-    how many messages were committed after each killed launch."""
+    """One launch per entry of ``plan`` (its process count), each but the last killed -9.
+
+    Every third launch is killed 0.5-3 s after it starts (during start-up or
+    restore, before it writes); the others once the output holds 50-400 more
+    committed messages than before the launch, plus up to 0.3 s (anywhere in
+    an epoch: mid-transaction, between the store's commit and Kafka's). Tying
+    the kill to the output, not to the clock, keeps every launch killed
+    mid-run however fast the machine is. Returns the number of kills that
+    landed, and how many messages were committed after each killed launch.
+    """
     kills = 0
     progress: list[int] = []
+    done = 0
     for i, procs in enumerate(plan):
         p = _launch(b, procs, redis, env)
         last = i == len(plan) - 1
-        # A run here starts writing some 4 s after its launch: most kills land mid-output.
-        if not last and _kill_at_random(p, rng, *window):
-            kills += 1
+        if not last:
+            if i % 3 == 0:
+                landed = _kill_at_random(p, rng, 0.5, 3.0)
+            else:
+                target = done + rng.randrange(50, 400)
+                landed = _kill_after_output(b, p, env["HR_OUT"], target, rng, rng.uniform(0.0, 0.3))
+            kills += landed
         _, err = p.communicate(timeout=180)
         if last:
             assert p.returncode == 0, err[-3000:]
@@ -285,7 +296,8 @@ def _run_with_kills(
                 err[-3000:],
             )
         if not last:
-            progress.append(sum(read_committed(b, env["HR_OUT"], to_end=False).values()))
+            done = sum(read_committed(b, env["HR_OUT"], to_end=False).values())
+            progress.append(done)
     return kills, progress
 
 
@@ -294,7 +306,7 @@ def _run_with_kills(
 def test_kill_9_at_random_moments_exactly_once(kafka_broker: KafkaBroker, redis_server: RedisServer) -> None:
     b = kafka_broker
     src, dst = b.create_topic(partitions=3), b.create_topic(partitions=3)
-    sent = _sent(b, src, 15_000)
+    sent = _sent(b, src, 30_000)
     rng = random.Random(22)
     env = {"HR_IN": src, "HR_OUT": dst, "HR_SLOW": "0.05", "HR_TXN": f"eos-kill-{dst}"}
     kills, progress = _run_with_kills(b, redis_server, env, [2] * 21, rng)
@@ -307,14 +319,18 @@ def test_kill_9_at_random_moments_exactly_once(kafka_broker: KafkaBroker, redis_
 
 
 def _kill_after_output(
-    b: KafkaBroker, p: subprocess.Popen[str], topic: str, n: int, rng: random.Random
-) -> None:
-    """Kill -9 a random worker process of ``p`` once ``topic`` holds ``n`` committed messages."""
+    b: KafkaBroker, p: subprocess.Popen[str], topic: str, n: int, rng: random.Random, delay: float = 0.0
+) -> bool:
+    """Kill -9 a random worker process of ``p`` ``delay`` seconds after ``topic`` holds
+    ``n`` committed messages; whether one was killed (not if the run ended first)."""
     while p.poll() is None and sum(read_committed(b, topic, to_end=False).values()) < n:
         time.sleep(0.2)
+    time.sleep(delay)
     kids = children(p)
-    assert p.poll() is None and kids, "the run ended before the kill"
+    if p.poll() is not None or not kids:
+        return False
     os.kill(rng.choice(kids), signal.SIGKILL)
+    return True
 
 
 @pytest.mark.slow
@@ -332,7 +348,7 @@ def test_rescale_2_to_3_to_1_with_kills_exactly_once(
     for procs in (2, 3, 1):
         p = _launch(b, procs, redis_server, env)
         if procs != 1:
-            _kill_after_output(b, p, dst, done + rng.randrange(300, 1500), rng)
+            assert _kill_after_output(b, p, dst, done + rng.randrange(300, 1500), rng), "the run ended first"
         _, err = p.communicate(timeout=180)
         if procs == 1:
             assert p.returncode == 0, err[-3000:]
