@@ -11,7 +11,7 @@ recorded on the StatefulSet (annotations: template hash, spec, replicas,
 nonces); the spec says what should run; the difference decides. `plan` reads
 as its steps:
 
-1. `_valid_target`: the spec to run (an invalid new spec leaves the deployed
+1. `target.valid_target`: the spec to run (an invalid new spec leaves the deployed
    one running);
 2. checks that never block: key groups in Redis, the PodMonitor;
 3. by the StatefulSet: none yet -> `_create`; pods running -> `_running`
@@ -34,8 +34,6 @@ The transitions themselves (stop at a barrier, start, arrive) are in
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 from headrace_operator import autoscaler as asc
@@ -48,13 +46,7 @@ from headrace_operator.health import backoff_delay, check_health, restart_unheal
 from headrace_operator.observation import Observation, PodInfo, SecretInfo, StoreInfo
 from headrace_operator.outcome import BUSY_REQUEUE, Action, Ctx, Plan
 from headrace_operator.schema import from_json
-from headrace_operator.spec import (
-    DataflowSpec,
-    SpecError,
-    parse_spec,
-    prune,
-    unknown_fields,
-)
+from headrace_operator.spec import DataflowSpec, SpecError, parse_spec
 from headrace_operator.status import (
     AutoscalerStatus,
     DataflowStatus,
@@ -70,6 +62,13 @@ from headrace_operator.status import (
     TransitionStatus,
     iso,
     parse_iso,
+)
+from headrace_operator.target import (
+    LAST_APPLIED,
+    deployed_spec,
+    name_problems,
+    pruned_fields,
+    valid_target,
 )
 
 __all__ = [
@@ -88,129 +87,10 @@ __all__ = [
     "pruned_fields",
 ]
 
-LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 Problem = tuple[str, str]  # (reason, message) of a failure or degradation
 
 
-# ------------------------------------------------------------------ validation
-
-
-def deployed_spec(sts: dict[str, Any] | None) -> DataflowSpec | None:
-    """The spec the running StatefulSet was built from (its annotation), if readable.
-
-    >>> deployed_spec(None) is None
-    True
-    """
-    if not sts:
-        return None
-    raw = ((sts.get("metadata") or {}).get("annotations") or {}).get(mf.ANN_SPEC)
-    if not raw:
-        return None
-    try:
-        return parse_spec(json.loads(raw))
-    except (ValueError, SpecError):
-        return None
-
-
-def _subset(small: Any, big: Any) -> bool:
-    if isinstance(small, dict):
-        return isinstance(big, dict) and all(_subset(v, big.get(k)) for k, v in small.items())
-    if isinstance(small, list):
-        return (
-            isinstance(big, list)
-            and len(small) == len(big)
-            and all(_subset(a, b) for a, b in zip(small, big, strict=True))
-        )
-    return bool(small == big)
-
-
-def pruned_fields(spec: dict[str, Any], annotations: dict[str, str]) -> list[str]:
-    """Fields a ``kubectl apply`` sent that the API server dropped (not in the schema).
-
-    Read from kubectl's last-applied annotation, and only while that
-    annotation still describes this object (a later ``kubectl edit`` or
-    ``patch`` makes it stale).
-
-    >>> ann = {LAST_APPLIED: json.dumps({"spec": {"image": "a", "replcas": 3}})}
-    >>> pruned_fields({"image": "a", "replicas": 1}, ann)
-    ['spec.replcas']
-    """
-    raw = annotations.get(LAST_APPLIED)
-    if not raw:
-        return []
-    try:
-        applied = json.loads(raw).get("spec")
-    except (ValueError, AttributeError):
-        return []
-    unknown = unknown_fields(DataflowSpec, applied)
-    if not unknown or not _subset(prune(DataflowSpec, applied), spec):
-        return []
-    return unknown
-
-
-def name_problems(name: str) -> list[tuple[str, str]]:
-    """Dataflow names the children can't carry.
-
-    >>> name_problems("9lives")[0][1]
-    "'9lives' must start with a letter and contain only lowercase letters, digits and '-' ..."
-    """
-    out = []
-    if not _NAME_RE.match(name):
-        out.append(
-            (
-                "metadata.name",
-                f"{name!r} must start with a letter and contain only "
-                "lowercase letters, digits and '-' (it names a Service)",
-            )
-        )
-    if len(name) > 52:
-        out.append(
-            (
-                "metadata.name",
-                f"{len(name)} characters is too long: at most 52 (the "
-                "StatefulSet's pods carry it in a 63-character label)",
-            )
-        )
-    return out
-
-
-def _problems_text(problems: list[tuple[str, str]]) -> str:
-    return "; ".join(f"{path}: {msg}" for path, msg in problems)
-
-
-def _valid_target(c: Ctx, deployed: DataflowSpec | None) -> DataflowSpec | None:
-    """The spec to run: the new one if valid, else the deployed one (else None: Failed)."""
-    obs = c.obs
-    problems: list[tuple[str, str]] = list(name_problems(obs.name))
-    spec: DataflowSpec | None = None
-    try:
-        spec = parse_spec(obs.spec)
-    except SpecError as exc:
-        problems += exc.problems
-    problems += [
-        (p, "unknown field, dropped by the API server: remove it or fix its spelling")
-        for p in pruned_fields(obs.spec, obs.annotations)
-    ]
-    if spec is not None and deployed is not None and spec.partitions != deployed.partitions:
-        problems.append(
-            (
-                "spec.partitions",
-                f"can't change from {deployed.partitions} to {spec.partitions}: state is placed by key group",
-            )
-        )
-    if not problems:
-        return spec
-    text = _problems_text(problems)
-    keep = " The last valid spec keeps running." if deployed is not None else ""
-    c.event("Warning", "ValidationError", f"invalid spec: {text}.{keep}")
-    c.degraded = ("InvalidSpec", f"invalid spec (generation {obs.generation}): {text}")
-    if deployed is None:
-        c.phase = Phase.FAILED
-        c.failure = ("InvalidSpec", f"invalid spec: {text}. Fix it with kubectl edit/apply")
-        # kubectl apply fixing a pruned field changes only an annotation: look again soon.
-        c.p.requeue = 10.0
-    return deployed
+# ------------------------------------------------------------------ the recovery Secret
 
 
 def _secret_problem(obs: Observation) -> Problem | None:
@@ -342,7 +222,7 @@ def plan(obs: Observation) -> Plan:
         obs.name, obs.namespace, obs.uid, obs.generation, obs.cluster_domain, obs.worker_service_account
     )
     deployed = deployed_spec(obs.sts)
-    target = _valid_target(c, deployed)
+    target = valid_target(c, deployed)
     if target is None:
         return _finish(c, None, owner)
     _check_stored_partitions(c, target, owner)

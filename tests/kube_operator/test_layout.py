@@ -30,6 +30,7 @@ LAYERS = [
     "observation",
     "diagnosis",
     "outcome",
+    "target",
     "transitions",
     "conditions",
     "health",
