@@ -12,7 +12,7 @@ boundary; a second SIGINT aborts at once. A run stopped by SIGINT (Ctrl-C)
 exits with status 130, as shells expect of an interrupted program; one
 stopped by SIGTERM exits 0 (a Kubernetes pod asked to stop has done its job).
 
-Size: ~890 lines, over the ~800 of the house rule: the option parser alone
+Size: ~870 lines, over the ~800 of the house rule: the option parser alone
 is ~180 (every option with its help and its ``HEADRACE_*`` variable), and
 the supervisor of ``-p`` local processes (`_spawn_local` and its helpers,
 ~140 lines) lives here too; that supervisor is the part to move into a
@@ -44,6 +44,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from headrace._stop_signals import guard_exit, guard_startup, install_stop_handlers, restore
 from headrace.dataflow import Dataflow
 
 __all__ = ["cli_main", "main"]
@@ -617,45 +618,20 @@ def cli_main(
         )
 
 
-def _install_signal_handlers(received: list[int] | None = None) -> dict[int, Any]:
-    """Install SIGTERM/SIGINT handlers; return the previous ones.
-
-    Each signal handled is appended to ``received``.
-    """
-    from headrace._engine import request_stop
-
-    previous: dict[int, Any] = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    state = {"interrupts": 0}
-
-    def on_term(signum: int, _frame: Any) -> None:
-        if received is not None:
-            received.append(signum)
-        name = signal.Signals(signum).name
-        if not request_stop():
-            # Not running yet (e.g. waiting for peers): nothing to commit.
-            log.warning("received %s before the dataflow started: exiting", name)
-            raise SystemExit(128 + signum)
-        log.warning("received %s: stopping at the next epoch boundary", name)
-
-    def on_int(signum: int, frame: Any) -> None:
-        state["interrupts"] += 1
-        if state["interrupts"] > 1:
-            raise KeyboardInterrupt
-        on_term(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_int)
-    return previous
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run; return the process exit code.
 
     >>> main(["headrace.no_such_module:flow"])
     1
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    startup = guard_startup()  # first: SIGTERM while the flow imports must end us, even as PID 1
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        restore(startup)
+
+
+def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from headrace.tracing import setup_logging
 
@@ -705,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         proc_id = _ordinal_from_hostname(socket.gethostname())
     epoch = args.epoch_interval or args.snapshot_interval
     received: list[int] = []
-    previous = _install_signal_handlers(received)
+    previous = install_stop_handlers(received)
     try:
         code = _run(args, flow, addresses, proc_id, epoch, recovery)
         if code == 0 and not received:
@@ -715,8 +691,7 @@ def main(argv: list[str] | None = None) -> int:
             return INTERRUPTED
         return code
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore(previous)
 
 
 def _report_finished(path: str | None) -> None:
@@ -888,8 +863,12 @@ def _console_main() -> None:
         sys.argv = ["headrace visualize", *argv[1:]]
         viz_main()
         return
-    sys.exit(main(argv))
+    code = main(argv)
+    guard_exit()
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _code = main()
+    guard_exit()
+    sys.exit(_code)

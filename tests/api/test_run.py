@@ -281,3 +281,113 @@ def test_stop_signals_stop_cleanly_with_the_conventional_status(
     stops = [ln for ln in err.splitlines() if ln.strip()]
     assert len(stops) == int(processes), err  # one line per process, no "failed", no traceback
     assert all(f"received {sig}: stopping at the next epoch boundary" in ln for ln in stops), err
+
+
+def _pid1_command() -> list[str] | None:
+    """A prefix that runs a command as PID 1 of a new PID namespace (as in a container), if allowed."""
+    import os
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        return None
+    probe = subprocess.run([unshare, "--pid", "--fork", "true"], capture_output=True, check=False)
+    return [unshare, "--pid", "--fork", "--kill-child=KILL"] if probe.returncode == 0 else None
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("as_pid1", [False, True], ids=["process", "pid1"])
+def test_sigterm_while_the_flow_imports_exits_at_once(tmp_path: Path, as_pid1: bool) -> None:
+    """A pod deleted while its module imports: SIGTERM ends the run at once with 143, even as PID 1
+    (which ignores any signal it has no handler for: the kubelet would wait for its SIGKILL)."""
+    import os
+    import signal
+    import time
+
+    prefix: list[str] = []
+    if as_pid1:
+        found = _pid1_command()
+        if found is None:
+            pytest.skip("needs root and unshare(1) to run a process as PID 1 of its own namespace")
+        prefix = found
+    marker = tmp_path / "importing"
+    flow = _flow_file(
+        tmp_path / "slow_import.py",
+        "import pathlib, time",
+        f"pathlib.Path({str(marker)!r}).write_text(str(__import__('os').getpid()))",
+        "time.sleep(60)",
+        "flow = Dataflow('slow')",
+    )
+    p = subprocess.Popen(
+        [*prefix, sys.executable, "-m", "headrace.run", flow, "--metrics-port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() or not marker.read_text():
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.05)
+        own_pid = int(marker.read_text())
+        assert own_pid == 1 if as_pid1 else own_pid == p.pid
+        # The worker itself gets the signal (inside the namespace: the child of unshare).
+        target = (
+            p.pid if not as_pid1 else int(Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()[0])
+        )
+        os.kill(target, signal.SIGTERM)
+        out, err = p.communicate(timeout=20)  # the flow's import would sleep for 60 s
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 143, err
+    assert out == ""
+    (line,) = err.strip().splitlines()
+    assert line.endswith(" WARNING headrace.run: received SIGTERM before the dataflow started: exiting"), err
+
+
+@pytest.mark.timeout(120)
+def test_a_stop_that_hangs_prints_every_threads_stack(tmp_path: Path) -> None:
+    """A user function that holds the epoch boundary: the watchdog shows where, then the run stops."""
+    import os
+    import signal
+
+    flow = _flow_file(
+        tmp_path / "slow_step.py",
+        "import time",
+        "from headrace.connectors.stdio import StdOutSink",
+        "def slow_step(x):",
+        "    if x == 2:",
+        "        time.sleep(4)",
+        "    return x",
+        "flow = Dataflow('slow')",
+        "s = op.input('i', flow, TestingSource([1, 2]))",
+        "op.inspect('seen', s, lambda step, x: print(x, flush=True))",
+        "op.output('o', op.map('wait', s, slow_step), StdOutSink())",
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-m", "headrace.run", flow, "--metrics-port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "HEADRACE_STOP_STACKS_AFTER": "1"},
+    )
+    assert p.stdout is not None
+    try:
+        assert p.stdout.readline() == "1\n"
+        assert p.stdout.readline() == "1\n"
+        assert p.stdout.readline() == "2\n"  # slow_step(2) is sleeping now
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 0, err
+    assert out == "2\n"
+    assert "received SIGTERM: stopping at the next epoch boundary" in err
+    assert "Timeout (0:00:01)!" in err
+    assert 'slow_step.py", line 8 in slow_step' in err, err  # in time.sleep(4)
