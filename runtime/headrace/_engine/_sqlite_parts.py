@@ -329,7 +329,10 @@ class _File:
                 "AND epoch <= ? ORDER BY epoch",
                 (*self.a, base, up_to),
             ).fetchall()
-            for step, grp, key, value in rows:
+            # Only each key's last write reaches the base (a state rewritten
+            # every epoch, like an exactly-once sink's copy, is written once).
+            last = {(step, grp, key): value for step, grp, key, value in rows}
+            for (step, grp, key), value in last.items():
                 if value:
                     c.execute(
                         f"INSERT OR REPLACE INTO {self.b} ({self.col}step, grp, key, value)"
