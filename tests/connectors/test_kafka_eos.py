@@ -9,6 +9,7 @@ and a random worker process is killed with SIGKILL at a random moment.
 from __future__ import annotations
 
 import collections
+import logging
 import marshal
 import os
 import random
@@ -215,7 +216,8 @@ def test_a_resumed_slot_fences_the_zombie_and_replays_its_copy(kafka_broker: Kaf
     # The store committed the epoch, and its Kafka commit never happened: a new
     # execution resumes the slot from the store's copy.
     fresh = ExactlyOnceSinkPartition("f.out", config, dst, prefix, 0)
-    fresh.resume({"worker-0": state})
+    fresh.resume({"worker-0": state})  # in the background; the next snapshot waits for it
+    assert fresh.snapshot() is None
     assert read_committed(b, dst) == collections.Counter({(b"a", b"1"): 1, (b"b", b"2"): 1})
     # The zombie can no longer commit.
     zombie.epoch_committed(1)
@@ -225,8 +227,22 @@ def test_a_resumed_slot_fences_the_zombie_and_replays_its_copy(kafka_broker: Kaf
     fresh.close()
     again = ExactlyOnceSinkPartition("f.out", config, dst, prefix, 0)
     again.resume({"worker-0": state})
-    again.close()
+    again.close()  # waits for the resume
     assert read_committed(b, dst) == collections.Counter({(b"a", b"1"): 1, (b"b", b"2"): 1})
+
+
+@pytest.mark.slow
+def test_a_resume_that_fails_fails_the_next_write_or_snapshot() -> None:
+    # No broker answers: init_transactions gives up after message.timeout.ms + 5 s.
+    config = {"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 1, "logger": logging.getLogger("x")}
+    part = ExactlyOnceSinkPartition("f.out", config, "t", "eos-nobroker", 0)
+    part.resume({})  # returns at once: the resume runs in the background
+    part.write_batch([KafkaSinkMessage(b"a", b"1")])  # held
+    with pytest.raises(
+        RuntimeError, match=r"step 'f\.out': can't start the Kafka transactions of 'eos-nobroker\.worker-0'"
+    ):
+        part.snapshot()
+    part.close()
 
 
 def test_the_copy_packs_every_kind_of_key_and_value() -> None:
@@ -305,6 +321,7 @@ def test_held_messages_and_every_field_survive_a_replay(kafka_broker: KafkaBroke
     # execution replays epoch 2 from the store's copy.
     fresh = ExactlyOnceSinkPartition("f.out", config, dst, prefix, 0)
     fresh.resume({"worker-0": second})
+    assert fresh.snapshot() is None
     fresh.close()
     with pytest.raises(KafkaException, match="fenced by a newer instance"):
         part.close()  # the zombie's producer

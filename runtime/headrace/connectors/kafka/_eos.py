@@ -50,7 +50,10 @@ ended (or, on workers other than 0, before they heard of the store's
 commit) are held in memory and produced after it, so each transaction
 holds exactly one epoch; the snapshot of ``e + 1`` waits for the commit of
 ``e``, so Kafka is never more than the one epoch behind the store whose
-copy the store holds.
+copy the store holds. The resume runs in the background the same way
+(fencing, the marker look-up and a replay overlap the sources' start):
+messages written meanwhile are held, and the first snapshot waits for it,
+so no copy Kafka lacks is replaced in the store before it was replayed.
 
 The copy is kept compact: while the epoch runs, a message's key and value
 go to two lists (its topic, partition, timestamp and headers, when not the
@@ -284,8 +287,10 @@ class ExactlyOnceSinkPartition(StatelessSinkPartition[KafkaSinkMessage[Any, Any]
         self._extras: dict[int, Extra] = {}
         self._sent = 0  # how many of them are produced (the rest wait for a commit)
         self._pending: int | None = None  # seq snapshotted, its commit not started yet
-        self._committing: threading.Thread | None = None
-        self._commit_error: BaseException | None = None
+        # The resume, then each epoch's Kafka commit, runs on a thread of its
+        # own while the worker goes on (one at a time); its error, if any.
+        self._busy: threading.Thread | None = None
+        self._busy_error: BaseException | None = None
 
     @property
     def producer(self) -> Producer:
@@ -293,7 +298,14 @@ class ExactlyOnceSinkPartition(StatelessSinkPartition[KafkaSinkMessage[Any, Any]
         return self._slot.producer
 
     def resume(self, states: dict[str, Any]) -> None:
-        """Finish the slots this worker owns now (see the module), then start its own."""
+        """Finish the slots this worker owns now (see the module), then start its own.
+
+        In the background: messages written meanwhile wait in memory, and the
+        first ``snapshot`` waits for it (and raises its error).
+        """
+        self._start(self._resume, states)
+
+    def _resume(self, states: dict[str, Any]) -> None:
         for name in sorted(states):
             if name == self._own:
                 continue
@@ -305,10 +317,22 @@ class ExactlyOnceSinkPartition(StatelessSinkPartition[KafkaSinkMessage[Any, Any]
                 slot.producer.flush(0)
         self._seq = finish(self._slot, states.get(self._own))
 
+    def _start(self, job: Any, arg: Any) -> None:
+        """Run ``job(arg)`` on a thread of its own (`_joined` once it ended)."""
+
+        def run() -> None:
+            try:
+                job(arg)
+            except BaseException as exc:
+                self._busy_error = exc
+
+        self._busy = threading.Thread(target=run, name=f"kafka-eos-{self._own}", daemon=True)
+        self._busy.start()
+
     def write_batch(self, items: list[KafkaSinkMessage[Any, Any]]) -> None:
-        if self._committing is not None and not self._committing.is_alive():
-            self._committed()
-        produce_now = self._pending is None and self._committing is None
+        if self._busy is not None and not self._busy.is_alive():
+            self._joined()
+        produce_now = self._pending is None and self._busy is None
         slot = self._slot
         producer = slot.producer
         produce = producer.produce
@@ -369,9 +393,9 @@ class ExactlyOnceSinkPartition(StatelessSinkPartition[KafkaSinkMessage[Any, Any]
                 yield (extra[0], values[i], keys[i], extra[1], extra[2], extra[3])
 
     def snapshot(self) -> tuple[int, Any] | None:
-        if self._committing is not None:
-            self._committing.join()
-            self._committed()
+        if self._busy is not None:
+            self._busy.join()
+            self._joined()
         keys, values, extras = self._keys, self._values, self._extras
         self._keys, self._values, self._extras, self._sent = [], [], {}, 0
         if not values:
@@ -390,21 +414,12 @@ class ExactlyOnceSinkPartition(StatelessSinkPartition[KafkaSinkMessage[Any, Any]
         seq, self._pending = self._pending, None
         if seq is None:
             return
-        self._committing = threading.Thread(
-            target=self._commit, args=(seq,), name=f"kafka-eos-commit-{self._own}", daemon=True
-        )
-        self._committing.start()
+        self._start(self._slot.commit, seq)
 
-    def _commit(self, seq: int) -> None:
-        try:
-            self._slot.commit(seq)
-        except BaseException as exc:
-            self._commit_error = exc
-
-    def _committed(self) -> None:
-        """The background commit ended: raise its error, or send what waited."""
-        self._committing = None
-        exc, self._commit_error = self._commit_error, None
+    def _joined(self) -> None:
+        """The background resume or commit ended: raise its error, or send what waited."""
+        self._busy = None
+        exc, self._busy_error = self._busy_error, None
         if exc is not None:
             raise exc
         if self._sent < len(self._values):
@@ -412,10 +427,10 @@ class ExactlyOnceSinkPartition(StatelessSinkPartition[KafkaSinkMessage[Any, Any]
             self._sent = len(self._values)
 
     def close(self) -> None:
-        if self._committing is not None:
-            self._committing.join()
-            self._committing = None
-            exc, self._commit_error = self._commit_error, None
+        if self._busy is not None:
+            self._busy.join()
+            self._busy = None
+            exc, self._busy_error = self._busy_error, None
             if exc is not None:
                 self._slot.close(abort=True)
                 raise exc
