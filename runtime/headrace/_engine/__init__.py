@@ -15,7 +15,8 @@ Layering (a module imports only from modules above it in this list; the
   leaf below the engine: the operators' error policies record there too.)
 - ``_store_checks``, ``_integrity``, ``_store_base`` (the interface),
   ``_redis_integrity``, ``_sqlite_parts``, ``_sqlite_store``, ``_store``
-  (Redis, and ``open_store``): the recovery stores.
+  (Redis, and ``open_store``): the recovery stores; ``_snapshots``: kept
+  snapshots, a committed epoch copied under a name, and restoring one.
 - ``_basics``: batches, messages, the run's settings, the words of errors
   from user code; ``_stateful_run``: a stateful step's per-key logic,
   timers and EOF; ``_async_run``: a ``map_async`` step and the worker's
@@ -43,22 +44,31 @@ __all__ = [
     "SECRET_ENV",
     "FencedError",
     "InconsistentPartitionsError",
+    "KeptSnapshot",
     "LostStateError",
     "Meta",
     "MissingPartitionsError",
     "NoPartitionsError",
     "RecoveryStoreError",
+    "SnapshotError",
     "StateMismatchError",
     "Store",
     "check_location",
     "execute",
     "execute_cluster",
+    "flow_steps",
+    "forget_snapshot",
     "group_owner",
     "init_parts",
+    "keep_snapshot",
+    "kept_snapshots",
     "key_group",
     "open_store",
     "part_owner",
+    "prune_snapshots",
     "request_stop",
+    "restore_snapshot",
+    "stored_prefixes",
 ]
 
 # The module (below this package) that defines each name of the face.
@@ -80,6 +90,20 @@ _FACE = {
         "_store_base",
     ),
     "init_parts": "_sqlite_parts",
+    **dict.fromkeys(
+        [
+            "KeptSnapshot",
+            "SnapshotError",
+            "flow_steps",
+            "forget_snapshot",
+            "keep_snapshot",
+            "kept_snapshots",
+            "prune_snapshots",
+            "restore_snapshot",
+            "stored_prefixes",
+        ],
+        "_snapshots",
+    ),
     "check_location": "_store_checks",
     "REDIS_SCHEMES": "_store_checks",
     "SECRET_ENV": "_net_protocol",
@@ -90,6 +114,17 @@ if TYPE_CHECKING:
     from headrace._engine._execute import execute, execute_cluster, request_stop
     from headrace._engine._hash import DEFAULT_KEY_GROUPS, group_owner, key_group, part_owner
     from headrace._engine._net_protocol import SECRET_ENV
+    from headrace._engine._snapshots import (
+        KeptSnapshot,
+        SnapshotError,
+        flow_steps,
+        forget_snapshot,
+        keep_snapshot,
+        kept_snapshots,
+        prune_snapshots,
+        restore_snapshot,
+        stored_prefixes,
+    )
     from headrace._engine._sqlite_parts import init_parts
     from headrace._engine._store import open_store
     from headrace._engine._store_base import (

@@ -97,16 +97,17 @@ def describe_key(store: RedisStore, name: str) -> str:
 
 
 def leftovers(store: RedisStore, limit: int = 10) -> list[str]:
-    """Keys of this prefix other than the meta and the lease (at most ``limit``)."""
+    """Keys of this prefix other than the meta, the lease and kept snapshots (at most ``limit``)."""
     pattern = re.sub(r"([*?\[\]\\])", r"\\\1", store._k("")) + "*"
     skip = {store._k("meta"), store._k("lease")}
+    kept = store._k("snap")  # hr{p}:snaps and hr{p}:snap:...: apart from the live state
     found: list[str] = []
     cursor = 0
     while True:
         cursor, keys = store._retry(
             "looking for state", partial(store._r.scan, cursor, match=pattern, count=1000)
         )
-        found.extend(n for n in map(_s, keys) if n not in skip)
+        found.extend(n for n in map(_s, keys) if n not in skip and not n.startswith(kept))
         if cursor == 0 or len(found) >= limit:
             return sorted(found)[:limit]
 

@@ -138,6 +138,14 @@ class SqliteStore(Store):
         so a run going on meanwhile can't make this look inconsistent.
         """
         metas = [f.meta() for f in self.files]
+        restoring = sorted({m["restoring"] for m in metas if "restoring" in m})
+        if restoring and self.check:  # see `_snapshots`: marked until every part has it
+            msg = (
+                f"{self.description}: the restore of kept snapshot {restoring[0]!r} did not finish "
+                f"(its process was stopped); restore it again (python -m headrace.recovery restore "
+                f"{self.dir} NAME --prefix {self.prefix}), or start over: {self.reset_hint()}"
+            )
+            raise RecoveryStoreError(msg)
         committed = [f.epoch_of("committed_epoch") for f in self.files]
         for m, c in zip(metas, committed, strict=True):
             if m:

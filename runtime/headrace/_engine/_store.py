@@ -374,12 +374,14 @@ class RedisStore(Store):
 
     def delete_all(self) -> int:
         pattern = self._k("*")
+        kept = self._k("snap")  # kept snapshots (`_snapshots`) outlive the live state
         n = 0
         cursor = 0
         while True:
-            cursor, keys = self._retry(
+            cursor, found = self._retry(
                 "deleting state", partial(self._r.scan, cursor, match=pattern, count=1000)
             )
+            keys = [k for k in found if not (k.decode() if isinstance(k, bytes) else k).startswith(kept)]
             if keys:
                 self._retry("deleting state", partial(self._r.delete, *keys))
                 n += len(keys)
