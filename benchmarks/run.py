@@ -1,7 +1,7 @@
 """Benchmark Headrace against Bytewax 0.21.1, side by side, on the same pipelines.
 
     python benchmarks/run.py [--only NAME,...] [--items N] [--repeat R]
-                             [--engines headrace,bytewax] [--long] [--json out.json]
+                             [--engines headrace,bytewax,floor] [--long] [--json out.json]
 
 Every pipeline is one module under ``benchmarks/pipelines/`` written against
 the Bytewax API; `pipelines/_compat.py` binds it to either engine. Each
@@ -10,7 +10,10 @@ single-worker ``run_main`` and reports its peak RSS. Headrace runs in this
 interpreter; Bytewax runs in a virtualenv at ``benchmarks/.bytewax-venv``,
 created on first use. Engines alternate within each pipeline so slow drift
 of a shared machine hits both alike; the table shows the best and median of
-the repeats. See ``benchmarks/README.md``.
+the repeats. A pipeline with a ``floor`` function also runs it (engine
+``floor``): the same user functions in a plain Python loop, no engine,
+checked to write the same items; ``vs floor`` is Headrace's time over the
+floor's. See ``benchmarks/README.md``.
 
 >>> [name for name in PIPELINES][:3]
 ['map_filter_map', 'wordcount', 'running_mean']
@@ -38,7 +41,7 @@ PIPELINES_DIR = HERE / "pipelines"
 MEASURE = PIPELINES_DIR / "_measure.py"
 VENV = HERE / ".bytewax-venv"
 BYTEWAX_VERSION = "0.21.1"
-ENGINES = ("headrace", "bytewax")
+ENGINES = ("headrace", "bytewax", "floor")
 PIPELINES = ["map_filter_map", "wordcount", "running_mean", "tumbling_fold", "sliding", "session"]
 LONG_PIPELINE = "tumbling_fold"
 LONG_SIZES = (1_000_000, 10_000_000)
@@ -98,8 +101,8 @@ def measure_once(python: Path | str, engine: str, name: str, items: int) -> dict
     >>> r["engine"], r["out_count"]
     ('headrace', 500)
     """
-    env = dict(os.environ, BENCH_ENGINE=engine)
-    cmd = [str(python), str(MEASURE), name, str(items)]
+    env = dict(os.environ, BENCH_ENGINE="headrace" if engine == "floor" else engine)
+    cmd = [str(python), str(MEASURE), name, str(items), *(["--floor"] if engine == "floor" else [])]
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -109,6 +112,8 @@ def measure_once(python: Path | str, engine: str, name: str, items: int) -> dict
         tail = "\n".join(done.stderr.strip().splitlines()[-8:])
         return {"engine": engine, "pipeline": name, "items": items, "error": tail}
     result: dict[str, Any] = json.loads(lines[-1])
+    if result.get("floor_matches") is False:
+        result["error"] = "the floor's output differs from the dataflow's"
     return result
 
 
@@ -116,16 +121,19 @@ def measure_once(python: Path | str, engine: str, name: str, items: int) -> dict
 class Row:
     """The repeats of one pipeline at one size, both engines.
 
-    >>> row = Row("map_filter_map", 10, 1.5)
+    >>> row = Row("map_filter_map", 10, 1.5, 1.3)
     >>> row.add({"engine": "headrace", "items_per_s": 3.0, "peak_rss_mb": 20.0, "out_count": 5})
     >>> row.add({"engine": "bytewax", "items_per_s": 2.0, "peak_rss_mb": 25.0, "out_count": 5})
-    >>> row.speed_ratio(best=True), row.rss_ratio(), row.verdict()
-    (1.5, 0.8, 'ok')
+    >>> row.add({"engine": "floor", "items_per_s": 3.6, "peak_rss_mb": 19.0, "out_count": 5})
+    >>> row.speed_ratio(best=True), row.rss_ratio(), row.floor_ratio(best=True), row.verdict()
+    (1.5, 0.8, 1.2, 'ok')
     """
 
     pipeline: str
     items: int
     target: float
+    # Headrace's time over the floor's at most this (None: no floor target).
+    floor_target: float | None = None
     runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def add(self, result: dict[str, Any]) -> None:
@@ -152,6 +160,15 @@ class Row:
         if not rates:
             return None
         return max(rates) if best else statistics.median(rates)
+
+    def floor_ratio(self, best: bool) -> float | None:
+        """Floor items/s over Headrace items/s: how many times the floor's time Headrace takes.
+
+        >>> Row("x", 1, 1.0).floor_ratio(best=True) is None
+        True
+        """
+        hr, fl = self.rate("headrace", best), self.rate("floor", best)
+        return fl / hr if hr and fl else None
 
     def rss(self, engine: str) -> float | None:
         """Median peak RSS (MB) of ``engine``'s runs.
@@ -206,13 +223,23 @@ class Row:
         >>> row.add({"engine": "bytewax", "items_per_s": 2.0, "peak_rss_mb": 25.0})
         >>> row.verdict()
         'MISS speed, mem'
+        >>> row = Row("x", 1, 2.0, 1.3)
+        >>> row.add({"engine": "headrace", "items_per_s": 3.0, "peak_rss_mb": 20.0})
+        >>> row.add({"engine": "floor", "items_per_s": 6.0, "peak_rss_mb": 20.0})
+        >>> row.verdict()
+        'MISS floor'
         """
         if self.errors():
             return "FAILED"
-        speed, rss = self.speed_ratio(best=True), self.rss_ratio()
-        if speed is None or rss is None:
+        speed, rss, floor = self.speed_ratio(best=True), self.rss_ratio(), self.floor_ratio(best=True)
+        checks = []
+        if speed is not None and rss is not None:
+            checks += [("speed", speed < self.target), ("mem", rss > 1.0)]
+        if floor is not None and self.floor_target is not None:
+            checks.append(("floor", floor > self.floor_target))
+        if not checks:
             return "n/a"
-        misses = [what for what, bad in (("speed", speed < self.target), ("mem", rss > 1.0)) if bad]
+        misses = [what for what, bad in checks if bad]
         return "MISS " + ", ".join(misses) if misses else "ok"
 
     def summary(self) -> dict[str, Any]:
@@ -234,6 +261,11 @@ class Row:
             "headrace_peak_rss_mb": self.rss("headrace"),
             "bytewax_peak_rss_mb": self.rss("bytewax"),
             "rss_ratio": self.rss_ratio(),
+            "floor_best_items_per_s": self.rate("floor", True),
+            "floor_median_items_per_s": self.rate("floor", False),
+            "floor_ratio_best": self.floor_ratio(True),
+            "floor_ratio_median": self.floor_ratio(False),
+            "target_floor_ratio": self.floor_target,
             "out_counts": sorted(self.counts()),
             "verdict": self.verdict(),
         }
@@ -258,6 +290,7 @@ def render_table(rows: list[Row]) -> str:
     >>> print(render_table([row]).splitlines()[0].split()[:2])
     ['pipeline', 'items']
     """
+    with_floor = any(row.rate("floor", True) is not None for row in rows)
     header = (
         "pipeline",
         "items",
@@ -268,10 +301,19 @@ def render_table(rows: list[Row]) -> str:
         "HR MB",
         "BW MB",
         "RSS ratio",
+        *(("floor/s best (med)", "vs floor best (med)") if with_floor else ()),
         "verdict",
     )
     lines = [header]
     for row in rows:
+        floor_cells = (
+            (
+                f"{_rate(row.rate('floor', True))} ({_rate(row.rate('floor', False))})",
+                f"{_num(row.floor_ratio(True), '.2f', 'x')} ({_num(row.floor_ratio(False), '.2f', 'x')})",
+            )
+            if with_floor
+            else ()
+        )
         lines.append(
             (
                 row.pipeline,
@@ -283,6 +325,7 @@ def render_table(rows: list[Row]) -> str:
                 _num(row.rss("headrace"), ".1f"),
                 _num(row.rss("bytewax"), ".1f"),
                 _num(row.rss_ratio(), ".2f"),
+                *floor_cells,
                 row.verdict(),
             )
         )
@@ -306,24 +349,27 @@ def _load(name: str) -> Any:
     return importlib.import_module(name)
 
 
+Plan = list[tuple[str, int, float, tuple[str, ...]]]
+
+
 def run_rows(
-    plan: list[tuple[str, int, float, tuple[str, ...]]],
+    plan: Plan,
     pythons: dict[str, Path | str],
     repeat: int,
 ) -> tuple[list[Row], list[dict[str, Any]]]:
     """Measure each ``(pipeline, items, target, engines)`` ``repeat`` times, engines alternating.
 
-    >>> rows, raw = run_rows([("map_filter_map", 1000, 1.5, ("headrace",))],
-    ...                      {"headrace": sys.executable}, 1)
-    >>> rows[0].counts(), len(raw)
-    ({500}, 1)
+    >>> rows, raw = run_rows([("map_filter_map", 1000, 1.5, ("headrace", "floor"))],
+    ...                      {"headrace": sys.executable, "floor": sys.executable}, 1)
+    >>> rows[0].counts(), len(raw), rows[0].floor_target
+    ({500}, 2, 1.3)
     """
     rows: list[Row] = []
     raw: list[dict[str, Any]] = []
     total = sum(len(engines) for *_, engines in plan) * repeat
     done = 0
     for name, items, target, engines in plan:
-        row = Row(name, items, target)
+        row = Row(name, items, target, getattr(_load(name), "FLOOR_TARGET", None))
         rows.append(row)
         for rep in range(repeat):
             order = engines if rep % 2 == 0 else tuple(reversed(engines))
@@ -379,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, help="input items for every pipeline")
     parser.add_argument("--repeat", type=int, default=3, help="runs per engine (default 3)")
     parser.add_argument(
-        "--engines", default="headrace,bytewax", help="comma-separated subset of headrace,bytewax"
+        "--engines",
+        default="headrace,bytewax,floor",
+        help="comma-separated subset of headrace,bytewax,floor (floor: pipelines that have one)",
     )
     parser.add_argument(
         "--long",
@@ -400,28 +448,30 @@ def main(argv: list[str] | None = None) -> int:
     has_windowing = headrace_has_windowing()
 
     notes: list[str] = []
-    plan: list[tuple[str, int, float, tuple[str, ...]]] = []
+    plan: Plan = []
     for name in names:
         module = _load(name)
-        run_on = engines
+        run_on = engines if hasattr(module, "floor") else tuple(e for e in engines if e != "floor")
         if module.NEEDS_WINDOWING and not has_windowing:
             if name not in explicit:
                 notes.append(f"skipped {name}: headrace.operators.windowing does not import yet")
                 continue
-            run_on = tuple(e for e in engines if e != "headrace")
+            run_on = tuple(e for e in run_on if e not in ("headrace", "floor"))
             notes.append(f"{name}: Bytewax only, headrace.operators.windowing does not import yet")
         if run_on:
             plan.append((name, args.items or module.DEFAULT_ITEMS, module.TARGET, run_on))
 
-    long_plan: list[tuple[str, int, float, tuple[str, ...]]] = []
+    long_plan: Plan = []
     if args.long:
-        run_on = engines if has_windowing else tuple(e for e in engines if e != "headrace")
+        run_on = tuple(e for e in engines if e != "floor")
+        if not has_windowing:
+            run_on = tuple(e for e in run_on if e != "headrace")
         if not has_windowing:
             notes.append("--long: Bytewax only, headrace.operators.windowing does not import yet")
         target = _load(LONG_PIPELINE).TARGET
         long_plan = [(LONG_PIPELINE, size, target, run_on) for size in LONG_SIZES if run_on]
 
-    pythons: dict[str, Path | str] = {"headrace": sys.executable}
+    pythons: dict[str, Path | str] = {"headrace": sys.executable, "floor": sys.executable}
     if "bytewax" in engines:
         pythons["bytewax"] = bytewax_python()
 

@@ -3,6 +3,8 @@
 `GeneratedSource` yields ``n`` items in batches of ``batch_size`` (default
 1000) from a cheap per-batch generator; `CountingSink` counts what reaches
 it and keeps nothing, so memory measures the engine, not the output.
+`CollectingSink` keeps the items, to compare a pipeline's output with its
+plain-loop floor's (untimed).
 
 >>> src = GeneratedSource(5, lambda start, size: list(range(start, start + size)), batch_size=2)
 >>> part = src.build_part("inp", "gen", None)
@@ -109,3 +111,30 @@ class CountingSink(DynamicSink):
         1
         """
         return _CountingPartition(self)
+
+
+class _CollectingPartition(StatelessSinkPartition):
+    def __init__(self, items: list[Any]) -> None:
+        self._items = items
+
+    def write_batch(self, items: list[Any]) -> None:
+        self._items.extend(items)
+
+
+class CollectingSink(DynamicSink):
+    """Keep every item written, in the order written (for checks, not timing).
+
+    >>> sink = CollectingSink(); sink.build("out", 0, 1).write_batch([1, 2]); sink.items
+    [1, 2]
+    """
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CollectingPartition:
+        """Build this worker's partition, which appends to the shared list.
+
+        >>> sink = CollectingSink(); sink.build("out", 0, 1).write_batch(["a"]); sink.items
+        ['a']
+        """
+        return _CollectingPartition(self.items)

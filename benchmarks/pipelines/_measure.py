@@ -13,6 +13,13 @@ On Linux that mark is ``VmHWM`` from ``/proc/self/status``, not
 bigger parent reports the parent's peak (``ru_maxrss_mb`` keeps it for
 reference).
 
+With ``--floor`` (Headrace's interpreter) the process times the pipeline's
+``floor(n, sink)`` instead: the same user functions over the same batches
+in a plain Python loop, no engine. After the timed run it runs the
+dataflow on Headrace and the floor again, both into a `CollectingSink`,
+and reports whether they wrote the same items (``floor_matches``); that
+check is not timed.
+
 >>> import json, os, subprocess, sys
 >>> env = dict(os.environ, BENCH_ENGINE="headrace")
 >>> out = subprocess.run([sys.executable, __file__, "map_filter_map", "100"],
@@ -60,11 +67,14 @@ def _one(start: int, size: int) -> list[int]:
     return [start] * size
 
 
-def measure(name: str, items: int) -> dict[str, object]:
+def measure(name: str, items: int, floor: bool = False) -> dict[str, object]:
     """Build pipeline ``name`` over ``items`` input items, run it, return the figures.
 
     >>> sorted(measure("map_filter_map", 10))[:3]
     ['engine', 'engine_version', 'items']
+    >>> r = measure("wordcount", 200, floor=True)
+    >>> r["engine"], r["out_count"], r["floor_matches"]
+    ('floor', 1000, True)
     """
     if PIPELINES_DIR not in sys.path:
         sys.path.insert(0, PIPELINES_DIR)
@@ -76,27 +86,47 @@ def measure(name: str, items: int) -> dict[str, object]:
     compat.op.output("out", compat.op.input("inp", warm, common.GeneratedSource(1, _one)), warm_sink)
     compat.run_main(warm)
     sink = common.CountingSink()
-    flow = pipeline.build(items, sink)
-    rss_before = peak_rss_mb()
-    start = time.perf_counter()
-    compat.run_main(flow)
-    seconds = time.perf_counter() - start
+    extra: dict[str, object] = {}
+    if floor:
+        if compat.ENGINE != "headrace" or not hasattr(pipeline, "floor"):
+            raise SystemExit(f"--floor: {name} has no floor, or BENCH_ENGINE is not headrace")
+        rss_before = peak_rss_mb()
+        start = time.perf_counter()
+        pipeline.floor(items, sink)
+        seconds = time.perf_counter() - start
+        rss_after, ru_after = peak_rss_mb(), _ru_maxrss_mb()
+        engine_out, floor_out = common.CollectingSink(), common.CollectingSink()
+        compat.run_main(pipeline.build(items, engine_out))
+        pipeline.floor(items, floor_out)
+        # A keyed step's output order is the engine's business: compare sorted.
+        extra["floor_matches"] = sorted(engine_out.items) == sorted(floor_out.items)
+    else:
+        flow = pipeline.build(items, sink)
+        rss_before = peak_rss_mb()
+        start = time.perf_counter()
+        compat.run_main(flow)
+        seconds = time.perf_counter() - start
+        rss_after, ru_after = peak_rss_mb(), _ru_maxrss_mb()
     return {
-        "engine": compat.ENGINE,
+        "engine": "floor" if floor else compat.ENGINE,
         "engine_version": metadata.version(compat.ENGINE),
         "items": items,
         "out_count": sink.count,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "ru_maxrss_mb": round(_ru_maxrss_mb(), 1),
+        "peak_rss_mb": round(rss_after, 1),
+        "ru_maxrss_mb": round(ru_after, 1),
         "pipeline": name,
         "python": platform.python_version(),
         "rss_before_mb": round(rss_before, 1),
         "seconds": seconds,
         "items_per_s": items / seconds if seconds > 0 else float("inf"),
+        **extra,
     }
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: BENCH_ENGINE=headrace|bytewax python _measure.py PIPELINE ITEMS")
-    print(json.dumps(measure(sys.argv[1], int(sys.argv[2]))))
+    args = sys.argv[1:]
+    use_floor = "--floor" in args
+    args = [a for a in args if a != "--floor"]
+    if len(args) != 2:
+        sys.exit("usage: BENCH_ENGINE=headrace|bytewax python _measure.py PIPELINE ITEMS [--floor]")
+    print(json.dumps(measure(args[0], int(args[1]), use_floor)))
