@@ -18,7 +18,8 @@ With ``--floor`` (Headrace's interpreter) the process times the pipeline's
 in a plain Python loop, no engine. After the timed run it runs the
 dataflow on Headrace and the floor again, both into a `CollectingSink`,
 and reports whether they wrote the same items (``floor_matches``); that
-check is not timed.
+check is not timed (``--no-check`` skips it, for counting the floor's
+instructions under valgrind, which counts the whole process).
 
 >>> import json, os, subprocess, sys
 >>> env = dict(os.environ, BENCH_ENGINE="headrace")
@@ -67,7 +68,7 @@ def _one(start: int, size: int) -> list[int]:
     return [start] * size
 
 
-def measure(name: str, items: int, floor: bool = False) -> dict[str, object]:
+def measure(name: str, items: int, floor: bool = False, check: bool = True) -> dict[str, object]:
     """Build pipeline ``name`` over ``items`` input items, run it, return the figures.
 
     >>> sorted(measure("map_filter_map", 10))[:3]
@@ -95,11 +96,12 @@ def measure(name: str, items: int, floor: bool = False) -> dict[str, object]:
         pipeline.floor(items, sink)
         seconds = time.perf_counter() - start
         rss_after, ru_after = peak_rss_mb(), _ru_maxrss_mb()
-        engine_out, floor_out = common.CollectingSink(), common.CollectingSink()
-        compat.run_main(pipeline.build(items, engine_out))
-        pipeline.floor(items, floor_out)
-        # A keyed step's output order is the engine's business: compare sorted.
-        extra["floor_matches"] = sorted(engine_out.items) == sorted(floor_out.items)
+        if check:
+            engine_out, floor_out = common.CollectingSink(), common.CollectingSink()
+            compat.run_main(pipeline.build(items, engine_out))
+            pipeline.floor(items, floor_out)
+            # A keyed step's output order is the engine's business: compare sorted.
+            extra["floor_matches"] = sorted(engine_out.items) == sorted(floor_out.items)
     else:
         flow = pipeline.build(items, sink)
         rss_before = peak_rss_mb()
@@ -125,8 +127,10 @@ def measure(name: str, items: int, floor: bool = False) -> dict[str, object]:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    use_floor = "--floor" in args
-    args = [a for a in args if a != "--floor"]
+    use_floor, check = "--floor" in args, "--no-check" not in args
+    args = [a for a in args if a not in ("--floor", "--no-check")]
     if len(args) != 2:
-        sys.exit("usage: BENCH_ENGINE=headrace|bytewax python _measure.py PIPELINE ITEMS [--floor]")
-    print(json.dumps(measure(args[0], int(args[1]), use_floor)))
+        sys.exit(
+            "usage: BENCH_ENGINE=headrace|bytewax python _measure.py PIPELINE ITEMS [--floor [--no-check]]"
+        )
+    print(json.dumps(measure(args[0], int(args[1]), use_floor, check)))

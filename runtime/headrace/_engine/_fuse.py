@@ -9,6 +9,11 @@ locals give the item, so errors name the step exactly as if unfused.
 From Python 3.12 a list comprehension is inlined into its function (PEP 709)
 and its loop variables are gone from the frame once an exception leaves it,
 so there the chain is compiled into a plain loop instead, whose locals stay.
+
+A chain that feeds a stateful step ends by grouping its (key, value) pairs
+(`compile_grouping_chain`); one that feeds a `reduce_final` the wiring lets
+it fold into may instead end by folding each pair into the step's dict of
+running values (`ReduceTarget`, from `_stateful_run.ReduceRun`).
 """
 
 from __future__ import annotations
@@ -48,6 +53,24 @@ class Stage:
         '"f.k.map.flat_map_batch"'
         """
         return quoted(self.display_id or self.step_id)
+
+
+@dataclass
+class ReduceTarget:
+    """Where a chain folds its pairs: ``values[k] = reducer(values[k], v)``, in item order.
+
+    ``empty`` marks a key without a value (absent keys read as it too);
+    ``failed(key, exc)`` is the error for a reducer that raised; ``dirty``,
+    when a store snapshots the step, gets every key folded; with ``count``
+    the chain returns how many pairs it folded (for the metrics).
+    """
+
+    values: dict[str, Any]
+    reducer: Callable[[Any, Any], Any]
+    failed: Callable[[str, BaseException], BaseException]
+    dirty: set[str] | None
+    count: bool
+    empty: object
 
 
 class EpochRef:
@@ -96,7 +119,8 @@ def _clauses(i: int, kind: str, cur: Cur) -> tuple[list[str], Cur]:
             if cur[0] == "kv":  # bind the packed item once: it is the new value
                 pre = [f"for {b} in [{a}]"]
                 a = b
-            check = f"if k{i}.__class__ is str or badkey(s{i}, f{i}, k{i})"
+            # `type(k) is str`: Python 3.11 specialises the call (cheaper than `k.__class__`).
+            check = f"if type(k{i}) is str or badkey(s{i}, f{i}, k{i})"
             # The 4th element marks a key checked to be a str.
             return [*pre, f"for k{i} in [{f}({a})]", check], ("kv", f"k{i}", a, "str")
         return [f"for u{i} in [{f}(s{i}, {a}, ctx.epoch, wi)]"], cur
@@ -164,14 +188,21 @@ def _loop_body(
 
 
 def _compile_segment(
-    stages: list[Stage], ctx: EpochRef, worker_index: int, group: bool = False
+    stages: list[Stage],
+    ctx: EpochRef,
+    worker_index: int,
+    group: bool = False,
+    reduce: ReduceTarget | None = None,
 ) -> tuple[BatchFn, types.CodeType, dict[int, tuple[int, Cur]]]:
     """Compile item-level stages into one function over a batch.
 
     By default a list comprehension returning the output items. With
     ``group`` (the chain ends in a checked key pair and feeds a stateful
     step) a loop returning ``{key: [values]}`` directly, so items are never
-    packed into tuples only to be unpacked again by the grouping.
+    packed into tuples only to be unpacked again by the grouping. With
+    ``reduce`` (and ``group``) a loop folding each pair into
+    ``reduce.values`` and returning the number of pairs (0 without
+    ``reduce.count``).
 
     Returns the function, its code object, and for each generated source
     line the stage it belongs to and that stage's input (for error reports).
@@ -189,6 +220,23 @@ def _compile_segment(
         lines = ["def fused(batch):", "    out = []", "    for x0 in batch:"]
         indent = _loop_body(lines, planned, line_of_stage)
         lines += [f"{indent}out.append({_item(cur)})", "    return out"]
+    elif reduce is not None:
+        lines = ["def fused(batch):", "    n = 0", "    for x0 in batch:"]
+        indent = _loop_body(lines, planned, line_of_stage)
+        k, v = cur[1], cur[2]
+        lines += [
+            *([f"{indent}n += 1"] if reduce.count else []),
+            f"{indent}old = rget({k}, EMPTY)",
+            f"{indent}if old is EMPTY:",
+            f"{indent}    rvals[{k}] = {v}",
+            f"{indent}else:",
+            f"{indent}    try:",
+            f"{indent}        rvals[{k}] = red(old, {v})",
+            f"{indent}    except Exception as exc:",
+            f"{indent}        raise rfail({k}, exc) from exc",
+            *([f"{indent}dadd({k})"] if reduce.dirty is not None else []),
+            "    return n",
+        ]
     else:
         lines = ["def fused(batch):", "    groups = {}", "    get = groups.get", "    for x0 in batch:"]
         indent = _loop_body(lines, planned, line_of_stage)
@@ -201,11 +249,24 @@ def _compile_segment(
             f"{indent}    vs.append({v})",
             "    return groups",
         ]
-    src = "\n".join(lines)
-    env: dict[str, Any] = {"ctx": ctx, "wi": worker_index, "badkey": _bad_key}
+    env: dict[str, Any] = {"ctx": ctx, "wi": worker_index, "badkey": _bad_key, "type": type}
+    if reduce is not None:
+        env.update(
+            rget=reduce.values.get,
+            rvals=reduce.values,
+            EMPTY=reduce.empty,
+            red=reduce.reducer,
+            rfail=reduce.failed,
+            dadd=None if reduce.dirty is None else reduce.dirty.add,
+        )
     for i, st in enumerate(stages):
         env[f"f{i}"] = st.fn
         env[f"s{i}"] = st.step_id
+    if lines[1] != "    return [":
+        # A loop: every name it reads is a local (keyword-only defaults),
+        # cheaper per item than a global.
+        lines[0] = "def fused(batch, *, " + ", ".join(f"{name}={name}" for name in env) + "):"
+    src = "\n".join(lines)
     code = compile(src, f"<headrace fused {stages[0].step_id}>", "exec")
     exec(code, env)
     return env["fused"], code, line_of_stage
@@ -351,8 +412,14 @@ def _wrap_batch_stage(st: Stage) -> BatchFn:
     return run
 
 
-def _wrap_segment(stages: list[Stage], ctx: EpochRef, worker_index: int, group: bool = False) -> BatchFn:
-    fn, code, line_of_stage = _compile_segment(stages, ctx, worker_index, group)
+def _wrap_segment(
+    stages: list[Stage],
+    ctx: EpochRef,
+    worker_index: int,
+    group: bool = False,
+    reduce: ReduceTarget | None = None,
+) -> BatchFn:
+    fn, code, line_of_stage = _compile_segment(stages, ctx, worker_index, group, reduce)
 
     def run(batch: list[Any]) -> list[Any]:
         try:
@@ -411,17 +478,24 @@ def compile_chain(stages: list[Stage], ctx: EpochRef, worker_index: int, fuse: b
     return fns
 
 
-def compile_grouping_chain(stages: list[Stage], ctx: EpochRef, worker_index: int) -> list[BatchFn] | None:
+def compile_grouping_chain(
+    stages: list[Stage], ctx: EpochRef, worker_index: int, reduce: ReduceTarget | None = None
+) -> list[BatchFn] | None:
     """Like `compile_chain`, but the last function returns ``{key: [values]}``.
 
     Only when the chain ends in item-level stages producing a checked
     ``(str key, value)`` pair (e.g. ``key_on`` then ``map_value``); otherwise
-    ``None``. Used when the chain feeds a stateful step.
+    ``None``. Used when the chain feeds a stateful step. With ``reduce``,
+    the last function folds the pairs into ``reduce.values`` instead and
+    returns how many it folded (0 without ``reduce.count``).
 
-    >>> fns = compile_grouping_chain([Stage("k", "key_on", lambda w: w[0]),
-    ...                               Stage("one", "map_value", lambda w: 1)], EpochRef(), 0)
-    >>> fns[-1](["ab", "ac", "b"])
+    >>> stages = [Stage("k", "key_on", lambda w: w[0]), Stage("one", "map_value", lambda w: 1)]
+    >>> compile_grouping_chain(stages, EpochRef(), 0)[-1](["ab", "ac", "b"])
     {'a': [1, 1], 'b': [1]}
+    >>> counts: dict[str, int] = {}
+    >>> into = ReduceTarget(counts, lambda a, b: a + b, ValueError, None, True, None)
+    >>> compile_grouping_chain(stages, EpochRef(), 0, into)[-1](["ab", "ac", "b"]), counts
+    (3, {'a': 2, 'b': 1})
     """
     live = [s for s in stages if s.kind != "noop"]
     tail: list[Stage] = []
@@ -433,5 +507,5 @@ def compile_grouping_chain(stages: list[Stage], ctx: EpochRef, worker_index: int
         return None
     head = live[: len(live) - len(tail)]
     fns = compile_chain(head, ctx, worker_index) if head else []
-    fns.append(_wrap_segment(tail, ctx, worker_index, group=True))
+    fns.append(_wrap_segment(tail, ctx, worker_index, group=True, reduce=reduce))
     return fns

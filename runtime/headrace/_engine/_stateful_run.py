@@ -15,12 +15,21 @@ dropped, without output, before the step's next activation, timer pass,
 end of input or snapshot, and a tombstone deletes it from the store. Its
 snapshot then carries the update time, so a resumed key expires on time.
 
+`ReduceRun` is the same step for `reduce_final` (and the aggregations
+built on it) without a ttl: it keeps each key's running value in a plain
+dict instead of a logic object per key, with the same snapshots, order,
+errors and end-of-input output. Its `ReduceRun.target` lets the wiring
+fold the chain that feeds the step into that dict, item by item, in the
+chain's own loop (`_fuse`), when nothing can see the difference: one
+worker and a reducer that cannot print (`not ordered`).
+
 The exchange (`_exchange`) routes items here; the wiring (`_wiring`) builds
 it, and the worker loop (`_worker`) fires its timers and snapshots it.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import pickle
 import time
@@ -38,6 +47,7 @@ from headrace._engine._basics import (
     user_error,
     utcnow,
 )
+from headrace._engine._fuse import ReduceTarget
 from headrace._engine._hash import key_group
 from headrace._engine._plan import CoreStep, quoted
 from headrace._engine._store_base import Entry
@@ -463,6 +473,118 @@ class StatefulRun:
             self.push(out)
 
 
+# A key present with no value yet (a restored `(False, None)` snapshot).
+_EMPTY = object()
+
+
+class ReduceRun(StatefulRun):
+    """A `reduce_final` step on one worker: each key's running value in one dict.
+
+    What `StatefulRun` does with `_ReduceFinalLogic` objects, without them:
+    the same left fold per key (keys of an activation in sorted order unless
+    the reducer cannot print), the same snapshot bytes ``(True, value)``,
+    and at end of input each key's value, in key order, then the key
+    dropped.
+    """
+
+    def __init__(self, step: CoreStep, metrics: WorkerMetrics | None, track: bool, trusted: bool) -> None:
+        super().__init__(step, metrics, track, trusted)
+        self.reducer = self.builder._headrace_reducer
+        # Key -> running value (`_EMPTY`: restored without a value). Fused
+        # chains hold this dict and `dirty`: both are only ever changed in place.
+        self.values: dict[str, Any] = {}
+
+    def target(self, count: bool) -> ReduceTarget:
+        """What a chain needs to fold its items into this step itself (see `_fuse`)."""
+        shown = self.shown
+
+        def failed(key: str, exc: BaseException) -> BytewaxRuntimeError:
+            return user_error(calling("on_batch", shown, key), exc)
+
+        dirty = self.dirty if self.track else None
+        return ReduceTarget(self.values, self.reducer, failed, dirty, count, _EMPTY)
+
+    def restore(self, states: dict[str, bytes]) -> None:
+        values = self.values
+        for key, blob in states.items():
+            try:
+                state = pickle.loads(blob)
+                if state.__class__ is tuple and len(state) == 3 and state[0] == _TTL_TAG:
+                    state = state[2]  # written under a ttl the step no longer has
+                has, value = state
+            except Exception as exc:
+                raise user_error(
+                    f"error rebuilding state of key {key!r} in step {self.step_id!r} from its snapshot", exc
+                ) from exc
+            values[key] = value if has else _EMPTY
+
+    def snapshot_entries(self, groups: int) -> list[Entry]:
+        out: list[Entry] = []
+        values = self.values
+        shown = self.shown
+        missing = _EMPTY
+        for key in self.dirty:
+            value = values.get(key, self)
+            if value is self:
+                blob = b""
+            elif value is missing:
+                blob = _pickled(shown, key, (False, None))
+            else:
+                blob = _pickled(shown, key, (True, value))
+            out.append((self.step_id, key_group(key, groups), key, blob))
+        self.dirty.clear()
+        return out
+
+    def _process(self, groups: dict[str, list[Any]], n_in: int, t0: float) -> None:
+        values = self.values
+        reducer = self.reducer
+        dirty = self.dirty if self.track else None
+        pairs: Any = groups.items()
+        if self.ordered and len(groups) > 1:
+            keys = sorted(groups)
+            pairs = zip(keys, map(groups.__getitem__, keys), strict=True)
+        reduce = functools.reduce
+        for k, vs in pairs:
+            old = values.get(k, _EMPTY)
+            try:
+                values[k] = reduce(reducer, vs) if old is _EMPTY else reduce(reducer, vs, old)
+            except Exception as exc:
+                raise user_error(calling("on_batch", self.shown, k), exc) from exc
+            if dirty is not None:
+                dirty.add(k)
+        self.activated = True
+        m = self.m
+        if m is not None:
+            dt = time.perf_counter() - t0
+            m.inp.inc(n_in)
+            m.out.inc(0)
+            m.dur.observe(dt)
+            m.busy.inc(dt)
+
+    def on_eof(self) -> None:
+        """End of input: every key's value, in key order; the keys are dropped."""
+        t0 = time.perf_counter()
+        values = self.values
+        out = [(k, values[k]) for k in sorted(values) if values[k] is not _EMPTY]
+        if self.track:
+            self.dirty.update(values)
+        values.clear()
+        if self.m_eof is not None:
+            self.m_eof.observe(time.perf_counter() - t0)
+        if out:
+            self.push(out)
+
+
+def reduces_only(step: CoreStep) -> bool:
+    """Whether `ReduceRun` can run ``step``: a `reduce_final` without a ttl.
+
+    >>> from headrace._engine._plan import CoreStep
+    >>> reduces_only(CoreStep("s", "stateful_batch", {"builder": lambda r: None}, [], {}))
+    False
+    """
+    return step.conf.get("ttl") is None and hasattr(step.conf["builder"], "_headrace_reducer")
+
+
 def pickle_state(shown: str, key: str, logic: Any, updated_at: float | None = None) -> bytes:
     """The snapshot of one key's logic (with its last update, under a ttl).
 
@@ -477,6 +599,11 @@ def pickle_state(shown: str, key: str, logic: Any, updated_at: float | None = No
         state = logic.snapshot()
     except Exception as exc:
         raise user_error(calling("snapshot", shown, key), exc) from exc
+    return _pickled(shown, key, state, updated_at)
+
+
+def _pickled(shown: str, key: str, state: Any, updated_at: float | None = None) -> bytes:
+    """``state`` as a key's snapshot; an unpicklable state fails in the user's words."""
     kind = type(state).__name__
     if updated_at is not None:
         state = (_TTL_TAG, updated_at, state)

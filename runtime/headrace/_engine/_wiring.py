@@ -13,7 +13,9 @@ item from source to sink through the modules:
 3. A chain of stateless steps declared one after the other runs as one
    step (`Wiring._chain_from`): `_fuse` compiles its `map`, `filter`, ...
    into one loop over the batch (grouping by key when a stateful step is
-   next). `branch` and dynamic sinks are single push functions.
+   next; folding into a `reduce_final` step's values when the worker is
+   alone, see `Wiring._fold_into`). `branch` and dynamic sinks are single
+   push functions.
 4. The input of a stateful step, `redistribute` or a partitioned sink is an
    exchange edge (`_exchange.Edge`): its router splits the batch by owning
    worker. This worker's share goes to ``edge.deliver`` at once; the rest
@@ -44,7 +46,7 @@ from headrace._engine._fuse import EpochRef, Stage, compile_chain, compile_group
 from headrace._engine._hash import group_owner, part_owner
 from headrace._engine._plan import CoreStep, Plan, quoted
 from headrace._engine._sched import Ready
-from headrace._engine._stateful_run import StatefulRun
+from headrace._engine._stateful_run import ReduceRun, StatefulRun, reduces_only
 from headrace._engine._store_base import PARTS
 from headrace._metrics import StepMetrics, WorkerMetrics
 from headrace.errors import BytewaxRuntimeError
@@ -200,6 +202,8 @@ class Wiring:
         # (`_sched.Ready`); a step's position is its index in the plan.
         self._pos = {st.step_id: i for i, st in enumerate(plan.steps)}
         self._nodes: dict[str, Push] = {}
+        # Each stateful step's run, built at first need (a chain may fold into it).
+        self._runs: dict[str, StatefulRun] = {}
         self._build()
         exchange.edges = self.edges
 
@@ -359,11 +363,14 @@ class Wiring:
                 step = consumers[0]
                 continue
             break
-        downstream = self.push_for(out)
         fns = None
         consumers = self.plan.consumers.get(out, [])
         if self.config.fuse and len(consumers) == 1 and consumers[0].kind == "stateful_batch":
+            folded = self._fold_into(first, stages, consumers[0])
+            if folded is not None:
+                return folded
             fns = compile_grouping_chain(stages, self.epoch_ref, self.index)
+        downstream = self.push_for(out)
         if fns is None:
             fns = compile_chain(stages, self.epoch_ref, self.index, self.config.fuse)
         if not fns:
@@ -420,6 +427,74 @@ class Wiring:
                 downstream(batch)
 
         return run
+
+    def _fold_into(
+        self, first: CoreStep, stages: list[Stage], step: CoreStep
+    ) -> Callable[[list[Any]], None] | None:
+        """The chain and the `reduce_final` ``step`` it feeds, as one loop; or None.
+
+        The chain folds each (key, value) pair into the step's running
+        values (`ReduceRun`) as it makes it, instead of grouping a batch by
+        key for the step to reduce at its turn. Only where nothing can
+        tell: this worker is the only one (no exchange), no tracer, and the
+        reducer cannot print (so the order of its calls across keys is
+        unseen; each key's values are still folded in order). The step's
+        own metrics count the items it got; their time is in the chain's
+        step, as for every step fused into a chain.
+        """
+        if self.count != 1 or self.tracer is not None or not reduces_only(step):
+            return None
+        node = self._run_of(step)
+        assert isinstance(node, ReduceRun)
+        if node.ordered:
+            return None
+        fns = compile_grouping_chain(stages, self.epoch_ref, self.index, node.target(node.m is not None))
+        if fns is None:
+            return None
+        head = tuple(fns[:-1])
+        fold: Callable[[list[Any]], Any] = fns[-1]  # returns a count
+        if self.metrics is None:
+
+            def run_plain(batches: list[Any]) -> None:
+                for fn in head:
+                    batches = [o for o in map(fn, batches) if o]
+                for batch in batches:
+                    fold(batch)
+                node.activated = True
+
+            return run_plain
+        m = self.metrics.step(first.step_id, "flat_map_batch_duration_seconds")
+        m_step = node.m
+        assert m_step is not None
+
+        def run(batches: list[Any]) -> None:
+            t0 = time.perf_counter()
+            n_in = sum(map(len, batches))
+            for fn in head:
+                batches = [o for o in map(fn, batches) if o]
+            n = 0
+            for batch in batches:
+                n += fold(batch)
+            node.activated = True
+            dt = time.perf_counter() - t0
+            m.inp.inc(n_in)
+            m.out.inc(n)
+            m.dur.observe(dt)
+            m.busy.inc(dt)
+            m_step.inp.inc(n)
+
+        return run
+
+    def _run_of(self, step: CoreStep) -> StatefulRun:
+        """The run of stateful ``step`` on this worker (built once)."""
+        node = self._runs.get(step.step_id)
+        if node is None:
+            if not hasattr(self, "_keyed"):
+                self._keyed = self._keyed_streams()
+            kind = ReduceRun if reduces_only(step) else StatefulRun
+            node = kind(step, self.metrics, self.config.store is not None, step.inputs[0] in self._keyed)
+            self._runs[step.step_id] = node
+        return node
 
     def _async(self, step: CoreStep) -> Callable[[list[Any]], None]:
         inbox = self.exchange.cluster.inboxes[self.index]
@@ -601,11 +676,7 @@ class Wiring:
         step = edge.step
         assert step is not None
         if step.kind == "stateful_batch":
-            if not hasattr(self, "_keyed"):
-                self._keyed = self._keyed_streams()
-            node = StatefulRun(
-                step, self.metrics, self.config.store is not None, step.inputs[0] in self._keyed
-            )
+            node = self._run_of(step)
             node.push = self.push_for(step.outputs["down"])
             self.stateful.append(node)
             deliver_many: Callable[[list[Any]], None] = node.deliver_many

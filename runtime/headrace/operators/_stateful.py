@@ -507,6 +507,8 @@ def reduce_final(
     # Bytewax first groups the items by key in a `pre_reduce` step, which
     # is where an item that is not a pair fails there (see `_engine._basics.not_keyed`).
     build._bytewax_pre_reduce = _current_display_id() + ".pre_reduce"
+    # The engine may keep the running values itself (`_engine._stateful_run.ReduceRun`).
+    build._headrace_reducer = reducer
     with _bytewax_nesting("fold_final", "stateful"):
         return stateful_batch("stateful_batch", up, _unordered(build, reducer), ttl=ttl)
 

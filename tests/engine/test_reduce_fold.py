@@ -1,0 +1,213 @@
+"""`reduce_final` kept in a dict, and folded by the chain that feeds it, changes nothing but speed.
+
+`ReduceRun` replaces a `_ReduceFinalLogic` per key; on one worker the
+stateless chain before the step folds each pair into it directly
+(`Wiring._fold_into`). Each test runs the same flow both ways, or against
+`StatefulRun` driving the logic objects, and compares outputs, snapshot
+bytes, resumed state and error messages exactly.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import headrace.operators as op
+from headrace._engine import execute
+from headrace._engine._stateful_run import ReduceRun, StatefulRun
+from headrace._engine._wiring import Wiring
+from headrace.dataflow import Dataflow
+from headrace.errors import BytewaxRuntimeError
+from headrace.recovery import RecoveryConfig
+from headrace.testing import TestingSink, TestingSource, run_main
+from tests.support.stores import store_at
+
+ZERO = timedelta(0)
+
+
+def _fold(a: int, b: int) -> int:
+    # Not associative: any change in the order of calls changes the result.
+    return a * 3 - b
+
+
+def _fold_loud(a: int, b: int) -> int:
+    # Names a global, so it might print: the engine keeps Bytewax's order and does not fold in the chain.
+    return _fold(a, b)
+
+
+def _add(a: int, b: int) -> int:
+    return a + b
+
+
+def _add_loud(a: int, b: int) -> int:
+    return _add(a, b)
+
+
+def _words_flow(
+    lines: list[Any], out: list[Any], reducer: Any = _fold, name: str = "wc", batch_size: int = 3
+) -> Dataflow:
+    flow = Dataflow(name)
+    s = op.input("inp", flow, TestingSource(lines, batch_size=batch_size))
+    s = op.flat_map("split", s, str.split)
+    s = op.key_on("key", s, lambda w: w[0])
+    s = op.map_value("len", s, len)
+    op.output("out", op.reduce_final("sum", s, reducer), TestingSink(out))
+    return flow
+
+
+def _reference(lines: list[str], reducer: Any) -> list[tuple[str, int]]:
+    acc: dict[str, int] = {}
+    for line in lines:
+        for w in line.split():
+            k, v = w[0], len(w)
+            acc[k] = v if k not in acc else reducer(acc[k], v)
+    return sorted(acc.items())
+
+
+def _folded_steps(flow: Dataflow) -> list[bool]:
+    """Run ``flow``; for each chain that feeds a stateful step, whether it folds into it."""
+    seen: list[Any] = []
+    original = Wiring._fold_into
+
+    def spy(self: Wiring, first: Any, stages: Any, step: Any) -> Any:
+        got = original(self, first, stages, step)
+        seen.append(got is not None)
+        return got
+
+    Wiring._fold_into = spy  # type: ignore[method-assign]
+    try:
+        execute(flow, epoch_interval=ZERO)
+    finally:
+        Wiring._fold_into = original  # type: ignore[method-assign]
+    return seen
+
+
+_LINES = st.lists(
+    st.lists(st.sampled_from(["ab", "abc", "b", "bcd", "c", "ca", "d"]), max_size=6).map(" ".join),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=_LINES, fuse=st.booleans(), loud=st.booleans(), workers=st.sampled_from([1, 2]))
+def test_same_output_as_a_plain_fold(lines: list[str], fuse: bool, loud: bool, workers: int) -> None:
+    # Over two workers the combiner pre-reduces (and values from two
+    # workers interleave): only an associative, commutative reducer is exact there.
+    reducer = [[_fold, _fold_loud], [_add, _add_loud]][workers - 1][loud]
+    out: list[Any] = []
+    execute(_words_flow(lines, out, reducer), workers_per_process=workers, fuse=fuse, epoch_interval=ZERO)
+    assert sorted(out) == _reference(lines, reducer)
+    # End of input emits in key order on each worker, as Bytewax does.
+    if workers == 1:
+        assert out == sorted(out)
+
+
+def test_the_chain_folds_only_where_nothing_can_tell() -> None:
+    assert _folded_steps(_words_flow(["ab b"], [])) == [True]
+    assert _folded_steps(_words_flow(["ab b"], [], _fold_loud)) == [False]
+    flow = Dataflow("ttl")
+    s = op.key_on("key", op.input("inp", flow, TestingSource(["a"])), lambda w: w)
+    op.output("out", op.reduce_final("sum", s, _fold, ttl=timedelta(hours=1)), TestingSink([]))
+    assert _folded_steps(flow) == [False]
+
+
+def _drive(run: StatefulRun, batches: list[list[tuple[str, int]]]) -> tuple[list[Any], list[Any], list[Any]]:
+    """Feed ``batches``; return (snapshot after them, outputs at EOF, snapshot after EOF)."""
+    outs: list[Any] = []
+    run.push = outs.extend
+    for batch in batches:
+        run.deliver(batch)
+    first = sorted(run.snapshot_entries(8))
+    run.on_eof()
+    return first, outs, sorted(run.snapshot_entries(8))
+
+
+def _sum_step(reducer: Any = _fold) -> Any:
+    flow = Dataflow("d")
+    s = op.input("inp", flow, TestingSource([("a", 1)]))
+    op.output("out", op.reduce_final("sum", s, reducer), TestingSink([]))
+    from headrace._engine._plan import build_plan
+
+    return next(step for step in build_plan(flow).steps if step.kind == "stateful_batch")
+
+
+def test_same_snapshots_and_eof_as_the_logic_objects() -> None:
+    rng = random.Random(7)
+    batches = [
+        [(rng.choice("abcde"), rng.randint(0, 9)) for _ in range(rng.randint(1, 12))] for _ in range(20)
+    ]
+    step = _sum_step()
+    plain = _drive(StatefulRun(step, None, True, True), batches)
+    folded = _drive(ReduceRun(step, None, True, True), batches)
+    assert folded == plain
+    assert dict((k, pickle.loads(b)) for _, _, k, b in plain[0])["a"][0] is True
+    assert all(blob == b"" for *_, blob in plain[2])
+
+
+def test_restores_what_the_logic_objects_snapshot() -> None:
+    step = _sum_step()
+    states = {
+        "a": pickle.dumps((True, 5)),
+        "b": pickle.dumps((False, None)),
+        "c": pickle.dumps(("headrace.ttl.v1", 1.0, (True, 2))),
+    }
+    runs = []
+    for kind in (StatefulRun, ReduceRun):
+        run = kind(step, None, True, True)
+        run.restore(states)
+        runs.append(_drive(run, [[("b", 4), ("d", 1)]]))
+    assert runs[0] == runs[1]
+    assert runs[1][1] == [("a", 5), ("b", 4), ("c", 2), ("d", 1)]
+
+
+def test_resume_after_abort_folds_on_from_the_committed_state(location: str) -> None:
+    lines = ["ab b", "abc", TestingSource.ABORT(), "bcd ab", "c"]
+    config = RecoveryConfig(location)
+    out: list[Any] = []
+    run_main(_words_flow(lines, out, name="rec", batch_size=1), epoch_interval=ZERO, recovery_config=config)
+    assert out == []
+    stored = store_at(location, "rec").load("rec.sum.stateful_batch", range(256))
+    blobs = {k: pickle.loads(b) for states in stored.values() for k, b in states.items()}
+    assert blobs == {"a": (True, _fold(2, 3)), "b": (True, 1)}
+    out2: list[Any] = []
+    run_main(_words_flow(lines, out2, name="rec", batch_size=1), epoch_interval=ZERO, recovery_config=config)
+    real = [line for line in lines if isinstance(line, str)]
+    assert out2 == _reference(real, _fold)
+
+
+@pytest.mark.parametrize("reducer", [lambda a, b: a + b, lambda a, b: len(str(a)) and a + b])
+def test_a_failing_reducer_fails_in_the_same_words(reducer: Any) -> None:
+    def run(fuse: bool) -> str:
+        flow = Dataflow("err")
+        s = op.input("inp", flow, TestingSource([("a", 1), ("b", 2), ("a", "x")]))
+        s = op.key_on("key", op.map("unpack", s, lambda kv: kv), lambda kv: kv[0])
+        s = op.map_value("v", s, lambda kv: kv[1])
+        op.output("out", op.reduce_final("sum", s, reducer), TestingSink([]))
+        with pytest.raises(BytewaxRuntimeError) as info:
+            execute(flow, fuse=fuse)
+        assert isinstance(info.value.__cause__, TypeError)
+        return str(info.value)
+
+    fused = run(True)
+    assert fused == run(False)
+    assert fused == (
+        'error calling `StatefulBatchLogic.on_batch` in step "err.sum.fold_final.stateful.stateful_batch" '
+        "for key \"a\": TypeError: unsupported operand type(s) for +: 'int' and 'str'"
+    )
+
+
+def test_a_failing_reducer_fails_as_with_the_logic_objects() -> None:
+    step = _sum_step(lambda a, b: a + b)
+    errors = []
+    for kind in (StatefulRun, ReduceRun):
+        run = kind(step, None, False, True)
+        with pytest.raises(BytewaxRuntimeError) as info:
+            run.deliver([("b", 1), ("a", 1), ("a", None)])
+        errors.append((str(info.value), type(info.value.__cause__)))
+    assert errors[0] == errors[1]
