@@ -211,3 +211,50 @@ def test_a_failing_reducer_fails_as_with_the_logic_objects() -> None:
             run.deliver([("b", 1), ("a", 1), ("a", None)])
         errors.append((str(info.value), type(info.value.__cause__)))
     assert errors[0] == errors[1]
+
+
+def _split_gen(line: str) -> Any:
+    return (w for w in line.split())
+
+
+def _split_tuple(line: str) -> tuple[str, ...]:
+    return tuple(line.split())
+
+
+@pytest.mark.parametrize("shape", ["list", "generator", "tuple", "filtered", "no_fan_out"])
+def test_the_steps_count_the_same_items_folded_or_not(shape: str) -> None:
+    from prometheus_client import REGISTRY
+
+    lines = ["ab b abc", "", "b c", "ca ca ca d"]
+    step_ids = ("m.sum.stateful_batch", "m.split.flat_map_batch", "m.key.flat_map_batch")
+
+    def counts(fuse: bool) -> list[Any]:
+        seen: list[Any] = []
+
+        def look(kv: Any) -> Any:
+            if not seen:  # inside the run, after every fold: the series still exist
+                for sid in step_ids:
+                    for name in ("item_inp_count_total", "item_out_count_total"):
+                        seen.append(REGISTRY.get_sample_value(name, {"step_id": sid, "worker_index": "0"}))
+            return kv
+
+        flow = Dataflow("m")
+        s = op.input("inp", flow, TestingSource(lines, batch_size=3))
+        if shape == "no_fan_out":
+            s = op.key_on("key", s, lambda w: w[:1] or "-")
+        else:
+            split = {"list": str.split, "generator": _split_gen, "tuple": _split_tuple}.get(shape, str.split)
+            s = op.flat_map("split", s, split)
+            if shape == "filtered":
+                s = op.filter("long", s, lambda w: len(w) > 1)
+            s = op.key_on("key", s, lambda w: w[0])
+        s = op.map_value("one", s, lambda _w: 1)
+        out: list[Any] = []
+        op.output("out", op.map("look", op.reduce_final("sum", s, _add), look), TestingSink(out))
+        execute(flow, fuse=fuse)
+        assert out == sorted(out)
+        return [seen, out]
+
+    folded = counts(True)
+    assert folded == counts(False)
+    assert folded[0][0] == sum(n for _, n in folded[1])  # the step's items in: every pair folded

@@ -171,20 +171,72 @@ def _statement(clause: str) -> str:
 
 
 def _loop_body(
-    lines: list[str], planned: list[tuple[int, Cur, str]], line_of_stage: dict[int, tuple[int, Cur]]
+    lines: list[str],
+    planned: list[tuple[int, Cur, str]],
+    line_of_stage: dict[int, tuple[int, Cur]],
+    count_at: int | None = None,
 ) -> str:
     """Append the stages' statements inside ``for x0 in batch:``; return the innermost indent.
 
     Records, for each generated line, the stage and its input (for error reports).
+    With ``count_at``, the fan-out stage of that index adds how many items
+    it returned to ``n`` (a list's or tuple's length at once; any other
+    iterable counts into ``cell[0]`` as it is iterated, lazily as before).
     """
     indent = "        "
     for i, c_in, clause in planned:
         stmt = _statement(clause)
-        lines.append(indent + stmt)
-        line_of_stage[len(lines)] = (i, c_in)
+        if i == count_at and stmt.startswith("for ") and f" in f{i}(" in stmt:
+            target, _, expr = stmt[4:-1].partition(" in ")
+            it = f"it{i}"
+            body = [
+                f"{it} = {expr}",
+                f"if type({it}) is list or type({it}) is tuple: n += len({it})",
+                f"else: {it} = counted(iter({it}), cell)",
+                f"for {target} in {it}:",
+            ]
+        else:
+            body = [stmt]
+        for line in body:
+            lines.append(indent + line)
+            line_of_stage[len(lines)] = (i, c_in)
         if stmt.endswith(":"):
             indent += "    "
     return indent
+
+
+_FAN_OUT = frozenset({"flat_map", "flat_map_value"})
+_FILTERS = frozenset({"filter", "filter_map", "filter_value", "filter_map_value"})
+
+
+def _counting(stages: list[Stage]) -> tuple[str, int | None]:
+    """How a folding loop counts its pairs: ``("batch", None)`` (one per input
+    item), ``("fan", i)`` (stage i's fan-out, nothing after it filters) or
+    ``("item", None)`` (one by one).
+
+    >>> _counting([Stage("k", "key_on", str), Stage("m", "map_value", len)])
+    ('batch', None)
+    >>> _counting([Stage("s", "flat_map", str.split), Stage("k", "key_on", str)])
+    ('fan', 0)
+    >>> _counting([Stage("s", "flat_map", str.split), Stage("f", "filter", bool), Stage("k", "key_on", str)])
+    ('item', None)
+    """
+    fans = [i for i, st in enumerate(stages) if st.kind in _FAN_OUT]
+    last = fans[-1] if fans else -1
+    if any(st.kind in _FILTERS for st in stages[last + 1 :]):
+        return "item", None
+    return ("fan", last) if fans else ("batch", None)
+
+
+def _counted(items: Any, cell: list[int]) -> Any:
+    """Yield ``items``, counting them into ``cell[0]``.
+
+    >>> cell = [0]; list(_counted(iter("ab"), cell)), cell
+    (['a', 'b'], [2])
+    """
+    for item in items:
+        cell[0] += 1
+        yield item
 
 
 def _compile_segment(
@@ -221,11 +273,15 @@ def _compile_segment(
         indent = _loop_body(lines, planned, line_of_stage)
         lines += [f"{indent}out.append({_item(cur)})", "    return out"]
     elif reduce is not None:
-        lines = ["def fused(batch):", "    n = 0", "    for x0 in batch:"]
-        indent = _loop_body(lines, planned, line_of_stage)
+        # Count the pairs (for the metrics) per batch or per fan-out where
+        # that is exact: a counter bumped per item costs a tenth of a word count.
+        how, at = _counting(stages) if reduce.count else ("none", None)
+        start = "len(batch)" if how == "batch" else "0"
+        lines = ["def fused(batch):", f"    n = {start}", "    cell = [0]", "    for x0 in batch:"]
+        indent = _loop_body(lines, planned, line_of_stage, at)
         k, v = cur[1], cur[2]
         lines += [
-            *([f"{indent}n += 1"] if reduce.count else []),
+            *([f"{indent}n += 1"] if how == "item" else []),
             f"{indent}old = rget({k}, EMPTY)",
             f"{indent}if old is EMPTY:",
             f"{indent}    rvals[{k}] = {v}",
@@ -235,7 +291,7 @@ def _compile_segment(
             f"{indent}    except Exception as exc:",
             f"{indent}        raise rfail({k}, exc) from exc",
             *([f"{indent}dadd({k})"] if reduce.dirty is not None else []),
-            "    return n",
+            "    return n + cell[0]",
         ]
     else:
         lines = ["def fused(batch):", "    groups = {}", "    get = groups.get", "    for x0 in batch:"]
@@ -249,7 +305,18 @@ def _compile_segment(
             f"{indent}    vs.append({v})",
             "    return groups",
         ]
-    env: dict[str, Any] = {"ctx": ctx, "wi": worker_index, "badkey": _bad_key, "type": type}
+    env: dict[str, Any] = {
+        "ctx": ctx,
+        "wi": worker_index,
+        "badkey": _bad_key,
+        "type": type,
+        "str": str,
+        "list": list,
+        "tuple": tuple,
+        "len": len,
+        "iter": iter,
+        "counted": _counted,
+    }
     if reduce is not None:
         env.update(
             rget=reduce.values.get,
