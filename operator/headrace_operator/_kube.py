@@ -19,7 +19,7 @@ from typing import Any
 from headrace_operator import autoscaler as asc
 from headrace_operator import manifests as mf
 from headrace_operator.crd import GROUP, PLURAL, VERSION
-from headrace_operator.observation import PodInfo, SecretInfo, StoreInfo
+from headrace_operator.observation import KeptSnapshotInfo, PodInfo, SecretInfo, StoreInfo
 from headrace_operator.outcome import Action
 from headrace_operator.spec import DataflowSpec
 
@@ -221,8 +221,13 @@ class Stores:
         except Exception as exc:  # reported in status, never raised
             self._cache.pop((url, prefix), None)
             return StoreInfo(ok=False, error=_short(exc))
+        try:
+            kept = self.kept(url, prefix)
+        except Exception as exc:  # reported in status, never raised
+            self._cache.pop((url, prefix), None)
+            return StoreInfo(ok=False, error=_short(exc))
         if meta is None:
-            return StoreInfo(ok=True, exists=False)
+            return StoreInfo(ok=True, exists=False, kept=kept)
         return StoreInfo(
             ok=True,
             exists=True,
@@ -231,7 +236,45 @@ class Stores:
             worker_count=meta.worker_count,
             key_groups=meta.key_groups,
             epoch_bytes=meta.epoch_bytes,
+            kept=kept,
         )
+
+    def kept(self, url: str, prefix: str) -> list[KeptSnapshotInfo]:
+        """The dataflow's kept snapshots, oldest first."""
+        from headrace._engine import kept_snapshots
+
+        return [
+            KeptSnapshotInfo(k.name, k.epoch, k.taken_at, k.size)
+            for k in kept_snapshots(self._open(url, prefix))
+        ]
+
+    def keep(self, url: str, prefix: str, name: str) -> str:
+        """Keep the committed epoch as ``name`` (done already, or nothing committed: said, not raised)."""
+        from headrace._engine import SnapshotError, keep_snapshot, kept_snapshots
+
+        store = self._open(url, prefix)
+        if any(k.name == name for k in kept_snapshots(store)):
+            return f"kept snapshot {name!r} exists already"
+        try:
+            rec = keep_snapshot(store, name)
+        except SnapshotError as exc:
+            if "holds no committed epoch" in str(exc):
+                return f"nothing to keep as {name!r}: no committed epoch"
+            raise
+        return f"kept epoch {rec.epoch} as {name!r} ({rec.size} bytes)"
+
+    def prune(self, url: str, prefix: str, keep: int | None, max_age: float | None) -> list[str]:
+        """Apply retention; return the names deleted."""
+        from headrace._engine import prune_snapshots
+
+        return list(prune_snapshots(self._open(url, prefix), keep, max_age))
+
+    def restore(self, url: str, prefix: str, name: str, source: str | None) -> int:
+        """Restore kept snapshot ``name`` (of ``source``, else of ``prefix``) into ``prefix``; its epoch."""
+        from headrace._engine import restore_snapshot
+
+        src = self._open(url, source) if source else None
+        return int(restore_snapshot(self._open(url, prefix), name, src).epoch)
 
     def delete(self, url: str, prefix: str) -> int:
         """Delete all of the dataflow's state; return the records deleted."""
@@ -337,6 +380,14 @@ def apply_actions(
             log.info("%s/%s: deleted %d state records under %r", namespace, name, n, prefix)
         elif a.kind == "expire_state" and url and a.seconds is not None:
             stores.expire(url, prefix, a.seconds)
+        elif a.kind == "keep_snapshot" and url and a.name:
+            log.info("%s/%s: %s", namespace, name, stores.keep(url, prefix, a.name))
+        elif a.kind == "prune_snapshots" and url:
+            gone = stores.prune(url, prefix, a.keep, a.seconds)
+            log.info("%s/%s: deleted kept snapshots %s", namespace, name, gone)
+        elif a.kind == "restore_snapshot" and url and a.name:
+            epoch = stores.restore(url, prefix, a.name, a.source)
+            log.info("%s/%s: restored %r at epoch %d", namespace, name, a.name, epoch)
 
 
 def dumps(obj: Any) -> str:

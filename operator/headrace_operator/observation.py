@@ -29,6 +29,20 @@ FINISHED_PREFIX = "finished:"
 
 
 @dataclass
+class KeptSnapshotInfo:
+    """A kept snapshot in the store (see headrace's ``_engine._snapshots``).
+
+    >>> KeptSnapshotInfo("nonce-1", 7, 100.0, 2048).epoch
+    7
+    """
+
+    name: str
+    epoch: int
+    taken_at: float
+    size: int
+
+
+@dataclass
 class StoreInfo:
     """What Redis holds for the Dataflow (``ok`` False: unreachable, see ``error``).
 
@@ -44,6 +58,7 @@ class StoreInfo:
     worker_count: int = 0
     key_groups: int = 0
     epoch_bytes: int = 0
+    kept: list[KeptSnapshotInfo] = field(default_factory=list)  # oldest first
 
 
 @dataclass

@@ -33,6 +33,7 @@ class Action:
     """One change to make: ``apply`` a manifest (``dry_run``: have the API server check it
     and store nothing), ``create_secret`` unless it exists (with a random value), ``scale``
     the StatefulSet, ``delete`` an object, ``delete_state`` / ``expire_state`` in Redis,
+    ``keep_snapshot`` / ``prune_snapshots`` / ``restore_snapshot`` (kept snapshots in Redis),
     ``patch_replicas`` of the Dataflow.
 
     >>> Action("scale", replicas=0).describe()
@@ -43,6 +44,9 @@ class Action:
     obj: dict[str, Any] | None = None
     replicas: int | None = None
     seconds: float | None = None
+    name: str | None = None  # a kept snapshot's (keep_snapshot, restore_snapshot)
+    source: str | None = None  # the key prefix a restored snapshot comes from (None: this one's)
+    keep: int | None = None  # prune_snapshots: the newest to keep (seconds: the age)
 
     def describe(self) -> str:
         """A short human description (for logs).
@@ -66,6 +70,10 @@ class Action:
             return f"delete {self.obj['kind']} {self.obj['metadata']['name']}"
         if self.kind == "create_secret" and self.obj is not None:
             return f"create Secret {self.obj['metadata']['name']} unless it exists"
+        if self.kind == "keep_snapshot":
+            return f"keep snapshot {self.name}"
+        if self.kind == "restore_snapshot":
+            return f"restore kept snapshot {self.name}" + (f" of {self.source!r}" if self.source else "")
         return self.kind
 
 

@@ -37,8 +37,8 @@ from __future__ import annotations
 from typing import Any
 
 from headrace_operator import autoscaler as asc
+from headrace_operator import kept, step_errors
 from headrace_operator import manifests as mf
-from headrace_operator import step_errors
 from headrace_operator import transitions as tx
 from headrace_operator.conditions import update_conditions
 from headrace_operator.diagnosis import UNFIXABLE_BY_RESTART, diagnose_pods, finished_report
@@ -226,6 +226,7 @@ def plan(obs: Observation) -> Plan:
     if target is None:
         return _finish(c, None, owner)
     _check_stored_partitions(c, target, owner)
+    kept.report(c)
     c.lost = _state_lost(c, target, owner)
     secret_problem = _secret_problem(obs)
     _pod_monitor(c, target, owner, deployed)
@@ -254,11 +255,19 @@ def _create(c: Ctx, target: DataflowSpec, owner: mf.Owner, secret_problem: Probl
             _halt_state_lost(c, target)
             return
         stateless = target.upgrade_mode == "stateless" and store is not None and store.exists
+        emptied = False
         if (reset or stateless) and target.recovery is not None and store is not None:
             if not store.ok:
                 _store_blocked(c, "delete the old state first")
                 return
+            if stateless and not reset:
+                kept.set_aside(c, target)
             _delete_state(c, target, owner)
+            emptied = True
+        if target.restore_from is not None and store is not None and not store.ok:
+            _store_blocked(c, "restore the kept snapshot")
+            return
+        kept.restore_at_creation(c, target, owner, emptied)
         tx.start(c, target, owner, Transition.DEPLOY, 0, _epoch_now(c))
         c.event(
             "Normal",
@@ -369,7 +378,11 @@ def _stopped(
         if store is None or not store.ok:
             _store_blocked(c, "delete the state before starting")
             return
+        if not reset and ttype is not Transition.RESET and store.exists:
+            kept.set_aside(c, target)  # a stateless upgrade: the old state is kept, not lost
         _delete_state(c, target, owner)
+        if target.restore_from is not None:
+            kept.restore(c, target, owner)
     tx.start(c, target, owner, ttype, 0, _epoch_now(c))
     if need_reset:
         c.p.events = [e for e in c.p.events if e[1] != "Restored"]
@@ -488,11 +501,12 @@ def _steady(c: Ctx, spec: DataflowSpec, pods: list[PodInfo]) -> None:
     if unhealthy and restart_unhealthy(c, spec, n, unhealthy):
         return
     _snapshot_nonce(c, spec)
+    kept.retention(c, spec)
     _autoscale(c, spec, all_ready and c.st.transition is None)
 
 
 def _snapshot_nonce(c: Ctx, spec: DataflowSpec) -> None:
-    """A new ``snapshotNonce``: wait for the next committed epoch and report it."""
+    """A new ``snapshotNonce``: wait for the next committed epoch, report it and keep it."""
     snap = c.st.snapshot or SnapshotStatus()
     nonce = spec.snapshot_nonce
     store = c.obs.store
@@ -515,8 +529,10 @@ def _snapshot_nonce(c: Ctx, spec: DataflowSpec) -> None:
                 "Normal",
                 "SnapshotCompleted",
                 f"snapshotNonce {requested}: epoch {store.epoch} committed at "
-                f"{iso(store.committed_at)} ({store.epoch_bytes} bytes)",
+                f"{iso(store.committed_at)} ({store.epoch_bytes} bytes), kept as "
+                f"{kept.nonce_name(requested)!r}",
             )
+            kept.keep(c, spec, kept.nonce_name(requested), f"snapshotNonce {requested}")
     c.st.snapshot = snap
 
 

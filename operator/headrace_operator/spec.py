@@ -45,6 +45,8 @@ __all__ = [
     "AutoscalerSpec",
     "DataflowSpec",
     "Duration",
+    "KeptSnapshotsSpec",
+    "RestoreFromSpec",
     "SpecError",
     "duration_seconds",
     "parse_spec",
@@ -145,6 +147,56 @@ class SecretKeyRef:
 
 
 @dataclass
+class KeptSnapshotsSpec:
+    """Retention of kept snapshots (``snapshotNonce``, ``upgradeMode: stateless``)."""
+
+    keep: int | None = field(
+        default=None,
+        metadata=_m(
+            name="keep", minimum=1, doc="Keep the N newest kept snapshots (the newest is never deleted)."
+        ),
+    )
+    max_age: Duration | None = field(
+        default=None,
+        metadata=_m(
+            name="maxAge", doc="Delete kept snapshots older than this (the newest is never deleted)."
+        ),
+    )
+
+
+SNAPSHOT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+"""A kept snapshot's name (as ``python -m headrace.recovery snapshot`` takes it)."""
+
+
+@dataclass
+class RestoreFromSpec:
+    """A kept snapshot to start from: a new Dataflow, or one after ``resetStateNonce``."""
+
+    name: str = field(
+        default="",
+        metadata=_m(
+            name="name", required=True, pattern=SNAPSHOT_NAME_PATTERN, doc="The kept snapshot's name."
+        ),
+    )
+    dataflow: str | None = field(
+        default=None,
+        metadata=_m(
+            name="dataflow",
+            maxLength=253,
+            doc="The Dataflow in this namespace that kept it (default: this one); its steps must match.",
+        ),
+    )
+    key_prefix: str | None = field(
+        default=None,
+        metadata=_m(
+            name="keyPrefix",
+            maxLength=253,
+            doc="That Dataflow's key prefix if it set one (default '<namespace>/<dataflow>').",
+        ),
+    )
+
+
+@dataclass
 class RecoverySpec:
     """Where epoch snapshots live (Redis)."""
 
@@ -205,6 +257,10 @@ class RecoverySpec:
             doc="Accept a Redis whose maxmemory-policy may evict keys (HEADRACE_ALLOW_EVICTING_REDIS); "
             "evicted state then stops the run with LostStateError.",
         ),
+    )
+    snapshots: KeptSnapshotsSpec = field(
+        default_factory=KeptSnapshotsSpec,
+        metadata=_m(name="snapshots", doc="Retention of kept snapshots (by count and age)."),
     )
 
 
@@ -538,7 +594,8 @@ class DataflowSpec:
         metadata=_m(
             name="upgradeMode",
             enum=["stateless", "snapshot", "last-state"],
-            doc="stateless: start with empty state; snapshot: require a fresh "
+            doc="stateless: start with empty state (the old state is kept as snapshot "
+            "'stateless-g<generation>'); snapshot: require a fresh "
             "snapshot at the stop barrier (else fall back to last-state); "
             "last-state: resume from the last committed epoch.",
         ),
@@ -548,7 +605,18 @@ class DataflowSpec:
         metadata=_m(name="restartNonce", doc="Change to restart all pods (coordinated stop and start)."),
     )
     snapshot_nonce: int = field(
-        default=0, metadata=_m(name="snapshotNonce", doc="Change to wait for a fresh snapshot and report it.")
+        default=0,
+        metadata=_m(
+            name="snapshotNonce",
+            doc="Change to keep the next committed epoch as snapshot 'nonce-<value>' (status.snapshots).",
+        ),
+    )
+    restore_from: RestoreFromSpec | None = field(
+        default=None,
+        metadata=_m(
+            name="restoreFrom",
+            doc="Start from a kept snapshot: at creation, and after each resetStateNonce.",
+        ),
     )
     reset_state_nonce: int = field(
         default=0,
@@ -644,6 +712,11 @@ CEL_RULES: list[tuple[str, str, str]] = [
         f"!has(self.metricsPort) || self.metricsPort != {CLUSTER_PORT}",
         f"observability.metricsPort may not be {CLUSTER_PORT}: the workers' cluster port",
     ),
+    (
+        "spec",
+        "!has(self.restoreFrom) || has(self.recovery)",
+        "restoreFrom needs spec.recovery: kept snapshots live in the recovery store",
+    ),
 ]
 
 
@@ -719,6 +792,8 @@ def validate(spec: DataflowSpec) -> Problems:
             )
         if r.snapshot_interval.seconds <= 0:
             p.append(("spec.recovery.snapshotInterval", "must be greater than 0"))
+    if spec.restore_from is not None and r is None:
+        p.append(("spec.restoreFrom", "needs spec.recovery: kept snapshots live in the recovery store"))
     for i, env in enumerate(spec.flow.env):
         name = env.get("name") if isinstance(env, dict) else None
         if not isinstance(name, str) or not _ENV_NAME_RE.match(name):

@@ -228,6 +228,18 @@ class SnapshotStatus:
 
 
 @dataclass
+class KeptSnapshotStatus:
+    """A kept snapshot in the recovery store (``python -m headrace.recovery snapshots``)."""
+
+    name: str = field(default="", metadata=_m(name="name", doc="Its name."))
+    epoch: int = field(default=0, metadata=_m(name="epoch", doc="The committed epoch it holds."))
+    time: str | None = field(
+        default=None, metadata=_m(name="time", format="date-time", doc="When it was taken.")
+    )
+    size: int = field(default=0, metadata=_m(name="size", doc="Bytes of its keys and values."))
+
+
+@dataclass
 class Decision:
     """One autoscaler evaluation."""
 
@@ -424,6 +436,9 @@ class DataflowStatus:
     )
     execution: ExecutionStatus | None = field(default=None, metadata=_m(name="execution", doc="Current run."))
     snapshot: SnapshotStatus | None = field(default=None, metadata=_m(name="snapshot", doc="Last snapshot."))
+    snapshots: list[KeptSnapshotStatus] | None = field(
+        default=None, metadata=_m(name="snapshots", doc="Kept snapshots, oldest first.")
+    )
     autoscaler: AutoscalerStatus | None = field(
         default=None, metadata=_m(name="autoscaler", doc="Autoscaler evaluations.")
     )

@@ -30,6 +30,7 @@ LAYERS = [
     "observation",
     "diagnosis",
     "outcome",
+    "kept",
     "target",
     "transitions",
     "conditions",

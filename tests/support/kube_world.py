@@ -17,7 +17,8 @@ from typing import Any
 from headrace_operator.autoscaler import WindowStats
 from headrace_operator.conditions import get_condition
 from headrace_operator.crd import openapi_schema, undeclared
-from headrace_operator.observation import PodInfo
+from headrace_operator.kept import doomed
+from headrace_operator.observation import KeptSnapshotInfo, PodInfo
 from headrace_operator.reconcile import (
     Action,
     Observation,
@@ -95,6 +96,8 @@ class World:
         self.applied: list[str] = []
         self.last: Plan | None = None
         self.refuse: Callable[[Action], str | None] = lambda _a: None
+        self.other_stores: dict[str, StoreInfo] = {}  # other Dataflows' stores, by key prefix
+        self.restored: list[tuple[str | None, str]] = []  # (source prefix, name) of restores
 
     def edit(self, **changes: Any) -> None:
         self.spec.update(changes)
@@ -145,11 +148,35 @@ class World:
                     pod.ready = False
             elif a.kind == "patch_replicas":
                 self.edit(replicas=a.replicas)
-            elif a.kind == "delete_state":
-                self.store = StoreInfo(ok=True, exists=False)
+            elif a.kind == "delete_state":  # kept snapshots stay
+                self.store = StoreInfo(ok=True, exists=False, kept=self.store.kept)
+            else:
+                self._kept_snapshot(a)
         self.status = _merge(self.status, p.status)
         self.events += p.events
         return p
+
+    def _kept_snapshot(self, a: Action) -> None:
+        """Kept snapshots as headrace's ``_engine._snapshots`` keeps them (`headrace_operator.kept`)."""
+        st = self.store
+        if a.kind == "keep_snapshot" and a.name and st.exists and not any(k.name == a.name for k in st.kept):
+            st.kept = [*st.kept, KeptSnapshotInfo(a.name, st.epoch, self.now, st.epoch_bytes)]
+        elif a.kind == "prune_snapshots":
+            gone = doomed(st.kept, a.keep, a.seconds, self.now)
+            st.kept = [k for k in st.kept if k.name not in gone]
+        elif a.kind == "restore_snapshot" and a.name:
+            assert not st.exists, "a snapshot is restored into an empty store"
+            source = self.other_stores.get(a.source, st) if a.source else st
+            snap = next(k for k in source.kept if k.name == a.name)
+            self.restored.append((a.source, a.name))
+            self.store = StoreInfo(
+                ok=True,
+                exists=True,
+                epoch=snap.epoch,
+                committed_at=snap.taken_at,
+                key_groups=256,
+                kept=st.kept,
+            )
 
     def kubelet(self, ready: bool = True) -> None:
         """The StatefulSet controller and kubelet: terminating pods go, missing pods come."""
@@ -163,6 +190,7 @@ class World:
             p.ready = ready
 
     def commit(self, epoch: int) -> None:
+        kept = self.store.kept
         self.store = StoreInfo(
             ok=True,
             exists=True,
@@ -171,6 +199,7 @@ class World:
             worker_count=len(self.pods),
             key_groups=256,
             epoch_bytes=100,
+            kept=kept,
         )
 
     def reasons(self) -> list[str]:
