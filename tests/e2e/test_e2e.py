@@ -23,8 +23,10 @@ import importlib.util
 import json
 import os
 import re
+import threading
 import time
 import urllib.parse
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.cluster import GATEWAY
 from tests.e2e.harness import HERE, ROOT, E2EError, Kube, build_image, log, wait_for
+from tests.support.kafka_broker import BrokerUnavailable, KafkaBroker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
@@ -733,6 +737,170 @@ def test_5b_recommend_mode_event_counts(stack: Stack) -> None:
     k.kubectl("delete", "dataflow", "rec", "-n", ns, "--wait=false")
 
 
+# ---------------------------------------------------------------- Kafka, exactly once
+
+# The Kafka step's input: KAFKA_LINES lines of words, KAFKA_RATE lines/s, and
+# one message that is not text (the poison) after the first POISON_AFTER.
+KAFKA_LINES, KAFKA_RATE, POISON_AFTER = 600, 25.0, 20
+# Longer than any gap in a word's updates while the step runs (the kill's
+# downtime included), so the running counts are exact; short enough that
+# every word has expired by step 7, whose "Expired state keys" panel shows it.
+KAFKA_TTL_S = 60
+KAFKA_WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike november "
+    "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu it's o'clock"
+).split()
+
+
+def kafka_line(i: int) -> str:
+    """Line ``i`` of the Kafka step's input: 3 to 7 of `KAFKA_WORDS`, the first capitalised."""
+    n = 3 + zlib.crc32(f"line/{i}".encode()) % 5
+    words = [KAFKA_WORDS[zlib.crc32(f"{i}/{j}".encode()) % len(KAFKA_WORDS)] for j in range(n)]
+    return " ".join([words[0].capitalize(), *words[1:]])
+
+
+@pytest.fixture(scope="module")
+def kafka(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A real Kafka broker on this machine, listening where the cluster's pods reach it.
+
+    On the suite's own cluster that is the pods' gateway (the bridge's
+    address); on an existing cluster, ``HEADRACE_E2E_KAFKA_HOST`` names an
+    address of this machine its pods reach.
+    """
+    host = os.environ.get("HEADRACE_E2E_KAFKA_HOST") or (GATEWAY if kube.built is not None else "")
+    if not host:
+        pytest.fail(
+            "the Kafka step needs a broker the cluster's pods reach: set HEADRACE_E2E_KAFKA_HOST "
+            "to an address of this machine that they reach (docs/e2e.md)"
+        )
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), host=host)
+    t = time.monotonic()
+    try:
+        broker.start()
+    except BrokerUnavailable as e:
+        pytest.fail(f"the Kafka broker did not start on {host}: {e}")
+    log(f"Kafka broker on {broker.bootstrap} in {time.monotonic() - t:.0f} s")
+    yield broker
+    broker.stop()
+
+
+class CommittedReader:
+    """A ``read_committed`` consumer of a whole topic from its start, counting every message."""
+
+    def __init__(self, broker: KafkaBroker, topic: str) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": broker.bootstrap,
+                "group.id": "e2e-checker",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        self.got: collections.Counter[tuple[Any, Any]] = collections.Counter()
+
+    def read(self, seconds: float) -> int:
+        """Read what is committed for ``seconds``; return how many messages were read in all."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for m in self.consumer.consume(1000, 0.2):
+                if m.error() is None:
+                    self.got[(m.key(), m.value())] += 1
+        return sum(self.got.values())
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _produce_paced(broker: KafkaBroker, topic: str, lines: list[str], rate: float, poison_after: int) -> None:
+    """Produce ``lines`` at ``rate`` per second, and a message that is not UTF-8 after ``poison_after``."""
+    producer = broker.producer(**{"linger.ms": 5})
+    start = time.monotonic()
+    for i, line in enumerate(lines):
+        if i == poison_after:
+            producer.produce(topic, value=b"\xff\xfe not text")
+        producer.produce(topic, value=line.encode())
+        producer.poll(0)
+        time.sleep(max(0.0, start + (i + 1) / rate - time.monotonic()))
+    assert producer.flush(30) == 0
+
+
+def test_5c_kafka_exactly_once_with_a_pod_killed(stack: Stack, kafka: KafkaBroker) -> None:
+    """Kafka to Kafka with ``exactly_once=True`` on 2 workers, a pod force-deleted mid-run ->
+    a ``read_committed`` consumer sees every running count exactly once; the poison is skipped."""
+    k, ns = stack.kube, stack.ns
+    src = kafka.create_topic(f"lines-{ns}", partitions=3)
+    dst = kafka.create_topic(f"counts-{ns}", partitions=3)
+    env = {
+        "KAFKA_BROKERS": kafka.bootstrap,
+        "KAFKA_IN_TOPIC": src,
+        "KAFKA_OUT_TOPIC": dst,
+        "KAFKA_TAIL": "1",
+        "KAFKA_EXACTLY_ONCE": "1",
+        "KAFKA_COUNT_TTL": str(KAFKA_TTL_S),
+    }
+    df = stack.sensors(
+        "kwc",
+        2,
+        flow={"import": "flows:kafka_wordcount()", "env": [{"name": n, "value": v} for n, v in env.items()]},
+    )
+    stack.apply(df)
+    stack.wait_running("kwc", 2)
+    lines = [kafka_line(i) for i in range(KAFKA_LINES)]
+    producer = threading.Thread(
+        target=_produce_paced, args=(kafka, src, lines, KAFKA_RATE, POISON_AFTER), daemon=True
+    )
+    producer.start()
+    reader = CommittedReader(kafka, dst)
+    try:
+        # The poison message is skipped, and the operator counts it in status.
+        st = stack.wait_status(
+            "kwc",
+            "the poison message counted in status.errors",
+            lambda st: any(e.get("count", 0) >= 1 for e in st.get("errors") or []),
+            timeout=45,
+        )
+        assert [(e["stepId"], e["policy"], e["count"]) for e in st["errors"]] == [
+            ("kafka_wordcount.words", "skip", 1)
+        ], st["errors"]
+        wait_for("committed output before the kill", lambda: reader.read(0.5) >= 300, 60, 0)
+        assert producer.is_alive(), "the input ended before the kill: not mid-run"
+        before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in stack.pods("kwc")}
+        k.kubectl("delete", "pod", "kwc-1", "-n", ns, "--grace-period=0", "--force", "--wait=false")
+        log(f"kwc-1 force-deleted with {sum(reader.got.values())} counts committed")
+        wait_for(
+            "kwc-1 replaced",
+            lambda: any(
+                p["metadata"]["name"] == "kwc-1" and p["metadata"]["uid"] != before["kwc-1"]
+                for p in stack.pods("kwc")
+            ),
+            60,
+        )
+        stack.wait_running("kwc", 2)
+        assert re.search(r"resuming from committed epoch [1-9]", stack.log_of("kwc-1")), stack.log_of("kwc-1")
+        producer.join(60)
+        assert not producer.is_alive()
+        counts = _app().running_counts(lines)
+        expected = collections.Counter({(w.encode(), str(n).encode()): c for (w, n), c in counts.items()})
+        total = sum(expected.values())
+        wait_for(f"all {total} running counts committed", lambda: reader.read(0.5) >= total, 90, 0)
+        reader.read(3.0)  # a few more epochs: anything repeated would show now
+        got = reader.got
+    finally:
+        reader.close()
+    missing, extra = expected - got, got - expected
+    assert got == expected, (
+        f"{sum(got.values())} counts, expected {total}; missing {sorted(missing.items())[:10]} "
+        f"({sum(missing.values())}), repeated or unexpected {sorted(extra.items())[:10]} "
+        f"({sum(extra.values())})"
+    )
+    stack.notes["kwc_words"] = len({w for w, _ in counts})
+    # kwc keeps running until step 7, for the dashboards: its words expire meanwhile.
+
+
 def test_6_suspend_resume_and_invalid_edits(stack: Stack) -> None:
     """Suspend, resume -> state preserved; invalid edits rejected or reported; the last valid spec runs."""
     k, ns = stack.kube, stack.ns
@@ -955,22 +1123,31 @@ def test_6e_poison_item_crash_loop_stops_at_max_restarts(stack: Stack) -> None:
 
 # Panels the suite does not exercise, and why.
 NOT_EXERCISED = {
-    ("snapshots.json", "Store errors"): "no recovery store error happens in the suite",
-    ("dataflow.json", "Item errors per step"): "no flow of the suite has an error policy",
-    ("dataflow.json", "Async calls in flight"): "no flow of the suite has an async step",
-    ("dataflow.json", "Async call latency p95 and timeouts"): "no flow of the suite has an async step",
-    ("dataflow.json", "Expired state keys"): "no flow of the suite has a state TTL",
+    ("snapshots.json", "Store errors"): (
+        "no recovery store error happens in the suite (the panel shows the workers' counters at 0): "
+        "step 6c empties Redis of a suspended Dataflow, with no worker connected; an error needs "
+        "Redis to stop answering for longer than the workers' 10 s socket timeout, which would "
+        "stall every Dataflow of the suite (they share the demo Redis) and fail their readiness"
+    ),
 }
-# The Dataflow that exercises each dashboard ("load" is the autoscaled one).
-EXERCISED_BY = {"autoscaler.json": "load"}
+# The Dataflow that exercises each dashboard ("load" is the autoscaled one), or
+# each panel: kwc (step 5c) has an error policy, an async step and a state TTL.
+EXERCISED_BY: dict[str | tuple[str, str], str] = {
+    "autoscaler.json": "load",
+    ("dataflow.json", "Item errors per step"): "kwc",
+    ("dataflow.json", "Async calls in flight"): "kwc",
+    ("dataflow.json", "Async call latency p95 and timeouts"): "kwc",
+    ("dataflow.json", "Expired state keys"): "kwc",
+}
 
 
 def test_7_dashboards_and_alerts_evaluate(stack: Stack) -> None:
     """Every PromQL of the shipped dashboards and alert rules evaluates; every panel has data."""
+    ns = stack.ns
     wait_for(
-        "Prometheus to scrape wc2's workers and the operator",
+        "Prometheus to scrape the workers of wc2 and kwc, and the operator",
         lambda: (
-            len(stack.promql(f'up{{namespace="{stack.ns}", dataflow="wc2"}} == 1')) == 2
+            len(stack.promql(f'up{{namespace="{ns}", dataflow=~"wc2|kwc"}} == 1')) == 4
             and stack.promql('up{job="headrace-operator"} == 1')
         ),
         120,
@@ -980,18 +1157,19 @@ def test_7_dashboards_and_alerts_evaluate(stack: Stack) -> None:
     time.sleep(20)
     errors, empty = [], []
     for path in sorted((CHART / "dashboards").glob("*.json")):
-        dataflow = EXERCISED_BY.get(path.name, "wc2")
-        subst = {
-            "$__rate_interval": "1m",
-            "$__interval": "15s",
-            "$__range": "5m",
-            "${namespace}": stack.ns,
-            "$namespace": stack.ns,
-            "${dataflow}": dataflow,
-            "$dataflow": dataflow,
-        }
         board = json.loads(path.read_text())
         for panel in _panels(board.get("panels", [])):
+            title = str(panel.get("title"))
+            dataflow = EXERCISED_BY.get((path.name, title)) or EXERCISED_BY.get(path.name, "wc2")
+            subst = {
+                "$__rate_interval": "1m",
+                "$__interval": "15s",
+                "$__range": "5m",
+                "${namespace}": ns,
+                "$namespace": ns,
+                "${dataflow}": dataflow,
+                "$dataflow": dataflow,
+            }
             for target in panel.get("targets", []):
                 expr = target.get("expr")
                 if not expr:
@@ -1001,10 +1179,10 @@ def test_7_dashboards_and_alerts_evaluate(stack: Stack) -> None:
                 try:
                     result = stack.promql(expr)
                 except E2EError as e:
-                    errors.append(f"{path.name} / {panel.get('title')}: {expr}: {e}")
+                    errors.append(f"{path.name} / {title}: {expr}: {e}")
                     continue
-                if not result and (path.name, panel.get("title")) not in NOT_EXERCISED:
-                    empty.append(f"{path.name} / {panel.get('title')}: {expr}")
+                if not result and (path.name, title) not in NOT_EXERCISED:
+                    empty.append(f"{path.name} / {title} ({dataflow}): {expr}")
     for group in stack.notes["rules"]["groups"]:
         for rule in group["rules"]:
             try:
@@ -1013,14 +1191,27 @@ def test_7_dashboards_and_alerts_evaluate(stack: Stack) -> None:
                 errors.append(f"rule {rule.get('alert') or rule.get('record')}: {e}")
     assert not errors, "\n".join(errors)
     assert not empty, "dashboard panels without data:\n" + "\n".join(empty)
+    # What kwc's panels plot happened: async calls made, every word's count
+    # expired once after the input stopped (the poison's count is checked in 5c).
+    kwc = f'namespace="{ns}", dataflow="kwc"'
+    calls = stack.promql(f"sum(headrace_async_call_duration_seconds_count{{{kwc}}})")
+    assert calls and float(calls[0]["value"][1]) > 0, calls
+    expired = wait_for(
+        "kwc's words expired",
+        lambda: (lambda r: r if r and float(r[0]["value"][1]) >= stack.notes["kwc_words"] else None)(
+            stack.promql(f"sum(headrace_state_expired_keys_total{{{kwc}}})")
+        ),
+        90,
+        5,
+    )
+    assert float(expired[0]["value"][1]) == stack.notes["kwc_words"], (expired, stack.notes["kwc_words"])
     loaded = stack.prom("/api/v1/rules")["groups"]
     unhealthy = [
         f"{r['name']}: {r.get('lastError')}" for g in loaded for r in g["rules"] if r.get("health") == "err"
     ]
     assert loaded and not unhealthy, unhealthy
-    stack.kube.kubectl(
-        "delete", "dataflow", "load", "-n", stack.ns, "--wait=true", "--timeout=180s", timeout=200
-    )
+    for name in ("load", "kwc"):
+        stack.kube.kubectl("delete", "dataflow", name, "-n", ns, "--wait=true", "--timeout=180s", timeout=200)
 
 
 def _gone(k: Kube, kind: str, name: str, ns: str) -> bool:

@@ -195,11 +195,17 @@ def relock() -> str:
 
 
 class KafkaBroker:
-    """One KRaft node (broker + controller) on free loopback ports."""
+    """One KRaft node (broker + controller) on free loopback ports.
 
-    def __init__(self, workdir: Path, heap: str = "512m") -> None:
+    ``host``: the address its client listener binds to and advertises
+    (another of this machine's addresses, for clients elsewhere on it:
+    the end-to-end suite's pods).
+    """
+
+    def __init__(self, workdir: Path, heap: str = "512m", host: str = "127.0.0.1") -> None:
         self.workdir = workdir
         self.heap = heap
+        self.host = host
         from tests.support.servers import free_ports
 
         self.port, self.controller_port = free_ports(2)
@@ -208,7 +214,7 @@ class KafkaBroker:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def brokers(self) -> list[str]:
@@ -247,9 +253,9 @@ class KafkaBroker:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                    f"listeners=PLAINTEXT://{self.host}:{self.port},"
                     f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
                     "controller.listener.names=CONTROLLER",
                     "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                     f"log.dirs={data}",

@@ -30,9 +30,14 @@ Dataflow's ``spec.flow.env``); ``README.md`` here lists them.
 
 ``flows:kafka_wordcount()``
     Word counts from one Kafka topic to another (``KAFKA_BROKERS``,
-    ``KAFKA_IN_TOPIC``, ``KAFKA_OUT_TOPIC``; ``KAFKA_TAIL=1`` keeps reading).
-    It needs the ``kafka`` extra, so it is built only when called: the other
-    flows run in an image without it.
+    ``KAFKA_IN_TOPIC``, ``KAFKA_OUT_TOPIC``; ``KAFKA_TAIL=1`` keeps reading
+    and writes running counts, which ``running_counts`` recomputes;
+    ``KAFKA_COUNT_TTL`` forgets idle words; ``KAFKA_EXACTLY_ONCE=1`` writes
+    through Kafka transactions). A message that is not text is skipped
+    (``on_error="skip"``), and each word goes through an async step
+    (``map_async``), so the dashboards' item-error, async and state-TTL
+    panels have something to show. It needs the ``kafka`` extra, so it is
+    built only when called: the other flows run in an image without it.
 
 Both generated flows read a `PacedSource`: fixed partitions of numbered
 items at a fixed rate, whose resume state is the next index and whose lag
@@ -44,7 +49,10 @@ items at a fixed rate, whose resume state is the next index and whose lag
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import os
+import re
 import time
 import zlib
 from collections.abc import Callable
@@ -315,6 +323,36 @@ def build_sensors(
 # ------------------------------------------------------------------ Kafka
 
 
+_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
+
+
+def words_of(text: str) -> list[str]:
+    """The words of a line, as ``kafka_wordcount`` counts them: letters (and inner apostrophes).
+
+    >>> words_of("The cat's 2 hats, the_end")
+    ['the', "cat's", 'hats', 'the', 'end']
+    """
+    return _WORD.findall(text.lower())
+
+
+def running_counts(lines: list[str]) -> collections.Counter[tuple[str, int]]:
+    """What ``kafka_wordcount`` with ``KAFKA_TAIL=1`` writes for ``lines``: one
+    ``(word, n)`` for the n-th time each word is seen, as a multiset (the
+    order across words depends on the workers, each word's own does not).
+
+    >>> sorted(running_counts(["a b", "b"]).items())
+    [(('a', 1), 1), (('b', 1), 1), (('b', 2), 1)]
+    """
+    seen: collections.Counter[str] = collections.Counter(w for line in lines for w in words_of(line))
+    return collections.Counter((w, n) for w, total in seen.items() for n in range(1, total + 1))
+
+
+async def _lookup(word: str) -> str:
+    """Stands for an async call per word (a dictionary service, a cache): here, the word itself."""
+    await asyncio.sleep(0)
+    return word
+
+
 def kafka_wordcount() -> Dataflow:
     """Word counts over Kafka: lines in from ``KAFKA_IN_TOPIC``, ``word -> count`` out to ``KAFKA_OUT_TOPIC``.
 
@@ -322,32 +360,41 @@ def kafka_wordcount() -> Dataflow:
     and writes one message per word, keyed by the word (a compacted topic
     keeps the latest count, and a repeat after a crash replaces rather
     than adds). With ``KAFKA_TAIL=1`` it keeps reading and writes a word's
-    running count each time it changes. Needs ``headrace[kafka]``.
+    running count each time it changes; ``KAFKA_COUNT_TTL`` (seconds) then
+    forgets a word not seen for that long, so it counts from 1 again.
+    ``KAFKA_EXACTLY_ONCE=1`` writes through Kafka transactions (needs
+    recovery). A message that is not UTF-8 text is skipped and counted
+    (``headrace_step_errors_total``, the Dataflow's ``status.errors``)
+    instead of stopping the run. Needs ``headrace[kafka]``.
 
     >>> kafka_wordcount().flow_id
     'kafka_wordcount'
     """
-    import re
-
     from headrace.connectors.kafka import KafkaSinkMessage
     from headrace.connectors.kafka import operators as kop
 
     brokers = _env("KAFKA_BROKERS", "localhost:9092").split(",")
-    word = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
     tail = os.environ.get("KAFKA_TAIL", "0") == "1"
+    ttl = (
+        timedelta(seconds=float(os.environ["KAFKA_COUNT_TTL"])) if os.environ.get("KAFKA_COUNT_TTL") else None
+    )
+    exactly_once = os.environ.get("KAFKA_EXACTLY_ONCE", "0") == "1"
 
     flow = Dataflow("kafka_wordcount")
     lines = kop.input("lines", flow, brokers=brokers, topics=[_env("KAFKA_IN_TOPIC", "lines")], tail=tail)
     # A message that can't be read stops the run, naming its partition and offset.
     op.raises("no_errors", lines.errs)
-    words = op.flat_map("words", lines.oks, lambda m: word.findall(m.value.decode().lower()))
+    # One that is read but is not text is a poison item: skipped, and counted.
+    words = op.flat_map("words", lines.oks, lambda m: words_of(m.value.decode()), on_error="skip")
+    words = op.map_async("lookup", words, _lookup)
     if tail:
         keyed = op.key_on("key", words, lambda w: w)
-        counts = op.stateful_map("count", keyed, lambda n, _w: ((n or 0) + 1, (n or 0) + 1))
+        counts = op.stateful_map("count", keyed, lambda n, _w: ((n or 0) + 1, (n or 0) + 1), ttl=ttl)
     else:
         counts = op.count_final("count", words, lambda w: w)
     out = op.map("to_kafka", counts, lambda kv: KafkaSinkMessage(kv[0].encode(), str(kv[1]).encode()))
-    kop.output("out", out, brokers=brokers, topic=_env("KAFKA_OUT_TOPIC", "word-counts"))
+    topic = _env("KAFKA_OUT_TOPIC", "word-counts")
+    kop.output("out", out, brokers=brokers, topic=topic, exactly_once=exactly_once)
     return flow
 
 
