@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, help_ in (
         ("show", "print a dataflow's committed epoch, worker count and state sizes"),
-        ("delete", "delete all of a dataflow's recovery state"),
+        ("delete", "delete a dataflow's live recovery state (kept snapshots stay)"),
     ):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("location", help="redis://host:port/db or a directory")

@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -375,7 +376,12 @@ def _snapshot_data(location: str, prefix: str) -> set[str]:
     ids: set[str] = set()
     for part in Path(location).glob("part-*.sqlite3"):
         with sqlite3.connect(part) as c:
-            ids |= {i for (i,) in c.execute("SELECT DISTINCT id FROM hr_snap_data WHERE flow=?", (prefix,))}
+            try:
+                ids |= {
+                    i for (i,) in c.execute("SELECT DISTINCT id FROM hr_snap_data WHERE flow=?", (prefix,))
+                }
+            except sqlite3.OperationalError:  # no kept snapshot yet: no table
+                pass
     return ids
 
 
@@ -397,6 +403,36 @@ def _killed_after(args: list[str], delay: float) -> int | None:
     return p.returncode
 
 
+def _killed_when(args: list[str], seen: Callable[[], bool]) -> bool:
+    """Run ``python -m headrace.recovery ARGS``; SIGKILL it as soon as ``seen()``. Whether it
+    was killed (False: it ended first)."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "headrace.recovery", *args],
+        cwd=ROOT,
+        env=_env(Path("/nonexistent")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while p.poll() is None and time.monotonic() < deadline:
+        if seen():
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            return True
+        time.sleep(0.002)
+    p.wait()
+    return False
+
+
+def _restoring(location: str, prefix: str) -> bool:
+    """Whether a part of the directory ``location`` has ``prefix``'s restore marker."""
+    for part in Path(location).glob("part-*.sqlite3"):
+        with sqlite3.connect(part) as c:
+            if c.execute("SELECT 1 FROM hr_meta WHERE flow=? AND k='restoring'", (prefix,)).fetchone():
+                return True
+    return False
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_kill_9_during_snapshot_never_lists_a_half_written_one(location: str) -> None:
@@ -405,27 +441,31 @@ def test_kill_9_during_snapshot_never_lists_a_half_written_one(location: str) ->
     done = _recovery(["snapshot", location, "--prefix", "flow", "timed"])
     took = time.monotonic() - t0
     assert done.returncode == 0, done.stderr
-    half_written = 0
-    for i, frac in enumerate((0.55, 0.65, 0.72, 0.8, 0.85, 0.9, 0.95)):
+    # Killed as soon as its first data is written: never listed, its data left behind.
+    before = _snapshot_data(location, "flow")
+    assert _killed_when(
+        ["snapshot", location, "--prefix", "flow", "half"],
+        lambda: bool(_snapshot_data(location, "flow") - before),
+    )
+    s = store_at(location)
+    assert [r.name for r in kept_snapshots(s)] == ["timed"]
+    assert len(_snapshot_data(location, "flow") - before) == 1
+    with pytest.raises(SnapshotError, match="no kept snapshot named 'half'"):
+        restore_snapshot(store_at(location, "copy"), "half", source=s)
+    # Killed at other moments: listed and whole, or not listed.
+    for i, frac in enumerate((0.5, 0.7, 0.8, 0.9, 0.95)):
         name = f"k{i}"
-        before = _snapshot_data(location, "flow")
         status = _killed_after(["snapshot", location, "--prefix", "flow", name], took * frac)
-        s = store_at(location)
-        names = [r.name for r in kept_snapshots(s)]
-        if name in names:
+        if name in [r.name for r in kept_snapshots(s)]:
             restore_snapshot(store_at(location, f"copy{i}"), name, source=s)
             assert committed_state(store_at(location, f"copy{i}"))[1] == state
         else:
             assert status is None
-            half_written += len(_snapshot_data(location, "flow") - before)
-        s.close()
-    # Its data is deleted by a later snapshot or prune, once surely not being written.
-    s = store_at(location)
+    # Data no record names is deleted by a later snapshot or prune, once surely not being written.
     prune_snapshots(s, keep=1, now=time.time() + 7200)
     assert _snapshot_data(location, "flow") == {r.data_id for r in kept_snapshots(s)}
     assert len(kept_snapshots(s)) == 1
-    # The kills landed while data was written (else this proved nothing).
-    assert half_written > 0
+    s.close()
 
 
 @pytest.mark.slow
@@ -437,37 +477,43 @@ def test_kill_9_during_restore_is_found_and_a_new_restore_finishes_it(location: 
     t0 = time.monotonic()
     assert _recovery(["restore", location, "s", "--prefix", "timed", "--from-prefix", "flow"]).returncode == 0
     took = time.monotonic() - t0
+    redis_store = location.startswith("redis")
+    args = ["restore", location, "s", "--from-prefix", "flow", "--prefix"]
     outcomes = []
+    # A directory: killed once its first part is written (a Redis restore is one MULTI).
+    if not redis_store:
+        assert _killed_when([*args, "copy-half"], lambda: _restoring(location, "copy-half"))
     for i, frac in enumerate((0.5, 0.7, 0.85, 0.95)):
-        target = f"copy{i}"
-        status = _killed_after(
-            ["restore", location, "s", "--prefix", target, "--from-prefix", "flow"], took * frac
-        )
+        status = _killed_after([*args, f"copy{i}"], took * frac)
+        outcomes.append(status)
+    for target in ([] if redis_store else ["copy-half"]) + [f"copy{i}" for i in range(4)]:
+        why = ""
         try:
             t = store_at(location, target)
             meta = t.start_execution(1, 16)
             outcome = "restored" if meta.committed_epoch == 1 else "empty"
             t.release()
         except RecoveryStoreError as exc:
-            assert "did not finish" in str(exc) or isinstance(exc, LostStateError), exc
-            assert "python -m headrace.recovery delete" in str(exc)
+            why = str(exc)
+            assert "did not finish" in why or isinstance(exc, LostStateError), exc
+            assert "python -m headrace.recovery delete" in why
             outcome = "half"
             t = open_store(location, target, check=False)
-        outcomes.append(outcome)
+        if target == "copy-half":
+            assert outcome == "half"
+            assert "the restore of kept snapshot 's' did not finish" in why
         if outcome == "restored":
             assert committed_state(t)[1] == state
             continue
-        assert status is None
+        if outcome == "half" and redis_store:
+            pytest.fail("a Redis restore is one transaction: it can't be half done")
         if outcome == "empty":  # started as a first run: reset it, as a user would
             t.delete_all()
-        # A new restore finishes what the killed one began (a directory), or does it all (Redis).
-        if outcome == "half" and location.startswith("redis"):
-            pytest.fail("a Redis restore is one transaction: it can't be half done")
+        # A new restore finishes what the killed one began (a directory), or does it all.
         t.close()
         t = open_store(location, target, check=False)
         restore_snapshot(t, "s", source=s)
         assert committed_state(t)[1] == state
         t.close()
         assert store_at(location, target).start_execution(1, 16).committed_epoch == 1
-    # The kills landed while the restore wrote (else this proved nothing).
-    assert outcomes != ["restored"] * len(outcomes), outcomes
+    del outcomes
