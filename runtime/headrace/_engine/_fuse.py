@@ -57,20 +57,19 @@ class Stage:
 
 @dataclass
 class ReduceTarget:
-    """Where a chain folds its pairs: ``values[k] = reducer(values[k], v)``, in item order.
+    """Where a chain folds its pairs: ``cells[k][0] = reducer(cells[k][0], v)``, in item order.
 
-    ``empty`` marks a key without a value (absent keys read as it too);
-    ``failed(key, exc)`` is the error for a reducer that raised; ``dirty``,
-    when a store snapshots the step, gets every key folded; with ``count``
-    the chain returns how many pairs it folded (for the metrics).
+    A key without a cell gets ``[v]``. ``failed(key, exc)`` is the error
+    for a reducer that raised; ``dirty``, when a store snapshots the step,
+    gets every key folded; with ``count`` the chain returns how many pairs
+    it folded (for the metrics).
     """
 
-    values: dict[str, Any]
+    cells: dict[str, list[Any]]
     reducer: Callable[[Any, Any], Any]
     failed: Callable[[str, BaseException], BaseException]
     dirty: set[str] | None
     count: bool
-    empty: object
 
 
 class EpochRef:
@@ -181,7 +180,7 @@ def _loop_body(
     Records, for each generated line, the stage and its input (for error reports).
     With ``count_at``, the fan-out stage of that index adds how many items
     it returned to ``n`` (a list's or tuple's length at once; any other
-    iterable counts into ``cell[0]`` as it is iterated, lazily as before).
+    iterable counts into ``ncell[0]`` as it is iterated, lazily as before).
     """
     indent = "        "
     for i, c_in, clause in planned:
@@ -192,7 +191,7 @@ def _loop_body(
             body = [
                 f"{it} = {expr}",
                 f"if type({it}) is list or type({it}) is tuple: n += len({it})",
-                f"else: {it} = counted(iter({it}), cell)",
+                f"else: {it} = counted(iter({it}), ncell)",
                 f"for {target} in {it}:",
             ]
         else:
@@ -277,21 +276,21 @@ def _compile_segment(
         # that is exact: a counter bumped per item costs a tenth of a word count.
         how, at = _counting(stages) if reduce.count else ("none", None)
         start = "len(batch)" if how == "batch" else "0"
-        lines = ["def fused(batch):", f"    n = {start}", "    cell = [0]", "    for x0 in batch:"]
+        lines = ["def fused(batch):", f"    n = {start}", "    ncell = [0]", "    for x0 in batch:"]
         indent = _loop_body(lines, planned, line_of_stage, at)
         k, v = cur[1], cur[2]
         lines += [
             *([f"{indent}n += 1"] if how == "item" else []),
-            f"{indent}old = rget({k}, EMPTY)",
-            f"{indent}if old is EMPTY:",
-            f"{indent}    rvals[{k}] = {v}",
+            f"{indent}acc = rget({k})",
+            f"{indent}if acc is None:",
+            f"{indent}    rcells[{k}] = [{v}]",
             f"{indent}else:",
             f"{indent}    try:",
-            f"{indent}        rvals[{k}] = red(old, {v})",
+            f"{indent}        acc[0] = red(acc[0], {v})",
             f"{indent}    except Exception as exc:",
             f"{indent}        raise rfail({k}, exc) from exc",
             *([f"{indent}dadd({k})"] if reduce.dirty is not None else []),
-            "    return n + cell[0]",
+            "    return n + ncell[0]",
         ]
     else:
         lines = ["def fused(batch):", "    groups = {}", "    get = groups.get", "    for x0 in batch:"]
@@ -319,9 +318,8 @@ def _compile_segment(
     }
     if reduce is not None:
         env.update(
-            rget=reduce.values.get,
-            rvals=reduce.values,
-            EMPTY=reduce.empty,
+            rget=reduce.cells.get,
+            rcells=reduce.cells,
             red=reduce.reducer,
             rfail=reduce.failed,
             dadd=None if reduce.dirty is None else reduce.dirty.add,
@@ -559,10 +557,10 @@ def compile_grouping_chain(
     >>> stages = [Stage("k", "key_on", lambda w: w[0]), Stage("one", "map_value", lambda w: 1)]
     >>> compile_grouping_chain(stages, EpochRef(), 0)[-1](["ab", "ac", "b"])
     {'a': [1, 1], 'b': [1]}
-    >>> counts: dict[str, int] = {}
-    >>> into = ReduceTarget(counts, lambda a, b: a + b, ValueError, None, True, None)
+    >>> counts: dict[str, list[int]] = {}
+    >>> into = ReduceTarget(counts, lambda a, b: a + b, ValueError, None, True)
     >>> compile_grouping_chain(stages, EpochRef(), 0, into)[-1](["ab", "ac", "b"]), counts
-    (3, {'a': 2, 'b': 1})
+    (3, {'a': [2], 'b': [1]})
     """
     live = [s for s in stages if s.kind != "noop"]
     tail: list[Stage] = []

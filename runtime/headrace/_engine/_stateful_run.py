@@ -17,7 +17,7 @@ snapshot then carries the update time, so a resumed key expires on time.
 
 `ReduceRun` is the same step for `reduce_final` (and the aggregations
 built on it) without a ttl: it keeps each key's running value in a plain
-dict instead of a logic object per key, with the same snapshots, order,
+dict (in a one-item list) instead of a logic object per key, with the same snapshots, order,
 errors and end-of-input output. Its `ReduceRun.target` lets the wiring
 fold the chain that feeds the step into that dict, item by item, in the
 chain's own loop (`_fuse`), when nothing can see the difference: one
@@ -473,10 +473,6 @@ class StatefulRun:
             self.push(out)
 
 
-# A key present with no value yet (a restored `(False, None)` snapshot).
-_EMPTY = object()
-
-
 class ReduceRun(StatefulRun):
     """A `reduce_final` step on one worker: each key's running value in one dict.
 
@@ -484,15 +480,18 @@ class ReduceRun(StatefulRun):
     the same left fold per key (keys of an activation in sorted order unless
     the reducer cannot print), the same snapshot bytes ``(True, value)``,
     and at end of input each key's value, in key order, then the key
-    dropped.
+    dropped. Each value sits in a one-item list (``cells[key][0]``), so a
+    fold looks the key up once and replaces the value in place.
     """
 
     def __init__(self, step: CoreStep, metrics: WorkerMetrics | None, track: bool, trusted: bool) -> None:
         super().__init__(step, metrics, track, trusted)
         self.reducer = self.builder._headrace_reducer
-        # Key -> running value (`_EMPTY`: restored without a value). Fused
-        # chains hold this dict and `dirty`: both are only ever changed in place.
-        self.values: dict[str, Any] = {}
+        # Key -> [running value]. Fused chains hold this dict and `dirty`:
+        # both are only ever changed in place.
+        self.cells: dict[str, list[Any]] = {}
+        # Keys restored from a `(False, None)` snapshot: present, no value yet.
+        self.empty: set[str] = set()
 
     def target(self, count: bool) -> ReduceTarget:
         """What a chain needs to fold its items into this step itself (see `_fuse`)."""
@@ -502,10 +501,10 @@ class ReduceRun(StatefulRun):
             return user_error(calling("on_batch", shown, key), exc)
 
         dirty = self.dirty if self.track else None
-        return ReduceTarget(self.values, self.reducer, failed, dirty, count, _EMPTY)
+        return ReduceTarget(self.cells, self.reducer, failed, dirty, count)
 
     def restore(self, states: dict[str, bytes]) -> None:
-        values = self.values
+        cells = self.cells
         for key, blob in states.items():
             try:
                 state = pickle.loads(blob)
@@ -516,27 +515,29 @@ class ReduceRun(StatefulRun):
                 raise user_error(
                     f"error rebuilding state of key {key!r} in step {self.step_id!r} from its snapshot", exc
                 ) from exc
-            values[key] = value if has else _EMPTY
+            if has:
+                cells[key] = [value]
+            else:
+                self.empty.add(key)
 
     def snapshot_entries(self, groups: int) -> list[Entry]:
         out: list[Entry] = []
-        values = self.values
+        cells = self.cells
         shown = self.shown
-        missing = _EMPTY
         for key in self.dirty:
-            value = values.get(key, self)
-            if value is self:
-                blob = b""
-            elif value is missing:
+            cell = cells.get(key)
+            if cell is not None:
+                blob = _pickled(shown, key, (True, cell[0]))
+            elif key in self.empty:
                 blob = _pickled(shown, key, (False, None))
             else:
-                blob = _pickled(shown, key, (True, value))
+                blob = b""
             out.append((self.step_id, key_group(key, groups), key, blob))
         self.dirty.clear()
         return out
 
     def _process(self, groups: dict[str, list[Any]], n_in: int, t0: float) -> None:
-        values = self.values
+        cells = self.cells
         reducer = self.reducer
         dirty = self.dirty if self.track else None
         pairs: Any = groups.items()
@@ -545,9 +546,12 @@ class ReduceRun(StatefulRun):
             pairs = zip(keys, map(groups.__getitem__, keys), strict=True)
         reduce = functools.reduce
         for k, vs in pairs:
-            old = values.get(k, _EMPTY)
+            cell = cells.get(k)
             try:
-                values[k] = reduce(reducer, vs) if old is _EMPTY else reduce(reducer, vs, old)
+                if cell is None:
+                    cells[k] = [reduce(reducer, vs)]
+                else:
+                    cell[0] = reduce(reducer, vs, cell[0])
             except Exception as exc:
                 raise user_error(calling("on_batch", self.shown, k), exc) from exc
             if dirty is not None:
@@ -564,11 +568,13 @@ class ReduceRun(StatefulRun):
     def on_eof(self) -> None:
         """End of input: every key's value, in key order; the keys are dropped."""
         t0 = time.perf_counter()
-        values = self.values
-        out = [(k, values[k]) for k in sorted(values) if values[k] is not _EMPTY]
+        cells = self.cells
+        out = [(k, cells[k][0]) for k in sorted(cells)]
         if self.track:
-            self.dirty.update(values)
-        values.clear()
+            self.dirty.update(cells)
+            self.dirty.update(self.empty)
+        cells.clear()
+        self.empty.clear()
         if self.m_eof is not None:
             self.m_eof.observe(time.perf_counter() - t0)
         if out:
