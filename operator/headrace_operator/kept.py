@@ -10,6 +10,9 @@ store holds (`StoreInfo.kept`, read with the rest of the store's state):
   keep it as ``nonce-<value>`` (`nonce_name`);
 - ``upgradeMode: stateless``: the old state is kept as
   ``stateless-g<generation>`` (`stateless_name`) before it is deleted;
+- ``spec.rollback.enabled``: the state before each spec change is kept as
+  ``pre-upgrade-g<generation>`` (`pre_upgrade_name`), and restored if the
+  change is rolled back (`rollback`);
 - ``spec.recovery.snapshots.keep`` / ``maxAge``: `retention`, never the
   newest one;
 - ``spec.restoreFrom``: a new Dataflow, or one after ``resetStateNonce``,
@@ -17,8 +20,8 @@ store holds (`StoreInfo.kept`, read with the rest of the store's state):
   (`restore`); the workers then refuse a snapshot whose steps the flow
   does not have, naming them, unless ``recovery.allowDroppedState``.
 
->>> nonce_name(3), stateless_name(7)
-('nonce-3', 'stateless-g7')
+>>> nonce_name(3), stateless_name(7), pre_upgrade_name(8)
+('nonce-3', 'stateless-g7', 'pre-upgrade-g8')
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ __all__ = [
     "doomed",
     "keep",
     "nonce_name",
+    "pre_upgrade_name",
     "report",
     "restore",
     "restore_at_creation",
+    "restore_own",
     "retention",
     "set_aside",
     "source_prefix",
@@ -63,6 +68,15 @@ def stateless_name(generation: int) -> str:
     'stateless-g4'
     """
     return f"stateless-g{generation}"
+
+
+def pre_upgrade_name(generation: int) -> str:
+    """The name of the state kept before the spec change to ``generation`` (``spec.rollback``).
+
+    >>> pre_upgrade_name(4)
+    'pre-upgrade-g4'
+    """
+    return f"pre-upgrade-g{generation}"
 
 
 def report(c: Ctx) -> None:
@@ -194,6 +208,26 @@ def restore(c: Ctx, spec: DataflowSpec, owner: mf.Owner) -> None:
         "Restoring",
         f"restoring kept snapshot {rf.name!r}{of} into {mf.key_prefix(spec, owner)!r}: the "
         "workers resume from its epoch (a flow whose steps differ is refused, naming them)",
+    )
+
+
+def restore_own(c: Ctx, spec: DataflowSpec, owner: mf.Owner, name: str, why: str) -> None:
+    """Restore this Dataflow's kept snapshot ``name`` into its (emptied) store, saying ``why``.
+
+    >>> from headrace_operator.observation import Observation
+    >>> from headrace_operator.outcome import Ctx
+    >>> from headrace_operator.spec import parse_spec
+    >>> spec = parse_spec({"image": "i", "flow": {"import": "m:f"}, "recovery": {"url": "redis://r/0"}})
+    >>> c = Ctx(Observation("wc", "ns", "u", 1, {}, 0.0))
+    >>> restore_own(c, spec, mf.Owner("wc", "ns", "u"), "pre-upgrade-g2", "a rollback")
+    >>> c.p.actions[0].describe()
+    'restore kept snapshot pre-upgrade-g2'
+    >>> c.p.events[0][2]
+    "restoring kept snapshot 'pre-upgrade-g2' into 'ns/wc' (a rollback)"
+    """
+    c.act("restore_snapshot", name=name, source=None)
+    c.event(
+        "Normal", "Restoring", f"restoring kept snapshot {name!r} into {mf.key_prefix(spec, owner)!r} ({why})"
     )
 
 

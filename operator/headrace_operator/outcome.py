@@ -100,7 +100,9 @@ class Ctx:
     ``failure`` and ``degraded`` are ``(reason, message)`` for the Ready and
     Degraded conditions; ``ready`` says all pods run the desired spec;
     ``lost`` is ``(reason, message)`` when the recovery store lost state the
-    status recorded as committed.
+    status recorded as committed; ``own_spec`` says the spec to run is the
+    Dataflow's own (not the deployed one kept for an invalid spec, nor the
+    last stable one of a rollback).
 
     >>> Ctx(Observation("wc", "ns", "u", 1, {}, 0.0, status={"phase": "Running"})).phase
     <Phase.RUNNING: 'Running'>
@@ -115,6 +117,7 @@ class Ctx:
         self.degraded: tuple[str, str] | None = None
         self.ready = False
         self.lost: tuple[str, str] | None = None
+        self.own_spec = True  # the target is the Dataflow's spec (not the deployed or last stable one)
         self.phase: Phase = self.st.phase or Phase.PENDING
 
     def event(self, etype: str, reason: str, message: str) -> None:

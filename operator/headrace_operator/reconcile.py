@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Any
 
 from headrace_operator import autoscaler as asc
-from headrace_operator import kept, step_errors
+from headrace_operator import kept, rollback, step_errors
 from headrace_operator import manifests as mf
 from headrace_operator import transitions as tx
 from headrace_operator.conditions import update_conditions
@@ -192,18 +192,25 @@ def _reset_asked(c: Ctx, target: DataflowSpec) -> bool:
     return stopped is not None and stopped.reset_state_nonce != target.reset_state_nonce
 
 
-def _delete_state(c: Ctx, target: DataflowSpec, owner: mf.Owner) -> None:
+def _delete_state(
+    c: Ctx, target: DataflowSpec, owner: mf.Owner, then: str = "starting with empty state"
+) -> None:
     """Delete the Redis state, and forget the epoch the status recorded with it."""
     c.act("delete_state")
+    _forget_epoch(c)
+    c.event(
+        "Normal",
+        "StateDeleted",
+        f"deleted the Redis state under prefix {mf.key_prefix(target, owner)!r}; {then}",
+    )
+
+
+def _forget_epoch(c: Ctx) -> None:
+    """The state is replaced: the epoch the status recorded no longer binds."""
     c.lost = None
     if c.st.snapshot is not None:
         snap = c.st.snapshot
         snap.epoch = snap.time = snap.bytes = snap.worker_count = snap.duration = None
-    c.event(
-        "Normal",
-        "StateDeleted",
-        f"deleted the Redis state under prefix {mf.key_prefix(target, owner)!r}; starting with empty state",
-    )
 
 
 def _halt_state_lost(c: Ctx, target: DataflowSpec) -> None:
@@ -225,6 +232,10 @@ def plan(obs: Observation) -> Plan:
     target = valid_target(c, deployed)
     if target is None:
         return _finish(c, None, owner)
+    c.own_spec = target is not deployed
+    target, owner = rollback.target(c, target, owner)
+    if rollback.active(c):
+        c.own_spec = False
     _check_stored_partitions(c, target, owner)
     kept.report(c)
     c.lost = _state_lost(c, target, owner)
@@ -236,6 +247,8 @@ def plan(obs: Observation) -> Plan:
         _running(c, target, owner, obs.sts, secret_problem)
     else:
         _stopped(c, target, owner, obs.sts, secret_problem)
+    if c.degraded is None:
+        c.degraded = rollback.degraded(c)
     return _finish(c, target, owner)
 
 
@@ -299,7 +312,7 @@ def _running(
     if not want_running:
         ttype = Transition.SUSPEND
     elif changes:
-        ttype = changes[0]
+        ttype = Transition.ROLLBACK if rollback.rolling_back(c) else changes[0]
     if want_running and c.lost is not None and Transition.RESET not in changes:
         _halt_state_lost(c, target)
         return
@@ -355,25 +368,42 @@ def _stopped(
         c.p.requeue = 30.0
         return
     changes = _changes(target, owner, sts)
-    reset = _reset_asked(c, target) or Transition.RESET in changes
+    rolling = rollback.rolling_back(c)  # the state is the one kept before the failed change
+    reset = not rolling and (_reset_asked(c, target) or Transition.RESET in changes)
     was_stopped = c.st.stopped is not None
     if _kept_stopped(c, target, changes, reset):
         return
     if secret_problem is not None:
         _waiting_for_secret(c, secret_problem)
         return
-    if c.lost is not None and not reset:
+    store = c.obs.store
+    back_to: str | None = None  # a rollback: the state kept before the failed change
+    if rolling:
+        if target.recovery is not None and store is not None and not store.ok:
+            _store_blocked(c, "restore the state kept before the failed change")
+            return
+        back_to = rollback.state_before(c, target)
+    if c.lost is not None and not reset and back_to is None:
         _halt_state_lost(c, target)
         return
     ttype = tr.type if tr is not None else Transition.RESUME
     if tr is None and was_stopped and changes:
         ttype = changes[0]  # run again by a change: name it
-    need_reset = (
+    if rolling:
+        ttype = Transition.ROLLBACK
+        if tr is not None:
+            tr.type = ttype
+    need_reset = not rolling and (
         reset
         or ttype is Transition.RESET
         or (Transition.UPGRADE in changes and target.upgrade_mode == "stateless")
     )
-    store = c.obs.store
+    upgrade = Transition.UPGRADE in changes and not rolling and not reset and ttype is not Transition.RESET
+    if not rollback.watch(c, target, ttype, upgrade):
+        _store_blocked(c, "keep the state before the change (spec.rollback)")
+        return
+    if back_to is not None and store is not None:
+        _rollback_state(c, target, owner, store, back_to)
     if need_reset and target.recovery is not None:
         if store is None or not store.ok:
             _store_blocked(c, "delete the state before starting")
@@ -386,6 +416,17 @@ def _stopped(
     tx.start(c, target, owner, ttype, 0, _epoch_now(c))
     if need_reset:
         c.p.events = [e for e in c.p.events if e[1] != "Restored"]
+
+
+def _rollback_state(c: Ctx, target: DataflowSpec, owner: mf.Owner, store: StoreInfo, name: str) -> None:
+    """A rollback starts from the state kept before the failed change: kept snapshot
+    ``name``, or empty state (``""``)."""
+    _forget_epoch(c)  # also when the store is empty already (a rollback cut short before)
+    if store.exists:
+        then = f"restoring kept snapshot {name!r}" if name else "starting with the empty state of before"
+        _delete_state(c, target, owner, then=f"{then} (rollback)")
+    if name:
+        kept.restore_own(c, target, owner, name, "rollback: the state before the failed change")
 
 
 def _kept_stopped(c: Ctx, target: DataflowSpec, changes: list[Transition], reset: bool) -> bool:
@@ -498,11 +539,13 @@ def _steady(c: Ctx, spec: DataflowSpec, pods: list[PodInfo]) -> None:
             f"Redis is unreachable ({store.error}): workers can't commit or resume. "
             "Check spec.recovery and that Redis runs",
         )
+    rollback.settle(c, spec, all_ready, c.own_spec)
     if unhealthy and restart_unhealthy(c, spec, n, unhealthy):
         return
     _snapshot_nonce(c, spec)
     kept.retention(c, spec)
-    _autoscale(c, spec, all_ready and c.st.transition is None)
+    if not rollback.active(c):  # a new spec.replicas would retry the failed spec
+        _autoscale(c, spec, all_ready and c.st.transition is None)
 
 
 def _snapshot_nonce(c: Ctx, spec: DataflowSpec) -> None:

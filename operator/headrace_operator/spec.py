@@ -47,6 +47,7 @@ __all__ = [
     "Duration",
     "KeptSnapshotsSpec",
     "RestoreFromSpec",
+    "RollbackSpec",
     "SpecError",
     "duration_seconds",
     "parse_spec",
@@ -370,6 +371,27 @@ class HealthCheckSpec:
 
 
 @dataclass
+class RollbackSpec:
+    """Automatic rollback of a spec change that does not get Ready (``status.lastStableSpec``)."""
+
+    enabled: bool = field(
+        default=False,
+        metadata=_m(
+            name="enabled",
+            doc="Roll a spec change that is not Ready within readyTimeout back to the last spec "
+            "that ran Ready, with the state kept before the change ('pre-upgrade-g<generation>').",
+        ),
+    )
+    ready_timeout: Duration = field(
+        default=Duration("5m"),
+        metadata=_m(
+            name="readyTimeout",
+            doc="All pods of a changed spec must be Ready this long after its start, or it is rolled back.",
+        ),
+    )
+
+
+@dataclass
 class ScalingSpec:
     """Who owns spec.replicas."""
 
@@ -635,6 +657,10 @@ class DataflowSpec:
     health_check: HealthCheckSpec = field(
         default_factory=HealthCheckSpec,
         metadata=_m(name="healthCheck", doc="Health checks of a running dataflow."),
+    )
+    rollback: RollbackSpec = field(
+        default_factory=RollbackSpec,
+        metadata=_m(name="rollback", doc="Automatic rollback of a spec change that does not get Ready."),
     )
     scaling: ScalingSpec = field(
         default_factory=ScalingSpec, metadata=_m(name="scaling", doc="Who owns spec.replicas.")

@@ -40,10 +40,13 @@ __all__ = [
     "ExecutionStatus",
     "HealthStatus",
     "LastError",
+    "LastStableSpec",
     "PartitionStatus",
     "PendingScaleDown",
     "Phase",
     "PodAssignment",
+    "RollbackState",
+    "RollbackStatus",
     "SnapshotStatus",
     "Stage",
     "StepErrors",
@@ -95,6 +98,7 @@ class Transition(StrEnum):
     SUSPEND = "suspend"
     RESUME = "resume"
     UNHEALTHY_RESTART = "unhealthy-restart"
+    ROLLBACK = "rollback"
 
 
 class StopReason(StrEnum):
@@ -107,6 +111,22 @@ class StopReason(StrEnum):
     FINISHED = "Finished"
     RESTART_LIMIT = "RestartLimit"
     STATE_LOST = "StateLost"
+
+
+class RollbackState(StrEnum):
+    """Where an automatic rollback is (``status.rollback.state``).
+
+    Watching: a spec change started and must get Ready before its deadline;
+    RollingBack: it did not, the last stable spec is being started again;
+    RolledBack: the last stable spec runs, until the user changes the spec.
+
+    >>> [s.value for s in RollbackState]
+    ['Watching', 'RollingBack', 'RolledBack']
+    """
+
+    WATCHING = "Watching"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
 
 
 class Stage(StrEnum):
@@ -406,6 +426,58 @@ class StepErrors:
 
 
 @dataclass
+class LastStableSpec:
+    """The last spec that ran with all pods Ready (with ``spec.rollback.enabled``)."""
+
+    generation: int = field(default=0, metadata=_m(name="generation", doc="Its generation."))
+    time: str | None = field(
+        default=None, metadata=_m(name="time", format="date-time", doc="When all its pods were Ready.")
+    )
+    spec: dict[str, Any] = field(
+        default_factory=dict, metadata=_m(name="spec", raw="object", doc="The spec, as the user wrote it.")
+    )
+
+
+@dataclass
+class RollbackStatus:
+    """A spec change watched for readiness, being rolled back, or rolled back."""
+
+    state: RollbackState = field(
+        default=RollbackState.WATCHING,
+        metadata=_m(
+            name="state", enum=[s.value for s in RollbackState], doc="Watching, RollingBack or RolledBack."
+        ),
+    )
+    generation: int = field(
+        default=0,
+        metadata=_m(
+            name="generation", doc="The changed spec's generation (once rolled back: the failed one)."
+        ),
+    )
+    started_at: str = field(
+        default="",
+        metadata=_m(name="startedAt", format="date-time", doc="When the changed spec's pods were started."),
+    )
+    snapshot: str | None = field(
+        default=None,
+        metadata=_m(
+            name="snapshot", doc="The kept snapshot of the state before the change (none: no state then)."
+        ),
+    )
+    epoch: int | None = field(default=None, metadata=_m(name="epoch", doc="The epoch that snapshot holds."))
+    stable_generation: int | None = field(
+        default=None, metadata=_m(name="stableGeneration", doc="The generation rolled back to.")
+    )
+    reason: str | None = field(
+        default=None, metadata=_m(name="reason", doc="Why it was rolled back (CamelCase).")
+    )
+    message: str | None = field(default=None, metadata=_m(name="message", doc="Why, and what to do."))
+    time: str | None = field(
+        default=None, metadata=_m(name="time", format="date-time", doc="When the rollback began.")
+    )
+
+
+@dataclass
 class DataflowStatus:
     """What the operator observed and did."""
 
@@ -449,6 +521,13 @@ class DataflowStatus:
     health: HealthStatus | None = field(default=None, metadata=_m(name="health", doc="Health bookkeeping."))
     stopped: StoppedStatus | None = field(
         default=None, metadata=_m(name="stopped", doc="Why the pods are kept stopped, if they are.")
+    )
+    last_stable_spec: LastStableSpec | None = field(
+        default=None,
+        metadata=_m(name="lastStableSpec", doc="The last spec that ran Ready (spec.rollback.enabled)."),
+    )
+    rollback: RollbackStatus | None = field(
+        default=None, metadata=_m(name="rollback", doc="Automatic rollback of the last spec change.")
     )
     errors: list[StepErrors] | None = field(
         default=None,

@@ -65,6 +65,7 @@ _PHASE_OF = {
     Transition.DEPLOY: Phase.DEPLOYING,
     Transition.RESUME: Phase.DEPLOYING,
     Transition.UPGRADE: Phase.UPGRADING,
+    Transition.ROLLBACK: Phase.UPGRADING,
 }
 _GERUND = {
     Transition.DEPLOY: "Deploying",
@@ -75,6 +76,7 @@ _GERUND = {
     Transition.SUSPEND: "Suspending",
     Transition.RESUME: "Resuming",
     Transition.UNHEALTHY_RESTART: "RestartingUnhealthy",
+    Transition.ROLLBACK: "RollingBack",
 }
 # The event reason of a stop (deploy and resume start from nothing: never stopped).
 _STOP_REASON = {
@@ -84,6 +86,7 @@ _STOP_REASON = {
     Transition.RESTART: "Restarting",
     Transition.RESET: "ResettingState",
     Transition.UNHEALTHY_RESTART: "RestartUnhealthy",
+    Transition.ROLLBACK: "RollingBack",
 }
 
 
@@ -169,6 +172,11 @@ def change_message(ttype: Transition, spec: DataflowSpec, sts: dict[str, Any], g
             f"spec changed (generation {gen}): stopping {n} pod(s) at an epoch barrier, "
             f"then starting the new spec (upgradeMode {spec.upgrade_mode})"
         )
+    if ttype is Transition.ROLLBACK:
+        return (
+            f"rolling back generation {gen}: stopping {n} pod(s), then starting the last stable "
+            "spec (status.lastStableSpec) with the state kept before the change"
+        )
     if ttype is Transition.RESTART:
         return f"restartNonce is now {spec.restart_nonce}: restarting {n} pod(s)"
     return (
@@ -190,7 +198,7 @@ def stop(c: Ctx, ttype: Transition, from_replicas: int, to_replicas: int, messag
         epoch_before=store.epoch if store is not None and store.ok else 0,
     )
     c.phase = phase_of(ttype)
-    etype = "Warning" if ttype is Transition.UNHEALTHY_RESTART else "Normal"
+    etype = "Warning" if ttype in (Transition.UNHEALTHY_RESTART, Transition.ROLLBACK) else "Normal"
     c.event(etype, _STOP_REASON[ttype], message)
     c.p.requeue = BUSY_REQUEUE
 
@@ -256,7 +264,7 @@ def start(
         restarts=0,
         started_at=iso(c.now),
     )
-    c.st.deployed_generation = obs.generation
+    c.st.deployed_generation = owner.generation or obs.generation
     if c.st.health is not None:
         # New pods count their restarts from 0: so does the crash-loop window.
         c.st.health.window_start = iso(c.now)
@@ -298,6 +306,10 @@ def arrived(c: Ctx, tr: TransitionStatus, n: int) -> None:
         Transition.DEPLOY: ("Running", f"all {n} pod(s) Ready {took:.1f}s after creation"),
         Transition.RESUME: ("Resumed", f"resumed: all {n} pod(s) Ready in {took:.1f}s"),
         Transition.UPGRADE: ("Upgraded", f"upgraded: all {n} pod(s) Ready in {took:.1f}s"),
+        Transition.ROLLBACK: (
+            "RollbackFinished",
+            f"rolled back: all {n} pod(s) of the last stable spec Ready in {took:.1f}s",
+        ),
     }.get(tr.type, ("Restarted", f"restarted ({tr.type}): all {n} pod(s) Ready in {took:.1f}s"))
     c.event("Normal", reason, text)
     c.st.transition = None

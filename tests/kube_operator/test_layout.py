@@ -35,6 +35,7 @@ LAYERS = [
     "transitions",
     "conditions",
     "health",
+    "rollback",
     "reconcile",
     "_kube",
     "handlers",
