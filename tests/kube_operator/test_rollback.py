@@ -306,3 +306,25 @@ def test_the_rolled_back_statefulset_is_the_last_stable_spec_of_its_generation()
     w.step()
     assert (w.status["observedGeneration"], w.status["deployedGeneration"]) == (2, 1)
     assert "autoscaler" not in w.status
+
+
+def test_an_invalid_spec_is_not_taken_for_stable() -> None:
+    w = _stable()
+    w.edit(replicas=0)  # refused by parse_spec: the deployed spec keeps running
+    for _ in range(3):
+        w.step(dt=60)
+    assert "ValidationError" in w.reasons()
+    assert w.status["lastStableSpec"]["generation"] == 1
+    assert w.status["lastStableSpec"]["spec"] == SPEC
+
+
+def test_enabling_rollback_with_a_broken_change_has_nothing_to_go_back_to() -> None:
+    w = _stable(BASE)
+    w.edit(rollback={"enabled": True}, image="app:broken")
+    w.step()
+    w.kubelet()
+    w.step()
+    _crash_looping(w)
+    w.step(dt=TIMEOUT + 1)
+    assert "rollback" not in w.status and "lastStableSpec" not in w.status
+    assert "RolledBack" not in w.reasons()
