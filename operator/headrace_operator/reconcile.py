@@ -21,8 +21,10 @@ as its steps:
 4. `_finish`: the status fields, the conditions, the merge patch.
 
 The transitions themselves (stop at a barrier, start, arrive) are in
-`transitions`, health and restarts in `health`, the conditions in
-`conditions`.
+`transitions`, health and restarts in `health`, rollback in `rollback`, the
+conditions in `conditions`. It is over 800 lines because the named steps of
+one decision read best in one place; each of those modules took out what
+stands on its own.
 
 >>> obs = Observation(name="wc", namespace="ns", uid="u1", generation=1,
 ...                   spec={"image": "app:1", "flow": {"import": "app:flow"}, "replicas": 2},
