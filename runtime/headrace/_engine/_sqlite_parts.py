@@ -324,15 +324,17 @@ class _File:
             base = self.epoch_of("base_epoch")
             if up_to <= base:
                 return
+            # Each key's last write only is read and reaches the base (a state
+            # rewritten every epoch, like an exactly-once sink's copy, is read
+            # and written once, not once per folded epoch).
             rows = c.execute(
-                f"SELECT step, grp, key, value FROM {self.d} WHERE {self.w}epoch > ? "
-                "AND epoch <= ? ORDER BY epoch",
-                (*self.a, base, up_to),
+                f"SELECT x.step, x.grp, x.key, x.value FROM {self.d} AS x JOIN "
+                f"(SELECT step, grp, key, MAX(epoch) AS e FROM {self.d} WHERE {self.w}epoch > ? "
+                "AND epoch <= ? GROUP BY step, grp, key) AS m ON x.step = m.step AND x.grp = m.grp "
+                f"AND x.key = m.key AND x.epoch = m.e WHERE {self.w}1",
+                (*self.a, base, up_to, *self.a),
             ).fetchall()
-            # Only each key's last write reaches the base (a state rewritten
-            # every epoch, like an exactly-once sink's copy, is written once).
-            last = {(step, grp, key): value for step, grp, key, value in rows}
-            for (step, grp, key), value in last.items():
+            for step, grp, key, value in rows:
                 if value:
                     c.execute(
                         f"INSERT OR REPLACE INTO {self.b} ({self.col}step, grp, key, value)"
