@@ -119,7 +119,8 @@ class _Slot:
         self.tid = tid
         self.marker_tp = TopicPartition(topic, 0)
         self.failed: list[tuple[Any, Any]] = []
-        self.timeout = float(config.get("message.timeout.ms", 300_000)) / 1000.0 + 5.0
+        message_timeout_ms = float(config.get("message.timeout.ms", 300_000))
+        self.timeout = message_timeout_ms / 1000.0 + 5.0
         self.producer = Producer(
             {
                 "delivery.report.only.error": True,
@@ -127,9 +128,10 @@ class _Slot:
                 # for an epoch's worth of messages in flight, and fuller
                 # batches (the commit sends what lingers at once), which
                 # spares the client and the brokers a request per few
-                # hundred messages.
+                # hundred messages. (librdkafka wants linger.ms below
+                # message.timeout.ms.)
                 "queue.buffering.max.messages": 500_000,
-                "linger.ms": 50,
+                "linger.ms": min(50, max(0, int(message_timeout_ms) - 1)),
                 **config,
                 "transactional.id": tid,
                 "on_delivery": self.on_delivery,
