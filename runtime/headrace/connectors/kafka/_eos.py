@@ -37,8 +37,8 @@ must be repaired from the other:
   everything the store committed reaches Kafka once: a ``read_committed``
   consumer sees each message exactly once.
 - The copy costs one epoch's output in the store per worker (each epoch's
-  state replaces the previous one, so memory stays bounded), and pickling
-  it: see benchmarks/README.md.
+  state replaces the previous one, so memory stays bounded), written with
+  each epoch's snapshot and folded at compaction: see benchmarks/README.md.
 - Rescaling: worker ``i`` of a run with ``n`` workers owns its own slot and
   the slots ``worker-{j}`` of workers that no longer exist, ``j % n == i``.
   It finishes those at resume (fence, replay if needed) and snapshots
