@@ -29,6 +29,11 @@ item from source to sink through the modules:
 Barriers, epochs, snapshots and commits are the worker loop's
 (`_worker`); the wiring gives it the sources, the stateful steps, the
 edges (with their upstreams) and the sink partitions to snapshot.
+
+Size: ~850 lines, over the ~800 mark: every kind of step is wired here,
+and a chain that folds into its `reduce_final` (`Wiring._fold_into`)
+must see both the chain and the stateful step's run; the sink wiring
+(dynamic, partitioned, with epochs) is the part to move out if it grows.
 """
 
 from __future__ import annotations
