@@ -344,7 +344,8 @@ def test_recovery_cli_init_forms_and_errors(tmp_path: Path) -> None:
     assert res.stderr.startswith(f"error: can't create recovery directory '{tmp_path / 'file'}'")
     res = _recovery_cli("--help")
     assert res.returncode == 0
-    assert "{show,delete,init}" in res.stdout and "DB_DIR PART_COUNT" in res.stdout
+    assert "{show,delete,init,snapshot,snapshots,restore}" in res.stdout
+    assert "DB_DIR PART_COUNT" in res.stdout
     assert not (tmp_path / "neg").exists() and not (tmp_path / "x").exists()
 
 
