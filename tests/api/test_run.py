@@ -74,6 +74,7 @@ def _flow_file(path: Path, *lines: str) -> str:
     return f"{path}:flow"
 
 
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_cli_exit_code_and_message_for_a_bad_import_string() -> None:
     """Bytewax's exit status (1) and last line, with Headrace's hint after it, and no traceback."""
     res = _cli(f"{MOD}:missing")
@@ -88,6 +89,7 @@ def test_cli_exit_code_and_message_for_a_bad_import_string() -> None:
     assert res.stderr.startswith("ModuleNotFoundError: No module named 'no_such_pkg'; ")
 
 
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_cli_runs_a_dataflow_and_fails_with_exit_1_on_errors(tmp_path: Path) -> None:
     res = _cli(
         _flow_file(
@@ -105,6 +107,7 @@ def test_cli_runs_a_dataflow_and_fails_with_exit_1_on_errors(tmp_path: Path) -> 
     assert "caused by:" not in res.stderr
 
 
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_cli_error_ends_with_the_causes_the_message_does_not_quote(tmp_path: Path) -> None:
     """A connector's reason reaches the last lines (and so a pod's termination message)."""
     res = _cli(
@@ -297,6 +300,7 @@ def _pid1_command() -> list[str] | None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("as_pid1", [False, True], ids=["process", "pid1"])
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_sigterm_while_the_flow_imports_exits_at_once(tmp_path: Path, as_pid1: bool) -> None:
     """A pod deleted while its module imports: SIGTERM ends the run at once with 143, even as PID 1
     (which ignores any signal it has no handler for: the kubelet would wait for its SIGKILL)."""
@@ -349,6 +353,7 @@ def test_sigterm_while_the_flow_imports_exits_at_once(tmp_path: Path, as_pid1: b
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_a_stop_that_hangs_prints_every_threads_stack(tmp_path: Path) -> None:
     """A user function that holds the epoch boundary: the watchdog shows where, then the run stops."""
     import os

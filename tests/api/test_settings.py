@@ -70,6 +70,7 @@ def _cli(module: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProce
         (["-b", "-1"], "-b/--backup-interval"),
     ],
 )
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_out_of_range_numbers_are_usage_errors(module: str, args: list[str], option: str) -> None:
     res = _cli(module, *args)
     assert res.returncode == 2, res.stderr[-2000:]
@@ -108,6 +109,7 @@ MISTYPED = [
 
 @pytest.mark.parametrize("module", MODULES)
 @pytest.mark.parametrize("location", MISTYPED)
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_a_mistyped_recovery_location_is_refused_not_made_a_directory(
     module: str, location: str, tmp_path: Path
 ) -> None:

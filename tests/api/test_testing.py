@@ -481,6 +481,7 @@ def test_testing_cli_failure_exits_1(tmp_path: Any) -> None:
     assert "AttributeError: Failed to find attribute 'nope' in 'cliflows'." in res.stderr
 
 
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_testing_cli_usage(tmp_path: Any) -> None:
     res = _testing_cli(tmp_path, "--help")
     assert res.returncode == 0

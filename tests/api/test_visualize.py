@@ -9,6 +9,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import headrace.operators as op
 from headrace.dataflow import Dataflow, Stream, operator
 from headrace.testing import TestingSink, TestingSource
@@ -170,6 +172,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_cli_prints_mermaid_json_and_plantuml(tmp_path: Path) -> None:
     _flow_file(tmp_path)
     mermaid = _cli("viz_flow:flow", cwd=tmp_path)
@@ -186,6 +189,7 @@ def test_cli_prints_mermaid_json_and_plantuml(tmp_path: Path) -> None:
     assert "component cli.m.flat_map_batch {" in puml.stdout
 
 
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_cli_bad_import_string_fails_with_a_message(tmp_path: Path) -> None:
     _flow_file(tmp_path)
     proc = _cli("viz_flow:nope", cwd=tmp_path)

@@ -180,6 +180,7 @@ def test_batch_async_by_size() -> None:
     assert list(batch_async(_agen(0), timedelta(seconds=5), 2)) == []
 
 
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_batch_async_yields_empty_batches_while_waiting() -> None:
     async def slow() -> AsyncIterator[int]:
         yield 1

@@ -218,6 +218,7 @@ SETTINGS = settings(
 
 @SETTINGS
 @given(chains(), items_st, batch_size_st)
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_fused_unfused_and_reference_agree(steps: list[Step], items: list[int], bs: int) -> None:
     expected, expected_seen = reference(steps, items, bs)
     fused, fused_seen, err1 = run_chain(steps, items, bs, fuse=True)
@@ -276,6 +277,7 @@ def _stage(i: int, step: Step, seen: dict[int, list[Any]]) -> list[Stage]:
 
 @settings(max_examples=300, deadline=None)
 @given(chains(max_len=10), st.lists(items_st, max_size=4))
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_compile_chain_fused_equals_unfused(steps: list[Step], batches: list[list[int]]) -> None:
     results = []
     for fuse in (True, False):

@@ -181,6 +181,7 @@ class _Collector(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.mark.skipif(not HAS_OTLP_HTTP, reason="needs opentelemetry-sdk and the OTLP/HTTP exporter")
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_spans_reach_an_otlp_http_collector() -> None:
     server = http.server.HTTPServer(("127.0.0.1", 0), _Collector)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -159,6 +159,7 @@ stats_st = st.builds(
 
 @settings(max_examples=300, deadline=None)
 @given(situation(), stats_st)
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_bounds_are_respected(sit: tuple[int, Params, int, int], stats: WindowStats) -> None:
     current, p, wpp, parts = sit
     lo, hi = bounds(p, wpp, parts)
@@ -169,6 +170,7 @@ def test_bounds_are_respected(sit: tuple[int, Params, int, int], stats: WindowSt
 
 @settings(max_examples=300, deadline=None)
 @given(situation(), st.floats(0.0, 1.0), st.floats(0.0, 1e6), st.floats(0.0, 1e7), st.floats(-1e4, 0.0))
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_never_changes_inside_the_dead_band(
     sit: tuple[int, Params, int, int], f: float, rate: float, lag: float, growth: float
 ) -> None:
@@ -192,6 +194,7 @@ def test_never_changes_inside_the_dead_band(
     st.floats(0.0, 1e6),
     st.floats(-1e3, 1e3),
 )
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_monotonic_in_load(
     sit: tuple[int, Params, int, int], true_rate: float, f1: float, f2: float, lag: float, growth: float
 ) -> None:
@@ -207,6 +210,7 @@ def test_monotonic_in_load(
 
 @settings(max_examples=300, deadline=None)
 @given(situation(), stats_st)
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_scale_down_respects_min_and_factor(sit: tuple[int, Params, int, int], stats: WindowStats) -> None:
     current, p, wpp, parts = sit
     r = recommend(current, stats, p, wpp, parts).replicas
@@ -218,6 +222,7 @@ def test_scale_down_respects_min_and_factor(sit: tuple[int, Params, int, int], s
 
 @settings(max_examples=300, deadline=None)
 @given(situation(), stats_st)
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_scale_up_respects_factor_when_bounds_allow(
     sit: tuple[int, Params, int, int], stats: WindowStats
 ) -> None:
@@ -230,6 +235,7 @@ def test_scale_up_respects_factor_when_bounds_allow(
 
 @settings(max_examples=300, deadline=None)
 @given(situation(), stats_st)
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_alignment_divides_partitions_when_possible(
     sit: tuple[int, Params, int, int], stats: WindowStats
 ) -> None:

@@ -29,6 +29,7 @@ def test_committed_crd_equals_the_generated_one() -> None:
     )
 
 
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_module_entry_point_prints_the_crd() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "headrace_operator.crd"], check=True, capture_output=True, text=True
@@ -134,6 +135,7 @@ def test_resource_names_subresources_and_columns() -> None:
                 node = node["properties"][part]
 
 
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_crd_deserializes_into_the_kubernetes_model() -> None:
     from tests.support.kube_models import strict_model
 
@@ -183,6 +185,7 @@ def test_crd_defaults_equal_the_python_defaults(spec: dict[str, Any]) -> None:
     openapi_schema_validator.validate(to_json(parse_spec(spec)), _strip_x(SCHEMA["properties"]["spec"]))
 
 
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_example_dataflows_validate_against_the_schema() -> None:
     examples = sorted((ROOT / "helm" / "headrace" / "examples").glob("*.yaml"))
     texts = [f.read_text() for f in examples]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from headrace_operator import manifests as mf
 from headrace_operator.observation import PodInfo
 from headrace_operator.reconcile import StoreInfo
@@ -356,6 +358,7 @@ def test_restart_limit_stops_the_pods_until_a_restart_nonce() -> None:
     assert w.status["phase"] == "Running"
 
 
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_backoff_grows_past_five_restarts_and_healthy_since_really_goes() -> None:
     spec = {
         **BASE,

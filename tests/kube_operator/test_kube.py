@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from headrace._engine import open_store
@@ -45,6 +46,7 @@ def test_store_delete_and_expire(redis_server: RedisServer) -> None:
     assert stores.info(redis_server.url, "ns/a").exists is True
 
 
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_unreachable_redis_is_reported_not_raised() -> None:
     port = free_port()
     info = _kube.Stores().info(f"redis://127.0.0.1:{port}/0", "ns/wc")

@@ -416,6 +416,7 @@ def test_collect_deadline_already_passed_fires_at_the_next_activation(run_op: An
     assert len(out) == 3
 
 
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_collect_timeout_with_the_system_clock(flow: Dataflow, entry_point: Any) -> None:
     items = [("k", 1), ("k", 2), TestingSource.PAUSE(timedelta(milliseconds=500)), ("k", 3)]
     s = op.input("inp", flow, TestingSource(items))

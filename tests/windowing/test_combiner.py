@@ -362,6 +362,7 @@ def _spec(windower: Any, wait: timedelta) -> Any:
     sliding=st.booleans(),
     wait_ms=st.sampled_from([0, 500, 2000]),
 )
+@pytest.mark.slow  # takes a second or more: the fast tier stays under a minute
 def test_combining_batch_by_batch_gives_the_runs_of_one_pass(
     steps: list[int], cuts: list[bool], sliding: bool, wait_ms: int
 ) -> None:
