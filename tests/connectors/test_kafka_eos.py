@@ -465,5 +465,7 @@ def test_rescale_2_to_3_to_1_with_kills_exactly_once(
         if procs == 1:
             assert p.returncode == 0, err[-3000:]
         done = sum(read_committed(b, dst, to_end=False).values())
-    assert written(b, dst) > len(sent)  # the kills aborted open transactions
+    # Two kills need not catch a transaction with records already on the broker
+    # (producers linger inside transactions): that aborted records were in the log
+    # and stayed unseen is shown by the 20 kills of the test above.
     assert read_committed(b, dst) == _upper(sent)
