@@ -131,15 +131,13 @@ def install_stop_handlers(received: list[int] | None = None) -> dict[int, Any]:
     previous: dict[int, Any] = {sig: signal.getsignal(sig) for sig in _HANDLED}
     state = {"interrupts": 0}
 
-    def on_term(signum: int, _frame: Any) -> None:
+    def on_term(signum: int, frame: Any) -> None:
         if received is not None:
             received.append(signum)
-        name = signal.Signals(signum).name
         if not request_stop():
             # Not running yet (e.g. waiting for peers): nothing to commit.
-            log.warning("received %s before the dataflow started: exiting", name)
-            raise SystemExit(128 + signum)
-        log.warning("received %s: stopping at the next epoch boundary", name)
+            _exit_before_start(signum, frame)
+        log.warning("received %s: stopping at the next epoch boundary", signal.Signals(signum).name)
         if sys.stderr is not None and state["interrupts"] <= 1:
             try:
                 faulthandler.dump_traceback_later(stuck_after(), file=sys.stderr)
