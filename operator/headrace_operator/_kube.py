@@ -244,7 +244,7 @@ class Stores:
         from headrace._engine import kept_snapshots
 
         return [
-            KeptSnapshotInfo(k.name, k.epoch, k.taken_at, k.size)
+            KeptSnapshotInfo(k.name, k.epoch, k.taken_at, k.size, k.flow_id, tuple(k.steps))
             for k in kept_snapshots(self._open(url, prefix))
         ]
 
@@ -281,14 +281,18 @@ class Stores:
         return int(self._open(url, prefix).delete_all())
 
     def expire(self, url: str, prefix: str, seconds: float) -> int:
-        """Let every key of the dataflow expire in ``seconds``; return how many keys."""
+        """Let every key of the live state expire in ``seconds`` (kept snapshots stay); return how many."""
         import redis
 
         r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-        # Key layout of headrace's RedisStore: one hash tag per prefix.
+        # Key layout of headrace's RedisStore: one hash tag per prefix; kept
+        # snapshots (``snaps``, ``snap:...``) outlive the live state.
         pattern = f"hr{{{prefix}}}:*"
+        kept = f"hr{{{prefix}}}:snap".encode()
         n = 0
         for key in r.scan_iter(match=pattern, count=500):
+            if (key if isinstance(key, bytes) else str(key).encode()).startswith(kept):
+                continue
             r.expire(key, max(1, int(seconds)))
             n += 1
         r.close()

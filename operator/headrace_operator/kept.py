@@ -10,9 +10,16 @@ store holds (`StoreInfo.kept`, read with the rest of the store's state):
   keep it as ``nonce-<value>`` (`nonce_name`);
 - ``upgradeMode: stateless``: the old state is kept as
   ``stateless-g<generation>`` (`stateless_name`) before it is deleted;
-- ``spec.rollback.enabled``: the state before each spec change is kept as
-  ``pre-upgrade-g<generation>`` (`pre_upgrade_name`), and restored if the
-  change is rolled back (`rollback`);
+- every spec change that stops the pods (a new pod template or a rescale,
+  the autoscaler's included) of a Dataflow with recovery: the state at the
+  stop's barrier is kept as ``pre-upgrade-g<generation>`` (`pre_upgrade_name`,
+  `before_change`); with ``spec.rollback.enabled`` a rollback restores it;
+- ``spec.recovery.snapshots.schedule``: ``scheduled-<UTC time>``
+  (`scheduled_name`, `scheduled`) once the last scheduled one in the store is
+  that old (none: at once), so an operator restart never repeats one;
+- deletion that deletes the state or lets it expire: it is kept first as
+  ``deleted-<UTC time>`` (`deleted_name`, `on_deletion`); kept snapshots
+  outlive both, and a later Dataflow can ``restoreFrom`` it;
 - ``spec.recovery.snapshots.keep`` / ``maxAge``: `retention`, never the
   newest one;
 - ``spec.restoreFrom``: a new Dataflow, or one after ``resetStateNonce``,
@@ -20,12 +27,13 @@ store holds (`StoreInfo.kept`, read with the rest of the store's state):
   (`restore`); the workers then refuse a snapshot whose steps the flow
   does not have, naming them, unless ``recovery.allowDroppedState``.
 
->>> nonce_name(3), stateless_name(7), pre_upgrade_name(8)
-('nonce-3', 'stateless-g7', 'pre-upgrade-g8')
+>>> nonce_name(3), stateless_name(7), pre_upgrade_name(8), scheduled_name(0.0), deleted_name(0.0)
+('nonce-3', 'stateless-g7', 'pre-upgrade-g8', 'scheduled-19700101T000000Z', 'deleted-19700101T000000Z')
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from headrace_operator import manifests as mf
@@ -37,15 +45,20 @@ if TYPE_CHECKING:
     from headrace_operator.spec import DataflowSpec
 
 __all__ = [
+    "before_change",
+    "deleted_name",
     "doomed",
     "keep",
     "nonce_name",
+    "on_deletion",
     "pre_upgrade_name",
     "report",
     "restore",
     "restore_at_creation",
     "restore_own",
     "retention",
+    "scheduled",
+    "scheduled_name",
     "set_aside",
     "source_prefix",
     "stateless_name",
@@ -79,21 +92,48 @@ def pre_upgrade_name(generation: int) -> str:
     return f"pre-upgrade-g{generation}"
 
 
+def _stamp(t: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t))
+
+
+def scheduled_name(t: float) -> str:
+    """The name of the snapshot ``spec.recovery.snapshots.schedule`` keeps at ``t`` (UTC).
+
+    >>> scheduled_name(1_800_000_000.0)
+    'scheduled-20270115T080000Z'
+    """
+    return f"{SCHEDULED}{_stamp(t)}"
+
+
+def deleted_name(t: float) -> str:
+    """The name of the state kept when the Dataflow is deleted at ``t`` (UTC).
+
+    >>> deleted_name(1_800_000_000.0)
+    'deleted-20270115T080000Z'
+    """
+    return f"{DELETED}{_stamp(t)}"
+
+
+SCHEDULED, DELETED = "scheduled-", "deleted-"
+
+
 def report(c: Ctx) -> None:
     """``status.snapshots`` from the store (left as it was while the store can't be read).
 
     >>> from headrace_operator.observation import Observation, StoreInfo
     >>> from headrace_operator.outcome import Ctx
-    >>> obs = Observation("wc", "ns", "u", 1, {}, 0.0,
-    ...                   store=StoreInfo(kept=[KeptSnapshotInfo("nonce-1", 7, 0.0, 2048)]))
-    >>> c = Ctx(obs); report(c); c.st.snapshots
-    [KeptSnapshotStatus(name='nonce-1', epoch=7, time='1970-01-01T00:00:00Z', size=2048)]
+    >>> k = KeptSnapshotInfo("nonce-1", 7, 0.0, 2048, "wc", ("wc.sum",))
+    >>> obs = Observation("wc", "ns", "u", 1, {}, 0.0, store=StoreInfo(kept=[k]))
+    >>> c = Ctx(obs); report(c); s = c.st.snapshots[0]
+    >>> s.name, s.epoch, s.time, s.size, s.flow_id, s.steps
+    ('nonce-1', 7, '1970-01-01T00:00:00Z', 2048, 'wc', ['wc.sum'])
     """
     store = c.obs.store
     if store is None or not store.ok:
         return
     c.st.snapshots = [
-        KeptSnapshotStatus(k.name, k.epoch, iso(k.taken_at), k.size) for k in store.kept
+        KeptSnapshotStatus(k.name, k.epoch, iso(k.taken_at), k.size, k.flow_id or None, list(k.steps) or None)
+        for k in store.kept
     ] or None
 
 
@@ -280,3 +320,101 @@ def set_aside(c: Ctx, spec: DataflowSpec) -> None:
             stateless_name(c.obs.generation),
             f"upgradeMode stateless: the state of epoch {store.epoch} is set aside, not deleted",
         )
+
+
+def _committed(c: Ctx, spec: DataflowSpec) -> bool:
+    """The store holds a committed epoch to keep (and was read)."""
+    store = c.obs.store
+    return spec.recovery is not None and store is not None and store.ok and store.exists and store.epoch > 0
+
+
+def _planned(c: Ctx, name: str) -> bool:
+    store = c.obs.store
+    return any(a.kind == "keep_snapshot" and a.name == name for a in c.p.actions) or (
+        store is not None and any(k.name == name for k in store.kept)
+    )
+
+
+def before_change(c: Ctx, spec: DataflowSpec) -> None:
+    """A spec change is about to start (the old pods stopped at a barrier): keep the state
+    as ``pre-upgrade-g<generation>``, unless kept already (or nothing is committed).
+
+    >>> from headrace_operator.observation import Observation, StoreInfo
+    >>> from headrace_operator.outcome import Ctx
+    >>> from headrace_operator.spec import parse_spec
+    >>> spec = parse_spec({"image": "i", "flow": {"import": "m:f"}, "recovery": {"url": "redis://r/0"}})
+    >>> c = Ctx(Observation("wc", "ns", "u", 5, {}, 0.0, store=StoreInfo(exists=True, epoch=3)))
+    >>> before_change(c, spec); before_change(c, spec); [a.describe() for a in c.p.actions]
+    ['keep snapshot pre-upgrade-g5']
+    """
+    name = pre_upgrade_name(c.obs.generation)
+    if not _committed(c, spec) or _planned(c, name):
+        return
+    store = c.obs.store
+    assert store is not None
+    keep(c, spec, name, f"the state of epoch {store.epoch} before generation {c.obs.generation}")
+
+
+def scheduled(c: Ctx, spec: DataflowSpec) -> None:
+    """``spec.recovery.snapshots.schedule``: keep the committed epoch when the newest
+    ``scheduled-`` snapshot in the store is that old, or there is none; else look again then.
+
+    >>> from headrace_operator.observation import Observation, StoreInfo
+    >>> from headrace_operator.outcome import Ctx
+    >>> from headrace_operator.spec import parse_spec
+    >>> spec = parse_spec({"image": "i", "flow": {"import": "m:f"},
+    ...                    "recovery": {"url": "redis://r/0", "snapshots": {"schedule": "1h"}}})
+    >>> last = KeptSnapshotInfo(scheduled_name(0.0), 2, 0.0, 1)
+    >>> def at(now):
+    ...     store = StoreInfo(exists=True, epoch=3, kept=[last])
+    ...     c = Ctx(Observation("wc", "ns", "u", 1, {}, now, store=store))
+    ...     scheduled(c, spec); return [a.describe() for a in c.p.actions]
+    >>> at(600.0), at(3600.0)
+    ([], ['keep snapshot scheduled-19700101T010000Z'])
+    """
+    r = spec.recovery
+    every = r.snapshots.schedule if r is not None else None
+    if every is None or not _committed(c, spec):
+        return
+    store = c.obs.store
+    assert store is not None
+    last = max((k.taken_at for k in store.kept if k.name.startswith(SCHEDULED)), default=None)
+    due = c.now if last is None else last + every.seconds
+    if c.now < due:
+        c.p.requeue = min(c.p.requeue, due - c.now)
+        return
+    name = scheduled_name(c.now)
+    if not _planned(c, name):
+        keep(c, spec, name, f"spec.recovery.snapshots.schedule {every}: epoch {store.epoch}")
+    c.p.requeue = min(c.p.requeue, every.seconds)
+
+
+def on_deletion(c: Ctx, spec: DataflowSpec) -> None:
+    """The Dataflow is deleted and its state deleted or left to expire: keep the committed
+    epoch first as ``deleted-<UTC time>`` (kept snapshots outlive both), unless a
+    ``deleted-`` snapshot of this very state exists (a retried deletion).
+
+    >>> from headrace_operator.observation import Observation, StoreInfo
+    >>> from headrace_operator.outcome import Ctx
+    >>> from headrace_operator.spec import parse_spec
+    >>> spec = parse_spec({"image": "i", "flow": {"import": "m:f"}, "recovery": {"url": "redis://r/0"}})
+    >>> c = Ctx(Observation("wc", "ns", "u", 1, {}, 0.0,
+    ...                     store=StoreInfo(exists=True, epoch=3, committed_at=0.0)))
+    >>> on_deletion(c, spec); c.p.actions[0].describe()
+    'keep snapshot deleted-19700101T000000Z'
+    """
+    if not _committed(c, spec):
+        return
+    store = c.obs.store
+    assert store is not None
+    if any(
+        k.name.startswith(DELETED) and k.epoch == store.epoch and k.taken_at >= store.committed_at
+        for k in store.kept
+    ):
+        return
+    keep(
+        c,
+        spec,
+        deleted_name(c.now),
+        f"the Dataflow is deleted: the state of epoch {store.epoch}, for a later spec.restoreFrom",
+    )

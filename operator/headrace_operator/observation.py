@@ -40,6 +40,8 @@ class KeptSnapshotInfo:
     epoch: int
     taken_at: float
     size: int
+    flow_id: str = ""
+    steps: tuple[str, ...] = ()
 
 
 @dataclass

@@ -404,6 +404,8 @@ def _stopped(
     if not rollback.watch(c, target, ttype, upgrade):
         _store_blocked(c, "keep the state before the change (spec.rollback)")
         return
+    if not rolling and not need_reset and (upgrade or Transition.RESCALE in changes):
+        kept.before_change(c, target)  # every spec change: the state at the stop's barrier
     if back_to is not None and store is not None:
         _rollback_state(c, target, owner, store, back_to)
     if need_reset and target.recovery is not None:
@@ -545,6 +547,8 @@ def _steady(c: Ctx, spec: DataflowSpec, pods: list[PodInfo]) -> None:
     if unhealthy and restart_unhealthy(c, spec, n, unhealthy):
         return
     _snapshot_nonce(c, spec)
+    if all_ready and c.st.transition is None:
+        kept.scheduled(c, spec)
     kept.retention(c, spec)
     if not rollback.active(c):  # a new spec.replicas would retry the failed spec
         _autoscale(c, spec, all_ready and c.st.transition is None)
@@ -811,7 +815,8 @@ def _stop_before_deletion(c: Ctx) -> None:
 
 
 def _state_on_deletion(c: Ctx, spec: DataflowSpec, prefix: str) -> None:
-    """Delete the Redis state, let it expire, or keep it, as ``spec.deletion`` and ``retention`` say."""
+    """Delete the Redis state, let it expire, or keep it, as ``spec.deletion`` and ``retention`` say
+    (the first two keep it as a ``deleted-`` snapshot first: `kept.on_deletion`)."""
     assert spec.recovery is not None
     store = c.obs.store
     retention = spec.recovery.retention
@@ -835,8 +840,10 @@ def _state_on_deletion(c: Ctx, spec: DataflowSpec, prefix: str) -> None:
         )
         c.p.done = False
     elif spec.deletion.delete_state:
+        kept.on_deletion(c, spec)
         c.act("delete_state")
         c.event("Normal", "StateDeleted", f"deleted the Redis state under {prefix!r}")
     else:
+        kept.on_deletion(c, spec)
         c.act("expire_state", seconds=retention.seconds if retention is not None else 0.0)
         c.event("Normal", "StateKept", f"state under {prefix!r} kept; it expires in {retention}")

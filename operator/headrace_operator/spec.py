@@ -151,7 +151,8 @@ class SecretKeyRef:
 
 @dataclass
 class KeptSnapshotsSpec:
-    """Retention of kept snapshots (``snapshotNonce``, ``upgradeMode: stateless``)."""
+    """Kept snapshots: on a schedule, and their retention (every kept snapshot: ``snapshotNonce``,
+    ``upgradeMode: stateless``, before each spec change, on deletion, scheduled)."""
 
     keep: int | None = field(
         default=None,
@@ -163,6 +164,14 @@ class KeptSnapshotsSpec:
         default=None,
         metadata=_m(
             name="maxAge", doc="Delete kept snapshots older than this (the newest is never deleted)."
+        ),
+    )
+    schedule: Duration | None = field(
+        default=None,
+        metadata=_m(
+            name="schedule",
+            doc="Keep the committed epoch as 'scheduled-<UTC time>' this often (e.g. 1h); the "
+            "last one's time is read from the store, so an operator restart does not repeat it.",
         ),
     )
 
@@ -263,7 +272,7 @@ class RecoverySpec:
     )
     snapshots: KeptSnapshotsSpec = field(
         default_factory=KeptSnapshotsSpec,
-        metadata=_m(name="snapshots", doc="Retention of kept snapshots (by count and age)."),
+        metadata=_m(name="snapshots", doc="Kept snapshots: a schedule, and retention by count and age."),
     )
 
 
@@ -820,6 +829,9 @@ def validate(spec: DataflowSpec) -> Problems:
             )
         if r.snapshot_interval.seconds <= 0:
             p.append(("spec.recovery.snapshotInterval", "must be greater than 0"))
+        sched = r.snapshots.schedule
+        if sched is not None and sched.seconds < 1:
+            p.append(("spec.recovery.snapshots.schedule", "must be at least 1s"))
     if spec.restore_from is not None and r is None:
         p.append(("spec.restoreFrom", "needs spec.recovery: kept snapshots live in the recovery store"))
     for i, env in enumerate(spec.flow.env):

@@ -257,6 +257,12 @@ class KeptSnapshotStatus:
         default=None, metadata=_m(name="time", format="date-time", doc="When it was taken.")
     )
     size: int = field(default=0, metadata=_m(name="size", doc="Bytes of its keys and values."))
+    flow_id: str | None = field(
+        default=None, metadata=_m(name="flowId", doc="The id of the dataflow it was taken from.")
+    )
+    steps: list[str] | None = field(
+        default=None, metadata=_m(name="steps", doc="The steps whose state it holds.")
+    )
 
 
 @dataclass
