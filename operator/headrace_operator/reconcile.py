@@ -415,8 +415,8 @@ def _stopped(
         if not reset and ttype is not Transition.RESET and store.exists:
             kept.set_aside(c, target)  # a stateless upgrade: the old state is kept, not lost
         _delete_state(c, target, owner)
-        if target.restore_from is not None:
-            kept.restore(c, target, owner)
+        if target.restore_from is not None and (reset or ttype is Transition.RESET):
+            kept.restore(c, target, owner)  # a reset starts from it; a stateless upgrade from empty
     tx.start(c, target, owner, ttype, 0, _epoch_now(c))
     if need_reset:
         c.p.events = [e for e in c.p.events if e[1] != "Restored"]

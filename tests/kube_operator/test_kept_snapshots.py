@@ -109,6 +109,24 @@ def test_a_stateless_upgrade_keeps_the_old_state_before_deleting_it() -> None:
     assert w.status["phase"] == "Running"
 
 
+def test_a_stateless_upgrade_of_a_restored_dataflow_starts_empty() -> None:
+    w = World({**BASE, "upgradeMode": "stateless", "restoreFrom": {"name": "nonce-1", "dataflow": "prod-wc"}})
+    w.other_stores["prod/prod-wc"] = StoreInfo(
+        ok=True, exists=True, epoch=40, kept=[KeptSnapshotInfo("nonce-1", 31, 500.0, 4096)]
+    )
+    w.run_until_running()
+    w.commit(35)
+    w.edit(image="app:2")
+    w.step()
+    w.kubelet()
+    w.step()
+    assert [a.describe() for a in w.last.actions if a.kind.endswith(("_state", "_snapshot"))] == [  # type: ignore[union-attr]
+        "keep snapshot stateless-g2",
+        "delete_state",
+    ]
+    assert w.restored == [("prod/prod-wc", "nonce-1")]  # at creation only
+
+
 def test_a_reset_deletes_the_state_and_keeps_nothing() -> None:
     w = World()
     w.run_until_running()
