@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from headrace.recovery import init_db_dir
+from tests.support.redis_cluster import own_redis_cluster, redis_cluster
 from tests.support.servers import redis_server
 
-__all__ = ["location", "redis_server"]
+__all__ = ["location", "own_redis_cluster", "redis_cluster", "redis_server"]
 
 
 @pytest.fixture(params=["sqlite", "redis"])

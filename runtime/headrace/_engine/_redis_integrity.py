@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -76,8 +75,12 @@ def hint(store: RedisStore) -> str:
 
 
 def key_step(store: RedisStore, name: str) -> tuple[str, str]:
-    """``(step, group)`` of a base (``hr{p}:b:S:G``) or delta (``hr{p}:d:E:S:G``) key."""
-    rest = name[len(store._k("")) :]
+    """``(step, group)`` of a base (``hr{p}:b:S:G``) or delta (``hr{p}:d:E:S:G``) key.
+
+    On a Redis Cluster the hash tag is the group's own (``hr{p:g5}:b:S:5``).
+    """
+    head = store._k("")
+    rest = name[len(head) :] if name.startswith(head) else name.partition("}:")[2]
     kind, _, rest = rest.partition(":")
     if kind == "d":
         rest = rest.partition(":")[2]
@@ -96,20 +99,17 @@ def describe_key(store: RedisStore, name: str) -> str:
     return f"{name} ({what})"
 
 
+def own_keys(store: RedisStore) -> list[str]:
+    """Every key of this prefix (SCAN; on a Redis Cluster, every primary's, every tag's)."""
+    return [n for pattern in store._own_patterns() for n in store._scan_keys(pattern)]
+
+
 def leftovers(store: RedisStore, limit: int = 10) -> list[str]:
     """Keys of this prefix other than the meta, the lease and kept snapshots (at most ``limit``)."""
-    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", store._k("")) + "*"
     skip = {store._k("meta"), store._k("lease")}
     kept = store._k("snap")  # hr{p}:snaps and hr{p}:snap:...: apart from the live state
-    found: list[str] = []
-    cursor = 0
-    while True:
-        cursor, keys = store._retry(
-            "looking for state", partial(store._r.scan, cursor, match=pattern, count=1000)
-        )
-        found.extend(n for n in map(_s, keys) if n not in skip and not n.startswith(kept))
-        if cursor == 0 or len(found) >= limit:
-            return sorted(found)[:limit]
+    found = [n for n in own_keys(store) if n not in skip and not n.startswith(kept)]
+    return sorted(found)[:limit]
 
 
 def _listings(store: RedisStore, epochs: list[int]) -> tuple[list[list[str]], list[str], set[int]]:
@@ -266,9 +266,15 @@ def drop_steps(store: RedisStore, steps: list[str]) -> int:
         return 0
     epoch_sets = store._retry("listing epochs", lambda: store._r.zrange(store._k("epochs"), 0, -1))
 
+    if store.cluster:  # the data is on other slots: deleted first, then unlisted
+        store._retry("dropping state", partial(store._r.delete, *names))
+
     def drop() -> None:
         p = store._r.pipeline(transaction=True)
-        p.delete(*names)
+        if not store.cluster:
+            p.delete(*names)
+        else:
+            p.hdel(store._k("bc"), *names)
         p.srem(store._k("bases"), *names)
         for e in epoch_sets:
             p.srem(store._k("e", _s(e)), *names)

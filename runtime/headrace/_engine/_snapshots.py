@@ -58,7 +58,7 @@ from headrace._engine._integrity import MANIFEST_FIELD, dropped_steps, flow_stat
 from headrace._engine._plan import build_plan
 from headrace._engine._sqlite_parts import _File, _transaction
 from headrace._engine._sqlite_store import SqliteStore
-from headrace._engine._store import RedisStore
+from headrace._engine._store import RedisStore, open_store
 from headrace._engine._store_base import PARTS, RecoveryStoreError, StateMismatchError, Store, _merge
 
 if TYPE_CHECKING:
@@ -506,7 +506,17 @@ def flow_steps(flow: Dataflow) -> tuple[str, list[str]]:
     return plan.flow_id, flow_state_steps((s.step_id, s.kind) for s in plan.steps)
 
 
+def _no_cluster(store: Store) -> None:
+    if getattr(store, "cluster", False):
+        msg = (
+            f"kept snapshots are not supported on a Redis Cluster store yet ({store.description}); "
+            "take them on a single-node Redis or a recovery directory"
+        )
+        raise SnapshotError(msg)
+
+
 def _keeper(store: Store) -> _RedisKept | _SqliteKept:
+    _no_cluster(store)
     if isinstance(store, RedisStore):
         return _RedisKept(store)
     if isinstance(store, SqliteStore):
@@ -536,6 +546,7 @@ def committed_state(store: Store) -> tuple[dict[str, str], State]:
     >>> meta, state = committed_state(s); meta["committed_epoch"], state
     ('2', {('st', '2'): {'j': b'2'}})
     """
+    _no_cluster(store)
     if isinstance(store, RedisStore):
         return _redis_committed(store)
     if isinstance(store, SqliteStore):
@@ -758,17 +769,11 @@ def stored_prefixes(location: str) -> list[str]:
 
     found: set[str] = set()
     if check_location(location).startswith(REDIS_SCHEMES):
-        store = RedisStore(location, "*", retry_for=5.0)
+        store = open_store(location, "*", retry_for=5.0)
+        assert isinstance(store, RedisStore)
         try:
             for pattern in ("hr{*}:meta", "hr{*}:snaps"):
-                cursor = 0
-                while True:
-                    cursor, keys = store._retry(
-                        "listing dataflows", partial(store._r.scan, cursor, match=pattern, count=1000)
-                    )
-                    found |= {_rs(k)[3:].rpartition("}:")[0] for k in keys}
-                    if cursor == 0:
-                        break
+                found |= {k[3:].rpartition("}:")[0] for k in store._scan_keys(pattern)}
         finally:
             store.close()
         return sorted(found)

@@ -9,6 +9,7 @@ and a `_sqlite_store.SqliteStore` for a local directory.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -32,7 +33,7 @@ from headrace._engine._store_base import (
     _safe_url,
     fenced_message,
 )
-from headrace._engine._store_checks import REDIS_SCHEMES, check_location, refusal
+from headrace._engine._store_checks import CLUSTER_SCHEMES, REDIS_SCHEMES, check_location, refusal
 
 log = logging.getLogger("headrace.recovery")
 T = TypeVar("T")
@@ -40,6 +41,8 @@ T = TypeVar("T")
 
 class RedisStore(Store):
     """Snapshots in Redis under ``{prefix}`` (one hash tag: one cluster slot)."""
+
+    cluster = False  # a Redis Cluster: `_redis_cluster.RedisClusterStore`
 
     def __init__(
         self,
@@ -75,6 +78,32 @@ class RedisStore(Store):
     # key names: every key carries the same {hash tag}
     def _k(self, *parts: object) -> str:
         return ":".join([f"hr{{{self.prefix}}}", *map(str, parts)])
+
+    # a step's delta of one key group (or "p": its partitions) and its base;
+    # `_redis_cluster.RedisClusterStore` gives each group a hash tag of its own
+    def _dk(self, epoch: int, step_id: str, group: Group, key: str = "") -> str:
+        return self._k("d", epoch, step_id, group)
+
+    def _bk(self, step_id: str, group: Group, key: str = "") -> str:
+        return self._k("b", step_id, group)
+
+    def _scan_keys(self, pattern: str) -> Iterable[str]:
+        """The names of the keys matching ``pattern``, in batches (SCAN)."""
+        cursor = 0
+        while True:
+            cursor, found = self._retry(
+                "listing keys", partial(self._r.scan, cursor, match=pattern, count=1000)
+            )
+            yield from (k.decode() if isinstance(k, bytes) else k for k in found)
+            if cursor == 0:
+                return
+
+    def _own_patterns(self) -> list[str]:
+        """SCAN patterns matching every key of this prefix (and only those)."""
+        return [glob_escape(self._k("")) + "*"]
+
+    def _before_verify(self, fields: dict[str, str]) -> None:
+        """Finish what a crash left half done before the resume's check (see the cluster store)."""
 
     def _retry(self, what: str, fn: Callable[[], T]) -> T:
         deadline = time.monotonic() + self.retry_for
@@ -166,7 +195,8 @@ class RedisStore(Store):
         if ahead:  # the manifest of epochs that never committed
             self._retry("dropping uncommitted epochs", lambda: self._r.hdel(self._k("meta"), *ahead))
         if MANIFEST_FIELD in fields:
-            ri.verify(self, meta.committed_epoch, "resuming", fields)
+            self._before_verify(fields)
+            ri.verify(self, meta.committed_epoch, "resuming")
         else:  # state of an older Headrace: counted now, checked from here on
             ri.rebuild_manifest(self)
         self._committed = meta.committed_epoch
@@ -177,7 +207,7 @@ class RedisStore(Store):
         by_key: dict[str, dict[str, bytes]] = {}
         size = 0
         for step_id, group, key, value in entries:
-            by_key.setdefault(self._k("d", epoch, step_id, group), {})[key] = value
+            by_key.setdefault(self._dk(epoch, step_id, group, key), {})[key] = value
             size += len(key) + len(value)
         if not by_key:
             return 0
@@ -326,9 +356,9 @@ class RedisStore(Store):
         def read() -> list[Any]:
             p = self._r.pipeline(transaction=False)
             for g in groups:
-                p.hgetall(self._k("b", step_id, g))
+                p.hgetall(self._bk(step_id, g))
                 for e in epochs:
-                    p.hgetall(self._k("d", e, step_id, g))
+                    p.hgetall(self._dk(e, step_id, g))
             return p.execute()
 
         res = self._retry(f"loading the state of step {step_id!r}", read)
@@ -373,20 +403,13 @@ class RedisStore(Store):
             self._delete_epochs([e])
 
     def delete_all(self) -> int:
-        pattern = self._k("*")
+        from headrace._engine._redis_integrity import own_keys
+
         kept = self._k("snap")  # kept snapshots (`_snapshots`) outlive the live state
-        n = 0
-        cursor = 0
-        while True:
-            cursor, found = self._retry(
-                "deleting state", partial(self._r.scan, cursor, match=pattern, count=1000)
-            )
-            keys = [k for k in found if not (k.decode() if isinstance(k, bytes) else k).startswith(kept)]
-            if keys:
-                self._retry("deleting state", partial(self._r.delete, *keys))
-                n += len(keys)
-            if cursor == 0:
-                return n
+        keys = [k for k in own_keys(self) if not k.startswith(kept)]
+        for i in range(0, len(keys), 1000):
+            self._retry("deleting state", partial(self._r.delete, *keys[i : i + 1000]))
+        return len(keys)
 
     def summary(self) -> dict[str, dict[str, int]]:
         meta = self.load_meta()
@@ -398,11 +421,11 @@ class RedisStore(Store):
         for e in self._epochs(meta.base_epoch + 1, meta.committed_epoch):
             for raw in self._retry("summarising", partial(self._r.smembers, self._k("e", e))):
                 names.add(raw.decode())
+        from headrace._engine._redis_integrity import key_step
+
         steps: dict[str, set[tuple[str, str]]] = {}
         for name in names:
-            parts = name.split(":")
-            # hr{p}:b:step:group  or  hr{p}:d:epoch:step:group
-            step, group = (parts[2], parts[3]) if parts[1] == "b" else (parts[3], parts[4])
+            step, group = key_step(self, name)  # hr{p}:b:step:group  or  hr{p}:d:epoch:step:group
             steps.setdefault(step, set()).add((step, group))
         out: dict[str, dict[str, int]] = {}
         for step, pairs in steps.items():
@@ -497,6 +520,15 @@ return cur
 """
 
 
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a SCAN pattern.
+
+    >>> glob_escape("hr{a*b}:")
+    'hr{a\\\\*b}:'
+    """
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
 def open_store(location: str, prefix: str, retry_for: float = 30.0, check: bool = True) -> Store:
     """Open the store named by ``location``: a Redis URL or a recovery directory.
 
@@ -510,7 +542,11 @@ def open_store(location: str, prefix: str, retry_for: float = 30.0, check: bool 
     >>> open_store(d, "flow").description  # doctest: +ELLIPSIS
     "SQLite store '...' (2 parts, flow 'flow')"
     """
-    if check_location(location).startswith(REDIS_SCHEMES):
+    if check_location(location).startswith(CLUSTER_SCHEMES):
+        from headrace._engine._redis_cluster import RedisClusterStore
+
+        return RedisClusterStore(location, prefix, retry_for=retry_for)
+    if location.startswith(REDIS_SCHEMES):
         return RedisStore(location, prefix, retry_for=retry_for)
     from headrace._engine._sqlite_store import SqliteStore
 

@@ -10,12 +10,15 @@ raises them as `RecoveryStoreError` at once instead of retrying.
 from __future__ import annotations
 
 import re
+from typing import Any
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", *CLUSTER_SCHEMES)
 
 ACCEPTED_LOCATIONS = (
     "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS), "
-    "unix:///path/to/redis.sock[?db=DB], or a local directory (a relative one whose first "
+    "unix:///path/to/redis.sock[?db=DB], redis+cluster://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...][/0] "
+    "(a Redis Cluster; rediss+cluster:// with TLS), or a local directory (a relative one whose first "
     "name has a ':' is written ./NAME)"
 )
 
@@ -41,6 +44,9 @@ def check_location(location: str) -> str:
     ...
     ValueError: recovery location 'redis:/127.0.0.1:6379/0' is not a URL Headrace knows...
     """
+    if location.startswith(CLUSTER_SCHEMES):
+        cluster_nodes(location)
+        return location
     if location.startswith(REDIS_SCHEMES):
         return location
     if not location.strip():
@@ -63,6 +69,57 @@ def check_location(location: str) -> str:
         )
         raise ValueError(msg)
     return location
+
+
+def cluster_nodes(url: str) -> dict[str, Any]:
+    """Parse a Redis Cluster URL into the seed nodes and settings of redis-py's ``RedisCluster``.
+
+    ``redis+cluster://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...][/0]``
+    (``rediss+cluster://`` for TLS): one or more nodes of the cluster (the
+    client discovers the others), database 0 only (a Redis Cluster has no
+    other), no query options. Anything else is a `ValueError` naming the
+    form.
+
+    >>> cluster_nodes("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001/0")["nodes"]
+    [('10.0.0.1', 7000), ('10.0.0.2', 7001)]
+    >>> cluster_nodes("redis+cluster://h:7000/1")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Redis Cluster URL 'redis+cluster://h:7000/1': a Redis Cluster has database 0 only...
+    """
+    from urllib.parse import unquote
+
+    scheme, _, rest = url.partition("://")
+    form = (
+        f"{scheme}://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...][/0], e.g. "
+        f"{scheme}://redis-cluster.default.svc:6379/0"
+    )
+    safe = url if "@" not in rest else f"{scheme}://***@{rest.rpartition('@')[2]}"
+    netloc, _, path = rest.partition("/")
+    path, _, query = path.partition("?")
+    if "?" in netloc:
+        netloc, _, query = netloc.partition("?")
+    creds, _, hosts = netloc.rpartition("@")
+    if query:
+        msg = f"Redis Cluster URL {safe!r}: no query options are accepted ({query!r}); write {form}"
+        raise ValueError(msg)
+    if path not in ("", "0"):
+        msg = f"Redis Cluster URL {safe!r}: a Redis Cluster has database 0 only, not {path!r}; write {form}"
+        raise ValueError(msg)
+    nodes: list[tuple[str, int]] = []
+    for node in hosts.split(","):
+        m = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]/]+):(\d{1,5})", node.strip())
+        if m is None or not 0 < int(m.group(2)) < 65536:
+            msg = f"Redis Cluster URL {safe!r}: {node!r} is not HOST:PORT (a port is required); write {form}"
+            raise ValueError(msg)
+        nodes.append((m.group(1).strip("[]"), int(m.group(2))))
+    user, _, password = creds.partition(":") if creds else ("", "", "")
+    return {
+        "nodes": nodes,
+        "username": unquote(user) or None,
+        "password": unquote(password) or None,
+        "ssl": scheme == "rediss+cluster",
+    }
 
 
 def reply(exc: BaseException) -> str:
