@@ -13,6 +13,8 @@ variable                                     default         meaning
 ``HEADRACE_OPERATOR_METRICS_PORT`` (or       8080            ``/metrics``, ``/healthz``, ``/readyz``;
 ``HEADRACE_OPERATOR_PORT``)                                  0 disables
 ``HEADRACE_OPERATOR_PEERING``                unset           kopf peering name (standby replicas)
+``HEADRACE_OPERATOR_CONSOLE_PORT``           8081            the web console (`console`); 0 disables
+``HEADRACE_OPERATOR_CONSOLE_PROMETHEUS_URL`` unset           the Prometheus the console's charts query
 ``HEADRACE_OPERATOR_LOG_LEVEL``              INFO
 ``HEADRACE_OPERATOR_LOG_FORMAT``             json            ``json`` or ``plain``
 ``HEADRACE_OPERATOR_STALE_AFTER``            300             seconds before ``/healthz`` fails on a
@@ -27,8 +29,8 @@ variable                                     default         meaning
 ===========================================  ==============  ==========================================
 
 >>> s = load({"WATCH_NAMESPACES": "a,b", "HEADRACE_OPERATOR_PORT": "9090"})
->>> s.namespaces, s.metrics_port, s.timer_interval
-(['a', 'b'], 9090, 2.0)
+>>> s.namespaces, s.metrics_port, s.timer_interval, s.console_port
+(['a', 'b'], 9090, 2.0, 8081)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "Settings",
+    "export_console_port",
     "export_namespaces",
     "load",
     "watch_namespaces",
@@ -69,6 +72,8 @@ class Settings:
 
     namespaces: list[str] = field(default_factory=list)  # watched; [] = all
     metrics_port: int = 8080
+    console_port: int = 8081
+    console_prometheus_url: str = ""
     peering: str | None = None
     log_level: str = "INFO"
     log_format: str = "json"
@@ -114,6 +119,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         metrics_port=int(
             env.get("HEADRACE_OPERATOR_METRICS_PORT") or env.get("HEADRACE_OPERATOR_PORT") or "8080"
         ),
+        console_port=int(env.get("HEADRACE_OPERATOR_CONSOLE_PORT") or "8081"),
+        console_prometheus_url=env.get("HEADRACE_OPERATOR_CONSOLE_PROMETHEUS_URL", ""),
         peering=env.get("HEADRACE_OPERATOR_PEERING") or None,
         log_level=env.get("HEADRACE_OPERATOR_LOG_LEVEL", "INFO"),
         log_format=env.get("HEADRACE_OPERATOR_LOG_FORMAT", "json"),
@@ -162,3 +169,14 @@ def export_namespaces(namespaces: list[str], env: MutableMapping[str, str] | Non
     """
     env = os.environ if env is None else env
     env["WATCH_NAMESPACES"] = ",".join(namespaces) or "*"
+
+
+def export_console_port(port: int, env: MutableMapping[str, str] | None = None) -> None:
+    """Record the console port the command line chose (``--console-port``), for the handlers' `load`.
+
+    >>> env = {}
+    >>> export_console_port(0, env); load(env).console_port
+    0
+    """
+    env = os.environ if env is None else env
+    env["HEADRACE_OPERATOR_CONSOLE_PORT"] = str(port)

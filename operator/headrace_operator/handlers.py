@@ -33,9 +33,9 @@ from headrace_operator.metrics import EndpointServer, WatchMonitor, forget_dataf
 from headrace_operator.observation import Observation
 from headrace_operator.reconcile import Plan, apply_failed, deployed_spec, plan, plan_delete
 from headrace_operator.spec import DataflowSpec, SpecError, parse_spec
-from headrace_operator.status import PHASES, DataflowStatus, Phase
+from headrace_operator.status import PHASES, DataflowStatus, Phase, iso
 
-__all__ = ["STATE", "TIMER_INTERVAL", "reconcile_once", "worker_service_account"]
+__all__ = ["STATE", "TIMER_INTERVAL", "events_of", "reconcile_once", "worker_service_account"]
 
 log = logging.getLogger("headrace.operator")
 
@@ -64,6 +64,9 @@ class _State:
     errors_scraped: dict[str, float] = field(default_factory=dict)  # uid -> when
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
     server: EndpointServer | None = None
+    console: Any = None  # console.server.ConsoleServer, when the console is on
+    # (namespace, name) -> the last events posted for it, for the console
+    events: dict[tuple[str, str], collections.deque[dict[str, str]]] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     ready: bool = False
     guard: threading.Lock = field(default_factory=threading.Lock)
@@ -112,6 +115,14 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         ver = "unknown"
     metric("headrace_operator_info").labels(ver).set(1)
     threading.Thread(target=_liveness_loop, name="headrace-liveness", daemon=True).start()
+    if STATE.settings.console_port:
+        from headrace_operator.console.server import ConsoleServer, KubeBackend
+
+        backend = KubeBackend(STATE.kube, STATE.settings.namespaces, events_of)
+        STATE.console = ConsoleServer(
+            "0.0.0.0", STATE.settings.console_port, backend, STATE.settings.console_prometheus_url
+        )
+        log.info("console on port %d", STATE.console.port)
     STATE.ready = True
 
 
@@ -121,6 +132,18 @@ def cleanup(**_: Any) -> None:
     STATE.stop.set()
     if STATE.server is not None:
         STATE.server.close()
+    if STATE.console is not None:
+        STATE.console.close()
+
+
+EVENTS_KEPT = 50
+"""Events kept per Dataflow for the console (the operator cannot list Events: no RBAC for it)."""
+
+
+def events_of(namespace: str, name: str) -> list[dict[str, str]]:
+    """The events this operator process posted for a Dataflow, oldest first (for the console)."""
+    with STATE.guard:
+        return list(STATE.events.get((namespace, name), ()))
 
 
 def _liveness_loop() -> None:
@@ -149,6 +172,8 @@ def watched(event: Any, body: kopf.Body, **_: Any) -> None:
         STATE.dedup.forget(f"{meta.get('namespace')}/{meta.get('name')}")
         STATE.phases.pop((meta.get("namespace", ""), meta.get("name", "")), None)
         STATE.uids.pop((meta.get("namespace", ""), meta.get("name", "")), None)
+        with STATE.guard:
+            STATE.events.pop((meta.get("namespace", ""), meta.get("name", "")), None)
         _count_phases()
         forget_dataflow(meta.get("namespace", ""), meta.get("name", ""))
     else:
@@ -373,6 +398,11 @@ def _post_events(obj: dict[str, Any], p: Plan) -> None:
         if not STATE.dedup.allow(key, etype, reason, message, time.time()):
             continue
         metric("headrace_operator_events_total").labels(etype, reason).inc()
+        with STATE.guard:
+            kept = STATE.events.setdefault(
+                (meta.get("namespace", ""), meta.get("name", "")), collections.deque(maxlen=EVENTS_KEPT)
+            )
+            kept.append({"time": iso(time.time()), "type": etype, "reason": reason, "message": message})
         log.log(logging.WARNING if etype == "Warning" else logging.INFO, "%s %s: %s", key, reason, message)
         kopf.event(typing.cast(kopf.Body, obj), type=etype, reason=reason, message=message[:1024])
 

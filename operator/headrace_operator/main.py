@@ -3,7 +3,7 @@
 Options (kopf's own spelling, so ``kopf run`` habits carry over)::
 
     headrace-operator [--standalone | --peering NAME] [--all-namespaces | -n NS ...]
-                      [--verbose] [--log-format json|plain]
+                      [--verbose] [--log-format json|plain] [--console-port PORT]
 
 Environment (options win; every variable the operator reads is in `config`):
 
@@ -12,6 +12,9 @@ Environment (options win; every variable the operator reads is in `config`):
 - ``HEADRACE_OPERATOR_METRICS_PORT`` (or ``HEADRACE_OPERATOR_PORT``, default
   8080): ``/metrics``, ``/healthz`` (fails when the watch goes stale), ``/readyz``;
   0 disables.
+- ``HEADRACE_OPERATOR_CONSOLE_PORT`` (default 8081; ``--console-port``): the
+  read-only web console (`headrace_operator.console`); 0 disables.
+  ``HEADRACE_OPERATOR_CONSOLE_PROMETHEUS_URL``: the Prometheus its charts query.
 - ``HEADRACE_OPERATOR_PEERING``: a kopf peering name, to run standby replicas
   (needs kopf's peering CRDs); unset runs standalone (one replica, Recreate).
 - ``HEADRACE_OPERATOR_LOG_FORMAT`` (``json`` or ``plain``), ``HEADRACE_OPERATOR_LOG_LEVEL``.
@@ -55,6 +58,12 @@ def _parser(settings: config.Settings) -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     p.add_argument(
+        "--console-port",
+        type=int,
+        default=settings.console_port,
+        help="port of the read-only web console (0 disables)",
+    )
+    p.add_argument(
         "--log-format",
         choices=["json", "plain"],
         default=settings.log_format,
@@ -79,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     namespaces = [] if args.all_namespaces else (args.namespace or settings.namespaces)
     # The handlers read the scope from the settings (liveness LIST, service accounts).
     config.export_namespaces(namespaces)
+    config.export_console_port(args.console_port)
     standalone = args.standalone or args.peering is None
     kopf.run(
         clusterwide=not namespaces,
