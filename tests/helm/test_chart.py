@@ -187,6 +187,7 @@ def test_default_render_has_the_operator_and_nothing_optional(tmp_path: Path) ->
             "ClusterRoleBinding",
             "Deployment",
             "Service",
+            "Service",  # the console's
         ]
         + ["ConfigMap"] * len(list((CHART / "dashboards").glob("*.json")))
     )
@@ -222,7 +223,10 @@ def test_operator_deployment_is_one_restricted_replica_replaced_by_recreate(tmp_
     assert env["HEADRACE_CLUSTER_DOMAIN"] == "cluster.local"
     # Standalone kopf: no peering name, so no peering objects or RBAC.
     assert "HEADRACE_OPERATOR_PEERING" not in env
-    assert c["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "metrics", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "console", "containerPort": 8081, "protocol": "TCP"},
+    ]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     # A read-only root filesystem needs a writable /tmp.
@@ -242,7 +246,7 @@ def test_operator_reads_every_setting_the_chart_gives_it(tmp_path: Path) -> None
 
 def test_metrics_service_selects_the_operator_pod(tmp_path: Path) -> None:
     objs = render(tmp_path)
-    svc = one(objs, "Service")
+    svc = one(objs, "Service", f"{FULLNAME}-operator")
     pod_labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     assert svc["spec"]["ports"] == [

@@ -84,6 +84,11 @@ and any listed in serviceAccount.worker.namespaces, each once.
 {{- printf "%s-operator" (include "headrace.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The console's Service (and Ingress) name. */}}
+{{- define "headrace.console.serviceName" -}}
+{{- printf "%s-console" (include "headrace.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "headrace.redis.fullname" -}}
 {{- printf "%s-redis" (include "headrace.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
