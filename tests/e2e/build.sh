@@ -10,8 +10,8 @@
 # seconds. Go builds run at low priority with few parallel jobs, because this
 # machine is shared; set E2E_BUILD_JOBS to change the job count.
 #
-# Usage: tests/e2e/build.sh [PART...]   (packages and pause need root)
-#   PART: packages kubernetes etcd helm coredns prometheus pause (default: all), promtool
+# Usage: tests/e2e/build.sh [PART...]   (packages, chromium and pause need root)
+#   PART: packages kubernetes etcd helm coredns prometheus pause chromium (default: all), promtool
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.sh
@@ -50,6 +50,20 @@ install_packages() {
       && ! pgrep -f "containerd --config .*headrace-e2e" >/dev/null; then
     log "note: a system containerd is running; the suite does not use it"
   fi
+}
+
+# Chromium (Debian's package), the headless browser the console step drives.
+# Its .debs (~80 MB with what it depends on) are kept in the suite's cache, so
+# a machine that loses the package reinstalls it without downloading again.
+install_chromium() {
+  if command -v chromium >/dev/null; then log "chromium: installed"; return; fi
+  local debs=$E2E_CACHE/debs
+  mkdir -p "$debs/partial"
+  log "chromium: installing Debian's package (downloads cached in $debs)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends -o APT::Sandbox::User=root \
+      -o Dir::Cache::archives="$debs" chromium >/dev/null
 }
 
 # Release date of a module version, used as the reproducible build date.
@@ -197,15 +211,16 @@ build_pause() {
 
 start=$SECONDS
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(packages kubernetes etcd helm coredns prometheus pause)
-# Only these two need root; the unit tests build helm and prometheus here too.
-case " ${parts[*]} " in *" packages "*|*" pause "*)
+[ ${#parts[@]} -gt 0 ] || parts=(packages kubernetes etcd helm coredns prometheus pause chromium)
+# Only these need root; the unit tests build helm and prometheus here too.
+case " ${parts[*]} " in *" packages "*|*" pause "*|*" chromium "*)
   [ "$(id -u)" = 0 ] || die "run as root: it installs packages and builds images for containerd" ;;
 esac
 mkdir -p "$E2E_BIN"
 for part in "${parts[@]}"; do
   case $part in
     packages) install_packages ;;
+    chromium) install_chromium ;;
     kubernetes|etcd|helm|coredns|prometheus|promtool|pause) "build_$part" ;;
     *) die "unknown part $part (see the usage at the top of $0)" ;;
   esac
