@@ -12,7 +12,6 @@ import copy
 import importlib.util
 import json
 import re
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from tests.support.helm import (
     helm,
     one,
     render,
+    render_notes,
     values_args,
 )
 
@@ -42,30 +42,6 @@ pytestmark = pytest.mark.tools("helm")
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def render_notes(tmp: Path, values: dict[str, Any] | None = None, *args: str) -> str:
-    """NOTES.txt as `helm install` would print it (helm template skips it, so a
-    copy of the chart carries it as a one-key YAML template)."""
-    chart = tmp / "notes-chart"
-    if not chart.exists():
-        shutil.copytree(CHART, chart)
-        notes = (chart / "templates" / "NOTES.txt").read_text()
-        (chart / "templates" / "zz-notes.yaml").write_text(
-            "notes: |\n" + "".join("  " + line for line in notes.splitlines(True))
-        )
-    out = helm(
-        "template",
-        RELEASE,
-        str(chart),
-        "--namespace",
-        NAMESPACE,
-        "--show-only",
-        "templates/zz-notes.yaml",
-        *values_args(values, tmp),
-        *args,
-    ).stdout
-    return str(yaml.safe_load(out)["notes"])
 
 
 def rules_of(role: dict[str, Any]) -> set[tuple[str, str, str]]:

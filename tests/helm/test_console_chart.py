@@ -8,7 +8,17 @@ from typing import Any
 
 import pytest
 
-from tests.support.helm import CHART, FULLNAME, NAMESPACE, by_kind, helm, one, render, values_args
+from tests.support.helm import (
+    CHART,
+    FULLNAME,
+    NAMESPACE,
+    by_kind,
+    helm,
+    one,
+    render,
+    render_notes,
+    values_args,
+)
 
 pytestmark = pytest.mark.tools("helm")
 
@@ -161,8 +171,6 @@ def test_console_schema_rejects_bad_values(tmp_path: Path, values: dict[str, Any
 
 
 def test_notes_tell_how_to_reach_the_console(tmp_path: Path) -> None:
-    from tests.helm.test_chart import render_notes
-
     notes = render_notes(tmp_path)
     assert f"kubectl -n {NAMESPACE} port-forward svc/{FULLNAME}-console 8081" in notes
     assert "http://localhost:8081/" in notes and "Set console.prometheusUrl" in notes

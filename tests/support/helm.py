@@ -8,6 +8,7 @@ else built once at the pinned version); a test needing it declares
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -69,3 +70,27 @@ def one(objs: Iterable[dict[str, Any]], kind: str, name: str | None = None) -> d
     found = [o for o in by_kind(objs, kind) if name is None or o["metadata"]["name"] == name]
     assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
     return found[0]
+
+
+def render_notes(tmp: Path, values: dict[str, Any] | None = None, *args: str) -> str:
+    """NOTES.txt as `helm install` would print it (helm template skips it, so a
+    copy of the chart carries it as a one-key YAML template)."""
+    chart = tmp / "notes-chart"
+    if not chart.exists():
+        shutil.copytree(CHART, chart)
+        notes = (chart / "templates" / "NOTES.txt").read_text()
+        (chart / "templates" / "zz-notes.yaml").write_text(
+            "notes: |\n" + "".join("  " + line for line in notes.splitlines(True))
+        )
+    out = helm(
+        "template",
+        RELEASE,
+        str(chart),
+        "--namespace",
+        NAMESPACE,
+        "--show-only",
+        "templates/zz-notes.yaml",
+        *values_args(values, tmp),
+        *args,
+    ).stdout
+    return str(yaml.safe_load(out)["notes"])
