@@ -102,7 +102,20 @@ def console() -> Iterator[tuple[str, dict[str, Any]]]:
         "spec": {"replicas": 1, "image": "app:2", "flow": {"import": "flows:sensors"}},
         "status": {"phase": "Deploying", "autoscaler": {"lastEvaluation": {"lag": 42.0}}},
     }
-    backend = StaticBackend([obj, other], events={("prod", "wc"): [EVENT]}, graphs={("prod", "wc"): GRAPH})
+    kept = {
+        "metadata": {"namespace": "dev", "name": "kept"},
+        "spec": {},
+        "status": {
+            "snapshots": [
+                {"name": "nonce-1", "epoch": 3, "flowId": "wc", "steps": ["wc.count"]},
+                {"name": "nonce-2", "epoch": 4, "flowId": "wc", "steps": ["wc.count", "wc.window"]},
+                {"name": "scheduled-x", "epoch": 5},
+            ]
+        },
+    }
+    backend = StaticBackend(
+        [obj, other, kept], events={("prod", "wc"): [EVENT]}, graphs={("prod", "wc"): GRAPH}
+    )
     srv = ConsoleServer("127.0.0.1", 0, backend)
     try:
         yield f"http://127.0.0.1:{srv.port}", obj
@@ -222,6 +235,18 @@ def test_list_endpoint_exact(console: tuple[str, dict[str, Any]]) -> None:
         "dataflows": [
             {
                 "namespace": "dev",
+                "name": "kept",
+                "phase": "Pending",
+                "replicas": None,
+                "readyReplicas": 0,
+                "conditions": [],
+                "lag": None,
+                "lastSnapshot": None,
+                "keptSnapshots": 3,
+                "created": "",
+            },
+            {
+                "namespace": "dev",
                 "name": "sensors",
                 "phase": "Deploying",
                 "replicas": 1,
@@ -317,6 +342,7 @@ def test_detail_endpoint_exact(console: tuple[str, dict[str, Any]]) -> None:
                 {"id": "wc.count", "name": "count", "type": "count_final", "from": ["wc.inp"], "substeps": 2},
                 {"id": "wc.out", "name": "out", "type": "output", "from": ["wc.count"], "substeps": 0},
             ],
+            "source": "worker",
         },
         "graphError": "",
     }
@@ -331,6 +357,17 @@ def test_detail_endpoint_exact(console: tuple[str, dict[str, Any]]) -> None:
     code, other = _json(f"{url}/api/dataflows/dev/sensors")
     assert code == 200
     assert (other["graph"], other["graphError"], other["lag"]) == (None, "no worker answered", 42.0)
+    # No worker to ask: the stateful steps of the newest kept snapshot that names them.
+    code, kept = _json(f"{url}/api/dataflows/dev/kept")
+    assert code == 200 and kept["graphError"] == "no worker answered"
+    assert kept["graph"] == {
+        "flowId": "wc",
+        "steps": [
+            {"id": "wc.count", "name": "count", "type": "stateful", "from": [], "substeps": 0},
+            {"id": "wc.window", "name": "window", "type": "stateful", "from": [], "substeps": 0},
+        ],
+        "source": "snapshot nonce-2",
+    }
 
 
 def test_endpoints_refuse_what_they_do_not_serve(console: tuple[str, dict[str, Any]]) -> None:

@@ -4,7 +4,8 @@ Placed in the flow: `console.server` reads the Dataflows (with the
 operator's own ServiceAccount), the events the operator posted, a worker's
 ``/dataflow`` graph and Prometheus' answers, and hands them to the functions
 here, which decide nothing and touch nothing: `summary` (a row of the list
-page), `detail` (one Dataflow's page), `graph_view` (the graph),
+page), `detail` (one Dataflow's page), `graph_view` (the graph; without a worker,
+`kept_steps_view`: the stateful steps a kept snapshot names),
 `chart_queries` (a named chart's PromQL, read from the Grafana dashboards
 shipped in this package, their variables substituted) and `align` (Prometheus'
 range answers as the chart's columns).
@@ -39,6 +40,7 @@ __all__ = [
     "dashboard",
     "detail",
     "graph_view",
+    "kept_steps_view",
     "lag_of",
     "legend",
     "rate_interval",
@@ -328,6 +330,8 @@ def graph_view(rendered: dict[str, Any] | None) -> dict[str, Any] | None:
     ...    "substeps": [{}]}]}
     >>> graph_view(g)["steps"][1]
     {'id': 'f.m', 'name': 'm', 'type': 'map', 'from': ['f.inp'], 'substeps': 1}
+    >>> graph_view(g)["source"]
+    'worker'
     """
     if not isinstance(rendered, dict):
         return None
@@ -348,7 +352,35 @@ def graph_view(rendered: dict[str, Any] | None) -> dict[str, Any] | None:
                 "substeps": len(s.get("substeps") or []),
             }
         )
-    return {"flowId": str(rendered.get("flow_id", "")), "steps": steps}
+    return {"flowId": str(rendered.get("flow_id", "")), "steps": steps, "source": "worker"}
+
+
+def kept_steps_view(status: dict[str, Any]) -> dict[str, Any] | None:
+    """Without a worker to ask: the stateful steps the newest kept snapshot holds state of
+    (``status.snapshots``), unconnected; ``None`` if it names none.
+
+    >>> g = kept_steps_view({"snapshots": [{"name": "n", "flowId": "wc", "steps": ["wc.count"]}]})
+    >>> g["source"], g["steps"]
+    ('snapshot n', [{'id': 'wc.count', 'name': 'count', 'type': 'stateful', 'from': [], 'substeps': 0}])
+    """
+    for snap in reversed(status.get("snapshots") or []):
+        if snap.get("steps"):
+            steps = [
+                {
+                    "id": str(s),
+                    "name": str(s).rsplit(".", 1)[-1],
+                    "type": "stateful",
+                    "from": [],
+                    "substeps": 0,
+                }
+                for s in snap["steps"]
+            ]
+            return {
+                "flowId": str(snap.get("flowId") or ""),
+                "steps": steps,
+                "source": f"snapshot {snap['name']}",
+            }
+    return None
 
 
 def detail(
@@ -369,6 +401,8 @@ def detail(
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     autoscaler = status.get("autoscaler") or {}
+    if graph is None:
+        graph = kept_steps_view(status)
     return {
         **summary(obj, lag),
         "image": str(spec.get("image", "")),

@@ -206,7 +206,9 @@
       g.appendChild(svg("text", { x: 8, y: 32, class: "type" }, s.type));
       root.appendChild(g);
     }
-    return card("Graph (" + d.graph.flowId + ")", root);
+    const note = d.graph.source === "worker" ? null
+      : el("p", { class: "muted" }, "No worker answered (" + d.graphError + "): the stateful steps of " + d.graph.source + ".");
+    return card("Graph (" + d.graph.flowId + ")", note, root);
   }
 
   function statusSection(d) {
