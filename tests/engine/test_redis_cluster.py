@@ -167,6 +167,43 @@ def test_a_flushed_primary_is_lost_state_naming_the_keys(redis_cluster: RedisClu
     r.delete_all()
 
 
+def test_kept_snapshots_on_the_cluster_restore_exactly(redis_cluster: RedisCluster) -> None:
+    from headrace.recovery import RecoveryStoreError, list_snapshots, restore_snapshot, take_snapshot
+
+    prefix = _prefix()
+    s = open_store(redis_cluster.url, prefix, retry_for=5.0)
+    s.start_execution(1, 16)
+    s.check_flow(prefix, ["st", "src"])
+    s.write_epoch(1, [("st", g, f"k{g}", b"1") for g in range(16)] + [("src", PARTS, "part-0", b"5")])
+    s.commit(1, 1)
+    s.write_epoch(2, [("st", 2, "k2", b""), ("st", 3, "x", b"2"), ("src", PARTS, "part-1", b"6")])
+    s.commit(2, 1)
+    s.compact(1)
+    s.release()
+    want = {g: {f"k{g}": b"1"} for g in range(16) if g != 2}
+    want[3]["x"] = b"2"
+    rec = take_snapshot(redis_cluster.url, "before", prefix)
+    assert (rec.epoch, [k.name for k in list_snapshots(redis_cluster.url, prefix)]) == (2, ["before"])
+    with pytest.raises(RecoveryStoreError, match="is not empty"):
+        restore_snapshot(redis_cluster.url, "before", prefix)
+    s.delete_all()  # the reset keeps kept snapshots
+    # a restore killed halfway: marked, and every start refuses until it is run again
+    _client(redis_cluster).hset(f"hr{{{prefix}}}:meta", "restoring", "before")
+    _client(redis_cluster).hset(f"hr{{{prefix}:g7}}:b:st:7", "junk", b"1")
+    r = open_store(redis_cluster.url, prefix, retry_for=5.0)
+    with pytest.raises(RecoveryStoreError, match="the restore of kept snapshot 'before' did not finish"):
+        r.start_execution(1, 16)
+    assert restore_snapshot(redis_cluster.url, "before", prefix).epoch == 2
+    assert r.start_execution(2, 16).committed_epoch == 2
+    assert r.load("st", range(16)) == want
+    assert r.load("src", [PARTS]) == {PARTS: {"part-0": b"5", "part-1": b"6"}}
+    r.write_epoch(3, [("st", 9, "y", b"3")])
+    r.commit(3, 1)  # the restored base's manifest checks out
+    r.compact(3)
+    assert r.load("st", [9]) == {9: {"k9": b"1", "y": b"3"}}
+    r.delete_all()
+
+
 def test_cluster_urls_are_validated() -> None:
     for url, words in [
         ("redis+cluster://h/0", "'h' is not HOST:PORT"),

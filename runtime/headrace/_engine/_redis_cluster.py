@@ -50,7 +50,7 @@ from functools import partial
 from typing import Any
 
 from headrace._engine._store import RedisStore, glob_escape
-from headrace._engine._store_base import PARTS, Entry, Group, RecoveryStoreError, _merge, _safe_url
+from headrace._engine._store_base import PARTS, Entry, Group, Meta, RecoveryStoreError, _merge, _safe_url
 from headrace._engine._store_checks import cluster_nodes
 
 log = logging.getLogger("headrace.recovery")
@@ -285,6 +285,74 @@ class RedisClusterStore(RedisStore):
             self._fold_epoch(e)
         else:
             self._retry("compacting", partial(self._r.hdel, self._k("meta"), "compacting"))
+
+    def start_execution(self, worker_count: int, key_groups: int) -> Meta:
+        from headrace._engine._redis_integrity import hint, meta_fields
+
+        restoring = meta_fields(self).get("restoring")
+        if restoring:  # see `restore_bases`
+            msg = (
+                f"{self.description}: the restore of kept snapshot {restoring!r} did not finish "
+                f"(its process was stopped); restore it again (python -m headrace.recovery restore "
+                f"{_safe_url(self.url)} {restoring} --prefix {self.prefix}), or start over: {hint(self)}"
+            )
+            raise RecoveryStoreError(msg)
+        return super().start_execution(worker_count, key_groups)
+
+    # -- kept snapshots (`_snapshots`) -------------------------------------
+
+    def restore_bases(
+        self, name: str, state: dict[tuple[str, str], dict[str, bytes]], meta: dict[str, str]
+    ) -> bool:
+        """Make ``state`` the committed base with ``meta``; ``False`` if the store holds state.
+
+        The slots share no transaction: the meta is marked ``restoring``
+        first, the bases are written on their slots, then one transaction on
+        the commit slot lists them and writes the meta, unmarked. A restore
+        stopped halfway stops every start (`start_execution`) until the same
+        restore is run again, which clears what it left and starts over.
+        """
+        from headrace._engine._redis_integrity import leftovers, meta_fields
+
+        fields = meta_fields(self)
+        if fields.get("restoring") == name:
+            self.delete_all()
+        elif fields or leftovers(self, limit=1):
+            return False
+        self._retry(
+            f"restoring kept snapshot {name!r}", partial(self._r.hset, self._k("meta"), "restoring", name)
+        )
+        bases: dict[str, dict[str, bytes]] = {}
+        for (step, group), mapping in state.items():
+            for k, v in mapping.items():
+                bases.setdefault(self._bk(step, group, k), {})[k] = v
+        names = list(bases)
+        for i in range(0, len(names), 500):
+
+            def put(chunk: list[str] = names[i : i + 500]) -> None:
+                p = self._r.pipeline(transaction=False)
+                for n in chunk:
+                    p.hset(n, mapping=bases[n])
+                p.execute()
+
+            self._retry(f"restoring kept snapshot {name!r}", put)
+        record = {
+            **meta,
+            "base_keys": str(len(names)),
+            "base_fields": str(sum(len(m) for m in bases.values())),
+        }
+
+        def commit() -> None:
+            p = self._r.pipeline(transaction=True)
+            if names:
+                p.sadd(self._k("bases"), *names)
+                p.hset(self._k("bc"), mapping={n: str(len(m)) for n, m in bases.items()})
+            p.hset(self._k("meta"), mapping=record)
+            p.hdel(self._k("meta"), "restoring")
+            p.execute()
+
+        self._retry(f"restoring kept snapshot {name!r}", commit)
+        return True
 
     # -- server settings ---------------------------------------------------
 

@@ -182,6 +182,8 @@ def _redis_committed(store: RedisStore) -> tuple[dict[str, str], State]:
     """The meta and the state as of the committed epoch, read in one transaction."""
     import redis
 
+    if store.cluster:
+        return _cluster_committed(store)
     r = store._r
     for _ in range(_ATTEMPTS):
         fields = ri.meta_fields(store)
@@ -234,6 +236,43 @@ def _redis_committed(store: RedisStore) -> tuple[dict[str, str], State]:
     raise SnapshotError(msg)
 
 
+def _cluster_committed(store: RedisStore) -> tuple[dict[str, str], State]:
+    """`_redis_committed` on a Redis Cluster, whose slots share no transaction.
+
+    The committed state changes only when a compaction folds it, which marks
+    the meta (``compacting``) before it starts and moves ``base_epoch`` when
+    it ends: a read between two looks at the meta that saw neither is one
+    epoch's state.
+    """
+    for _ in range(_ATTEMPTS):
+        fields = ri.meta_fields(store)
+        if not fields.get("committed_epoch") or fields["committed_epoch"] == "0":
+            raise SnapshotError(f"{store.description} holds no committed epoch to keep")
+        c, b = int(fields["committed_epoch"]), int(fields.get("base_epoch", 0))
+        if fields.get("compacting"):
+            time.sleep(0.01)
+            continue
+        deltas, bases, _ = ri._listings(store, store._epochs(b + 1, c))
+        names = [*bases, *(n for ns in deltas for n in ns)]
+
+        def read(names: list[str] = names) -> list[Any]:
+            p = store._r.pipeline(transaction=False)
+            for n in names:
+                p.hgetall(n)
+            return list(p.execute())
+
+        got = store._retry("reading the committed state for a kept snapshot", read) if names else []
+        now = ri.meta_fields(store)
+        if now.get("compacting") or int(now.get("base_epoch", 0)) != b:
+            continue
+        layers: dict[tuple[str, str], list[dict[str, bytes]]] = {}
+        for name, raw in zip(names, got, strict=True):
+            layers.setdefault(ri.key_step(store, name), []).append({_rs(k): v for k, v in raw.items()})
+        return fields, {sg: m for sg, ls in layers.items() if (m := _merge(ls))}
+    msg = f"{store.description} was compacting under every one of {_ATTEMPTS} attempts to read it; try again"
+    raise SnapshotError(msg)
+
+
 class _RedisKept:
     def __init__(self, store: RedisStore) -> None:
         self.s = store
@@ -264,16 +303,8 @@ class _RedisKept:
         )
 
     def _scan(self, pattern: str) -> list[str]:
-        out: list[str] = []
-        cursor = 0
         esc = re.sub(r"([*?\[\]\\])", r"\\\1", pattern)
-        while True:
-            cursor, keys = self.s._retry(
-                "listing kept snapshot keys", partial(self.s._r.scan, cursor, match=esc + "*", count=1000)
-            )
-            out.extend(map(_rs, keys))
-            if cursor == 0:
-                return out
+        return list(self.s._scan_keys(esc + "*"))
 
     def read(self, rec: KeptSnapshot) -> State:
         names = sorted(self._scan(self.s._k("snap", rec.data_id) + ":"))
@@ -314,6 +345,13 @@ class _RedisKept:
         import redis
 
         s = self.s
+        if s.cluster:
+            from headrace._engine._redis_cluster import RedisClusterStore
+
+            assert isinstance(s, RedisClusterStore)
+            if not s.restore_bases(rec.name, state, meta):
+                raise SnapshotError(_not_empty(s))
+            return
         names = {(st, g): s._k("b", st, g) for (st, g), m in state.items() if m}
 
         def write() -> bool:
@@ -506,17 +544,7 @@ def flow_steps(flow: Dataflow) -> tuple[str, list[str]]:
     return plan.flow_id, flow_state_steps((s.step_id, s.kind) for s in plan.steps)
 
 
-def _no_cluster(store: Store) -> None:
-    if getattr(store, "cluster", False):
-        msg = (
-            f"kept snapshots are not supported on a Redis Cluster store yet ({store.description}); "
-            "take them on a single-node Redis or a recovery directory"
-        )
-        raise SnapshotError(msg)
-
-
 def _keeper(store: Store) -> _RedisKept | _SqliteKept:
-    _no_cluster(store)
     if isinstance(store, RedisStore):
         return _RedisKept(store)
     if isinstance(store, SqliteStore):
@@ -546,7 +574,6 @@ def committed_state(store: Store) -> tuple[dict[str, str], State]:
     >>> meta, state = committed_state(s); meta["committed_epoch"], state
     ('2', {('st', '2'): {'j': b'2'}})
     """
-    _no_cluster(store)
     if isinstance(store, RedisStore):
         return _redis_committed(store)
     if isinstance(store, SqliteStore):
