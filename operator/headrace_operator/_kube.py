@@ -282,21 +282,19 @@ class Stores:
 
     def expire(self, url: str, prefix: str, seconds: float) -> int:
         """Let every key of the live state expire in ``seconds`` (kept snapshots stay); return how many."""
-        import redis
+        from headrace._engine._redis_integrity import own_keys
 
-        r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-        # Key layout of headrace's RedisStore: one hash tag per prefix; kept
-        # snapshots (``snaps``, ``snap:...``) outlive the live state.
-        pattern = f"hr{{{prefix}}}:*"
-        kept = f"hr{{{prefix}}}:snap".encode()
-        n = 0
-        for key in r.scan_iter(match=pattern, count=500):
-            if (key if isinstance(key, bytes) else str(key).encode()).startswith(kept):
-                continue
-            r.expire(key, max(1, int(seconds)))
-            n += 1
-        r.close()
-        return n
+        store = self._open(url, prefix)
+        # Every key of the prefix (on a Redis Cluster, every key group's hash
+        # tag too); kept snapshots (``hr{p}:snaps``, ``hr{p}:snap:...``) outlive
+        # the live state.
+        kept = f"hr{{{prefix}}}:snap"
+        keys = [k for k in own_keys(store) if not k.startswith(kept)]
+        for key in keys:
+            store._retry(
+                "letting the state expire", lambda key=key: store._r.expire(key, max(1, int(seconds)))
+            )
+        return len(keys)
 
 
 def api_message(exc: BaseException) -> str:

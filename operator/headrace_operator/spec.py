@@ -216,9 +216,10 @@ class RecoverySpec:
         default=None,
         metadata=_m(
             name="url",
-            pattern=r"^(redis|rediss|unix)://.+",
-            doc="Redis URL (redis://host:port/db, rediss://..., unix://...). "
-            "Prefer secretRef when it holds a password.",
+            pattern=r"^(redis|rediss|unix|redis\+cluster|rediss\+cluster)://.+",
+            doc="Redis URL (redis://host:port/db, rediss://..., unix://...), or a Redis Cluster's "
+            "(redis+cluster://host:port[,host:port...]/0, rediss+cluster://...: state sharded by "
+            "key group over its primaries). Prefer secretRef when it holds a password.",
         ),
     )
     secret_ref: SecretKeyRef | None = field(
@@ -820,6 +821,13 @@ def validate(spec: DataflowSpec) -> Problems:
     if r is not None:
         if (r.url is None) == (r.secret_ref is None):
             p.append(("spec.recovery", "set exactly one of recovery.url and recovery.secretRef"))
+        if r.url is not None and r.url.startswith(("redis+cluster://", "rediss+cluster://")):
+            from headrace._engine._store_checks import cluster_nodes
+
+            try:
+                cluster_nodes(r.url)
+            except ValueError as exc:
+                p.append(("spec.recovery.url", str(exc)))
         if r.backup_interval is not None and r.backup_interval.seconds < r.snapshot_interval.seconds:
             p.append(
                 (

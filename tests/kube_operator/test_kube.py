@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import redis
+from redis.cluster import RedisCluster as RedisClusterClient
 
 from headrace._engine import open_store
 from headrace._engine._serve import EndpointServer, Readiness
 from headrace_operator import _kube
 from headrace_operator.autoscaler import parse_metrics
 from headrace_operator.observation import PodInfo
+from tests.support.redis_cluster import RedisCluster
 from tests.support.servers import RedisServer, free_port
 
 
@@ -44,6 +46,27 @@ def test_store_delete_and_expire(redis_server: RedisServer) -> None:
     assert stores.delete(redis_server.url, "ns/b") > 0
     assert stores.info(redis_server.url, "ns/b").exists is False
     assert stores.info(redis_server.url, "ns/a").exists is True
+
+
+@pytest.mark.slow  # a Redis Cluster takes seconds to form
+def test_a_redis_cluster_url_reads_expires_and_deletes_every_slot(redis_cluster: RedisCluster) -> None:
+    from headrace_operator.spec import parse_spec
+
+    spec = parse_spec({"image": "i", "flow": {"import": "m:f"}, "recovery": {"url": redis_cluster.url}})
+    assert _kube.recovery_url(spec, None) == redis_cluster.url
+    stores = _kube.Stores()
+    _commit_some_state(redis_cluster.url, "ns/c")
+    info = stores.info(redis_cluster.url, "ns/c")
+    assert (info.ok, info.exists, info.epoch, info.key_groups) == (True, True, 1, 64)
+    assert stores.keep(redis_cluster.url, "ns/c", "k1") == "kept epoch 1 as 'k1' (11 bytes)"
+    r = RedisClusterClient(host="127.0.0.1", port=redis_cluster.ports[0])
+    keys = sorted(k.decode() for k in r.scan_iter(match="hr{ns/c*"))
+    assert "hr{ns/c:g3}:d:1~" in " ".join(keys)  # the key group's own hash tag
+    assert stores.expire(redis_cluster.url, "ns/c", 3600) == len([k for k in keys if ":snap" not in k])
+    assert all(0 < r.ttl(k) <= 3600 for k in keys if ":snap" not in k)
+    assert stores.delete(redis_cluster.url, "ns/c") > 0
+    assert stores.info(redis_cluster.url, "ns/c").exists is False
+    assert [k.name for k in stores.info(redis_cluster.url, "ns/c").kept] == ["k1"]
 
 
 @pytest.mark.slow  # takes a second or more: the fast tier stays under a minute

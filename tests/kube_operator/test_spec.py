@@ -67,6 +67,8 @@ def test_defaults_match_the_documented_ones() -> None:
         ({"recovery": {}}, "spec.recovery", "exactly one of recovery.url and recovery.secretRef"),
         ({"recovery": {"url": "redis://r/0", "secretRef": {"name": "s"}}}, "spec.recovery", "exactly one"),
         ({"recovery": {"url": "http://r/0"}}, "spec.recovery.url", "does not match"),
+        ({"recovery": {"url": "redis+cluster://r/0"}}, "spec.recovery.url", "'r' is not HOST:PORT"),
+        ({"recovery": {"url": "redis+cluster://r:6379/1"}}, "spec.recovery.url", "database 0 only"),
         (
             {"recovery": {"url": "redis://r/0", "snapshotInterval": "10"}},
             "spec.recovery.snapshotInterval",
