@@ -282,19 +282,8 @@ class Stores:
 
     def expire(self, url: str, prefix: str, seconds: float) -> int:
         """Let every key of the live state expire in ``seconds`` (kept snapshots stay); return how many."""
-        from headrace._engine._redis_integrity import own_keys
-
-        store = self._open(url, prefix)
-        # Every key of the prefix (on a Redis Cluster, every key group's hash
-        # tag too); kept snapshots (``hr{p}:snaps``, ``hr{p}:snap:...``) outlive
-        # the live state.
-        kept = f"hr{{{prefix}}}:snap"
-        keys = [k for k in own_keys(store) if not k.startswith(kept)]
-        for key in keys:
-            store._retry(
-                "letting the state expire", lambda key=key: store._r.expire(key, max(1, int(seconds)))
-            )
-        return len(keys)
+        # Every key of the prefix (on a Redis Cluster, every key group's hash tag too).
+        return int(self._open(url, prefix).expire_all(seconds))
 
 
 def api_message(exc: BaseException) -> str:

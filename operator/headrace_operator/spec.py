@@ -822,10 +822,10 @@ def validate(spec: DataflowSpec) -> Problems:
         if (r.url is None) == (r.secret_ref is None):
             p.append(("spec.recovery", "set exactly one of recovery.url and recovery.secretRef"))
         if r.url is not None and r.url.startswith(("redis+cluster://", "rediss+cluster://")):
-            from headrace._engine._store_checks import cluster_nodes
+            from headrace._engine import check_location
 
             try:
-                cluster_nodes(r.url)
+                check_location(r.url)
             except ValueError as exc:
                 p.append(("spec.recovery.url", str(exc)))
         if r.backup_interval is not None and r.backup_interval.seconds < r.snapshot_interval.seconds:

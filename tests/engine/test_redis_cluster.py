@@ -19,8 +19,7 @@ import pytest
 from redis.cluster import RedisCluster as Client
 
 import headrace.operators as op
-from headrace._engine._redis_cluster import RedisClusterStore
-from headrace._engine._store import PARTS, open_store
+from headrace._engine._store import PARTS, RedisClusterStore, open_store
 from headrace.dataflow import Dataflow
 from headrace.recovery import FencedError, LostStateError, RecoveryConfig
 from headrace.testing import TestingSink, TestingSource, run_main

@@ -14,9 +14,10 @@ Layering (a module imports only from modules above it in this list; the
   in declaration order. (The metric catalogue, `headrace._metrics`, is a
   leaf below the engine: the operators' error policies record there too.)
 - ``_store_checks``, ``_integrity``, ``_store_base`` (the interface),
-  ``_redis_integrity``, ``_sqlite_parts``, ``_sqlite_store``, ``_store``
-  (Redis, and ``open_store``): the recovery stores; ``_snapshots``: kept
-  snapshots, a committed epoch copied under a name, and restoring one.
+  ``_redis_integrity``, ``_redis_cluster`` (a Redis Cluster's layout),
+  ``_sqlite_parts``, ``_sqlite_store``, ``_store`` (Redis, and
+  ``open_store``): the recovery stores; ``_snapshots``: kept snapshots, a
+  committed epoch copied under a name, and restoring one.
 - ``_basics``: batches, messages, the run's settings, the words of errors
   from user code; ``_stateful_run``: a stateful step's per-key logic,
   timers and EOF; ``_async_run``: a ``map_async`` step and the worker's

@@ -1,9 +1,11 @@
 """The recovery store on a Redis Cluster: state sharded by key group, epochs still atomic.
 
-Where this sits: `RedisClusterStore` is the `_store.RedisStore` of a
-``redis+cluster://`` URL (`_store.open_store`), on redis-py's
-``RedisCluster``. A single-node Redis keeps ``RedisStore``'s layout, with
-every key under one hash tag; here every key group has a hash tag of its
+Where this sits: `ClusterLayout` is what `_store.RedisClusterStore`, the
+`_store.RedisStore` of a ``redis+cluster://`` URL (`_store.open_store`),
+does differently, on redis-py's ``RedisCluster``; it sits below `_store`,
+as `_redis_integrity` does, and leans on ``RedisStore`` for the rest. A
+single-node Redis keeps ``RedisStore``'s layout, with every key under one
+hash tag; here every key group has a hash tag of its
 own, so its keys land on their own slot and the slots, and the write load,
 spread over the cluster's primaries:
 
@@ -47,9 +49,8 @@ import uuid
 import zlib
 from collections.abc import Iterable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from headrace._engine._store import RedisStore, glob_escape
 from headrace._engine._store_base import PARTS, Entry, Group, Meta, RecoveryStoreError, _merge, _safe_url
 from headrace._engine._store_checks import cluster_nodes
 
@@ -59,8 +60,17 @@ PART_BUCKETS = 16
 """Source and sink positions are spread over this many hash tags per dataflow."""
 
 
-class RedisClusterStore(RedisStore):
-    """Snapshots on a Redis Cluster: a hash tag per key group, the commit record in its own slot."""
+if TYPE_CHECKING:
+    from headrace._engine._store import RedisStore as _Base
+else:
+    _Base = object
+
+
+class ClusterLayout(_Base):
+    """Snapshots on a Redis Cluster: a hash tag per key group, the commit record in its own slot.
+
+    A mixin of `_store.RedisClusterStore` (before ``RedisStore``).
+    """
 
     cluster = True
 
@@ -105,7 +115,7 @@ class RedisClusterStore(RedisStore):
 
     def _script(self, name: str, source: str) -> Any:
         def call(keys: list[str], args: list[Any]) -> Any:
-            return RedisStore._script(self, name, source)(keys=keys, args=args)
+            return super(ClusterLayout, self)._script(name, source)(keys=keys, args=args)
 
         return call
 
@@ -136,8 +146,8 @@ class RedisClusterStore(RedisStore):
         return f"{tag}}}:b:{tail}"
 
     def _own_patterns(self) -> list[str]:
-        head = glob_escape(f"hr{{{self.prefix}")
-        return [glob_escape(self._k("")) + "*", head + ":g*", head + ":p*"]
+        head = _glob_escape(f"hr{{{self.prefix}")
+        return [_glob_escape(self._k("")) + "*", head + ":g*", head + ":p*"]
 
     def _scan_keys(self, pattern: str) -> Iterable[str]:
         keys = self._retry("listing keys", lambda: list(self._r.scan_iter(match=pattern, count=1000)))
@@ -385,6 +395,10 @@ class RedisClusterStore(RedisStore):
             if warning is not None and not warned:
                 log.warning("%s", warning)
                 warned = True
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 class _Lazy:

@@ -346,7 +346,7 @@ class _RedisKept:
 
         s = self.s
         if s.cluster:
-            from headrace._engine._redis_cluster import RedisClusterStore
+            from headrace._engine._store import RedisClusterStore
 
             assert isinstance(s, RedisClusterStore)
             if not s.restore_bases(rec.name, state, meta):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, TypeVar
 
+from headrace._engine._redis_cluster import ClusterLayout
 from headrace._engine._redis_integrity import LUA_FOLD
 from headrace._engine._store_base import (
     HEARTBEAT_SECONDS,
@@ -411,6 +412,19 @@ class RedisStore(Store):
             self._retry("deleting state", partial(self._r.delete, *keys[i : i + 1000]))
         return len(keys)
 
+    def expire_all(self, seconds: float) -> int:
+        """Let every key of the live state expire in ``seconds`` (kept snapshots stay); return how many.
+
+        Every key of the prefix: on a Redis Cluster, every key group's hash tag too.
+        """
+        from headrace._engine._redis_integrity import own_keys
+
+        kept = self._k("snap")
+        keys = [k for k in own_keys(self) if not k.startswith(kept)]
+        for key in keys:
+            self._retry("letting the state expire", partial(self._r.expire, key, max(1, int(seconds))))
+        return len(keys)
+
     def summary(self) -> dict[str, dict[str, int]]:
         meta = self.load_meta()
         if meta is None:
@@ -520,6 +534,10 @@ return cur
 """
 
 
+class RedisClusterStore(ClusterLayout, RedisStore):
+    """`RedisStore` on a Redis Cluster (``redis+cluster://``): see `_redis_cluster`."""
+
+
 def glob_escape(text: str) -> str:
     """``text`` as a literal in a SCAN pattern.
 
@@ -543,8 +561,6 @@ def open_store(location: str, prefix: str, retry_for: float = 30.0, check: bool 
     "SQLite store '...' (2 parts, flow 'flow')"
     """
     if check_location(location).startswith(CLUSTER_SCHEMES):
-        from headrace._engine._redis_cluster import RedisClusterStore
-
         return RedisClusterStore(location, prefix, retry_for=retry_for)
     if location.startswith(REDIS_SCHEMES):
         return RedisStore(location, prefix, retry_for=retry_for)
