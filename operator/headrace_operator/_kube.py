@@ -19,6 +19,7 @@ from typing import Any
 from headrace_operator import autoscaler as asc
 from headrace_operator import manifests as mf
 from headrace_operator.crd import GROUP, PLURAL, VERSION
+from headrace_operator.election import Conflict, LeaseRecord
 from headrace_operator.observation import KeptSnapshotInfo, PodInfo, SecretInfo, StoreInfo
 from headrace_operator.outcome import Action
 from headrace_operator.spec import DataflowSpec
@@ -195,6 +196,83 @@ class Kube:
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
+
+
+class Leases:
+    """`election.LeaseStore` on the API server (``coordination.k8s.io/v1``).
+
+    A client of its own, used before kopf starts; every request gives up
+    after ``timeout`` seconds, so that a hung request cannot hold a leader
+    past its renew deadline.
+    """
+
+    def __init__(self, timeout: float = 2.0) -> None:
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        self.api = client.ApiClient()
+        self.coordination = client.CoordinationV1Api(self.api)
+        self.timeout = timeout
+
+    def _record(self, obj: Any) -> LeaseRecord:
+        d = typing.cast(dict[str, Any], self.api.sanitize_for_serialization(obj))
+        return LeaseRecord.from_spec(d.get("spec"), str((d.get("metadata") or {}).get("resourceVersion", "")))
+
+    @staticmethod
+    def _body(namespace: str, name: str, record: LeaseRecord) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "namespace": namespace}
+        if record.resource_version:
+            meta["resourceVersion"] = record.resource_version
+        spec = {k: v for k, v in record.to_spec().items() if v is not None}
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec}
+
+    def get(self, namespace: str, name: str) -> LeaseRecord | None:
+        """The Lease, or None."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            got = self.coordination.read_namespaced_lease(name, namespace, _request_timeout=self.timeout)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._record(got)
+
+    def create(self, namespace: str, name: str, record: LeaseRecord) -> LeaseRecord:
+        """Create the Lease; `Conflict` if it exists."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            made = self.coordination.create_namespaced_lease(
+                namespace,
+                typing.cast(Any, self._body(namespace, name, record)),
+                _request_timeout=self.timeout,
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(api_message(exc)) from None
+            raise
+        return self._record(made)
+
+    def replace(self, namespace: str, name: str, record: LeaseRecord) -> LeaseRecord:
+        """Replace the Lease at its resourceVersion; `Conflict` if it changed since."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            put = self.coordination.replace_namespaced_lease(
+                name,
+                namespace,
+                typing.cast(Any, self._body(namespace, name, record)),
+                _request_timeout=self.timeout,
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(api_message(exc)) from None
+            raise
+        return self._record(put)
 
 
 # ------------------------------------------------------------------ Redis

@@ -23,6 +23,19 @@ variable                                     default         meaning
 ``HEADRACE_OPERATOR_TIMER_INTERVAL``         2               seconds between timer ticks
 ``HEADRACE_OPERATOR_WORKERS``                8               kopf's thread pool for the handlers
 ``HEADRACE_OPERATOR_POD_NAMESPACE``          unset           the operator's own namespace
+``HEADRACE_OPERATOR_LEADER_ELECTION``        false           ``true``: lead through a Lease; replicas
+                                                             wait as standbys (`election`)
+``HEADRACE_OPERATOR_LEASE_NAME``             headrace-       the Lease's name
+                                             operator
+``HEADRACE_OPERATOR_LEASE_NAMESPACE``        own, else       the Lease's namespace
+                                             default
+``HEADRACE_OPERATOR_LEASE_DURATION``         15              seconds before a standby takes over a
+                                                             Lease that stopped changing
+``HEADRACE_OPERATOR_RENEW_DEADLINE``         10              seconds the leader retries renewing
+                                                             before it stops
+``HEADRACE_OPERATOR_RETRY_PERIOD``           2               seconds between tries
+``HEADRACE_OPERATOR_POD_NAME`` (or           host name       the first part of the replica's
+``HOSTNAME``)                                                identity in the Lease
 ``HEADRACE_CLUSTER_DOMAIN``                  cluster.local   for the workers' peer addresses
 ``HEADRACE_WORKER_SERVICE_ACCOUNT``          unset           the workers' default service account...
 ``HEADRACE_WORKER_SERVICE_ACCOUNT_NAMESPACES``  watched + own  ...used only in these namespaces
@@ -85,6 +98,23 @@ class Settings:
     cluster_domain: str = "cluster.local"
     worker_service_account: str = ""
     worker_service_account_namespaces: list[str] | None = None  # None: watched + own
+    leader_election: bool = False
+    lease_name: str = "headrace-operator"
+    lease_namespace: str = ""  # "": the operator's own namespace, else "default"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    pod_name: str = ""
+
+    def lease_location(self) -> tuple[str, str]:
+        """``(namespace, name)`` of the leader Lease.
+
+        >>> Settings(pod_namespace="ops").lease_location()
+        ('ops', 'headrace-operator')
+        >>> Settings().lease_location()
+        ('default', 'headrace-operator')
+        """
+        return self.lease_namespace or self.pod_namespace or "default", self.lease_name
 
     def service_account_for(self, namespace: str) -> str:
         """The workers' default service account in ``namespace``, where it exists.
@@ -134,7 +164,23 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         worker_service_account_namespaces=(
             None if listed is None else [n.strip() for n in listed.split(",") if n.strip()]
         ),
+        leader_election=_flag(env.get("HEADRACE_OPERATOR_LEADER_ELECTION", "")),
+        lease_name=env.get("HEADRACE_OPERATOR_LEASE_NAME") or "headrace-operator",
+        lease_namespace=env.get("HEADRACE_OPERATOR_LEASE_NAMESPACE", ""),
+        lease_duration=float(env.get("HEADRACE_OPERATOR_LEASE_DURATION") or "15"),
+        renew_deadline=float(env.get("HEADRACE_OPERATOR_RENEW_DEADLINE") or "10"),
+        retry_period=float(env.get("HEADRACE_OPERATOR_RETRY_PERIOD") or "2"),
+        pod_name=env.get("HEADRACE_OPERATOR_POD_NAME") or env.get("HOSTNAME", ""),
     )
+
+
+def _flag(text: str) -> bool:
+    """``true``/``1``/``yes``/``on`` (any case) is True.
+
+    >>> _flag("True"), _flag("0"), _flag("")
+    (True, False, False)
+    """
+    return text.strip().lower() in ("1", "true", "yes", "on")
 
 
 def watch_namespaces(env: Mapping[str, str]) -> list[str]:

@@ -35,7 +35,14 @@ from headrace_operator.reconcile import Plan, apply_failed, deployed_spec, plan,
 from headrace_operator.spec import DataflowSpec, SpecError, parse_spec
 from headrace_operator.status import PHASES, DataflowStatus, Phase, iso
 
-__all__ = ["STATE", "TIMER_INTERVAL", "events_of", "reconcile_once", "worker_service_account"]
+__all__ = [
+    "STATE",
+    "TIMER_INTERVAL",
+    "events_of",
+    "reconcile_once",
+    "serve_endpoints",
+    "worker_service_account",
+]
 
 log = logging.getLogger("headrace.operator")
 
@@ -103,10 +110,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("headrace.recovery").setLevel(logging.ERROR)
     STATE.kube = _kube.Kube()
-    STATE.monitor = WatchMonitor(STATE.settings.stale_after)
-    port = STATE.settings.metrics_port
-    if port:
-        STATE.server = EndpointServer("0.0.0.0", port, STATE.monitor, lambda: STATE.ready)
+    serve_endpoints()
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -115,15 +119,29 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         ver = "unknown"
     metric("headrace_operator_info").labels(ver).set(1)
     threading.Thread(target=_liveness_loop, name="headrace-liveness", daemon=True).start()
-    if STATE.settings.console_port:
+    STATE.ready = True
+
+
+def serve_endpoints() -> None:
+    """Serve /metrics, /healthz, /readyz and the console (once). `main` calls it before
+    leader election, so that a standby replica serves them too; kopf's startup otherwise."""
+    with STATE.guard:
+        if STATE.server is not None:
+            return
+        STATE.monitor = WatchMonitor(STATE.settings.stale_after)
+        port = STATE.settings.metrics_port
+        if port:
+            STATE.server = EndpointServer("0.0.0.0", port, STATE.monitor, lambda: STATE.ready)
+    if STATE.settings.console_port and STATE.console is None:
         from headrace_operator.console.server import ConsoleServer, KubeBackend
 
-        backend = KubeBackend(STATE.kube, STATE.settings.namespaces, events_of)
+        # A standby's console reads the API like the leader's; the events it shows
+        # are the ones its own process posted (none until it leads).
+        backend = KubeBackend(_need_kube(), STATE.settings.namespaces, events_of)
         STATE.console = ConsoleServer(
             "0.0.0.0", STATE.settings.console_port, backend, STATE.settings.console_prometheus_url
         )
         log.info("console on port %d", STATE.console.port)
-    STATE.ready = True
 
 
 @kopf.on.cleanup()

@@ -46,6 +46,12 @@ _DF = ("namespace", "dataflow")
 # name -> (type, labels, help).
 OPERATOR_CATALOGUE: dict[str, tuple[str, tuple[str, ...], str]] = {
     "headrace_operator_info": ("gauge", ("version",), "Constant 1; the operator's version."),
+    "headrace_operator_leader": (
+        "gauge",
+        (),
+        "1 while this operator replica holds the leader Lease (or runs without leader election), "
+        "0 while it is a standby.",
+    ),
     "headrace_operator_dataflows": ("gauge", ("namespace", "phase"), "Dataflows by namespace and phase."),
     "headrace_operator_reconcile_total": ("counter", ("result",), "Reconciles, by result (ok, error)."),
     "headrace_operator_reconcile_duration_seconds": (

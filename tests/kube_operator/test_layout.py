@@ -20,6 +20,7 @@ LAYERS = [
     "config",
     "events",
     "metrics",
+    "election",
     "schema",
     "spec",
     "status",

@@ -137,24 +137,28 @@ class World:
         assert undeclared(STATUS_SCHEMA, p.status, ".status") == []
         assert format_problems(STATUS_SCHEMA, p.status) == []
         for a in p.actions:
-            self.applied.append(a.describe())
-            if a.kind == "apply" and a.obj is not None and a.obj["kind"] == "StatefulSet":
-                self.sts = copy.deepcopy(a.obj)
-            elif a.kind == "scale":
-                assert self.sts is not None
-                self.sts["spec"]["replicas"] = a.replicas
-                for pod in self.pods:
-                    pod.terminating = True
-                    pod.ready = False
-            elif a.kind == "patch_replicas":
-                self.edit(replicas=a.replicas)
-            elif a.kind == "delete_state":  # kept snapshots stay
-                self.store = StoreInfo(ok=True, exists=False, kept=self.store.kept)
-            else:
-                self._kept_snapshot(a)
+            self.apply(a)
         self.status = _merge(self.status, p.status)
         self.events += p.events
         return p
+
+    def apply(self, a: Action) -> None:
+        """Carry out one action as the API server (and Redis) would."""
+        self.applied.append(a.describe())
+        if a.kind == "apply" and a.obj is not None and a.obj["kind"] == "StatefulSet":
+            self.sts = copy.deepcopy(a.obj)
+        elif a.kind == "scale":
+            assert self.sts is not None
+            self.sts["spec"]["replicas"] = a.replicas
+            for pod in self.pods:
+                pod.terminating = True
+                pod.ready = False
+        elif a.kind == "patch_replicas":
+            self.edit(replicas=a.replicas)
+        elif a.kind == "delete_state":  # kept snapshots stay
+            self.store = StoreInfo(ok=True, exists=False, kept=self.store.kept)
+        else:
+            self._kept_snapshot(a)
 
     def _kept_snapshot(self, a: Action) -> None:
         """Kept snapshots as headrace's ``_engine._snapshots`` keeps them (`headrace_operator.kept`)."""
