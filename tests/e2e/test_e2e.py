@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import datetime
 import functools
 import importlib.util
 import json
@@ -412,10 +413,13 @@ def test_1_helm_install(stack: Stack) -> None:
     )  # fmt: skip
     log(f"helm install took {time.monotonic() - t:.0f} s")
 
+    # Two replicas (leader election): both Ready, one of them holds the Lease.
     pods = stack.operator_pods()
-    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
+    assert all(_pod_ready(k, stack.system, p["metadata"]["name"]) for p in pods)
+    leader = wait_for("an operator replica to hold the Lease", lambda: _lease_holder(stack)[0], 60, 1)
+    assert leader in [p["metadata"]["name"] for p in pods], leader
     op_pod = pods[0]
-    assert _pod_ready(k, stack.system, op_pod["metadata"]["name"])
     assert op_pod["spec"]["containers"][0]["image"] == stack.headrace_image
     # It runs under the ServiceAccount the chart created, so the chart's RBAC is what is exercised.
     manifest = list(yaml.safe_load_all(k.helm("get", "manifest", RELEASE, "-n", stack.system)))
@@ -1224,26 +1228,118 @@ def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield from _panels(p.get("panels", []))
 
 
-def test_8_operator_killed_mid_rescale(stack: Stack) -> None:
-    """Kill the operator pod mid-rescale -> it comes back and finishes; no output lost or duplicated."""
-    k, ns = stack.kube, stack.ns
+def _lease_holder(stack: Stack) -> tuple[str, str, dict[str, Any]]:
+    """``(pod, identity, spec)`` of the operator's leader Lease (``("", "", {})`` if none).
+
+    The identity is ``<pod>_<8 hex>``, unique per operator process."""
+    if not stack.kube.exists("lease", f"{RELEASE}-operator", stack.system):
+        return "", "", {}
+    spec = stack.kube.get("lease", f"{RELEASE}-operator", stack.system).get("spec") or {}
+    identity = str(spec.get("holderIdentity") or "")
+    return identity.rsplit("_", 1)[0], identity, spec
+
+
+def _rfc3339(text: str) -> float:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _kill_hard(stack: Stack, pod: str) -> str:
+    """The leader's node is gone: its process dies at once (no SIGTERM, so no Lease
+    release) and its pod object goes. Returns how."""
+    k = stack.kube
+    obj = k.get("pod", pod, stack.system)
+    if k.built is not None:
+        cid = obj["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+        k.built.ctr("tasks", "kill", "-s", "SIGKILL", cid)
+        how = "SIGKILL of its container, then a force delete"
+    else:
+        how = "a force delete (SIGTERM: it may release the Lease)"
+    k.kubectl("delete", "pod", pod, "-n", stack.system, "--grace-period=0", "--force", "--wait=false")
+    return how
+
+
+def test_8_operator_leader_killed_mid_rescale(stack: Stack) -> None:
+    """Two operator replicas; kill -9 the leader mid-rescale -> the standby takes the Lease and
+    finishes the rescale; no output lost or duplicated; a replacement pod waits as standby."""
+    k, ns, system = stack.kube, stack.ns, stack.system
+
+    def replicas() -> list[str] | None:
+        names = [
+            p["metadata"]["name"]
+            for p in stack.operator_pods()
+            if not p["metadata"].get("deletionTimestamp") and _pod_ready(k, system, p["metadata"]["name"])
+        ]
+        return sorted(names) if len(names) == 2 else None
+
+    pods = wait_for("two operator replicas Ready", replicas, 120, 2)
+    leader, identity, before = _lease_holder(stack)
+    assert leader in pods, (leader, pods)
+    (standby,) = set(pods) - {leader}
+    # Who leads is visible in the metrics: 1 on the leader, 0 on the standby.
+    wait_for(
+        "headrace_operator_leader 1 on the leader and 0 on the standby",
+        lambda: (
+            (
+                {r["metric"]["pod"]: r["value"][1] for r in stack.promql("headrace_operator_leader")}
+                == {leader: "1", standby: "0"}
+            )
+            or None
+        ),
+        90,
+        3,
+    )
+    assert f"{standby}_" in k.kubectl("logs", "-n", system, standby) and "is standby" in k.kubectl(
+        "logs", "-n", system, standby
+    )
+
     k.kubectl("scale", "dataflow/wc2", "-n", ns, "--replicas", "3")
     wait_for("wc2's rescale to start", lambda: stack.status("wc2").get("transition"), 60, 0.3)
-    old = stack.operator_pods()[0]["metadata"]
-    k.kubectl("delete", "pod", old["name"], "-n", stack.system, "--wait=false")
-    wait_for(
-        "a new operator pod Ready",
-        lambda: any(
-            p["metadata"]["uid"] != old["uid"] and _pod_ready(k, stack.system, p["metadata"]["name"])
-            for p in stack.operator_pods()
-        ),
-        180,
-        2,
+    stage = (stack.status("wc2").get("transition") or {}).get("stage")
+    killed_at = time.time()
+    how = _kill_hard(stack, leader)
+    log(f"operator leader {identity} killed mid-rescale (stage {stage}) by {how}")
+
+    def taken() -> tuple[str, str, dict[str, Any]] | None:
+        got = _lease_holder(stack)
+        return got if got[1] and got[1] != identity else None
+
+    new_leader, new_identity, spec = wait_for("the standby to take the Lease", taken, 120, 0.5)
+    assert new_leader == standby, (new_leader, standby)
+    took = _rfc3339(spec["acquireTime"]) - killed_at
+    assert spec["leaseTransitions"] == int(before.get("leaseTransitions") or 0) + 1, spec
+    assert 0 < took <= spec["leaseDurationSeconds"] + 3 * 2 + 2, took  # expiry + retries + slack
+    logs = k.kubectl("logs", "-n", system, standby)
+    assert f"{new_identity} leads (lease {system}/{RELEASE}-operator, took over from {identity})" in logs, (
+        logs[-3000:]
     )
-    stack.wait_running("wc2", 3, timeout=300)
+
+    st = stack.wait_running("wc2", 3, timeout=300)
+    finished = time.time() - killed_at
+    stack.notes["takeover_seconds"] = took
+    log(
+        f"takeover: {new_leader} took the Lease {took:.1f} s after the leader was killed; "
+        f"the rescale finished {finished:.1f} s after the kill"
+    )
+    assert len(st["partitions"]["assignment"]) == 3, st["partitions"]
     stack.open_gate("wc2", LINES)
     stack.wait_output("wc2", LINES)
     stack.check_exact("wc2")
+    # The Deployment replaced the killed pod; the replacement waits as a standby.
+    pods = wait_for("a replacement operator replica Ready", replicas, 180, 2)
+    assert new_leader in pods and leader not in pods, pods
+    assert _lease_holder(stack)[1] == new_identity
+    wait_for(
+        "headrace_operator_leader 1 on the new leader only",
+        lambda: (
+            (
+                {r["metric"]["pod"]: r["value"][1] for r in stack.promql("headrace_operator_leader")}
+                == {p: "1" if p == new_leader else "0" for p in pods}
+            )
+            or None
+        ),
+        90,
+        3,
+    )
 
 
 def test_9_delete(stack: Stack) -> None:

@@ -126,6 +126,14 @@ NON_DEFAULT = {
         "priorityClassName": "system-cluster-critical",
         "podAnnotations": {"a": "b"},
         "manageDataflowPodMonitors": False,
+        "replicas": 3,
+        "leaderElection": {
+            "leaseName": "hrx-leader",
+            "leaseDurationSeconds": 30,
+            "renewDeadlineSeconds": 20,
+            "retryPeriodSeconds": 4,
+        },
+        "podAntiAffinity": "required",
     },
     "serviceAccount": {"worker": {"namespaces": ["team-c"], "annotations": {"x": "y"}}},
     "service": {"port": 9191},
@@ -161,6 +169,9 @@ def test_default_render_has_the_operator_and_nothing_optional(tmp_path: Path) ->
             "ClusterRole",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "PodDisruptionBudget",
             "Deployment",
             "Service",
             "Service",  # the console's
@@ -179,11 +190,15 @@ def test_default_render_has_the_operator_and_nothing_optional(tmp_path: Path) ->
             assert o["metadata"]["namespace"] == NAMESPACE, o["metadata"]["name"]
 
 
-def test_operator_deployment_is_one_restricted_replica_replaced_by_recreate(tmp_path: Path) -> None:
+def test_operator_deployment_is_two_restricted_replicas_with_leader_election(tmp_path: Path) -> None:
     dep = one(render(tmp_path), "Deployment")
     assert dep["metadata"]["name"] == f"{FULLNAME}-operator"
-    assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert dep["spec"]["replicas"] == 2
+    # The Lease, not the Deployment, keeps two operators from reconciling at once.
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = dep["spec"]["template"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     spec = pod["spec"]
@@ -197,8 +212,15 @@ def test_operator_deployment_is_one_restricted_replica_replaced_by_recreate(tmp_
     assert env["HEADRACE_OPERATOR_METRICS_PORT"] == "8080"
     assert env["HEADRACE_OPERATOR_LOG_LEVEL"] == "INFO"
     assert env["HEADRACE_CLUSTER_DOMAIN"] == "cluster.local"
-    # Standalone kopf: no peering name, so no peering objects or RBAC.
+    # Leader election on a Lease, not kopf peering (no peering objects or RBAC).
     assert "HEADRACE_OPERATOR_PEERING" not in env
+    assert env["HEADRACE_OPERATOR_LEADER_ELECTION"] == "true"
+    assert env["HEADRACE_OPERATOR_LEASE_NAME"] == f"{FULLNAME}-operator"
+    assert env["HEADRACE_OPERATOR_LEASE_NAMESPACE"] == NAMESPACE
+    assert env["HEADRACE_OPERATOR_LEASE_DURATION"] == "15"
+    assert env["HEADRACE_OPERATOR_RENEW_DEADLINE"] == "10"
+    assert env["HEADRACE_OPERATOR_RETRY_PERIOD"] == "2"
+    assert env["HEADRACE_OPERATOR_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert c["ports"] == [
         {"name": "metrics", "containerPort": 8080, "protocol": "TCP"},
         {"name": "console", "containerPort": 8081, "protocol": "TCP"},
@@ -209,6 +231,109 @@ def test_operator_deployment_is_one_restricted_replica_replaced_by_recreate(tmp_
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
     assert any(v["name"] == "tmp" and "emptyDir" in v for v in spec["volumes"])
     assert c["resources"]["limits"]["memory"]
+
+
+def test_without_leader_election_one_replica_is_replaced_by_recreate(tmp_path: Path) -> None:
+    values = {"operator": {"replicas": 1, "leaderElection": {"enabled": False}}}
+    objs = render(tmp_path, values)
+    dep = one(objs, "Deployment")
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert not [e for e in c["env"] if "LEASE" in e["name"] or "LEADER" in e["name"]]
+    assert "affinity" not in dep["spec"]["template"]["spec"]
+    assert not by_kind(objs, "Role") and not by_kind(objs, "PodDisruptionBudget")
+    # Two replicas without a Lease would both reconcile: refused by the schema ...
+    values["operator"]["replicas"] = 2
+    proc = helm("template", RELEASE, str(CHART), *values_args(values, tmp_path), check=False)
+    assert proc.returncode != 0 and "/operator/replicas" in proc.stderr, proc.stderr
+    # ... and by the template, should the schema be skipped.
+    proc = helm(
+        "template", RELEASE, str(CHART), "--skip-schema-validation",
+        *values_args(values, tmp_path), check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "needs operator.leaderElection.enabled" in proc.stderr, proc.stderr
+
+
+def test_leader_election_rbac_is_one_lease_in_the_release_namespace(tmp_path: Path) -> None:
+    objs = render(tmp_path)
+    role = one(objs, "Role", f"{FULLNAME}-operator-leader-election")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    # create cannot name its object; get and update only this Lease; no list, watch or delete.
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [f"{FULLNAME}-operator"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = one(objs, "RoleBinding", f"{FULLNAME}-operator-leader-election")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": f"{FULLNAME}-operator", "namespace": NAMESPACE}
+    ]
+    # No lease rights anywhere else.
+    others = [r for r in by_kind(objs, "ClusterRole") + by_kind(objs, "Role") if r is not role]
+    assert not [
+        r["metadata"]["name"] for r in others if any(g == "coordination.k8s.io" for g, _, _ in rules_of(r))
+    ]
+    bad = {"operator": {"leaderElection": {"leaseDurationSeconds": 10, "renewDeadlineSeconds": 10}}}
+    proc = helm("template", RELEASE, str(CHART), *values_args(bad, tmp_path), check=False)
+    assert proc.returncode != 0 and "must be longer than renewDeadlineSeconds" in proc.stderr, proc.stderr
+    named = render(tmp_path, {"operator": {"leaderElection": {"leaseName": "ops-lease"}}})
+    assert one(named, "Role", f"{FULLNAME}-operator-leader-election")["rules"][1]["resourceNames"] == [
+        "ops-lease"
+    ]
+    (c,) = one(named, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "HEADRACE_OPERATOR_LEASE_NAME", "value": "ops-lease"} in c["env"]
+
+
+def test_replicas_are_spread_over_nodes_and_drained_one_at_a_time(tmp_path: Path) -> None:
+    objs = render(tmp_path)
+    spec = one(objs, "Deployment")["spec"]["template"]["spec"]
+    selector = {
+        "app.kubernetes.io/name": "headrace",
+        "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/component": "operator",
+    }
+    assert spec["affinity"] == {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": selector},
+                    },
+                }
+            ]
+        }
+    }
+    pdb = one(objs, "PodDisruptionBudget", f"{FULLNAME}-operator")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+    required = one(render(tmp_path, {"operator": {"podAntiAffinity": "required"}}), "Deployment")
+    assert required["spec"]["template"]["spec"]["affinity"] == {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector}}
+            ]
+        }
+    }
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    mine = one(render(tmp_path, {"operator": {"affinity": own}}), "Deployment")
+    assert mine["spec"]["template"]["spec"]["affinity"] == own
+    objs = render(
+        tmp_path, {"operator": {"podAntiAffinity": "none", "podDisruptionBudget": {"enabled": False}}}
+    )
+    assert "affinity" not in one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert not by_kind(objs, "PodDisruptionBudget")
 
 
 def test_operator_reads_every_setting_the_chart_gives_it(tmp_path: Path) -> None:
@@ -237,7 +362,8 @@ def test_cluster_wide_rbac_grants_exactly_what_the_operator_needs(tmp_path: Path
     objs = render(tmp_path)
     role = one(objs, "ClusterRole", f"{FULLNAME}-operator")
     assert rules_of(role) == NAMESPACED_RULES | CLUSTER_RULES
-    assert not by_kind(objs, "Role") and not by_kind(objs, "RoleBinding")
+    # The only Role: the leader election Lease's (its own test below).
+    assert [r["metadata"]["name"] for r in by_kind(objs, "Role")] == [f"{FULLNAME}-operator-leader-election"]
     binding = one(objs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
@@ -254,11 +380,11 @@ def test_watch_namespaces_gives_roles_per_namespace_and_a_crd_only_cluster_role(
     objs = render(tmp_path, {"watchNamespaces": ["team-a", "team-b"]}, *PROMETHEUS_API)
     role = one(objs, "ClusterRole", f"{FULLNAME}-operator")
     assert rules_of(role) == CLUSTER_RULES
-    roles = by_kind(objs, "Role")
+    roles = [r for r in by_kind(objs, "Role") if r["metadata"]["name"] == f"{FULLNAME}-operator"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for r in roles:
         assert rules_of(r) == NAMESPACED_RULES
-    bindings = by_kind(objs, "RoleBinding")
+    bindings = [b for b in by_kind(objs, "RoleBinding") if b["metadata"]["name"] == f"{FULLNAME}-operator"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for b in bindings:
         assert b["roleRef"] == {
@@ -309,7 +435,7 @@ def test_rbac_and_service_accounts_can_be_left_to_the_user(tmp_path: Path) -> No
             },
         },
     )
-    assert {o["kind"] for o in objs} == {"Deployment", "Service", "ConfigMap"}
+    assert {o["kind"] for o in objs} == {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget"}
     spec = one(objs, "Deployment")["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == "op"
 
@@ -468,6 +594,14 @@ def test_non_default_values_reach_the_operator(tmp_path: Path) -> None:
     assert env["HEADRACE_OPERATOR_METRICS_PORT"] == "9090"
     assert env["HEADRACE_CLUSTER_DOMAIN"] == "corp.local"
     assert env["WATCH_NAMESPACES"] == "team-a,team-b"
+    assert dep["spec"]["replicas"] == 3
+    assert env["HEADRACE_OPERATOR_LEASE_NAME"] == "hrx-leader"
+    assert (
+        env["HEADRACE_OPERATOR_LEASE_DURATION"],
+        env["HEADRACE_OPERATOR_RENEW_DEADLINE"],
+        env["HEADRACE_OPERATOR_RETRY_PERIOD"],
+    ) == ("30", "20", "4")
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in spec["affinity"]["podAntiAffinity"]
     assert c["ports"][0]["containerPort"] == 9090
     assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert spec["priorityClassName"] == "system-cluster-critical"
@@ -516,7 +650,10 @@ def test_notes_tell_what_to_do_next(tmp_path: Path) -> None:
             {"monitoring": {"prometheusRule": {"notReadyFor": "ten minutes"}}},
             "/monitoring/prometheusRule/notReadyFor",
         ),
-        ({"operator": {"replicas": 2}}, "replicas"),
+        ({"operator": {"replicas": 2, "leaderElection": {"enabled": False}}}, "/operator/replicas"),
+        ({"operator": {"replicas": 0}}, "/operator/replicas"),
+        ({"operator": {"podAntiAffinity": "sometimes"}}, "/operator/podAntiAffinity"),
+        ({"operator": {"leaderElection": {"leaseDurationSeconds": "15s"}}}, "leaseDurationSeconds"),
         ({"redsi": {"enabled": True}}, "redsi"),
     ],
 )
@@ -601,6 +738,7 @@ CORE_MODELS = {
     "ClusterRoleBinding": "V1ClusterRoleBinding",
     "Role": "V1Role",
     "RoleBinding": "V1RoleBinding",
+    "PodDisruptionBudget": "V1PodDisruptionBudget",
 }
 
 

@@ -89,6 +89,11 @@ and any listed in serviceAccount.worker.namespaces, each once.
 {{- printf "%s-console" (include "headrace.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The leader election Lease (in the release namespace). */}}
+{{- define "headrace.operator.leaseName" -}}
+{{- default (printf "%s-operator" (include "headrace.fullname" .)) .Values.operator.leaderElection.leaseName | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "headrace.redis.fullname" -}}
 {{- printf "%s-redis" (include "headrace.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
