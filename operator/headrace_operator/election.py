@@ -243,6 +243,7 @@ class Elector:
         self.observed_at = 0.0
         self.previous = ""  # the holder we took over from ("" if none)
         self.stop = threading.Event()
+        self._lock = threading.Lock()  # one round or release at a time (renew thread, main)
 
     @property
     def lease(self) -> str:
@@ -262,6 +263,10 @@ class Elector:
     def round(self, now: float) -> Role:
         """One try at ``now`` (monotonic seconds): `Role.LEADING`, `Role.STANDBY`, or
         `Role.LOST` once, when a leader can no longer lead."""
+        with self._lock:
+            return self._round(now)
+
+    def _round(self, now: float) -> Role:
         try:
             got = self.store.get(self.namespace, self.name)
             self._observe(got, now)
@@ -323,6 +328,10 @@ class Elector:
         Returns whether the Lease was ours to release.
         """
         self.stop.set()
+        with self._lock:
+            return self._release()
+
+    def _release(self) -> bool:
         was = self.leading
         self.leading = False
         metric("headrace_operator_leader").set(0)
