@@ -203,6 +203,31 @@ def test_kept_snapshots_on_the_cluster_restore_exactly(redis_cluster: RedisClust
     r.delete_all()
 
 
+def test_dropped_state_of_a_removed_step_goes_from_every_slot(redis_cluster: RedisCluster) -> None:
+    from headrace.recovery import StateMismatchError
+
+    prefix = _prefix()
+    s = open_store(redis_cluster.url, prefix, retry_for=5.0)
+    s.start_execution(1, 16)
+    s.check_flow(prefix, ["old", "kept"])
+    s.write_epoch(1, [("old", g, "k", b"1") for g in range(16)] + [("kept", 2, "k", b"2")])
+    s.commit(1, 1)
+    s.write_epoch(2, [("old", 5, "j", b"2")])
+    s.commit(2, 1)
+    s.compact(1)
+    with pytest.raises(StateMismatchError, match="holds state of steps 'old'"):
+        s.check_flow(prefix, ["kept"])
+    assert s.check_flow(prefix, ["kept"], allow_dropped=True) == ["old"]
+    assert not [k for k in _keys(redis_cluster, prefix) if ":old:" in k]
+    s.write_epoch(3, [("kept", 2, "k", b"3")])
+    s.commit(3, 1)  # the manifest was rebuilt without the dropped keys
+    s.release()
+    r = open_store(redis_cluster.url, prefix, retry_for=5.0)
+    assert r.start_execution(1, 16).committed_epoch == 3
+    assert (r.load("old", range(16)), r.load("kept", [2])) == ({}, {2: {"k": b"3"}})
+    r.delete_all()
+
+
 def test_cluster_urls_are_validated() -> None:
     for url, words in [
         ("redis+cluster://h/0", "'h' is not HOST:PORT"),
