@@ -73,7 +73,7 @@
   function fmtUnit(unit, v) {
     if (v === null || v === undefined) return "–";
     switch (unit) {
-      case "percentunit": return (v * 100).toFixed(1) + "%";
+      case "percentunit": return (v * 100).toFixed(Math.abs(v) < 0.01 && v !== 0 ? 3 : 1) + "%";
       case "ops": return fmtNumber(v) + "/s";
       case "s": return v < 1 ? (v * 1000).toFixed(0) + " ms" : v.toFixed(2) + " s";
       case "bytes": return fmtNumber(v) + " B";
