@@ -234,7 +234,7 @@
   }
 
   function eventsSection(d) {
-    if (!d.events.length) return card("Events", el("p", { class: "muted" }, "None posted by this operator since it started."));
+    if (!d.events.length) return card("Events", el("p", { class: "muted" }, "None posted by the operator replica serving this page since it started (a standby posts none)."));
     return card("Events",
       table(["When", "Type", "Reason", "Message"], d.events.slice().reverse().map((e) =>
         el("tr", {}, el("td", { title: e.time }, ago(e.time)),
