@@ -3,7 +3,8 @@
 Three primaries and three replicas, created with ``redis-cli --cluster
 create ... --cluster-replicas 1 --cluster-yes``; `RedisCluster.start`
 returns once ``CLUSTER INFO`` says ``cluster_state:ok`` on every node and
-every primary has its replica. Tests that break nodes (``kill -9`` of a
+every replica is in sync with its primary (a replica that never synced
+would not take over when its primary dies). Tests that break nodes (``kill -9`` of a
 primary, ``FLUSHALL``) take the function-scoped ``own_redis_cluster``; the
 others share the session's ``redis_cluster`` and use a prefix of their own.
 """
@@ -95,6 +96,9 @@ class RedisCluster:
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "2000",
+                # a replica fails over however long its link was down (a loaded machine)
+                "--cluster-replica-validity-factor",
+                "0",
                 "--appendonly",
                 "yes",
                 "--save",
@@ -117,6 +121,13 @@ class RedisCluster:
         nodes = [f"127.0.0.1:{p}" for p in self.ports]
         self.cli(self.ports[0], "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes")
         self.wait_ok()
+
+        def synced() -> bool:  # every replica has its primary's data: a failover can take over
+            infos = [self.cli(p, "INFO", "replication", check=False) for p in self.ports]
+            replicas = [i for i in infos if "role:slave" in i]
+            return len(replicas) == 3 and all("master_link_status:up" in i for i in replicas)
+
+        self._wait(synced, "every replica in sync with its primary")
 
     def wait_ok(self, ports: list[int] | None = None) -> None:
         """Wait until ``CLUSTER INFO`` says ``cluster_state:ok`` on ``ports`` (default: the live nodes)."""
