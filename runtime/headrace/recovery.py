@@ -104,7 +104,8 @@ class RecoveryConfig:
     """Where and how to keep snapshots.
 
     ``db_dir`` is a Redis URL (``redis://host:port/db``, ``rediss://``,
-    ``unix://``) or a local directory (SQLite). ``backup_interval`` is how
+    ``unix://``), a Redis Cluster's (``redis+cluster://host:port/0``: state
+    sharded by key group over its primaries) or a local directory (SQLite). ``backup_interval`` is how
     much snapshot history to keep before compacting it into the base.
     ``prefix`` names the dataflow's keys (default: its flow id).
 

@@ -256,7 +256,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_location,
         default=_env("RECOVERY") or _env("RECOVERY_DIRECTORY"),
         help="recovery store: redis://[[user]:password@]host:port/db, rediss://..., "
-        "unix://..., or a local directory (./name if its first name has a ':'). A "
+        "unix://..., redis+cluster://host:port[,host:port...]/0 (a Redis Cluster), or a "
+        "local directory (./name if its first name has a ':'). A "
         "URL with a password is better set as HEADRACE_RECOVERY than on the "
         "command line, where `ps` shows it",
     )
