@@ -20,7 +20,7 @@ from headrace_operator import autoscaler as asc
 from headrace_operator import manifests as mf
 from headrace_operator.crd import GROUP, PLURAL, VERSION
 from headrace_operator.election import Conflict, LeaseRecord
-from headrace_operator.observation import KeptSnapshotInfo, PodInfo, SecretInfo, StoreInfo
+from headrace_operator.observation import KeptSnapshotInfo, PodInfo, RunInfo, SecretInfo, StoreInfo
 from headrace_operator.outcome import Action
 from headrace_operator.spec import DataflowSpec
 
@@ -278,6 +278,20 @@ class Leases:
 # ------------------------------------------------------------------ Redis
 
 
+def _run_info(marks: Any) -> RunInfo | None:
+    """The start of the execution that committed last (headrace's ``_engine._marks``)."""
+    if not marks.execution:
+        return None
+    at = marks.start
+    return RunInfo(
+        marks.execution,
+        process=at.get("process", 0.0),
+        imported=at.get("imported", 0.0),
+        restored=at.get("restored", 0.0),
+        first_output=marks.first_output,
+    )
+
+
 class Stores:
     """Recovery-store handles, cached per (url, prefix)."""
 
@@ -315,6 +329,9 @@ class Stores:
             key_groups=meta.key_groups,
             epoch_bytes=meta.epoch_bytes,
             kept=kept,
+            execution_id=meta.execution_id,
+            last_output_at=meta.marks.last_output,
+            run=_run_info(meta.marks),
         )
 
     def kept(self, url: str, prefix: str) -> list[KeptSnapshotInfo]:

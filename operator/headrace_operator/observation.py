@@ -22,7 +22,7 @@ from typing import Any
 
 from headrace_operator.autoscaler import WindowStats
 
-__all__ = ["FINISHED_PREFIX", "Observation", "PodInfo", "SecretInfo", "StoreInfo"]
+__all__ = ["FINISHED_PREFIX", "Observation", "PodInfo", "RunInfo", "SecretInfo", "StoreInfo"]
 
 FINISHED_PREFIX = "finished:"
 """How a worker whose every input ended starts its termination message (``headrace.run``)."""
@@ -45,6 +45,24 @@ class KeptSnapshotInfo:
 
 
 @dataclass
+class RunInfo:
+    """When an execution's process 0 started, imported, restored and first wrote output.
+
+    Wall-clock seconds from the store's meta (headrace's ``_engine._marks``);
+    0.0: not (yet) known.
+
+    >>> RunInfo("e1", process=1.0).first_output
+    0.0
+    """
+
+    execution: str
+    process: float = 0.0
+    imported: float = 0.0
+    restored: float = 0.0
+    first_output: float = 0.0
+
+
+@dataclass
 class StoreInfo:
     """What Redis holds for the Dataflow (``ok`` False: unreachable, see ``error``).
 
@@ -61,6 +79,9 @@ class StoreInfo:
     key_groups: int = 0
     epoch_bytes: int = 0
     kept: list[KeptSnapshotInfo] = field(default_factory=list)  # oldest first
+    execution_id: str = ""  # the execution that owns the store
+    last_output_at: float = 0.0  # when output last came out (0.0: unknown)
+    run: RunInfo | None = None  # the start of the execution that committed last
 
 
 @dataclass

@@ -524,6 +524,8 @@ def _steady(c: Ctx, spec: DataflowSpec, pods: list[PodInfo]) -> None:
         c.phase = Phase.RUNNING
         if tr is not None:
             tx.arrived(c, tr, n)
+        else:
+            tx.follow(c)
     else:
         c.phase = tx.phase_of(tr.type) if tr is not None else Phase.RUNNING
         c.p.requeue = BUSY_REQUEUE if tr is not None else 5.0

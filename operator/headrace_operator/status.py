@@ -38,6 +38,7 @@ __all__ = [
     "DataflowStatus",
     "Decision",
     "ExecutionStatus",
+    "GapPhases",
     "HealthStatus",
     "LastError",
     "LastStableSpec",
@@ -53,8 +54,10 @@ __all__ = [
     "StopReason",
     "StoppedStatus",
     "Transition",
+    "TransitionRecord",
     "TransitionStatus",
     "iso",
+    "iso_ms",
     "merge_patch",
     "parse_iso",
 ]
@@ -149,15 +152,27 @@ def iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def parse_iso(text: str | None) -> float | None:
-    """Seconds since the epoch of an `iso` time (``None`` stays ``None``).
+def iso_ms(t: float) -> str:
+    """RFC 3339 UTC time with milliseconds (for the times of an output gap).
 
-    >>> parse_iso("1970-01-01T00:01:40Z")
-    100.0
+    >>> iso_ms(100.25)
+    '1970-01-01T00:01:40.250Z'
+    """
+    ms = round(t * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+def parse_iso(text: str | None) -> float | None:
+    """Seconds since the epoch of an `iso` (or `iso_ms`) time (``None`` stays ``None``).
+
+    >>> parse_iso("1970-01-01T00:01:40Z"), parse_iso("1970-01-01T00:01:40.250Z")
+    (100.0, 100.25)
     """
     if not text:
         return None
-    return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+    whole, _, frac = text.rstrip("Z").partition(".")
+    secs = float(calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")))
+    return secs + (float(f"0.{frac}") if frac else 0.0)
 
 
 @dataclass
@@ -368,6 +383,90 @@ class TransitionStatus:
     epoch_before: int = field(
         default=0, metadata=_m(name="epochBefore", doc="Committed epoch when stopping began.")
     )
+    last_output_at: str | None = field(
+        default=None,
+        metadata=_m(
+            name="lastOutputAt",
+            format="date-time",
+            doc="The old pods' last output (from the recovery store).",
+        ),
+    )
+    pods_started_at: str | None = field(
+        default=None,
+        metadata=_m(name="podsStartedAt", format="date-time", doc="When the new pods were applied."),
+    )
+    previous_execution: str | None = field(
+        default=None, metadata=_m(name="previousExecution", doc="The execution id of the old pods.")
+    )
+
+
+@dataclass
+class GapPhases:
+    """Where an output gap went, in seconds; the phases add up to ``gapSeconds``."""
+
+    stop: float = field(
+        default=0.0,
+        metadata=_m(name="stop", doc="Last output to the new pods applied (barrier, exit, noticing it)."),
+    )
+    pods_start: float = field(
+        default=0.0,
+        metadata=_m(name="podsStart", doc="New pods applied to process 0's Python running headrace.run."),
+    )
+    imports: float = field(default=0.0, metadata=_m(name="imports", doc="Importing the flow and the engine."))
+    restore: float = field(
+        default=0.0,
+        metadata=_m(name="restore", doc="Connecting the cluster, taking the store over, restoring state."),
+    )
+    first_epoch: float = field(
+        default=0.0, metadata=_m(name="firstEpoch", doc="State restored to the first output.")
+    )
+
+
+@dataclass
+class TransitionRecord:
+    """A finished transition: how long the pods took to get Ready, and the output gap."""
+
+    type: Transition = field(
+        default=Transition.DEPLOY,
+        metadata=_m(name="type", enum=[t.value for t in Transition], doc="What happened."),
+    )
+    from_replicas: int = field(default=0, metadata=_m(name="fromReplicas", doc="Replicas before."))
+    to_replicas: int = field(default=0, metadata=_m(name="toReplicas", doc="Replicas after."))
+    started_at: str = field(
+        default="", metadata=_m(name="startedAt", format="date-time", doc="Start of the stop.")
+    )
+    ready_seconds: float = field(
+        default=0.0, metadata=_m(name="readySeconds", doc="Start of the stop to all new pods Ready.")
+    )
+    gap_seconds: float | None = field(
+        default=None,
+        metadata=_m(
+            name="gapSeconds", doc="Last output before the stop to the first output after (none: unknown)."
+        ),
+    )
+    phases: GapPhases | None = field(
+        default=None, metadata=_m(name="phases", doc="Where the gap went (with gapSeconds).")
+    )
+    last_output_at: str | None = field(
+        default=None, metadata=_m(name="lastOutputAt", format="date-time", doc="Last output before.")
+    )
+    first_output_at: str | None = field(
+        default=None, metadata=_m(name="firstOutputAt", format="date-time", doc="First output after.")
+    )
+    pods_started_at: str | None = field(
+        default=None,
+        metadata=_m(name="podsStartedAt", format="date-time", doc="When the new pods were applied."),
+    )
+    previous_execution: str | None = field(
+        default=None, metadata=_m(name="previousExecution", doc="The execution id of the old pods.")
+    )
+    ready_at: str | None = field(
+        default=None, metadata=_m(name="readyAt", format="date-time", doc="When all new pods were Ready.")
+    )
+    reported: bool = field(
+        default=False,
+        metadata=_m(name="reported", doc="Whether its completion event was posted (it waits for the gap)."),
+    )
 
 
 @dataclass
@@ -523,6 +622,10 @@ class DataflowStatus:
     last_error: LastError | None = field(default=None, metadata=_m(name="lastError", doc="Last problem."))
     transition: TransitionStatus | None = field(
         default=None, metadata=_m(name="transition", doc="Coordinated stop/start in progress.")
+    )
+    last_transitions: list[TransitionRecord] | None = field(
+        default=None,
+        metadata=_m(name="lastTransitions", doc="The last 5 finished transitions, oldest first."),
     )
     health: HealthStatus | None = field(default=None, metadata=_m(name="health", doc="Health bookkeeping."))
     stopped: StoppedStatus | None = field(

@@ -26,6 +26,7 @@ import hashlib
 from typing import Any
 
 from headrace_operator import manifests as mf
+from headrace_operator import output_gap
 from headrace_operator.outcome import BUSY_REQUEUE, Action, Ctx
 from headrace_operator.spec import DataflowSpec
 from headrace_operator.status import (
@@ -35,6 +36,7 @@ from headrace_operator.status import (
     StoppedStatus,
     StopReason,
     Transition,
+    TransitionRecord,
     TransitionStatus,
     iso,
     parse_iso,
@@ -48,6 +50,7 @@ __all__ = [
     "describe",
     "elapsed",
     "expected_epoch",
+    "follow",
     "gerund",
     "halt",
     "phase_of",
@@ -188,6 +191,7 @@ def change_message(ttype: Transition, spec: DataflowSpec, sts: dict[str, Any], g
 def stop(c: Ctx, ttype: Transition, from_replicas: int, to_replicas: int, message: str) -> None:
     """Begin ``ttype``: scale the StatefulSet to 0 and record the transition as Stopping."""
     store = c.obs.store
+    _report_pending(c)  # a new run's output would be taken for theirs
     c.act("scale", replicas=0)
     c.st.transition = TransitionStatus(
         type=ttype,
@@ -238,9 +242,11 @@ def start(
     obs = c.obs
     store = obs.store
     deleting = any(a.kind == "delete_state" for a in c.p.actions)
+    stopped = c.st.transition is not None
     tr = c.st.transition or TransitionStatus(
         type=ttype, started_at=iso(c.now), from_replicas=from_replicas, epoch_before=epoch_before
     )
+    output_gap.note_start(tr, store, c.now, stopped)
     fresh_state = (
         deleting
         or tr.type is Transition.RESET
@@ -298,11 +304,41 @@ def expected_epoch(c: Ctx) -> int:
 
 
 def arrived(c: Ctx, tr: TransitionStatus, n: int) -> None:
-    """All ``n`` pods are Ready after ``tr``: report how long it took, and end it."""
+    """All ``n`` pods are Ready after ``tr``: report how long it took, and end it.
+
+    It becomes the newest of ``status.lastTransitions``; its completion event
+    waits for the new pods' first output, to say the output gap (`follow`).
+    """
     took = elapsed(c, tr)
     c.p.transitions.append((tr.type, took))
+    rec = output_gap.record(tr, took, c.now)
+    rec.to_replicas = n
+    c.st.last_transitions = [*(c.st.last_transitions or []), rec][-output_gap.KEEP :]
+    c.st.transition = None
+    follow(c)
+
+
+def follow(c: Ctx) -> None:
+    """Finished transitions whose output gap is pending: fill it in from the store once the
+    new pods' first output is committed, and post their completion events."""
+    for rec in c.st.last_transitions or []:
+        if not rec.reported and output_gap.settle(rec, c.obs.store, c.now):
+            _report(c, rec)
+    if any(not rec.reported for rec in c.st.last_transitions or []):
+        c.p.requeue = min(c.p.requeue, BUSY_REQUEUE)
+
+
+def _report_pending(c: Ctx) -> None:
+    for rec in c.st.last_transitions or []:
+        if not rec.reported:
+            _report(c, rec)
+
+
+def _report(c: Ctx, rec: TransitionRecord) -> None:
+    """The completion event of ``rec``, with its output gap when known."""
+    n, took = rec.to_replicas, rec.ready_seconds
     reason, text = {
-        Transition.RESCALE: ("Scaled", f"rescaled {tr.from_replicas} -> {n} pod(s) in {took:.1f}s"),
+        Transition.RESCALE: ("Scaled", f"rescaled {rec.from_replicas} -> {n} pod(s) in {took:.1f}s"),
         Transition.DEPLOY: ("Running", f"all {n} pod(s) Ready {took:.1f}s after creation"),
         Transition.RESUME: ("Resumed", f"resumed: all {n} pod(s) Ready in {took:.1f}s"),
         Transition.UPGRADE: ("Upgraded", f"upgraded: all {n} pod(s) Ready in {took:.1f}s"),
@@ -310,9 +346,9 @@ def arrived(c: Ctx, tr: TransitionStatus, n: int) -> None:
             "RollbackFinished",
             f"rolled back: all {n} pod(s) of the last stable spec Ready in {took:.1f}s",
         ),
-    }.get(tr.type, ("Restarted", f"restarted ({tr.type}): all {n} pod(s) Ready in {took:.1f}s"))
-    c.event("Normal", reason, text)
-    c.st.transition = None
+    }.get(rec.type, ("Restarted", f"restarted ({rec.type}): all {n} pod(s) Ready in {took:.1f}s"))
+    c.event("Normal", reason, text + output_gap.describe(rec))
+    rec.reported = True
 
 
 def suspended(c: Ctx, tr: TransitionStatus, epoch: int) -> None:

@@ -626,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     1
     """
     startup = guard_startup()  # first: SIGTERM while the flow imports must end us, even as PID 1
+    from headrace._engine._marks import mark
+
+    mark("process")  # the start of a run's output gap's phases (`_engine._marks`)
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     finally:
@@ -663,6 +666,10 @@ def _main(argv: list[str]) -> int:
         # ending in them), on one line.
         print(f"{exc.kind}: {exc}", file=sys.stderr)
         return 1
+    from headrace._engine import execute  # noqa: F401 - the engine's imports count as imports
+    from headrace._engine._marks import mark
+
+    mark("imported")
     recovery = None
     if args.recovery:
         from headrace.recovery import RecoveryConfig

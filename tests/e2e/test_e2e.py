@@ -624,6 +624,61 @@ def test_4_rescale(stack: Stack) -> None:
     assert float(counted[0]["value"][1]) >= 1, counted
 
 
+def _gap_flow(stack: Stack, replicas: int, note: str) -> dict[str, Any]:
+    """Sensors that print every reading (2 x 10 per second): output never pauses by itself."""
+    env = {"SENSORS_PARTS": "2", "SENSORS_RATE": "10", "SENSORS_REPORT_EVERY": "1", "GAP_NOTE": note}
+    df = stack.sensors("gap", replicas)
+    df["spec"]["flow"]["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    return df
+
+
+def _gap_of(stack: Stack, ttype: str, after: int) -> dict[str, Any]:
+    """The record of the newest ``ttype`` transition past the first ``after``, with its gap."""
+
+    def probe() -> dict[str, Any] | None:
+        recs = stack.status("gap").get("lastTransitions") or []
+        new = [r for r in recs[after:] if r["type"] == ttype]
+        return new[-1] if new and new[-1].get("reported") else None
+
+    rec = wait_for(f"gap's {ttype} reported in status.lastTransitions", probe, 90, 1)
+    phases = rec.get("phases") or {}
+    log(
+        f"{ttype}: output gap {rec.get('gapSeconds')} s, pods Ready after {rec['readySeconds']} s; "
+        + ", ".join(f"{k} {v} s" for k, v in phases.items())
+    )
+    assert isinstance(rec.get("gapSeconds"), float | int) and rec["gapSeconds"] > 0, rec
+    assert set(phases) == {"stop", "podsStart", "imports", "restore", "firstEpoch"}, rec
+    assert all(v >= 0 for v in phases.values()), rec
+    assert abs(sum(phases.values()) - rec["gapSeconds"]) < 0.01, rec
+    return rec
+
+
+def test_4b_output_gap_of_rescale_and_upgrade(stack: Stack) -> None:
+    """Rescale, then upgrade, a Dataflow whose output never pauses -> each transition's output
+    gap (last output before to first after) and its phases in status and in the event."""
+    stack.apply(_gap_flow(stack, 2, "a"))
+    stack.wait_running("gap", 2)
+    stack.wait_status("gap", "output committed", lambda st: (st.get("snapshot") or {}).get("epoch", 0) >= 3)
+    seen = len(stack.status("gap").get("lastTransitions") or [])
+    stack.kube.kubectl("scale", "dataflow/gap", "-n", stack.ns, "--replicas", "3")
+    stack.wait_running("gap", 3)
+    rescale = _gap_of(stack, "rescale", seen)
+    assert (rescale["fromReplicas"], rescale["toReplicas"]) == (2, 3), rescale
+    scaled = [e["message"] for e in stack.events("gap") if e["reason"] == "Scaled"]
+    assert any(f"output gap {rescale['gapSeconds']:.1f}s (stop " in m for m in scaled), scaled
+
+    seen = len(stack.status("gap").get("lastTransitions") or [])
+    stack.apply(_gap_flow(stack, 3, "b"))  # a new pod template: an upgrade
+    stack.wait_running("gap", 3)
+    upgrade = _gap_of(stack, "upgrade", seen)
+    upgraded = [e["message"] for e in stack.events("gap") if e["reason"] == "Upgraded"]
+    assert any(f"output gap {upgrade['gapSeconds']:.1f}s (stop " in m for m in upgraded), upgraded
+    stack.notes["gaps"] = {"rescale": rescale, "upgrade": upgrade}
+    print(f"\noutput gaps: rescale {rescale['gapSeconds']} s {rescale['phases']}; "
+          f"upgrade {upgrade['gapSeconds']} s {upgrade['phases']}")  # fmt: skip
+    stack.delete("gap")
+
+
 def test_5_autoscaler(stack: Stack) -> None:
     """Autoscaler in apply mode, short windows, synthetic load -> scales up, then down when the load drops."""
     k, ns = stack.kube, stack.ns

@@ -33,6 +33,7 @@ LAYERS = [
     "outcome",
     "kept",
     "target",
+    "output_gap",
     "transitions",
     "conditions",
     "health",

@@ -68,6 +68,9 @@ class Edge:
     barriers: int = 0
     eof_votes: int = 0
     stop_votes: int = 0
+    # the control edge: when the workers' sinks wrote in the epoch (`_marks`; 0.0: no output)
+    out_first: float = 0.0
+    out_last: float = 0.0
     aligned: bool = False
     # sticky state
     eof: bool = False

@@ -26,6 +26,7 @@ from typing import Any
 
 from headrace import __version__
 from headrace._engine._basics import Abort, Cluster, RunConfig
+from headrace._engine._marks import START, mark
 from headrace._engine._net import Mesh
 from headrace._engine._net_protocol import PROTOCOL_VERSION, SECRET_ENV, Hello
 from headrace._engine._plan import Plan, build_plan
@@ -276,6 +277,18 @@ def _start_execution(store: Store, recovery: Any, plan: Plan, worker_count: int,
     return meta
 
 
+def _log_start() -> None:
+    """Say how long this process took to start (`_marks`: the phases of an output gap)."""
+    if "process" not in START:
+        return
+    t0 = START["process"]
+    log.info(
+        "workers built %.2fs after the process started (%s)",
+        START["restored"] - t0,
+        ", ".join(f"{k} +{v - t0:.2f}s" for k, v in START.items() if k != "process"),
+    )
+
+
 def _check_w(workers_per_process: int) -> None:
     if workers_per_process < 1:
         msg = f"workers_per_process must be >= 1; got {workers_per_process}"
@@ -297,6 +310,8 @@ def _run_local_workers(
         M["headrace_process_info"].labels(*info).set(1)
     try:
         workers = [Worker(plan, i, cluster, config) for i in cluster.local_workers]
+        mark("restored")
+        _log_start()
     except BaseException:
         _stoppable(cluster, False)
         if lease is not None:
@@ -497,6 +512,7 @@ def _start_cluster_process(
     lease = None if store is None else _Lease(store, cluster.fail)
     try:
         mesh.start()
+        mark("connected")
     except BaseException as exc:
         if lease is not None:
             lease.stop()

@@ -41,7 +41,7 @@ import sqlite3
 import time
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from headrace._engine import _integrity as ig
@@ -332,11 +332,12 @@ class SqliteStore(Store):
                 self.files[i].write(epoch, rows, fence)
         return sum(len(k) + len(v) for _, _, k, v in entries)
 
-    def commit(self, epoch: int, epoch_bytes: int) -> None:
+    def commit(self, epoch: int, epoch_bytes: int, marks: Mapping[str, str] | None = None) -> None:
         fields = {
             "committed_epoch": str(epoch),
             "committed_at": repr(time.time()),
             "epoch_bytes": str(epoch_bytes),
+            **(marks or {}),
         }
         fence = self._fence()
         for file in self.files:  # part 0 first; the epoch is committed once the last has it

@@ -12,7 +12,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
@@ -227,11 +227,12 @@ class RedisStore(Store):
         self._retry(f"writing the snapshot of epoch {epoch}", write)
         return size
 
-    def commit(self, epoch: int, epoch_bytes: int) -> None:
+    def commit(self, epoch: int, epoch_bytes: int, marks: Mapping[str, str] | None = None) -> None:
         fields = {
             "committed_epoch": str(epoch),
             "committed_at": repr(time.time()),
             "epoch_bytes": str(epoch_bytes),
+            **(marks or {}),
         }
         if self.execution_id:
             from headrace._engine._redis_integrity import verify

@@ -43,10 +43,11 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from headrace._engine._marks import RunMarks, run_marks
 from headrace.errors import HeadraceRuntimeError
 
 log = logging.getLogger("headrace.recovery")
@@ -167,6 +168,8 @@ class Meta:
     committed_at: float = 0.0
     epoch_bytes: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+    # When output last came out, and the owning execution's start (`_marks`).
+    marks: RunMarks = field(default_factory=RunMarks)
 
     def to_fields(self) -> dict[str, str]:
         return {
@@ -189,6 +192,7 @@ class Meta:
             base_epoch=int(f.get("base_epoch", 0)),
             committed_at=float(f.get("committed_at", 0.0)),
             epoch_bytes=int(f.get("epoch_bytes", 0)),
+            marks=run_marks(f),
         )
 
 
@@ -291,8 +295,8 @@ class Store(ABC):
         """Write one worker's changes for ``epoch``; return bytes written."""
 
     @abstractmethod
-    def commit(self, epoch: int, epoch_bytes: int) -> None:
-        """Atomically mark ``epoch`` committed."""
+    def commit(self, epoch: int, epoch_bytes: int, marks: Mapping[str, str] | None = None) -> None:
+        """Atomically mark ``epoch`` committed (with ``marks``, `_marks.commit_fields`, in the meta)."""
 
     @abstractmethod
     def load(self, step_id: str, groups: Iterable[Group]) -> dict[Group, dict[str, bytes]]:

@@ -49,6 +49,7 @@ from headrace._engine._basics import Push, RunConfig, batch_len, drop, not_keyed
 from headrace._engine._exchange import Edge, Exchange
 from headrace._engine._fuse import EpochRef, Stage, compile_chain, compile_grouping_chain
 from headrace._engine._hash import group_owner, part_owner
+from headrace._engine._marks import OutputMark
 from headrace._engine._plan import CoreStep, Plan, quoted
 from headrace._engine._sched import Ready
 from headrace._engine._stateful_run import ReduceRun, StatefulRun, reduces_only
@@ -203,6 +204,8 @@ class Wiring:
         self.unbuilt_sink_parts: dict[str, dict[str, Any]] = {}
         # `epoch_committed` of the partitions of `EpochSink`s, in step order.
         self.commit_hooks: list[tuple[str, Callable[[int], None]]] = []
+        # When this worker's sinks wrote in the current epoch (the output gap, `_marks`).
+        self.output = OutputMark()
         # Steps run in declaration order, each with all its pending batches
         # (`_sched.Ready`); a step's position is its index in the plan.
         self._pos = {st.step_id: i for i, st in enumerate(plan.steps)}
@@ -599,12 +602,15 @@ class Wiring:
             else self.metrics.step(step_id, "out_part_write_batch_duration_seconds")
         )
 
+        wrote = self.output.wrote
+
         def push(batch: list[Any]) -> None:
             t0 = time.perf_counter()
             try:
                 write(batch)
             except Exception as exc:
                 raise user_error(f"error writing output batch in step {shown}", exc) from exc
+            wrote(time.time())
             if m is not None:
                 dt = time.perf_counter() - t0
                 m.inp.inc(len(batch))
@@ -780,6 +786,8 @@ class Wiring:
             else self.metrics.step(step_id, "out_part_write_batch_duration_seconds")
         )
 
+        wrote = self.output.wrote
+
         def deliver(batch: list[Any]) -> None:
             t0 = time.perf_counter()
             by_part: dict[int, list[Any]] = {}
@@ -793,6 +801,7 @@ class Wiring:
                     raise user_error(
                         f"error writing output batch in step {shown} for partition {quoted(parts[i])}", exc
                     ) from exc
+            wrote(time.time())
             if m is not None:
                 dt = time.perf_counter() - t0
                 m.inp.inc(len(batch))

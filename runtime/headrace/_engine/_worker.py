@@ -57,6 +57,7 @@ from headrace._engine._basics import (
 )
 from headrace._engine._exchange import Edge, Exchange
 from headrace._engine._fuse import EpochRef
+from headrace._engine._marks import START, commit_fields
 from headrace._engine._plan import Plan, quoted
 from headrace._engine._sched import Ready
 from headrace._engine._store_base import PARTS, Entry
@@ -123,6 +124,10 @@ class Worker:
         self._commit_hooks = wiring.commit_hooks
         # The last epoch the commit hooks were called for.
         self._committed = config.resume_epoch
+        self._output = wiring.output
+        # Worker 0: whether this run committed yet, and its first output (`_marks`).
+        self._first_commit = True
+        self._first_output = 0.0
 
     @property
     def epoch(self) -> int:
@@ -243,8 +248,12 @@ class Worker:
         else:
             self._barrier(edge, payload)
 
-    def _barrier(self, edge: Edge, flags: int) -> None:
+    def _barrier(self, edge: Edge, flags: Any) -> None:
         self.ready.run()  # data before the barrier is handled first
+        if flags.__class__ is tuple:  # the control edge's, with when the sender's sinks wrote
+            flags, first, last = flags
+            edge.out_first = min(edge.out_first or first, first)
+            edge.out_last = max(edge.out_last, last)
         edge.barriers += 1
         if flags & F_EOF:
             edge.eof_votes += 1
@@ -357,18 +366,24 @@ class Worker:
                 self.edges[u].eof for u in edge.upstream_edges
             )
             flags = F_EOF if eof else 0
+            payload: Any = None
             if edge is self.control:
                 if self._commit_hooks and self._committed < self.epoch - 1:
                     continue  # until the previous epoch's commit is heard of
                 self.before_commit_barrier()
                 if self.cluster.stop_requested.is_set():
                     flags |= F_STOP
+                first, last = self._output.take()
+                if last:
+                    payload = (flags, first, last)
             edge.barrier_sent = True
+            if payload is None:
+                payload = flags
             for dst in range(self.count):
                 if dst == self.index:
-                    self._barrier(edge, flags)
+                    self._barrier(edge, payload)
                 else:
-                    self.cluster.send(dst, (BARRIER, edge.eid, self.index, self.epoch, flags))
+                    self.cluster.send(dst, (BARRIER, edge.eid, self.index, self.epoch, payload))
 
     def _part_snapshot(self, src: SourceRun) -> bytes:
         try:
@@ -436,7 +451,19 @@ class Worker:
         store = self.config.store
         if store is None or self.index != 0:
             return
-        store.commit(self.epoch, self.snapshot_bytes)
+        control = self.control
+        marks = commit_fields(
+            store.execution_id,
+            START,
+            self._first_commit,
+            control.out_first,
+            control.out_last,
+            self._first_output,
+        )
+        store.commit(self.epoch, self.snapshot_bytes, marks)
+        self._first_commit = False
+        if control.out_last and not self._first_output:
+            self._first_output = control.out_first
         if self.metrics is not None:
             M["headrace_epoch_committed"].set(self.epoch)
         if self._commit_hooks:
@@ -474,6 +501,7 @@ class Worker:
             edge.barriers = 0
             edge.eof_votes = 0
             edge.stop_votes = 0
+            edge.out_first = edge.out_last = 0.0
             edge.aligned = edge.eof
         self.epoch_ref.epoch += 1
         held, self._held = self._held, []
