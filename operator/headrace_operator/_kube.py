@@ -289,6 +289,7 @@ def _run_info(marks: Any) -> RunInfo | None:
         imported=at.get("imported", 0.0),
         restored=at.get("restored", 0.0),
         first_output=marks.first_output,
+        previous_output=at.get("previous_output", 0.0),
     )
 
 

@@ -70,6 +70,7 @@ class _State:
     error_counters: dict[str, dict[str, step_errors.Counters]] = field(default_factory=dict)
     errors_scraped: dict[str, float] = field(default_factory=dict)  # uid -> when
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
+    looks_due: set[str] = field(default_factory=set)  # uids with a look scheduled by a pod's change
     server: EndpointServer | None = None
     console: Any = None  # console.server.ConsoleServer, when the console is on
     # (namespace, name) -> the last events posted for it, for the console
@@ -203,19 +204,36 @@ def watched(event: Any, body: kopf.Body, **_: Any) -> None:
 def pod_changed(event: Any, body: kopf.Body, **_: Any) -> None:
     """A worker pod changed (started, became Ready, exited, went): look at its Dataflow now.
 
-    Only when the Dataflow's last look is at least `POD_LOOK_INTERVAL` old;
-    otherwise the next timer tick (due by then) looks.
+    At most once per `POD_LOOK_INTERVAL`: a change sooner after the last look
+    is looked at when that interval is over (not at the next timer tick,
+    which may be a second later: the last old pod going is what a
+    transition's new pods wait for).
     """
     meta = body.get("metadata") or {}
     ns, name = meta.get("namespace", ""), (meta.get("labels") or {}).get(mf.LABEL_DATAFLOW, "")
     uid = STATE.uids.get((ns, name))
     if not uid:
         return
-    now = time.time()
-    if now - STATE.last_look.get(uid, 0.0) < POD_LOOK_INTERVAL:
-        STATE.next_due[uid] = min(STATE.next_due.get(uid, now), STATE.last_look[uid] + POD_LOOK_INTERVAL)
+    wait = STATE.last_look.get(uid, 0.0) + POD_LOOK_INTERVAL - time.time()
+    if wait > 0:
+        with STATE.guard:
+            if uid in STATE.looks_due:
+                return
+            STATE.looks_due.add(uid)
+        look = threading.Timer(wait, _look_due, (ns, name, uid))
+        look.daemon = True
+        look.start()
         return
     reconcile_once(ns, name, uid, force=True)
+
+
+def _look_due(ns: str, name: str, uid: str) -> None:
+    with STATE.guard:
+        STATE.looks_due.discard(uid)
+    try:
+        reconcile_once(ns, name, uid, force=True)
+    except Exception:  # a timer thread: kopf's handlers report, this one logs
+        log.exception("reconcile of %s/%s after a pod change failed", ns, name)
 
 
 # ------------------------------------------------------------------ reconcile

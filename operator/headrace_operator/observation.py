@@ -60,6 +60,7 @@ class RunInfo:
     imported: float = 0.0
     restored: float = 0.0
     first_output: float = 0.0
+    previous_output: float = 0.0  # the last output committed before it started
 
 
 @dataclass

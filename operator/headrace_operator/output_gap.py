@@ -116,6 +116,9 @@ def settle(rec: TransitionRecord, store: StoreInfo | None, now: float) -> bool:
         return True  # nothing came out before (a deploy, a resume) or no store to tell
     run = new_run(rec, store)
     if run is not None:
+        if run.previous_output:  # what the new run found: the old pods' last commit included
+            last = run.previous_output
+            rec.last_output_at = iso_ms(last)
         applied = parse_iso(rec.pods_started_at) or last
         rec.gap_seconds, rec.phases = measure(last, applied, run)
         rec.first_output_at = iso_ms(run.first_output)

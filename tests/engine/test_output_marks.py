@@ -50,7 +50,8 @@ def test_two_runs_commit_their_start_and_first_and_last_output(location: str) ->
     assert meta is not None
     first = meta.marks
     assert first.execution == meta.execution_id != ""
-    assert sorted(first.start) == ["imported", "process", "restored"]
+    assert sorted(first.start) == ["imported", "previous_output", "process", "restored"]
+    assert first.start["previous_output"] == 0.0  # nothing came out before
     assert first.start["process"] <= first.start["imported"] <= first.start["restored"]
     assert first.start["restored"] <= first.first_output <= first.last_output
     # A second run resumes: a new execution, with its own start and first output.
@@ -70,6 +71,7 @@ def test_two_runs_commit_their_start_and_first_and_last_output(location: str) ->
     assert second.execution == meta2.execution_id != first.execution
     assert second.first_output > first.last_output and second.last_output >= second.first_output
     assert second.start["restored"] > first.last_output
+    assert second.start["previous_output"] == first.last_output
 
 
 def test_a_run_without_output_says_so(location: str) -> None:
@@ -86,4 +88,7 @@ def test_a_run_without_output_says_so(location: str) -> None:
     meta = store_at(location, "marks").load_meta()
     assert meta is not None and out == []
     assert (meta.marks.first_output, meta.marks.last_output) == (0.0, 0.0)
-    assert meta.marks.execution == meta.execution_id and list(meta.marks.start) == ["restored"]
+    assert meta.marks.execution == meta.execution_id and sorted(meta.marks.start) == [
+        "previous_output",
+        "restored",
+    ]

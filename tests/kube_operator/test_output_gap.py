@@ -194,3 +194,22 @@ def test_the_last_five_transitions_are_kept() -> None:
         (3, 2),
     ]
     assert StoreInfo().run is None
+
+
+def test_the_new_runs_own_record_of_the_last_output_wins() -> None:
+    """The new execution read the last output from the store as it started: the old
+    pods' last commit may have come after the operator noted it."""
+    w = _rescaled_world()
+    run = RunInfo("e2", T0 + 12.5, T0 + 13.0, T0 + 13.5, first_output=T0 + 14.0, previous_output=T0 + 10.75)
+    _commit(w, 7, "e2", T0 + 14.5, run)
+    w.step(dt=4.5)
+    rec = w.status["lastTransitions"][-1]
+    assert rec["lastOutputAt"] == "1970-01-12T13:46:50.750Z"
+    assert rec["gapSeconds"] == 3.25
+    assert rec["phases"] == {
+        "stop": 0.75,
+        "podsStart": 1.0,
+        "imports": 0.5,
+        "restore": 0.5,
+        "firstEpoch": 0.5,
+    }

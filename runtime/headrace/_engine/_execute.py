@@ -208,6 +208,8 @@ def _open_recovery(
     if start:
         meta = _start_execution(store, recovery, plan, worker_count, config.key_groups)
         resume, key_groups = meta.committed_epoch, meta.key_groups
+        # The last output before this run (an output gap's start), which its commits replace.
+        mark("previous_output", meta.marks.last_output)
     else:
         assert leader is not None
         try:

@@ -76,6 +76,9 @@ from headrace._engine._net_protocol import (
 )
 from headrace._metrics import M
 
+# The longest wait between two dials of a peer that is not listening yet.
+_DIAL_RETRY_MAX_S = 0.2
+
 log = logging.getLogger("headrace.net")
 
 
@@ -222,7 +225,8 @@ class Mesh:
             except OSError as exc:  # refused, unresolvable yet, unreachable
                 last = exc
                 time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                # Retried often: a peer that starts listening is a transition's output gap.
+                delay = min(delay * 2, _DIAL_RETRY_MAX_S)
                 continue
             _keepalive(sock)
             try:
