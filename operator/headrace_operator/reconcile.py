@@ -357,7 +357,8 @@ def _stopped(
     want_running = target.state == "running"
     tr = c.st.transition
     if c.obs.pods:
-        _still_stopping(c, target, tr, want_running)
+        if not _start_early(c, target, owner, sts, tr, secret_problem):
+            _still_stopping(c, target, tr, want_running)
         return
     if tr is not None and tr.stage is Stage.STOPPING:
         tx.stop_finished(c, target, tr)
@@ -420,6 +421,49 @@ def _stopped(
     tx.start(c, target, owner, ttype, 0, _epoch_now(c))
     if need_reset:
         c.p.events = [e for e in c.p.events if e[1] != "Restored"]
+
+
+def _start_early(
+    c: Ctx,
+    target: DataflowSpec,
+    owner: mf.Owner,
+    sts: dict[str, Any],
+    tr: TransitionStatus | None,
+    secret_problem: Problem | None,
+) -> bool:
+    """Every old pod is terminating and nothing is to be done to the state between the
+    stop and the start: apply the new StatefulSet now (True).
+
+    A rescale, a ``last-state`` upgrade or a restart, without rollback: the
+    StatefulSet controller then starts each new pod the moment its old
+    namesake is gone (and new ordinals at once), instead of the next look
+    after the last one went; the output gap is that much shorter. Each old
+    pod commits at the stop barrier before it goes, and the new process 0
+    takes the store over (fencing any old process still running).
+    """
+    if tr is None or tr.stage is not Stage.STOPPING or target.state != "running":
+        return False
+    if tr.type not in (Transition.RESCALE, Transition.UPGRADE, Transition.RESTART):
+        return False
+    if not all(p.terminating for p in c.obs.pods):
+        return False
+    if secret_problem is not None or c.lost is not None or c.st.stopped is not None:
+        return False
+    if target.rollback.enabled or rollback.active(c) or _reset_asked(c, target):
+        return False
+    changes = _changes(target, owner, sts)
+    if Transition.RESET in changes or (Transition.UPGRADE in changes and target.upgrade_mode != "last-state"):
+        return False
+    store = c.obs.store
+    if target.recovery is not None and (store is None or not store.ok):
+        return False
+    tx.start(c, target, owner, tr.type, 0, _epoch_now(c))
+    # The old pods commit the stop barrier's epoch as they go: the new ones resume from it.
+    c.p.events = [
+        e if e[1] != "Restored" else (e[0], e[1], e[2].replace(" from committed epoch ", " from epoch >= "))
+        for e in c.p.events
+    ]
+    return True
 
 
 def _rollback_state(c: Ctx, target: DataflowSpec, owner: mf.Owner, store: StoreInfo, name: str) -> None:

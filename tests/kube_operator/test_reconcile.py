@@ -88,26 +88,42 @@ def test_rescale_is_a_coordinated_stop_then_start_with_the_new_count() -> None:
     assert w.status["phase"] == "Scaling"
     assert w.status["transition"]["type"] == "rescale"
     assert w.status["transition"]["stage"] == "Stopping"
-    # Pods still terminating: wait, change nothing.
-    p = w.step()
-    assert p.actions == [] and w.status["phase"] == "Scaling"
-    w.commit(8)  # the barrier's snapshot
-    w.kubelet()  # all gone
-    assert w.pods == []
+    # Every old pod terminating (each commits the barrier's epoch as it goes): the new
+    # StatefulSet at once; the controller starts each new pod when its namesake is gone.
+    assert all(pod.terminating for pod in w.pods)
     p = w.step(dt=2)
     sts = next(a.obj for a in p.actions if a.obj and a.obj["kind"] == "StatefulSet")
     assert sts["spec"]["replicas"] == 3
     env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["HEADRACE_REPLICAS"] == "3"
-    assert "SnapshotCompleted" in w.reasons() and "Restored" in w.reasons()
-    assert w.status["phase"] == "Scaling"
-    w.kubelet()
+    assert env["HEADRACE_REPLICAS"] == "3" and env["HEADRACE_EXPECT_EPOCH"] == "7"
+    assert [m for _t, r, m in w.events if r == "Restored"] == [
+        "starting 3 pod(s) x 1 worker(s) from epoch >= 7 (written by 2 workers)"
+    ]
+    assert w.status["phase"] == "Scaling" and w.status["transition"]["stage"] == "Starting"
+    w.commit(8)  # the barrier's snapshot
+    w.kubelet()  # the old pods gone, the new ones started
     p = w.step(dt=3)
     assert w.status["phase"] == "Running"
     ((ttype, took),) = p.transitions
-    assert ttype == "rescale" and took == 6.0
+    assert ttype == "rescale" and took == 5.0
     assert "transition" not in w.status
     assert any(r == "Scaled" and "2 -> 3" in m for _t, r, m in w.events)
+
+
+def test_a_snapshot_upgrade_waits_for_the_old_pods_to_go() -> None:
+    """The state is checked (upgradeMode snapshot) between the stop and the start."""
+    w = World({**BASE, "upgradeMode": "snapshot"})
+    w.run_until_running()
+    w.commit(7)
+    w.edit(image="app:2")
+    w.step()
+    p = w.step()  # pods still terminating: wait, change nothing
+    assert p.actions == [] and w.status["transition"]["stage"] == "Stopping"
+    w.commit(8)
+    w.kubelet()
+    p = w.step()
+    assert any(a.obj and a.obj["kind"] == "StatefulSet" for a in p.actions)
+    assert "SnapshotCompleted" in w.reasons()
 
 
 def test_scale_to_the_same_count_via_statefulset_tampering_is_repaired() -> None:
