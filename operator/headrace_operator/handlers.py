@@ -47,8 +47,9 @@ __all__ = [
 log = logging.getLogger("headrace.operator")
 
 TIMER_INTERVAL = config.load().timer_interval
-POD_LOOK_INTERVAL = 1.0
-"""A pod's change makes its Dataflow looked at now, at most once per this many seconds."""
+POD_LOOK_INTERVAL = 0.3
+"""A pod's change makes its Dataflow looked at now, at most once per this many seconds
+(pods change in bursts while they stop and start: a transition's output gap waits on it)."""
 
 
 @dataclass
