@@ -217,24 +217,18 @@ def pod_changed(event: Any, body: kopf.Body, **_: Any) -> None:
         return
     wait = STATE.last_look.get(uid, 0.0) + POD_LOOK_INTERVAL - time.time()
     if wait > 0:
+        # Waited for here, in kopf's handler thread (its events are posted from its
+        # context); the changes of other pods meanwhile are seen by that one look.
         with STATE.guard:
             if uid in STATE.looks_due:
                 return
             STATE.looks_due.add(uid)
-        look = threading.Timer(wait, _look_due, (ns, name, uid))
-        look.daemon = True
-        look.start()
-        return
+        try:
+            time.sleep(wait)
+        finally:
+            with STATE.guard:
+                STATE.looks_due.discard(uid)
     reconcile_once(ns, name, uid, force=True)
-
-
-def _look_due(ns: str, name: str, uid: str) -> None:
-    with STATE.guard:
-        STATE.looks_due.discard(uid)
-    try:
-        reconcile_once(ns, name, uid, force=True)
-    except Exception:  # a timer thread: kopf's handlers report, this one logs
-        log.exception("reconcile of %s/%s after a pod change failed", ns, name)
 
 
 # ------------------------------------------------------------------ reconcile
