@@ -283,6 +283,17 @@ def _peak_rss_mb() -> float | None:
     return None
 
 
+def _rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def dump(directory: str) -> str:
     """Write this process's record (and engine metrics) as ``<directory>/<pid>.json``.
 
@@ -295,6 +306,9 @@ def dump(directory: str) -> str:
         t_exit=time.time(),
         cpu_exit=time.process_time(),
         peak_rss_mb=_peak_rss_mb(),
+        rss_mb=_rss_mb(),
+        # The main thread's CPU time: a single-worker run's worker thread (`-p 1 -w 1`).
+        cpu_thread_exit=time.thread_time(),
         metrics=engine_metrics(),
     )
     path = os.path.join(directory, f"{os.getpid()}.json")

@@ -248,6 +248,73 @@ def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
     check_output(tmp_path / "out", counts)
 
 
+def _many_keys_input(d: Path, files: int = 4, lines: int = 1500, words: int = 50) -> dict[str, int]:
+    """Input whose epochs change tens of thousands of keys (written off the hot path)."""
+    d.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(7)
+    counts: dict[str, int] = {}
+    for f in range(files):
+        rows = []
+        for _ in range(lines):
+            row = [f"k{rng.randrange(400_000)}" for _ in range(words)]
+            for w in row:
+                counts[w] = counts.get(w, 0) + 1
+            rows.append(" ".join(row))
+        (d / f"in-{f}.txt").write_text("\n".join(rows) + "\n")
+    return counts
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_while_the_snapshot_writer_has_an_epoch_in_flight(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Epochs of >= ASYNC_MIN_ENTRIES keys per worker go to the writer thread.
+
+    Redis pauses writes, so the writers' epochs stay in flight while the
+    workers go on (their output grows); kill -9 then: nothing past the
+    committed epoch is committed, and the resumed run's output is exact.
+    """
+    import redis
+
+    from headrace._engine._worker import ASYNC_MIN_ENTRIES
+
+    counts = _many_keys_input(tmp_path / "in")
+    assert len(counts) > 4 * ASYNC_MIN_ENTRIES
+    env = run_env(tmp_path, HR_SLOW="0.05")
+    args = ["-p", "2", "-r", redis_server.url, "--epoch-interval", "0.5"]
+    client = redis.Redis.from_url(redis_server.url)
+    store = open_store(redis_server.url, "recovery_wc")
+    p = launch(args, env)
+    try:
+        deadline = time.monotonic() + 120
+        while (meta := store.load_meta()) is None or meta.committed_epoch < 2:
+            assert p.poll() is None, p.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "no epoch committed"
+            time.sleep(0.05)
+        client.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
+        try:
+            paused_at = store.load_meta()
+            assert paused_at is not None
+            seen = lines_in(tmp_path / "out")
+            wait_for_output(p, tmp_path / "out", seen + 2 * ASYNC_MIN_ENTRIES)  # went on past the barrier
+            pids = [*children(p), p.pid]
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            p.wait(30)
+            after = store.load_meta()
+            assert after is not None and after.committed_epoch == paused_at.committed_epoch
+        finally:
+            client.execute_command("CLIENT", "UNPAUSE")
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.communicate(timeout=30)
+    p = launch(args, env)
+    _, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err[-2000:]
+    check_output(tmp_path / "out", counts)
+
+
 @pytest.mark.timeout(300)
 def test_rescale_2_3_1_processes_across_restarts(tmp_path: Path, redis_server: RedisServer) -> None:
     counts = write_input(tmp_path / "in")

@@ -42,10 +42,14 @@ ACK = 3
 # Worker 0 to the others: `(COMMITTED, epoch)` once the store committed the
 # epoch; sent only for sinks that commit with the epochs (`_wiring.EpochSink`).
 COMMITTED = 5  # (4 is `_async_run.WAKE`)
+# A worker's snapshot writer to worker 0: `(WRITTEN, epoch, worker, bytes)`
+# once the worker's part of an epoch written off its hot path is in the store.
+WRITTEN = 6
 
 # Barrier flags.
 F_EOF = 1
 F_STOP = 2
+F_ASYNC = 4  # on the control barrier: this worker's snapshot is still being written
 
 # Items a worker may have sent to one peer that the peer has not yet
 # processed; past it the worker stops polling its sources (backpressure)

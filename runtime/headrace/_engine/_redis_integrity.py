@@ -32,20 +32,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("headrace.recovery")
 
-# Fold one delta hash into its base hash, keeping the base's manifest.
-# KEYS: meta, base, bases set. ARGV: number of sets, then k, v pairs, then deleted keys.
+# Fold one delta hash into its base hash inside Redis, keeping the base's
+# manifest. KEYS: meta, base, bases set, delta. An empty value is a tombstone.
 LUA_FOLD = """
 local before = redis.call('HLEN', KEYS[2])
-local n = tonumber(ARGV[1])
-local i = 2
-for _ = 1, n do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  i = i + 2
+local d = redis.call('HGETALL', KEYS[4])
+local sets, dels = {}, {}
+for i = 1, #d, 2 do
+  if d[i + 1] == '' then
+    dels[#dels + 1] = d[i]
+  else
+    sets[#sets + 1] = d[i]
+    sets[#sets + 1] = d[i + 1]
+  end
+  if #sets >= 4000 then
+    redis.call('HSET', KEYS[2], unpack(sets))
+    sets = {}
+  end
+  if #dels >= 4000 then
+    redis.call('HDEL', KEYS[2], unpack(dels))
+    dels = {}
+  end
 end
-while i <= #ARGV do
-  redis.call('HDEL', KEYS[2], ARGV[i])
-  i = i + 1
-end
+if #sets > 0 then redis.call('HSET', KEYS[2], unpack(sets)) end
+if #dels > 0 then redis.call('HDEL', KEYS[2], unpack(dels)) end
 local after = redis.call('HLEN', KEYS[2])
 if after > 0 then
   if redis.call('SADD', KEYS[3], KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[1], 'base_keys', 1) end

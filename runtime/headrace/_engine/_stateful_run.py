@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import pickle
 import time
+import zlib
 from collections import OrderedDict
 from datetime import datetime
 from typing import Any
@@ -145,22 +147,26 @@ class StatefulRun:
     def restore(self, states: dict[str, bytes]) -> None:
         """Rebuild the logic of every key from its snapshot."""
         stamps: list[tuple[float, str]] = []
+        logics = self.logics
+        builder = self.builder
+        loads = pickle.loads
         for key, blob in states.items():
             try:
-                state = pickle.loads(blob)
+                state = loads(blob)
                 if state.__class__ is tuple and len(state) == 3 and state[0] == _TTL_TAG:
                     # Written under a ttl: keep the key's last update.
                     _, at, state = state
                     stamps.append((at, key))
                 elif self.ttl is not None:
                     stamps.append((_clock(), key))  # the ttl is new: the key's time starts now
-                logic = self.builder(state)
+                logic = builder(state)
             except Exception as exc:
                 raise user_error(
                     f"error rebuilding state of key {key!r} in step {self.step_id!r} from its snapshot", exc
                 ) from exc
-            self.logics[key] = logic
-            self._schedule(key, logic)
+            logics[key] = logic
+            if _may_set_timers(logic):  # else `notify_at` is always None: no timer
+                self._schedule(key, logic)
         if self.ttl is not None:
             stamps.sort()
             updated = self.updated
@@ -201,23 +207,47 @@ class StatefulRun:
 
     def snapshot_entries(self, groups: int) -> list[Entry]:
         """Pickled state of the keys changed this epoch (tombstones for dropped ones)."""
-        out: list[Entry] = []
+        return self.snapshot_batch().entries(groups)
+
+    def snapshot_batch(self) -> SnapshotBatch:
+        """The state of the keys changed this epoch, taken now, to be pickled later.
+
+        Each changed key's `snapshot()` is called now (the barrier decides
+        what belongs to the epoch); a state that can't change afterwards
+        (`_frozen`) is kept by reference, anything else is pickled at once.
+        """
+        batch = SnapshotBatch(self.step_id, self.shown)
         logics = self.logics
+        later, now = batch.later, batch.now
         if self.ttl is not None:
             self._expire(_clock())
             updated = self.updated
             for key in self.dirty:
                 logic = logics.get(key)
-                blob = b"" if logic is None else pickle_state(self.shown, key, logic, updated.get(key))
-                out.append((self.step_id, key_group(key, groups), key, blob))
+                if logic is None:
+                    now.append((key, b""))
+                else:
+                    now.append((key, pickle_state(self.shown, key, logic, updated.get(key))))
             self.dirty.clear()
-            return out
+            return batch
+        shown = self.shown
+        atomic = _ATOMIC
         for key in self.dirty:
             logic = logics.get(key)
-            blob = b"" if logic is None else pickle_state(self.shown, key, logic)
-            out.append((self.step_id, key_group(key, groups), key, blob))
+            if logic is None:
+                now.append((key, b""))
+                continue
+            try:
+                state = logic.snapshot()
+            except Exception as exc:
+                raise user_error(calling("snapshot", shown, key), exc) from exc
+            cls = state.__class__
+            if cls in atomic or (cls is tuple and _frozen(state)):
+                later.append((key, state))
+            else:
+                now.append((key, _pickled(shown, key, state)))
         self.dirty.clear()
-        return out
+        return batch
 
     def _schedule(self, key: str, logic: Any) -> None:
         try:
@@ -520,21 +550,27 @@ class ReduceRun(StatefulRun):
             else:
                 self.empty.add(key)
 
-    def snapshot_entries(self, groups: int) -> list[Entry]:
-        out: list[Entry] = []
+    def snapshot_batch(self) -> SnapshotBatch:
+        batch = SnapshotBatch(self.step_id, self.shown, wrap=True)
         cells = self.cells
         shown = self.shown
+        later, now = batch.later, batch.now
+        atomic = _ATOMIC
         for key in self.dirty:
             cell = cells.get(key)
             if cell is not None:
-                blob = _pickled(shown, key, (True, cell[0]))
+                value = cell[0]
+                cls = value.__class__
+                if cls in atomic or (cls is tuple and _frozen(value)):
+                    later.append((key, value))  # pickled later as (True, value)
+                else:
+                    now.append((key, _pickled(shown, key, (True, value))))
             elif key in self.empty:
-                blob = _pickled(shown, key, (False, None))
+                now.append((key, _pickled(shown, key, (False, None))))
             else:
-                blob = b""
-            out.append((self.step_id, key_group(key, groups), key, blob))
+                now.append((key, b""))
         self.dirty.clear()
-        return out
+        return batch
 
     def _process(self, groups: dict[str, list[Any]], n_in: int, t0: float) -> None:
         cells = self.cells
@@ -579,6 +615,69 @@ class ReduceRun(StatefulRun):
             self.m_eof.observe(time.perf_counter() - t0)
         if out:
             self.push(out)
+
+
+# Values no later change can reach: a snapshot may keep them by reference
+# and pickle them after the barrier (on the snapshot writer's thread).
+_ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex, datetime})
+
+
+def _frozen(state: Any) -> bool:
+    """Whether ``state`` can't change after the barrier (atomic, or a tuple of atomics).
+
+    >>> _frozen(3), _frozen((1, "a", None)), _frozen([1]), _frozen((1, [2]))
+    (True, True, False, False)
+    """
+    cls = state.__class__
+    if cls in _ATOMIC:
+        return True
+    if cls is tuple:
+        atomic = _ATOMIC
+        for x in state:
+            if x.__class__ not in atomic:
+                return False
+        return True
+    return False
+
+
+class SnapshotBatch:
+    """One step's changed keys of one epoch: pickled values, and values pickled by `entries`.
+
+    The barrier fills it (`StatefulRun.snapshot_batch`); `entries` may run
+    on another thread, since nothing in it changes any more.
+
+    >>> b = SnapshotBatch("s", '"s"'); b.now.append(("a", b"")); b.later.append(("b", 7))
+    >>> len(b), [(k, pickle.loads(v) if v else v) for _, _, k, v in b.entries(4)]
+    (2, [('a', b''), ('b', 7)])
+    """
+
+    __slots__ = ("later", "now", "shown", "step_id", "wrap")
+
+    def __init__(self, step_id: str, shown: str, wrap: bool = False) -> None:
+        self.step_id = step_id
+        self.shown = shown
+        self.wrap = wrap  # `ReduceRun`'s form: each later value pickled as (True, value)
+        self.now: list[tuple[str, bytes]] = []
+        self.later: list[tuple[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.now) + len(self.later)
+
+    def entries(self, groups: int) -> list[Entry]:
+        """Every key's ``(step_id, key group, key, pickle)``."""
+        step_id = self.step_id
+        out: list[Entry] = [(step_id, key_group(k, groups), k, v) for k, v in self.now]
+        later = self.later
+        if later:
+            dumps = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
+            keys, values = zip(*later, strict=True)
+            if self.wrap:
+                values = tuple(zip(itertools.repeat(True), values))
+            crc = zlib.crc32
+            # `key_group`, inlined: this runs once per changed key.
+            kgs = [crc(k.encode("utf-8", "surrogatepass")) % groups for k in keys]
+            out.extend(zip(itertools.repeat(step_id), kgs, keys, map(dumps, values)))
+        return out
 
 
 def reduces_only(step: CoreStep) -> bool:

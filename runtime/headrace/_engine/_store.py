@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
@@ -21,6 +24,7 @@ from headrace._engine._redis_integrity import LUA_FOLD
 from headrace._engine._store_base import (
     HEARTBEAT_SECONDS,
     LEASE_SECONDS,
+    LOAD_CHUNK,
     PARTS,
     Entry,
     FencedError,
@@ -205,16 +209,13 @@ class RedisStore(Store):
         return meta
 
     def write_epoch(self, epoch: int, entries: list[Entry]) -> int:
-        by_key: dict[str, dict[str, bytes]] = {}
-        size = 0
-        for step_id, group, key, value in entries:
-            by_key.setdefault(self._dk(epoch, step_id, group, key), {})[key] = value
-            size += len(key) + len(value)
-        if not by_key:
+        if not entries:
             return 0
+        hashes, size = _by_hash(entries)
         if self.execution_id:
-            self._fenced_write(epoch, by_key)
+            self._fenced_write(epoch, {self._dk(epoch, st, g): kv for (st, g), kv in hashes.items()})
             return size
+        by_key = {self._dk(epoch, st, g): dict(zip(*kv, strict=True)) for (st, g), kv in hashes.items()}
 
         def write() -> None:
             p = self._r.pipeline(transaction=False)
@@ -330,16 +331,36 @@ class RedisStore(Store):
         except RecoveryStoreError as exc:  # it runs out by itself
             log.warning("could not release the lease: %s", exc)
 
-    def _fenced_write(self, epoch: int, by_key: dict[str, dict[str, bytes]]) -> None:
+    def _fenced_write(self, epoch: int, by_key: dict[str, tuple[list[bytes], list[bytes]]]) -> None:
+        # Each hash's fields travel as two arguments (`_packed`), which the
+        # script unpacks: far fewer arguments for the client to encode. One
+        # script per `_WRITE_CHUNK` fields or so, all in one round trip: a
+        # large epoch never holds Redis busy for long in one script.
         write = self._script("write", _LUA_WRITE)
-        keys = [self._k("meta"), *by_key, self._k("e", epoch), self._k("epochs")]
-        args: list[Any] = [self.execution_id, str(epoch)]
-        for mapping in by_key.values():
-            args.append(str(len(mapping)))
-            for k, v in mapping.items():
-                args.extend((k, v))
-        got = self._retry(f"writing the snapshot of epoch {epoch}", lambda: write(keys=keys, args=args))
-        self._check(got, f"writing the snapshot of epoch {epoch}")
+        head, tail = [self._k("meta")], [self._k("e", epoch), self._k("epochs")]
+        calls: list[tuple[list[str], list[Any]]] = []
+        keys: list[str] = []
+        args: list[Any] = []
+        fields = 0
+        for name, (ks, vs) in by_key.items():
+            keys.append(name)
+            args.extend(_packed(ks, vs))
+            fields += len(ks)
+            if fields >= _WRITE_CHUNK:
+                calls.append((keys, args))
+                keys, args, fields = [], [], 0
+        if keys:
+            calls.append((keys, args))
+        fence = [self.execution_id, str(epoch)]
+
+        def run() -> list[Any]:
+            p = self._r.pipeline(transaction=False)
+            for names, packed in calls:
+                write(keys=[*head, *names, *tail], args=[*fence, *packed], client=p)
+            return p.execute()
+
+        for got in self._retry(f"writing the snapshot of epoch {epoch}", run):
+            self._check(got, f"writing the snapshot of epoch {epoch}")
 
     def _fenced_commit(self, epoch: int, fields: dict[str, str]) -> None:
         commit = self._script("commit", _LUA_COMMIT)
@@ -373,6 +394,37 @@ class RedisStore(Store):
                 out[g] = merged
         return out
 
+    def iter_load(self, step_id: str, groups: Iterable[Group]) -> Iterator[dict[str, bytes]]:
+        # One pipeline per `LOAD_CHUNK` groups; each group's replies are
+        # turned into its state and let go before the next chunk is read.
+        if self.cluster:  # groups on other slots: `load`, a chunk at a time
+            yield from Store.iter_load(self, step_id, groups)
+            return
+        meta = self.load_meta()
+        groups = list(groups)
+        if meta is None or not groups:
+            return
+        epochs = self._epochs(meta.base_epoch + 1, meta.committed_epoch)
+        per = 1 + len(epochs)
+        for i in range(0, len(groups), LOAD_CHUNK):
+            chunk = groups[i : i + LOAD_CHUNK]
+
+            def read(chunk: list[Group] = chunk) -> list[Any]:
+                p = self._r.pipeline(transaction=False)
+                for g in chunk:
+                    p.hgetall(self._bk(step_id, g))
+                    for e in epochs:
+                        p.hgetall(self._dk(e, step_id, g))
+                return p.execute()
+
+            res = self._retry(f"loading the state of step {step_id!r}", read)
+            for j in range(len(chunk)):
+                layers = res[j * per : (j + 1) * per]
+                res[j * per : (j + 1) * per] = [None] * per  # let each group's replies go
+                state = _decoded(layers)
+                if state:
+                    yield state
+
     def compact(self, up_to_epoch: int) -> None:
         meta = self.load_meta()
         if meta is None:
@@ -381,26 +433,22 @@ class RedisStore(Store):
         epochs = self._epochs(meta.base_epoch + 1, up_to)
         if not epochs:
             return
+        fold = self._script("fold", LUA_FOLD)
         for e in epochs:
             names = self._retry("compacting", partial(self._r.smembers, self._k("e", e)))
-            for raw in names:
-                name = raw.decode()
-                base = name.replace(self._k("d", e) + ":", self._k("b") + ":", 1)
-                layer = self._retry("compacting", partial(self._r.hgetall, name))
-                sets = {k: v for k, v in layer.items() if v}
-                dels = [k for k, v in layer.items() if not v]
+            prefix = self._k("d", e) + ":"
 
-                args: list[Any] = [str(len(sets))]
-                for k, v in sets.items():
-                    args.extend((k, v))
-                args.extend(dels)
-                keys = [self._k("meta"), base, self._k("bases")]
+            def fold_all(names: Any = names, prefix: str = prefix) -> None:
+                # One round trip: each delta hash folds into its base inside
+                # Redis, atomically with the base's manifest (see _redis_integrity).
+                p = self._r.pipeline(transaction=False)
+                for raw in names:
+                    name = raw.decode()
+                    base = self._k("b") + ":" + name[len(prefix) :]
+                    fold(keys=[self._k("meta"), base, self._k("bases"), name], client=p)
+                p.execute()
 
-                def fold(keys: list[str] = keys, args: list[Any] = args) -> None:
-                    # atomic with the base's manifest (see _redis_integrity)
-                    self._script("fold", LUA_FOLD)(keys=keys, args=args)
-
-                self._retry("compacting", fold)
+            self._retry("compacting", fold_all)
             self._retry("compacting", partial(self._r.hset, self._k("meta"), "base_epoch", str(e)))
             self._delete_epochs([e])
 
@@ -512,18 +560,30 @@ if was ~= ARGV[2] then return '!' .. was end
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return cur
 """
+# Fields per snapshot-writing script (`RedisStore._fenced_write`).
+_WRITE_CHUNK = 20_000
+
+# ARGV: execution id, epoch, then per hash in KEYS[2..] two arguments: the
+# lengths of its fields and values (4-byte little-endian each, alternating)
+# and those fields and values, concatenated (`_packed`).
 _LUA_WRITE = """
 local cur = redis.call('HGET', KEYS[1], 'execution_id')
 if cur ~= ARGV[1] then return cur or '' end
-local i = 3
 for k = 2, #KEYS - 2 do
-  local n = tonumber(ARGV[i])
-  local added = 0
-  i = i + 1
-  for _ = 1, n do
-    added = added + redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1])
-    i = i + 2
+  local lens, data = ARGV[2 * k - 1], ARGV[2 * k]
+  local pos, n, added = 1, 0, 0
+  local t = {}
+  for j = 1, #lens, 4 do
+    local len = struct.unpack('<I4', lens, j)
+    n = n + 1
+    t[n] = string.sub(data, pos, pos + len - 1)
+    pos = pos + len
+    if n >= 4000 then
+      added = added + redis.call('HSET', KEYS[k], unpack(t, 1, n))
+      n = 0
+    end
   end
+  if n > 0 then added = added + redis.call('HSET', KEYS[k], unpack(t, 1, n)) end
   -- the epoch's manifest: keys and fields written (exact also when retried)
   if redis.call('SADD', KEYS[#KEYS - 1], KEYS[k]) == 1 then
     redis.call('HINCRBY', KEYS[1], 'n:' .. ARGV[2], 1)
@@ -533,6 +593,65 @@ end
 redis.call('ZADD', KEYS[#KEYS], ARGV[2], ARGV[2])
 return cur
 """
+
+
+def _decoded(layers: list[dict[bytes, bytes]]) -> dict[str, bytes]:
+    """A group's layers (base, then each delta) as its state: keys decoded, tombstones applied.
+
+    >>> _decoded([{b"a": b"1", b"b": b"2"}, {b"a": b"", b"c": b"3"}])
+    {'b': b'2', 'c': b'3'}
+    """
+    base = layers[0]
+    out = dict(zip([k.decode() for k in base], base.values(), strict=True))
+    for layer in layers[1:]:
+        for k, v in layer.items():
+            if v:
+                out[k.decode()] = v
+            else:
+                out.pop(k.decode(), None)
+    return out
+
+
+def _by_hash(entries: list[Entry]) -> tuple[dict[tuple[str, Group], tuple[list[bytes], list[bytes]]], int]:
+    """Entries grouped by ``(step, group)``: encoded keys and values, in order; and their size.
+
+    Columns and a stable sort rather than a loop per entry (an epoch may
+    hold a million).
+
+    >>> _by_hash([("s", 1, "a", b"x"), ("s", 2, "b", b""), ("s", 1, "c", b"y")])
+    ({('s', 1): ([b'a', b'c'], [b'x', b'y']), ('s', 2): ([b'b'], [b''])}, 5)
+    """
+    steps, groups, keys, values = zip(*entries, strict=True)
+    size = sum(map(len, keys)) + sum(map(len, values))
+    encoded = [k.encode() for k in keys]
+    ids: dict[tuple[str, Group], int] = {}
+    tags = [ids.setdefault(sg, len(ids)) for sg in zip(steps, groups, strict=True)]
+    if len(ids) == 1:
+        return {next(iter(ids)): (encoded, list(values))}, size
+    order = sorted(range(len(tags)), key=tags.__getitem__)
+    counts = Counter(tags)
+    out: dict[tuple[str, Group], tuple[list[bytes], list[bytes]]] = {}
+    start = 0
+    for sg, tag in ids.items():
+        idx = order[start : start + counts[tag]]
+        start += counts[tag]
+        out[sg] = ([encoded[i] for i in idx], [values[i] for i in idx])
+    return out, size
+
+
+def _packed(keys: list[bytes], values: list[bytes]) -> tuple[bytes, bytes]:
+    """One hash's fields as two script arguments: their lengths, and their bytes.
+
+    >>> _packed([b"k"], [b"vv"])
+    (b'\\x01\\x00\\x00\\x00\\x02\\x00\\x00\\x00', b'kvv')
+    """
+    flat: list[bytes] = [b""] * (2 * len(keys))
+    flat[0::2] = keys
+    flat[1::2] = values
+    lens = array("I", map(len, flat))
+    if sys.byteorder != "little":
+        lens.byteswap()
+    return lens.tobytes(), b"".join(flat)
 
 
 class RedisClusterStore(ClusterLayout, RedisStore):

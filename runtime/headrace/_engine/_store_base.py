@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -56,6 +56,8 @@ T = TypeVar("T")
 Group = int | str
 Entry = tuple[str, Group, str, bytes]  # step_id, group, key, value (b"" = tombstone)
 PARTS = "p"
+# Key groups read per round trip when a resume loads a step's state (`Store.iter_load`).
+LOAD_CHUNK = 16
 
 
 class RecoveryStoreError(HeadraceRuntimeError):
@@ -301,6 +303,25 @@ class Store(ABC):
     @abstractmethod
     def load(self, step_id: str, groups: Iterable[Group]) -> dict[Group, dict[str, bytes]]:
         """State of ``step_id`` as of the committed epoch, for ``groups``."""
+
+    def iter_load(self, step_id: str, groups: Iterable[Group]) -> Iterator[dict[str, bytes]]:
+        """`load`, a few groups at a time: each non-empty group's state, as it is read.
+
+        For a resume, which rebuilds each group's keys and drops the bytes
+        before reading the next groups (a lower peak of memory).
+
+        >>> import tempfile
+        >>> from headrace.recovery import init_db_dir
+        >>> from headrace._engine import open_store
+        >>> d = tempfile.mkdtemp(); init_db_dir(d, 1)
+        >>> s = open_store(d, "f"); _ = s.start_execution(1, 8)
+        >>> _ = s.write_epoch(1, [("c", 3, "k", b"v"), ("c", 5, "j", b"w")]); s.commit(1, 2)
+        >>> list(s.iter_load("c", range(8)))
+        [{'k': b'v'}, {'j': b'w'}]
+        """
+        groups = list(groups)
+        for i in range(0, len(groups), LOAD_CHUNK):
+            yield from self.load(step_id, groups[i : i + LOAD_CHUNK]).values()
 
     @abstractmethod
     def compact(self, up_to_epoch: int) -> None:

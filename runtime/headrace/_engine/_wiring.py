@@ -700,7 +700,7 @@ class Wiring:
             if store is not None and self.config.resume_epoch:
                 groups = self.config.key_groups
                 mine = [g for g in range(groups) if group_owner(g, groups, self.count) == self.index]
-                for states in store.load(step.step_id, mine).values():
+                for states in store.iter_load(step.step_id, mine):
                     node.restore(states)
             edge.on_eof = node.on_eof
             edge.on_align = lambda: node.fire_timers(utcnow())

@@ -18,9 +18,17 @@
   barriers: a stateful step runs ``on_eof`` once every upstream worker
   flagged its input as finished.
 - Snapshot and commit: before its last barrier of the epoch (on the
-  control edge) a worker writes the state changed in the epoch to the
-  store; once that edge aligns, every worker has written, and worker 0
-  commits the epoch.
+  control edge) a worker takes the state changed in the epoch and writes
+  it to the store; once that edge aligns, every worker has written, and
+  worker 0 commits the epoch. A large epoch (`ASYNC_MIN_ENTRIES` changed
+  keys or more) is written off the hot path instead, by the worker's
+  snapshot writer (`_writer`), while the worker runs the next epoch: its
+  control barrier says so (`F_ASYNC`), the writer tells worker 0 when it is
+  in the store (`WRITTEN`), and worker 0 commits the epoch once every
+  worker's part is (its commits and compactions then run on its own
+  writer, in epoch order). The next control barrier waits for the writer:
+  at most one epoch per worker in flight. Flows whose sinks commit with the
+  epochs always write inline.
 - After the commit: sink partitions that commit their output with the
   epochs (`_wiring.EpochSink`, e.g. exactly-once Kafka) hear of it on
   every worker: worker 0 calls them and sends `COMMITTED` to the others.
@@ -30,10 +38,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 import queue
 import time
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,9 +53,11 @@ from headrace._engine._basics import (
     BARRIER,
     COMMITTED,
     DATA,
+    F_ASYNC,
     F_EOF,
     F_STOP,
     STOP,
+    WRITTEN,
     Abort,
     Cluster,
     Push,
@@ -62,6 +74,7 @@ from headrace._engine._plan import Plan, quoted
 from headrace._engine._sched import Ready
 from headrace._engine._store_base import PARTS, Entry
 from headrace._engine._wiring import SourceRun, Wiring, engine_tracer
+from headrace._engine._writer import SnapshotWriter
 from headrace._metrics import M, WorkerMetrics
 from headrace.errors import BytewaxRuntimeError
 from headrace.inputs import AbortExecution
@@ -73,6 +86,11 @@ log = logging.getLogger("headrace.worker")
 _BUSY_FLUSH = 0.05
 
 _EMPTY_COOLDOWN = timedelta(milliseconds=1)
+
+# An epoch with at least this many changed keys on a worker is written by its
+# snapshot writer, off the hot path; a smaller one inline (a few ms), which
+# keeps its commit as prompt as before.
+ASYNC_MIN_ENTRIES = 10_000
 _MAX_SLEEP = 0.05
 
 
@@ -128,6 +146,18 @@ class Worker:
         # Worker 0: whether this run committed yet, and its first output (`_marks`).
         self._first_commit = True
         self._first_output = 0.0
+        # Snapshots written off the hot path (see the module docstring).
+        self._writer: SnapshotWriter | None = None
+        self._async_ok = config.store is not None and not self._commit_hooks
+        self._async_votes = 0  # F_ASYNC control barriers of this epoch
+        self._async_epoch = 0  # the last epoch this worker handed to its writer
+        # Worker 0: the next epoch to commit; aligned epochs waiting for their
+        # writes, with their F_ASYNC votes and worker 0's bytes (None: in WRITTEN);
+        # WRITTEN reports per epoch; worker 0's own bytes from them.
+        self._next_commit = config.resume_epoch + 1
+        self._aligned: dict[int, tuple[int, int | None, Mapping[str, str]]] = {}
+        self._written: dict[int, int] = {}
+        self._own_bytes: dict[int, int] = {}
 
     @property
     def epoch(self) -> int:
@@ -234,6 +264,9 @@ class Worker:
         if kind == COMMITTED:
             self._epoch_committed(msg[1])
             return
+        if kind == WRITTEN:
+            self._on_written(msg[1], msg[2], msg[3])
+            return
         _, eid, sender, epoch, payload = msg
         if epoch > self.epoch:
             self._held.append(msg)
@@ -259,6 +292,8 @@ class Worker:
             edge.eof_votes += 1
         if flags & F_STOP:
             edge.stop_votes += 1
+        if flags & F_ASYNC and edge is self.control:
+            self._async_votes += 1
         if edge.barriers == self.count:
             # As in Bytewax, the end of an epoch activates the step: timers
             # due by now fire (with `epoch_interval=0`, before the next item).
@@ -370,7 +405,7 @@ class Worker:
             if edge is self.control:
                 if self._commit_hooks and self._committed < self.epoch - 1:
                     continue  # until the previous epoch's commit is heard of
-                self.before_commit_barrier()
+                flags |= self.before_commit_barrier()
                 if self.cluster.stop_requested.is_set():
                     flags |= F_STOP
                 first, last = self._output.take()
@@ -396,22 +431,27 @@ class Worker:
             ) from exc
         return pickle_part(src.step_id, src.part_name, state)
 
-    def before_commit_barrier(self) -> None:
-        """This worker finished the epoch: write its snapshot before telling the others."""
+    def before_commit_barrier(self) -> int:
+        """This worker finished the epoch: write its snapshot before telling the others.
+
+        Returns the barrier flag `F_ASYNC` when a large snapshot is handed
+        to the writer instead of written here, else 0.
+        """
         self._update_lag()
         store = self.config.store
         if store is None:
-            return
+            return 0
+        if self._writer is not None:
+            self._wait_writer()  # at most one epoch in flight; its error surfaces here
         t_snap = time.perf_counter()
-        entries: list[Entry] = []
-        for node in self.stateful:
-            entries.extend(node.snapshot_entries(self.config.key_groups))
+        batches = [node.snapshot_batch() for node in self.stateful]
+        parts: list[Entry] = []
         for src in self.sources:
             if not src.stateful:
                 continue
             blob = src.final_state if src.done else self._part_snapshot(src)
             if blob is not None:
-                entries.append((src.step_id, PARTS, src.part_name, blob))
+                parts.append((src.step_id, PARTS, src.part_name, blob))
         for step_id, name, part in self._sink_parts:
             try:
                 state = part.snapshot()
@@ -419,20 +459,72 @@ class Worker:
                 raise user_error(
                     f"error calling `snapshot` in step {step_id!r} for partition {name!r}", exc
                 ) from exc
-            entries.append((step_id, PARTS, name, pickle_part(step_id, name, state)))
+            parts.append((step_id, PARTS, name, pickle_part(step_id, name, state)))
         # A partition not built yet (nothing written to it since the resume)
         # keeps the state it resumed from.
         for step_id, unbuilt in self._unbuilt_sink_parts.items():
             for name, state in unbuilt.items():
-                entries.append((step_id, PARTS, name, pickle_part(step_id, name, state)))
+                parts.append((step_id, PARTS, name, pickle_part(step_id, name, state)))
+        groups = self.config.key_groups
+        if self._async_ok and sum(map(len, batches)) >= ASYNC_MIN_ENTRIES:
+            writer = self._writer
+            if writer is None:
+                writer = self._writer = SnapshotWriter(str(self.index))
+            self._async_epoch = self.epoch
+            taken = time.perf_counter() - t_snap
+            writer.submit(functools.partial(self._write_async, self.epoch, batches, parts, taken))
+            return F_ASYNC
+        entries: list[Entry] = []
+        for batch in batches:
+            entries.extend(batch.entries(groups))
+        entries.extend(parts)
         t0 = time.perf_counter()
         self.snapshot_bytes = store.write_epoch(self.epoch, entries)
+        self._snapshot_metrics(t0, t_snap)
+        return 0
+
+    def _snapshot_metrics(self, t_write: float, t_snap: float, busy: float = 0.0) -> None:
         m = self.metrics
         if m is not None:
-            m.store_latency.observe(time.perf_counter() - t0)
+            t = time.perf_counter()
+            m.store_latency.observe(t - t_write)
             m.snap_bytes.set(self.snapshot_bytes)
             m.snap_bytes_total.inc(self.snapshot_bytes)
-            m.snap_dur.observe(time.perf_counter() - t_snap)
+            m.snap_dur.observe(busy + t - t_snap)
+
+    def _write_async(self, epoch: int, batches: list[Any], parts: list[Entry], taken: float) -> None:
+        """The writer's job: pickle, write, tell worker 0 (on the writer thread)."""
+        store = self.config.store
+        assert store is not None
+        t_snap = time.perf_counter()
+        groups = self.config.key_groups
+        entries: list[Entry] = []
+        for batch in batches:
+            entries.extend(batch.entries(groups))
+        entries.extend(parts)
+        t0 = time.perf_counter()
+        self.snapshot_bytes = store.write_epoch(epoch, entries)
+        # The snapshot's time: taking it at the barrier, then its work here.
+        self._snapshot_metrics(t0, t_snap, taken)
+        self.cluster.send(0, (WRITTEN, epoch, self.index, self.snapshot_bytes))
+
+    def _wait_writer(self) -> None:
+        """Wait until the writer is idle, handling messages meanwhile; raise its error."""
+        writer = self._writer
+        assert writer is not None
+        if not writer.idle:
+            t0 = time.perf_counter()
+            self.exchange.flush()
+            self.exchange.send_acks(True)
+            while not writer.wait_idle(0.002):
+                if self.cluster.abort.is_set():
+                    raise Abort()
+                self._drain(0)
+            if self.metrics is not None:
+                waited = time.perf_counter() - t0
+                self._not_busy += waited
+                self.metrics.backpressure.inc(waited)
+        writer.raise_error()
 
     def _update_lag(self) -> None:
         for src in self.sources:
@@ -447,10 +539,16 @@ class Worker:
                 src.lag_gauge.set(lag)
 
     def after_epoch(self) -> None:
-        """Every worker finished the epoch: worker 0 commits it."""
+        """Every worker finished the epoch: worker 0 commits it once every part is written."""
         store = self.config.store
         if store is None or self.index != 0:
             return
+        votes = self._async_votes
+        if votes and self._writer is None:
+            self._writer = SnapshotWriter(str(self.index))  # worker 0's commits go there from now on
+        # Worker 0's own bytes: known now unless its part is still being written.
+        own = None if self._async_epoch == self.epoch else self.snapshot_bytes
+        # What the commit records of the output (`_marks`), as of this alignment.
         control = self.control
         marks = commit_fields(
             store.execution_id,
@@ -460,19 +558,65 @@ class Worker:
             control.out_last,
             self._first_output,
         )
-        store.commit(self.epoch, self.snapshot_bytes, marks)
         self._first_commit = False
         if control.out_last and not self._first_output:
             self._first_output = control.out_first
+        self._aligned[self.epoch] = (votes, own, marks)
+        self._try_commit()
+
+    def _on_written(self, epoch: int, worker: int, nbytes: int) -> None:
+        """Worker 0: ``worker``'s part of ``epoch`` is in the store."""
+        self._written[epoch] = self._written.get(epoch, 0) + 1
+        if worker == 0:
+            self._own_bytes[epoch] = nbytes
+        self._try_commit()
+
+    def _try_commit(self) -> None:
+        """Worker 0: commit, in order, every aligned epoch whose parts are all written."""
+        while True:
+            epoch = self._next_commit
+            got = self._aligned.get(epoch)
+            if got is None or self._written.get(epoch, 0) < got[0]:
+                return
+            del self._aligned[epoch]
+            self._written.pop(epoch, None)
+            nbytes = got[1] if got[1] is not None else self._own_bytes.pop(epoch, 0)
+            self._next_commit = epoch + 1
+            if self._writer is None:
+                self._commit(epoch, nbytes, got[2])
+            else:
+                self._writer.submit(functools.partial(self._commit, epoch, nbytes, got[2]))
+
+    def _commit(self, epoch: int, nbytes: int, marks: Mapping[str, str]) -> None:
+        """Worker 0 commits ``epoch`` (on its thread, or its writer's), then compacts when due."""
+        store = self.config.store
+        assert store is not None
+        store.commit(epoch, nbytes, marks)
         if self.metrics is not None:
-            M["headrace_epoch_committed"].set(self.epoch)
+            M["headrace_epoch_committed"].set(epoch)
         if self._commit_hooks:
             for dst in range(1, self.count):
-                self.cluster.send(dst, (COMMITTED, self.epoch))
-            self._epoch_committed(self.epoch)
+                self.cluster.send(dst, (COMMITTED, epoch))
+            self._epoch_committed(epoch)
         every = self.config.compact_every
-        if every and self.epoch % every == 0:
-            store.compact(self.epoch - self.config.keep_epochs)
+        if every and epoch % every == 0:
+            store.compact(epoch - self.config.keep_epochs)
+
+    def _finish_snapshots(self) -> None:
+        """After the last epoch: every part written, and (worker 0) every epoch committed."""
+        while True:
+            writer = self._writer
+            pending = self.index == 0 and bool(self._aligned)
+            if writer is not None:
+                if not writer.idle:
+                    self._wait_writer()
+                    continue
+                writer.raise_error()
+            if not pending:
+                return
+            if self.cluster.abort.is_set():
+                raise Abort()
+            self._drain(_MAX_SLEEP)
 
     def _epoch_committed(self, epoch: int) -> None:
         """The store committed ``epoch``: tell the sink partitions that wait for it."""
@@ -504,6 +648,7 @@ class Worker:
             edge.out_first = edge.out_last = 0.0
             edge.aligned = edge.eof
         self.epoch_ref.epoch += 1
+        self._async_votes = 0
         held, self._held = self._held, []
         for msg in held:
             self._handle(msg)
@@ -604,11 +749,16 @@ class Worker:
                     self.finished = self.stopped = True
                 else:
                     self._advance_epoch()
+            self._finish_snapshots()
         finally:
             self._close_all()
 
     def _close_all(self) -> None:
         self._async_loop.close()
+        if self._writer is not None:
+            # After a failure: what is queued still runs (a write of an epoch
+            # that never commits is harmless: a resume deletes it).
+            self._writer.close(timeout=30.0)
         if self.metrics is not None:
             self._account_busy(final=True)
             self.metrics.busy.pending = None
