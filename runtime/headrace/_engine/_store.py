@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from headrace._engine._redis_cluster import ClusterLayout
-from headrace._engine._redis_integrity import LUA_FOLD
+from headrace._engine._redis_integrity import LUA_FOLD, WIDE_LUA
 from headrace._engine._store_base import (
     HEARTBEAT_SECONDS,
     LEASE_SECONDS,
@@ -566,13 +566,17 @@ _WRITE_CHUNK = 20_000
 # ARGV: execution id, epoch, then per hash in KEYS[2..] two arguments: the
 # lengths of its fields and values (4-byte little-endian each, alternating)
 # and those fields and values, concatenated (`_packed`).
-_LUA_WRITE = """
+_LUA_WRITE = (
+    WIDE_LUA
+    + """
 local cur = redis.call('HGET', KEYS[1], 'execution_id')
 if cur ~= ARGV[1] then return cur or '' end
 for k = 2, #KEYS - 2 do
   local lens, data = ARGV[2 * k - 1], ARGV[2 * k]
   local pos, n, added = 1, 0, 0
   local t = {}
+  local wide = #lens > 1024 and redis.call('EXISTS', KEYS[k]) == 0
+  if wide then redis.call('HSET', KEYS[k], WIDE, WIDE_VALUE) end
   for j = 1, #lens, 4 do
     local len = struct.unpack('<I4', lens, j)
     n = n + 1
@@ -584,6 +588,7 @@ for k = 2, #KEYS - 2 do
     end
   end
   if n > 0 then added = added + redis.call('HSET', KEYS[k], unpack(t, 1, n)) end
+  if wide then redis.call('HDEL', KEYS[k], WIDE) end
   -- the epoch's manifest: keys and fields written (exact also when retried)
   if redis.call('SADD', KEYS[#KEYS - 1], KEYS[k]) == 1 then
     redis.call('HINCRBY', KEYS[1], 'n:' .. ARGV[2], 1)
@@ -593,6 +598,7 @@ end
 redis.call('ZADD', KEYS[#KEYS], ARGV[2], ARGV[2])
 return cur
 """
+)
 
 
 def _decoded(layers: list[dict[bytes, bytes]]) -> dict[str, bytes]:
