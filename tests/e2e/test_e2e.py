@@ -27,6 +27,7 @@ import re
 import threading
 import time
 import urllib.parse
+import urllib.request
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.browser import artifact_dir, headless, port_forward
 from tests.e2e.cluster import GATEWAY
 from tests.e2e.harness import HERE, ROOT, E2EError, Kube, build_image, log, wait_for
 from tests.support.kafka_broker import BrokerUnavailable, KafkaBroker
@@ -409,6 +411,8 @@ def test_1_helm_install(stack: Stack) -> None:
         "--set", f"redis.image.repository={tools_repo}", "--set-string", f"redis.image.tag={tools_tag}",
         "--set", f"redis.image.pullPolicy={k.pull_policy}",
         "--set", f"serviceAccount.worker.namespaces={{{stack.ns}}}",
+        # The console's charts query the suite's Prometheus (step 7b).
+        "--set", f"console.prometheusUrl=http://prometheus.{stack.system}.svc:9090",
         "--wait", "--timeout", "5m",
     )  # fmt: skip
     log(f"helm install took {time.monotonic() - t:.0f} s")
@@ -1276,6 +1280,58 @@ def test_7_dashboards_and_alerts_evaluate(stack: Stack) -> None:
     assert loaded and not unhealthy, unhealthy
     for name in ("load", "kwc"):
         stack.kube.kubectl("delete", "dataflow", name, "-n", ns, "--wait=true", "--timeout=180s", timeout=200)
+
+
+def test_7b_console_in_a_headless_browser(stack: Stack) -> None:
+    """The operator's web console in Chromium, through ``kubectl port-forward``: the list shows
+    the suite's Dataflows by name and phase; wc2's page draws its graph, and every chart has
+    data from Prometheus (the dashboards' queries). Screenshots go to the run's artifacts."""
+    k, ns = stack.kube, stack.ns
+    shots = artifact_dir()
+    row = re.compile(r'<tr data-name="([^"]+)" data-namespace="([^"]+)" data-phase="([^"]+)">')
+    with port_forward(k, stack.system, f"{RELEASE}-console", 8081) as url:
+
+        def listed() -> tuple[dict[str, str], str] | None:
+            before = {
+                d["metadata"]["name"]: (d.get("status") or {}).get("phase") or "Pending"
+                for d in k.kubectl_json("get", "dataflows", "-n", ns)["items"]
+            }
+            dom = headless(f"{url}/", screenshot=shots / "console-list.png")
+            after = {
+                d["metadata"]["name"]: (d.get("status") or {}).get("phase") or "Pending"
+                for d in k.kubectl_json("get", "dataflows", "-n", ns)["items"]
+            }
+            shown = {name: phase for name, where, phase in row.findall(dom) if where == ns}
+            ok = 'data-state="ready"' in dom and before == after == shown and shown
+            return (shown, dom) if ok else None
+
+        shown, _dom = wait_for("the console's list to show the Dataflows of kubectl get", listed, 120, 5)
+        log(f"the console lists {shown}")
+        assert shown.get("wc2") == "Running", shown
+        detail = json.loads(urllib.request.urlopen(f"{url}/api/dataflows/{ns}/wc2", timeout=30).read())
+        steps = [s["name"] for s in (detail.get("graph") or {}).get("steps", [])]
+        assert steps and not detail["graphError"], detail.get("graphError")
+        charts = [c["name"] for c in detail["charts"]]
+
+        def page() -> tuple[str, dict[str, tuple[str, int]]] | None:
+            dom = headless(f"{url}/dataflows/{ns}/wc2", screenshot=shots / "console-wc2.png", budget_ms=30000)
+            boxes = {
+                m.group(1): (m.group(2), int(m.group(3)))
+                for m in re.finditer(r'data-panel="([^"]+)" data-state="([^"]+)" data-points="(\d+)"', dom)
+            }
+            ok = 'data-state="ready"' in dom and set(boxes) == set(charts)
+            ok = ok and all(state == "loaded" and points > 0 for state, points in boxes.values())
+            return (dom, boxes) if ok else None
+
+        try:
+            dom, boxes = wait_for("wc2's page in Chromium with data in every chart", page, 180, 10)
+        except E2EError as e:
+            raise E2EError(f"{e}\nscreenshot: {shots / 'console-wc2.png'}") from None
+    log(f"wc2's charts: {boxes}")
+    assert '<h1 data-name="wc2" data-phase="Running">' in dom
+    assert f'data-steps="{len(steps)}"' in dom, steps
+    for name in steps:
+        assert f">{name}</text>" in dom, name
 
 
 def _gone(k: Kube, kind: str, name: str, ns: str) -> bool:
