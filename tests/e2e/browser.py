@@ -48,24 +48,25 @@ def chromium() -> str:
 def headless(url: str, *, screenshot: Path | None = None, budget_ms: int = 20000) -> str:
     """Load ``url`` in headless Chromium, let the page run ``budget_ms`` of virtual time
     (network fetches pause it), and return the DOM; with ``screenshot``, save a PNG too."""
-    common = [
-        chromium(),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        "--window-size=1400,2600",
-        f"--virtual-time-budget={budget_ms}",
-        # Its profile in a throwaway directory: runs share nothing.
-        f"--user-data-dir={tempfile.mkdtemp(prefix='headrace-chromium-')}",
-    ]
-    dom = sh([*common, "--dump-dom", url], timeout=120).stdout
-    if screenshot is not None:
-        sh([*common, f"--screenshot={screenshot}", url], timeout=120)
-        if not screenshot.exists() or screenshot.stat().st_size == 0:
-            raise E2EError(f"Chromium wrote no screenshot of {url} to {screenshot}")
-        log(f"screenshot of {url}: {screenshot}")
+    # Its profile in a throwaway directory: runs share nothing.
+    with tempfile.TemporaryDirectory(prefix="headrace-chromium-") as profile:
+        common = [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--window-size=1400,2600",
+            f"--virtual-time-budget={budget_ms}",
+            f"--user-data-dir={profile}",
+        ]
+        dom = sh([*common, "--dump-dom", url], timeout=120).stdout
+        if screenshot is not None:
+            sh([*common, f"--screenshot={screenshot}", url], timeout=120)
+            if not screenshot.exists() or screenshot.stat().st_size == 0:
+                raise E2EError(f"Chromium wrote no screenshot of {url} to {screenshot}")
+            log(f"screenshot of {url}: {screenshot}")
     return dom
 
 
