@@ -1336,12 +1336,16 @@ def test_6i_stateless_upgrade_and_deletion_keep_snapshots(stack: Stack) -> None:
     """``upgradeMode: stateless`` -> the old state kept as ``stateless-g<gen>``; deleting the
     Dataflow with ``deleteState`` -> kept as ``deleted-<time>`` first, listed by the CLI."""
     k, ns = stack.kube, stack.ns
-    before = stack.df(COPY)
+    before = stack.df(COPY)  # Finished: its input ended in step 6h
     epoch = int(before["status"]["snapshot"]["epoch"])
+    # From empty state it starts over (a fresh file); the gate keeps it Running.
+    stack.open_gate(COPY_OUT, LINES // 4)
     env = [*before["spec"]["flow"]["env"], {"name": "E2E_RUN", "value": "2"}]
+    # The fixed spec: the rolled-back generation's import stays in the spec until changed.
+    flow = {"import": "flows:wordcount", "env": env}
     k.kubectl(
         "patch", "dataflow", COPY, "-n", ns, "--type", "merge",
-        "-p", json.dumps({"spec": {"upgradeMode": "stateless", "flow": {"env": env}}}),
+        "-p", json.dumps({"spec": {"upgradeMode": "stateless", "flow": flow}}),
     )  # fmt: skip
     gen = stack.df(COPY)["metadata"]["generation"]
     st = stack.wait_status(
@@ -1548,6 +1552,11 @@ def test_7_dashboards_and_alerts_evaluate(stack: Stack) -> None:
         5,
     )
     assert float(expired[0]["value"][1]) == stack.notes["kwc_words"], (expired, stack.notes["kwc_words"])
+    # What the "Store errors" panels plot for wcerr happened: its Redis stalled (step 6j).
+    stalled = stack.promql(
+        f'max(max_over_time(headrace_recovery_store_errors_total{{namespace="{ns}", dataflow="wcerr"}}[30m]))'
+    )
+    assert stalled and float(stalled[0]["value"][1]) > 0, stalled
     loaded = stack.prom("/api/v1/rules")["groups"]
     unhealthy = [
         f"{r['name']}: {r.get('lastError')}" for g in loaded for r in g["rules"] if r.get("health") == "err"
