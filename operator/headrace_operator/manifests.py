@@ -289,6 +289,12 @@ def _pod_template(spec: DataflowSpec, owner: Owner, expect_epoch: int = 0) -> di
         # Workers need no Kubernetes API access.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        # The pod's pause process is PID 1, not the worker: a SIGTERM that
+        # arrives while Python starts (before its handler is installed: a pod
+        # deleted as the kubelet restarts its container) then ends the worker
+        # at once. As PID 1 it would be dropped by the kernel, and the pod
+        # would stay Terminating for its whole grace period.
+        "shareProcessNamespace": True,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,

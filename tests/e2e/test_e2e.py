@@ -466,6 +466,7 @@ def test_2_apply_wordcount(stack: Stack) -> None:
     pod = stack.pods("wc")[0]
     assert pod["spec"]["containers"][0]["image"] == stack.app_image
     assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["spec"]["shareProcessNamespace"] is True
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     # The workers prove to each other that they hold the Dataflow's mesh
     # secret, which the operator created once, owned by the Dataflow.

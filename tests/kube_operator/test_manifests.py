@@ -98,6 +98,8 @@ def test_restricted_pod_security(spec: Any) -> None:
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["automountServiceAccountToken"] is False
+    # The worker is not PID 1: a SIGTERM during its start is not dropped.
+    assert pod["shareProcessNamespace"] is True
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
     assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
 
