@@ -1473,19 +1473,10 @@ def test_6j_recovery_store_stall_counts_errors_and_recovers(stack: Stack) -> Non
     stack.wait_running("wcerr", 1, timeout=180)
     stack.wait_output("wcerr", LINES // 2)
     _check_so_far(stack, "wcerr", LINES // 2)
-    # Its Redis (in this namespace) goes with the namespace, after it.
-    k.kubectl("delete", "dataflow", "wcerr", "-n", ns, "--wait=false")
 
 
-# Panels the suite does not exercise, and why.
-NOT_EXERCISED = {
-    ("snapshots.json", "Store errors"): (
-        "no recovery store error happens in the suite (the panel shows the workers' counters at 0): "
-        "step 6c empties Redis of a suspended Dataflow, with no worker connected; an error needs "
-        "Redis to stop answering for longer than the workers' 10 s socket timeout, which would "
-        "stall every Dataflow of the suite (they share the demo Redis) and fail their readiness"
-    ),
-}
+# Panels the suite does not exercise, and why (none: step 6j stalls a Redis for "Store errors").
+NOT_EXERCISED: dict[tuple[str, str], str] = {}
 # The Dataflow that exercises each dashboard ("load" is the autoscaled one), or
 # each panel: kwc (step 5c) has an error policy, an async step and a state TTL.
 EXERCISED_BY: dict[str | tuple[str, str], str] = {
@@ -1494,6 +1485,7 @@ EXERCISED_BY: dict[str | tuple[str, str], str] = {
     ("dataflow.json", "Async calls in flight"): "kwc",
     ("dataflow.json", "Async call latency p95 and timeouts"): "kwc",
     ("dataflow.json", "Expired state keys"): "kwc",
+    ("snapshots.json", "Store errors"): "wcerr",
 }
 
 
@@ -1561,6 +1553,11 @@ def test_7_dashboards_and_alerts_evaluate(stack: Stack) -> None:
         5,
     )
     assert float(expired[0]["value"][1]) == stack.notes["kwc_words"], (expired, stack.notes["kwc_words"])
+    # What the "Store errors" panels plot for wcerr happened: its Redis stalled (step 6j).
+    stalled = stack.promql(
+        f'max(max_over_time(headrace_recovery_store_errors_total{{namespace="{ns}", dataflow="wcerr"}}[30m]))'
+    )
+    assert stalled and float(stalled[0]["value"][1]) > 0, stalled
     loaded = stack.prom("/api/v1/rules")["groups"]
     unhealthy = [
         f"{r['name']}: {r.get('lastError')}" for g in loaded for r in g["rules"] if r.get("health") == "err"
@@ -1568,6 +1565,7 @@ def test_7_dashboards_and_alerts_evaluate(stack: Stack) -> None:
     assert loaded and not unhealthy, unhealthy
     for name in ("load", "kwc"):
         stack.kube.kubectl("delete", "dataflow", name, "-n", ns, "--wait=true", "--timeout=180s", timeout=200)
+    stack.kube.kubectl("delete", "dataflow", "wcerr", "-n", ns, "--wait=false")
 
 
 def test_7b_console_in_a_headless_browser(stack: Stack) -> None:
