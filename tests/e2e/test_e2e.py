@@ -1489,6 +1489,144 @@ EXERCISED_BY: dict[str | tuple[str, str], str] = {
 }
 
 
+def _redis_cluster(ns: str, image: str, pull: str) -> list[dict[str, Any]]:
+    """A headless Service and a StatefulSet ``hrc`` of 6 cluster-enabled redis-servers (not yet a cluster)."""
+    command = (
+        "exec redis-server --port 6379 --protected-mode no --save '' --appendonly yes --dir /data "
+        "--cluster-enabled yes --cluster-config-file /data/nodes.conf --cluster-node-timeout 3000 "
+        "--cluster-announce-ip $POD_IP"
+    )
+    labels = {"app": "hrc"}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "hrc", "namespace": ns},
+            "spec": {"clusterIP": "None", "selector": labels, "ports": [{"name": "redis", "port": 6379}]},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": "hrc", "namespace": ns},
+            "spec": {
+                "serviceName": "hrc",
+                "replicas": 6,
+                "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "runAsUser": 999,
+                            "runAsGroup": 999,
+                            "fsGroup": 999,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [
+                            {
+                                "name": "redis",
+                                "image": image,
+                                "imagePullPolicy": pull,
+                                "command": ["sh", "-c", command],
+                                "env": [
+                                    {
+                                        "name": "POD_IP",
+                                        "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+                                    }
+                                ],
+                                "ports": [{"containerPort": 6379}, {"containerPort": 16379}],
+                                "readinessProbe": {
+                                    "exec": {"command": ["redis-cli", "ping"]},
+                                    "periodSeconds": 2,
+                                },
+                                "securityContext": {
+                                    "allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                    "runAsNonRoot": True,
+                                    "capabilities": {"drop": ["ALL"]},
+                                },
+                                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                            }
+                        ],
+                        "volumes": [{"name": "data", "emptyDir": {}}],
+                    },
+                },
+            },
+        },
+    ]
+
+
+def test_6rc_a_dataflow_on_a_redis_cluster(stack: Stack) -> None:
+    """Recovery on a Redis Cluster (3 primaries, 3 replicas, ``redis+cluster://``): state sharded
+    over the primaries by key group, the operator reads its epochs there, a worker killed mid-run
+    resumes from it, and the output is exact."""
+    k, ns = stack.kube, stack.ns
+    for obj in _redis_cluster(ns, stack.tools_image, k.pull_policy):
+        k.apply(json.dumps(obj), ns)
+    wait_for("6 Redis Cluster nodes Ready", lambda: len(_ready(k.pods(ns, "app=hrc"))) == 6, 180, 2)
+    pods = sorted(k.pods(ns, "app=hrc"), key=lambda p: p["metadata"]["name"])
+    nodes = [f"{p['status']['podIP']}:6379" for p in pods]
+
+    def redis_cli(pod: str, *args: str) -> str:
+        return k.kubectl("exec", "-n", ns, pod, "--", "redis-cli", *args, timeout=120)
+
+    k.kubectl(
+        "exec", "-n", ns, "hrc-0", "--", "redis-cli", "--cluster", "create", *nodes,
+        "--cluster-replicas", "1", "--cluster-yes", timeout=180,
+    )  # fmt: skip
+    wait_for(
+        "cluster_state:ok on all 6 nodes",
+        lambda: all("cluster_state:ok" in redis_cli(f"hrc-{i}", "cluster", "info") for i in range(6)),
+        120,
+        2,
+    )
+    url = f"redis+cluster://hrc-0.hrc.{ns}.svc:6379,hrc-1.hrc.{ns}.svc:6379/0"
+    df = stack.wordcount("wcc", 2)
+    df["spec"]["recovery"]["url"] = url
+    stack.open_gate("wcc", LINES // 2)
+    stack.apply(df)
+    stack.wait_running("wcc", 2)
+    stack.wait_output("wcc", LINES // 2)
+    stack.wait_status(
+        "wcc",
+        "a committed epoch read from the cluster",
+        lambda st: (st.get("snapshot") or {}).get("epoch", 0) >= 2,
+    )
+    # Each key group under its own hash tag: the state is on more than one primary.
+    holders = [
+        i
+        for i in range(6)
+        if "role:master" in redis_cli(f"hrc-{i}", "info", "replication")
+        and redis_cli(f"hrc-{i}", "--scan", "--pattern", f"hr{{{ns}/wcc:g*").strip()
+    ]
+    assert len(holders) >= 2, holders
+    assert redis_cli("hrc-0", "-c", "hget", f"hr{{{ns}/wcc}}:meta", "key_groups").strip() == str(KEY_GROUPS)
+    # A worker killed mid-run resumes from the cluster, exactly once.
+    k.kubectl("delete", "pod", "wcc-1", "-n", ns, "--grace-period=0", "--force", "--wait=false")
+    wait_for(
+        "wcc-1 resuming from a committed epoch",
+        lambda: re.search(r"resuming from committed epoch [1-9]", stack.log_of("wcc-1")),
+        180,
+        2,
+    )
+    stack.open_gate("wcc", LINES)
+    stack.wait_status("wcc", "Finished", lambda st: st.get("phase") == "Finished", timeout=240)
+    stack.check_exact("wcc")
+    stack.delete("wcc")
+    k.kubectl("delete", "statefulset,service", "hrc", "-n", ns, "--wait=false")
+
+
+def _ready(pods: list[dict[str, Any]]) -> list[str]:
+    return [
+        p["metadata"]["name"]
+        for p in pods
+        if any(
+            c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", [])
+        )
+    ]
+
+
 def test_7_dashboards_and_alerts_evaluate(stack: Stack) -> None:
     """Every PromQL of the shipped dashboards and alert rules evaluates; every panel has data."""
     ns = stack.ns
