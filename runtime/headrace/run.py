@@ -626,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     1
     """
     startup = guard_startup()  # first: SIGTERM while the flow imports must end us, even as PID 1
-    from headrace._engine._marks import mark
+    from headrace._engine import mark
 
     mark("process")  # the start of a run's output gap's phases (`_engine._marks`)
     try:
@@ -666,8 +666,7 @@ def _main(argv: list[str]) -> int:
         # ending in them), on one line.
         print(f"{exc.kind}: {exc}", file=sys.stderr)
         return 1
-    from headrace._engine import execute  # noqa: F401 - the engine's imports count as imports
-    from headrace._engine._marks import mark
+    from headrace._engine import execute, mark  # noqa: F401 - the engine's imports count as imports
 
     mark("imported")
     recovery = None

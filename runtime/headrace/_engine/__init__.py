@@ -11,8 +11,10 @@ Layering (a module imports only from modules above it in this list; the
 
 - ``_hash``: key groups and owners; ``_plan``: the flow as core steps;
   ``_fuse``: stateless chains compiled to one loop; ``_sched``: steps run
-  in declaration order. (The metric catalogue, `headrace._metrics`, is a
-  leaf below the engine: the operators' error policies record there too.)
+  in declaration order; ``_marks``: when a run started, imported,
+  restored and wrote output (a transition's output gap). (The metric
+  catalogue, `headrace._metrics`, is a leaf below the engine: the
+  operators' error policies record there too.)
 - ``_store_checks``, ``_integrity``, ``_store_base`` (the interface),
   ``_redis_integrity``, ``_redis_cluster`` (a Redis Cluster's layout),
   ``_sqlite_parts``, ``_sqlite_store``, ``_store`` (Redis, and
@@ -23,8 +25,10 @@ Layering (a module imports only from modules above it in this list; the
   timers and EOF; ``_async_run``: a ``map_async`` step and the worker's
   event loop; ``_exchange``: edges, routers, out-buffers, combiners
   and credits; ``_wiring``: the plan as one worker's push graph (its
-  docstring follows one item from source to sink); ``_worker``: the
-  worker loop (poll, drain, barriers, epochs, snapshot and commit).
+  docstring follows one item from source to sink); ``_writer``: the
+  thread that writes a large epoch's snapshot off the worker's hot path;
+  ``_worker``: the worker loop (poll, drain, barriers, epochs, snapshot and
+  commit).
 - ``_net_protocol``: the mesh's handshake and frames; ``_net``: the TCP
   mesh between processes; ``_serve``: the HTTP endpoints; ``_execute``:
   start a process's workers (and its mesh, store and server).
@@ -64,6 +68,7 @@ __all__ = [
     "keep_snapshot",
     "kept_snapshots",
     "key_group",
+    "mark",
     "open_store",
     "part_owner",
     "prune_snapshots",
@@ -91,6 +96,7 @@ _FACE = {
         "_store_base",
     ),
     "init_parts": "_sqlite_parts",
+    "mark": "_marks",
     **dict.fromkeys(
         [
             "KeptSnapshot",
@@ -114,6 +120,7 @@ _FACE = {
 if TYPE_CHECKING:
     from headrace._engine._execute import execute, execute_cluster, request_stop
     from headrace._engine._hash import DEFAULT_KEY_GROUPS, group_owner, key_group, part_owner
+    from headrace._engine._marks import mark
     from headrace._engine._net_protocol import SECRET_ENV
     from headrace._engine._snapshots import (
         KeptSnapshot,
