@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import operator
 import pickle
 import time
 import zlib
@@ -79,7 +80,10 @@ _EOF_CLASSES: dict[type, bool] = {}
 
 def _has_own_eof(logic: Any) -> bool:
     """Whether a logic's class overrides `on_eof` (else EOF changes nothing)."""
-    cls = type(logic)
+    return _class_has_eof(type(logic))
+
+
+def _class_has_eof(cls: Any) -> bool:
     known = _EOF_CLASSES.get(cls)
     if known is None:
         from headrace.operators._core import StatefulBatchLogic
@@ -90,13 +94,36 @@ def _has_own_eof(logic: Any) -> bool:
 
 def _may_set_timers(logic: Any) -> bool:
     """Whether a logic's class overrides `notify_at` (else it never sets timers)."""
-    cls = type(logic)
+    return _class_sets_timers(type(logic))
+
+
+def _class_sets_timers(cls: Any) -> bool:
     known = _TIMER_CLASSES.get(cls)
     if known is None:
         from headrace.operators._core import StatefulBatchLogic
 
         known = _TIMER_CLASSES[cls] = cls.notify_at is not StatefulBatchLogic.notify_at
     return known
+
+
+def _builds_later(builder: Any) -> bool:
+    """Whether a restored key's logic may be built at the key's first use rather than at restore.
+
+    True for a builder tagged with the one class it makes and nothing else
+    (``_headrace_logic``: `stateful_map`'s, `stateful_flat_map`'s) when
+    that class sets no timers and has no `on_eof` of its own: such a logic
+    is only ever reached through its key's items, so when it is built can't
+    be seen. A logic with timers must be scheduled at restore, and one with
+    an `on_eof` must see every key; a user's builder may do anything.
+
+    >>> from headrace.operators._stateful import _CollectLogic, _MapLogic, _makes
+    >>> _builds_later(_makes(_MapLogic, lambda r: None)), _builds_later(lambda r: None)
+    (True, False)
+    >>> _builds_later(_makes(_CollectLogic, lambda r: None))
+    False
+    """
+    cls = getattr(builder, "_headrace_logic", None)
+    return isinstance(cls, type) and not _class_sets_timers(cls) and not _class_has_eof(cls)
 
 
 class StatefulRun:
@@ -125,6 +152,11 @@ class StatefulRun:
         # order can't be seen and the sort is skipped.
         self.ordered = not getattr(self.builder, "_unordered", False)
         self.activated = False  # handled items since the worker loop last fired timers
+        # Restored keys whose logic is built at their first use (`restore`):
+        # key group -> key -> its pickled state, as stored.
+        self.resting: dict[int, dict[str, bytes]] = {}
+        self.key_groups = 0  # the store's key groups: where `resting` keeps a key
+        self.later_ok = _builds_later(self.builder)
         wm = metrics
         self.m = None if wm is None else wm.step(self.step_id, "stateful_batch_on_batch_duration_seconds")
         self.m_notify = (
@@ -138,14 +170,28 @@ class StatefulRun:
         # key's last update, oldest first.
         self.ttl: float | None = None if ttl is None else ttl.total_seconds()
         self.updated: OrderedDict[str, float] = OrderedDict()
+        self.unsorted = False  # `updated` holds restored keys not yet in order
         self.m_expired = (
             None
             if wm is None or ttl is None
             else wm.bind("headrace_state_expired_keys_total", self.step_id, wm.wi)
         )
 
-    def restore(self, states: dict[str, bytes]) -> None:
-        """Rebuild the logic of every key from its snapshot."""
+    def restore(self, states: dict[str, bytes], key_groups: int = 0) -> None:
+        """Rebuild the logic of every key of one key group from its snapshot.
+
+        Given the store's ``key_groups``, and for a builder whose logic may
+        be built later (`_builds_later`), the states are kept as they are
+        (``resting``), and each key's logic is built at its first item
+        (`_built`), or never: a key never touched needs no logic, and stays
+        in the store as it was (only changed keys are snapshotted). Its
+        state is unpickled then too, so a state that can't be unpickled
+        stops the run at its key's first item instead of at the start.
+        """
+        if key_groups and self.later_ok:
+            if states:
+                self._rest(states, key_groups)
+            return
         stamps: list[tuple[float, str]] = []
         logics = self.logics
         builder = self.builder
@@ -161,18 +207,91 @@ class StatefulRun:
                     stamps.append((_clock(), key))  # the ttl is new: the key's time starts now
                 logic = builder(state)
             except Exception as exc:
-                raise user_error(
-                    f"error rebuilding state of key {key!r} in step {self.step_id!r} from its snapshot", exc
-                ) from exc
+                raise self._unreadable(key, exc) from exc
             logics[key] = logic
             if _may_set_timers(logic):  # else `notify_at` is always None: no timer
                 self._schedule(key, logic)
         if self.ttl is not None:
-            stamps.sort()
-            updated = self.updated
-            for at, key in stamps:
-                updated[key] = at
-            self._expire(_clock())
+            self._stamped(stamps)
+
+    def _rest(self, states: dict[str, bytes], key_groups: int) -> None:
+        """Keep one key group's restored ``states`` until their keys are used (see `restore`)."""
+        self.key_groups = key_groups
+        if self.ttl is not None:
+            # Each key's last update (or now, if the ttl is new) orders the
+            # keys for expiry; the state rests pickled, as the others.
+            now = _clock()
+            stamps: list[tuple[float, str]] = []
+            loads = pickle.loads
+            for key, blob in states.items():
+                try:
+                    state = loads(blob)
+                except Exception as exc:
+                    raise self._unreadable(key, exc) from exc
+                if state.__class__ is tuple and len(state) == 3 and state[0] == _TTL_TAG:
+                    stamps.append((state[1], key))
+                else:
+                    stamps.append((now, key))
+            self._stamped(stamps)
+        group = key_group(next(iter(states)), key_groups)
+        kept = self.resting.get(group)
+        if kept is None:
+            self.resting[group] = states
+        else:
+            kept.update(states)
+
+    def _stamped(self, stamps: list[tuple[float, str]]) -> None:
+        """Restored keys' last updates, for ``ttl``: put in order (all key groups' together) by `_expire`.
+
+        Keys due expire at the step's first activation, timer pass, end of
+        input or snapshot, as any key does (their tombstones go in the next
+        snapshot).
+        """
+        self.updated.update((key, at) for at, key in stamps)
+        self.unsorted = True
+
+    def _built(self, key: str) -> Any:
+        """The logic of a key not in ``logics``: rebuilt from its resting state, or new."""
+        resting = self.resting
+        if resting:
+            group = zlib.crc32(key.encode("utf-8", "surrogatepass")) % self.key_groups
+            states = resting.get(group)
+            if states is not None:
+                blob = states.pop(key, None)
+                if blob is not None:
+                    if not states:
+                        del resting[group]
+                    try:
+                        state = pickle.loads(blob)
+                        if state.__class__ is tuple and len(state) == 3 and state[0] == _TTL_TAG:
+                            state = state[2]
+                        return self.builder(state)
+                    except Exception as exc:
+                        raise self._unreadable(key, exc) from exc
+        try:
+            return self.builder(None)
+        except Exception as exc:
+            raise BytewaxRuntimeError(
+                f"error calling `builder` in step {self.shown} for key {quoted(key)}"
+            ) from exc
+
+    def _unreadable(self, key: str, exc: Exception) -> BytewaxRuntimeError:
+        return user_error(
+            f"error rebuilding state of key {key!r} in step {self.step_id!r} from its snapshot", exc
+        )
+
+    def _forget(self, key: str) -> bool:
+        """Drop a resting key (expired under a ttl); whether it was one."""
+        resting = self.resting
+        if not resting:
+            return False
+        group = zlib.crc32(key.encode("utf-8", "surrogatepass")) % self.key_groups
+        states = resting.get(group)
+        if states is None or states.pop(key, None) is None:
+            return False
+        if not states:
+            del resting[group]
+        return True
 
     def _touch(self, keys: Any) -> None:
         """``keys`` were updated now: each moves to the young end (or leaves, if discarded)."""
@@ -190,6 +309,11 @@ class StatefulRun:
         """Drop every key not updated for ``ttl`` seconds (their tombstones go in the snapshot)."""
         updated = self.updated
         assert self.ttl is not None
+        if self.unsorted:  # restored keys: oldest first
+            self.unsorted = False
+            items = sorted(updated.items(), key=operator.itemgetter(1))
+            updated.clear()
+            updated.update(items)
         cutoff = now - self.ttl
         n = 0
         while updated:
@@ -197,7 +321,7 @@ class StatefulRun:
             if at > cutoff:
                 break
             del updated[key]
-            if self.logics.pop(key, None) is not None:
+            if self.logics.pop(key, None) is not None or self._forget(key):
                 self.timers.pop(key, None)
                 if self.track:
                     self.dirty.add(key)
@@ -369,7 +493,6 @@ class StatefulRun:
         out: list[Any] = []
         extend = out.extend
         logics = self.logics
-        builder = self.builder
         dirty = self.dirty if self.track else None
         # Keys whose `notify_at` is asked after this activation's due timers
         # fired: as in Bytewax, a timer set by an item fires at the next
@@ -382,13 +505,7 @@ class StatefulRun:
         for k, vs in pairs:
             logic = logics.get(k)
             if logic is None:
-                try:
-                    logic = builder(None)
-                except Exception as exc:
-                    raise BytewaxRuntimeError(
-                        f"error calling `builder` in step {self.shown} for key {quoted(k)}"
-                    ) from exc
-                logics[k] = logic
+                logic = logics[k] = self._built(k)
             try:
                 ret = logic.on_batch(vs)
             except Exception as exc:
@@ -533,7 +650,7 @@ class ReduceRun(StatefulRun):
         dirty = self.dirty if self.track else None
         return ReduceTarget(self.cells, self.reducer, failed, dirty, count)
 
-    def restore(self, states: dict[str, bytes]) -> None:
+    def restore(self, states: dict[str, bytes], key_groups: int = 0) -> None:
         cells = self.cells
         for key, blob in states.items():
             try:
@@ -542,9 +659,7 @@ class ReduceRun(StatefulRun):
                     state = state[2]  # written under a ttl the step no longer has
                 has, value = state
             except Exception as exc:
-                raise user_error(
-                    f"error rebuilding state of key {key!r} in step {self.step_id!r} from its snapshot", exc
-                ) from exc
+                raise self._unreadable(key, exc) from exc
             if has:
                 cells[key] = [value]
             else:

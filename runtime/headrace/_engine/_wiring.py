@@ -701,7 +701,7 @@ class Wiring:
                 groups = self.config.key_groups
                 mine = [g for g in range(groups) if group_owner(g, groups, self.count) == self.index]
                 for states in store.iter_load(step.step_id, mine):
-                    node.restore(states)
+                    node.restore(states, groups)
             edge.on_eof = node.on_eof
             edge.on_align = lambda: node.fire_timers(utcnow())
             precombiner = getattr(step.conf["builder"], "precombiner", None)

@@ -286,9 +286,25 @@ def _map_logic(
     """`stateful_map`'s (``flat``: `stateful_flat_map`'s) logic builder under ``on_error``; the policy."""
     policy = check_policy(step_id, on_error)
     if policy == "fail":
-        return lambda resume: _MapLogic(mapper, step_id, flat, resume), policy
+        return _makes(_MapLogic, lambda resume: _MapLogic(mapper, step_id, flat, resume)), policy
     reporter = Reporter(step_id, policy)
-    return lambda resume: _GuardedMapLogic(mapper, step_id, flat, reporter, resume), policy
+    return _makes(
+        _GuardedMapLogic, lambda resume: _GuardedMapLogic(mapper, step_id, flat, reporter, resume)
+    ), policy
+
+
+def _makes(cls: type, builder: Any) -> Any:
+    """Tag a builder that does nothing but make a ``cls`` of the state: the engine may call it later.
+
+    (A resumed step builds a restored key's logic at the key's first use,
+    `_engine._stateful_run.StatefulRun.restore`, when ``cls`` sets no timers
+    and has no `on_eof` of its own.)
+
+    >>> _makes(_MapLogic, lambda resume: None)._headrace_logic.__name__
+    '_MapLogic'
+    """
+    builder._headrace_logic = cls
+    return builder
 
 
 @operator
