@@ -31,7 +31,7 @@ from headrace.recovery import (
 from headrace.recovery import main as recovery_main
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
 from tests.support.procs import children, lines_in, wait_for_output
-from tests.support.runs import check_output, launch, run_cli, run_env, write_input
+from tests.support.runs import check_output, launch, run_cli, run_env, run_with_kills, write_input
 from tests.support.servers import RedisServer
 from tests.support.stores import store_at
 
@@ -228,23 +228,7 @@ def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
     env = run_env(tmp_path, HR_SLOW="0.03")
     rng = random.Random(seed)
     args = ["-p", "2", "-r", redis_server.url, "--epoch-interval", "0.1"]
-    kills = 0
-    for _attempt in range(6):
-        p = launch(args, env)
-        if kills < 2:
-            # Mid-run: once this attempt has written some output, not at a guessed time.
-            wait_for_output(p, tmp_path / "out", lines_in(tmp_path / "out") + rng.randrange(20, 200))
-            kids = children(p)
-            if p.poll() is None and kids:
-                os.kill(rng.choice(kids), signal.SIGKILL)
-                kills += 1
-        _, err = p.communicate(timeout=120)
-        if p.returncode == 0:
-            break
-        assert "lost process" in err or "failed" in err, err[-2000:]
-    else:
-        pytest.fail("the dataflow never completed")
-    assert kills >= 1
+    assert run_with_kills(lambda: launch(args, env), tmp_path / "out", rng) >= 1
     check_output(tmp_path / "out", counts)
 
 
@@ -709,22 +693,7 @@ def test_kill_9_of_a_2_process_run_on_3_parts_is_exactly_once(tmp_path: Path, se
     init_db_dir(tmp_path / "state", 3)
     rng = random.Random(seed)
     args = ["-p", "2", "-r", str(tmp_path / "state"), "--epoch-interval", "0.1"]
-    kills = 0
-    for _attempt in range(6):
-        p = launch(args, env)
-        if kills < 2:
-            wait_for_output(p, tmp_path / "out", lines_in(tmp_path / "out") + rng.randrange(20, 200))
-            kids = children(p)
-            if p.poll() is None and kids:
-                os.kill(rng.choice(kids), signal.SIGKILL)
-                kills += 1
-        _, err = p.communicate(timeout=120)
-        if p.returncode == 0:
-            break
-        assert "lost process" in err or "failed" in err, err[-2000:]
-    else:
-        pytest.fail("the dataflow never completed")
-    assert kills >= 1
+    assert run_with_kills(lambda: launch(args, env), tmp_path / "out", rng) >= 1
     check_output(tmp_path / "out", counts)
     parts = _parts(tmp_path / "state", "recovery_wc")
     assert len({p["committed_epoch"] for p in parts}) == 1

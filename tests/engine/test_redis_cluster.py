@@ -19,13 +19,13 @@ import pytest
 from redis.cluster import RedisCluster as Client
 
 import headrace.operators as op
-from headrace._engine._store import PARTS, RedisClusterStore, open_store
+from headrace._engine._store import PARTS, Entry, RedisClusterStore, Store, open_store
 from headrace.dataflow import Dataflow
 from headrace.recovery import FencedError, LostStateError, RecoveryConfig
 from headrace.testing import TestingSink, TestingSource, run_main
-from tests.support.procs import children, lines_in, wait_for_output
+from tests.support.procs import lines_in, wait_for_output
 from tests.support.redis_cluster import RedisCluster
-from tests.support.runs import ROOT, check_output, launch, run_env, write_input
+from tests.support.runs import ROOT, check_output, launch, run_env, run_with_kills, write_input
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +47,25 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def _keys(cluster: RedisCluster, prefix: str) -> list[str]:
     return sorted(k.decode() for k in _client(cluster).scan_iter(match=f"hr{{{prefix}*", count=1000))
+
+
+def _two_epochs(
+    cluster: RedisCluster, steps: list[str], first: list[Entry], second: list[Entry]
+) -> tuple[str, Store]:
+    """A store under a new prefix that committed ``first`` as epoch 1 and ``second`` as 2, then compacted 1.
+
+    Its execution (one worker, 16 key groups, ``steps``) still holds the store.
+    """
+    prefix = _prefix()
+    s = open_store(cluster.url, prefix, retry_for=5.0)
+    s.start_execution(1, 16)
+    s.check_flow(prefix, steps)
+    s.write_epoch(1, first)
+    s.commit(1, 1)
+    s.write_epoch(2, second)
+    s.commit(2, 1)
+    s.compact(1)
+    return prefix, s
 
 
 # ------------------------------------------------------------ the store
@@ -169,15 +188,12 @@ def test_a_flushed_primary_is_lost_state_naming_the_keys(redis_cluster: RedisClu
 def test_kept_snapshots_on_the_cluster_restore_exactly(redis_cluster: RedisCluster) -> None:
     from headrace.recovery import RecoveryStoreError, list_snapshots, restore_snapshot, take_snapshot
 
-    prefix = _prefix()
-    s = open_store(redis_cluster.url, prefix, retry_for=5.0)
-    s.start_execution(1, 16)
-    s.check_flow(prefix, ["st", "src"])
-    s.write_epoch(1, [("st", g, f"k{g}", b"1") for g in range(16)] + [("src", PARTS, "part-0", b"5")])
-    s.commit(1, 1)
-    s.write_epoch(2, [("st", 2, "k2", b""), ("st", 3, "x", b"2"), ("src", PARTS, "part-1", b"6")])
-    s.commit(2, 1)
-    s.compact(1)
+    prefix, s = _two_epochs(
+        redis_cluster,
+        ["st", "src"],
+        [("st", g, f"k{g}", b"1") for g in range(16)] + [("src", PARTS, "part-0", b"5")],
+        [("st", 2, "k2", b""), ("st", 3, "x", b"2"), ("src", PARTS, "part-1", b"6")],
+    )
     s.release()
     want = {g: {f"k{g}": b"1"} for g in range(16) if g != 2}
     want[3]["x"] = b"2"
@@ -206,15 +222,12 @@ def test_kept_snapshots_on_the_cluster_restore_exactly(redis_cluster: RedisClust
 def test_dropped_state_of_a_removed_step_goes_from_every_slot(redis_cluster: RedisCluster) -> None:
     from headrace.recovery import StateMismatchError
 
-    prefix = _prefix()
-    s = open_store(redis_cluster.url, prefix, retry_for=5.0)
-    s.start_execution(1, 16)
-    s.check_flow(prefix, ["old", "kept"])
-    s.write_epoch(1, [("old", g, "k", b"1") for g in range(16)] + [("kept", 2, "k", b"2")])
-    s.commit(1, 1)
-    s.write_epoch(2, [("old", 5, "j", b"2")])
-    s.commit(2, 1)
-    s.compact(1)
+    prefix, s = _two_epochs(
+        redis_cluster,
+        ["old", "kept"],
+        [("old", g, "k", b"1") for g in range(16)] + [("kept", 2, "k", b"2")],
+        [("old", 5, "j", b"2")],
+    )
     with pytest.raises(StateMismatchError, match="holds state of steps 'old'"):
         s.check_flow(prefix, ["kept"])
     assert s.check_flow(prefix, ["kept"], allow_dropped=True) == ["old"]
@@ -265,22 +278,7 @@ def test_kill_9_of_workers_then_restart_is_exactly_once(tmp_path: Path, redis_cl
     env = _env(tmp_path, HR_SLOW="0.03", HEADRACE_RECOVERY_PREFIX=_prefix())
     rng = random.Random(7)
     args = ["-p", "2", "-r", redis_cluster.url, "--epoch-interval", "0.1"]
-    kills = 0
-    for _attempt in range(6):
-        p = launch(args, env)
-        if kills < 2:
-            wait_for_output(p, tmp_path / "out", lines_in(tmp_path / "out") + rng.randrange(20, 200))
-            kids = children(p)
-            if p.poll() is None and kids:
-                os.kill(rng.choice(kids), signal.SIGKILL)
-                kills += 1
-        _, err = p.communicate(timeout=120)
-        if p.returncode == 0:
-            break
-        assert "lost process" in err or "failed" in err, err[-2000:]
-    else:
-        pytest.fail("the dataflow never completed")
-    assert kills >= 1
+    assert run_with_kills(lambda: launch(args, env), tmp_path / "out", rng) >= 1
     check_output(tmp_path / "out", counts)
 
 

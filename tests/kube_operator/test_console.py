@@ -227,6 +227,28 @@ def test_package_data_ships_the_console() -> None:
 # ------------------------------------------------------------------ the endpoints
 
 
+WC_SUMMARY: dict[str, Any] = {
+    "namespace": "prod",
+    "name": "wc",
+    "phase": "Running",
+    "replicas": 2,
+    "readyReplicas": 2,
+    "conditions": [
+        {"type": "Ready", "status": "True", "reason": "Running"},
+        {"type": "Progressing", "status": "False", "reason": "Stable"},
+        {"type": "Degraded", "status": "False", "reason": "AsExpected"},
+        {"type": "SnapshotHealthy", "status": "True", "reason": "SnapshotCommitted"},
+        {"type": "Autoscaling", "status": "False", "reason": "Disabled"},
+        {"type": "Finished", "status": "False", "reason": "NotFinished"},
+    ],
+    "lag": None,
+    "lastSnapshot": {"epoch": 6, "time": "1970-01-12T13:46:43Z"},
+    "keptSnapshots": 1,
+    "created": "1970-01-12T13:40:00Z",
+}
+"""prod/wc (`_world_object`) as the list endpoint summarises it; the detail endpoint adds to it."""
+
+
 def test_list_endpoint_exact(console: tuple[str, dict[str, Any]]) -> None:
     url, _obj = console
     code, body = _json(f"{url}/api/dataflows")
@@ -257,25 +279,7 @@ def test_list_endpoint_exact(console: tuple[str, dict[str, Any]]) -> None:
                 "keptSnapshots": 0,
                 "created": "",
             },
-            {
-                "namespace": "prod",
-                "name": "wc",
-                "phase": "Running",
-                "replicas": 2,
-                "readyReplicas": 2,
-                "conditions": [
-                    {"type": "Ready", "status": "True", "reason": "Running"},
-                    {"type": "Progressing", "status": "False", "reason": "Stable"},
-                    {"type": "Degraded", "status": "False", "reason": "AsExpected"},
-                    {"type": "SnapshotHealthy", "status": "True", "reason": "SnapshotCommitted"},
-                    {"type": "Autoscaling", "status": "False", "reason": "Disabled"},
-                    {"type": "Finished", "status": "False", "reason": "NotFinished"},
-                ],
-                "lag": None,
-                "lastSnapshot": {"epoch": 6, "time": "1970-01-12T13:46:43Z"},
-                "keptSnapshots": 1,
-                "created": "1970-01-12T13:40:00Z",
-            },
+            WC_SUMMARY,
         ],
         "namespaces": [],
         "prometheus": False,
@@ -306,23 +310,7 @@ def test_detail_endpoint_exact(console: tuple[str, dict[str, Any]]) -> None:
         if k not in {"conditionsFull", "execution", "partitions", "snapshot", "snapshots", "charts"}
     }
     assert rest == {
-        "namespace": "prod",
-        "name": "wc",
-        "phase": "Running",
-        "replicas": 2,
-        "readyReplicas": 2,
-        "conditions": [
-            {"type": "Ready", "status": "True", "reason": "Running"},
-            {"type": "Progressing", "status": "False", "reason": "Stable"},
-            {"type": "Degraded", "status": "False", "reason": "AsExpected"},
-            {"type": "SnapshotHealthy", "status": "True", "reason": "SnapshotCommitted"},
-            {"type": "Autoscaling", "status": "False", "reason": "Disabled"},
-            {"type": "Finished", "status": "False", "reason": "NotFinished"},
-        ],
-        "lag": None,
-        "lastSnapshot": {"epoch": 6, "time": "1970-01-12T13:46:43Z"},
-        "keptSnapshots": 1,
-        "created": "1970-01-12T13:40:00Z",
+        **WC_SUMMARY,
         "image": "app:1",
         "flow": "app.flows:wc",
         "generation": 2,

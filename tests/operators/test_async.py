@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,13 +18,13 @@ import headrace.operators as op
 from headrace.dataflow import Dataflow
 from headrace.recovery import RecoveryConfig
 from headrace.testing import TestingSink, TestingSource, run_main
-from tests.support.procs import children, lines_in, wait_for_output
-from tests.support.runs import check_output, write_input
+from tests.support.runs import check_output, launch, run_with_kills, write_input
 from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[2]
+ASYNC_COUNTS = "tests.support.flows.async_flows:async_counts()"
 ZERO = timedelta(0)
 
 
@@ -230,25 +227,6 @@ def test_resume_emits_every_result_once(tmp_path: Path) -> None:
 # ------------------------------------------------------------ kill -9 with calls in flight
 
 
-def _launch(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "headrace.run",
-            "tests.support.flows.async_flows:async_counts()",
-            *args,
-            "--metrics-port",
-            "0",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("seed", [1, 2])
@@ -271,20 +249,5 @@ def test_kill_9_with_calls_in_flight_is_exactly_once(
     )
     rng = random.Random(seed)
     args = ["-p", "2", "-r", redis_server.url, "--epoch-interval", "0.2"]
-    kills = 0
-    for _attempt in range(6):
-        p = _launch(args, env)
-        if kills < 2:
-            wait_for_output(p, tmp_path / "out", lines_in(tmp_path / "out") + rng.randrange(50, 400))
-            kids = children(p)
-            if p.poll() is None and kids:
-                os.kill(rng.choice(kids), signal.SIGKILL)
-                kills += 1
-        _, err = p.communicate(timeout=120)
-        if p.returncode == 0:
-            break
-        assert "lost process" in err or "failed" in err, err[-2000:]
-    else:
-        pytest.fail("the dataflow never completed")
-    assert kills >= 1
+    assert run_with_kills(lambda: launch(args, env, ASYNC_COUNTS), tmp_path / "out", rng, (50, 400)) >= 1
     check_output(tmp_path / "out", counts)

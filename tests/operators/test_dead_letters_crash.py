@@ -12,9 +12,6 @@ from __future__ import annotations
 import collections
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,9 +22,10 @@ from headrace.connectors.files import DirSink, DirSource
 from headrace.dataflow import Dataflow
 from headrace.errors import DeadLetter
 from headrace.recovery import init_db_dir
-from tests.support.procs import children, lines_in, wait_for_output
+from tests.support.runs import launch, run_with_kills
 
 ROOT = Path(__file__).resolve().parents[2]
+POISONED = "tests.operators.test_dead_letters_crash:poisoned_counts()"
 
 
 def _slow(batch: list[str]) -> list[str]:
@@ -115,40 +113,12 @@ def test_poison_items_reach_the_dead_letters_exactly_once_across_kill_9(tmp_path
             "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "runtime"), env.get("PYTHONPATH", "")]),
         }
     )
-    args = [
-        sys.executable,
-        "-m",
-        "headrace.run",
-        "tests.operators.test_dead_letters_crash:poisoned_counts()",
-        "-p",
-        "2",
-        "-r",
-        str(tmp_path / "state"),
-        "--epoch-interval",
-        "0.1",
-        "--metrics-port",
-        "0",
-    ]
+    args = ["-p", "2", "-r", str(tmp_path / "state"), "--epoch-interval", "0.1"]
     rng = random.Random(seed)
-    kills = 0
-    for _attempt in range(6):
-        p = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        if kills < 2:
-            # Mid-run: once this attempt has written some output, not at a guessed time.
-            wait_for_output(p, tmp_path / "out", lines_in(tmp_path / "out") + rng.randrange(20, 400))
-            kids = children(p)
-            if p.poll() is None and kids:
-                os.kill(rng.choice(kids), signal.SIGKILL)
-                kills += 1
-        _, err = p.communicate(timeout=180)
-        if p.returncode == 0:
-            break
-        assert "lost process" in err or "failed" in err, err[-2000:]
-    else:
-        pytest.fail("the dataflow never completed")
-    assert kills >= 1
+    assert (
+        run_with_kills(lambda: launch(args, env, POISONED), tmp_path / "out", rng, (20, 400), timeout=180)
+        >= 1
+    )
     seen: dict[str, list[int]] = collections.defaultdict(list)
     for line in _read(tmp_path / "out"):
         word, n = line.split()

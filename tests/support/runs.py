@@ -11,9 +11,15 @@ from __future__ import annotations
 import collections
 import os
 import random
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
+
+from tests.support.procs import children, lines_in, wait_for_output
 
 ROOT = Path(__file__).resolve().parents[2]
 """The repository root: the working directory (and ``PYTHONPATH``) of the processes."""
@@ -79,3 +85,50 @@ def run_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env.update({"HR_IN": str(tmp_path / "in"), "HR_OUT": str(tmp_path / "out"), "PYTHONPATH": str(ROOT)})
     env.update(extra)
     return env
+
+
+def run_with_kills(
+    start: Callable[[], subprocess.Popen[str]],
+    out_dir: Path,
+    rng: random.Random,
+    more: tuple[int, int] = (20, 200),
+    *,
+    timeout: float = 120,
+    ok_codes: tuple[int, ...] = (),
+) -> int:
+    """Start runs with ``start()`` until one exits 0, SIGKILLing a worker of the first two; return the kills.
+
+    Each of the first two runs that has workers is killed mid-run: once
+    ``out_dir`` holds ``rng.randrange(*more)`` lines more than when it
+    started (or the run has exited), one of its child processes, chosen by
+    ``rng``, gets SIGKILL; the kill counts if the run was still going. Every
+    run that fails must say ``lost process`` or ``failed`` on stderr, or exit
+    with one of ``ok_codes`` (a kill that lands as a run finishes leaves
+    nothing to report). Six runs at most, then the test fails; each may take
+    ``timeout`` seconds. The caller asserts what the output must be.
+
+    A run that ends before any output is not killed:
+
+    >>> def quick() -> subprocess.Popen[str]:
+    ...     return subprocess.Popen([sys.executable, "-c", "pass"], stderr=subprocess.PIPE, text=True)
+    >>> run_with_kills(quick, Path("/nonexistent"), random.Random(1))
+    0
+    """
+    kills = 0
+    for _attempt in range(6):
+        p = start()
+        if kills < 2:
+            # Mid-run: once this run has written some output, not at a guessed time.
+            wait_for_output(p, out_dir, lines_in(out_dir) + rng.randrange(*more))
+            kids = children(p)
+            if p.poll() is None and kids:
+                os.kill(rng.choice(kids), signal.SIGKILL)
+                kills += 1
+        _, err = p.communicate(timeout=timeout)
+        if p.returncode == 0:
+            return kills
+        assert "lost process" in err or "failed" in err or p.returncode in ok_codes, (
+            p.returncode,
+            err[-3000:],
+        )
+    pytest.fail("the dataflow never completed")
