@@ -14,6 +14,7 @@ import threading
 import time
 import typing
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from headrace_operator import autoscaler as asc
@@ -241,38 +242,26 @@ class Leases:
             raise
         return self._record(got)
 
-    def create(self, namespace: str, name: str, record: LeaseRecord) -> LeaseRecord:
-        """Create the Lease; `Conflict` if it exists."""
+    def _write(self, call: Callable[..., Any], *args: Any) -> LeaseRecord:
+        """The Lease as ``call(*args)`` wrote it; `Conflict` if the API server answers 409."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            made = self.coordination.create_namespaced_lease(
-                namespace,
-                typing.cast(Any, self._body(namespace, name, record)),
-                _request_timeout=self.timeout,
-            )
+            return self._record(call(*args, _request_timeout=self.timeout))
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(api_message(exc)) from None
             raise
-        return self._record(made)
+
+    def create(self, namespace: str, name: str, record: LeaseRecord) -> LeaseRecord:
+        """Create the Lease; `Conflict` if it exists."""
+        body = self._body(namespace, name, record)
+        return self._write(self.coordination.create_namespaced_lease, namespace, body)
 
     def replace(self, namespace: str, name: str, record: LeaseRecord) -> LeaseRecord:
         """Replace the Lease at its resourceVersion; `Conflict` if it changed since."""
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            put = self.coordination.replace_namespaced_lease(
-                name,
-                namespace,
-                typing.cast(Any, self._body(namespace, name, record)),
-                _request_timeout=self.timeout,
-            )
-        except ApiException as exc:
-            if exc.status == 409:
-                raise Conflict(api_message(exc)) from None
-            raise
-        return self._record(put)
+        body = self._body(namespace, name, record)
+        return self._write(self.coordination.replace_namespaced_lease, name, namespace, body)
 
 
 # ------------------------------------------------------------------ Redis
