@@ -14,7 +14,6 @@ import json
 import os
 import pickle
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -54,7 +53,7 @@ from headrace.connectors.kafka import operators as kop
 from headrace.dataflow import Dataflow
 from headrace.testing import TestingSink, run_main
 from tests.support.kafka_broker import KafkaBroker, session_broker
-from tests.support.procs import children, lines_in, wait_for_output
+from tests.support.runs import check_output, run_with_kills
 from tests.support.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -553,36 +552,13 @@ def test_kill_9_mid_run_resumes_at_committed_offsets(
     out_dir.mkdir()
     env = _env(b, HR_IN=src, HR_OUT=dst, HR_OUT_DIR=str(out_dir), HR_SLOW="0.1")
     args = ["-p", "2", "-w", "2", "-r", redis_server.url, "--epoch-interval", "0.1", "--metrics-port", "0"]
-    kills = 0
-    for _attempt in range(6):
-        p = _launch("running_counts()", args, env)
-        if kills < 2:
-            # Mid-run: once this attempt has written some output, not at a guessed time.
-            wait_for_output(p, out_dir, lines_in(out_dir) + rng.randrange(20, 120))
-            kids = children(p)
-            if p.poll() is None and kids:
-                os.kill(rng.choice(kids), signal.SIGKILL)
-                kills += 1
-        _, err = p.communicate(timeout=120)
-        if p.returncode == 0:
-            break
-        # A kill that lands as the run finishes leaves nothing to report.
-        assert "lost process" in err or "failed" in err or p.returncode in (-9, 247), (
-            p.returncode,
-            err[-3000:],
-        )
-    else:
-        pytest.fail("the dataflow never completed")
+    # A kill that lands as the run finishes leaves nothing to report (-9, 247).
+    kills = run_with_kills(
+        lambda: _launch("running_counts()", args, env), out_dir, rng, (20, 120), ok_codes=(-9, 247)
+    )
     assert kills >= 1
     # File output: every running count exactly once (no line lost or repeated).
-    seen: dict[str, list[int]] = collections.defaultdict(list)
-    for f in out_dir.iterdir():
-        for line in f.read_text().splitlines():
-            word, n = line.split()
-            seen[word].append(int(n))
-    assert set(seen) == set(counts)
-    for word, ns in seen.items():
-        assert ns == list(range(1, counts[word] + 1)), f"{word}: {ns[:20]}..."
+    check_output(out_dir, counts)
     # Kafka output: at-least-once, so nothing missing (repeats carry the same key).
     keys = {m.key() for m in b.consume_all(dst)}
     want = {f"{w}:{n}".encode() for w, c in counts.items() for n in range(1, c + 1)}

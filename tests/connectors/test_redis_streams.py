@@ -10,7 +10,6 @@ import collections
 import os
 import pickle
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from headrace._engine._store import PARTS, open_store
 from headrace.connectors.redis import RedisStreamEntry, RedisStreamSink, RedisStreamSource
 from headrace.dataflow import Dataflow
 from headrace.testing import TestingSink, TestingSource, run_main
-from tests.support.procs import children, lines_in, wait_for_output
+from tests.support.runs import check_output, launch, run_with_kills
 from tests.support.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -341,49 +340,11 @@ def test_kill_9_mid_run_resumes_at_committed_entries(redis_server: RedisServer, 
         HR_OUT_DIR=str(out_dir),
         HR_SLOW="0.1",
     )
-    args = ["-p", "2", "-w", "2", "-r", redis_server.url, "--epoch-interval", "0.1", "--metrics-port", "0"]
-    kills = 0
-    for _attempt in range(6):
-        p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "headrace.run",
-                "tests.support.flows.redis_stream_flows:running_counts()",
-                *args,
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        if kills < 2:
-            # Mid-run: once this attempt has written some output, not at a guessed time.
-            wait_for_output(p, out_dir, lines_in(out_dir) + rng.randrange(20, 120))
-            kids = children(p)
-            if p.poll() is None and kids:
-                os.kill(rng.choice(kids), signal.SIGKILL)
-                kills += 1
-        _, err = p.communicate(timeout=120)
-        if p.returncode == 0:
-            break
-        # A kill that lands as the run finishes leaves nothing to report.
-        assert "lost process" in err or "failed" in err or p.returncode in (-9, 247), (
-            p.returncode,
-            err[-3000:],
-        )
-    else:
-        pytest.fail("the dataflow never completed")
-    assert kills >= 1
-    seen: dict[str, list[int]] = collections.defaultdict(list)
-    for f in out_dir.iterdir():
-        for line in f.read_text().splitlines():
-            word, n = line.split()
-            seen[word].append(int(n))
-    assert set(seen) == set(counts)
-    for word, ns in seen.items():
-        assert ns == list(range(1, counts[word] + 1)), f"{word}: {ns[:20]}..."
+    args = ["-p", "2", "-w", "2", "-r", redis_server.url, "--epoch-interval", "0.1"]
+    flow = "tests.support.flows.redis_stream_flows:running_counts()"
+    # A kill that lands as the run finishes leaves nothing to report (-9, 247).
+    assert run_with_kills(lambda: launch(args, env, flow), out_dir, rng, (20, 120), ok_codes=(-9, 247)) >= 1
+    check_output(out_dir, counts)
     lines = {f[b"line"].decode() for _id, f in r.xrange("counted")}
     assert lines == {f"{w} {n}" for w, c in counts.items() for n in range(1, c + 1)}
     store = open_store(redis_server.url, "stream_counts")

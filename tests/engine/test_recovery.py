@@ -31,7 +31,15 @@ from headrace.recovery import (
 from headrace.recovery import main as recovery_main
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
 from tests.support.procs import children, lines_in, wait_for_output
-from tests.support.runs import check_output, launch, run_cli, run_env, run_with_kills, write_input
+from tests.support.runs import (
+    check_output,
+    launch,
+    run_cli,
+    run_env,
+    run_rescaled,
+    run_with_kills,
+    write_input,
+)
 from tests.support.servers import RedisServer
 from tests.support.stores import store_at
 
@@ -303,16 +311,7 @@ def test_kill_9_while_the_snapshot_writer_has_an_epoch_in_flight(
 def test_rescale_2_3_1_processes_across_restarts(tmp_path: Path, redis_server: RedisServer) -> None:
     counts = write_input(tmp_path / "in")
     env = run_env(tmp_path, HR_SLOW="0.02")
-    for procs in ("2", "3"):
-        p = launch(["-p", procs, "-r", redis_server.url, "--epoch-interval", "0.1"], env)
-        wait_for_output(p, tmp_path / "out", lines_in(tmp_path / "out") + 100)
-        assert p.poll() is None, "the run ended before it could be rescaled"
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err[-2000:]
-    p = launch(["-p", "1", "-r", redis_server.url, "--epoch-interval", "0.1"], env)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err[-2000:]
+    run_rescaled(redis_server.url, env, tmp_path / "out")
     check_output(tmp_path / "out", counts)
 
 

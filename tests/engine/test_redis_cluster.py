@@ -23,9 +23,9 @@ from headrace._engine._store import PARTS, Entry, RedisClusterStore, Store, open
 from headrace.dataflow import Dataflow
 from headrace.recovery import FencedError, LostStateError, RecoveryConfig
 from headrace.testing import TestingSink, TestingSource, run_main
-from tests.support.procs import lines_in, wait_for_output
+from tests.support.procs import wait_for_output
 from tests.support.redis_cluster import RedisCluster
-from tests.support.runs import ROOT, check_output, launch, run_env, run_with_kills, write_input
+from tests.support.runs import ROOT, check_output, launch, run_env, run_rescaled, run_with_kills, write_input
 
 pytestmark = pytest.mark.slow
 
@@ -286,16 +286,7 @@ def test_kill_9_of_workers_then_restart_is_exactly_once(tmp_path: Path, redis_cl
 def test_rescale_2_3_1_on_the_cluster(tmp_path: Path, redis_cluster: RedisCluster) -> None:
     counts = write_input(tmp_path / "in")
     env = _env(tmp_path, HR_SLOW="0.02", HEADRACE_RECOVERY_PREFIX=_prefix())
-    for procs in ("2", "3"):
-        p = launch(["-p", procs, "-r", redis_cluster.url, "--epoch-interval", "0.1"], env)
-        wait_for_output(p, tmp_path / "out", lines_in(tmp_path / "out") + 100)
-        assert p.poll() is None, "the run ended before it could be rescaled"
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err[-2000:]
-    p = launch(["-p", "1", "-r", redis_cluster.url, "--epoch-interval", "0.1"], env)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err[-2000:]
+    run_rescaled(redis_cluster.url, env, tmp_path / "out")
     check_output(tmp_path / "out", counts)
 
 

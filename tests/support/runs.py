@@ -132,3 +132,23 @@ def run_with_kills(
             err[-3000:],
         )
     pytest.fail("the dataflow never completed")
+
+
+def run_rescaled(store: str, env: dict[str, str], out_dir: Path) -> None:
+    """Run the word count on 2 processes, then 3, then 1, resuming from ``store`` each time.
+
+    The 2- and 3-process runs each get SIGTERM once ``out_dir`` holds 100
+    lines more than when they started (each must still be running then); the
+    1-process run goes to its end. Every run must exit 0; the caller checks
+    the output.
+    """
+    for procs in ("2", "3"):
+        p = launch(["-p", procs, "-r", store, "--epoch-interval", "0.1"], env)
+        wait_for_output(p, out_dir, lines_in(out_dir) + 100)
+        assert p.poll() is None, "the run ended before it could be rescaled"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err[-2000:]
+    p = launch(["-p", "1", "-r", store, "--epoch-interval", "0.1"], env)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
