@@ -563,16 +563,21 @@ class _DynSource(DynamicSource[int]):
 SOURCE_FAILURES = ["next_batch", "next_awake", "list_parts", "build_part", "close"]
 
 
+def _fails_at(flow: Dataflow, workers: int, step: str, boom: Boom) -> None:
+    """Running ``flow`` on ``workers`` raises a `BytewaxRuntimeError` naming ``step``, caused by ``boom``."""
+    with pytest.raises(BytewaxRuntimeError) as info:
+        run(flow, workers)
+    assert names_step(str(info.value), step), str(info.value)
+    assert info.value.__cause__ is boom
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("where", SOURCE_FAILURES)
 def test_fixed_source_failures(where: str, workers: int) -> None:
     boom = Boom(where)
     flow = Dataflow("test")
     op.output("out", op.input("src", flow, _FixedSource(where, boom)), TestingSink([]))
-    with pytest.raises(BytewaxRuntimeError) as info:
-        run(flow, workers)
-    assert names_step(str(info.value), "test.src"), str(info.value)
-    assert info.value.__cause__ is boom
+    _fails_at(flow, workers, "test.src", boom)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -581,10 +586,7 @@ def test_dynamic_source_failures(where: str, workers: int) -> None:
     boom = Boom(where)
     flow = Dataflow("test")
     op.output("out", op.input("src", flow, _DynSource(where, boom)), TestingSink([]))
-    with pytest.raises(BytewaxRuntimeError) as info:
-        run(flow, workers)
-    assert names_step(str(info.value), "test.src"), str(info.value)
-    assert info.value.__cause__ is boom
+    _fails_at(flow, workers, "test.src", boom)
 
 
 @pytest.mark.parametrize("where", ["next_batch_not_iterable", "next_awake_naive"])
@@ -669,10 +671,7 @@ def test_dynamic_sink_failures(where: str, workers: int) -> None:
     boom = Boom(where)
     flow = Dataflow("test")
     op.output("sink", op.input("src", flow, TestingSource(range(4))), _DynSink(where, boom))
-    with pytest.raises(BytewaxRuntimeError) as info:
-        run(flow, workers)
-    assert names_step(str(info.value), "test.sink"), str(info.value)
-    assert info.value.__cause__ is boom
+    _fails_at(flow, workers, "test.sink", boom)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -682,10 +681,7 @@ def test_partitioned_sink_failures(where: str, workers: int) -> None:
     flow = Dataflow("test")
     items = [(str(i) * (i % 3 + 1), i) for i in range(6)]
     op.output("sink", op.input("src", flow, TestingSource(items)), _FixedSink(where, boom))
-    with pytest.raises(BytewaxRuntimeError) as info:
-        run(flow, workers)
-    assert names_step(str(info.value), "test.sink"), str(info.value)
-    assert info.value.__cause__ is boom
+    _fails_at(flow, workers, "test.sink", boom)
 
 
 # --- failures on one worker stop the others -------------------------------

@@ -56,25 +56,36 @@ def test_stateful_step_handles_a_batchs_keys_in_sorted_order(interval: timedelta
     assert out == [("10", 3), ("a", 2), ("b", 1), ("9", 4), ("B", 5), ("a", 8), ("Z", 8), ("é", 7)]
 
 
+class _Part(StatefulSourcePartition[Any, None]):
+    def __init__(self, batches: list[list[Any]]) -> None:
+        self.batches = batches
+
+    def next_batch(self) -> list[Any]:
+        if not self.batches:
+            raise StopIteration()
+        return self.batches.pop(0)
+
+    def snapshot(self) -> None:
+        return None
+
+
+class _PQSource(FixedPartitionedSource[Any, None]):
+    """Partitions ``p`` and ``q``; each gives the batches ``batches(its name)``, then stops."""
+
+    def __init__(self, batches: Callable[[str], list[list[Any]]]) -> None:
+        self.batches = batches
+
+    def list_parts(self) -> list[str]:
+        return ["p", "q"]
+
+    def build_part(self, step_id: str, name: str, resume: None) -> _Part:
+        return _Part(self.batches(name))
+
+
 def test_values_of_partitions_polled_together_are_one_activation() -> None:
-    class Part(StatefulSourcePartition[Any, None]):
-        def __init__(self, name: str) -> None:
-            self.batches = [[("b", name + "1"), ("a", name + "2")], [("c", name + "3"), ("a", name + "4")]]
-
-        def next_batch(self) -> list[Any]:
-            if not self.batches:
-                raise StopIteration()
-            return self.batches.pop(0)
-
-        def snapshot(self) -> None:
-            return None
-
-    class Source(FixedPartitionedSource[Any, None]):
-        def list_parts(self) -> list[str]:
-            return ["p", "q"]
-
-        def build_part(self, step_id: str, name: str, resume: None) -> Part:
-            return Part(name)
+    source = _PQSource(
+        lambda name: [[("b", name + "1"), ("a", name + "2")], [("c", name + "3"), ("a", name + "4")]]
+    )
 
     def concat(state: str | None, v: str) -> tuple[str, str]:
         state = (state or "") + v
@@ -82,7 +93,7 @@ def test_values_of_partitions_polled_together_are_one_activation() -> None:
 
     log: list[str] = []
     flow = Dataflow("f")
-    s = op.inspect("before", op.input("inp", flow, Source()), _logger(log))
+    s = op.inspect("before", op.input("inp", flow, source), _logger(log))
     s = op.inspect("after", op.stateful_map("sm", s, concat), _logger(log))
     op.output("out", s, TestingSink([]))
     run_main(flow)
@@ -254,25 +265,6 @@ def test_partitions_batch_fan_out_merge_and_sink_writes() -> None:
     log: list[str] = []
     writes: list[str] = []
 
-    class Part(StatefulSourcePartition[str, None]):
-        def __init__(self, name: str) -> None:
-            self.batches = [[name + "1", name + "2"], [name + "3"]]
-
-        def next_batch(self) -> list[str]:
-            if not self.batches:
-                raise StopIteration()
-            return self.batches.pop(0)
-
-        def snapshot(self) -> None:
-            return None
-
-    class Source(FixedPartitionedSource[str, None]):
-        def list_parts(self) -> list[str]:
-            return ["p", "q"]
-
-        def build_part(self, step_id: str, name: str, resume: None) -> Part:
-            return Part(name)
-
     class Writer(StatelessSinkPartition[str]):
         def write_batch(self, items: list[str]) -> None:
             writes.extend(items)
@@ -286,7 +278,8 @@ def test_partitions_batch_fan_out_merge_and_sink_writes() -> None:
         return batch
 
     flow = Dataflow("f")
-    s = op.flat_map_batch("fmb", op.input("inp", flow, Source()), fmb)
+    source = _PQSource(lambda name: [[name + "1", name + "2"], [name + "3"]])
+    s = op.flat_map_batch("fmb", op.input("inp", flow, source), fmb)
     a = op.map("a", s, lambda x: x + "a")
     op.inspect("ia", a, _logger(log))
     b = op.map("b", s, lambda x: x + "b")
