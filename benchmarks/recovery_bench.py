@@ -3,6 +3,7 @@
     python benchmarks/recovery_bench.py [--quick] [--repeat 3] [--items N] [--keys N]
                                         [--engines headrace,bytewax] [--skip-throughput]
                                         [--skip-large] [--skip-restore] [--json out.json]
+                                        [--thread] [--before CHECKOUT]
 
 **Throughput.** The single-worker ``wordcount`` (via ``pipelines/cli_flows.py``,
 one source partition) runs through each engine's CLI in a fresh process:
@@ -28,7 +29,11 @@ and with Redis, ``repeat`` runs each, alternating. Reported: the span
 time (the main thread of a ``-p 1`` run: less noisy than the span on a
 shared machine) and what snapshots add to it per epoch, and the time the
 worker waited for its snapshot writer. The runs without recovery also give
-the resident memory of holding the N keys (at exit).
+the resident memory of holding the N keys (at exit). ``--thread`` adds
+Redis with large epochs written by the writer thread instead of a forked
+child (``HEADRACE_SNAPSHOT_FORK=0``), ``--before CHECKOUT`` Redis with the
+engine of another checkout (e.g. a ``git worktree`` of an older commit),
+interleaved with the others.
 
 **Restore.** A ``stateful_map`` running sum over N distinct keys (default
 1,000,000) is run once with ``-s 1`` to fill a store. The store is then
@@ -59,7 +64,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +198,9 @@ class Store:
     # put a saved copy back / save a copy (restore benchmark)
     save: Callable[[], Any] | None = None
     put_back: Callable[[Any], None] | None = None
+    # environment variables of its runs, and another Python (large state only)
+    env: dict[str, str] = field(default_factory=dict)
+    python: str | None = None
 
 
 TEMP_DIRS: list[str] = []  # removed when main() ends
@@ -415,14 +423,24 @@ def large_state(
     >>> [(c.store.label, c.good()[0].items_written) for c in cells], len(held["rss"])
     ([('headrace none', 300)], 1)
     """
-    picked = [s for s in stores if s.label in ("headrace none", "headrace redis")]
+    picked = [s for s in stores if s.label == "headrace none" or s.label.startswith("headrace redis")]
     cells = [Cell(s, keys) for s in picked]
     held: dict[str, list[float]] = {"rss": [], "peak": []}
     total, done = len(cells) * repeat, 0
     for rep in range(repeat):
         for cell in cells if rep % 2 == 0 else cells[::-1]:
             done += 1
-            run = _cli.run_cli(pythons["headrace"], "headrace", cell.store.fresh(), "restore", keys, parts=1)
+            saved = {k: os.environ.get(k) for k in cell.store.env}
+            os.environ.update(cell.store.env)
+            try:
+                python = cell.store.python or pythons["headrace"]
+                run = _cli.run_cli(python, "headrace", cell.store.fresh(), "restore", keys, parts=1)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
             if run.ok and run.items_written != keys:
                 run.error = f"wrote {run.items_written:,} of {keys:,}"
             if run.error:
@@ -438,6 +456,32 @@ def large_state(
                 flush=True,
             )
     return cells, held
+
+
+def _variants(stores: list[Store], thread: bool, before: Path | None) -> list[Store]:
+    """More Redis configs for the large-state runs: the writer thread, another checkout's engine.
+
+    >>> stores = [Store("headrace redis", "headrace", list)]
+    >>> [(s.label, s.env) for s in _variants(stores, True, None)]
+    [('headrace redis thread', {'HEADRACE_SNAPSHOT_FORK': '0'})]
+    """
+    redis_store = next((s for s in stores if s.label == "headrace redis"), None)
+    if redis_store is None:
+        return []
+    out = []
+    if thread:
+        out.append(replace(redis_store, label="headrace redis thread", env={"HEADRACE_SNAPSHOT_FORK": "0"}))
+    if before is not None:
+        runtime = before.resolve() / "runtime"
+        if not (runtime / "headrace").is_dir():
+            raise SystemExit(f"--before {before}: no runtime/headrace there")
+        wrapper = Path(tempfile.mkdtemp(prefix="bench-before-")) / "python"
+        TEMP_DIRS.append(str(wrapper.parent))
+        # `flow_env` puts this checkout's runtime on PYTHONPATH: the other one goes first.
+        wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{runtime}:$PYTHONPATH" exec "{sys.executable}" "$@"\n')
+        wrapper.chmod(0o755)
+        out.append(replace(redis_store, label="headrace redis before", python=str(wrapper)))
+    return out
 
 
 def _thread_cpu(run: _cli.CliRun) -> float:
@@ -667,6 +711,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-restore", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-large", action="store_true", help="skip the large-state snapshot runs")
+    parser.add_argument(
+        "--thread",
+        action="store_true",
+        help="large state: also Redis with snapshots written by the writer thread (HEADRACE_SNAPSHOT_FORK=0)",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="CHECKOUT",
+        help="large state: also Redis with the engine of another checkout (its runtime/), runs interleaved",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
@@ -680,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         stores = make_stores(engines, bytewax, redis_server)
+        stores += _variants(stores, args.thread, args.before)
         cells = [] if args.skip_throughput else throughput(stores, pythons, items, repeat)
         large: list[Cell] = []
         held: dict[str, list[float]] = {"rss": [], "peak": []}
@@ -719,11 +775,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(large_table(large))
         none = next((c for c in large if c.store.label == "headrace none"), None)
-        redis_cell = next((c for c in large if c.store.label == "headrace redis"), None)
-        if none is not None and redis_cell is not None and none.good() and redis_cell.good():
+        for redis_cell in large:
+            if redis_cell is none or none is None or not none.good() or not redis_cell.good():
+                continue
             ratio = redis_cell.med(lambda r: r.span) / none.med(lambda r: r.span)  # type: ignore[operator]
             print(
-                f"headrace redis: {ratio:.2f}x the span without recovery (median; target <= "
+                f"{redis_cell.store.label}: {ratio:.2f}x the span without recovery (median; target <= "
                 f"{LARGE_TARGET:g}x): {'ok' if ratio <= LARGE_TARGET else 'MISS'}"
             )
         if held_mb:

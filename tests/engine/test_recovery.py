@@ -260,7 +260,8 @@ def _many_keys_input(d: Path, files: int = 4, lines: int = 1500, words: int = 50
 def test_kill_9_while_the_snapshot_writer_has_an_epoch_in_flight(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    """Epochs of >= ASYNC_MIN_ENTRIES keys per worker go to the writer thread.
+    """Epochs of >= ASYNC_MIN_ENTRIES keys per worker go to the writer thread
+    (``HEADRACE_SNAPSHOT_FORK=0``; forked children: test_fork_snapshots.py).
 
     Redis pauses writes, so the writers' epochs stay in flight while the
     workers go on (their output grows); kill -9 then: nothing past the
@@ -272,7 +273,7 @@ def test_kill_9_while_the_snapshot_writer_has_an_epoch_in_flight(
 
     counts = _many_keys_input(tmp_path / "in")
     assert len(counts) > 4 * ASYNC_MIN_ENTRIES
-    env = run_env(tmp_path, HR_SLOW="0.05")
+    env = run_env(tmp_path, HR_SLOW="0.05", HEADRACE_SNAPSHOT_FORK="0")
     args = ["-p", "2", "-r", redis_server.url, "--epoch-interval", "0.5"]
     client = redis.Redis.from_url(redis_server.url)
     store = open_store(redis_server.url, "recovery_wc")

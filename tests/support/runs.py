@@ -80,9 +80,14 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 
 
 def run_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """This environment, ``HR_IN``/``HR_OUT`` under ``tmp_path``, the root on ``PYTHONPATH``, ``extra``."""
+    """This environment, ``HR_IN``/``HR_OUT`` under ``tmp_path``, the root on ``PYTHONPATH``, ``extra``.
+
+    The root's ``runtime/`` goes on it too: the processes run this checkout's
+    engine even where another checkout is installed (a git worktree).
+    """
     env = dict(os.environ)
-    env.update({"HR_IN": str(tmp_path / "in"), "HR_OUT": str(tmp_path / "out"), "PYTHONPATH": str(ROOT)})
+    path = os.pathsep.join([str(ROOT), str(ROOT / "runtime")])
+    env.update({"HR_IN": str(tmp_path / "in"), "HR_OUT": str(tmp_path / "out"), "PYTHONPATH": path})
     env.update(extra)
     return env
 

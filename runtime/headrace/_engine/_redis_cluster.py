@@ -123,6 +123,9 @@ class ClusterLayout(_Base):
         if self._client is not None:
             self._client.close()
 
+    def _reconnect(self) -> None:
+        self._client = None  # a new client at the next use
+
     # -- key names ---------------------------------------------------------
 
     def _tag(self, step_id: str, group: Group, key: str) -> str:

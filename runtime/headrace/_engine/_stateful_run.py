@@ -333,18 +333,35 @@ class StatefulRun:
         """Pickled state of the keys changed this epoch (tombstones for dropped ones)."""
         return self.snapshot_batch().entries(groups)
 
-    def snapshot_batch(self) -> SnapshotBatch:
+    def changed(self) -> int:
+        """The keys changed this epoch, as of now (under a ttl, the keys due expire first).
+
+        A forked child then snapshots them (`snapshot_batch` with
+        ``expire=False``: it sees the same keys) while this process calls
+        `forget_changed` and goes on.
+        """
+        if self.ttl is not None:
+            self._expire(_clock())
+        return len(self.dirty)
+
+    def forget_changed(self) -> None:
+        """The changed keys were taken (by a forked child): the next epoch starts with none."""
+        self.dirty.clear()
+
+    def snapshot_batch(self, expire: bool = True) -> SnapshotBatch:
         """The state of the keys changed this epoch, taken now, to be pickled later.
 
         Each changed key's `snapshot()` is called now (the barrier decides
         what belongs to the epoch); a state that can't change afterwards
         (`_frozen`) is kept by reference, anything else is pickled at once.
+        ``expire=False``: the keys due were expired already (`changed`).
         """
         batch = SnapshotBatch(self.step_id, self.shown)
         logics = self.logics
         later, now = batch.later, batch.now
         if self.ttl is not None:
-            self._expire(_clock())
+            if expire:
+                self._expire(_clock())
             updated = self.updated
             for key in self.dirty:
                 logic = logics.get(key)
@@ -665,7 +682,7 @@ class ReduceRun(StatefulRun):
             else:
                 self.empty.add(key)
 
-    def snapshot_batch(self) -> SnapshotBatch:
+    def snapshot_batch(self, expire: bool = True) -> SnapshotBatch:
         batch = SnapshotBatch(self.step_id, self.shown, wrap=True)
         cells = self.cells
         shown = self.shown

@@ -8,6 +8,7 @@ and a `_sqlite_store.SqliteStore` for a local directory.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import sys
@@ -62,13 +63,7 @@ class RedisStore(Store):
         self.prefix = prefix
         self.retry_for = retry_for
         self.description = f"Redis at {_safe_url(url)} (prefix {prefix!r})"
-        self._r: Any = (
-            client
-            if client is not None
-            else redis.Redis.from_url(
-                url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10
-            )
-        )
+        self._r: Any = client if client is not None else self._connect()
         self._redis_errors: tuple[type[BaseException], ...] = (
             redis.ConnectionError,
             redis.TimeoutError,
@@ -79,6 +74,34 @@ class RedisStore(Store):
         self.last_error_at = 0.0
         self.on_error: Callable[[BaseException], None] | None = None
         self._committed = 0  # the epoch this execution committed last (or resumed from)
+        self._metered = True  # errors count in the process's metrics (not in a forked child)
+
+    forkable = True
+
+    def _connect(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(
+            self.url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10
+        )
+
+    def for_child(self) -> RedisStore:
+        """A copy for a forked child: a client of its own, never the parent's sockets.
+
+        It writes for the same execution, so the store's fencing applies to
+        it as to the parent. Its errors are counted in ``errors`` only (the
+        parent adds them to its metrics).
+        """
+        child = copy.copy(self)
+        child.__dict__.pop("_scripts", None)  # registered with the parent's client
+        child.on_error = None
+        child.errors = 0
+        child._metered = False
+        child._reconnect()
+        return child
+
+    def _reconnect(self) -> None:
+        self._r = self._connect()
 
     # key names: every key carries the same {hash tag}
     def _k(self, *parts: object) -> str:
@@ -123,7 +146,8 @@ class RedisStore(Store):
                     raise
                 self.errors += 1
                 self.last_error_at = time.monotonic()
-                _count_store_error()
+                if self._metered:
+                    _count_store_error()
                 if self.on_error is not None:
                     self.on_error(exc)
                 if why is not None:

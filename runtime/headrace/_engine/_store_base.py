@@ -206,6 +206,9 @@ class Store(ABC):
     execution_id: str = ""
     # Set by start_execution: the store held no state of the dataflow (a first run).
     first_run: bool = False
+    # Store errors met (and retried) so far, and when the last one was.
+    errors: int = 0
+    last_error_at: float = 0.0
 
     def check_flow(self, flow_id: str, steps: list[str], allow_dropped: bool = False) -> list[str]:
         """Refuse stored state the flow has no step for, or another flow's store; return
@@ -295,6 +298,13 @@ class Store(ABC):
     @abstractmethod
     def write_epoch(self, epoch: int, entries: list[Entry]) -> int:
         """Write one worker's changes for ``epoch``; return bytes written."""
+
+    # Whether `for_child` works: a forked child can write with a handle of its own.
+    forkable: bool = False
+
+    def for_child(self) -> Store:
+        """In a forked child: this handle's copy with connections of its own (same execution, fencing)."""
+        raise NotImplementedError
 
     @abstractmethod
     def commit(self, epoch: int, epoch_bytes: int, marks: Mapping[str, str] | None = None) -> None:

@@ -72,9 +72,9 @@ from headrace._engine._fuse import EpochRef
 from headrace._engine._marks import START, commit_fields
 from headrace._engine._plan import Plan, quoted
 from headrace._engine._sched import Ready
-from headrace._engine._store_base import PARTS, Entry
+from headrace._engine._store_base import PARTS, Entry, Store, _count_store_error
 from headrace._engine._wiring import SourceRun, Wiring, engine_tracer
-from headrace._engine._writer import SnapshotWriter
+from headrace._engine._writer import ForkedJob, SnapshotWriter, fork_enabled
 from headrace._metrics import M, WorkerMetrics
 from headrace.errors import BytewaxRuntimeError
 from headrace.inputs import AbortExecution
@@ -149,6 +149,8 @@ class Worker:
         # Snapshots written off the hot path (see the module docstring).
         self._writer: SnapshotWriter | None = None
         self._async_ok = config.store is not None and not self._commit_hooks
+        # Large epochs written by a forked child, not the writer thread (`_writer`).
+        self._fork = self._async_ok and config.store is not None and config.store.forkable and fork_enabled()
         self._async_votes = 0  # F_ASYNC control barriers of this epoch
         self._async_epoch = 0  # the last epoch this worker handed to its writer
         # Worker 0: the next epoch to commit; aligned epochs waiting for their
@@ -444,7 +446,10 @@ class Worker:
         if self._writer is not None:
             self._wait_writer()  # at most one epoch in flight; its error surfaces here
         t_snap = time.perf_counter()
-        batches = [node.snapshot_batch() for node in self.stateful]
+        changed = sum(node.changed() for node in self.stateful)
+        large = self._async_ok and changed >= ASYNC_MIN_ENTRIES
+        fork = large and self._fork
+        batches = [] if fork else [node.snapshot_batch() for node in self.stateful]
         parts: list[Entry] = []
         for src in self.sources:
             if not src.stateful:
@@ -466,11 +471,26 @@ class Worker:
             for name, state in unbuilt.items():
                 parts.append((step_id, PARTS, name, pickle_part(step_id, name, state)))
         groups = self.config.key_groups
-        if self._async_ok and sum(map(len, batches)) >= ASYNC_MIN_ENTRIES:
+        if large:
             writer = self._writer
             if writer is None:
                 writer = self._writer = SnapshotWriter(str(self.index))
             self._async_epoch = self.epoch
+            if fork:
+                # The child takes the changed keys' state as of now (copy-on-write).
+                job = ForkedJob(functools.partial(self._child_write, self.epoch, parts))
+                for node in self.stateful:
+                    node.forget_changed()
+                taken = time.perf_counter() - t_snap
+                log.debug(
+                    "epoch %d: %d changed keys, forked pid %d (%.1f ms)",
+                    self.epoch,
+                    changed,
+                    job.pid,
+                    taken * 1e3,
+                )
+                writer.submit(functools.partial(self._wait_forked, self.epoch, job, t_snap))
+                return F_ASYNC
             taken = time.perf_counter() - t_snap
             writer.submit(functools.partial(self._write_async, self.epoch, batches, parts, taken))
             return F_ASYNC
@@ -507,6 +527,56 @@ class Worker:
         # The snapshot's time: taking it at the barrier, then its work here.
         self._snapshot_metrics(t0, t_snap, taken)
         self.cluster.send(0, (WRITTEN, epoch, self.index, self.snapshot_bytes))
+
+    def _child_write(self, epoch: int, parts: list[Entry]) -> tuple[int, float, int]:
+        """In the forked child: take, pickle and write this worker's part of ``epoch``.
+
+        Returns the bytes written, the seconds the write took and the store
+        errors met (retried) on the way.
+        """
+        store = self.config.store
+        assert store is not None
+        store = store.for_child()
+        groups = self.config.key_groups
+        entries: list[Entry] = []
+        try:
+            for node in self.stateful:
+                entries.extend(node.snapshot_batch(expire=False).entries(groups))
+            entries.extend(parts)
+            t0 = time.perf_counter()
+            nbytes = store.write_epoch(epoch, entries)
+        except BaseException as exc:
+            exc.store_errors = store.errors  # type: ignore[attr-defined]
+            raise
+        return nbytes, time.perf_counter() - t0, store.errors
+
+    def _wait_forked(self, epoch: int, job: ForkedJob, t_snap: float) -> None:
+        """The writer's job for a forked write: wait for the child, then tell worker 0."""
+        store = self.config.store
+        assert store is not None
+        try:
+            self.snapshot_bytes, write_s, errors = job.result()
+        except BaseException as exc:
+            self._count_child_errors(store, getattr(exc, "store_errors", 0))
+            raise
+        self._count_child_errors(store, errors)
+        m = self.metrics
+        if m is not None:
+            m.store_latency.observe(write_s)
+            m.snap_bytes.set(self.snapshot_bytes)
+            m.snap_bytes_total.inc(self.snapshot_bytes)
+            # The snapshot's time: the fork at the barrier, then the child's work.
+            m.snap_dur.observe(time.perf_counter() - t_snap)
+        self.cluster.send(0, (WRITTEN, epoch, self.index, self.snapshot_bytes))
+
+    @staticmethod
+    def _count_child_errors(store: Store, errors: int) -> None:
+        """The store errors a forked child met (and retried) count as this process's."""
+        if errors:
+            store.errors += errors
+            store.last_error_at = time.monotonic()
+            for _ in range(errors):
+                _count_store_error()
 
     def _wait_writer(self) -> None:
         """Wait until the writer is idle, handling messages meanwhile; raise its error."""

@@ -14,14 +14,36 @@ Back-pressure: a worker hands over the next epoch only once the writer is
 idle, so at most one epoch per worker is in flight. An error of a job (a
 store error, a fenced execution) is kept and raised by the worker at its
 next barrier (`raise_error`); the jobs after it are dropped.
+
+On Linux, with a store another process can open (Redis, Redis Cluster:
+`Store.forkable`), a large epoch is not pickled on this thread, which
+shares the GIL with the worker: the worker forks at the barrier
+(`ForkedJob`, as Redis's own ``BGSAVE``). The child sees the state exactly
+as of the barrier (copy-on-write), takes each changed key's state, pickles
+it and writes it with a store client of its own, sends back its result (or
+its error) through a pipe and leaves with ``os._exit``; this thread just
+waits for that (without the GIL) and then tells worker 0, as for a write of
+its own. The child dies with the thread that forked it (``PR_SET_PDEATHSIG``,
+SIGKILL), so a kill -9 of a worker never leaves a child writing into the
+next execution. ``HEADRACE_SNAPSHOT_FORK=0`` keeps every write on this
+thread (`fork_enabled`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
+import os
+import pickle
+import signal
+import sys
 import threading
+import traceback
+import warnings
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("headrace.worker")
 
@@ -100,3 +122,155 @@ class SnapshotWriter:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("the snapshot writer did not finish within %ss", timeout)
+
+
+# The environment variable that chooses how large epochs are written: "0"
+# on this thread (`SnapshotWriter`), anything else (the default) by a forked
+# child where the platform and the store allow it.
+FORK_ENV = "HEADRACE_SNAPSHOT_FORK"
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _prctl() -> Any:
+    """libc's ``prctl`` (Linux), or None where there is none."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()
+
+
+def fork_enabled() -> bool:
+    """Whether large epochs are written by a forked child: Linux, and not ``HEADRACE_SNAPSHOT_FORK=0``.
+
+    >>> import os; os.environ[FORK_ENV] = "0"; fork_enabled()
+    False
+    >>> del os.environ[FORK_ENV]; fork_enabled() == sys.platform.startswith("linux")
+    True
+    """
+    return _PRCTL is not None and os.environ.get(FORK_ENV, "1").strip().lower() not in ("0", "no", "false")
+
+
+class ChildTraceback(Exception):
+    """The traceback of an error raised in a forked child, as text (the cause of what the parent raises)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ForkedJob:
+    """Run ``fn`` in a forked child; `result` returns what it returned, or raises what it raised.
+
+    The child has the parent's memory as of the fork (copy-on-write) and
+    only the forking thread. It never returns into the caller: whatever
+    happens it leaves with ``os._exit`` (no ``atexit``, no buffers flushed,
+    no destructors: the parent's connections stay untouched). It dies with
+    the thread that forked it (SIGKILL), and exits at once if that one was
+    already gone. The result travels pickled; an error keeps its type and
+    message, its cause, and the child's traceback as the cause's cause.
+
+    >>> job = ForkedJob(lambda: os.getpid()); pid = job.pid
+    >>> job.result() == pid != os.getpid()
+    True
+    >>> ForkedJob(lambda: 1 / 0).result()
+    Traceback (most recent call last):
+    ...
+    ZeroDivisionError: division by zero
+    """
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        if _PRCTL is None:
+            raise OSError("forked snapshot writes need Linux (fork and prctl)")
+        parent = os.getpid()
+        r, w = os.pipe()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about any fork of a process with threads; the
+            # child here runs only code of its own and exits without cleanup.
+            warnings.filterwarnings("ignore", r".*fork\(\) may lead to deadlocks", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: never returns
+            try:
+                os.close(r)
+                _child(fn, parent, w)
+            finally:
+                os._exit(70)
+        os.close(w)
+        self.pid = pid
+        self._r = r
+
+    def result(self) -> Any:
+        """Wait for the child (without the GIL), reap it, return its result or raise its error."""
+        try:
+            blob = _read_all(self._r)
+        finally:
+            os.close(self._r)
+            _, status = os.waitpid(self.pid, 0)
+        if not blob:
+            how = (
+                f"killed by signal {os.WTERMSIG(status)}"
+                if os.WIFSIGNALED(status)
+                else f"exit status {os.waitstatus_to_exitcode(status)}"
+            )
+            raise RuntimeError(
+                f"the process writing a snapshot (pid {self.pid}) ended without a result: {how}"
+            )
+        ok, value, cause, text = pickle.loads(blob)
+        if ok:
+            return value
+        remote = ChildTraceback(text)
+        if cause is not None:
+            cause.__cause__ = remote
+            value.__cause__ = cause
+        else:
+            value.__cause__ = remote
+        raise value
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _child(fn: Callable[[], Any], parent: int, w: int) -> None:
+    """The forked child: run ``fn``, send ``(ok, value or error, cause, traceback)`` to ``w``, exit."""
+    assert _PRCTL is not None
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the prctl: nobody waits
+        os._exit(71)
+    # A terminal's Ctrl-C reaches the whole process group: the parent stops at
+    # an epoch boundary, and this write goes on until it is done.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # A collection would walk (and so copy) every object of the parent's heap.
+    gc.disable()
+    try:
+        payload = (True, fn(), None, "")
+        blob = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException as exc:
+        blob = _error_blob(exc)
+    view = memoryview(blob)
+    while view:
+        view = view[os.write(w, view) :]
+    os._exit(0)
+
+
+def _error_blob(exc: BaseException) -> bytes:
+    """``exc`` for the parent: itself if it pickles back, else a `RuntimeError` with its words."""
+    text = "".join(traceback.format_exception(exc))
+    cause = exc.__cause__
+    for attempt in ((exc, cause), (exc, None)):
+        try:
+            blob = pickle.dumps((False, *attempt, text), protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.loads(blob)
+            return blob
+        except Exception:
+            continue
+    stand_in = RuntimeError(f"{type(exc).__name__}: {exc}")
+    return pickle.dumps((False, stand_in, None, text), protocol=pickle.HIGHEST_PROTOCOL)
