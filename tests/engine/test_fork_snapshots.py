@@ -34,7 +34,7 @@ from headrace.operators import StatefulLogic
 from headrace.recovery import RecoveryConfig
 from headrace.testing import TestingSink, TestingSource, run_main
 from tests.support.procs import children, lines_in, wait_for_output
-from tests.support.runs import check_output, launch, run_env
+from tests.support.runs import check_output, launch, many_keys_input, run_env
 from tests.support.servers import RedisServer
 
 ZERO = timedelta(0)
@@ -171,9 +171,7 @@ def test_kill_9_of_workers_whose_children_write_kills_the_children(
     in flight while the worker goes on to its next barrier. kill -9 of the
     workers then: the children die with them (by pid), nothing more was
     committed, and the resumed run's output is exact."""
-    from tests.engine.test_recovery import _many_keys_input
-
-    counts = _many_keys_input(tmp_path / "in", lines=3000)
+    counts = many_keys_input(tmp_path / "in", lines=3000)
     env = run_env(tmp_path, HR_SLOW="0.03", **{FORK_ENV: "1"})
     args = ["-p", str(processes), "-r", redis_server.url, "--epoch-interval", "1.0"]
     store = open_store(redis_server.url, "recovery_wc")

@@ -34,6 +34,7 @@ from tests.support.procs import children, lines_in, wait_for_output
 from tests.support.runs import (
     check_output,
     launch,
+    many_keys_input,
     run_cli,
     run_env,
     run_rescaled,
@@ -240,22 +241,6 @@ def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
     check_output(tmp_path / "out", counts)
 
 
-def _many_keys_input(d: Path, files: int = 4, lines: int = 1500, words: int = 50) -> dict[str, int]:
-    """Input whose epochs change tens of thousands of keys (written off the hot path)."""
-    d.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(7)
-    counts: dict[str, int] = {}
-    for f in range(files):
-        rows = []
-        for _ in range(lines):
-            row = [f"k{rng.randrange(400_000)}" for _ in range(words)]
-            for w in row:
-                counts[w] = counts.get(w, 0) + 1
-            rows.append(" ".join(row))
-        (d / f"in-{f}.txt").write_text("\n".join(rows) + "\n")
-    return counts
-
-
 @pytest.mark.timeout(300)
 def test_kill_9_while_the_snapshot_writer_has_an_epoch_in_flight(
     tmp_path: Path, redis_server: RedisServer
@@ -271,10 +256,11 @@ def test_kill_9_while_the_snapshot_writer_has_an_epoch_in_flight(
 
     from headrace._engine._worker import ASYNC_MIN_ENTRIES
 
-    counts = _many_keys_input(tmp_path / "in")
+    counts = many_keys_input(tmp_path / "in", lines=3000)
     assert len(counts) > 4 * ASYNC_MIN_ENTRIES
-    env = run_env(tmp_path, HR_SLOW="0.05", HEADRACE_SNAPSHOT_FORK="0")
-    args = ["-p", "2", "-r", redis_server.url, "--epoch-interval", "0.5"]
+    # Epochs of 1 s: well over ASYNC_MIN_ENTRIES keys per worker even on a loaded machine.
+    env = run_env(tmp_path, HR_SLOW="0.03", HEADRACE_SNAPSHOT_FORK="0")
+    args = ["-p", "2", "-r", redis_server.url, "--epoch-interval", "1.0"]
     client = redis.Redis.from_url(redis_server.url)
     store = open_store(redis_server.url, "recovery_wc")
     p = launch(args, env)

@@ -43,6 +43,22 @@ def write_input(d: Path, files: int = 4, lines: int = 1000) -> dict[str, int]:
     return dict(counts)
 
 
+def many_keys_input(d: Path, files: int = 4, lines: int = 1500, words: int = 50) -> dict[str, int]:
+    """Input whose epochs change tens of thousands of keys (written off the hot path)."""
+    d.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(7)
+    counts: dict[str, int] = {}
+    for f in range(files):
+        rows = []
+        for _ in range(lines):
+            row = [f"k{rng.randrange(400_000)}" for _ in range(words)]
+            for w in row:
+                counts[w] = counts.get(w, 0) + 1
+            rows.append(" ".join(row))
+        (d / f"in-{f}.txt").write_text("\n".join(rows) + "\n")
+    return counts
+
+
 def check_output(out_dir: Path, counts: dict[str, int]) -> None:
     """Assert that the running counts under ``out_dir`` are exactly once: ``1..counts[word]`` each."""
     seen: dict[str, list[int]] = collections.defaultdict(list)
