@@ -1,8 +1,10 @@
 """`reduce_final` kept in a dict, and folded by the chain that feeds it, changes nothing but speed.
 
-`ReduceRun` replaces a `_ReduceFinalLogic` per key; on one worker the
-stateless chain before the step folds each pair into it directly
-(`Wiring._fold_into`). Each test runs the same flow both ways, or against
+`ReduceRun` replaces a `_ReduceFinalLogic` per key; the stateless chain
+before the step folds each pair into it directly (`Wiring._fold_into`),
+and over more than one worker folds the pairs of keys another worker owns
+into that worker's partial results (`Exchange.fold_target`), as the
+step's combiner does with what the router sends. Each test runs the same flow both ways, or against
 `StatefulRun` driving the logic objects, and compares outputs, snapshot
 bytes, resumed state and error messages exactly.
 """
@@ -18,8 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import headrace._engine._basics as basics
 import headrace.operators as op
-from headrace._engine import execute
+from headrace._engine import execute, group_owner, key_group
 from headrace._engine._stateful_run import ReduceRun, StatefulRun
 from headrace._engine._wiring import Wiring
 from headrace.dataflow import Dataflow
@@ -70,7 +73,7 @@ def _reference(lines: list[str], reducer: Any) -> list[tuple[str, int]]:
     return sorted(acc.items())
 
 
-def _folded_steps(flow: Dataflow) -> list[bool]:
+def _folded_steps(flow: Dataflow, workers: int = 1) -> list[bool]:
     """Run ``flow``; for each chain that feeds a stateful step, whether it folds into it."""
     seen: list[Any] = []
     original = Wiring._fold_into
@@ -82,7 +85,7 @@ def _folded_steps(flow: Dataflow) -> list[bool]:
 
     Wiring._fold_into = spy  # type: ignore[method-assign]
     try:
-        execute(flow, epoch_interval=ZERO)
+        execute(flow, epoch_interval=ZERO, workers_per_process=workers)
     finally:
         Wiring._fold_into = original  # type: ignore[method-assign]
     return seen
@@ -258,3 +261,115 @@ def test_the_steps_count_the_same_items_folded_or_not(shape: str) -> None:
     folded = counts(True)
     assert folded == counts(False)
     assert folded[0][0] == sum(n for _, n in folded[1])  # the step's items in: every pair folded
+
+
+def _owner(key: str) -> int:
+    return group_owner(key_group(key, 256), 256, 2)
+
+
+def test_over_two_workers_the_chain_folds_a_combinable_reducer() -> None:
+    # The one source partition is worker 0's: only its chain is built.
+    assert _folded_steps(_words_flow(["ab b"], [], _add), workers=2) == [True]
+    assert _folded_steps(_words_flow(["ab b"], [], _add_loud), workers=2) == [False]
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_over_two_workers_the_sender_folds_each_key_in_order(
+    monkeypatch: pytest.MonkeyPatch, fuse: bool
+) -> None:
+    # One source partition: worker 0 reads everything; with no flush before
+    # the end, each key the other worker owns crosses once, as one partial
+    # folded in item order, so even a non-associative reducer comes out exact.
+    monkeypatch.setattr(basics, "EXCHANGE_FLUSH_SECONDS", 3600.0)
+    rng = random.Random(3)
+    words = ["ab", "abc", "b", "bcd", "c", "ca", "d", "e", "fg", "h"]
+    lines = [" ".join(rng.choice(words) for _ in range(5)) for _ in range(200)]
+    assert {_owner(w[0]) for w in words} == {0, 1}
+    out: list[Any] = []
+    execute(_words_flow(lines, out, _fold), workers_per_process=2, fuse=fuse)
+    assert sorted(out) == _reference(lines, _fold)
+
+
+def test_over_two_workers_the_steps_count_the_same_items_folded_or_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prometheus_client import REGISTRY
+
+    monkeypatch.setattr(basics, "EXCHANGE_FLUSH_SECONDS", 3600.0)
+    lines = ["ab b abc", "", "b c", "ca ca ca d", "e fg h"] * 7
+    step_ids = ("wc2.sum.stateful_batch", "wc2.split.flat_map_batch")
+
+    def counts(fuse: bool) -> list[Any]:
+        # A worker's output comes after its own end of input, so the last
+        # reading (each worker has some output) sees both workers' final counts.
+        readings: list[list[Any]] = []
+
+        def look(kv: Any) -> Any:
+            readings.append(
+                [
+                    REGISTRY.get_sample_value(name, {"step_id": sid, "worker_index": w})
+                    for sid in step_ids
+                    for name in ("item_inp_count_total", "item_out_count_total")
+                    for w in ("0", "1")
+                ]
+            )
+            return kv
+
+        out: list[Any] = []
+        flow = Dataflow("wc2")
+        s = op.input("inp", flow, TestingSource(lines, batch_size=3))
+        s = op.flat_map("split", s, str.split)
+        s = op.key_on("key", s, lambda w: w[0])
+        s = op.map_value("len", s, len)
+        op.output("out", op.map("look", op.reduce_final("sum", s, _add), look), TestingSink(out))
+        execute(flow, workers_per_process=2, fuse=fuse)
+        assert sorted(out) == _reference(lines, _add)
+        return readings[-1]
+
+    folded = counts(True)
+    assert folded == counts(False)
+    pairs = sum(len(line.split()) for line in lines)
+    remote = sum(_owner(w[0]) for line in lines for w in line.split())
+    partials = len({w[0] for line in lines for w in line.split() if _owner(w[0]) == 1})
+    # The step's items in: worker 0's own pairs; worker 1's, one partial per key it owns.
+    assert folded[:2] == [pairs - remote, partials]
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("owner", [0, 1])
+def test_over_two_workers_a_failing_reducer_fails_in_the_same_words(fuse: bool, owner: int) -> None:
+    key = next(k for k in "abcdefgh" if _owner(k) == owner)
+    flow = Dataflow("err2")
+    s = op.input("inp", flow, TestingSource([(key, 1), ("z", 2), (key, "x")]))
+    s = op.key_on("key", op.map("unpack", s, lambda kv: kv), lambda kv: kv[0])
+    s = op.map_value("v", s, lambda kv: kv[1])
+    op.output("out", op.reduce_final("sum", s, lambda a, b: a + b), TestingSink([]))
+    with pytest.raises(BytewaxRuntimeError) as info:
+        execute(flow, fuse=fuse, workers_per_process=2)
+    assert isinstance(info.value.__cause__, TypeError)
+    assert str(info.value) == (
+        'error calling `StatefulBatchLogic.on_batch` in step "err2.sum.fold_final.stateful.stateful_batch" '
+        f"for key \"{key}\": TypeError: unsupported operand type(s) for +: 'int' and 'str'"
+    )
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_over_two_workers_resume_after_abort_folds_on_from_the_committed_state(
+    location: str, fuse: bool
+) -> None:
+    lines = ["ab b e", "abc fg", "h", TestingSource.ABORT(), "bcd ab h", "c e"]
+    config = RecoveryConfig(location)
+    name = f"rec2{int(fuse)}"
+
+    def run() -> list[Any]:
+        out: list[Any] = []
+        flow = _words_flow(lines, out, _add, name=name, batch_size=1)
+        execute(flow, workers_per_process=2, fuse=fuse, epoch_interval=ZERO, recovery=config)
+        return out
+
+    assert run() == []
+    stored = store_at(location, name).load(f"{name}.sum.stateful_batch", range(256))
+    blobs = {k: pickle.loads(b) for states in stored.values() for k, b in states.items()}
+    assert blobs == {"a": (True, 5), "b": (True, 1), "e": (True, 1), "f": (True, 2), "h": (True, 1)}
+    real = [line for line in lines if isinstance(line, str)]
+    assert sorted(run()) == _reference(real, _add)

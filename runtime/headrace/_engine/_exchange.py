@@ -41,7 +41,7 @@ from headrace._engine._basics import (
     reject_unkeyed,
     user_error,
 )
-from headrace._engine._fuse import EpochRef
+from headrace._engine._fuse import EpochRef, RemoteCells
 from headrace._engine._hash import group_owner, key_group
 from headrace._engine._plan import CoreStep
 from headrace._metrics import WorkerMetrics
@@ -93,6 +93,41 @@ def combine_into(shown: str, combiner: Any, groups: dict[str, list[Any]]) -> int
         except Exception as exc:
             raise user_error(calling("on_batch", shown, k), exc) from exc
     return n
+
+
+class CellCombiner:
+    """A combiner whose partial results a fused chain folds in place (`Exchange.fold_target`).
+
+    ``cells`` holds, for the keys one destination worker owns, each key's
+    partial result in a one-item list, as ``{key: [value]}`` payloads
+    carry it; ``shared`` is the chain's lookup over every destination's
+    keys, so a key leaves both when `take` hands its partial over.
+
+    >>> shared = {}
+    >>> c = CellCombiner(shared)
+    >>> c.cells["a"] = shared["a"] = [3]
+    >>> c.take(), shared, c.take()
+    ({'a': [3]}, {}, {})
+    """
+
+    __slots__ = ("cells", "shared")
+
+    def __init__(self, shared: dict[str, list[Any]]) -> None:
+        self.cells: dict[str, list[Any]] = {}
+        self.shared = shared
+
+    def take(self) -> dict[str, list[Any]]:
+        """Each key's partial result since the last call, and start over."""
+        out = self.cells
+        if out:
+            self.cells = {}
+            shared = self.shared
+            if len(shared) == len(out):
+                shared.clear()  # one destination (two workers): every key is its
+            else:
+                for k in out:
+                    del shared[k]
+        return out
 
 
 class Exchange:
@@ -208,6 +243,63 @@ class Exchange:
                 elif force or n >= every:
                     acks[sender] = 0
                     self.cluster.send(sender, (ACK, self.index, n))
+
+    def fold_target(
+        self, edge: Edge, cells: dict[str, list[Any]], dirty: set[str] | None
+    ) -> tuple[RemoteCells, Callable[[], None]]:
+        """Let a chain fold pairs straight into a `reduce_final` that other workers share.
+
+        ``cells`` (and ``dirty``) are this worker's running values (`ReduceRun`);
+        the pairs of keys another worker owns go into that worker's
+        `CellCombiner` on ``edge``, as `send` would put them into its
+        combiner. Returns the chain's `RemoteCells` and what to call after
+        each activation of the chain: it counts the folded pairs as
+        buffered items (flushing at `flush_items`), as `send` does.
+        """
+        groups = self.key_groups
+        count = self.count
+        me = self.index
+        shared: dict[str, list[Any]] = {}
+        per_dst: list[CellCombiner | None] = [None] * count
+        for dst in range(count):
+            if dst != me:
+                per_dst[dst] = CellCombiner(shared)
+        cache: dict[str, int] = {}
+
+        def new_key(k: str, v: Any) -> int:
+            dst = cache.get(k)
+            if dst is None:
+                if len(cache) > 1_000_000:
+                    cache.clear()
+                dst = cache[k] = group_owner(key_group(k, groups), groups, count)
+            if dst == me:
+                cells[k] = [v]
+                if dirty is not None:
+                    dirty.add(k)
+                return 0
+            combiner = per_dst[dst]
+            assert combiner is not None
+            combiner.cells[k] = shared[k] = [v]
+            return 1
+
+        folded = [0]
+        eid = edge.eid
+
+        def after() -> None:
+            n = folded[0]
+            if n:
+                folded[0] = 0
+                outbuf = self.outbuf  # a new dict after each flush
+                for dst, combiner in enumerate(per_dst):
+                    if combiner is not None and combiner.cells:
+                        outbuf[(eid, dst)] = combiner
+                if not self.items:
+                    self.since = time.monotonic()
+                self.items += n
+                if self.items >= self.flush_items:
+                    self.flush()
+
+        return RemoteCells(shared, new_key, folded), after
 
     def keyed_router(
         self,

@@ -13,7 +13,9 @@ so there the chain is compiled into a plain loop instead, whose locals stay.
 A chain that feeds a stateful step ends by grouping its (key, value) pairs
 (`compile_grouping_chain`); one that feeds a `reduce_final` the wiring lets
 it fold into may instead end by folding each pair into the step's dict of
-running values (`ReduceTarget`, from `_stateful_run.ReduceRun`).
+running values (`ReduceTarget`, from `_stateful_run.ReduceRun`); with more
+than one worker, a pair whose key another worker owns is folded into that
+worker's combiner cell instead (`RemoteCells`, from `_exchange`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,25 @@ class ReduceTarget:
     failed: Callable[[str, BaseException], BaseException]
     dirty: set[str] | None
     count: bool
+    # With more than one worker: the keys other workers own (see `RemoteCells`).
+    remote: RemoteCells | None = None
+
+
+@dataclass
+class RemoteCells:
+    """Where a folding chain puts the pairs of keys another worker owns (`_exchange`).
+
+    ``cells`` maps each such key folded since the last flush to its partial
+    result's one-item list (the combiner of the owner's edge sends it);
+    ``new_key(k, v)`` takes the first value of a key found in neither
+    dict: it stores it where the key's owner says and returns 1 if that is
+    another worker, else 0. Each call of the chain adds the pairs it folded
+    into ``cells`` to ``folded[0]``.
+    """
+
+    cells: dict[str, list[Any]]
+    new_key: Callable[[str, Any], int]
+    folded: list[int]
 
 
 class EpochRef:
@@ -277,21 +298,30 @@ def _compile_segment(
         how, at = _counting(stages) if reduce.count else ("none", None)
         start = "len(batch)" if how == "batch" else "0"
         lines = ["def fused(batch):", f"    n = {start}", "    ncell = [0]", "    for x0 in batch:"]
+        if reduce.remote is not None:
+            lines.insert(3, "    x = 0")
         indent = _loop_body(lines, planned, line_of_stage, at)
         k, v = cur[1], cur[2]
-        lines += [
-            *([f"{indent}n += 1"] if how == "item" else []),
-            f"{indent}acc = rget({k})",
-            f"{indent}if acc is None:",
-            f"{indent}    rcells[{k}] = [{v}]",
-            f"{indent}else:",
-            f"{indent}    try:",
-            f"{indent}        acc[0] = red(acc[0], {v})",
-            f"{indent}    except Exception as exc:",
-            f"{indent}        raise rfail({k}, exc) from exc",
-            *([f"{indent}dadd({k})"] if reduce.dirty is not None else []),
-            "    return n + ncell[0]",
+        fold = [
+            "try:",
+            f"    acc[0] = red(acc[0], {v})",
+            "except Exception as exc:",
+            f"    raise rfail({k}, exc) from exc",
         ]
+        dadd = [f"dadd({k})"] if reduce.dirty is not None else []
+        if reduce.remote is None:
+            body = [f"acc = rget({k})", "if acc is None:", f"    rcells[{k}] = [{v}]", "else:"]
+            body += [f"    {line}" for line in fold] + dadd
+            end = ["    return n + ncell[0]"]
+        else:
+            # A key is this worker's (its running value), another's (a
+            # partial since the last flush), or new (`RemoteCells.new_key`).
+            body = [f"acc = rget({k})", "if acc is None:", f"    acc = xget({k})", "    if acc is None:"]
+            body += [f"        x += newkey({k}, {v})", "    else:", "        x += 1"]
+            body += [f"        {line}" for line in fold] + ["else:"]
+            body += [f"    {line}" for line in fold + dadd]
+            end = ["    xfolded[0] += x", "    return n + ncell[0]"]
+        lines += [*([f"{indent}n += 1"] if how == "item" else []), *(indent + b for b in body), *end]
     else:
         lines = ["def fused(batch):", "    groups = {}", "    get = groups.get", "    for x0 in batch:"]
         indent = _loop_body(lines, planned, line_of_stage)
@@ -324,6 +354,12 @@ def _compile_segment(
             rfail=reduce.failed,
             dadd=None if reduce.dirty is None else reduce.dirty.add,
         )
+        if reduce.remote is not None:
+            env.update(
+                xget=reduce.remote.cells.get,
+                newkey=reduce.remote.new_key,
+                xfolded=reduce.remote.folded,
+            )
     for i, st in enumerate(stages):
         env[f"f{i}"] = st.fn
         env[f"s{i}"] = st.step_id

@@ -444,23 +444,36 @@ class Wiring:
         The chain folds each (key, value) pair into the step's running
         values (`ReduceRun`) as it makes it, instead of grouping a batch by
         key for the step to reduce at its turn. Only where nothing can
-        tell: this worker is the only one (no exchange), no tracer, and the
-        reducer cannot print (so the order of its calls across keys is
-        unseen; each key's values are still folded in order). The step's
-        own metrics count the items it got; their time is in the chain's
-        step, as for every step fused into a chain.
+        tell: no tracer, and the reducer cannot print (so the order of its
+        calls across keys is unseen; each key's values are still folded in
+        order). With more than one worker, a pair whose key another worker
+        owns is folded into that worker's partial result instead
+        (`Exchange.fold_target`), what the step's combiner does to the
+        values the router sends; the owner merges the partials as before.
+        The step's own metrics count the items it got (its own keys' pairs;
+        the partials it receives count when they arrive); their time is in
+        the chain's step, as for every step fused into a chain.
         """
-        if self.count != 1 or self.tracer is not None or not reduces_only(step):
+        if self.tracer is not None or not reduces_only(step):
             return None
         node = self._run_of(step)
         assert isinstance(node, ReduceRun)
         if node.ordered:
             return None
-        fns = compile_grouping_chain(stages, self.epoch_ref, self.index, node.target(node.m is not None))
+        target = node.target(node.m is not None)
+        after: Callable[[], None] | None = None
+        if self.count > 1:
+            if getattr(step.conf["builder"], "precombiner", None) is None:
+                return None
+            target.remote, after = self.exchange.fold_target(
+                self.edge_of_step[step.step_id], target.cells, target.dirty
+            )
+        fns = compile_grouping_chain(stages, self.epoch_ref, self.index, target)
         if fns is None:
             return None
         head = tuple(fns[:-1])
         fold: Callable[[list[Any]], Any] = fns[-1]  # returns a count
+        remote = target.remote
         if self.metrics is None:
 
             def run_plain(batches: list[Any]) -> None:
@@ -469,6 +482,8 @@ class Wiring:
                 for batch in batches:
                     fold(batch)
                 node.activated = True
+                if after is not None:
+                    after()
 
             return run_plain
         m = self.metrics.step(first.step_id, "flat_map_batch_duration_seconds")
@@ -484,12 +499,16 @@ class Wiring:
             for batch in batches:
                 n += fold(batch)
             node.activated = True
+            # The pairs bound for other workers are theirs to count.
+            mine = n if remote is None else n - remote.folded[0]
+            if after is not None:
+                after()
             dt = time.perf_counter() - t0
             m.inp.inc(n_in)
             m.out.inc(n)
             m.dur.observe(dt)
             m.busy.inc(dt)
-            m_step.inp.inc(n)
+            m_step.inp.inc(mine)
 
         return run
 
