@@ -30,17 +30,24 @@ log = logging.getLogger("headrace.operator")
 FIELD_MANAGER = "headrace-operator"
 
 
+def _load_config() -> None:
+    """The service account's config inside a pod, else the kubeconfig (a developer's machine)."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
 class Kube:
     """A thin wrapper over the `kubernetes` client: dicts in, dicts out."""
 
     def __init__(self) -> None:
-        from kubernetes import client, config
+        from kubernetes import client
         from kubernetes.dynamic import DynamicClient
 
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
+        _load_config()
         self.api = client.ApiClient()
         self.core = client.CoreV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
@@ -208,12 +215,9 @@ class Leases:
     """
 
     def __init__(self, timeout: float = 2.0) -> None:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
+        _load_config()
         self.api = client.ApiClient()
         self.coordination = client.CoordinationV1Api(self.api)
         self.timeout = timeout
