@@ -51,7 +51,6 @@ from headrace._engine._store_base import (
     MissingPartitionsError,
     NoPartitionsError,
     RecoveryStoreError,
-    _merge,
     fenced_message,
 )
 
@@ -300,24 +299,23 @@ class _File:
             self.rebuild()
 
     def load(self, step: str, grp: str, committed: int) -> dict[str, bytes]:
+        # The base, then every delta row in epoch order, each over the last
+        # (C loops: a resume reads a million rows); tombstones go at the end.
         c = self.conn()
         base = self.epoch_of("base_epoch")
-        layers: list[dict[str, bytes]] = [
-            dict(
-                c.execute(
-                    f"SELECT key, value FROM {self.b} WHERE {self.w}step=? AND grp=?", (*self.a, step, grp)
-                )
-            )
-        ]
-        layers.extend(
-            {k: v}
-            for k, v in c.execute(
+        out = dict(
+            c.execute(f"SELECT key, value FROM {self.b} WHERE {self.w}step=? AND grp=?", (*self.a, step, grp))
+        )
+        out.update(
+            c.execute(
                 f"SELECT key, value FROM {self.d} WHERE {self.w}step=? AND grp=? AND epoch > ? "
                 "AND epoch <= ? ORDER BY epoch",
                 (*self.a, step, grp, base, committed),
             )
         )
-        return _merge(layers)
+        if not all(out.values()):
+            out = {k: v for k, v in out.items() if v}
+        return out
 
     def compact(self, up_to: int) -> None:
         with _transaction(self.conn()) as c:
