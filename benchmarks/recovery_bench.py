@@ -41,11 +41,16 @@ copied aside, and each repeat puts that copy back and starts a resumed run:
 its source has nothing left to read, so it emits one probe item for an
 existing key. *Restore* is the time from importing the dataflow module
 (just before the engine starts) to the probe reaching the sink: opening the
-store, loading every key group, unpickling and rebuilding 1M logics. The
+store, loading every key group, and whatever the engine does with the
+state before the first item (a `stateful_map` keeps it pickled and builds
+a key's logic at its first item). The
 same measure on an empty store (``BENCH_ITEMS=0``) is the baseline; ``net``
 subtracts it. ``run`` is the resumed run to the process's exit (it also
 writes the last epoch's snapshot). ``peak MB``: the resumed process's peak
-RSS, against holding the keys (target <= 1.2x). Target (Headrace): under 2 s. Bytewax's
+RSS, against holding the keys (target <= 1.2x). Target (Headrace): under 2 s.
+With ``--before CHECKOUT`` each Headrace resume also runs with that
+checkout's engine, alternating with this one's on the same stored state
+(rows ``... before``): a before/after comparison under the same load. Bytewax's
 SQLite restore runs at 100,000 keys by default (``--bytewax-keys``): its
 resume time grows faster than linearly in the keys (about 0.1 s at 10k,
 5.6 s at 100k, 54 s at 300k when this was written).
@@ -472,16 +477,26 @@ def _variants(stores: list[Store], thread: bool, before: Path | None) -> list[St
     if thread:
         out.append(replace(redis_store, label="headrace redis thread", env={"HEADRACE_SNAPSHOT_FORK": "0"}))
     if before is not None:
-        runtime = before.resolve() / "runtime"
-        if not (runtime / "headrace").is_dir():
-            raise SystemExit(f"--before {before}: no runtime/headrace there")
-        wrapper = Path(tempfile.mkdtemp(prefix="bench-before-")) / "python"
-        TEMP_DIRS.append(str(wrapper.parent))
-        # `flow_env` puts this checkout's runtime on PYTHONPATH: the other one goes first.
-        wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{runtime}:$PYTHONPATH" exec "{sys.executable}" "$@"\n')
-        wrapper.chmod(0o755)
-        out.append(replace(redis_store, label="headrace redis before", python=str(wrapper)))
+        out.append(replace(redis_store, label="headrace redis before", python=_before_python(before)))
     return out
+
+
+def _before_python(before: Path) -> str:
+    """A Python that runs the engine of checkout ``before`` (its ``runtime/``) for ``--before``.
+
+    >>> here = Path(__file__).resolve().parents[1]
+    >>> open(_before_python(here)).read().startswith("#!/bin/sh")
+    True
+    """
+    runtime = before.resolve() / "runtime"
+    if not (runtime / "headrace").is_dir():
+        raise SystemExit(f"--before {before}: no runtime/headrace there")
+    wrapper = Path(tempfile.mkdtemp(prefix="bench-before-")) / "python"
+    TEMP_DIRS.append(str(wrapper.parent))
+    # `flow_env` puts this checkout's runtime on PYTHONPATH: the other one goes first.
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{runtime}:$PYTHONPATH" exec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
 
 
 def _thread_cpu(run: _cli.CliRun) -> float:
@@ -548,6 +563,8 @@ class Restore:
 
     store: Store
     keys: int
+    python: str | None = None  # another checkout's engine (``--before``), or this one's
+    label: str = ""
     build_span: float | None = None
     build_wall: float | None = None
     stored_keys: int | None = None
@@ -564,67 +581,86 @@ def _to_first_output(run: _cli.CliRun) -> float:
 
 
 def restore(
-    stores: list[Store], pythons: dict[str, Any], hr_keys: int, bw_keys: int, repeat: int
+    stores: list[Store],
+    pythons: dict[str, Any],
+    hr_keys: int,
+    bw_keys: int,
+    repeat: int,
+    before: str | None = None,
 ) -> list[Restore]:
     """Fill each store with keys once; time ``repeat`` resumes from a copy of it.
 
+    With ``before`` (a Python running another checkout's engine, see
+    `_before_python`), each Headrace resume is also run with that engine,
+    alternating with this one's, on the same copy of the store (filled by
+    this checkout). The large-state variants (`_variants`) are left out.
+
     >>> stores = make_stores(["headrace"], None, None)
-    >>> [r] = restore(stores, {"headrace": sys.executable}, 500, 500, 1)
-    >>> r.stored_keys, len(r.first_out), r.problems
-    (500, 1, [])
+    >>> here = Path(__file__).resolve().parents[1]
+    >>> base, r = restore(stores, {"headrace": sys.executable}, 500, 500, 1, _before_python(here))
+    >>> r.stored_keys, len(r.first_out), r.problems, base.label, len(base.first_out), base.problems
+    (500, 1, [], 'headrace sqlite before', 1, [])
     >>> print(restore_table([r]))  # doctest: +ELLIPSIS
     store ...
     headrace sqlite  500 (500 stored) ... ok
     """
     out = []
     for s in stores:
-        if s.save is None or s.put_back is None:
+        if s.save is None or s.put_back is None or s.python is not None or s.env:
             continue
         keys = bw_keys if s.engine == "bytewax" else hr_keys
-        res = Restore(s, keys)
-        out.append(res)
+        variants = [Restore(s, keys, label=s.label)]
+        if before is not None and s.engine == "headrace":
+            variants.insert(0, Restore(s, keys, before, f"{s.label} before"))
+        out.extend(variants)
         python = pythons[s.engine]
         for _ in range(repeat):
-            run = _cli.run_cli(python, s.engine, s.fresh(), "restore", 0, parts=1)
-            if run.ok and run.items_written == 1:
-                res.baseline.append(_to_first_output(run))
-            else:
-                res.problems.append(f"baseline: {run.error or run.items_written}")
+            for res in variants:
+                run = _cli.run_cli(res.python or python, s.engine, s.fresh(), "restore", 0, parts=1)
+                if run.ok and run.items_written == 1:
+                    res.baseline.append(_to_first_output(run))
+                else:
+                    res.problems.append(f"baseline: {run.error or run.items_written}")
         t0 = time.time()
         build = _cli.run_cli(python, s.engine, s.fresh(), "restore", keys, parts=1)
         if not build.ok or build.items_written != keys:
-            res.problems.append(f"build: {build.error or build.items_written}")
+            for res in variants:
+                res.problems.append(f"build: {build.error or build.items_written}")
             continue
-        res.build_span, res.build_wall = build.span, time.time() - t0
         loc = s.location()
+        stored = None
         if s.engine == "headrace" and loc is not None:
             steps = _show(loc, "restore").get("steps", {})
-            res.stored_keys = steps.get("restore.sum.stateful_batch", {}).get("keys")
+            stored = steps.get("restore.sum.stateful_batch", {}).get("keys")
+        for res in variants:
+            res.build_span, res.build_wall, res.stored_keys = build.span, time.time() - t0, stored
         print(
             f"restore {s.label}: built {keys:,} keys, span {build.span:.2f} s, wall "
-            f"{res.build_wall:.2f} s  (load {_cli.load_average()})",
+            f"{time.time() - t0:.2f} s  (load {_cli.load_average()})",
             file=sys.stderr,
             flush=True,
         )
         saved = s.save()
-        for i in range(repeat):
-            if i:
-                s.put_back(saved)
-            args = _resume_args(s)
-            run = _cli.run_cli(python, s.engine, args, "restore", keys, parts=1)
-            if not run.ok or run.items_written != 1:
-                res.problems.append(f"resume: {run.error or run.items_written} items")
-                continue
-            rec = run.records[0]
-            res.first_out.append(_to_first_output(run))
-            res.run.append(rec["t_exit"] - rec["t_import"])
-            res.peak_mb.append(rec.get("peak_rss_mb") or 0.0)
-            print(
-                f"restore {s.label}: first output after {res.first_out[-1]:.2f} s, run "
-                f"{res.run[-1]:.2f} s  (load {_cli.load_average()})",
-                file=sys.stderr,
-                flush=True,
-            )
+        fresh = True  # the store as built: no need to put the copy back
+        for _ in range(repeat):
+            for res in variants:
+                if not fresh:
+                    s.put_back(saved)
+                fresh = False
+                run = _cli.run_cli(res.python or python, s.engine, _resume_args(s), "restore", keys, parts=1)
+                if not run.ok or run.items_written != 1:
+                    res.problems.append(f"resume: {run.error or run.items_written} items")
+                    continue
+                rec = run.records[0]
+                res.first_out.append(_to_first_output(run))
+                res.run.append(rec["t_exit"] - rec["t_import"])
+                res.peak_mb.append(rec.get("peak_rss_mb") or 0.0)
+                print(
+                    f"restore {res.label}: first output after {res.first_out[-1]:.2f} s, run "
+                    f"{res.run[-1]:.2f} s  (load {_cli.load_average()})",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if isinstance(saved, str):
             shutil.rmtree(saved, ignore_errors=True)
     return out
@@ -660,7 +696,7 @@ def restore_table(results: list[Restore], held_mb: float | None = None) -> str:
             rss += f" ({peak / held_mb:.2f}x)"
         rows.append(
             [
-                r.store.label,
+                r.label or r.store.label,
                 f"{r.keys:,}" + (f" ({r.stored_keys:,} stored)" if r.stored_keys is not None else ""),
                 _cli.num(r.build_span, ".1f"),
                 _cli.num(base, ".2f"),
@@ -720,7 +756,8 @@ def main(argv: list[str] | None = None) -> int:
         "--before",
         type=Path,
         metavar="CHECKOUT",
-        help="large state: also Redis with the engine of another checkout (its runtime/), runs interleaved",
+        help="also the engine of another checkout (its runtime/), interleaved: large state on Redis, "
+        "and each restore on the same stored state",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -742,7 +779,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_large and redis_server is not None:
             large, held = large_state(stores, pythons, keys, repeat)
         bw_keys = args.bytewax_keys or min(keys, QUICK_BYTEWAX_KEYS if args.quick else BYTEWAX_KEYS)
-        restores = [] if args.skip_restore else restore(stores, pythons, keys, bw_keys, repeat)
+        restores = (
+            []
+            if args.skip_restore
+            else restore(
+                stores, pythons, keys, bw_keys, repeat, _before_python(args.before) if args.before else None
+            )
+        )
     finally:
         if redis_server is not None:
             redis_server.stop()
@@ -826,7 +869,8 @@ def main(argv: list[str] | None = None) -> int:
                         for c in large
                     ],
                     "restore": [
-                        {k: v for k, v in vars(r).items() if k != "store"} | {"store": r.store.label}
+                        {k: v for k, v in vars(r).items() if k not in ("store", "python")}
+                        | {"store": r.label or r.store.label}
                         for r in restores
                     ],
                 },
