@@ -28,7 +28,7 @@ from headrace._metrics import _BUCKETS, CATALOGUE, exported_names
 from headrace.errors import HeadraceRuntimeError
 from tests.support import _tools as tools
 from tests.support.flows.metrics_flows import paced
-from tests.support.servers import free_port
+from tests.support.servers import free_port, free_port_pair
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -186,18 +186,6 @@ def test_catalogue_is_documented() -> None:
 # ------------------------------------------------------------- real Prometheus
 
 
-def _two_free_consecutive_ports() -> int:
-    for _ in range(50):
-        p = free_port()
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            continue
-    pytest.fail("no two consecutive free ports")
-
-
 class _Prometheus:
     def __init__(self, workdir: Path, targets: list[str]) -> None:
         exe = tools.need("prometheus")
@@ -235,7 +223,7 @@ class _Prometheus:
 @pytest.mark.timeout(180)
 @pytest.mark.tools("prometheus")
 def test_real_prometheus_scrapes_a_two_process_cluster(tmp_path: Path) -> None:
-    base = _two_free_consecutive_ports()
+    base = free_port_pair()
     prom = _Prometheus(tmp_path, [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"])
     try:
         env = dict(

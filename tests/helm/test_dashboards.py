@@ -29,7 +29,7 @@ from headrace._metrics import CATALOGUE
 from headrace._metrics import exported_names as worker_exported_names
 from tests.support import _tools as tools
 from tests.support.helm import CHART, PROMETHEUS_API, one, render
-from tests.support.servers import free_port
+from tests.support.servers import free_port, free_port_pair
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
@@ -456,27 +456,13 @@ def _wait(url: str, timeout: float) -> None:
     pytest.fail(f"{url} never came up (last answer: {last})")
 
 
-def _consecutive_ports() -> int:
-    import socket
-
-    for _ in range(50):
-        p = free_port()
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            continue
-    pytest.fail("no two consecutive free ports")
-
-
 @pytest.mark.timeout(240)
 def test_worker_queries_return_data_from_a_real_prometheus(tmp_path: Path) -> None:
     """Two worker processes with a recovery store, scraped by Prometheus with the
     labels the chart's PodMonitor gives (namespace, pod, dataflow): every
     dashboard query over worker metrics must return series."""
     exe = tools.need("prometheus")
-    base = _consecutive_ports()
+    base = free_port_pair()
     targets = [
         {
             "targets": [f"127.0.0.1:{base + i}"],

@@ -41,6 +41,24 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def free_port_pair() -> int:
+    """A free loopback port whose next port is free too (``--metrics-port`` of ``-p 2``: one each).
+
+    >>> base = free_port_pair()
+    >>> 0 < base < 65535
+    True
+    """
+    for _ in range(50):
+        p = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 1))
+            return p
+        except OSError:
+            continue
+    pytest.fail("no two consecutive free ports")
+
+
 def cluster_in_threads(
     flow_of: Callable[[int], Any], processes: int = 2, timeout: float = 60, **kwargs: Any
 ) -> None:
