@@ -15,16 +15,12 @@ from pathlib import Path
 import headrace.operators as op
 from headrace.connectors.files import DirSink, DirSource
 from headrace.dataflow import Dataflow
+from tests.support.flows._steps import count
 
 
 async def _lookup(word: str) -> str:
     await asyncio.sleep(float(os.environ.get("HR_DELAY", "0")))
     return word
-
-
-def _count(state: int | None, _word: str) -> tuple[int, int]:
-    n = (state or 0) + 1
-    return n, n
 
 
 def async_counts() -> Dataflow:
@@ -33,7 +29,7 @@ def async_counts() -> Dataflow:
     words = op.flat_map("split", lines, str.split)
     looked_up = op.map_async("lookup", words, _lookup, concurrency=50)
     keyed = op.key_on("key", looked_up, lambda w: w)
-    counts = op.stateful_map("count", keyed, _count)
+    counts = op.stateful_map("count", keyed, count)
     lines_out = op.map("line", counts, lambda kv: (kv[0], f"{kv[0]} {kv[1]}"))
     op.output("out", lines_out, DirSink(Path(os.environ["HR_OUT"]), 3))
     return flow

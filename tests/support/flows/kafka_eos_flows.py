@@ -9,19 +9,11 @@ batch, so a kill lands mid-run), HR_EOS (``0``: at-least-once) and HR_TXN
 from __future__ import annotations
 
 import os
-import time
-from typing import Any
 
 import headrace.operators as op
 from headrace.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from headrace.dataflow import Dataflow
-
-
-def _slow(batch: list[Any]) -> list[Any]:
-    delay = float(os.environ.get("HR_SLOW", "0"))
-    if delay:
-        time.sleep(delay)
-    return batch
+from tests.support.flows._steps import slow
 
 
 def copy_upper() -> Dataflow:
@@ -29,7 +21,7 @@ def copy_upper() -> Dataflow:
     brokers = os.environ["HR_BROKERS"].split(",")
     flow = Dataflow("kafka_eos")
     msgs = op.input("in", flow, KafkaSource(brokers, [os.environ["HR_IN"]], tail=False, batch_size=20))
-    msgs = op.flat_map_batch("slow", msgs, _slow)
+    msgs = op.flat_map_batch("slow", msgs, slow)
     # Spread the messages over the workers, so every worker's sink writes.
     msgs = op.redistribute("spread", msgs)
     out = op.map("upper", msgs, lambda m: KafkaSinkMessage(m.key, m.value.upper()))

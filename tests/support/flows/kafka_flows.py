@@ -8,32 +8,24 @@ HR_SLOW (seconds to sleep per batch, so a kill lands mid-run).
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
-from typing import Any
 
 import headrace.operators as op
 from headrace.connectors.files import DirSink
 from headrace.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from headrace.dataflow import Dataflow
+from tests.support.flows._steps import count, slow
 
 
 def _brokers() -> list[str]:
     return os.environ["HR_BROKERS"].split(",")
 
 
-def _slow(batch: list[Any]) -> list[Any]:
-    delay = float(os.environ.get("HR_SLOW", "0"))
-    if delay:
-        time.sleep(delay)
-    return batch
-
-
 def copy_upper() -> Dataflow:
     """HR_IN -> value.upper(), key, headers and worker tag kept -> HR_OUT (tail=False)."""
     flow = Dataflow("kafka_copy")
     msgs = op.input("in", flow, KafkaSource(_brokers(), [os.environ["HR_IN"]], tail=False, batch_size=100))
-    msgs = op.flat_map_batch("slow", msgs, _slow)
+    msgs = op.flat_map_batch("slow", msgs, slow)
     out = op.map(
         "upper",
         msgs,
@@ -45,11 +37,6 @@ def copy_upper() -> Dataflow:
     return flow
 
 
-def _count(state: int | None, _word: str) -> tuple[int, int]:
-    n = (state or 0) + 1
-    return n, n
-
-
 def running_counts() -> Dataflow:
     """Running word counts from HR_IN to files in HR_OUT_DIR and to topic HR_OUT.
 
@@ -58,9 +45,9 @@ def running_counts() -> Dataflow:
     """
     flow = Dataflow("kafka_counts")
     msgs = op.input("in", flow, KafkaSource(_brokers(), [os.environ["HR_IN"]], tail=False, batch_size=20))
-    msgs = op.flat_map_batch("slow", msgs, _slow)
+    msgs = op.flat_map_batch("slow", msgs, slow)
     words = op.flat_map("split", msgs, lambda m: m.value.decode().split())
-    counts = op.stateful_map("count", op.key_on("key", words, lambda w: w), _count)
+    counts = op.stateful_map("count", op.key_on("key", words, lambda w: w), count)
     lines = op.map("line", counts, lambda kv: (kv[0], f"{kv[0]} {kv[1]}"))
     op.output("files", lines, DirSink(Path(os.environ["HR_OUT_DIR"]), 3))
     to_kafka = op.map(

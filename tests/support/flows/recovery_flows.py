@@ -9,33 +9,21 @@ HR_SLOW (seconds per batch) slows it so a kill lands mid-run.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import headrace.operators as op
 from headrace.connectors.files import DirSink, DirSource
 from headrace.dataflow import Dataflow
-
-
-def _slow(batch: list[str]) -> list[str]:
-    delay = float(os.environ.get("HR_SLOW", "0"))
-    if delay:
-        time.sleep(delay)
-    return batch
-
-
-def _count(state: int | None, _word: str) -> tuple[int, int]:
-    n = (state or 0) + 1
-    return n, n
+from tests.support.flows._steps import count, slow
 
 
 def running_counts() -> Dataflow:
     flow = Dataflow("recovery_wc")
     lines = op.input("lines", flow, DirSource(Path(os.environ["HR_IN"]), batch_size=20))
-    lines = op.flat_map_batch("slow", lines, _slow)
+    lines = op.flat_map_batch("slow", lines, slow)
     words = op.flat_map("split", lines, str.split)
     keyed = op.key_on("key", words, lambda w: w)
-    counts = op.stateful_map(os.environ.get("HR_COUNT_STEP", "count"), keyed, _count)
+    counts = op.stateful_map(os.environ.get("HR_COUNT_STEP", "count"), keyed, count)
     fmt = op.map_value("fmt", counts, lambda n: str(n))
     lines_out = op.map("line", fmt, lambda kv: (kv[0], f"{kv[0]} {kv[1]}"))
     op.output("out", lines_out, DirSink(Path(os.environ["HR_OUT"]), 3))

@@ -8,26 +8,13 @@ directory) and HR_SLOW (seconds to sleep per batch, so a kill lands mid-run).
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
-from typing import Any
 
 import headrace.operators as op
 from headrace.connectors.files import DirSink
 from headrace.connectors.redis import RedisStreamSink, RedisStreamSource
 from headrace.dataflow import Dataflow
-
-
-def _slow(batch: list[Any]) -> list[Any]:
-    delay = float(os.environ.get("HR_SLOW", "0"))
-    if delay:
-        time.sleep(delay)
-    return batch
-
-
-def _count(state: int | None, _word: str) -> tuple[int, int]:
-    n = (state or 0) + 1
-    return n, n
+from tests.support.flows._steps import count, slow
 
 
 def running_counts() -> Dataflow:
@@ -38,9 +25,9 @@ def running_counts() -> Dataflow:
     url = os.environ["HR_REDIS"]
     flow = Dataflow("stream_counts")
     src = RedisStreamSource(url, os.environ["HR_STREAMS"].split(","), tail=False, batch_size=20, decode=True)
-    entries = op.flat_map_batch("slow", op.input("in", flow, src), _slow)
+    entries = op.flat_map_batch("slow", op.input("in", flow, src), slow)
     words = op.flat_map("split", entries, lambda e: e.fields["text"].split())
-    counts = op.stateful_map("count", op.key_on("key", words, lambda w: w), _count)
+    counts = op.stateful_map("count", op.key_on("key", words, lambda w: w), count)
     lines = op.map("line", counts, lambda kv: (kv[0], f"{kv[0]} {kv[1]}"))
     op.output("files", lines, DirSink(Path(os.environ["HR_OUT_DIR"]), 3))
     op.output(
