@@ -17,15 +17,7 @@ import pytest
 import headrace.operators as op
 from headrace.dataflow import Dataflow, Stream
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
-
-
-def iter_causes(exc: BaseException | None) -> Iterator[BaseException]:
-    """Yield ``exc`` and then each ``__cause__`` down the chain."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__
+from tests.support.errors import causes
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +42,7 @@ def flow() -> Dataflow:
 @pytest.fixture
 def cause_chain() -> Callable[[BaseException], list[BaseException]]:
     """Return ``[exc, exc.__cause__, ...]`` for an exception."""
-    return lambda exc: list(iter_causes(exc))
+    return causes
 
 
 EntryPoint = Callable[..., None]

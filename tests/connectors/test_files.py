@@ -16,6 +16,7 @@ from headrace.connectors.files import CSVSource, DirSink, DirSource, FileSink, F
 from headrace.dataflow import Dataflow
 from headrace.errors import BytewaxRuntimeError
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
+from tests.support.errors import causes_text
 
 
 def _fs_id(_path: Path) -> str:
@@ -40,16 +41,6 @@ def _run_source(source: Any, workers: int = 1) -> list[Any]:
     else:
         cluster_main(flow, [], 0, worker_count_per_proc=workers)
     return out
-
-
-def _errors(exc: BaseException) -> str:
-    """All messages down the cause chain, to check what the user is told."""
-    parts = []
-    cur: BaseException | None = exc
-    while cur is not None:
-        parts.append(f"{type(cur).__name__}: {cur}")
-        cur = cur.__cause__
-    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------- FileSource
@@ -139,7 +130,7 @@ def test_file_source_missing_file_error_names_the_path(tmp_path: Path) -> None:
     path = tmp_path / "nope.txt"
     with pytest.raises(BytewaxRuntimeError) as info:
         _run_source(FileSource(path))
-    msg = _errors(info.value)
+    msg = causes_text(info.value)
     assert "read.inp" in msg
     assert str(path) in msg
     assert "does not exist" in msg
@@ -160,7 +151,7 @@ def test_file_source_non_utf8_error_names_path_and_offset(tmp_path: Path) -> Non
     path.write_bytes(b"fine\ncaf\xe9\n")
     with pytest.raises(BytewaxRuntimeError) as info:
         _run_source(FileSource(path))
-    msg = _errors(info.value)
+    msg = causes_text(info.value)
     assert str(path) in msg
     assert "not valid UTF-8" in msg
     assert "byte offset 8" in msg
@@ -236,7 +227,7 @@ def test_dir_source_directory_removed_before_the_run(tmp_path: Path) -> None:
     d.rmdir()
     with pytest.raises(BytewaxRuntimeError) as info:
         _run_source(source)
-    assert str(d) in _errors(info.value)
+    assert str(d) in causes_text(info.value)
 
 
 # ----------------------------------------------------------------- CSVSource
@@ -295,7 +286,7 @@ def test_csv_source_non_utf8_error(tmp_path: Path) -> None:
     path.write_bytes(b"a,b\n1,\xff\n")
     with pytest.raises(BytewaxRuntimeError) as info:
         _run_source(CSVSource(path))
-    msg = _errors(info.value)
+    msg = causes_text(info.value)
     assert str(path) in msg
     assert "byte offset 6" in msg
 
@@ -382,7 +373,7 @@ def test_file_sink_non_str_value_error_names_the_type(tmp_path: Path) -> None:
     op.output("out", s, FileSink(path))
     with pytest.raises(BytewaxRuntimeError) as info:
         run_main(flow)
-    msg = _errors(info.value)
+    msg = causes_text(info.value)
     assert "w.out" in msg
     assert "TypeError" in msg
     assert "int: 42" in msg

@@ -52,6 +52,7 @@ from headrace.connectors.kafka import (
 from headrace.connectors.kafka import operators as kop
 from headrace.dataflow import Dataflow
 from headrace.testing import TestingSink, run_main
+from tests.support.errors import causes_text
 from tests.support.kafka_broker import KafkaBroker, session_broker
 from tests.support.runs import check_output, run_with_kills
 from tests.support.servers import RedisServer, free_port
@@ -64,14 +65,6 @@ ZERO = timedelta(0)
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """One real broker for the whole module; each test makes its own topics."""
     yield from session_broker(tmp_path_factory)
-
-
-def _causes(exc: BaseException | None) -> str:
-    out = []
-    while exc is not None:
-        out.append(f"{type(exc).__name__}: {exc}")
-        exc = exc.__cause__
-    return "\n".join(out)
 
 
 def _json_value(m: Any) -> Any:
@@ -220,7 +213,7 @@ def test_sink_rejects_items_that_are_not_sink_messages(kafka_broker: KafkaBroker
     op.output("out", op.input("in", flow, TestingSource([b"raw"])), KafkaSink(kafka_broker.brokers, t))
     with pytest.raises(Exception) as info:
         run_main(flow)
-    assert "KafkaSinkMessage" in _causes(info.value) and "badsink.out" in _causes(info.value)
+    assert "KafkaSinkMessage" in causes_text(info.value) and "badsink.out" in causes_text(info.value)
 
 
 def test_tail_false_ends_at_the_end_offsets_seen_at_start(kafka_broker: KafkaBroker) -> None:
@@ -355,7 +348,7 @@ def test_operators_split_undecodable_messages_into_errs(kafka_broker: KafkaBroke
     op.output("oks", de2.oks, TestingSink([]))
     with pytest.raises(Exception) as info:
         run_main(flow)
-    text = _causes(info.value)
+    text = causes_text(info.value)
     assert f"topic {t!r} partition 0 offset 1" in text and "ops_raise.de" in text
 
 
@@ -431,7 +424,7 @@ def test_unreachable_brokers_fail_fast_naming_them() -> None:
     with pytest.raises(Exception) as info:
         run_main(flow)
     assert time.monotonic() - t0 < 20
-    assert addr in _causes(info.value) and "did not answer" in _causes(info.value)
+    assert addr in causes_text(info.value) and "did not answer" in causes_text(info.value)
 
     from headrace.testing import TestingSource
 
@@ -445,7 +438,7 @@ def test_unreachable_brokers_fail_fast_naming_them() -> None:
     with pytest.raises(Exception) as info:
         run_main(flow)
     assert time.monotonic() - t0 < 20
-    assert addr in _causes(info.value) and "nobroker_sink.out" in _causes(info.value)
+    assert addr in causes_text(info.value) and "nobroker_sink.out" in causes_text(info.value)
 
 
 def test_missing_topic_is_named(kafka_broker: KafkaBroker) -> None:
@@ -455,7 +448,7 @@ def test_missing_topic_is_named(kafka_broker: KafkaBroker) -> None:
     )
     with pytest.raises(Exception) as info:
         run_main(flow)
-    assert "'no-such-topic' does not exist" in _causes(info.value)
+    assert "'no-such-topic' does not exist" in causes_text(info.value)
 
     from headrace.testing import TestingSource
 
@@ -467,7 +460,7 @@ def test_missing_topic_is_named(kafka_broker: KafkaBroker) -> None:
     )
     with pytest.raises(Exception) as info:
         run_main(flow)
-    assert "'no-such-out-topic' does not exist" in _causes(info.value)
+    assert "'no-such-out-topic' does not exist" in causes_text(info.value)
 
 
 def test_consumer_errors_raise_with_offset_or_go_to_errs(kafka_broker: KafkaBroker) -> None:
@@ -485,7 +478,7 @@ def test_consumer_errors_raise_with_offset_or_go_to_errs(kafka_broker: KafkaBrok
     )
     with pytest.raises(Exception) as info:
         run_main(flow)
-    text = _causes(info.value)
+    text = causes_text(info.value)
     assert f"topic {t!r} partition 0 offset" in text and "raise_on_errors=False" in text
 
     flow = Dataflow("cerr_items")
@@ -494,7 +487,7 @@ def test_consumer_errors_raise_with_offset_or_go_to_errs(kafka_broker: KafkaBrok
     op.raises("stop_on_error", kin)
     with pytest.raises(Exception) as info:
         run_main(flow)
-    assert "KafkaError(" in _causes(info.value) and "partition=0" in _causes(info.value)
+    assert "KafkaError(" in causes_text(info.value) and "partition=0" in causes_text(info.value)
 
 
 # ------------------------------------------------------------------ multi-process

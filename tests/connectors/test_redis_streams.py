@@ -28,19 +28,12 @@ from headrace._engine._store import PARTS, open_store
 from headrace.connectors.redis import RedisStreamEntry, RedisStreamSink, RedisStreamSource
 from headrace.dataflow import Dataflow
 from headrace.testing import TestingSink, TestingSource, run_main
+from tests.support.errors import causes_text
 from tests.support.runs import check_output, launch, run_with_kills
 from tests.support.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ZERO = timedelta(0)
-
-
-def _causes(exc: BaseException | None) -> str:
-    out = []
-    while exc is not None:
-        out.append(f"{type(exc).__name__}: {exc}")
-        exc = exc.__cause__
-    return "\n".join(out)
 
 
 def _r(server: RedisServer) -> Any:
@@ -205,7 +198,7 @@ def test_sink_rejects_bad_items(redis_server: RedisServer) -> None:
     )
     with pytest.raises(Exception) as info:
         run_main(flow)
-    assert "dict of fields" in _causes(info.value) and "badsink.out" in _causes(info.value)
+    assert "dict of fields" in causes_text(info.value) and "badsink.out" in causes_text(info.value)
 
 
 def test_missing_stream_and_wrong_type_are_named(redis_server: RedisServer) -> None:
@@ -213,10 +206,10 @@ def test_missing_stream_and_wrong_type_are_named(redis_server: RedisServer) -> N
     r.set("plain", "1")
     with pytest.raises(Exception) as info:
         _read(redis_server, ["no-such-stream"])
-    assert "'no-such-stream' does not exist" in _causes(info.value)
+    assert "'no-such-stream' does not exist" in causes_text(info.value)
     with pytest.raises(Exception) as info:
         _read(redis_server, ["plain"])
-    assert "'plain'" in _causes(info.value) and "not a stream" in _causes(info.value)
+    assert "'plain'" in causes_text(info.value) and "not a stream" in causes_text(info.value)
 
 
 def test_unreachable_redis_fails_fast_naming_the_url() -> None:
@@ -227,13 +220,13 @@ def test_unreachable_redis_fails_fast_naming_the_url() -> None:
     with pytest.raises(Exception) as info:
         run_main(flow)
     assert time.monotonic() - t0 < 20
-    assert url in _causes(info.value) and "unreachable" in _causes(info.value)
+    assert url in causes_text(info.value) and "unreachable" in causes_text(info.value)
 
     flow = Dataflow("nosrv_sink")
     op.output("out", op.input("in", flow, TestingSource([{"a": "1"}])), RedisStreamSink(url, "s"))
     with pytest.raises(Exception) as info:
         run_main(flow)
-    assert url in _causes(info.value) and "nosrv_sink.out" in _causes(info.value)
+    assert url in causes_text(info.value) and "nosrv_sink.out" in causes_text(info.value)
 
 
 def _lag(port: int, step_id: str, part: str) -> float | None:

@@ -27,6 +27,7 @@ from headrace.inputs import (
 )
 from headrace.outputs import FixedPartitionedSink, StatefulSinkPartition
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
+from tests.support.errors import causes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -481,13 +482,5 @@ def test_a_failing_reducer_in_the_combiner_names_the_step() -> None:
     op.output("out", op.reduce_final("bad_sum", s, lambda a, b: a / (b - b)), TestingSink([]))
     with pytest.raises(Exception) as info:
         cluster_main(flow, [], 0, worker_count_per_proc=2)
-    text = " ".join(str(e) for e in _chain(info.value))
+    text = " ".join(str(e) for e in causes(info.value))
     assert "bad_sum" in text and "ZeroDivisionError" in text, text
-
-
-def _chain(exc: BaseException | None) -> list[BaseException]:
-    out = []
-    while exc is not None and exc not in out:
-        out.append(exc)
-        exc = exc.__cause__
-    return out

@@ -23,6 +23,7 @@ from headrace.errors import BytewaxRuntimeError
 from headrace.inputs import FixedPartitionedSource, StatefulSourcePartition
 from headrace.recovery import RecoveryConfig, init_db_dir
 from headrace.testing import TestingSink, TestingSource, TimeTestingGetter, cluster_main, run_main
+from tests.support.errors import causes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -786,14 +787,6 @@ def _error_of(
     return info.value
 
 
-def _chain(exc: BaseException | None) -> list[BaseException]:
-    out: list[BaseException] = []
-    while exc is not None:
-        out.append(exc)
-        exc = exc.__cause__
-    return out
-
-
 @pytest.mark.parametrize("wait", [0, 5])
 @pytest.mark.parametrize("ordered", [True, False])
 def test_naive_timestamps_fail_with_a_clear_error(wait: float, ordered: bool, entry_point: Any) -> None:
@@ -801,14 +794,14 @@ def test_naive_timestamps_fail_with_a_clear_error(wait: float, ordered: bool, en
     exc = _error_of(
         entry_point, items, lambda s: win.collect_window("win", s, clock(wait), TEN_S, ordered=ordered)
     )
-    text = " ".join(str(e) for e in _chain(exc))
+    text = " ".join(str(e) for e in causes(exc))
     assert "'test.win" in text
     assert "naive datetime" in text and "timezone-aware" in text
 
 
 def test_non_datetime_timestamps_fail_with_a_clear_error(entry_point: Any) -> None:
     exc = _error_of(entry_point, [("a", (5, 1))], lambda s: win.collect_window("win", s, clock(), TEN_S))
-    text = " ".join(str(e) for e in _chain(exc))
+    text = " ".join(str(e) for e in causes(exc))
     assert "'test.win" in text and "must return a timezone-aware datetime; got int 5" in text
 
 
@@ -819,7 +812,7 @@ def test_raising_ts_getter_names_the_step_and_chains_the_cause(entry_point: Any)
     exc = _error_of(
         entry_point, [("a", 1)], lambda s: win.collect_window("win", s, clock(0, bad_getter), TEN_S)
     )
-    chain = _chain(exc)
+    chain = causes(exc)
     assert any(isinstance(e, KeyError) for e in chain)
     text = " ".join(str(e) for e in chain)
     assert "'test.win" in text and "ts_getter" in text and "bad_getter" in text
@@ -850,7 +843,7 @@ def test_custom_clock_with_naive_timestamps_fails_clearly(entry_point: Any) -> N
             return NaiveLogic()
 
     exc = _error_of(entry_point, [("a", 1)], lambda s: win.collect_window("win", s, NaiveClock(), TEN_S))
-    assert "naive datetime" in " ".join(str(e) for e in _chain(exc))
+    assert "naive datetime" in " ".join(str(e) for e in causes(exc))
 
 
 @pytest.mark.parametrize(
@@ -908,7 +901,7 @@ def test_collect_into_dict_needs_pairs(entry_point: Any) -> None:
     exc = _error_of(
         entry_point, [("a", (at(1), 1, 2))], lambda s: win.collect_window("win", s, clock(), TEN_S, into=dict)
     )
-    assert "collecting into a `dict` needs `(key, value)` 2-tuples" in " ".join(str(e) for e in _chain(exc))
+    assert "collecting into a `dict` needs `(key, value)` 2-tuples" in " ".join(str(e) for e in causes(exc))
 
 
 # --- module surface ------------------------------------------------------------------
