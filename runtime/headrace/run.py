@@ -297,6 +297,15 @@ def _parser() -> argparse.ArgumentParser:
         "an older copy, then stops the run instead of starting over (default 0: any)",
     )
     r.add_argument(
+        "--standby-timeout",
+        type=float,
+        default=float(_env("STANDBY_TIMEOUT", 0)),
+        metavar="SECONDS",
+        help="standby: before taking the store over, wait until no other execution holds "
+        "its lease (the previous pods stopped at their barrier), up to SECONDS, then fail "
+        "(default 0: take over at once, fencing a running execution)",
+    )
+    r.add_argument(
         "-s",
         "--snapshot-interval",
         type=_seconds,
@@ -686,6 +695,12 @@ def _main(argv: list[str]) -> int:
     proc_id = args.process_id
     if proc_id is None and args.process_id_from_hostname:
         proc_id = _ordinal_from_hostname(socket.gethostname())
+    if recovery is not None and args.standby_timeout > 0 and not proc_id:
+        try:
+            _standby(recovery, flow.flow_id, args.standby_timeout)
+        except TimeoutError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     epoch = args.epoch_interval or args.snapshot_interval
     received: list[int] = []
     previous = install_stop_handlers(received)
@@ -699,6 +714,62 @@ def _main(argv: list[str]) -> int:
         return code
     finally:
         restore(previous)
+
+
+def _standby(recovery: Any, flow_id: str, timeout: float, poll: float = 0.05) -> None:
+    """Wait until no execution holds the store's lease, up to ``timeout`` seconds.
+
+    A pod started while the previous generation's pods still run (the
+    operator starts the next ones early, so that Python and the flow's
+    imports are done when the old ones stop) waits here, in process 0,
+    before it takes the store over: the old execution releases the lease
+    once its workers stopped at their barrier and committed. Only then does
+    this one fence it and resume from that commit, so the old one's last
+    epoch is never cut off. Still held after ``timeout``: `TimeoutError`
+    (the old pods did not stop). A store that can't be read is left to the
+    start itself, which reports it.
+
+    >>> import tempfile
+    >>> from headrace.recovery import RecoveryConfig, init_db_dir
+    >>> d = tempfile.mkdtemp(); init_db_dir(d, 1)
+    >>> old = RecoveryConfig(d).open("f"); _ = old.start_execution(1, 8)
+    >>> _standby(RecoveryConfig(d), "f", 0.2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TimeoutError: standby: execution ... still holds the lease of SQLite store ... after 0.2s: ...
+    >>> old.release(); _standby(RecoveryConfig(d), "f", 0.2)
+    """
+    from headrace.recovery import RecoveryStoreError
+
+    try:
+        store = recovery.open(flow_id)
+    except (RecoveryStoreError, OSError) as exc:
+        log.warning("standby: can't read the recovery store (%s); starting", exc)
+        return
+    try:
+        deadline = time.monotonic() + timeout
+        holder = store.lease_holder()
+        if holder:
+            log.info(
+                "standby: execution %s holds %s; waiting up to %.0fs for it to stop",
+                holder,
+                store.description,
+                timeout,
+            )
+        while holder:
+            if time.monotonic() >= deadline:
+                msg = (
+                    f"standby: execution {holder} still holds the lease of {store.description} "
+                    f"after {timeout:g}s: the previous pods did not stop. This process starts "
+                    "only once they stopped (or their lease ran out); it will be restarted"
+                )
+                raise TimeoutError(msg)
+            time.sleep(poll)
+            holder = store.lease_holder()
+    except RecoveryStoreError as exc:
+        log.warning("standby: can't read the recovery store's lease (%s); starting", exc)
+    finally:
+        store.close()
 
 
 def _report_finished(path: str | None) -> None:

@@ -308,6 +308,10 @@ class SqliteStore(Store):
                 c, {"lease_owner": self.execution_id, "lease_until": repr(time.time() + LEASE_SECONDS)}
             )
 
+    def lease_holder(self) -> str:
+        owner, until = self._lease()
+        return owner if until > time.time() else ""
+
     def release(self) -> None:
         if not self.execution_id:
             return

@@ -345,6 +345,10 @@ class RedisStore(Store):
             self._retry("renewing the lease", lambda: beat(keys=keys, args=args)), "committing anything more"
         )
 
+    def lease_holder(self) -> str:
+        held = self._retry("reading the lease", lambda: self._r.get(self._k("lease")))
+        return held.decode() if isinstance(held, bytes) else str(held or "")
+
     def release(self) -> None:
         if not self.execution_id:
             return

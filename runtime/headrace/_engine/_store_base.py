@@ -295,6 +295,14 @@ class Store(ABC):
     def release(self) -> None:
         """Give up this execution's lease (it stopped): a new start need not wait it out."""
 
+    def lease_holder(self) -> str:
+        """The execution holding the lease now ("" if none: released, run out, never held).
+
+        A new execution that must not fence a live one (a standby pod of the
+        next generation) waits for this to be "" before `start_execution`.
+        """
+        raise NotImplementedError
+
     @abstractmethod
     def write_epoch(self, epoch: int, entries: list[Entry]) -> int:
         """Write one worker's changes for ``epoch``; return bytes written."""
