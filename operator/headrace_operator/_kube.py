@@ -452,7 +452,7 @@ def apply_actions(
         elif a.kind == "create_secret" and a.obj is not None:
             kube.create_secret(a.obj, mf.MESH_SECRET_KEY)
         elif a.kind == "scale" and a.replicas is not None:
-            kube.scale(namespace, name, a.replicas)
+            kube.scale(namespace, a.target or name, a.replicas)
         elif a.kind == "patch_replicas" and a.replicas is not None:
             kube.patch_dataflow_replicas(namespace, name, a.replicas)
         elif a.kind == "delete_state" and url:

@@ -290,22 +290,40 @@ def _target_spec(obj: dict[str, Any], sts: dict[str, Any] | None) -> DataflowSpe
         return deployed_spec(sts)
 
 
+def _owned_by(obj: dict[str, Any], uid: str) -> bool:
+    """Whether ``obj``'s controller is the object of ``uid``.
+
+    >>> _owned_by({"metadata": {"ownerReferences": [{"uid": "u1", "controller": True}]}}, "u1")
+    True
+    """
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
 def _observe(kube: _kube.Kube, obj: dict[str, Any]) -> tuple[Observation, str | None, str]:
     meta = obj.get("metadata") or {}
     ns, name = meta["namespace"], meta["name"]
-    sts = kube.statefulset(ns, name)
+    uid = meta.get("uid", "")
+    other_name = mf.other_set(name, name)
+    other = kube.statefulset(ns, other_name)
+    taken = other is not None and not _owned_by(other, uid)
+    sts, old = mf.current_set(kube.statefulset(ns, name), None if taken else other)
     pods = kube.pods(ns, name)
+    old_name = mf.sts_name(old) if old is not None else None
     obs = Observation(
         name=name,
         namespace=ns,
-        uid=meta.get("uid", ""),
+        uid=uid,
         generation=int(meta.get("generation") or 0),
         spec=obj.get("spec") or {},
         status=obj.get("status") or {},
         annotations=meta.get("annotations") or {},
         now=time.time(),
         sts=sts,
-        pods=pods,
+        pods=[p for p in pods if old_name is None or p.set != old_name],
+        old_sts=old,
+        old_pods=[p for p in pods if old_name is not None and p.set == old_name],
+        other_set_taken=taken,
         cluster_domain=STATE.settings.cluster_domain,
         pod_monitor_supported=kube.pod_monitor_supported(),
         worker_service_account=STATE.settings.service_account_for(ns),

@@ -13,6 +13,15 @@ update would replace one pod at a time, and a cluster whose processes
 disagree on the worker count can't run. The operator changes the template
 only while the StatefulSet is scaled to zero (a coordinated stop).
 
+A Dataflow has one of two StatefulSets at a time, its *set*: ``<name>``
+(pods ``<name>-0``...) or ``<name>-b`` (pods ``<name>-b-0``...), the newest
+one (annotation ``headrace.dev/set``, a sequence number) running. A
+rescale, upgrade or restart starts the next pods in the other set while
+the old ones stop (`other_set`): they are up, with the flow imported, when
+the old execution releases the store (``HEADRACE_STANDBY_TIMEOUT``, the
+runtime's ``--standby-timeout``). The template hash is the same for both
+sets (the peer pattern is hashed as the first set's).
+
 >>> from headrace_operator.spec import parse_spec
 >>> spec = parse_spec({"image": "app:1", "flow": {"import": "app:flow"}, "replicas": 3})
 >>> ref = Owner(name="wc", namespace="prod", uid="1234")
@@ -40,12 +49,15 @@ __all__ = [
     "ANN_REPLICAS",
     "ANN_RESET_NONCE",
     "ANN_RESTART_NONCE",
+    "ANN_SET",
     "ANN_SPEC",
     "ANN_TEMPLATE_HASH",
     "CLUSTER_PORT",
     "EXPECT_EPOCH_ENV",
     "LABEL_DATAFLOW",
+    "MAX_STS_NAME",
     "MESH_SECRET_KEY",
+    "OTHER_SET_SUFFIX",
     "TERMINATION_LOG",
     "TERMINATION_LOG_ENV",
     "Owner",
@@ -54,13 +66,17 @@ __all__ = [
     "build_pod_monitor",
     "build_service",
     "build_statefulset",
+    "current_set",
     "key_prefix",
     "labels",
     "merge_pod_template",
     "mesh_secret_name",
+    "other_set",
     "pod_assignment",
     "selector",
+    "set_seq",
     "sts_annotations",
+    "sts_name",
     "sts_replicas",
     "template_hash",
 ]
@@ -74,6 +90,7 @@ ANN_REPLICAS = "headrace.dev/replicas"
 ANN_RESTART_NONCE = "headrace.dev/restart-nonce"
 ANN_RESET_NONCE = "headrace.dev/reset-state-nonce"
 ANN_GENERATION = "headrace.dev/generation"
+ANN_SET = "headrace.dev/set"  # the set's sequence number: the highest one is current
 LABEL_DATAFLOW = "headrace.dev/dataflow"
 # Env vars the operator sets; a user's spec.flow.env entry of the same name wins.
 REPLICAS_ENV = "HEADRACE_REPLICAS"
@@ -84,9 +101,19 @@ EXPECT_EPOCH_ENV = "HEADRACE_EXPECT_EPOCH"
 # terminationMessagePath), so the operator can tell an end of input from a crash.
 TERMINATION_LOG_ENV = "HEADRACE_TERMINATION_LOG"
 TERMINATION_LOG = "/dev/termination-log"
+# How long process 0 of a new set waits for the old execution to release the
+# store (the runtime's --standby-timeout): the old pods' grace period, then
+# their lease's running out, and a margin.
+STANDBY_ENV = "HEADRACE_STANDBY_TIMEOUT"
+STANDBY_MARGIN = 30
+PEER_PATTERN_ENV = "HEADRACE_PEER_PATTERN"
+# The suffix of a Dataflow's second set's name.
+OTHER_SET_SUFFIX = "-b"
+# The longest StatefulSet name (its pods carry "<name>-<revision hash>" in a 63-character label).
+MAX_STS_NAME = 52
 # Values that change from one start to the next without changing what runs:
 # left out of the template hash (a change of them is not an upgrade).
-_UNHASHED_ENV = {REPLICAS_ENV, EXPECT_EPOCH_ENV, TERMINATION_LOG_ENV}
+_UNHASHED_ENV = {REPLICAS_ENV, EXPECT_EPOCH_ENV, TERMINATION_LOG_ENV, STANDBY_ENV}
 # The workers' shared cluster secret (the runtime's `_net.SECRET_ENV`), and
 # its key in the mesh Secret.
 SECRET_ENV = "HEADRACE_CLUSTER_SECRET"
@@ -138,6 +165,53 @@ def sts_annotations(sts: dict[str, Any] | None) -> dict[str, str]:
     return ((sts or {}).get("metadata") or {}).get("annotations") or {}
 
 
+def sts_name(sts: dict[str, Any]) -> str:
+    """A StatefulSet's name.
+
+    >>> sts_name({"metadata": {"name": "wc-b"}})
+    'wc-b'
+    """
+    return str((sts.get("metadata") or {}).get("name") or "")
+
+
+def set_seq(sts: dict[str, Any] | None) -> int:
+    """A set's sequence number (0 for the first, or one without the annotation).
+
+    >>> set_seq({"metadata": {"annotations": {ANN_SET: "4"}}}), set_seq(None)
+    (4, 0)
+    """
+    got = sts_annotations(sts).get(ANN_SET, "0")
+    return int(got) if got.isdigit() else 0
+
+
+def other_set(name: str, current: str) -> str:
+    """The name of a Dataflow ``name``'s set that is not ``current``.
+
+    >>> other_set("wc", "wc"), other_set("wc", "wc-b")
+    ('wc-b', 'wc')
+    """
+    return name if current != name else name + OTHER_SET_SUFFIX
+
+
+def current_set(
+    first: dict[str, Any] | None, second: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Of a Dataflow's two sets (either may be missing), the current one and the old one.
+
+    The current set is the one with the higher sequence number (`set_seq`).
+
+    >>> a = {"metadata": {"name": "wc", "annotations": {ANN_SET: "2"}}}
+    >>> b = {"metadata": {"name": "wc-b", "annotations": {ANN_SET: "1"}}}
+    >>> [sts_name(s) if s else None for s in current_set(a, b)]
+    ['wc', 'wc-b']
+    >>> [sts_name(s) if s else None for s in current_set(None, b)]
+    ['wc-b', None]
+    """
+    if first is None or second is None:
+        return first or second, None
+    return (first, second) if set_seq(first) >= set_seq(second) else (second, first)
+
+
 def sts_replicas(sts: dict[str, Any]) -> int:
     """A StatefulSet's ``spec.replicas`` (0 when unset).
 
@@ -184,7 +258,7 @@ def _env(spec: DataflowSpec, owner: Owner, expect_epoch: int) -> list[dict[str, 
     svc = f"{owner.name}.{owner.namespace}.svc.{owner.cluster_domain}"
     env: list[dict[str, Any]] = [
         {"name": "HEADRACE_PROCESS_ID_FROM_HOSTNAME", "value": "1"},
-        {"name": "HEADRACE_PEER_PATTERN", "value": f"{owner.name}-{{i}}.{svc}:{CLUSTER_PORT}"},
+        {"name": PEER_PATTERN_ENV, "value": f"{owner.name}-{{i}}.{svc}:{CLUSTER_PORT}"},
         {"name": REPLICAS_ENV, "value": str(spec.replicas)},
         {"name": "HEADRACE_BIND_HOST", "value": "0.0.0.0"},
         {"name": "HEADRACE_WORKERS_PER_PROCESS", "value": str(spec.workers_per_process)},
@@ -218,6 +292,8 @@ def _env(spec: DataflowSpec, owner: Owner, expect_epoch: int) -> list[dict[str, 
         if r.backup_interval:
             env.append({"name": "HEADRACE_BACKUP_INTERVAL", "value": _seconds_str(r.backup_interval)})
         env.append({"name": EXPECT_EPOCH_ENV, "value": str(expect_epoch)})
+        standby = _grace(spec) + STANDBY_MARGIN
+        env.append({"name": STANDBY_ENV, "value": str(standby)})
         if r.allow_dropped_state:
             env.append({"name": "HEADRACE_ALLOW_DROPPED_STATE", "value": "1"})
         if r.allow_evicting_redis:
@@ -281,8 +357,13 @@ def _container(spec: DataflowSpec, owner: Owner, expect_epoch: int) -> dict[str,
     return c
 
 
+def _grace(spec: DataflowSpec) -> int:
+    """The pods' termination grace period (seconds): ``stopTimeout``, at least 30."""
+    return max(30, int(spec.restart_policy.stop_timeout.seconds))
+
+
 def _pod_template(spec: DataflowSpec, owner: Owner, expect_epoch: int = 0) -> dict[str, Any]:
-    grace = max(30, int(spec.restart_policy.stop_timeout.seconds))
+    grace = _grace(spec)
     pod_spec: dict[str, Any] = {
         "containers": [_container(spec, owner, expect_epoch)],
         "terminationGracePeriodSeconds": grace,
@@ -415,7 +496,12 @@ def template_hash(template: dict[str, Any]) -> str:
 
 
 def build_statefulset(
-    spec: DataflowSpec, owner: Owner, replicas: int | None = None, expect_epoch: int = 0
+    spec: DataflowSpec,
+    owner: Owner,
+    replicas: int | None = None,
+    expect_epoch: int = 0,
+    set_name: str | None = None,
+    seq: int = 0,
 ) -> dict[str, Any]:
     """The worker StatefulSet; ``replicas`` overrides spec.replicas (0 while stopped).
 
@@ -425,26 +511,48 @@ def build_statefulset(
 
     Annotations record what is deployed (template hash, spec, replicas,
     nonces) so the operator compares desired and deployed state from the
-    cluster alone.
+    cluster alone. ``set_name`` (default: the Dataflow's name) and ``seq``
+    say which of the Dataflow's two sets it is (`other_set`); the hash is
+    the same for both.
+
+    >>> from headrace_operator.spec import parse_spec
+    >>> spec = parse_spec({"image": "i", "flow": {"import": "m:f"}})
+    >>> a = build_statefulset(spec, Owner("wc", "ns", "u"))
+    >>> b = build_statefulset(spec, Owner("wc", "ns", "u"), set_name="wc-b", seq=1)
+    >>> b["metadata"]["name"], b["metadata"]["annotations"][ANN_SET], sts_annotations(a).get(ANN_SET)
+    ('wc-b', '1', None)
+    >>> [e["value"] for e in b["spec"]["template"]["spec"]["containers"][0]["env"]
+    ...  if e["name"] == PEER_PATTERN_ENV]
+    ['wc-b-{i}.wc.ns.svc.cluster.local:2101']
+    >>> sts_annotations(a)[ANN_TEMPLATE_HASH] == sts_annotations(b)[ANN_TEMPLATE_HASH]
+    True
     """
     template = _pod_template(spec, owner, expect_epoch)
     thash = template_hash(template)
     template["metadata"]["annotations"][ANN_TEMPLATE_HASH] = thash
+    name = set_name or owner.name
+    if name != owner.name:
+        for e in template["spec"]["containers"][0]["env"]:
+            if e["name"] == PEER_PATTERN_ENV and "value" in e:
+                e["value"] = name + e["value"][len(owner.name) :]
+    annotations = {
+        ANN_TEMPLATE_HASH: thash,
+        ANN_SPEC: json.dumps(to_json(spec), sort_keys=True, separators=(",", ":")),
+        ANN_REPLICAS: str(spec.replicas),
+        ANN_RESTART_NONCE: str(spec.restart_nonce),
+        ANN_RESET_NONCE: str(spec.reset_state_nonce),
+        ANN_GENERATION: str(owner.generation),
+    }
+    if seq:
+        annotations[ANN_SET] = str(seq)
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": {
-            "name": owner.name,
+            "name": name,
             "namespace": owner.namespace,
             "labels": labels(owner.name),
-            "annotations": {
-                ANN_TEMPLATE_HASH: thash,
-                ANN_SPEC: json.dumps(to_json(spec), sort_keys=True, separators=(",", ":")),
-                ANN_REPLICAS: str(spec.replicas),
-                ANN_RESTART_NONCE: str(spec.restart_nonce),
-                ANN_RESET_NONCE: str(spec.reset_state_nonce),
-                ANN_GENERATION: str(owner.generation),
-            },
+            "annotations": annotations,
             "ownerReferences": [owner.reference()],
         },
         "spec": {

@@ -121,6 +121,7 @@ class PodInfo:
     terminating: bool = False
     ip: str = ""
     finished: list[str] = field(default_factory=list)  # "finished: ..." messages of exits 0
+    set: str = ""  # the StatefulSet that owns it ("" if none)
 
     @classmethod
     def from_pod(cls, pod: dict[str, Any]) -> PodInfo:
@@ -135,6 +136,14 @@ class PodInfo:
             phase=st.get("phase") or "Pending",
             ip=st.get("podIP") or "",
             terminating=bool(meta.get("deletionTimestamp")),
+            set=next(
+                (
+                    r.get("name", "")
+                    for r in meta.get("ownerReferences") or []
+                    if r.get("kind") == "StatefulSet"
+                ),
+                "",
+            ),
         )
         for c in st.get("conditions") or []:
             if c.get("type") == "Ready":
@@ -176,8 +185,11 @@ class Observation:
     now: float
     status: dict[str, Any] = field(default_factory=dict)  # as stored: read by `plan`
     annotations: dict[str, str] = field(default_factory=dict)
-    sts: dict[str, Any] | None = None
-    pods: list[PodInfo] = field(default_factory=list)
+    sts: dict[str, Any] | None = None  # the current set (`manifests.current_set`)
+    pods: list[PodInfo] = field(default_factory=list)  # of the current set (and any without one)
+    old_sts: dict[str, Any] | None = None  # the other set: stopping or stopped
+    old_pods: list[PodInfo] = field(default_factory=list)  # the old set's, while they go
+    other_set_taken: bool = False  # the other set's name is another owner's StatefulSet
     secret: SecretInfo | None = None
     store: StoreInfo | None = None
     metrics: WindowStats | None = None

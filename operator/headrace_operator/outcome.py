@@ -47,6 +47,7 @@ class Action:
     name: str | None = None  # a kept snapshot's (keep_snapshot, restore_snapshot)
     source: str | None = None  # the key prefix a restored snapshot comes from (None: this one's)
     keep: int | None = None  # prune_snapshots: the newest to keep (seconds: the age)
+    target: str | None = None  # scale: the StatefulSet (None: the one named as the Dataflow)
 
     def describe(self) -> str:
         """A short human description (for logs).
@@ -63,7 +64,7 @@ class Action:
             name = meta.get("name") or f"{meta.get('generateName', '')}*"
             return f"check {self.obj['kind']} {name} (server-side dry run)"
         if self.kind == "scale":
-            return f"scale StatefulSet to {self.replicas}"
+            return f"scale StatefulSet {self.target + ' ' if self.target else ''}to {self.replicas}"
         if self.kind == "patch_replicas":
             return f"set spec.replicas to {self.replicas}"
         if self.kind == "delete" and self.obj is not None:

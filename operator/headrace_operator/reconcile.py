@@ -243,6 +243,7 @@ def plan(obs: Observation) -> Plan:
     c.lost = _state_lost(c, target, owner)
     secret_problem = _secret_problem(obs)
     _pod_monitor(c, target, owner, deployed)
+    _old_set(c)
     if obs.sts is None:
         _create(c, target, owner, secret_problem)
     elif mf.sts_replicas(obs.sts) > 0:
@@ -334,14 +335,26 @@ def _running(
     cur = mf.sts_replicas(sts)
     deployed_n = int(mf.sts_annotations(sts).get(mf.ANN_REPLICAS, cur) or cur)
     to_replicas = target.replicas if want_running else 0
+    early = want_running and _next_set_now(c, target, owner, sts, ttype)
+    name, seq = mf.sts_name(sts), mf.set_seq(sts)
+    if early:
+        name, seq = mf.other_set(c.obs.name, name), seq + 1
     if want_running:
         # What will be applied after the stop is checked first: a spec the API
         # server refuses never takes down running pods (see `apply_failed`).
-        sts_next = mf.build_statefulset(target, owner, expect_epoch=tx.expected_epoch(c))
+        sts_next = mf.build_statefulset(
+            target, owner, expect_epoch=tx.expected_epoch(c), set_name=name, seq=seq
+        )
         c.act("dry_run", obj=mf.build_service(target, owner))
         c.act("dry_run", obj=sts_next)
         c.act("dry_run", obj=mf.build_check_pod(sts_next))
     tx.stop(c, ttype, deployed_n, to_replicas, tx.change_message(ttype, target, sts, c.obs.generation))
+    if early:
+        _start_next_set(c, target, owner, ttype, name, seq)
+        if Transition.UPGRADE in changes or Transition.RESCALE in changes:
+            # After the apply: the copy runs while the new pods start. It is
+            # the last epoch committed before the change (not the barrier's).
+            kept.before_change(c, target)
     # A change the user asked for starts the restart backoff afresh.
     health = c.st.health or HealthStatus()
     health.consecutive_restarts = 0
@@ -423,6 +436,75 @@ def _stopped(
         c.p.events = [e for e in c.p.events if e[1] != "Restored"]
 
 
+def _early_start_allowed(
+    c: Ctx, target: DataflowSpec, owner: mf.Owner, sts: dict[str, Any], ttype: Transition
+) -> bool:
+    """Nothing is to be done to the state between the stop and the start of ``ttype``:
+    the next pods may start before the old ones are gone.
+
+    A rescale, a ``last-state`` upgrade or a restart, without rollback, a
+    state reset or a problem to report first.
+    """
+    if target.state != "running" or ttype not in (Transition.RESCALE, Transition.UPGRADE, Transition.RESTART):
+        return False
+    if c.lost is not None or c.st.stopped is not None:
+        return False
+    if target.rollback.enabled or rollback.active(c) or _reset_asked(c, target):
+        return False
+    changes = _changes(target, owner, sts)
+    if Transition.RESET in changes or (Transition.UPGRADE in changes and target.upgrade_mode != "last-state"):
+        return False
+    store = c.obs.store
+    return target.recovery is None or (store is not None and store.ok)
+
+
+def _next_set_now(
+    c: Ctx, target: DataflowSpec, owner: mf.Owner, sts: dict[str, Any], ttype: Transition
+) -> bool:
+    """Start ``ttype``'s pods in the other set at once, while the old ones stop (True).
+
+    Only with a recovery store, whose lease keeps the new execution from
+    running before the old one has committed its last epoch and let go
+    (the runtime's standby start, ``HEADRACE_STANDBY_TIMEOUT``); and only
+    when the other set is free: no StatefulSet of that name (another
+    owner's, or the last set still going), no pod of it left, and a name
+    short enough.
+    """
+    if target.recovery is None or not _early_start_allowed(c, target, owner, sts, ttype):
+        return False
+    if c.obs.other_set_taken or c.obs.old_sts is not None or c.obs.old_pods:
+        return False
+    return len(c.obs.name) + len(mf.OTHER_SET_SUFFIX) <= mf.MAX_STS_NAME
+
+
+def _start_next_set(
+    c: Ctx, target: DataflowSpec, owner: mf.Owner, ttype: Transition, name: str, seq: int
+) -> None:
+    """Apply the next set ``name`` at full size now: its pods start, import the flow and
+    connect while the old ones stop at their barrier, and resume once the old
+    execution released the store."""
+    tx.start(c, target, owner, ttype, 0, _epoch_now(c), set_name=name, seq=seq)
+    c.p.events = [
+        e
+        if e[1] != "Restored"
+        else (e[0], e[1], e[2].replace(" from committed epoch ", " from epoch >= ") + f" as set {name}")
+        for e in c.p.events
+    ]
+
+
+def _old_set(c: Ctx) -> None:
+    """The last set, once the current one started: make sure it is at 0, and delete it
+    when its pods are gone."""
+    old = c.obs.old_sts
+    if old is None:
+        return
+    if mf.sts_replicas(old) > 0:
+        tx.scale_to_zero(c, old)
+    elif not c.obs.old_pods:
+        meta = {"name": mf.sts_name(old), "namespace": c.obs.namespace}
+        c.act("delete", obj={"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta})
+
+
 def _start_early(
     c: Ctx,
     target: DataflowSpec,
@@ -441,21 +523,11 @@ def _start_early(
     pod commits at the stop barrier before it goes, and the new process 0
     takes the store over (fencing any old process still running).
     """
-    if tr is None or tr.stage is not Stage.STOPPING or target.state != "running":
-        return False
-    if tr.type not in (Transition.RESCALE, Transition.UPGRADE, Transition.RESTART):
+    if tr is None or tr.stage is not Stage.STOPPING or secret_problem is not None:
         return False
     if not all(p.terminating for p in c.obs.pods):
         return False
-    if secret_problem is not None or c.lost is not None or c.st.stopped is not None:
-        return False
-    if target.rollback.enabled or rollback.active(c) or _reset_asked(c, target):
-        return False
-    changes = _changes(target, owner, sts)
-    if Transition.RESET in changes or (Transition.UPGRADE in changes and target.upgrade_mode != "last-state"):
-        return False
-    store = c.obs.store
-    if target.recovery is not None and (store is None or not store.ok):
+    if not _early_start_allowed(c, target, owner, sts, tr.type):
         return False
     tx.start(c, target, owner, tr.type, 0, _epoch_now(c))
     # The old pods commit the stop barrier's epoch as they go: the new ones resume from it.
@@ -847,16 +919,19 @@ def plan_delete(obs: Observation) -> Plan:
 
 
 def _stop_before_deletion(c: Ctx) -> None:
-    sts = c.obs.sts
+    sts, old = c.obs.sts, c.obs.old_sts
+    if old is not None and mf.sts_replicas(old) > 0:
+        tx.scale_to_zero(c, old)
+        c.p.done = False
     if sts is not None and mf.sts_replicas(sts) > 0:
-        c.act("scale", replicas=0)
+        tx.scale_to_zero(c)
         c.event(
             "Normal",
             "Deleting",
             f"stopping {mf.sts_replicas(sts)} pod(s) at an epoch barrier before deletion",
         )
         c.p.done = False
-    elif c.obs.pods:
+    elif c.obs.pods or c.obs.old_pods:
         c.p.done = False
 
 

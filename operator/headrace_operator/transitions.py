@@ -55,6 +55,7 @@ __all__ = [
     "halt",
     "phase_of",
     "recorded_epoch",
+    "scale_to_zero",
     "start",
     "stop",
     "stop_finished",
@@ -192,7 +193,7 @@ def stop(c: Ctx, ttype: Transition, from_replicas: int, to_replicas: int, messag
     """Begin ``ttype``: scale the StatefulSet to 0 and record the transition as Stopping."""
     store = c.obs.store
     _report_pending(c)  # a new run's output would be taken for theirs
-    c.act("scale", replicas=0)
+    scale_to_zero(c)
     c.st.transition = TransitionStatus(
         type=ttype,
         stage=Stage.STOPPING,
@@ -205,6 +206,19 @@ def stop(c: Ctx, ttype: Transition, from_replicas: int, to_replicas: int, messag
     etype = "Warning" if ttype in (Transition.UNHEALTHY_RESTART, Transition.ROLLBACK) else "Normal"
     c.event(etype, _STOP_REASON[ttype], message)
     c.p.requeue = BUSY_REQUEUE
+
+
+def scale_to_zero(c: Ctx, sts: dict[str, Any] | None = None) -> None:
+    """Scale ``sts`` (default: the current set) to 0: its pods stop at an epoch barrier.
+
+    >>> from headrace_operator.observation import Observation
+    >>> c = Ctx(Observation("wc", "ns", "u", 1, {}, 0.0, sts={"metadata": {"name": "wc-b"}}))
+    >>> scale_to_zero(c); [a.describe() for a in c.p.actions]
+    ['scale StatefulSet wc-b to 0']
+    """
+    sts = sts if sts is not None else c.obs.sts
+    name = mf.sts_name(sts) if sts is not None else ""
+    c.act("scale", replicas=0, target=name if name and name != c.obs.name else None)
 
 
 def stop_finished(c: Ctx, spec: DataflowSpec, tr: TransitionStatus) -> None:
@@ -232,12 +246,21 @@ def stop_finished(c: Ctx, spec: DataflowSpec, tr: TransitionStatus) -> None:
 
 
 def start(
-    c: Ctx, spec: DataflowSpec, owner: mf.Owner, ttype: Transition, from_replicas: int, epoch_before: int
+    c: Ctx,
+    spec: DataflowSpec,
+    owner: mf.Owner,
+    ttype: Transition,
+    from_replicas: int,
+    epoch_before: int,
+    set_name: str | None = None,
+    seq: int | None = None,
 ) -> None:
     """Apply the Service and the StatefulSet at full size; record the execution (Starting).
 
     A transition already in status (stopped before) carries on; otherwise
-    ``ttype`` begins here (a deploy, a resume).
+    ``ttype`` begins here (a deploy, a resume). The StatefulSet is the
+    current set, or the set ``set_name`` with sequence number ``seq`` (the
+    next pods started while the old ones stop: `reconcile`'s early start).
     """
     obs = c.obs
     store = obs.store
@@ -253,7 +276,14 @@ def start(
         or (spec.upgrade_mode == "stateless" and tr.type in (Transition.UPGRADE, Transition.DEPLOY))
     )
     expect = 0 if fresh_state else expected_epoch(c)
-    sts = mf.build_statefulset(spec, owner, expect_epoch=expect)
+    cur = obs.sts
+    sts = mf.build_statefulset(
+        spec,
+        owner,
+        expect_epoch=expect,
+        set_name=set_name or (mf.sts_name(cur) if cur is not None else None),
+        seq=seq if seq is not None else mf.set_seq(cur),
+    )
     # The API server accepts a template it would refuse as a pod: check one
     # first, before anything else of this plan (a state reset included).
     c.p.actions.insert(0, Action("dry_run", obj=mf.build_check_pod(sts)))
@@ -374,7 +404,7 @@ def halt(
     """
     sts = c.obs.sts
     if sts is not None and mf.sts_replicas(sts) > 0:
-        c.act("scale", replicas=0)
+        scale_to_zero(c)
     prev = c.st.stopped
     again = prev is not None and prev.reason is reason
     c.st.stopped = StoppedStatus(

@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import pytest
 
+from headrace_operator import manifests as mf
 from headrace_operator.election import Conflict, Elector, LeaseRecord, Role, Timing, decide
 from headrace_operator.reconcile import plan
 from tests.support.kube_world import World
@@ -312,7 +313,7 @@ def _rescale_points() -> list[tuple[int, int]]:
 
 
 def _rescaling() -> World:
-    w = World()
+    w = World(next_set=True)
     w.run_until_running()
     w.commit(7)
     w.edit(replicas=3)
@@ -345,7 +346,10 @@ def test_a_new_leader_finishes_a_rescale_its_predecessor_left_at_any_point(step:
             break
     assert w.status["phase"] == "Running", w.status
     assert w.sts is not None and w.sts["spec"]["replicas"] == 3
-    assert sorted(p.name for p in w.pods) == ["wc-0", "wc-1", "wc-2"]
+    # The new pods are the other set's (started while the old ones stopped), or the
+    # same set's when the cut left the old set stopped with the new one unapplied.
+    assert sorted(p.name for p in w.pods) == [f"{mf.sts_name(w.sts)}-{i}" for i in range(3)]
+    assert list(w.sets) == [mf.sts_name(w.sts)], "the old set is deleted once its pods are gone"
     assert len(w.status["partitions"]["assignment"]) == 3
     assert w.store.exists and w.store.epoch >= 7, "state kept"
     assert not any(a.startswith("delete state") for a in w.applied), w.applied

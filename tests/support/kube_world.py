@@ -1,10 +1,12 @@
-"""`World`: a Dataflow, its StatefulSet, pods and Redis, advanced one `plan` at a time.
+"""`World`: a Dataflow, its StatefulSets, pods and Redis, advanced one `plan` at a time.
 
 `World` plays the cluster between plans: it applies a plan's actions the way
 the API server and the StatefulSet controller would (apply stores the object,
 scaling to 0 makes pods terminate and then vanish, Redis state can be deleted,
 a status patch is a JSON merge patch) so that multi-step transitions (stop at
-a barrier, then start) can be followed.
+a barrier, then start) can be followed. A Dataflow has up to two
+StatefulSets (``wc`` and ``wc-b``, `headrace_operator.manifests.other_set`):
+`World.sts` is the current one, as the handlers observe it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from headrace_operator import manifests as mf
 from headrace_operator.autoscaler import WindowStats
 from headrace_operator.conditions import get_condition
 from headrace_operator.crd import openapi_schema, undeclared
@@ -80,12 +83,19 @@ def format_problems(schema: dict[str, Any], obj: Any, path: str = ".status") -> 
 class World:
     """A Dataflow, its StatefulSet, pods and Redis, advanced one plan at a time."""
 
-    def __init__(self, spec: dict[str, Any] | None = None, now: float = 1_000_000.0) -> None:
+    def __init__(
+        self, spec: dict[str, Any] | None = None, now: float = 1_000_000.0, next_set: bool = False
+    ) -> None:
+        """``next_set``: the other set's name is free, so a rescale, upgrade or restart
+        starts the next pods in it at once (as on a cluster). Without it the name is
+        another owner's (`Observation.other_set_taken`): every transition is a
+        coordinated stop, then a start in the same set."""
         self.spec = copy.deepcopy(BASE if spec is None else spec)
+        self.next_set = next_set
         self.generation = 1
         self.status: dict[str, Any] = {}
         self.annotations: dict[str, str] = {}
-        self.sts: dict[str, Any] | None = None
+        self.sets: dict[str, dict[str, Any]] = {}  # StatefulSets by name
         self.pods: list[PodInfo] = []
         self.store = StoreInfo(ok=True, exists=False)
         self.secret: SecretInfo | None = None
@@ -99,11 +109,25 @@ class World:
         self.other_stores: dict[str, StoreInfo] = {}  # other Dataflows' stores, by key prefix
         self.restored: list[tuple[str | None, str]] = []  # (source prefix, name) of restores
 
+    @property
+    def sts(self) -> dict[str, Any] | None:
+        """The current StatefulSet (`headrace_operator.manifests.current_set`)."""
+        return mf.current_set(self.sets.get("wc"), self.sets.get("wc-b"))[0]
+
+    @sts.setter
+    def sts(self, obj: dict[str, Any] | None) -> None:
+        if obj is None:
+            self.sets.clear()
+        else:
+            self.sets[mf.sts_name(obj)] = obj
+
     def edit(self, **changes: Any) -> None:
         self.spec.update(changes)
         self.generation += 1
 
     def observe(self) -> Observation:
+        cur, old = mf.current_set(self.sets.get("wc"), self.sets.get("wc-b"))
+        old_name = mf.sts_name(old) if old is not None else None
         return Observation(
             name="wc",
             namespace="prod",
@@ -113,8 +137,11 @@ class World:
             now=self.now,
             status=copy.deepcopy(self.status),
             annotations=dict(self.annotations),
-            sts=copy.deepcopy(self.sts),
-            pods=copy.deepcopy(self.pods),
+            sts=copy.deepcopy(cur),
+            pods=copy.deepcopy([p for p in self.pods if self._set_of(p) != old_name]),
+            old_sts=copy.deepcopy(old),
+            old_pods=copy.deepcopy([p for p in self.pods if self._set_of(p) == old_name]),
+            other_set_taken=not self.next_set,
             secret=self.secret,
             store=self.store,
             metrics=self.metrics,
@@ -146,13 +173,17 @@ class World:
         """Carry out one action as the API server (and Redis) would."""
         self.applied.append(a.describe())
         if a.kind == "apply" and a.obj is not None and a.obj["kind"] == "StatefulSet":
-            self.sts = copy.deepcopy(a.obj)
+            self.sets[mf.sts_name(a.obj)] = copy.deepcopy(a.obj)
+        elif a.kind == "delete" and a.obj is not None and a.obj["kind"] == "StatefulSet":
+            self.sets.pop(mf.sts_name(a.obj), None)
         elif a.kind == "scale":
-            assert self.sts is not None
-            self.sts["spec"]["replicas"] = a.replicas
+            name = a.target or "wc"
+            assert name in self.sets, (name, list(self.sets))
+            self.sets[name]["spec"]["replicas"] = a.replicas
             for pod in self.pods:
-                pod.terminating = True
-                pod.ready = False
+                if self._set_of(pod) == name:
+                    pod.terminating = True
+                    pod.ready = False
         elif a.kind == "patch_replicas":
             self.edit(replicas=a.replicas)
         elif a.kind == "delete_state":  # kept snapshots stay
@@ -182,14 +213,20 @@ class World:
                 kept=st.kept,
             )
 
+    @staticmethod
+    def _set_of(pod: PodInfo) -> str:
+        return pod.set or "wc"
+
     def kubelet(self, ready: bool = True) -> None:
         """The StatefulSet controller and kubelet: terminating pods go, missing pods come."""
         self.pods = [p for p in self.pods if not p.terminating]
-        want = int(self.sts["spec"]["replicas"]) if self.sts else 0
-        have = {p.ordinal for p in self.pods}
-        for i in range(want):
-            if i not in have:
-                self.pods.append(PodInfo(f"wc-{i}", i, phase="Running", ip=f"10.0.0.{i}"))
+        for name, sts in self.sets.items():
+            want = int(sts["spec"]["replicas"])
+            have = {p.ordinal for p in self.pods if self._set_of(p) == name}
+            for i in range(want):
+                if i not in have:
+                    ip = f"10.0.{1 if name == 'wc-b' else 0}.{i}"
+                    self.pods.append(PodInfo(f"{name}-{i}", i, phase="Running", ip=ip, set=name))
         for p in self.pods:
             p.ready = ready
 
