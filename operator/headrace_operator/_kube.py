@@ -314,6 +314,10 @@ class Stores:
             return StoreInfo(ok=False, error=_short(exc))
         if meta is None:
             return StoreInfo(ok=True, exists=False, kept=kept)
+        try:
+            standby = self._open(url, prefix).standby_note()
+        except Exception:  # only a transition's wait for it: it then stops the old pods
+            standby = ""
         return StoreInfo(
             ok=True,
             exists=True,
@@ -326,6 +330,7 @@ class Stores:
             execution_id=meta.execution_id,
             last_output_at=meta.marks.last_output,
             run=_run_info(meta.marks),
+            standby=standby,
         )
 
     def kept(self, url: str, prefix: str) -> list[KeptSnapshotInfo]:

@@ -102,10 +102,11 @@ EXPECT_EPOCH_ENV = "HEADRACE_EXPECT_EPOCH"
 TERMINATION_LOG_ENV = "HEADRACE_TERMINATION_LOG"
 TERMINATION_LOG = "/dev/termination-log"
 # How long process 0 of a new set waits for the old execution to release the
-# store (the runtime's --standby-timeout): the old pods' grace period, then
-# their lease's running out, and a margin.
+# store (the runtime's --standby-timeout): within the startup probe's budget
+# (it answers only once the wait is over), so that the error says why.
 STANDBY_ENV = "HEADRACE_STANDBY_TIMEOUT"
-STANDBY_MARGIN = 30
+STARTUP_PERIOD, STARTUP_FAILURES = 2, 60
+STANDBY_SECONDS = STARTUP_PERIOD * STARTUP_FAILURES - 10
 PEER_PATTERN_ENV = "HEADRACE_PEER_PATTERN"
 # The suffix of a Dataflow's second set's name.
 OTHER_SET_SUFFIX = "-b"
@@ -292,8 +293,7 @@ def _env(spec: DataflowSpec, owner: Owner, expect_epoch: int) -> list[dict[str, 
         if r.backup_interval:
             env.append({"name": "HEADRACE_BACKUP_INTERVAL", "value": _seconds_str(r.backup_interval)})
         env.append({"name": EXPECT_EPOCH_ENV, "value": str(expect_epoch)})
-        standby = _grace(spec) + STANDBY_MARGIN
-        env.append({"name": STANDBY_ENV, "value": str(standby)})
+        env.append({"name": STANDBY_ENV, "value": str(STANDBY_SECONDS)})
         if r.allow_dropped_state:
             env.append({"name": "HEADRACE_ALLOW_DROPPED_STATE", "value": "1"})
         if r.allow_evicting_redis:
@@ -323,8 +323,8 @@ def _container(spec: DataflowSpec, owner: Owner, expect_epoch: int) -> dict[str,
         ],
         "startupProbe": {
             "httpGet": {"path": "/healthz", "port": "metrics"},
-            "periodSeconds": 2,
-            "failureThreshold": 60,
+            "periodSeconds": STARTUP_PERIOD,
+            "failureThreshold": STARTUP_FAILURES,
         },
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "metrics"},

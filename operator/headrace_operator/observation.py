@@ -83,6 +83,7 @@ class StoreInfo:
     execution_id: str = ""  # the execution that owns the store
     last_output_at: float = 0.0  # when output last came out (0.0: unknown)
     run: RunInfo | None = None  # the start of the execution that committed last
+    standby: str = ""  # "<pod> <time>": the next pods' process 0 waits for the lease
 
 
 @dataclass

@@ -243,13 +243,13 @@ def plan(obs: Observation) -> Plan:
     c.lost = _state_lost(c, target, owner)
     secret_problem = _secret_problem(obs)
     _pod_monitor(c, target, owner, deployed)
-    _old_set(c)
     if obs.sts is None:
         _create(c, target, owner, secret_problem)
     elif mf.sts_replicas(obs.sts) > 0:
         _running(c, target, owner, obs.sts, secret_problem)
     else:
         _stopped(c, target, owner, obs.sts, secret_problem)
+    _old_set(c)
     if c.degraded is None:
         c.degraded = rollback.degraded(c)
     return _finish(c, target, owner)
@@ -348,7 +348,10 @@ def _running(
         c.act("dry_run", obj=mf.build_service(target, owner))
         c.act("dry_run", obj=sts_next)
         c.act("dry_run", obj=mf.build_check_pod(sts_next))
-    tx.stop(c, ttype, deployed_n, to_replicas, tx.change_message(ttype, target, sts, c.obs.generation))
+    message = tx.change_message(ttype, target, sts, c.obs.generation)
+    if early:
+        message = message.replace("stopping ", "starting the next pods in the other set, then stopping ", 1)
+    tx.stop(c, ttype, deployed_n, to_replicas, message, scale=not early)
     if early:
         _start_next_set(c, target, owner, ttype, name, seq)
         if Transition.UPGRADE in changes or Transition.RESCALE in changes:
@@ -492,13 +495,40 @@ def _start_next_set(
     ]
 
 
+STANDBY_WAIT = 60.0
+"""Seconds the old set runs on at most, waiting for the next one's pods to stand by."""
+
+
+def _standing_by(c: Ctx) -> bool:
+    """The current set's process 0 said it waits for the old execution's lease, after
+    its pods were applied (`StoreInfo.standby`)."""
+    store, cur, tr = c.obs.store, c.obs.sts, c.st.transition
+    if store is None or not store.ok or cur is None or tr is None:
+        return False
+    who, _, at = store.standby.partition(" ")
+    applied = parse_iso(tr.pods_started_at) or 0.0
+    try:
+        noted = float(at)
+    except ValueError:
+        return False
+    return who.startswith(mf.sts_name(cur) + "-") and noted >= applied - 1.0
+
+
 def _old_set(c: Ctx) -> None:
-    """The last set, once the current one started: make sure it is at 0, and delete it
-    when its pods are gone."""
+    """The last set: running on until the next set's pods stand by (they are up, with the
+    flow imported, waiting for the store: `STANDBY_WAIT` at most), then stopped at its
+    barrier; deleted once its pods are gone."""
     old = c.obs.old_sts
     if old is None:
         return
     if mf.sts_replicas(old) > 0:
+        tr, cur = c.st.transition, c.obs.sts
+        starting = (
+            tr is not None and tr.stage is Stage.STARTING and cur is not None and mf.sts_replicas(cur) > 0
+        )
+        if starting and not _standing_by(c) and tx.elapsed(c, tr) < STANDBY_WAIT:
+            c.p.requeue = min(c.p.requeue, 0.5)  # the old pods write on meanwhile
+            return
         tx.scale_to_zero(c, old)
     elif not c.obs.old_pods:
         meta = {"name": mf.sts_name(old), "namespace": c.obs.namespace}

@@ -189,11 +189,18 @@ def change_message(ttype: Transition, spec: DataflowSpec, sts: dict[str, Any], g
     )
 
 
-def stop(c: Ctx, ttype: Transition, from_replicas: int, to_replicas: int, message: str) -> None:
-    """Begin ``ttype``: scale the StatefulSet to 0 and record the transition as Stopping."""
+def stop(
+    c: Ctx, ttype: Transition, from_replicas: int, to_replicas: int, message: str, scale: bool = True
+) -> None:
+    """Begin ``ttype``: scale the StatefulSet to 0 and record the transition as Stopping.
+
+    ``scale`` False: the pods are stopped later (`reconcile`'s next set, once
+    its pods stand by).
+    """
     store = c.obs.store
     _report_pending(c)  # a new run's output would be taken for theirs
-    scale_to_zero(c)
+    if scale:
+        scale_to_zero(c)
     c.st.transition = TransitionStatus(
         type=ttype,
         stage=Stage.STOPPING,

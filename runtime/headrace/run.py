@@ -722,12 +722,13 @@ def _standby(recovery: Any, flow_id: str, timeout: float, poll: float = 0.05) ->
     A pod started while the previous generation's pods still run (the
     operator starts the next ones early, so that Python and the flow's
     imports are done when the old ones stop) waits here, in process 0,
-    before it takes the store over: the old execution releases the lease
-    once its workers stopped at their barrier and committed. Only then does
-    this one fence it and resume from that commit, so the old one's last
-    epoch is never cut off. Still held after ``timeout``: `TimeoutError`
-    (the old pods did not stop). A store that can't be read is left to the
-    start itself, which reports it.
+    before it takes the store over. It says so in the store
+    (``Store.note_standby``: the operator stops the old pods then), and the
+    old execution releases the lease once its workers stopped at their
+    barrier and committed. Only then does this one fence it and resume
+    from that commit, so the old one's last epoch is never cut off. Still
+    held after ``timeout``: `TimeoutError` (the old pods did not stop). A
+    store that can't be read is left to the start itself, which reports it.
 
     >>> import tempfile
     >>> from headrace.recovery import RecoveryConfig, init_db_dir
@@ -750,6 +751,7 @@ def _standby(recovery: Any, flow_id: str, timeout: float, poll: float = 0.05) ->
         deadline = time.monotonic() + timeout
         holder = store.lease_holder()
         if holder:
+            store.note_standby(os.environ.get("HEADRACE_POD_NAME") or socket.gethostname())
             log.info(
                 "standby: execution %s holds %s; waiting up to %.0fs for it to stop",
                 holder,

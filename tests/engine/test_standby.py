@@ -29,7 +29,11 @@ def test_the_lease_holder_is_the_live_execution_until_it_releases(location: str)
 def _env(tmp_path: Path, location: str, timeout: str) -> dict[str, str]:
     # The checkout's runtime first: the processes run this tree's headrace.
     env = run_env(
-        tmp_path, HEADRACE_STANDBY_TIMEOUT=timeout, HEADRACE_RECOVERY=location, HEADRACE_LOG_LEVEL="info"
+        tmp_path,
+        HEADRACE_STANDBY_TIMEOUT=timeout,
+        HEADRACE_RECOVERY=location,
+        HEADRACE_LOG_LEVEL="info",
+        HEADRACE_POD_NAME="next-0",
     )
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "runtime"), str(ROOT)])
     return env
@@ -68,6 +72,17 @@ def test_a_standby_start_runs_once_the_old_execution_released(tmp_path: Path, lo
         seen += line
     assert f"standby: execution {old.execution_id} holds" in seen
     assert old.owner() == old.execution_id  # not fenced while it waits
+    # It said so, for the operator (a Redis store; a local directory has no operator).
+    note = old.standby_note()
+    if location.startswith("redis"):
+        who, at = note.split()
+        assert who == "next-0" and float(at) > 0
+        # Apart from the state: no key of the prefix, so no leftover for a first run.
+        from headrace._engine._redis_integrity import own_keys
+
+        assert not [k for k in own_keys(old) if "standby" in k]  # type: ignore[arg-type]
+    else:
+        assert note == ""
     live.stop()  # the old pods stopped at their barrier
     wait_for_output(p, tmp_path / "out", sum(counts.values()))
     p.terminate()

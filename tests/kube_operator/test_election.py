@@ -342,7 +342,7 @@ def test_a_new_leader_finishes_a_rescale_its_predecessor_left_at_any_point(step:
     for _ in range(8):
         w.step(dt=2)
         w.kubelet()
-        if w.status.get("phase") == "Running" and "transition" not in w.status:
+        if w.status.get("phase") == "Running" and "transition" not in w.status and len(w.sets) == 1:
             break
     assert w.status["phase"] == "Running", w.status
     assert w.sts is not None and w.sts["spec"]["replicas"] == 3

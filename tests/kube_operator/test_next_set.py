@@ -29,7 +29,7 @@ def _running(spec: dict[str, Any] | None = None) -> World:
     return w
 
 
-def test_a_rescale_starts_the_other_set_in_the_plan_that_stops_the_current_one() -> None:
+def test_a_rescale_starts_the_other_set_and_stops_the_old_one_once_it_stands_by() -> None:
     w = _running()
     w.edit(replicas=3)
     p = w.step()
@@ -38,7 +38,6 @@ def test_a_rescale_starts_the_other_set_in_the_plan_that_stops_the_current_one()
         "check Service wc (server-side dry run)",
         "check StatefulSet wc-b (server-side dry run)",
         "check Pod wc-b-check-* (server-side dry run)",
-        "scale StatefulSet to 0",
         "create Secret wc-mesh unless it exists",
         "apply Service wc",
         "apply StatefulSet wc-b replicas=3",
@@ -51,7 +50,7 @@ def test_a_rescale_starts_the_other_set_in_the_plan_that_stops_the_current_one()
     assert (env["HEADRACE_REPLICAS"], env["HEADRACE_EXPECT_EPOCH"], env["HEADRACE_STANDBY_TIMEOUT"]) == (
         "3",
         "7",
-        "150",  # the grace period (stopTimeout 2m), then 30 s
+        "110",  # within the startup probe's 2 minutes
     )
     # The same pod template as the old set's, but for the peers' names: no upgrade seen.
     assert (
@@ -61,48 +60,80 @@ def test_a_rescale_starts_the_other_set_in_the_plan_that_stops_the_current_one()
     assert w.status["phase"] == "Scaling"
     tr = w.status["transition"]
     assert (tr["type"], tr["stage"], tr["fromReplicas"], tr["toReplicas"]) == ("rescale", "Starting", 2, 3)
+    assert [m for _t, r, m in w.events if r == "Scaling"] == [
+        "rescaling 2 -> 3 pod(s): starting the next pods in the other set, then stopping at an "
+        "epoch barrier, then restarting with the new worker count"
+    ]
     assert [m for _t, r, m in w.events if r == "Restored"] == [
         "starting 3 pod(s) x 1 worker(s) from epoch >= 7 (written by 2 workers) as set wc-b"
     ]
-    # Both sets' pods at once: the old ones stopping, the new ones not Ready yet.
-    assert [(pod.name, pod.terminating) for pod in w.pods] == [("wc-0", True), ("wc-1", True)]
+    # The old pods write on until the new ones stand by.
+    p = w.step()
+    assert p.actions == [] and p.requeue == 0.5
+    assert [(pod.name, pod.terminating) for pod in w.pods] == [("wc-0", False), ("wc-1", False)]
+    w.kubelet()  # the new pods up, process 0 waiting for the lease (not Ready)
+    assert w.store.standby == f"wc-b-0 {w.now!r}"
+    assert [(pod.name, pod.ready) for pod in w.pods][2:] == [
+        ("wc-b-0", False),
+        ("wc-b-1", False),
+        ("wc-b-2", False),
+    ]
+    p = w.step()
+    assert [a.describe() for a in p.actions] == ["scale StatefulSet to 0"]
     w.commit(8)  # the barrier's commit
     w.kubelet()
     p = w.step(dt=3)
     assert sorted(pod.name for pod in w.pods) == ["wc-b-0", "wc-b-1", "wc-b-2"]
     assert w.status["phase"] == "Running" and "transition" not in w.status
-    assert p.transitions == [("rescale", 3.0)]
+    assert p.transitions == [("rescale", 5.0)]
     assert w.status["replicas"] == 3 and w.status["readyReplicas"] == 3
     # The old set, stopped and without pods, goes.
     assert "delete StatefulSet wc" in [a.describe() for a in p.actions]
     assert list(w.sets) == ["wc-b"]
 
 
-def test_the_sets_alternate_and_each_change_scales_the_current_one() -> None:
+def test_without_a_standby_the_old_set_stops_after_a_minute() -> None:
     w = _running()
     w.edit(replicas=3)
     w.step()
-    w.kubelet()
+    assert w.step(dt=59).actions == []
+    assert [a.describe() for a in w.step(dt=1).actions] == ["scale StatefulSet to 0"]
+    # A standby note of earlier pods (another transition) does not count.
+    w = _running()
+    w.store.standby = f"wc-b-0 {w.now - 100!r}"
+    w.edit(replicas=3)
     w.step()
-    assert list(w.sets) == ["wc-b"]
+    assert w.step().actions == []
+
+
+def _through(w: World) -> list[list[str]]:
+    """A change made: apply the next set; its pods stand by; stop the old set; arrive."""
+    out = []
+    for _ in range(3):
+        out.append([a.describe() for a in w.step().actions])
+        w.kubelet()
+    return out
+
+
+def test_the_sets_alternate_and_each_change_scales_the_current_one() -> None:
+    w = _running()
+    w.edit(replicas=3)
+    _through(w)
+    assert list(w.sets) == ["wc-b"] and w.status["phase"] == "Running"
     w.edit(image="app:2")
-    p = w.step()
-    described = [a.describe() for a in p.actions]
-    assert "scale StatefulSet wc-b to 0" in described
-    assert "apply StatefulSet wc replicas=3" in described
+    applied, stopped, arrived = _through(w)
+    assert "apply StatefulSet wc replicas=3" in applied
+    assert stopped == ["scale StatefulSet wc-b to 0"]
+    assert arrived == ["delete StatefulSet wc-b"]
     assert mf.sts_annotations(w.sets["wc"])[mf.ANN_SET] == "2"
-    assert w.status["transition"]["type"] == "upgrade"
     assert w.sts is w.sets["wc"]  # the higher sequence number is the current set
-    w.kubelet()
-    w.step()
     assert sorted(pod.name for pod in w.pods) == ["wc-0", "wc-1", "wc-2"]
     assert list(w.sets) == ["wc"] and w.status["phase"] == "Running"
+    assert [r["type"] for r in w.status["lastTransitions"]][1:] == ["rescale", "upgrade"]
     # A restart too; a suspend stops the current set where it is.
     w.edit(restartNonce=1)
-    w.step()
-    assert mf.sts_annotations(w.sets["wc-b"])[mf.ANN_SET] == "3"
-    w.kubelet()
-    w.step()
+    _through(w)
+    assert mf.sts_annotations(w.sets["wc-b"])[mf.ANN_SET] == "3" and list(w.sets) == ["wc-b"]
     w.edit(state="suspended")
     p = w.step()
     assert [a.describe() for a in p.actions] == ["scale StatefulSet wc-b to 0"]
@@ -174,10 +205,9 @@ def test_a_long_name_keeps_one_set() -> None:
 def test_deletion_waits_for_both_sets_pods() -> None:
     w = _running()
     w.edit(replicas=3)
-    w.step()  # wc stopping, wc-b starting
-    obs = w.observe()  # the old pods still going
-    p = plan_delete(obs)
-    assert [a.describe() for a in p.actions] == ["scale StatefulSet wc-b to 0"]
+    w.step()  # wc running on, wc-b starting
+    p = plan_delete(w.observe())
+    assert [a.describe() for a in p.actions] == ["scale StatefulSet to 0", "scale StatefulSet wc-b to 0"]
     assert not p.done
     w.kubelet()
     w.step()

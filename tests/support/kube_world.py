@@ -227,12 +227,19 @@ class World:
                 if i not in have:
                     ip = f"10.0.{1 if name == 'wc-b' else 0}.{i}"
                     self.pods.append(PodInfo(f"{name}-{i}", i, phase="Running", ip=ip, set=name))
+                    running = [o for n, o in self.sets.items() if n != name and int(o["spec"]["replicas"])]
+                    if i == 0 and running and self.store.exists:
+                        # Process 0 of the next set waits for the old execution's lease.
+                        self.store.standby = f"{name}-0 {self.now!r}"
         for p in self.pods:
-            p.ready = ready
+            # Standby pods (another set still runs) are not Ready: they wait for the store.
+            others = [o for n, o in self.sets.items() if n != self._set_of(p) and int(o["spec"]["replicas"])]
+            p.ready = ready and not others
 
     def commit(self, epoch: int) -> None:
-        kept = self.store.kept
+        kept, standby = self.store.kept, self.store.standby
         self.store = StoreInfo(
+            standby=standby,
             ok=True,
             exists=True,
             epoch=epoch,

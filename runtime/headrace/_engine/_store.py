@@ -349,6 +349,19 @@ class RedisStore(Store):
         held = self._retry("reading the lease", lambda: self._r.get(self._k("lease")))
         return held.decode() if isinstance(held, bytes) else str(held or "")
 
+    # Next to the prefix's keys, not among them (``hr{p}:...``): the integrity
+    # checks, snapshots and deletion never see it. The same hash tag: one slot.
+    def _standby_key(self) -> str:
+        return f"hr{{{self.prefix}}}-standby"
+
+    def note_standby(self, who: str) -> None:
+        note = f"{who} {time.time()!r}"
+        self._retry("noting the standby", lambda: self._r.set(self._standby_key(), note, ex=300))
+
+    def standby_note(self) -> str:
+        got = self._retry("reading the standby note", lambda: self._r.get(self._standby_key()))
+        return got.decode() if isinstance(got, bytes) else str(got or "")
+
     def release(self) -> None:
         if not self.execution_id:
             return

@@ -303,6 +303,19 @@ class Store(ABC):
         """
         raise NotImplementedError
 
+    def note_standby(self, who: str) -> None:
+        """Say that ``who`` (a process of the next pods) waits for the lease: a supervisor
+        (the operator) stops the old execution once the next one is this far.
+
+        Kept apart from the state (it is no part of a snapshot) and for a
+        few minutes only; a store without a supervisor to tell ignores it.
+        """
+        return None
+
+    def standby_note(self) -> str:
+        """What `note_standby` said last ("" if nothing, or it ran out): ``"<who> <time>"``."""
+        return ""
+
     @abstractmethod
     def write_epoch(self, epoch: int, entries: list[Entry]) -> int:
         """Write one worker's changes for ``epoch``; return bytes written."""
