@@ -15,11 +15,11 @@ only while the StatefulSet is scaled to zero (a coordinated stop).
 
 A Dataflow has one of two StatefulSets at a time, its *set*: ``<name>``
 (pods ``<name>-0``...) or ``<name>-b`` (pods ``<name>-b-0``...), the newest
-one (annotation ``headrace.dev/set``, a sequence number) running. A
-rescale, upgrade or restart starts the next pods in the other set while
-the old ones stop (`other_set`): they are up, with the flow imported, when
-the old execution releases the store (``HEADRACE_STANDBY_TIMEOUT``, the
-runtime's ``--standby-timeout``). The template hash is the same for both
+one (annotation ``headrace.dev/set``, a sequence number) current. A
+rescale, upgrade or restart starts the next pods in the other set
+(`other_set`) before the old ones stop: they are up, with the flow
+imported, waiting for the old execution to release the store
+(``HEADRACE_STANDBY_TIMEOUT``, the runtime's ``--standby-timeout``). The template hash is the same for both
 sets (the peer pattern is hashed as the first set's).
 
 >>> from headrace_operator.spec import parse_spec

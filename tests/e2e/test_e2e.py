@@ -725,6 +725,7 @@ def test_4b_output_gap_of_rescale_and_upgrade(stack: Stack) -> None:
     upgrade = _gap_of(stack, "upgrade", seen)
     assert stack.ready_pods("gap") == ["gap-0", "gap-1", "gap-2"]
     stack.notes["gaps"] = {"rescale": rescale, "upgrade": upgrade}
+    (artifact_dir() / "output-gaps.json").write_text(json.dumps(stack.notes["gaps"], indent=1))
     print(f"\noutput gaps: rescale {rescale['gapSeconds']} s {rescale['phases']}; "
           f"upgrade {upgrade['gapSeconds']} s {upgrade['phases']}")  # fmt: skip
     # Output stops for at most 4 s (issue 26): the next pods are up, the flow
