@@ -464,7 +464,8 @@ def _early_start_allowed(
 def _next_set_now(
     c: Ctx, target: DataflowSpec, owner: mf.Owner, sts: dict[str, Any], ttype: Transition
 ) -> bool:
-    """Start ``ttype``'s pods in the other set at once, while the old ones stop (True).
+    """Start ``ttype``'s pods in the other set first, the old ones stopping once the new
+    ones stand by (True; `_old_set`).
 
     Only with a recovery store, whose lease keeps the new execution from
     running before the old one has committed its last epoch and let go
@@ -483,9 +484,9 @@ def _next_set_now(
 def _start_next_set(
     c: Ctx, target: DataflowSpec, owner: mf.Owner, ttype: Transition, name: str, seq: int
 ) -> None:
-    """Apply the next set ``name`` at full size now: its pods start, import the flow and
-    connect while the old ones stop at their barrier, and resume once the old
-    execution released the store."""
+    """Apply the next set ``name`` at full size now: its pods start and import the flow
+    while the old ones run on, and resume once the old execution, stopped at its
+    barrier, released the store."""
     tx.start(c, target, owner, ttype, 0, _epoch_now(c), set_name=name, seq=seq)
     c.p.events = [
         e
