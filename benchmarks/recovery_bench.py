@@ -336,7 +336,7 @@ def throughput(stores: list[Store], pythons: dict[str, Any], items: int, repeat:
     headrace none ...
     headrace sqlite ...
     """
-    cells = [Cell(s, items) for s in stores]
+    cells = [Cell(s, items) for s in stores if s.python is None and not s.env]  # not the large-state variants
     total, done = len(cells) * repeat, 0
     for rep in range(repeat):
         for cell in cells if rep % 2 == 0 else cells[::-1]:
@@ -517,6 +517,7 @@ def large_table(cells: list[Cell]) -> str:
         bb = base.med(lambda r: r.span) if base is not None else None
         b_best = min((r.span for r in base.good()), default=None) if base is not None else None
         cpu = c.med(_thread_cpu)
+        proc_cpu = c.med(lambda r: r.records[0].get("cpu_exit"))
         base_cpu = base.med(_thread_cpu) if base is not None and c is not base else None
         # What snapshots add to the worker thread per epoch, against the median run without.
         per_epoch = None
@@ -534,6 +535,7 @@ def large_table(cells: list[Cell]) -> str:
                 f"{_cli.num(best / b_best if best and b_best else None, '.2f')}x "
                 f"({_cli.num(med / bb if med and bb else None, '.2f')}x)",
                 _cli.num(cpu, ".2f"),
+                _cli.num(proc_cpu, ".2f"),
                 _cli.num(per_epoch * 1e3 if per_epoch else None, ".0f"),
                 _cli.num(c.med(_epochs), ".0f"),
                 _cli.num(snap_ms, ".0f"),
@@ -547,6 +549,7 @@ def large_table(cells: list[Cell]) -> str:
             "span s best (med)",
             "vs none best (med)",
             "thread CPU s",
+            "process CPU s",
             "+CPU ms/epoch",
             "epochs",
             "ms/snapshot",
@@ -813,8 +816,9 @@ def main(argv: list[str] | None = None) -> int:
     if large:
         print(
             f"\nLarge state: stateful_map over {keys:,} distinct keys (each changes once), "
-            "snapshot every 1 s; thread CPU: the worker thread's CPU time (median), +CPU: "
-            "what snapshots add to it per epoch; waited: the worker waiting for its snapshot writer:"
+            "snapshot every 1 s; thread CPU: the worker thread's CPU time (median), process CPU: "
+            "all its threads' (not its forked children's), +CPU: what snapshots add to the "
+            "worker thread per epoch; waited: the worker waiting for its snapshot writer:"
         )
         print(large_table(large))
         none = next((c for c in large if c.store.label == "headrace none"), None)
