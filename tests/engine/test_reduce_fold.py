@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ from headrace._engine._stateful_run import ReduceRun, StatefulRun
 from headrace._engine._wiring import Wiring
 from headrace.dataflow import Dataflow
 from headrace.errors import BytewaxRuntimeError
+from headrace.inputs import FixedPartitionedSource, StatefulSourcePartition
 from headrace.recovery import RecoveryConfig
 from headrace.testing import TestingSink, TestingSource, run_main
 from tests.support.stores import store_at
@@ -290,7 +292,7 @@ def test_over_two_workers_the_sender_folds_each_key_in_order(
     assert sorted(out) == _reference(lines, _fold)
 
 
-def test_over_two_workers_the_steps_count_the_same_items_folded_or_not(
+def test_over_two_workers_the_step_counts_what_its_chain_folds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from prometheus_client import REGISTRY
@@ -326,13 +328,16 @@ def test_over_two_workers_the_steps_count_the_same_items_folded_or_not(
         assert sorted(out) == _reference(lines, _add)
         return readings[-1]
 
-    folded = counts(True)
-    assert folded == counts(False)
+    folded, unfolded = counts(True), counts(False)
+    # Everything but the step's items in is the same.
+    assert folded[2:] == unfolded[2:]
     pairs = sum(len(line.split()) for line in lines)
     remote = sum(_owner(w[0]) for line in lines for w in line.split())
     partials = len({w[0] for line in lines for w in line.split() if _owner(w[0]) == 1})
-    # The step's items in: worker 0's own pairs; worker 1's, one partial per key it owns.
-    assert folded[:2] == [pairs - remote, partials]
+    # The step's items in on worker 1: one partial per key it owns. On
+    # worker 0: the pairs its chain folded, or unfolded, those the router kept.
+    assert folded[:2] == [pairs, partials]
+    assert unfolded[:2] == [pairs - remote, partials]
 
 
 @pytest.mark.parametrize("fuse", [True, False])
@@ -373,3 +378,67 @@ def test_over_two_workers_resume_after_abort_folds_on_from_the_committed_state(
     assert blobs == {"a": (True, 5), "b": (True, 1), "e": (True, 1), "f": (True, 2), "h": (True, 1)}
     real = [line for line in lines if isinstance(line, str)]
     assert sorted(run()) == _reference(real, _add)
+
+
+class _AfterPartial(StatefulSourcePartition[Any, None]):
+    def __init__(self, items: list[Any], wait_for: str | None) -> None:
+        self.items = items
+        self.wait_for = wait_for
+        self.deadline = time.monotonic() + 10.0
+
+    def next_batch(self) -> list[Any]:
+        if not self.items:
+            raise StopIteration
+        if self.wait_for is not None:
+            from prometheus_client import REGISTRY
+
+            got = REGISTRY.get_sample_value(
+                "item_inp_count_total", {"step_id": self.wait_for, "worker_index": "1"}
+            )
+            if not got:
+                assert time.monotonic() < self.deadline, "the partial never reached worker 1"
+                return []
+        items, self.items = self.items, []
+        return items
+
+    def snapshot(self) -> None:
+        return None
+
+
+class _TwoParts(FixedPartitionedSource[Any, None]):
+    """Partition "a" (worker 0) sends its items at once; "b" (worker 1) only
+    once worker 1's step has taken in the partial of "a"'s items."""
+
+    def __init__(self, first: list[Any], then: list[Any], step_id: str) -> None:
+        self.parts = {"a": (first, None), "b": (then, step_id)}
+
+    def list_parts(self) -> list[str]:
+        return ["a", "b"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _AfterPartial:
+        items, wait_for = self.parts[for_part]
+        return _AfterPartial(list(items), wait_for)
+
+
+@pytest.mark.parametrize("last", [10, "x"])
+def test_a_key_first_seen_as_a_partial_folds_on_from_it(last: Any) -> None:
+    # Worker 1 owns the key; its step makes the key's cell from worker 0's
+    # partial, then its own chain folds into that same cell.
+    key = next(k for k in "abcdefgh" if _owner(k) == 1)
+    flow = Dataflow("late1")
+    source = _TwoParts([(key, 1), (key, 2)], [(key, last)], "late1.sum.stateful_batch")
+    s = op.key_on("key", op.input("inp", flow, source), lambda kv: kv[0])
+    s = op.map_value("v", s, lambda kv: kv[1])
+    out: list[Any] = []
+    op.output("out", op.reduce_final("sum", s, _add), TestingSink(out))
+    if last == "x":
+        with pytest.raises(BytewaxRuntimeError) as info:
+            execute(flow, workers_per_process=2)
+        step = "late1.sum.fold_final.stateful.stateful_batch"
+        assert str(info.value) == (
+            f'error calling `StatefulBatchLogic.on_batch` in step "{step}" for key "{key}": '
+            "TypeError: unsupported operand type(s) for +: 'int' and 'str'"
+        )
+    else:
+        execute(flow, workers_per_process=2)
+        assert out == [(key, 13)]

@@ -41,7 +41,7 @@ from headrace._engine._basics import (
     reject_unkeyed,
     user_error,
 )
-from headrace._engine._fuse import EpochRef, RemoteCells
+from headrace._engine._fuse import EpochRef, ReduceTarget, RemoteCells
 from headrace._engine._hash import group_owner, key_group
 from headrace._engine._plan import CoreStep
 from headrace._metrics import WorkerMetrics
@@ -244,27 +244,33 @@ class Exchange:
                     acks[sender] = 0
                     self.cluster.send(sender, (ACK, self.index, n))
 
-    def fold_target(
-        self, edge: Edge, cells: dict[str, list[Any]], dirty: set[str] | None
-    ) -> tuple[RemoteCells, Callable[[], None]]:
+    def fold_target(self, edge: Edge, target: ReduceTarget) -> Callable[[], None]:
         """Let a chain fold pairs straight into a `reduce_final` that other workers share.
 
-        ``cells`` (and ``dirty``) are this worker's running values (`ReduceRun`);
-        the pairs of keys another worker owns go into that worker's
-        `CellCombiner` on ``edge``, as `send` would put them into its
-        combiner. Returns the chain's `RemoteCells` and what to call after
-        each activation of the chain: it counts the folded pairs as
-        buffered items (flushing at `flush_items`), as `send` does.
+        ``target`` holds this worker's running values (`ReduceRun.target`);
+        this sets its ``remote``: the pairs of keys another worker owns go
+        into that worker's `CellCombiner` on ``edge``, as `send` would put
+        them into its combiner. Without snapshots to track, the chain
+        looks every key up in one dict (`RemoteCells.unified`). Returns
+        what to call after each activation of the chain: it counts the new
+        partials as buffered items (flushing at `flush_items`) and hands
+        the combiners to the flush, as `send` does.
         """
         groups = self.key_groups
         count = self.count
         me = self.index
+        cells = target.cells
+        dirty = target.dirty
+        reducer = target.reducer
+        failed = target.failed
+        unified = dirty is None
         shared: dict[str, list[Any]] = {}
         per_dst: list[CellCombiner | None] = [None] * count
         for dst in range(count):
             if dst != me:
                 per_dst[dst] = CellCombiner(shared)
         cache: dict[str, int] = {}
+        folded = [0]
 
         def new_key(k: str, v: Any) -> int:
             dst = cache.get(k)
@@ -273,16 +279,28 @@ class Exchange:
                     cache.clear()
                 dst = cache[k] = group_owner(key_group(k, groups), groups, count)
             if dst == me:
-                cells[k] = [v]
-                if dirty is not None:
-                    dirty.add(k)
+                if not unified:
+                    cells[k] = [v]
+                    if dirty is not None:
+                        dirty.add(k)
+                    return 0
+                # The step may hold the key already (a partial received, a restore).
+                cell = cells.get(k)
+                if cell is None:
+                    cells[k] = cell = [v]
+                else:
+                    try:
+                        cell[0] = reducer(cell[0], v)
+                    except Exception as exc:
+                        raise failed(k, exc) from exc
+                shared[k] = cell
                 return 0
             combiner = per_dst[dst]
             assert combiner is not None
             combiner.cells[k] = shared[k] = [v]
+            folded[0] += 1  # a new partial: the buffer's item count
             return 1
 
-        folded = [0]
         eid = edge.eid
 
         def after() -> None:
@@ -299,7 +317,8 @@ class Exchange:
                 if self.items >= self.flush_items:
                     self.flush()
 
-        return RemoteCells(shared, new_key, folded), after
+        target.remote = RemoteCells(shared, new_key, folded, unified)
+        return after
 
     def keyed_router(
         self,

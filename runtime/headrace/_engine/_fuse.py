@@ -80,17 +80,24 @@ class ReduceTarget:
 class RemoteCells:
     """Where a folding chain puts the pairs of keys another worker owns (`_exchange`).
 
-    ``cells`` maps each such key folded since the last flush to its partial
-    result's one-item list (the combiner of the owner's edge sends it);
-    ``new_key(k, v)`` takes the first value of a key found in neither
-    dict: it stores it where the key's owner says and returns 1 if that is
-    another worker, else 0. Each call of the chain adds the pairs it folded
-    into ``cells`` to ``folded[0]``.
+    ``new_key(k, v)`` takes the first value of a key the chain's lookup
+    misses: it stores it where the key's owner says, and returns 1 (and
+    adds 1 to ``folded[0]``, the partials buffered) if that is another
+    worker. Two shapes:
+
+    - ``unified`` (no snapshots to track): ``cells`` holds every key the
+      chain folded since its partials were last sent, mapped to its cell,
+      this worker's running value or the owner's partial result: the
+      chain folds as on one worker, with one lookup per pair.
+    - otherwise ``cells`` holds only the partials, looked up after the
+      step's own dict misses, so that only this worker's keys are marked
+      changed for the snapshot.
     """
 
     cells: dict[str, list[Any]]
     new_key: Callable[[str, Any], int]
     folded: list[int]
+    unified: bool = False
 
 
 class EpochRef:
@@ -298,8 +305,6 @@ def _compile_segment(
         how, at = _counting(stages) if reduce.count else ("none", None)
         start = "len(batch)" if how == "batch" else "0"
         lines = ["def fused(batch):", f"    n = {start}", "    ncell = [0]", "    for x0 in batch:"]
-        if reduce.remote is not None:
-            lines.insert(3, "    x = 0")
         indent = _loop_body(lines, planned, line_of_stage, at)
         k, v = cur[1], cur[2]
         fold = [
@@ -309,18 +314,19 @@ def _compile_segment(
             f"    raise rfail({k}, exc) from exc",
         ]
         dadd = [f"dadd({k})"] if reduce.dirty is not None else []
-        if reduce.remote is None:
-            body = [f"acc = rget({k})", "if acc is None:", f"    rcells[{k}] = [{v}]", "else:"]
+        if reduce.remote is None or reduce.remote.unified:
+            new = f"rcells[{k}] = [{v}]" if reduce.remote is None else f"newkey({k}, {v})"
+            body = [f"acc = rget({k})", "if acc is None:", f"    {new}", "else:"]
             body += [f"    {line}" for line in fold] + dadd
             end = ["    return n + ncell[0]"]
         else:
             # A key is this worker's (its running value), another's (a
             # partial since the last flush), or new (`RemoteCells.new_key`).
             body = [f"acc = rget({k})", "if acc is None:", f"    acc = xget({k})", "    if acc is None:"]
-            body += [f"        x += newkey({k}, {v})", "    else:", "        x += 1"]
+            body += [f"        newkey({k}, {v})", "    else:"]
             body += [f"        {line}" for line in fold] + ["else:"]
             body += [f"    {line}" for line in fold + dadd]
-            end = ["    xfolded[0] += x", "    return n + ncell[0]"]
+            end = ["    return n + ncell[0]"]
         lines += [*([f"{indent}n += 1"] if how == "item" else []), *(indent + b for b in body), *end]
     else:
         lines = ["def fused(batch):", "    groups = {}", "    get = groups.get", "    for x0 in batch:"]
@@ -354,12 +360,10 @@ def _compile_segment(
             rfail=reduce.failed,
             dadd=None if reduce.dirty is None else reduce.dirty.add,
         )
-        if reduce.remote is not None:
-            env.update(
-                xget=reduce.remote.cells.get,
-                newkey=reduce.remote.new_key,
-                xfolded=reduce.remote.folded,
-            )
+        if reduce.remote is not None and reduce.remote.unified:
+            env.update(rget=reduce.remote.cells.get, newkey=reduce.remote.new_key)
+        elif reduce.remote is not None:
+            env.update(xget=reduce.remote.cells.get, newkey=reduce.remote.new_key)
     for i, st in enumerate(stages):
         env[f"f{i}"] = st.fn
         env[f"s{i}"] = st.step_id

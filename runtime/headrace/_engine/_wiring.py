@@ -450,9 +450,10 @@ class Wiring:
         owns is folded into that worker's partial result instead
         (`Exchange.fold_target`), what the step's combiner does to the
         values the router sends; the owner merges the partials as before.
-        The step's own metrics count the items it got (its own keys' pairs;
-        the partials it receives count when they arrive); their time is in
-        the chain's step, as for every step fused into a chain.
+        The step's own metrics count the pairs the chain folded on this
+        worker (those bound for another worker too) and the partials it
+        receives; their time is in the chain's step, as for every step
+        fused into a chain.
         """
         if self.tracer is not None or not reduces_only(step):
             return None
@@ -465,15 +466,12 @@ class Wiring:
         if self.count > 1:
             if getattr(step.conf["builder"], "precombiner", None) is None:
                 return None
-            target.remote, after = self.exchange.fold_target(
-                self.edge_of_step[step.step_id], target.cells, target.dirty
-            )
+            after = self.exchange.fold_target(self.edge_of_step[step.step_id], target)
         fns = compile_grouping_chain(stages, self.epoch_ref, self.index, target)
         if fns is None:
             return None
         head = tuple(fns[:-1])
         fold: Callable[[list[Any]], Any] = fns[-1]  # returns a count
-        remote = target.remote
         if self.metrics is None:
 
             def run_plain(batches: list[Any]) -> None:
@@ -499,8 +497,6 @@ class Wiring:
             for batch in batches:
                 n += fold(batch)
             node.activated = True
-            # The pairs bound for other workers are theirs to count.
-            mine = n if remote is None else n - remote.folded[0]
             if after is not None:
                 after()
             dt = time.perf_counter() - t0
@@ -508,7 +504,7 @@ class Wiring:
             m.out.inc(n)
             m.dur.observe(dt)
             m.busy.inc(dt)
-            m_step.inp.inc(mine)
+            m_step.inp.inc(n)
 
         return run
 
