@@ -23,8 +23,16 @@ fold the chain that feeds the step into that dict, item by item, in the
 chain's own loop (`_fuse`), when nothing can see the difference: one
 worker and a reducer that cannot print (`not ordered`).
 
+On a resume the wiring hands `restore` each key group's stored states.
+A `stateful_map`'s (or `stateful_flat_map`'s) keys rest there pickled
+(``resting``) and each key's logic is built at its first item, which
+nothing else can tell (`_builds_later`); other steps build every key then.
+
 The exchange (`_exchange`) routes items here; the wiring (`_wiring`) builds
-it, and the worker loop (`_worker`) fires its timers and snapshots it.
+it, and the worker loop (`_worker`) fires its timers and snapshots it. The
+module runs past 800 lines because both runs, their restore and the
+snapshot batch they fill share the per-key invariants (key order, changed
+keys, ttl order) that a split would spread over modules.
 """
 
 from __future__ import annotations
