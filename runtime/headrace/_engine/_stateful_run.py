@@ -518,6 +518,8 @@ class StatefulRun:
         out: list[Any] = []
         extend = out.extend
         logics = self.logics
+        builder = self.builder
+        resting = self.resting
         dirty = self.dirty if self.track else None
         # Keys whose `notify_at` is asked after this activation's due timers
         # fired: as in Bytewax, a timer set by an item fires at the next
@@ -530,7 +532,16 @@ class StatefulRun:
         for k, vs in pairs:
             logic = logics.get(k)
             if logic is None:
-                logic = logics[k] = self._built(k)
+                if resting:  # a restored key, maybe (see `restore`)
+                    logic = self._built(k)
+                else:
+                    try:
+                        logic = builder(None)
+                    except Exception as exc:
+                        raise BytewaxRuntimeError(
+                            f"error calling `builder` in step {self.shown} for key {quoted(k)}"
+                        ) from exc
+                logics[k] = logic
             try:
                 ret = logic.on_batch(vs)
             except Exception as exc:
