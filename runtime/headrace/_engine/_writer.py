@@ -156,13 +156,6 @@ def fork_enabled() -> bool:
     return _PRCTL is not None and os.environ.get(FORK_ENV, "1").strip().lower() not in ("0", "no", "false")
 
 
-class ChildTraceback(Exception):
-    """The traceback of an error raised in a forked child, as text (the cause of what the parent raises)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
 class ForkedJob:
     """Run ``fn`` in a forked child; `result` returns what it returned, or raises what it raised.
 
@@ -171,16 +164,18 @@ class ForkedJob:
     happens it leaves with ``os._exit`` (no ``atexit``, no buffers flushed,
     no destructors: the parent's connections stay untouched). It dies with
     the thread that forked it (SIGKILL), and exits at once if that one was
-    already gone. The result travels pickled; an error keeps its type and
-    message, its cause, and the child's traceback as the cause's cause.
+    already gone. The result travels pickled; an error keeps its type,
+    message and cause, and the child's traceback as a note (shown with a
+    full traceback, not in a one-line summary).
 
     >>> job = ForkedJob(lambda: os.getpid()); pid = job.pid
     >>> job.result() == pid != os.getpid()
     True
-    >>> ForkedJob(lambda: 1 / 0).result()
-    Traceback (most recent call last):
-    ...
-    ZeroDivisionError: division by zero
+    >>> try:
+    ...     ForkedJob(lambda: 1 / 0).result()
+    ... except ZeroDivisionError as exc:
+    ...     print(exc, "|", exc.__notes__[0].splitlines()[0])
+    division by zero | raised in the process writing the snapshot (pid ...):
     """
 
     def __init__(self, fn: Callable[[], Any]) -> None:
@@ -222,12 +217,11 @@ class ForkedJob:
         ok, value, cause, text = pickle.loads(blob)
         if ok:
             return value
-        remote = ChildTraceback(text)
         if cause is not None:
-            cause.__cause__ = remote
             value.__cause__ = cause
-        else:
-            value.__cause__ = remote
+        (cause if cause is not None else value).add_note(
+            f"raised in the process writing the snapshot (pid {self.pid}):\n{text.rstrip()}"
+        )
         raise value
 
 
