@@ -258,9 +258,10 @@ def test_kill_9_while_the_snapshot_writer_has_an_epoch_in_flight(
 
     counts = many_keys_input(tmp_path / "in", lines=3000)
     assert len(counts) > 4 * ASYNC_MIN_ENTRIES
-    # Epochs of 1 s: well over ASYNC_MIN_ENTRIES keys per worker even on a loaded machine.
-    env = run_env(tmp_path, HR_SLOW="0.03", HEADRACE_SNAPSHOT_FORK="0")
-    args = ["-p", "2", "-r", redis_server.url, "--epoch-interval", "1.0"]
+    # Epochs of 2 s: well over ASYNC_MIN_ENTRIES keys per worker even on a
+    # loaded machine (a smaller epoch is written inline, and waits for Redis).
+    env = run_env(tmp_path, HR_SLOW="0.02", HEADRACE_SNAPSHOT_FORK="0")
+    args = ["-p", "2", "-r", redis_server.url, "--epoch-interval", "2.0"]
     client = redis.Redis.from_url(redis_server.url)
     store = open_store(redis_server.url, "recovery_wc")
     p = launch(args, env)
