@@ -27,7 +27,7 @@ import pytest
 import headrace.operators as op
 from headrace._engine._store import RecoveryStoreError, open_store
 from headrace._engine._worker import ASYNC_MIN_ENTRIES
-from headrace._engine._writer import FORK_ENV, ForkedJob
+from headrace._engine._writer import CHILD_TIMEOUT_ENV, FORK_ENV, ForkedJob
 from headrace.dataflow import Dataflow
 from headrace.errors import BytewaxRuntimeError
 from headrace.operators import StatefulLogic
@@ -170,6 +170,64 @@ def test_a_store_error_in_the_child_has_the_words_of_the_thread(
         "Redis at redis://HOST/0 (prefix 'F') refused a command while writing the snapshot of "
         "epoch 1: command not allowed when used memory > 'maxmemory'."
     )
+
+
+class _HangsInChild(StatefulLogic):
+    """A running sum whose `snapshot` never returns in a forked child (as one stuck on a lock)."""
+
+    parent = os.getpid()
+
+    def __init__(self, state: int | None) -> None:
+        self.n = state or 0
+
+    def on_batch(self, values: list[int]) -> tuple[list[int], bool]:
+        self.n += sum(values)
+        return [self.n], StatefulLogic.RETAIN
+
+    def snapshot(self) -> int:
+        if os.getpid() != _HangsInChild.parent:
+            time.sleep(3600)
+        return self.n
+
+
+def test_a_child_that_hangs_is_killed_and_stops_the_run(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FORK_ENV, "1")
+    monkeypatch.setenv(CHILD_TIMEOUT_ENV, "1.5")
+    flow = Dataflow("hangs")
+    s = op.input("inp", flow, TestingSource([(f"k{i}", 1) for i in range(BIG)], batch_size=BIG))
+    s = op.stateful_batch("s", s, _HangsInChild)
+    op.output("out", s, TestingSink([]))
+    with pytest.raises(TimeoutError) as got:
+        run_main(flow, epoch_interval=ZERO, recovery_config=RecoveryConfig(redis_server.url))
+    pid = int(re.search(r"\(pid (\d+)\)", str(got.value)).group(1))  # type: ignore[union-attr]
+    assert str(got.value) == (
+        f"the process writing the snapshot of epoch 1 (pid {pid}) did not finish within 1.5 s: killed; "
+        "if it hangs again, set HEADRACE_SNAPSHOT_FORK=0 to write large snapshots with a thread instead"
+    )
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
+    # Nothing of the epoch was committed: a next run starts from the beginning.
+    meta = open_store(redis_server.url, "hangs").load_meta()
+    assert meta is not None and meta.committed_epoch == 0
+
+
+def test_a_mistyped_child_timeout_is_refused_at_the_start(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FORK_ENV, "1")
+    monkeypatch.setenv(CHILD_TIMEOUT_ENV, "5m")
+    flow = Dataflow("mistyped")
+    s = op.input("inp", flow, TestingSource([("k", 1)]))
+    s = op.stateful_map("sum", s, lambda st, v: ((st or 0) + v,) * 2)
+    out: list[Any] = []
+    op.output("out", s, TestingSink(out))
+    with pytest.raises(
+        ValueError, match=r"^HEADRACE_SNAPSHOT_CHILD_TIMEOUT='5m': must be a number of seconds above 0$"
+    ):
+        run_main(flow, epoch_interval=ZERO, recovery_config=RecoveryConfig(redis_server.url))
+    assert out == []
 
 
 def test_a_forked_job_reports_a_child_that_died() -> None:

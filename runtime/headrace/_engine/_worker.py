@@ -74,7 +74,7 @@ from headrace._engine._plan import Plan, quoted
 from headrace._engine._sched import Ready
 from headrace._engine._store_base import PARTS, Entry, Store, _count_store_error
 from headrace._engine._wiring import SourceRun, Wiring, engine_tracer
-from headrace._engine._writer import ForkedJob, SnapshotWriter, fork_enabled
+from headrace._engine._writer import ForkedJob, SnapshotWriter, child_timeout, fork_enabled
 from headrace._metrics import M, WorkerMetrics
 from headrace.errors import BytewaxRuntimeError
 from headrace.inputs import AbortExecution
@@ -151,6 +151,8 @@ class Worker:
         self._async_ok = config.store is not None and not self._commit_hooks
         # Large epochs written by a forked child, not the writer thread (`_writer`).
         self._fork = self._async_ok and config.store is not None and config.store.forkable and fork_enabled()
+        # A mistyped limit stops the run here, not at its first large epoch.
+        self._child_timeout = child_timeout() if self._fork else 0.0
         self._async_votes = 0  # F_ASYNC control barriers of this epoch
         self._async_epoch = 0  # the last epoch this worker handed to its writer
         # Worker 0: the next epoch to commit; aligned epochs waiting for their
@@ -555,7 +557,9 @@ class Worker:
         store = self.config.store
         assert store is not None
         try:
-            self.snapshot_bytes, write_s, errors = job.result()
+            self.snapshot_bytes, write_s, errors = job.result(
+                self._child_timeout, f"the snapshot of epoch {epoch}"
+            )
         except BaseException as exc:
             self._count_child_errors(store, getattr(exc, "store_errors", 0))
             raise

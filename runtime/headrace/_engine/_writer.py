@@ -36,9 +36,11 @@ import gc
 import logging
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
+import time
 import traceback
 import warnings
 from collections import deque
@@ -129,7 +131,36 @@ class SnapshotWriter:
 # child where the platform and the store allow it.
 FORK_ENV = "HEADRACE_SNAPSHOT_FORK"
 
+# Seconds a forked child may take to write one epoch before it is killed
+# and the run stops (`ForkedJob.result`); a child that deadlocked on a lock
+# another thread of the worker held at the fork would otherwise hang it.
+CHILD_TIMEOUT_ENV = "HEADRACE_SNAPSHOT_CHILD_TIMEOUT"
+CHILD_TIMEOUT = 300.0
+
 _PR_SET_PDEATHSIG = 1
+
+
+def child_timeout() -> float:
+    """Seconds a forked child may write one epoch (``HEADRACE_SNAPSHOT_CHILD_TIMEOUT``, default 300).
+
+    >>> child_timeout()
+    300.0
+    >>> import os; os.environ[CHILD_TIMEOUT_ENV] = "soon"; child_timeout()
+    Traceback (most recent call last):
+    ...
+    ValueError: HEADRACE_SNAPSHOT_CHILD_TIMEOUT='soon': must be a number of seconds above 0
+    >>> del os.environ[CHILD_TIMEOUT_ENV]
+    """
+    raw = os.environ.get(CHILD_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return CHILD_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"{CHILD_TIMEOUT_ENV}={raw!r}: must be a number of seconds above 0")
+    return value
 
 
 def _prctl() -> Any:
@@ -198,10 +229,27 @@ class ForkedJob:
         self.pid = pid
         self._r = r
 
-    def result(self) -> Any:
-        """Wait for the child (without the GIL), reap it, return its result or raise its error."""
+    def result(self, timeout: float | None = None, what: str = "a snapshot") -> Any:
+        """Wait for the child (without the GIL), reap it, return its result or raise its error.
+
+        A child that has not finished after ``timeout`` seconds (a lock held
+        by another thread of the parent at the fork never frees in the
+        child) is killed and is a `TimeoutError` naming ``what`` it wrote.
+
+        >>> import time
+        >>> ForkedJob(lambda: time.sleep(60)).result(timeout=0.2)
+        Traceback (most recent call last):
+        ...
+        TimeoutError: the process writing a snapshot (pid ...) did not finish within 0.2 s: killed; ...
+        """
         try:
-            blob = _read_all(self._r)
+            blob = _read_all(self._r, None if timeout is None else time.monotonic() + timeout)
+        except TimeoutError:
+            os.kill(self.pid, signal.SIGKILL)
+            raise TimeoutError(
+                f"the process writing {what} (pid {self.pid}) did not finish within {timeout:g} s: "
+                f"killed; if it hangs again, set {FORK_ENV}=0 to write large snapshots with a thread instead"
+            ) from None
         finally:
             os.close(self._r)
             _, status = os.waitpid(self.pid, 0)
@@ -225,11 +273,18 @@ class ForkedJob:
         raise value
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
+def _read_all(fd: int, deadline: float | None = None) -> bytes:
+    """All of ``fd`` up to its end; `TimeoutError` if it has not ended at ``deadline`` (monotonic)."""
+    chunks: list[bytes] = []
+    while True:
+        if deadline is not None:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _child(fn: Callable[[], Any], parent: int, w: int) -> None:
