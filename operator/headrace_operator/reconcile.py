@@ -21,7 +21,8 @@ as its steps:
 4. `_finish`: the status fields, the conditions, the merge patch.
 
 The transitions themselves (stop at a barrier, start, arrive) are in
-`transitions`, health and restarts in `health`, rollback in `rollback`, the
+`transitions`, the next pods started before the old ones are gone in
+`early_start`, health and restarts in `health`, rollback in `rollback`, the
 conditions in `conditions`. It is over 800 lines because the named steps of
 one decision read best in one place; each of those modules took out what
 stands on its own.
@@ -39,6 +40,7 @@ from __future__ import annotations
 from typing import Any
 
 from headrace_operator import autoscaler as asc
+from headrace_operator import early_start as es
 from headrace_operator import kept, rollback, step_errors
 from headrace_operator import manifests as mf
 from headrace_operator import transitions as tx
@@ -188,12 +190,6 @@ def _state_lost(c: Ctx, target: DataflowSpec, owner: mf.Owner) -> Problem | None
     )
 
 
-def _reset_asked(c: Ctx, target: DataflowSpec) -> bool:
-    """A Dataflow kept stopped got a new ``resetStateNonce`` since it stopped."""
-    stopped = c.st.stopped
-    return stopped is not None and stopped.reset_state_nonce != target.reset_state_nonce
-
-
 def _delete_state(
     c: Ctx, target: DataflowSpec, owner: mf.Owner, then: str = "starting with empty state"
 ) -> None:
@@ -249,15 +245,10 @@ def plan(obs: Observation) -> Plan:
         _running(c, target, owner, obs.sts, secret_problem)
     else:
         _stopped(c, target, owner, obs.sts, secret_problem)
-    _old_set(c)
+    es.old_set(c)
     if c.degraded is None:
         c.degraded = rollback.degraded(c)
     return _finish(c, target, owner)
-
-
-def _epoch_now(c: Ctx) -> int:
-    store = c.obs.store
-    return store.epoch if store is not None and store.ok else 0
 
 
 def _create(c: Ctx, target: DataflowSpec, owner: mf.Owner, secret_problem: Problem | None) -> None:
@@ -266,7 +257,7 @@ def _create(c: Ctx, target: DataflowSpec, owner: mf.Owner, secret_problem: Probl
     if secret_problem is not None:
         _waiting_for_secret(c, secret_problem)
     elif target.state == "running":
-        reset = _reset_asked(c, target)
+        reset = tx.reset_asked(c, target)
         if c.lost is not None and not reset:
             _halt_state_lost(c, target)
             return
@@ -284,7 +275,7 @@ def _create(c: Ctx, target: DataflowSpec, owner: mf.Owner, secret_problem: Probl
             _store_blocked(c, "restore the kept snapshot")
             return
         kept.restore_at_creation(c, target, owner, emptied)
-        tx.start(c, target, owner, Transition.DEPLOY, 0, _epoch_now(c))
+        tx.start(c, target, owner, Transition.DEPLOY, 0, tx.epoch_now(c))
         c.event(
             "Normal",
             "Created",
@@ -300,17 +291,12 @@ def _create(c: Ctx, target: DataflowSpec, owner: mf.Owner, secret_problem: Probl
         c.event("Normal", "Created", f"created StatefulSet {obs.name}, suspended")
 
 
-def _changes(target: DataflowSpec, owner: mf.Owner, sts: dict[str, Any]) -> list[Transition]:
-    desired = mf.build_statefulset(target, owner)
-    return tx.changes(target, sts, mf.sts_annotations(desired)[mf.ANN_TEMPLATE_HASH])
-
-
 def _running(
     c: Ctx, target: DataflowSpec, owner: mf.Owner, sts: dict[str, Any], secret_problem: Problem | None
 ) -> None:
     """Pods run: a difference from the spec starts a transition; else the steady checks."""
     want_running = target.state == "running"
-    changes = _changes(target, owner, sts)
+    changes = tx.changes_for(target, owner, sts)
     ttype: Transition | None = None
     if not want_running:
         ttype = Transition.SUSPEND
@@ -335,7 +321,7 @@ def _running(
     cur = mf.sts_replicas(sts)
     deployed_n = int(mf.sts_annotations(sts).get(mf.ANN_REPLICAS, cur) or cur)
     to_replicas = target.replicas if want_running else 0
-    early = want_running and _next_set_now(c, target, owner, sts, ttype)
+    early = want_running and es.next_set_now(c, target, owner, sts, ttype)
     name, seq = mf.sts_name(sts), mf.set_seq(sts)
     if early:
         name, seq = mf.other_set(c.obs.name, name), seq + 1
@@ -353,7 +339,7 @@ def _running(
         message = message.replace("stopping ", "starting the next pods in the other set, then stopping ", 1)
     tx.stop(c, ttype, deployed_n, to_replicas, message, scale=not early)
     if early:
-        _start_next_set(c, target, owner, ttype, name, seq)
+        es.start_next_set(c, target, owner, ttype, name, seq)
         if Transition.UPGRADE in changes or Transition.RESCALE in changes:
             # After the apply: the copy runs while the new pods start. It is
             # the last epoch committed before the change (not the barrier's).
@@ -373,22 +359,22 @@ def _stopped(
     want_running = target.state == "running"
     tr = c.st.transition
     if c.obs.pods:
-        if not _start_early(c, target, owner, sts, tr, secret_problem):
+        if not es.start_early(c, target, owner, sts, tr, secret_problem):
             _still_stopping(c, target, tr, want_running)
         return
     if tr is not None and tr.stage is Stage.STOPPING:
         tx.stop_finished(c, target, tr)
     if not want_running:
         if tr is not None and tr.type is Transition.SUSPEND:
-            tx.suspended(c, tr, _epoch_now(c))
+            tx.suspended(c, tr, tx.epoch_now(c))
         c.st.transition = None
         c.st.stopped = None
         c.phase = Phase.SUSPENDED
         c.p.requeue = 30.0
         return
-    changes = _changes(target, owner, sts)
+    changes = tx.changes_for(target, owner, sts)
     rolling = rollback.rolling_back(c)  # the state is the one kept before the failed change
-    reset = not rolling and (_reset_asked(c, target) or Transition.RESET in changes)
+    reset = not rolling and (tx.reset_asked(c, target) or Transition.RESET in changes)
     was_stopped = c.st.stopped is not None
     if _kept_stopped(c, target, changes, reset):
         return
@@ -434,139 +420,9 @@ def _stopped(
         _delete_state(c, target, owner)
         if target.restore_from is not None and (reset or ttype is Transition.RESET):
             kept.restore(c, target, owner)  # a reset starts from it; a stateless upgrade from empty
-    tx.start(c, target, owner, ttype, 0, _epoch_now(c))
+    tx.start(c, target, owner, ttype, 0, tx.epoch_now(c))
     if need_reset:
         c.p.events = [e for e in c.p.events if e[1] != "Restored"]
-
-
-def _early_start_allowed(
-    c: Ctx, target: DataflowSpec, owner: mf.Owner, sts: dict[str, Any], ttype: Transition
-) -> bool:
-    """Nothing is to be done to the state between the stop and the start of ``ttype``:
-    the next pods may start before the old ones are gone.
-
-    A rescale, a ``last-state`` upgrade or a restart, without rollback, a
-    state reset or a problem to report first.
-    """
-    if target.state != "running" or ttype not in (Transition.RESCALE, Transition.UPGRADE, Transition.RESTART):
-        return False
-    if c.lost is not None or c.st.stopped is not None:
-        return False
-    if target.rollback.enabled or rollback.active(c) or _reset_asked(c, target):
-        return False
-    changes = _changes(target, owner, sts)
-    if Transition.RESET in changes or (Transition.UPGRADE in changes and target.upgrade_mode != "last-state"):
-        return False
-    store = c.obs.store
-    return target.recovery is None or (store is not None and store.ok)
-
-
-def _next_set_now(
-    c: Ctx, target: DataflowSpec, owner: mf.Owner, sts: dict[str, Any], ttype: Transition
-) -> bool:
-    """Start ``ttype``'s pods in the other set first, the old ones stopping once the new
-    ones stand by (True; `_old_set`).
-
-    Only with a recovery store, whose lease keeps the new execution from
-    running before the old one has committed its last epoch and let go
-    (the runtime's standby start, ``HEADRACE_STANDBY_TIMEOUT``); and only
-    when the other set is free: no StatefulSet of that name (another
-    owner's, or the last set still going), no pod of it left, and a name
-    short enough.
-    """
-    if target.recovery is None or not _early_start_allowed(c, target, owner, sts, ttype):
-        return False
-    if c.obs.other_set_taken or c.obs.old_sts is not None or c.obs.old_pods:
-        return False
-    return len(c.obs.name) + len(mf.OTHER_SET_SUFFIX) <= mf.MAX_STS_NAME
-
-
-def _start_next_set(
-    c: Ctx, target: DataflowSpec, owner: mf.Owner, ttype: Transition, name: str, seq: int
-) -> None:
-    """Apply the next set ``name`` at full size now: its pods start and import the flow
-    while the old ones run on, and resume once the old execution, stopped at its
-    barrier, released the store."""
-    tx.start(c, target, owner, ttype, 0, _epoch_now(c), set_name=name, seq=seq)
-    c.p.events = [
-        e
-        if e[1] != "Restored"
-        else (e[0], e[1], e[2].replace(" from committed epoch ", " from epoch >= ") + f" as set {name}")
-        for e in c.p.events
-    ]
-
-
-STANDBY_WAIT = 60.0
-"""Seconds the old set runs on at most, waiting for the next one's pods to stand by."""
-
-
-def _standing_by(c: Ctx) -> bool:
-    """The current set's process 0 said it waits for the old execution's lease, after
-    its pods were applied (`StoreInfo.standby`)."""
-    store, cur, tr = c.obs.store, c.obs.sts, c.st.transition
-    if store is None or not store.ok or cur is None or tr is None:
-        return False
-    who, _, at = store.standby.partition(" ")
-    applied = parse_iso(tr.pods_started_at) or 0.0
-    try:
-        noted = float(at)
-    except ValueError:
-        return False
-    return who.startswith(mf.sts_name(cur) + "-") and noted >= applied - 1.0
-
-
-def _old_set(c: Ctx) -> None:
-    """The last set: running on until the next set's pods stand by (they are up, with the
-    flow imported, waiting for the store: `STANDBY_WAIT` at most), then stopped at its
-    barrier; deleted once its pods are gone."""
-    old = c.obs.old_sts
-    if old is None:
-        return
-    if mf.sts_replicas(old) > 0:
-        tr, cur = c.st.transition, c.obs.sts
-        starting = (
-            tr is not None and tr.stage is Stage.STARTING and cur is not None and mf.sts_replicas(cur) > 0
-        )
-        if starting and not _standing_by(c) and tx.elapsed(c, tr) < STANDBY_WAIT:
-            c.p.requeue = min(c.p.requeue, 0.5)  # the old pods write on meanwhile
-            return
-        tx.scale_to_zero(c, old)
-    elif not c.obs.old_pods:
-        meta = {"name": mf.sts_name(old), "namespace": c.obs.namespace}
-        c.act("delete", obj={"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta})
-
-
-def _start_early(
-    c: Ctx,
-    target: DataflowSpec,
-    owner: mf.Owner,
-    sts: dict[str, Any],
-    tr: TransitionStatus | None,
-    secret_problem: Problem | None,
-) -> bool:
-    """Every old pod is terminating and nothing is to be done to the state between the
-    stop and the start: apply the new StatefulSet now (True).
-
-    A rescale, a ``last-state`` upgrade or a restart, without rollback: the
-    StatefulSet controller then starts each new pod the moment its old
-    namesake is gone (and new ordinals at once), instead of the next look
-    after the last one went; the output gap is that much shorter. Each old
-    pod commits at the stop barrier before it goes, and the new process 0
-    takes the store over (fencing any old process still running).
-    """
-    if tr is None or tr.stage is not Stage.STOPPING or secret_problem is not None:
-        return False
-    if not all(p.terminating for p in c.obs.pods):
-        return False
-    if not _early_start_allowed(c, target, owner, sts, tr.type):
-        return False
-    tx.start(c, target, owner, tr.type, 0, _epoch_now(c))
-    # The old pods commit the stop barrier's epoch as they go: the new ones resume from it.
-    c.p.events = [
-        e if e[1] != "Restored" else (e[0], e[1], e[2].replace(" from committed epoch ", " from epoch >= "))
-        for e in c.p.events
-    ]
-    return True
 
 
 def _rollback_state(c: Ctx, target: DataflowSpec, owner: mf.Owner, store: StoreInfo, name: str) -> None:

@@ -438,3 +438,21 @@ def stopped_phase(reason: StopReason) -> Phase:
     (<Phase.FINISHED: 'Finished'>, <Phase.FAILED: 'Failed'>)
     """
     return Phase.FINISHED if reason is StopReason.FINISHED else Phase.FAILED
+
+
+def epoch_now(c: Ctx) -> int:
+    """The store's committed epoch as last seen (0 without a store, or one not answering)."""
+    store = c.obs.store
+    return store.epoch if store is not None and store.ok else 0
+
+
+def reset_asked(c: Ctx, target: DataflowSpec) -> bool:
+    """A Dataflow kept stopped got a new ``resetStateNonce`` since it stopped."""
+    stopped = c.st.stopped
+    return stopped is not None and stopped.reset_state_nonce != target.reset_state_nonce
+
+
+def changes_for(target: DataflowSpec, owner: mf.Owner, sts: dict[str, Any]) -> list[Transition]:
+    """`changes` between ``target`` and the running StatefulSet ``sts``, by the template it would get."""
+    desired = mf.build_statefulset(target, owner)
+    return changes(target, sts, mf.sts_annotations(desired)[mf.ANN_TEMPLATE_HASH])

@@ -38,6 +38,7 @@ LAYERS = [
     "conditions",
     "health",
     "rollback",
+    "early_start",
     "reconcile",
     "_kube",
     "console",
