@@ -34,6 +34,12 @@
   every worker: worker 0 calls them and sends `COMMITTED` to the others.
   A worker holds its control barrier of epoch e+1 until it heard that e
   committed, and waits for the last epoch's commit before closing them.
+
+It runs past 800 lines because the barrier, the three ways an epoch is
+written (inline, writer thread, forked child) and worker 0's commit share
+the epoch's bookkeeping (votes, in-flight epoch, marks); the forked and
+threaded writes' bodies (`_child_write`, `_write_async`, `_wait_forked`)
+are the part to move next to `_writer` when it next grows.
 """
 
 from __future__ import annotations
