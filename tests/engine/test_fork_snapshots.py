@@ -33,7 +33,7 @@ from headrace.errors import BytewaxRuntimeError
 from headrace.operators import StatefulLogic
 from headrace.recovery import RecoveryConfig
 from headrace.testing import TestingSink, TestingSource, run_main
-from tests.support.procs import children, lines_in, wait_for_output
+from tests.support.procs import children, lines_in, wait_for_commit, wait_for_output
 from tests.support.redis_cluster import RedisCluster
 from tests.support.runs import check_output, launch, many_keys_input, run_env
 from tests.support.servers import RedisServer
@@ -87,8 +87,8 @@ def test_large_epochs_on_a_redis_cluster_resume_exactly(
     assert len([r for r in caplog.records if "forked pid" in r.getMessage()]) >= 2
 
 
-class _Refuses(StatefulLogic):
-    """A running sum whose `snapshot` refuses key ``k7``."""
+class _Sum(StatefulLogic):
+    """A running sum per key."""
 
     def __init__(self, state: int | None) -> None:
         self.n = state or 0
@@ -96,6 +96,13 @@ class _Refuses(StatefulLogic):
     def on_batch(self, values: list[int]) -> tuple[list[int], bool]:
         self.n += sum(values)
         return [self.n], StatefulLogic.RETAIN
+
+    def snapshot(self) -> int:
+        return self.n
+
+
+class _Refuses(_Sum):
+    """A running sum whose `snapshot` refuses key ``k7``."""
 
     def snapshot(self) -> int:
         if self.n == 7:
@@ -172,17 +179,10 @@ def test_a_store_error_in_the_child_has_the_words_of_the_thread(
     )
 
 
-class _HangsInChild(StatefulLogic):
+class _HangsInChild(_Sum):
     """A running sum whose `snapshot` never returns in a forked child (as one stuck on a lock)."""
 
     parent = os.getpid()
-
-    def __init__(self, state: int | None) -> None:
-        self.n = state or 0
-
-    def on_batch(self, values: list[int]) -> tuple[list[int], bool]:
-        self.n += sum(values)
-        return [self.n], StatefulLogic.RETAIN
 
     def snapshot(self) -> int:
         if os.getpid() != _HangsInChild.parent:
@@ -252,11 +252,7 @@ def test_kill_9_of_workers_whose_children_write_kills_the_children(
     store = open_store(redis_server.url, "recovery_wc")
     p = launch(args, env)
     try:
-        deadline = time.monotonic() + 120
-        while (meta := store.load_meta()) is None or meta.committed_epoch < 2:
-            assert p.poll() is None, p.communicate()[1][-2000:]
-            assert time.monotonic() < deadline, "no epoch committed"
-            time.sleep(0.05)
+        wait_for_commit(p, store, 2)
         workers = children(p) if processes > 1 else [p.pid]
         stopped = _stop_a_writing_child(p, workers)
         seen = lines_in(tmp_path / "out")

@@ -30,7 +30,7 @@ from headrace.recovery import (
 )
 from headrace.recovery import main as recovery_main
 from headrace.testing import TestingSink, TestingSource, cluster_main, run_main
-from tests.support.procs import children, lines_in, wait_for_output
+from tests.support.procs import children, lines_in, wait_for_commit, wait_for_output
 from tests.support.runs import (
     check_output,
     launch,
@@ -266,11 +266,7 @@ def test_kill_9_while_the_snapshot_writer_has_an_epoch_in_flight(
     store = open_store(redis_server.url, "recovery_wc")
     p = launch(args, env)
     try:
-        deadline = time.monotonic() + 120
-        while (meta := store.load_meta()) is None or meta.committed_epoch < 2:
-            assert p.poll() is None, p.communicate()[1][-2000:]
-            assert time.monotonic() < deadline, "no epoch committed"
-            time.sleep(0.05)
+        wait_for_commit(p, store, 2)
         client.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
         try:
             paused_at = store.load_meta()

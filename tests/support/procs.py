@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 
 def children(parent: subprocess.Popen[str]) -> list[int]:
@@ -34,3 +35,12 @@ def wait_for_output(p: subprocess.Popen[str], out_dir: Path, lines: int, timeout
     deadline = time.monotonic() + timeout
     while p.poll() is None and lines_in(out_dir) < lines and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def wait_for_commit(p: subprocess.Popen[str], store: Any, epoch: int, timeout: float = 120) -> None:
+    """Wait until ``store`` has committed ``epoch`` or a later one; fail if ``p`` exits first."""
+    deadline = time.monotonic() + timeout
+    while (meta := store.load_meta()) is None or meta.committed_epoch < epoch:
+        assert p.poll() is None, p.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "no epoch committed"
+        time.sleep(0.05)
