@@ -12,11 +12,12 @@ boundary; a second SIGINT aborts at once. A run stopped by SIGINT (Ctrl-C)
 exits with status 130, as shells expect of an interrupted program; one
 stopped by SIGTERM exits 0 (a Kubernetes pod asked to stop has done its job).
 
-Size: ~870 lines, over the ~800 of the house rule: the option parser alone
-is ~180 (every option with its help and its ``HEADRACE_*`` variable), and
+Size: ~950 lines, over the ~800 of the house rule: the option parser alone
+is ~190 (every option with its help and its ``HEADRACE_*`` variable), and
 the supervisor of ``-p`` local processes (`_spawn_local` and its helpers,
-~140 lines) lives here too; that supervisor is the part to move into a
-module of its own.
+~140 lines) lives here too, as does the standby wait of a next
+generation's process 0 (`_standby`); the supervisor is the part to move
+into a module of its own.
 
 >>> args = _parser().parse_args(["examples.wordcount:flow", "-w", "2"])
 >>> args.workers_per_process, args.import_str
